@@ -1,0 +1,97 @@
+/* http.h: the HTTP server every carshare process runs, on libevent's evhttp.
+ *
+ * A server owns a route table: (method, pattern) -> handler, where a pattern
+ * is a literal path with `{name}` segments ("/orders/{id}"). Matching is
+ * exact per segment; a path that matches some route but not its method is a
+ * 405, no match at all is a 404 (or the fallback handler, for the gateway).
+ * Every answer, including errors produced here, is in the contract's shape.
+ *
+ * One http_req exists per request, from arrival until its answer is sent.
+ * A handler may answer at once or later (after an upstream call): the
+ * http_req stays valid until one of the http_reply_* functions is called,
+ * even if the client went away meanwhile (then the reply is dropped). Exactly
+ * one reply per request. The server frees the http_req after the reply.
+ *
+ * The server also:
+ *  - takes X-Request-Id from the request or generates one (a UUID), and
+ *    sends it back in the answer;
+ *  - writes one log line per request (method, path, status, duration, req);
+ *  - counts requests and observes latency in /metrics, by route pattern
+ *    (not raw path) and status;
+ *  - enforces limits from the environment: HTTP_MAX_BODY (bytes, default
+ *    65536: larger bodies get 413), HTTP_MAX_HEADERS (bytes, default 8192),
+ *    HTTP_IDLE_TIMEOUT_S (default 60), and HTTP_REQUEST_TIMEOUT_MS (default
+ *    30000): a request not answered by then gets 503 and the late reply is
+ *    dropped;
+ *  - counts requests in flight so that shutdown can drain them. */
+#ifndef CARSHARE_HTTP_H
+#define CARSHARE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <jansson.h>
+
+struct event_base;
+struct evhttp_request;
+struct evkeyvalq;
+
+typedef struct http_server http_server;
+typedef struct http_req http_req;
+typedef void (*http_handler)(http_req *req, void *arg);
+
+http_server *http_server_new(struct event_base *base, const char *service_name);
+void http_server_free(http_server *s);
+
+/* method is "GET", "POST", "PUT", "PATCH" or "DELETE". HEAD is answered for
+ * every GET route. Patterns are copied. */
+void http_server_route(http_server *s, const char *method, const char *pattern,
+                       http_handler handler, void *arg);
+
+/* Handler for requests that match no route (any method). Without one they
+ * get 404. Its metrics/log route label is `fallback_label`. */
+void http_server_fallback(http_server *s, const char *fallback_label,
+                          http_handler handler, void *arg);
+
+/* Binds host:port (port 0 = ephemeral). Returns the bound port or -1. */
+int http_server_listen(http_server *s, const char *host, int port);
+
+/* Graceful shutdown: stop accepting connections, answer the requests in
+ * flight, then call done(arg) once from the loop. */
+void http_server_drain(http_server *s, void (*done)(void *arg), void *arg);
+int http_server_inflight(const http_server *s);
+
+/* ---- the request ---- */
+const char *http_req_method(const http_req *r);
+const char *http_req_path(const http_req *r);       /* decoded path, no query */
+const char *http_req_uri(const http_req *r);        /* path and query as received */
+const char *http_req_route(const http_req *r);      /* matched pattern, or fallback label */
+const char *http_req_param(const http_req *r, const char *name);  /* "{id}" value or NULL */
+const char *http_req_query(const http_req *r, const char *name);  /* decoded, or NULL */
+const char *http_req_header(const http_req *r, const char *name); /* or NULL */
+const char *http_req_id(const http_req *r);         /* X-Request-Id */
+const char *http_req_peer(const http_req *r);       /* client address */
+/* "http://host:port" as the client addressed us (X-Forwarded-Host/Proto
+ * first, then Host), for HAL links. */
+const char *http_req_base_url(const http_req *r);
+const char *http_req_body(const http_req *r, size_t *len);  /* NUL-terminated copy */
+bool http_req_alive(const http_req *r);             /* client still connected */
+struct evhttp_request *http_req_raw(http_req *r);   /* for the gateway's proxy */
+
+/* Parses the body as a JSON object. On failure (empty, not JSON, not an
+ * object) replies 400 with a message saying so and returns NULL: the
+ * handler must then return without replying. Caller owns the result. */
+json_t *http_req_json(http_req *r);
+
+/* ---- the answer (each frees the request) ---- */
+void http_set_header(http_req *r, const char *name, const char *value);
+void http_reply_json(http_req *r, int status, json_t *body);   /* steals body */
+void http_reply_error(http_req *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void http_reply_raw(http_req *r, int status, const char *content_type,
+                    const void *data, size_t len);
+void http_reply_empty(http_req *r, int status);
+
+/* Status reason phrase ("Bad Request"), for error bodies. */
+const char *http_reason(int status);
+
+#endif

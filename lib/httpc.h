@@ -1,0 +1,95 @@
+/* httpc.h: the non-blocking HTTP client, on the same event loop as the server.
+ *
+ * One http_client per upstream (a base URL such as http://127.0.0.1:8084).
+ * It keeps a pool of keep-alive connections, and guards the upstream with:
+ *  - a connect timeout and a total timeout per call;
+ *  - a bulkhead: at most `max_inflight` calls on the wire and `max_queue`
+ *    waiting for a connection; beyond that a call is refused at once;
+ *  - a circuit breaker (breaker.h) named after the client;
+ *  - retries with exponential backoff and full jitter, only for calls the
+ *    caller marks idempotent, only on transport failures and 502/503/504,
+ *    and never while the breaker is open (so an outage is not multiplied).
+ *
+ * Completion is always reported through the callback, from the loop, never
+ * from inside http_client_send: a refused call (breaker open, bulkhead full)
+ * completes on the next loop turn with status 0 and its reason. */
+#ifndef CARSHARE_HTTPC_H
+#define CARSHARE_HTTPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "breaker.h"
+
+struct event_base;
+struct evkeyvalq;
+
+typedef struct http_client http_client;
+
+typedef struct http_client_opts {
+    int connect_timeout_ms;   /* default 1000 */
+    int timeout_ms;           /* default 5000: from send to complete answer */
+    int pool_size;            /* keep-alive connections, default 16 */
+    int max_inflight;         /* default = pool_size */
+    int max_queue;            /* default 4 * pool_size */
+    int retries;              /* extra attempts for idempotent calls, default 2 */
+    int backoff_ms;           /* first backoff, default 50 (doubles, full jitter) */
+    breaker_config breaker;   /* zero = breaker defaults */
+} http_client_opts;
+
+typedef enum {
+    HTTPC_OK = 0,        /* an HTTP answer arrived (any status) */
+    HTTPC_CONNECT,       /* could not connect (refused, unreachable, connect timeout) */
+    HTTPC_TIMEOUT,       /* no complete answer within timeout_ms */
+    HTTPC_BROKEN,        /* connection lost or malformed answer */
+    HTTPC_OPEN,          /* refused: circuit breaker open */
+    HTTPC_BUSY,          /* refused: bulkhead full */
+} httpc_result;
+
+typedef struct http_response {
+    httpc_result result;
+    int status;                        /* HTTP status, 0 unless HTTPC_OK */
+    const struct evkeyvalq *headers;   /* answer headers, NULL unless HTTPC_OK */
+    const char *body;                  /* NUL-terminated, "" when none */
+    size_t body_len;
+    unsigned long long elapsed_ms;
+    unsigned long long retry_after_ms; /* for HTTPC_OPEN: breaker cool-down left */
+} http_response;
+
+/* The response and everything in it is valid only during the callback. */
+typedef void (*http_client_cb)(const http_response *resp, void *arg);
+
+typedef struct http_call {
+    const char *method;                 /* "GET", "POST", ... */
+    const char *uri;                    /* path and query, e.g. "/payments?x=1" */
+    const char *request_id;             /* sent as X-Request-Id (may be NULL) */
+    const struct evkeyvalq *headers;    /* extra headers to send (may be NULL) */
+    const char *content_type;           /* for body; NULL = application/json */
+    const void *body;
+    size_t body_len;
+    bool idempotent;                    /* may be retried */
+    int timeout_ms;                     /* 0 = client default */
+} http_call;
+
+/* name labels logs and metrics ("payment"). base_url is http://host:port. */
+http_client *http_client_new(struct event_base *base, const char *name,
+                             const char *base_url, const http_client_opts *opts);
+void http_client_free(http_client *c);
+
+/* Always completes through cb exactly once. Returns 0. */
+int http_client_send(http_client *c, const http_call *call, http_client_cb cb, void *arg);
+
+/* Convenience: JSON body (may be NULL), not idempotent unless said. */
+int http_client_json(http_client *c, const char *method, const char *uri,
+                     const char *request_id, const char *json_body, bool idempotent,
+                     http_client_cb cb, void *arg);
+
+const breaker *http_client_breaker(const http_client *c);
+const char *httpc_result_name(httpc_result r);
+
+/* Reads http_client_opts from the environment with the given prefix:
+ * <PREFIX>_CONNECT_TIMEOUT_MS, _TIMEOUT_MS, _POOL_SIZE, _MAX_INFLIGHT,
+ * _MAX_QUEUE, _RETRIES, _BACKOFF_MS, _BREAKER_FAILURES, _BREAKER_RATIO_PCT,
+ * _BREAKER_MIN_CALLS, _BREAKER_WINDOW_MS, _BREAKER_OPEN_MS. */
+void http_client_opts_from_env(http_client_opts *o, const char *prefix);
+
+#endif

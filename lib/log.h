@@ -1,0 +1,24 @@
+/* log.h: one structured line per fact, in logfmt (key=value), on stderr.
+ *
+ * Every line carries ts, level and svc; request-scoped lines also carry
+ * req=<X-Request-Id> so that one rental can be followed across services with
+ * a single grep. Values given through log_line's format are written as-is:
+ * quote values that may contain spaces (use %s with log_quote()).
+ * Thread-safe: each line is one write(2). */
+#ifndef CARSHARE_LOG_H
+#define CARSHARE_LOG_H
+
+void log_init(const char *service_name);
+
+/* log_line("info", "req=%s msg=%s status=%d", id, log_quote(buf, sizeof buf, text), 201) */
+void log_line(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_info(...)  log_line("info", __VA_ARGS__)
+#define log_warn(...)  log_line("warn", __VA_ARGS__)
+#define log_error(...) log_line("error", __VA_ARGS__)
+
+/* Writes `s` as a double-quoted logfmt value into buf (escaping quotes,
+ * backslashes and control characters, truncating to fit). Returns buf. */
+const char *log_quote(char *buf, unsigned long size, const char *s);
+
+#endif

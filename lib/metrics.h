@@ -1,0 +1,26 @@
+/* metrics.h: a process-wide registry of Prometheus metrics.
+ *
+ * Series are identified by (name, labels), labels being the already
+ * formatted text between the braces, e.g. `route="/orders/{id}",status="201"`.
+ * A series is created on first use; the registry is small (tens of series)
+ * so a linear list is fine. All functions are thread-safe (bus worker threads
+ * update gauges). Histograms use fixed latency buckets in seconds
+ * (0.0005 .. 10). HELP/TYPE lines are emitted once per metric name. */
+#ifndef CARSHARE_METRICS_H
+#define CARSHARE_METRICS_H
+
+struct evbuffer;
+
+void metrics_counter_add(const char *name, const char *labels, double delta);
+void metrics_gauge_set(const char *name, const char *labels, double value);
+void metrics_histogram_observe(const char *name, const char *labels, double seconds);
+
+/* Collectors run just before rendering, to refresh gauges that are cheaper
+ * to compute on demand (outbox backlog, consumer lag). */
+typedef void (*metrics_collector)(void *arg);
+void metrics_add_collector(metrics_collector fn, void *arg);
+
+/* Appends the Prometheus text exposition of every series to out. */
+void metrics_render(struct evbuffer *out);
+
+#endif

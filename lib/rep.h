@@ -1,0 +1,53 @@
+/* rep.h: the contract's representations.
+ *
+ * Output: HAL items and collections in the shape Spring Data REST gave the
+ * seed's clients, and the contract's error body.
+ * Input: reading fields from a client's JSON object the way the contract
+ * asks: numbers may arrive as numeric strings ("qty": "1"), anything else
+ * non-numeric is an error; a missing required field is an error; an error
+ * message names the field and says what is wrong, ready for a 400. */
+#ifndef CARSHARE_REP_H
+#define CARSHARE_REP_H
+
+#include <stdbool.h>
+#include <jansson.h>
+
+/* ---- input ---- */
+
+/* Reads an integer field. Accepts a JSON integer, or a string of decimal
+ * digits (optional leading '-'; surrounding spaces refused). Refuses reals
+ * with a fraction, booleans, null, objects, out-of-range values.
+ * Returns 1 when found and valid (*out set), 0 when absent (or null) and
+ * not required, -1 on error with `err` filled ("qty must be an integer").
+ * min/max bound the value ("qty must be between 1 and 100"). */
+int rep_int(const json_t *obj, const char *field, bool required,
+            long long min, long long max, long long *out, char *err, size_t errlen);
+
+/* Reads a string field; a JSON number is accepted and converted to its
+ * decimal text (productId may be 1001 or "1001"). Same return convention.
+ * The string must be 1..max_len bytes of printable UTF-8 after trimming
+ * spaces; *out points into obj (valid while obj lives) or to a copy kept
+ * in `buf` of size `buflen` when converted or trimmed. */
+int rep_str(const json_t *obj, const char *field, bool required, size_t max_len,
+            const char **out, char *buf, size_t buflen, char *err, size_t errlen);
+
+/* ---- output ---- */
+
+/* Adds "_links": {"self": {"href": base_url + "/" + collection + "/" + id}}
+ * to item and returns it. */
+json_t *rep_item(json_t *item, const char *base_url, const char *collection, const char *id);
+
+/* Page parameters from the query (page >= 0, 1 <= size <= 1000, defaults 0
+ * and 20). Returns false with err filled on a bad value. */
+bool rep_page_params(const char *page_s, const char *size_s, long *page, long *size,
+                     char *err, size_t errlen);
+
+/* {"_embedded": {collection: items}, "_links": {"self": {"href": self_url}},
+ *  "page": {"size", "totalElements", "totalPages", "number"}}. Steals items. */
+json_t *rep_collection(const char *collection, json_t *items, const char *self_url,
+                       long page, long size, long long total);
+
+/* {"status", "error", "message", "path"} */
+json_t *rep_error(int status, const char *message, const char *path);
+
+#endif

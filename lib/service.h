@@ -1,0 +1,50 @@
+/* service.h: the skeleton shared by every carshare process.
+ *
+ * service_new() sets up logging, the event loop (thread-aware, so bus
+ * threads can hand work to it), the HTTP server with /health/live,
+ * /health/ready and /metrics, and SIGTERM/SIGINT handling. A service's
+ * main() creates one, registers its routes and readiness checks, and calls
+ * service_run(), which returns the process exit code:
+ *
+ *     service *svc = service_new("order", 8081);   // PORT overrides 8081
+ *     order_api_register(svc, ...);
+ *     service_ready_check(svc, "store", store_ready, st);
+ *     return service_run(svc);
+ *
+ * On SIGTERM: /health/ready turns 503 at once (so load balancers stop
+ * sending), the listener closes, requests in flight are answered, the
+ * on_stop hooks run (bus threads stop, stores close), and service_run
+ * returns 0. A second signal exits at once. */
+#ifndef CARSHARE_SERVICE_H
+#define CARSHARE_SERVICE_H
+
+#include <stdbool.h>
+#include "http.h"
+
+struct event_base;
+
+typedef struct service {
+    const char *name;
+    struct event_base *base;
+    http_server *http;
+    const char *host;   /* HOST, default 127.0.0.1 */
+    int port;           /* PORT, default given to service_new */
+} service;
+
+service *service_new(const char *name, int default_port);
+
+/* A readiness condition: /health/ready is 200 only when every check returns
+ * true; otherwise 503 naming the failing checks. */
+typedef bool (*service_check)(void *arg);
+void service_ready_check(service *svc, const char *what, service_check fn, void *arg);
+
+/* Called in order, on the loop thread, after the HTTP server has drained. */
+void service_on_stop(service *svc, void (*fn)(void *arg), void *arg);
+
+/* Listens and runs the loop until shutdown. Returns the exit code. */
+int service_run(service *svc);
+
+/* Milliseconds from a monotonic clock. */
+unsigned long long service_now_ms(void);
+
+#endif
