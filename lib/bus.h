@@ -67,7 +67,8 @@ void bus_on(bus *b, const char *event_type, bus_handler h, void *arg);
  * connection happens in the background (the service starts without NATS). */
 int bus_start(bus *b);
 
-/* Stops the threads (waits for them) and closes the connection. */
+/* Stops the threads (waits for them) and closes the connection. Call it
+ * before closing the bus's store (it unhooks store_on_commit). */
 void bus_stop(bus *b);
 void bus_free(bus *b);
 

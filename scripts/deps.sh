@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# deps.sh: installs, from Debian's packages, whatever carshare needs and this machine lacks.
+#   scripts/deps.sh build   compilers and libraries (make build, make run)
+#   scripts/deps.sh test    + clang, python3, nodejs/npm and chromium for the browser test
+#   scripts/deps.sh bench   + wrk and nginx
+# Idempotent and quick when everything is there: apt-get runs only for missing packages.
+set -euo pipefail
+
+need=(build-essential cmake pkg-config libevent-dev libjansson-dev libsqlite3-dev sqlite3
+      libnats-dev nats-server uuid-dev curl python3 ca-certificates)
+case "${1:-build}" in
+  test)  need+=(clang chromium fonts-noto-cjk) ;;
+  bench) need+=(wrk nginx-light) ;;
+esac
+# Node.js and npm drive the browser test; a machine may already have them from elsewhere.
+if [ "${1:-build}" = test ] && ! command -v npm >/dev/null 2>&1; then need+=(nodejs npm); fi
+
+missing=()
+for pkg in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

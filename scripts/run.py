@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""run.py: brings the whole of carshare up on this machine, as `make run` does.
+
+Starts nats-server (JetStream, file storage under the data directory) and the five services,
+each with its own SQLite database in DATA_DIR, waits until every /health/ready answers, prints
+where to point a browser, and then supervises: a service that exits unexpectedly is restarted
+(with a growing pause if it keeps crashing). Ctrl-C or SIGTERM stops everything cleanly: the
+services get SIGTERM (they finish what is in flight and exit 0), nats-server last.
+
+Configuration is the same environment the services read (see the README); the defaults are the
+contract's ports on 127.0.0.1 and ./data.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("CARSHARE_BIN", os.path.join(ROOT, "build", "bin"))
+HOST = os.environ.get("HOST", "127.0.0.1")
+DATA_DIR = os.path.abspath(os.environ.get("DATA_DIR", os.path.join(ROOT, "data")))
+PORTS = {"order": 8081, "delivery": 8082, "customerpage": 8083, "payment": 8084, "gateway": 8088}
+ORDER = ["payment", "order", "delivery", "customerpage", "gateway"]
+
+
+def port_of(name):
+    return int(os.environ.get(name.upper() + "_PORT", PORTS[name]))
+
+
+def log(msg):
+    print("run: " + msg, flush=True)
+
+
+class Supervised:
+    def __init__(self, name, argv, env):
+        self.name, self.argv, self.env = name, argv, env
+        self.proc, self.crashes, self.next_start = None, 0, 0.0
+
+    def start(self):
+        logf = open(os.path.join(DATA_DIR, "logs", self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        logf.close()
+        self.started = time.monotonic()
+
+    def check(self):
+        """Restarts the process if it died; returns nothing."""
+        if self.proc is None or self.proc.poll() is None:
+            if self.proc is not None and time.monotonic() - self.started > 30:
+                self.crashes = 0
+            return
+        if self.next_start == 0.0:
+            self.crashes += 1
+            pause = min(30.0, 0.5 * 2 ** (self.crashes - 1))
+            log("%s exited with %s; restarting in %.1fs (see %s)" % (
+                self.name, self.proc.returncode, pause,
+                os.path.join(DATA_DIR, "logs", self.name + ".log")))
+            self.next_start = time.monotonic() + pause
+        elif time.monotonic() >= self.next_start:
+            self.next_start = 0.0
+            self.start()
+
+    def terminate(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout):
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log("%s did not stop in %ss; killing it" % (self.name, timeout))
+            self.proc.kill()
+            self.proc.wait()
+
+
+def ready(port):
+    try:
+        with urllib.request.urlopen("http://%s:%d/health/ready" % (HOST, port), timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def main():
+    os.makedirs(os.path.join(DATA_DIR, "logs"), exist_ok=True)
+    nats_port = int(os.environ.get("NATS_PORT", 4222))
+    env = dict(os.environ)
+    env.setdefault("DATA_DIR", DATA_DIR)
+    env.setdefault("NATS_URL", "nats://%s:%d" % (HOST, nats_port))
+    env.setdefault("WEB_DIR", os.path.join(ROOT, "web"))
+    for name in PORTS:
+        if name != "gateway":
+            env.setdefault(name.upper() + "_URL", "http://%s:%d" % (HOST, port_of(name)))
+
+    procs = []
+    if "NATS_URL" not in os.environ:
+        nats = Supervised("nats-server", ["nats-server", "-js", "-a", HOST, "-p", str(nats_port),
+                                          "-sd", os.path.join(DATA_DIR, "nats")], env)
+        procs.append(nats)
+    for name in ORDER:
+        senv = dict(env, PORT=str(port_of(name)))
+        procs.append(Supervised(name, [os.path.join(BIN, "carshare-" + name)], senv))
+
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+
+    t0 = time.monotonic()
+    for p in procs:
+        p.start()
+    pending = set(ORDER)
+    while pending and not stopping and time.monotonic() - t0 < 30:
+        pending = {n for n in pending if not ready(port_of(n))}
+        time.sleep(0.05)
+    if pending:
+        log("not ready after 30s: %s (logs in %s)" % (", ".join(sorted(pending)),
+                                                    os.path.join(DATA_DIR, "logs")))
+    else:
+        log("all services ready in %d ms; data in %s, logs in %s" % (
+            (time.monotonic() - t0) * 1000, DATA_DIR, os.path.join(DATA_DIR, "logs")))
+        log("open http://%s:%d/ in a browser (Ctrl-C stops everything)" % (HOST, port_of("gateway")))
+
+    while not stopping:
+        for p in procs:
+            p.check()
+        time.sleep(0.2)
+
+    log("stopping")
+    for p in reversed(procs):          # gateway first, nats-server last
+        if p.name == "nats-server":
+            continue
+        p.terminate()
+    for p in reversed(procs):
+        if p.name != "nats-server":
+            p.wait(15)
+    for p in procs:
+        if p.name == "nats-server":
+            p.terminate()
+            p.wait(10)
+    log("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
