@@ -1,0 +1,113 @@
+/* config.c: configuration from the environment.
+ *
+ * Values are read with getenv() when asked for, at start, by the module that
+ * needs them; nothing is cached, so tests can setenv() before creating the
+ * object under test. A malformed value is fatal (exit code 2, the usual
+ * "usage error"), with a log line naming the variable, the value and the
+ * accepted range: an operator's typo must stop the process, not silently
+ * fall back to a default. */
+#include "config.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+const char *config_str(const char *name, const char *fallback)
+{
+    const char *value = getenv(name);
+    return (value && *value) ? value : fallback;
+}
+
+static void config_fatal(const char *name, const char *value, const char *why)
+{
+    char quoted[256];
+    log_error("msg=\"invalid configuration\" var=%s value=%s reason=\"%s\"", name,
+              log_quote(quoted, sizeof quoted, value), why);
+    exit(2);
+}
+
+long config_int(const char *name, long fallback, long min, long max)
+{
+    const char *value = getenv(name);
+    if (!value || !*value)
+        return fallback;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(value, &end, 10);
+    /* strtol would skip leading spaces; a value is exactly an integer. */
+    bool blank_first = *value == ' ' || *value == '\t' || *value == '\n';
+    if (blank_first || end == value || *end != '\0' || errno == ERANGE) {
+        config_fatal(name, value, "not an integer");
+        return fallback;
+    }
+    if (n < min || n > max) {
+        char why[128];
+        snprintf(why, sizeof why, "must be between %ld and %ld", min, max);
+        config_fatal(name, value, why);
+        return fallback;
+    }
+    return n;
+}
+
+/* mkdir -p: creates every missing directory of path. Returns 0 or -1
+ * (errno set). */
+static int make_directories(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return -1;
+    int rc = 0;
+    for (char *p = copy + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(copy, 0755) != 0 && errno != EEXIST) {
+                rc = -1;
+                break;
+            }
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    free(copy);
+    if (rc == 0) {
+        struct stat st;
+        if (stat(path, &st) != 0)
+            return -1;
+        if (!S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            return -1;
+        }
+    }
+    return rc;
+}
+
+char *config_data_path(const char *file_name)
+{
+    const char *dir = config_str("DATA_DIR", "./data");
+    if (make_directories(dir) != 0) {
+        char why[160];
+        snprintf(why, sizeof why, "cannot create the data directory: %s", strerror(errno));
+        config_fatal("DATA_DIR", dir, why);
+        return NULL;
+    }
+    size_t dlen = strlen(dir);
+    while (dlen > 1 && dir[dlen - 1] == '/')
+        dlen--;
+    size_t flen = strlen(file_name);
+    char *path = malloc(dlen + 1 + flen + 1);
+    if (!path) {
+        log_error("msg=\"out of memory\" where=config_data_path");
+        abort();
+    }
+    memcpy(path, dir, dlen);
+    path[dlen] = '/';
+    memcpy(path + dlen + 1, file_name, flen + 1);
+    return path;
+}

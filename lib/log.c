@@ -1,0 +1,155 @@
+/* log.c: structured logfmt lines on stderr.
+ *
+ * A line is assembled in a stack buffer ("ts=... level=... svc=... " then
+ * the caller's fields) and written with a single write(2), so lines from
+ * several threads never interleave (writes up to PIPE_BUF are atomic on
+ * pipes, and a plain file or terminal gets whole lines in practice).
+ * Nothing is allocated and no lock is taken: the request path calls this
+ * once per request.
+ *
+ * Formatting the timestamp (gmtime_r + strftime) is the costly part, so the
+ * "YYYY-MM-DDTHH:MM:SS" prefix is cached per thread and per second; only the
+ * milliseconds are printed for every line.
+ *
+ * LOG_LEVEL (debug, info, warn, error; default info) drops lines below that
+ * level, e.g. LOG_LEVEL=warn silences the per-request access lines. */
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_LINE_MAX 8192
+
+static char log_service[64] = "carshare";
+static int log_min_level = 1;   /* info */
+
+static int level_rank(const char *level)
+{
+    switch (level ? level[0] : 'i') {
+    case 'd': return 0;
+    case 'w': return 2;
+    case 'e': return 3;
+    default:  return 1;
+    }
+}
+
+void log_init(const char *service_name)
+{
+    if (service_name && *service_name)
+        snprintf(log_service, sizeof log_service, "%s", service_name);
+    const char *lvl = getenv("LOG_LEVEL");
+    if (lvl && *lvl) {
+        if (!strcasecmp(lvl, "debug")) log_min_level = 0;
+        else if (!strcasecmp(lvl, "info")) log_min_level = 1;
+        else if (!strcasecmp(lvl, "warn") || !strcasecmp(lvl, "warning")) log_min_level = 2;
+        else if (!strcasecmp(lvl, "error")) log_min_level = 3;
+        else log_line("warn", "msg=\"unknown LOG_LEVEL, using info\" value=%s", lvl);
+    }
+}
+
+/* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" into out (at least 25 bytes). */
+static void format_timestamp(char *out, size_t size)
+{
+    static _Thread_local time_t cached_second = -1;
+    static _Thread_local char cached_prefix[24];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (now.tv_sec != cached_second) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(cached_prefix, sizeof cached_prefix, "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_second = now.tv_sec;
+    }
+    unsigned ms = (unsigned)(now.tv_nsec / 1000000L) % 1000u;
+    snprintf(out, size, "%.19s.%03uZ", cached_prefix, ms);
+}
+
+static void write_all(const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(STDERR_FILENO, buf, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return;   /* nowhere left to report a logging failure */
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+void log_line(const char *level, const char *fmt, ...)
+{
+    if (level_rank(level) < log_min_level)
+        return;
+    int saved_errno = errno;   /* callers often log right before using errno */
+    char line[LOG_LINE_MAX];
+    char ts[48];
+    format_timestamp(ts, sizeof ts);
+    int n = snprintf(line, sizeof line, "ts=%s level=%s svc=%s ", ts, level ? level : "info",
+                     log_service);
+    if (n < 0) n = 0;
+    size_t used = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + used, sizeof line - used, fmt, ap);
+    va_end(ap);
+    if (m > 0)
+        used += (size_t)m < sizeof line - used ? (size_t)m : sizeof line - used - 1;
+
+    /* A line that did not fit is cut, and says so, rather than split. */
+    if (used >= sizeof line - 1) {
+        static const char cut[] = " truncated=true";
+        used = sizeof line - sizeof cut - 1;
+        memcpy(line + used, cut, sizeof cut - 1);
+        used += sizeof cut - 1;
+    }
+    line[used++] = '\n';
+    write_all(line, used);
+    errno = saved_errno;
+}
+
+const char *log_quote(char *buf, unsigned long size, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (size < 3) {
+        if (size > 0) buf[0] = '\0';
+        return buf;
+    }
+    size_t o = 0;
+    buf[o++] = '"';
+    /* Keep room for the closing quote and the NUL. */
+    size_t limit = size - 2;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        char esc[4];
+        size_t elen = 0;
+        switch (*p) {
+        case '"':  esc[0] = '\\'; esc[1] = '"';  elen = 2; break;
+        case '\\': esc[0] = '\\'; esc[1] = '\\'; elen = 2; break;
+        case '\n': esc[0] = '\\'; esc[1] = 'n';  elen = 2; break;
+        case '\r': esc[0] = '\\'; esc[1] = 'r';  elen = 2; break;
+        case '\t': esc[0] = '\\'; esc[1] = 't';  elen = 2; break;
+        default:
+            if (*p < 0x20 || *p == 0x7f) {
+                esc[0] = '\\'; esc[1] = 'x'; esc[2] = hex[*p >> 4]; esc[3] = hex[*p & 15];
+                elen = 4;
+            } else {
+                esc[0] = (char)*p;
+                elen = 1;
+            }
+        }
+        if (o + elen > limit)
+            break;
+        memcpy(buf + o, esc, elen);
+        o += elen;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}

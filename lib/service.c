@@ -1,0 +1,284 @@
+/* service.c: the skeleton of every carshare process.
+ *
+ * Owns the event loop, the HTTP server and its three operational routes
+ * (/health/live, /health/ready, /metrics), and the shutdown sequence:
+ *
+ *   SIGTERM/SIGINT -> readiness turns 503 -> listener closed -> requests in
+ *   flight answered (http_server_drain) -> on_stop hooks, in order ->
+ *   loop exits -> service_run returns 0.
+ *
+ * Signals are taken through libevent (evsignal), so the sequence runs on
+ * the loop thread like everything else. The first signal also swaps the
+ * handlers for a plain one that _exit(1)s: a second signal must work even
+ * when the loop is stuck, which a loop-driven handler could not do.
+ *
+ * One service per process: the signal handler and the process gauges are
+ * process-wide anyway, and the static pointer keeps the service reachable
+ * (for LeakSanitizer) after service_run, which does not free what other
+ * modules may still reference (the event base). */
+#include "service.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    char *what;
+    service_check fn;
+    void *arg;
+} ready_check;
+
+typedef struct {
+    void (*fn)(void *arg);
+    void *arg;
+} stop_hook;
+
+typedef struct {
+    service pub;                /* first: service_new hands out &pub */
+    ready_check *checks;
+    size_t nchecks;
+    stop_hook *hooks;
+    size_t nhooks;
+    bool hooks_ran;
+    bool stopping;
+    struct event *sigterm_event, *sigint_event;
+    unsigned long long started_ms;
+} service_impl;
+
+static service_impl *the_service;
+static char second_signal_line[160];
+static size_t second_signal_line_len;
+
+static void *must(void *p)
+{
+    if (!p) {
+        log_error("msg=\"out of memory\" where=service");
+        abort();
+    }
+    return p;
+}
+
+unsigned long long service_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
+}
+
+/* ---- operational routes ---- */
+
+static void health_live(http_req *r, void *arg)
+{
+    (void)arg;
+    http_reply_json(r, 200, json_pack("{s:s}", "status", "UP"));
+}
+
+static void health_ready(http_req *r, void *arg)
+{
+    service_impl *svc = arg;
+    json_t *checks = json_object();
+    char failing[512] = "";
+    size_t used = 0;
+    bool ready = true;
+    if (svc->stopping) {
+        ready = false;
+        json_object_set_new(checks, "shutdown", json_string("DOWN"));
+        used += (size_t)snprintf(failing, sizeof failing, "shutting down");
+    }
+    for (size_t i = 0; i < svc->nchecks; i++) {
+        bool up = svc->checks[i].fn(svc->checks[i].arg);
+        json_object_set_new(checks, svc->checks[i].what, json_string(up ? "UP" : "DOWN"));
+        if (!up) {
+            ready = false;
+            if (used < sizeof failing)
+                used += (size_t)snprintf(failing + used, sizeof failing - used, "%s%s",
+                                         used ? ", " : "", svc->checks[i].what);
+        }
+    }
+    json_t *body = json_pack("{s:s,s:o}", "status", ready ? "UP" : "DOWN", "checks", checks);
+    if (!ready && body) {
+        char message[600];
+        snprintf(message, sizeof message, "not ready: %s", failing);
+        json_object_set_new(body, "message", json_string(message));
+    }
+    http_reply_json(r, ready ? 200 : 503, body);
+}
+
+static void metrics_page(http_req *r, void *arg)
+{
+    (void)arg;
+    struct evbuffer *text = must(evbuffer_new());
+    metrics_render(text);
+    size_t len = evbuffer_get_length(text);
+    const void *data = len ? (const void *)evbuffer_pullup(text, -1) : (const void *)"";
+    http_reply_raw(r, 200, "text/plain; version=0.0.4; charset=utf-8", data, len);
+    evbuffer_free(text);
+}
+
+/* Resident memory, read on demand when /metrics is rendered. */
+static void collect_process(void *arg)
+{
+    (void)arg;
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    unsigned long long size_pages = 0, resident_pages = 0;
+    if (sscanf(buf, "%llu %llu", &size_pages, &resident_pages) != 2)
+        return;
+    long page = sysconf(_SC_PAGESIZE);
+    metrics_gauge_set("carshare_process_resident_bytes", "",
+                      (double)resident_pages * (double)(page > 0 ? page : 4096));
+}
+
+/* ---- shutdown ---- */
+
+static void run_stop_hooks(service_impl *svc)
+{
+    if (svc->hooks_ran)
+        return;
+    svc->hooks_ran = true;
+    for (size_t i = 0; i < svc->nhooks; i++)
+        svc->hooks[i].fn(svc->hooks[i].arg);
+}
+
+static void on_drained(void *arg)
+{
+    service_impl *svc = arg;
+    log_info("msg=\"requests drained, stopping\"");
+    run_stop_hooks(svc);
+    event_base_loopbreak(svc->pub.base);
+}
+
+/* Async-signal-safe: a prepared line and _exit. */
+static void exit_at_once(int sig)
+{
+    (void)sig;
+    ssize_t ignored = write(STDERR_FILENO, second_signal_line, second_signal_line_len);
+    (void)ignored;
+    _exit(1);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    service_impl *svc = arg;
+    if (svc->stopping)
+        return;
+    svc->stopping = true;
+    log_info("msg=stopping signal=%s inflight=%d", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+             http_server_inflight(svc->pub.http));
+
+    /* From now on a second signal ends the process without the loop. */
+    event_del(svc->sigterm_event);
+    event_del(svc->sigint_event);
+    second_signal_line_len = (size_t)snprintf(second_signal_line, sizeof second_signal_line,
+        "level=error svc=%s msg=\"second signal during shutdown, exiting at once\"\n",
+        svc->pub.name);
+    if (second_signal_line_len >= sizeof second_signal_line)
+        second_signal_line_len = sizeof second_signal_line - 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = exit_at_once;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    http_server_drain(svc->pub.http, on_drained, svc);
+}
+
+/* ---- public ---- */
+
+service *service_new(const char *name, int default_port)
+{
+    log_init(name);
+    /* A client that hangs up must not kill the process on the next write. */
+    signal(SIGPIPE, SIG_IGN);
+    /* Before any event_base: bus threads hand work to the loop. */
+    if (evthread_use_pthreads() != 0) {
+        log_error("msg=\"cannot enable libevent threading\"");
+        exit(1);
+    }
+
+    service_impl *svc = must(calloc(1, sizeof *svc));
+    svc->started_ms = service_now_ms();
+    svc->pub.name = must(strdup(name));
+    svc->pub.host = config_str("HOST", "127.0.0.1");
+    svc->pub.port = (int)config_int("PORT", default_port, 0, 65535);
+    svc->pub.base = event_base_new();
+    if (!svc->pub.base) {
+        log_error("msg=\"cannot create the event loop\"");
+        exit(1);
+    }
+    svc->pub.http = http_server_new(svc->pub.base, name);
+    if (!svc->pub.http)
+        exit(1);
+    http_server_route(svc->pub.http, "GET", "/health/live", health_live, svc);
+    http_server_route(svc->pub.http, "GET", "/health/ready", health_ready, svc);
+    http_server_route(svc->pub.http, "GET", "/metrics", metrics_page, svc);
+    metrics_add_collector(collect_process, NULL);
+    the_service = svc;
+    return &svc->pub;
+}
+
+void service_ready_check(service *pub, const char *what, service_check fn, void *arg)
+{
+    service_impl *svc = (service_impl *)pub;
+    svc->checks = must(realloc(svc->checks, (svc->nchecks + 1) * sizeof *svc->checks));
+    svc->checks[svc->nchecks++] = (ready_check){must(strdup(what)), fn, arg};
+}
+
+void service_on_stop(service *pub, void (*fn)(void *arg), void *arg)
+{
+    service_impl *svc = (service_impl *)pub;
+    svc->hooks = must(realloc(svc->hooks, (svc->nhooks + 1) * sizeof *svc->hooks));
+    svc->hooks[svc->nhooks++] = (stop_hook){fn, arg};
+}
+
+int service_run(service *pub)
+{
+    service_impl *svc = (service_impl *)pub;
+    int port = http_server_listen(pub->http, pub->host, pub->port);
+    if (port < 0) {
+        run_stop_hooks(svc);
+        return 1;
+    }
+    pub->port = port;
+    svc->sigterm_event = must(evsignal_new(pub->base, SIGTERM, on_signal, svc));
+    svc->sigint_event = must(evsignal_new(pub->base, SIGINT, on_signal, svc));
+    event_add(svc->sigterm_event, NULL);
+    event_add(svc->sigint_event, NULL);
+    log_info("msg=listening host=%s port=%d", pub->host, port);
+
+    int rc = event_base_dispatch(pub->base);
+    if (rc < 0)
+        log_error("msg=\"event loop failed\"");
+    /* Normally the hooks ran after the drain; not if something else
+     * stopped the loop. */
+    run_stop_hooks(svc);
+
+    event_free(svc->sigterm_event);
+    event_free(svc->sigint_event);
+    svc->sigterm_event = svc->sigint_event = NULL;
+    http_server_free(pub->http);
+    pub->http = NULL;
+    log_info("msg=stopped uptime_s=%.1f", (double)(service_now_ms() - svc->started_ms) / 1000.0);
+    return rc < 0 ? 1 : 0;
+}

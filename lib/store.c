@@ -1,0 +1,399 @@
+/* store.c: a service's SQLite database (see store.h).
+ *
+ * Durability first: WAL with synchronous=FULL, so a commit that returned is
+ * on disk, and readers on other connections (the bus relay) never block the
+ * writer. busy_timeout (5 s) makes a second connection wait for the write
+ * lock instead of failing at once; store_begin takes that lock up front
+ * (BEGIN IMMEDIATE) so a transaction cannot fail half way through with
+ * SQLITE_BUSY after it has already done work.
+ *
+ * Two schema histories live in one file and never interfere:
+ *  - the platform's tables (outbox, processed_events, dead_letters), whose
+ *    version is kept in the one-row table platform_schema;
+ *  - the service's tables, whose version is PRAGMA user_version, so that a
+ *    service's migration i always brings user_version to i+1, whatever the
+ *    platform adds later.
+ * Each migration runs in its own IMMEDIATE transaction and re-reads the
+ * version inside it, so two processes opening the same file at once (a
+ * service and its relay connection) apply every script exactly once.
+ *
+ * Statements are cached by SQL text in an open-addressing hash table (FNV-1a,
+ * linear probing, grown at 3/4 load): services prepare by literal SQL on
+ * every call, so lookups must stay O(1) with hundreds of statements.
+ *
+ * A cached statement left stepping (a SELECT read to its first row and never
+ * reset) would keep a read snapshot open; in WAL mode that makes the next
+ * BEGIN IMMEDIATE fail with SQLITE_BUSY_SNAPSHOT once another connection has
+ * written. So every transaction boundary resets the statements still busy. */
+#include "store.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+
+struct cached_stmt {
+    char *sql;              /* key, owned; NULL = empty slot */
+    uint64_t hash;
+    sqlite3_stmt *stmt;
+};
+
+struct store {
+    sqlite3 *db;
+    char *path;
+    struct cached_stmt *cache;
+    size_t cache_cap;       /* a power of two */
+    size_t cache_used;
+    void (*on_commit)(void *arg);
+    void *on_commit_arg;
+};
+
+/* ---- platform schema ---- */
+
+/* Version i+1 of the platform's own tables. Append only: never edit a
+ * script that has shipped. */
+static const char *const platform_migrations[] = {
+    /* 1: the bus's transactional outbox, idempotent consumer, and the
+     * events that kept failing. */
+    "CREATE TABLE outbox ("
+    "  seq        INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  event_id   TEXT NOT NULL UNIQUE,"
+    "  event_type TEXT NOT NULL,"
+    "  payload    TEXT NOT NULL,"
+    "  request_id TEXT,"
+    "  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));"
+    "CREATE TABLE processed_events ("
+    "  event_id     TEXT PRIMARY KEY,"
+    "  event_type   TEXT NOT NULL,"
+    "  processed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE dead_letters ("
+    "  id          INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  event_id    TEXT NOT NULL UNIQUE,"
+    "  event_type  TEXT NOT NULL,"
+    "  subject     TEXT NOT NULL,"
+    "  payload     TEXT NOT NULL,"
+    "  request_id  TEXT,"
+    "  deliveries  INTEGER NOT NULL,"
+    "  error       TEXT NOT NULL,"
+    "  stream_seq  INTEGER,"
+    "  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
+    NULL
+};
+
+/* ---- statement cache ---- */
+
+static uint64_t sql_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* The slot holding sql, or the empty slot where it belongs. */
+static struct cached_stmt *cache_slot(struct cached_stmt *table, size_t cap,
+                                      const char *sql, uint64_t hash)
+{
+    size_t i = (size_t)hash & (cap - 1);
+    for (;;) {
+        struct cached_stmt *c = &table[i];
+        if (!c->sql || (c->hash == hash && strcmp(c->sql, sql) == 0)) return c;
+        i = (i + 1) & (cap - 1);
+    }
+}
+
+static bool cache_grow(store *st)
+{
+    size_t cap = st->cache_cap ? st->cache_cap * 2 : 64;
+    struct cached_stmt *table = calloc(cap, sizeof *table);
+    if (!table) return false;
+    for (size_t i = 0; i < st->cache_cap; i++) {
+        struct cached_stmt *old = &st->cache[i];
+        if (old->sql) *cache_slot(table, cap, old->sql, old->hash) = *old;
+    }
+    free(st->cache);
+    st->cache = table;
+    st->cache_cap = cap;
+    return true;
+}
+
+static void cache_clear(store *st)
+{
+    for (size_t i = 0; i < st->cache_cap; i++) {
+        sqlite3_finalize(st->cache[i].stmt);
+        free(st->cache[i].sql);
+    }
+    free(st->cache);
+    st->cache = NULL;
+    st->cache_cap = st->cache_used = 0;
+}
+
+/* Ends every read a caller left open on a cached statement. */
+static void reset_busy_statements(store *st)
+{
+    for (sqlite3_stmt *s = sqlite3_next_stmt(st->db, NULL); s; s = sqlite3_next_stmt(st->db, s))
+        if (sqlite3_stmt_busy(s)) sqlite3_reset(s);
+}
+
+sqlite3_stmt *store_prepare(store *st, const char *sql)
+{
+    if ((st->cache_used + 1) * 4 > st->cache_cap * 3 && !cache_grow(st)) {
+        log_error("msg=\"statement cache: out of memory\" db=%s", st->path);
+        return NULL;
+    }
+    uint64_t hash = sql_hash(sql);
+    struct cached_stmt *c = cache_slot(st->cache, st->cache_cap, sql, hash);
+    if (c->sql) {
+        sqlite3_reset(c->stmt);
+        sqlite3_clear_bindings(c->stmt);
+        return c->stmt;
+    }
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK) {
+        char q[512], e[256];
+        log_error("msg=\"cannot prepare statement\" db=%s error=%s sql=%s", st->path,
+                  log_quote(e, sizeof e, sqlite3_errmsg(st->db)), log_quote(q, sizeof q, sql));
+        return NULL;
+    }
+    char *key = strdup(sql);
+    if (!key) {
+        sqlite3_finalize(stmt);
+        return NULL;
+    }
+    c->sql = key;
+    c->hash = hash;
+    c->stmt = stmt;
+    st->cache_used++;
+    return stmt;
+}
+
+/* ---- plain execution ---- */
+
+int store_exec(store *st, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        char q[512], e[256];
+        log_error("msg=\"statement failed\" db=%s error=%s sql=%s", st->path,
+                  log_quote(e, sizeof e, msg ? msg : sqlite3_errstr(rc)), log_quote(q, sizeof q, sql));
+    }
+    sqlite3_free(msg);
+    return rc;
+}
+
+/* Runs a statement expected to return one integer; -1 on error. */
+static long long query_int(store *st, const char *sql)
+{
+    sqlite3_stmt *s = NULL;
+    long long v = -1;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return v;
+}
+
+/* ---- transactions ---- */
+
+int store_begin(store *st)
+{
+    reset_busy_statements(st);
+    int rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        char e[256];
+        log_error("msg=\"cannot begin transaction\" db=%s error=%s", st->path,
+                  log_quote(e, sizeof e, sqlite3_errmsg(st->db)));
+    }
+    return rc;
+}
+
+/* On failure the transaction is rolled back, so the caller never has to
+ * guess whether it is still inside one. */
+int store_commit(store *st)
+{
+    reset_busy_statements(st);
+    int rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        char e[256];
+        log_error("msg=\"commit failed\" db=%s error=%s", st->path,
+                  log_quote(e, sizeof e, sqlite3_errmsg(st->db)));
+        if (!sqlite3_get_autocommit(st->db)) sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+    if (st->on_commit) st->on_commit(st->on_commit_arg);
+    return SQLITE_OK;
+}
+
+void store_rollback(store *st)
+{
+    reset_busy_statements(st);
+    if (!sqlite3_get_autocommit(st->db)) sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void store_on_commit(store *st, void (*fn)(void *arg), void *arg)
+{
+    st->on_commit = fn;
+    st->on_commit_arg = arg;
+}
+
+/* ---- migrations ---- */
+
+/* Applies scripts[v..] one by one, each in its own transaction, where v is
+ * read by get_version inside that transaction. */
+static bool migrate(store *st, const char *what, const char *const *scripts,
+                    long long (*get_version)(store *), const char *set_version_fmt)
+{
+    long long known = 0;
+    while (scripts[known]) known++;
+
+    for (;;) {
+        if (store_begin(st) != SQLITE_OK) return false;
+        long long version = get_version(st);
+        if (version < 0) {
+            log_error("msg=\"cannot read schema version\" db=%s schema=%s", st->path, what);
+            store_rollback(st);
+            return false;
+        }
+        if (version > known) {
+            log_error("msg=\"database schema is newer than this program\" db=%s schema=%s "
+                      "version=%lld known=%lld", st->path, what, version, known);
+            store_rollback(st);
+            return false;
+        }
+        if (version == known) {
+            store_rollback(st);
+            return true;
+        }
+        char set_version[128];
+        snprintf(set_version, sizeof set_version, set_version_fmt, version + 1);
+        if (store_exec(st, scripts[version]) != SQLITE_OK || store_exec(st, set_version) != SQLITE_OK) {
+            log_error("msg=\"migration failed\" db=%s schema=%s to_version=%lld", st->path, what,
+                      version + 1);
+            store_rollback(st);
+            return false;
+        }
+        /* The hook is not installed yet: a plain COMMIT is enough. */
+        if (store_commit(st) != SQLITE_OK) return false;
+        log_info("msg=\"schema migrated\" db=%s schema=%s version=%lld", st->path, what, version + 1);
+    }
+}
+
+static long long platform_version(store *st)
+{
+    if (store_exec(st, "CREATE TABLE IF NOT EXISTS platform_schema (version INTEGER NOT NULL);"
+                       "INSERT INTO platform_schema (version) SELECT 0"
+                       " WHERE NOT EXISTS (SELECT 1 FROM platform_schema)") != SQLITE_OK)
+        return -1;
+    return query_int(st, "SELECT version FROM platform_schema");
+}
+
+static long long service_version(store *st)
+{
+    return query_int(st, "PRAGMA user_version");
+}
+
+/* ---- open / close ---- */
+
+static bool configure(store *st)
+{
+    sqlite3_busy_timeout(st->db, 5000);
+    sqlite3_extended_result_codes(st->db, 1);
+    /* journal_mode answers with the mode in force: a file system without
+     * shared memory support silently stays in "delete" mode. */
+    sqlite3_stmt *s = NULL;
+    bool wal = false;
+    if (sqlite3_prepare_v2(st->db, "PRAGMA journal_mode=WAL", -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW)
+        wal = strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0;
+    sqlite3_finalize(s);
+    if (!wal) {
+        log_error("msg=\"cannot switch the database to WAL mode\" db=%s", st->path);
+        return false;
+    }
+    return store_exec(st, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON") == SQLITE_OK;
+}
+
+store *store_open_path(const char *path, const char *const *migrations)
+{
+    store *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(path))) {
+        free(st);
+        log_error("msg=\"out of memory opening database\" db=%s", path);
+        return NULL;
+    }
+    int rc = sqlite3_open_v2(path, &st->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        char e[256];
+        log_error("msg=\"cannot open database\" db=%s error=%s", path,
+                  log_quote(e, sizeof e, st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc)));
+        store_close(st);
+        return NULL;
+    }
+    if (!configure(st) ||
+        !migrate(st, "platform", platform_migrations, platform_version,
+                 "UPDATE platform_schema SET version = %lld") ||
+        (migrations && !migrate(st, "service", migrations, service_version,
+                                "PRAGMA user_version = %lld"))) {
+        store_close(st);
+        return NULL;
+    }
+    return st;
+}
+
+store *store_open(const char *service_name, const char *const *migrations)
+{
+    const char *db_path = config_str("DB_PATH", NULL);
+    if (db_path) return store_open_path(db_path, migrations);
+
+    char file[256];
+    snprintf(file, sizeof file, "%s.db", service_name);
+    char *path = config_data_path(file);
+    if (!path) {
+        log_error("msg=\"no data directory for the database\" file=%s", file);
+        return NULL;
+    }
+    store *st = store_open_path(path, migrations);
+    free(path);
+    return st;
+}
+
+void store_close(store *st)
+{
+    if (!st) return;
+    cache_clear(st);
+    if (st->db) {
+        /* A transaction left open by a failed caller must not be committed
+         * implicitly: sqlite3_close rolls it back. */
+        if (sqlite3_close(st->db) != SQLITE_OK) {
+            char e[256];
+            log_error("msg=\"database close failed\" db=%s error=%s", st->path,
+                      log_quote(e, sizeof e, sqlite3_errmsg(st->db)));
+            sqlite3_close_v2(st->db);
+        }
+    }
+    free(st->path);
+    free(st);
+}
+
+sqlite3 *store_db(store *st) { return st->db; }
+
+const char *store_path(const store *st) { return st->path; }
+
+const char *store_error(store *st) { return sqlite3_errmsg(st->db); }
+
+bool store_ready(void *arg)
+{
+    store *st = arg;
+    if (!st || !st->db) return false;
+    sqlite3_stmt *s = store_prepare(st, "SELECT 1");
+    bool ok = s && sqlite3_step(s) == SQLITE_ROW;
+    if (s) sqlite3_reset(s);
+    return ok;
+}

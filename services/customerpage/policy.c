@@ -1,0 +1,200 @@
+/* policy.c: how the customer page reacts to events, and its rebuild.
+ *
+ * Applying an event: read its fact (domain.c), store it in the view's fact
+ * table, and if the set of facts of its order changed, fold them again into
+ * the order's row. The live handler runs inside the bus's transaction, so
+ * the row and the bus's record of the eventId commit together.
+ *
+ * Rebuild, step by step, all on the loop thread:
+ *   1. empty the shadow tables, state := running;
+ *   2. bus_replay delivers every stored event of the stream to
+ *      replay_event, which applies it to the shadow view;
+ *   3. meanwhile the live handler applies each new event to the live view
+ *      AND to the shadow view: an event published after the replay's end
+ *      point is thus in the shadow too, and one the replay also delivers is
+ *      a duplicate, which changes nothing;
+ *   4. at the end, one transaction counts the rows that differ, copies the
+ *      shadow over the live tables and empties the shadow.
+ * Readers see the old view until the swap commits, then the new one.
+ *
+ * A malformed event fails the live handler (the bus retries, then sets it
+ * aside as a dead letter: it never reaches the view) and is skipped by the
+ * replay, so that the rebuilt view equals the live one there too. */
+#include "customerpage.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "log.h"
+
+static const char *string_or_dash(const json_t *obj, const char *key)
+{
+    const char *v = json_string_value(json_object_get(obj, key));
+    return v ? v : "-";
+}
+
+/* One log line per event handled, with its eventId and request id. */
+static void log_handled(const char *what, const json_t *event, const char *request_id,
+                        long long order_id, const char *outcome)
+{
+    char type[64], id[96], req[96];
+    log_info("msg=\"%s\" event=%s eventId=%s req=%s orderId=%lld outcome=%s", what,
+             log_quote(type, sizeof type, string_or_dash(event, "eventType")),
+             log_quote(id, sizeof id, string_or_dash(event, "eventId")),
+             log_quote(req, sizeof req, request_id ? request_id : "-"),
+             order_id, outcome);
+}
+
+/* Folds the facts of one order into its row. */
+static int refold(store *st, page_view v, long long order_id)
+{
+    page_fact *facts;
+    size_t n;
+    if (page_store_facts(st, v, order_id, &facts, &n) < 0) return -1;
+    customer_page page;
+    customer_page_fold(order_id, facts, n, &page);
+    int rc = page_store_put_page(st, v, &page);
+    customer_page_clear(&page);
+    for (size_t i = 0; i < n; i++) page_fact_clear(&facts[i]);
+    free(facts);
+    return rc;
+}
+
+apply_result customerpage_apply(store *st, page_view v, const json_t *event,
+                                long long *order_id, char *err, size_t errlen)
+{
+    page_fact fact;
+    if (order_id) *order_id = 0;
+    int rc = page_fact_from_event(event, &fact, err, errlen);
+    if (rc < 0) return APPLY_MALFORMED;
+    if (rc == 0) return APPLY_UNCHANGED;
+    if (order_id) *order_id = fact.order_id;
+    int changed = page_store_put_fact(st, v, &fact);
+    page_fact_clear(&fact);
+    if (changed == 0) return APPLY_UNCHANGED;
+    if (changed < 0 || refold(st, v, fact.order_id) < 0) {
+        snprintf(err, errlen, "database error: %s", store_error(st));
+        return APPLY_FAILED;
+    }
+    return APPLY_CHANGED;
+}
+
+int customerpage_on_event(store *st, const json_t *event, const char *request_id,
+                          void *arg, char *err, size_t errlen)
+{
+    customerpage_app *app = arg;
+    long long order_id;
+    apply_result rc = customerpage_apply(st, PAGE_LIVE, event, &order_id, err, errlen);
+    if (rc < 0) return -1;
+    if (app && app->rebuild.state == REBUILD_RUNNING &&
+        customerpage_apply(st, PAGE_REBUILD, event, NULL, err, errlen) < 0)
+        return -1;
+    log_handled("event handled", event, request_id, order_id,
+                rc == APPLY_CHANGED ? "applied" : "unchanged");
+    return 0;
+}
+
+void customerpage_policy_register(customerpage_app *app)
+{
+    static const char *const types[] = { "Ordered", "Paid", "Shipped", "OrderCancelled",
+                                         "DeliveryCanceled", "PayCancelled" };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        bus_on(app->bus, types[i], customerpage_on_event, app);
+}
+
+/* ---- rebuild ---- */
+
+const char *rebuild_state_name(rebuild_state s)
+{
+    switch (s) {
+    case REBUILD_RUNNING: return "running";
+    case REBUILD_DONE: return "done";
+    case REBUILD_FAILED: return "failed";
+    default: return "idle";
+    }
+}
+
+static int replay_event(store *st, const json_t *event, const char *request_id,
+                        void *arg, char *err, size_t errlen)
+{
+    customerpage_app *app = arg;
+    long long order_id;
+    apply_result rc = customerpage_apply(st, PAGE_REBUILD, event, &order_id, err, errlen);
+    app->rebuild.events++;
+    if (rc == APPLY_FAILED) return -1;
+    if (rc == APPLY_MALFORMED) {
+        char why[200];
+        log_warn("msg=\"rebuild skips a malformed event\" eventId=%s why=%s",
+                 string_or_dash(event, "eventId"), log_quote(why, sizeof why, err));
+    }
+    (void)request_id;
+    return 0;
+}
+
+static void rebuild_failed(customerpage_app *app, const char *why)
+{
+    app->rebuild.state = REBUILD_FAILED;
+    snprintf(app->rebuild.error, sizeof app->rebuild.error, "%s", why);
+    bus_timestamp(app->rebuild.finished_at);
+    page_store_clear_rebuild(app->st);
+    char q[256];
+    log_error("msg=\"customer page rebuild failed\" why=%s", log_quote(q, sizeof q, why));
+}
+
+/* The replay is over: swap the shadow in, in one transaction. */
+static void rebuild_done(void *arg, bool ok, long count)
+{
+    customerpage_app *app = arg;
+    store *st = app->st;
+    app->rebuild.events = count;
+    if (!ok) {
+        rebuild_failed(app, "the replay of the event stream failed");
+        return;
+    }
+    char why[256];
+    if (store_begin(st) != SQLITE_OK) {
+        snprintf(why, sizeof why, "cannot begin the swap: %s", store_error(st));
+        rebuild_failed(app, why);
+        return;
+    }
+    long long differences = page_store_rebuild_differences(st);
+    long long rows = page_store_rebuild_rows(st);
+    if (differences < 0 || rows < 0 || page_store_swap_in_rebuild(st) < 0 ||
+        store_commit(st) != SQLITE_OK) {
+        snprintf(why, sizeof why, "cannot swap in the rebuilt view: %s", store_error(st));
+        store_rollback(st);
+        rebuild_failed(app, why);
+        return;
+    }
+    app->rebuild.state = REBUILD_DONE;
+    app->rebuild.rows = rows;
+    app->rebuild.differences = differences;
+    bus_timestamp(app->rebuild.finished_at);
+    log_info("msg=\"customer page rebuilt\" events=%ld rows=%lld differences=%lld",
+             count, rows, differences);
+}
+
+int customerpage_rebuild_start(customerpage_app *app, bool *conflict, char *err, size_t errlen)
+{
+    *conflict = false;
+    if (app->rebuild.state == REBUILD_RUNNING) {
+        *conflict = true;
+        snprintf(err, errlen, "a rebuild is already running (started %s, %ld events so far)",
+                 app->rebuild.started_at, app->rebuild.events);
+        return -1;
+    }
+    if (page_store_clear_rebuild(app->st) < 0) {
+        snprintf(err, errlen, "cannot empty the rebuild tables: %s", store_error(app->st));
+        return -1;
+    }
+    memset(&app->rebuild, 0, sizeof app->rebuild);
+    app->rebuild.state = REBUILD_RUNNING;
+    bus_timestamp(app->rebuild.started_at);
+    if (!app->bus || bus_replay(app->bus, replay_event, app, rebuild_done) != 0) {
+        snprintf(err, errlen, "the event stream cannot be replayed now (is the bus connected?)");
+        rebuild_failed(app, err);
+        return -1;
+    }
+    log_info("msg=\"customer page rebuild started\"");
+    return 0;
+}

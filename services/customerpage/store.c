@@ -1,0 +1,313 @@
+/* store.c: all of the customer page's SQL.
+ *
+ * Two pairs of tables with the same shape:
+ *   page_events, customer_pages                  the live view
+ *   page_events_rebuild, customer_pages_rebuild  the shadow a rebuild fills
+ * page_events holds the facts (one event per order and event type: the
+ * primary key), customer_pages the rows folded from them, with the history
+ * as JSON text. Every function that works on either pair takes a page_view
+ * and picks the SQL text of that pair (statements are cached by text).
+ *
+ * Statements are reset after use so that no read stays open across the
+ * caller's COMMIT. Errors are logged here and reported as -1. */
+#include "customerpage.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "log.h"
+
+#define EVENTS_TABLE(name) \
+    "CREATE TABLE " name " ("                                   \
+    "  order_id   INTEGER NOT NULL,"                            \
+    "  event_type TEXT NOT NULL,"                               \
+    "  event_id   TEXT NOT NULL,"                               \
+    "  timestamp  TEXT NOT NULL,"                               \
+    "  event      TEXT NOT NULL,"                               \
+    "  PRIMARY KEY (order_id, event_type)) WITHOUT ROWID;"
+
+#define PAGES_TABLE(name) \
+    "CREATE TABLE " name " ("                                   \
+    "  order_id    INTEGER PRIMARY KEY,"                        \
+    "  customer_id TEXT NOT NULL,"                              \
+    "  product_id  TEXT NOT NULL,"                              \
+    "  qty         INTEGER,"                                    \
+    "  amount      INTEGER,"                                    \
+    "  payment_id  INTEGER,"                                    \
+    "  delivery_id INTEGER,"                                    \
+    "  status      TEXT NOT NULL,"                              \
+    "  step_rank   INTEGER NOT NULL,"                           \
+    "  visible     INTEGER NOT NULL,"                           \
+    "  history     TEXT NOT NULL);"                             \
+    "CREATE INDEX " name "_by_customer ON " name " (customer_id, order_id);"
+
+const char *const customerpage_migrations[] = {
+    EVENTS_TABLE("page_events") PAGES_TABLE("customer_pages")
+    EVENTS_TABLE("page_events_rebuild") PAGES_TABLE("customer_pages_rebuild"),
+    NULL
+};
+
+#define PAGE_COLUMNS "order_id, customer_id, product_id, qty, amount, payment_id, " \
+                     "delivery_id, status, step_rank, visible, history"
+#define EVENT_COLUMNS "order_id, event_type, event_id, timestamp, event"
+
+/* The SQL of one statement for each view. */
+#define FOR_BOTH(make) { make("page_events", "customer_pages"), \
+                         make("page_events_rebuild", "customer_pages_rebuild") }
+
+static int fail(store *st, sqlite3_stmt *s, const char *what)
+{
+    log_error("msg=\"customerpage store: %s failed\" sqlite=\"%s\"", what, store_error(st));
+    if (s) sqlite3_reset(s);
+    return -1;
+}
+
+static void bind_known(sqlite3_stmt *s, int i, long long v)
+{
+    if (v == PAGE_UNKNOWN) sqlite3_bind_null(s, i);
+    else sqlite3_bind_int64(s, i, v);
+}
+
+static long long column_known(sqlite3_stmt *s, int i)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? PAGE_UNKNOWN : sqlite3_column_int64(s, i);
+}
+
+static void column_text(sqlite3_stmt *s, int i, char *out, size_t size)
+{
+    const unsigned char *v = sqlite3_column_text(s, i);
+    snprintf(out, size, "%s", v ? (const char *)v : "");
+}
+
+/* ---- facts ---- */
+
+/* The kept fact of a step is the smallest (timestamp, eventId): a newcomer
+ * replaces it only when smaller, so arrival order does not matter. */
+#define PUT_FACT(events, pages) \
+    "INSERT INTO " events " (" EVENT_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5) "   \
+    "ON CONFLICT (order_id, event_type) DO UPDATE SET event_id = excluded.event_id, " \
+    "timestamp = excluded.timestamp, event = excluded.event "                    \
+    "WHERE (excluded.timestamp, excluded.event_id) < (" events ".timestamp, " events ".event_id)"
+
+int page_store_put_fact(store *st, page_view v, const page_fact *f)
+{
+    static const char *const sql[2] = FOR_BOTH(PUT_FACT);
+    char *text = json_dumps(f->event, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text) {
+        log_error("msg=\"customerpage store: cannot serialize event\" eventId=%s", f->event_id);
+        return -1;
+    }
+    sqlite3_stmt *s = store_prepare(st, sql[v]);
+    if (!s) {
+        free(text);
+        return -1;
+    }
+    sqlite3_bind_int64(s, 1, f->order_id);
+    sqlite3_bind_text(s, 2, f->event_type, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, f->event_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 4, f->timestamp, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 5, text, -1, free);
+    if (sqlite3_step(s) != SQLITE_DONE) return fail(st, s, "store fact");
+    sqlite3_reset(s);
+    return sqlite3_changes(store_db(st)) > 0 ? 1 : 0;
+}
+
+#define GET_FACTS(events, pages) \
+    "SELECT " EVENT_COLUMNS " FROM " events " WHERE order_id = ?1"
+
+int page_store_facts(store *st, page_view v, long long order_id, page_fact **out, size_t *n)
+{
+    static const char *const sql[2] = FOR_BOTH(GET_FACTS);
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *s = store_prepare(st, sql[v]);
+    if (!s) return -1;
+    sqlite3_bind_int64(s, 1, order_id);
+    page_fact *facts = calloc(PAGE_STEPS, sizeof *facts);   /* one per step at most */
+    if (!facts) return fail(st, s, "read facts (out of memory)");
+    size_t count = 0;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW && count < PAGE_STEPS) {
+        page_fact *f = &facts[count];
+        f->order_id = sqlite3_column_int64(s, 0);
+        column_text(s, 1, f->event_type, sizeof f->event_type);
+        column_text(s, 2, f->event_id, sizeof f->event_id);
+        column_text(s, 3, f->timestamp, sizeof f->timestamp);
+        f->event = json_loads((const char *)sqlite3_column_text(s, 4), 0, NULL);
+        if (f->event) count++;
+        else log_error("msg=\"customerpage store: unreadable stored event\" orderId=%lld",
+                       order_id);
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        for (size_t i = 0; i < count; i++) page_fact_clear(&facts[i]);
+        free(facts);
+        return fail(st, s, "read facts");
+    }
+    sqlite3_reset(s);
+    *out = facts;
+    *n = count;
+    return 0;
+}
+
+/* ---- rows ---- */
+
+#define PUT_PAGE(events, pages) \
+    "INSERT OR REPLACE INTO " pages " (" PAGE_COLUMNS ") " \
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+
+int page_store_put_page(store *st, page_view v, const customer_page *p)
+{
+    static const char *const sql[2] = FOR_BOTH(PUT_PAGE);
+    char *history = json_dumps(p->history, JSON_COMPACT);
+    if (!history) {
+        log_error("msg=\"customerpage store: cannot serialize history\" orderId=%lld", p->order_id);
+        return -1;
+    }
+    sqlite3_stmt *s = store_prepare(st, sql[v]);
+    if (!s) {
+        free(history);
+        return -1;
+    }
+    sqlite3_bind_int64(s, 1, p->order_id);
+    sqlite3_bind_text(s, 2, p->customer_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, p->product_id, -1, SQLITE_TRANSIENT);
+    bind_known(s, 4, p->qty);
+    bind_known(s, 5, p->amount);
+    bind_known(s, 6, p->payment_id);
+    bind_known(s, 7, p->delivery_id);
+    sqlite3_bind_text(s, 8, p->status, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(s, 9, p->rank);
+    sqlite3_bind_int(s, 10, p->visible);
+    sqlite3_bind_text(s, 11, history, -1, free);
+    if (sqlite3_step(s) != SQLITE_DONE) return fail(st, s, "store page");
+    sqlite3_reset(s);
+    return 0;
+}
+
+static int read_page(sqlite3_stmt *s, customer_page *p)
+{
+    memset(p, 0, sizeof *p);
+    p->order_id = sqlite3_column_int64(s, 0);
+    column_text(s, 1, p->customer_id, sizeof p->customer_id);
+    column_text(s, 2, p->product_id, sizeof p->product_id);
+    p->qty = column_known(s, 3);
+    p->amount = column_known(s, 4);
+    p->payment_id = column_known(s, 5);
+    p->delivery_id = column_known(s, 6);
+    column_text(s, 7, p->status, sizeof p->status);
+    p->rank = sqlite3_column_int(s, 8);
+    p->visible = sqlite3_column_int(s, 9) != 0;
+    p->history = json_loads((const char *)sqlite3_column_text(s, 10), 0, NULL);
+    if (!p->history) {
+        log_error("msg=\"customerpage store: unreadable history\" orderId=%lld", p->order_id);
+        return -1;
+    }
+    return 0;
+}
+
+int page_store_get(store *st, long long order_id, customer_page *out)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "SELECT " PAGE_COLUMNS " FROM customer_pages WHERE order_id = ?1 AND visible = 1");
+    if (!s) return -1;
+    sqlite3_bind_int64(s, 1, order_id);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(s);
+        return 0;
+    }
+    if (rc != SQLITE_ROW) return fail(st, s, "read page");
+    int ok = read_page(s, out);
+    sqlite3_reset(s);
+    return ok < 0 ? -1 : 1;
+}
+
+long long page_store_count(store *st, const char *customer_id)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "SELECT COUNT(*) FROM customer_pages WHERE visible = 1 "
+        "AND (?1 IS NULL OR customer_id = ?1)");
+    if (!s) return -1;
+    if (customer_id) sqlite3_bind_text(s, 1, customer_id, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, "count pages");
+    long long n = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    return n;
+}
+
+int page_store_list(store *st, const char *customer_id, long offset, long limit,
+                    void (*visit)(const customer_page *p, void *arg), void *arg)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "SELECT " PAGE_COLUMNS " FROM customer_pages WHERE visible = 1 "
+        "AND (?1 IS NULL OR customer_id = ?1) ORDER BY order_id LIMIT ?2 OFFSET ?3");
+    if (!s) return -1;
+    if (customer_id) sqlite3_bind_text(s, 1, customer_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, limit);
+    sqlite3_bind_int64(s, 3, offset);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        customer_page p;
+        if (read_page(s, &p) < 0) {
+            customer_page_clear(&p);
+            sqlite3_reset(s);
+            return -1;
+        }
+        visit(&p, arg);
+        customer_page_clear(&p);
+    }
+    if (rc != SQLITE_DONE) return fail(st, s, "list pages");
+    sqlite3_reset(s);
+    return 0;
+}
+
+/* ---- rebuild ---- */
+
+int page_store_clear_rebuild(store *st)
+{
+    if (store_exec(st, "DELETE FROM page_events_rebuild; DELETE FROM customer_pages_rebuild;")
+        != SQLITE_OK)
+        return fail(st, NULL, "clear the rebuild tables");
+    return 0;
+}
+
+long long page_store_rebuild_rows(store *st)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM customer_pages_rebuild");
+    if (!s) return -1;
+    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, "count rebuilt pages");
+    long long n = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    return n;
+}
+
+long long page_store_rebuild_differences(store *st)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "SELECT COUNT(DISTINCT order_id) FROM ("
+        "  SELECT * FROM (SELECT " PAGE_COLUMNS " FROM customer_pages"
+        "                 EXCEPT SELECT " PAGE_COLUMNS " FROM customer_pages_rebuild)"
+        "  UNION ALL"
+        "  SELECT * FROM (SELECT " PAGE_COLUMNS " FROM customer_pages_rebuild"
+        "                 EXCEPT SELECT " PAGE_COLUMNS " FROM customer_pages))");
+    if (!s) return -1;
+    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, "compare live and rebuilt pages");
+    long long n = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    return n;
+}
+
+int page_store_swap_in_rebuild(store *st)
+{
+    if (store_exec(st,
+            "DELETE FROM page_events;"
+            "INSERT INTO page_events (" EVENT_COLUMNS ") "
+            "  SELECT " EVENT_COLUMNS " FROM page_events_rebuild;"
+            "DELETE FROM customer_pages;"
+            "INSERT INTO customer_pages (" PAGE_COLUMNS ") "
+            "  SELECT " PAGE_COLUMNS " FROM customer_pages_rebuild;"
+            "DELETE FROM page_events_rebuild;"
+            "DELETE FROM customer_pages_rebuild;") != SQLITE_OK)
+        return fail(st, NULL, "swap in the rebuilt view");
+    return 0;
+}

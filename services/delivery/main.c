@@ -1,0 +1,55 @@
+/* main.c: the delivery process (port 8082): wiring only.
+ *
+ * Environment (besides what every process reads, see the lib headers):
+ *   HOST (127.0.0.1), PORT (8082), DATA_DIR (./data; the database is
+ *   <DATA_DIR>/delivery.db unless DB_PATH is set), NATS_URL
+ *   (nats://127.0.0.1:4222), BUS_POLL_MS, BUS_MAX_DELIVER (bus.h),
+ *   HTTP_* limits (http.h). Delivery has no variables of its own.
+ *
+ * Start order: the store (migrations), the bus with its handlers, the
+ * routes, the readiness checks (store_ready, bus_connected), then the
+ * loop. The bus connects in the background: delivery starts, and answers
+ * its API, without nats-server; /health/ready says so until it connects.
+ * On SIGTERM the HTTP server drains, then the bus threads stop (events in
+ * flight are not acked and will be redelivered), then the store closes. */
+#include "delivery.h"
+
+#include "log.h"
+
+static void stop_bus(void *arg)
+{
+    bus_stop(arg);
+}
+
+int main(void)
+{
+    service *svc = service_new("delivery", 8082);
+    if (!svc) return 1;
+    store *st = store_open("delivery", delivery_migrations);
+    if (!st) {
+        log_error("msg=\"cannot open the delivery database\"");
+        return 1;
+    }
+    bus *b = bus_new(svc->base, st, "delivery");
+    if (!b) {
+        log_error("msg=\"cannot create the event bus\"");
+        store_close(st);
+        return 1;
+    }
+    delivery_policy_register(b);
+    delivery_api_register(svc, st);
+    bus_register_routes(b, svc->http);
+    service_ready_check(svc, "store_ready", store_ready, st);
+    service_ready_check(svc, "bus_connected", bus_connected, b);
+    service_on_stop(svc, stop_bus, b);
+    if (bus_start(b) != 0) {
+        log_error("msg=\"cannot start the event bus\"");
+        bus_free(b);
+        store_close(st);
+        return 1;
+    }
+    int code = service_run(svc);
+    bus_free(b);
+    store_close(st);
+    return code;
+}

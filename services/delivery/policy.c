@@ -1,0 +1,167 @@
+/* policy.c: how delivery reacts to events, and the cancel command.
+ *
+ * Each handler runs inside the bus's transaction (bus.h): what it writes,
+ * the events it adds to the outbox and the bus's record of the eventId
+ * commit together, so a crash at any point either keeps all of it or none,
+ * and the redelivered event then finds the work done or not done, never half
+ * done. Handlers are also idempotent on their own (a second Paid finds the
+ * delivery already there), which matters when the same fact comes back
+ * under a different eventId.
+ *
+ *   Ordered        note "ordered"; ship if Paid was seen too
+ *   Paid           note "paid" and its payment id; ship if Ordered was seen
+ *   OrderCancelled cancel (delivery_cancel), once per order
+ *
+ * An event that lacks the ids it needs is refused (-1 with the reason):
+ * the bus retries it and then sets it aside as a dead letter. */
+#include "delivery.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include "log.h"
+#include "rep.h"
+
+static const char *string_or_dash(const json_t *obj, const char *key)
+{
+    const char *v = json_string_value(json_object_get(obj, key));
+    return v ? v : "-";
+}
+
+/* One log line per event handled: the event, its id, the request that
+ * caused it (so a rental can be followed across services) and what it did. */
+static void log_handled(const json_t *event, const char *request_id, long long order_id,
+                        const char *outcome)
+{
+    char type[64], id[96], req[96];
+    log_info("msg=\"event handled\" event=%s eventId=%s req=%s orderId=%lld outcome=%s",
+             log_quote(type, sizeof type, string_or_dash(event, "eventType")),
+             log_quote(id, sizeof id, string_or_dash(event, "eventId")),
+             log_quote(req, sizeof req, request_id ? request_id : "-"),
+             order_id, outcome);
+}
+
+/* Reads a required positive id from an event; err names the field. */
+static int event_id_field(const json_t *event, const char *field, long long *out,
+                          char *err, size_t errlen)
+{
+    return rep_int(event, field, true, 1, LLONG_MAX, out, err, errlen) == 1 ? 0 : -1;
+}
+
+static int db_error(store *st, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "database error: %s", store_error(st));
+    return -1;
+}
+
+/* Adds the event of d's current status to the outbox (caller's transaction). */
+static int publish(store *st, const delivery *d, const char *request_id)
+{
+    json_t *payload = delivery_event_payload(d);
+    if (!payload) return -1;
+    int rc = outbox_add(st, delivery_event_type(d), payload, request_id, NULL);
+    json_decref(payload);
+    return rc;
+}
+
+/* Ships the order if the rule allows it now. *outcome says what happened. */
+static int ship_if_ready(store *st, long long order_id, const char *request_id,
+                         const char **outcome, char *err, size_t errlen)
+{
+    order_facts f;
+    if (delivery_store_facts(st, order_id, &f) < 0) return db_error(st, err, errlen);
+    if (!delivery_should_ship(&f)) {
+        *outcome = f.cancelled ? "not-shipped-cancelled"
+                 : f.has_delivery ? "already-shipped"
+                 : "waiting";
+        return 0;
+    }
+    delivery d = { .order_id = order_id, .payment_id = f.payment_id };
+    snprintf(d.status, sizeof d.status, "%s", DELIVERY_SHIPPED);
+    if (delivery_store_insert(st, &d) < 0 || publish(st, &d, request_id) < 0)
+        return db_error(st, err, errlen);
+    *outcome = "shipped";
+    return 0;
+}
+
+int delivery_on_ordered(store *st, const json_t *event, const char *request_id,
+                        void *arg, char *err, size_t errlen)
+{
+    (void)arg;
+    long long order_id;
+    const char *outcome = NULL;
+    if (event_id_field(event, "id", &order_id, err, errlen) < 0) return -1;
+    if (delivery_store_note_ordered(st, order_id) < 0) return db_error(st, err, errlen);
+    if (ship_if_ready(st, order_id, request_id, &outcome, err, errlen) < 0) return -1;
+    log_handled(event, request_id, order_id, outcome);
+    return 0;
+}
+
+int delivery_on_paid(store *st, const json_t *event, const char *request_id,
+                     void *arg, char *err, size_t errlen)
+{
+    (void)arg;
+    long long order_id, payment_id;
+    const char *outcome = NULL;
+    if (event_id_field(event, "orderId", &order_id, err, errlen) < 0 ||
+        event_id_field(event, "id", &payment_id, err, errlen) < 0)
+        return -1;
+    if (delivery_store_note_paid(st, order_id, payment_id) < 0) return db_error(st, err, errlen);
+    if (ship_if_ready(st, order_id, request_id, &outcome, err, errlen) < 0) return -1;
+    log_handled(event, request_id, order_id, outcome);
+    return 0;
+}
+
+int delivery_on_order_cancelled(store *st, const json_t *event, const char *request_id,
+                                void *arg, char *err, size_t errlen)
+{
+    (void)arg;
+    long long order_id;
+    cancellation c;
+    bool created = false;
+    if (event_id_field(event, "id", &order_id, err, errlen) < 0) return -1;
+    if (delivery_cancel(st, order_id, request_id, &c, &created, err, errlen) < 0) return -1;
+    log_handled(event, request_id, order_id, created ? "cancelled" : "already-cancelled");
+    return 0;
+}
+
+int delivery_cancel(store *st, long long order_id, const char *request_id,
+                    cancellation *out, bool *created, char *err, size_t errlen)
+{
+    *created = false;
+    int found = cancellation_store_find_by_order(st, order_id, out);
+    if (found < 0) return db_error(st, err, errlen);
+    if (found) return 0;
+
+    order_facts f;
+    delivery d;
+    if (delivery_store_facts(st, order_id, &f) < 0) return db_error(st, err, errlen);
+    found = delivery_store_find_by_order(st, order_id, &d);
+    if (found < 0) return db_error(st, err, errlen);
+    if (found) {
+        /* Shipped already: the company takes the car back. */
+        snprintf(d.status, sizeof d.status, "%s", DELIVERY_CANCELLED);
+        if (delivery_store_set_status(st, d.id, d.status) < 0) return db_error(st, err, errlen);
+    } else {
+        /* Nothing shipped yet: the delivery is born cancelled, so it can
+         * never ship and the event still names a delivery. */
+        memset(&d, 0, sizeof d);
+        d.order_id = order_id;
+        d.payment_id = f.paid ? f.payment_id : 0;
+        snprintf(d.status, sizeof d.status, "%s", DELIVERY_CANCELLED);
+        if (delivery_store_insert(st, &d) < 0) return db_error(st, err, errlen);
+    }
+    cancellation c = { .order_id = order_id, .delivery_id = d.id, .payment_id = d.payment_id };
+    if (cancellation_store_insert(st, &c) < 0 || publish(st, &d, request_id) < 0)
+        return db_error(st, err, errlen);
+    *out = c;
+    *created = true;
+    return 0;
+}
+
+void delivery_policy_register(bus *b)
+{
+    bus_on(b, "Ordered", delivery_on_ordered, NULL);
+    bus_on(b, "Paid", delivery_on_paid, NULL);
+    bus_on(b, "OrderCancelled", delivery_on_order_cancelled, NULL);
+}

@@ -1,0 +1,288 @@
+/* test_store.c: the SQLite store: pragmas, migrations (once, in order, each
+ * atomic, never shifted by the platform's tables), reopening, the statement
+ * cache, the commit hook, rollback, and stale read snapshots. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "store.h"
+#include "testing.h"
+
+static char dir[64];
+
+static long long int_of(store *st, const char *sql)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    long long v = -1;
+    if (s && sqlite3_step(s) == SQLITE_ROW) v = sqlite3_column_int64(s, 0);
+    if (s) sqlite3_reset(s);
+    return v;
+}
+
+static const char *text_of(store *st, const char *sql, char *buf, size_t len)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    buf[0] = '\0';
+    if (s && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+        snprintf(buf, len, "%s", (const char *)sqlite3_column_text(s, 0));
+    if (s) sqlite3_reset(s);
+    return buf;
+}
+
+static bool table_exists(store *st, const char *name)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?");
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    bool found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    return found;
+}
+
+/* Each migration leaves a trace of its number, so order and count show. */
+static const char *const migrations_v2[] = {
+    "CREATE TABLE trace (n INTEGER NOT NULL); INSERT INTO trace VALUES (1);"
+    "CREATE TABLE car (id TEXT PRIMARY KEY, name TEXT NOT NULL);",
+    "INSERT INTO trace VALUES (2); ALTER TABLE car ADD COLUMN price INTEGER NOT NULL DEFAULT 0;",
+    NULL
+};
+static const char *const migrations_v3[] = {
+    "CREATE TABLE trace (n INTEGER NOT NULL); INSERT INTO trace VALUES (1);"
+    "CREATE TABLE car (id TEXT PRIMARY KEY, name TEXT NOT NULL);",
+    "INSERT INTO trace VALUES (2); ALTER TABLE car ADD COLUMN price INTEGER NOT NULL DEFAULT 0;",
+    "INSERT INTO trace VALUES (3); CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+    "CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
+    NULL
+};
+static const char *const migrations_broken[] = {
+    "CREATE TABLE trace (n INTEGER NOT NULL); INSERT INTO trace VALUES (1);"
+    "CREATE TABLE car (id TEXT PRIMARY KEY, name TEXT NOT NULL);",
+    "INSERT INTO trace VALUES (2); ALTER TABLE car ADD COLUMN price INTEGER NOT NULL DEFAULT 0;",
+    "INSERT INTO trace VALUES (3); CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+    "CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
+    "INSERT INTO trace VALUES (4); CREATE TABLE half_done (x); INSERT INTO no_such_table VALUES (1);",
+    NULL
+};
+
+static void test_open_and_migrate(const char *path)
+{
+    store *st = store_open_path(path, migrations_v2);
+    CHECK(st != NULL);
+    if (!st) return;
+    char buf[64];
+    CHECK_STR(text_of(st, "PRAGMA journal_mode", buf, sizeof buf), "wal");
+    CHECK_INT(int_of(st, "PRAGMA synchronous"), 2);         /* FULL */
+    CHECK_INT(int_of(st, "PRAGMA foreign_keys"), 1);
+    CHECK_INT(int_of(st, "PRAGMA busy_timeout"), 5000);
+    CHECK_INT(int_of(st, "PRAGMA user_version"), 2);        /* the service's count, not shifted */
+    CHECK(table_exists(st, "outbox"));
+    CHECK(table_exists(st, "processed_events"));
+    CHECK(table_exists(st, "dead_letters"));
+    CHECK_INT(int_of(st, "SELECT count(*) FROM trace"), 2);
+    CHECK_INT(int_of(st, "SELECT group_concat(n, ',') = '1,2' FROM trace"), 1);
+    CHECK(store_ready(st));
+    CHECK_STR(store_path(st), path);
+
+    CHECK_INT(store_exec(st, "INSERT INTO car (id, name, price) VALUES ('1001', 'Avante', 50000)"), SQLITE_OK);
+    store_close(st);
+
+    /* Reopen: nothing applied again, data kept. */
+    st = store_open_path(path, migrations_v2);
+    CHECK(st != NULL);
+    if (!st) return;
+    CHECK_INT(int_of(st, "SELECT count(*) FROM trace"), 2);
+    CHECK_INT(int_of(st, "SELECT price FROM car WHERE id = '1001'"), 50000);
+    store_close(st);
+
+    /* A worker's connection (no migrations) leaves the service schema alone. */
+    st = store_open_path(path, NULL);
+    CHECK(st != NULL);
+    if (st) {
+        CHECK_INT(int_of(st, "PRAGMA user_version"), 2);
+        store_close(st);
+    }
+
+    /* A new migration: only it runs. */
+    st = store_open_path(path, migrations_v3);
+    CHECK(st != NULL);
+    if (!st) return;
+    CHECK_INT(int_of(st, "PRAGMA user_version"), 3);
+    CHECK_INT(int_of(st, "SELECT group_concat(n, ',') = '1,2,3' FROM trace"), 1);
+    store_close(st);
+
+    /* A failing migration is refused as a whole: no half-applied script. */
+    st = store_open_path(path, migrations_broken);
+    CHECK(st == NULL);
+    store_close(st);
+    st = store_open_path(path, migrations_v3);
+    CHECK(st != NULL);
+    if (!st) return;
+    CHECK_INT(int_of(st, "PRAGMA user_version"), 3);
+    CHECK(!table_exists(st, "half_done"));
+    CHECK_INT(int_of(st, "SELECT count(*) FROM trace WHERE n = 4"), 0);
+    store_close(st);
+
+    /* A database newer than the program is refused, not damaged. */
+    st = store_open_path(path, migrations_v2);
+    CHECK(st == NULL);
+    store_close(st);
+}
+
+static void test_statement_cache(const char *path)
+{
+    store *st = store_open_path(path, migrations_v3);
+    CHECK(st != NULL);
+    if (!st) return;
+
+    sqlite3_stmt *a = store_prepare(st, "SELECT ?1 + 1");
+    sqlite3_stmt *b = store_prepare(st, "SELECT ?1 + 2");
+    CHECK(a && b && a != b);
+    CHECK(store_prepare(st, "SELECT ?1 + 1") == a);
+
+    /* Returned reset, with bindings cleared. */
+    sqlite3_bind_int(a, 1, 41);
+    CHECK_INT(sqlite3_step(a), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(a, 0), 42);
+    a = store_prepare(st, "SELECT ?1 + 1");
+    CHECK_INT(sqlite3_step(a), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_type(a, 0), SQLITE_NULL);
+    sqlite3_reset(a);
+
+    /* Hundreds of distinct statements: each found again, the same one. */
+    enum { N = 600 };
+    static sqlite3_stmt *stmts[N];
+    char sql[64];
+    for (int i = 0; i < N; i++) {
+        snprintf(sql, sizeof sql, "SELECT %d", i);
+        stmts[i] = store_prepare(st, sql);
+        CHECK(stmts[i] != NULL);
+    }
+    int same = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(sql, sizeof sql, "SELECT %d", i);
+        sqlite3_stmt *s = store_prepare(st, sql);
+        same += s == stmts[i] && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == i;
+        sqlite3_reset(s);
+    }
+    CHECK_INT(same, N);
+    CHECK(store_prepare(st, "SELECT ?1 + 1") == a);   /* survived the table's growth */
+
+    /* Bad SQL is an error, not a cached entry. */
+    CHECK(store_prepare(st, "SELEKT nonsense") == NULL);
+    CHECK(store_prepare(st, "SELEKT nonsense") == NULL);
+    store_close(st);
+}
+
+static int commits;
+static void count_commit(void *arg)
+{
+    CHECK(arg == &commits);
+    commits++;
+}
+
+static void test_transactions(const char *path)
+{
+    store *st = store_open_path(path, migrations_v3);
+    CHECK(st != NULL);
+    if (!st) return;
+    store_on_commit(st, count_commit, &commits);
+    long long cars = int_of(st, "SELECT count(*) FROM car");
+
+    /* Commit: visible, hook called once. */
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(store_exec(st, "INSERT INTO car (id, name) VALUES ('2001', 'Sonata')"), SQLITE_OK);
+    CHECK_INT(commits, 0);
+    CHECK_INT(store_commit(st), SQLITE_OK);
+    CHECK_INT(commits, 1);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM car"), cars + 1);
+
+    /* Rollback: gone, no hook. */
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(store_exec(st, "INSERT INTO car (id, name) VALUES ('2002', 'K5')"), SQLITE_OK);
+    store_rollback(st);
+    CHECK_INT(commits, 1);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM car WHERE id = '2002'"), 0);
+    CHECK(sqlite3_get_autocommit(store_db(st)));
+
+    /* A commit that fails (deferred foreign key) is rolled back, no hook. */
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(store_exec(st, "INSERT INTO child (pid) VALUES (999)"), SQLITE_OK);
+    CHECK(store_commit(st) != SQLITE_OK);
+    CHECK_INT(commits, 1);
+    CHECK(sqlite3_get_autocommit(store_db(st)));
+    CHECK_INT(int_of(st, "SELECT count(*) FROM child"), 0);
+
+    /* A read left half-stepped must not make the next write transaction
+     * fail because another connection wrote in between. */
+    store *other = store_open_path(path, NULL);
+    CHECK(other != NULL);
+    sqlite3_stmt *s = store_prepare(st, "SELECT id FROM car ORDER BY id");
+    CHECK_INT(sqlite3_step(s), SQLITE_ROW);     /* left open on purpose */
+    if (other) {
+        CHECK_INT(store_begin(other), SQLITE_OK);
+        CHECK_INT(store_exec(other, "INSERT INTO car (id, name) VALUES ('3001', 'Ioniq')"), SQLITE_OK);
+        CHECK_INT(store_commit(other), SQLITE_OK);
+        store_close(other);
+    }
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(store_exec(st, "INSERT INTO car (id, name) VALUES ('3002', 'Casper')"), SQLITE_OK);
+    CHECK_INT(store_commit(st), SQLITE_OK);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM car WHERE id IN ('3001', '3002')"), 2);
+
+    /* A second BEGIN inside a transaction is an error, not a silent nest. */
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK(store_begin(st) != SQLITE_OK);
+    store_rollback(st);
+    store_close(st);
+}
+
+static void test_store_open_in_data_dir(void)
+{
+    char data[128];
+    snprintf(data, sizeof data, "%s/data", dir);
+    setenv("DATA_DIR", data, 1);
+    unsetenv("DB_PATH");
+    store *st = store_open("unit", migrations_v2);
+    CHECK(st != NULL);
+    if (st) {
+        char expected[160];
+        snprintf(expected, sizeof expected, "%s/unit.db", data);
+        CHECK_STR(store_path(st), expected);
+        CHECK(access(expected, F_OK) == 0);
+        store_close(st);
+    }
+
+    char db_path[128];
+    snprintf(db_path, sizeof db_path, "%s/explicit.db", dir);
+    setenv("DB_PATH", db_path, 1);
+    st = store_open("unit", NULL);
+    CHECK(st != NULL);
+    if (st) {
+        CHECK_STR(store_path(st), db_path);
+        store_close(st);
+    }
+    unsetenv("DB_PATH");
+}
+
+int main(void)
+{
+    log_init("test_store");
+    snprintf(dir, sizeof dir, "/tmp/test_store.XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char path[128];
+    snprintf(path, sizeof path, "%s/service.db", dir);
+
+    test_open_and_migrate(path);
+    test_statement_cache(path);
+    test_transactions(path);
+    test_store_open_in_data_dir();
+
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    return test_done("test_store");
+}
