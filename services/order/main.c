@@ -1,0 +1,161 @@
+/* main.c: the order process (접수관리): the fleet and the rental intake.
+ *
+ * Environment (every variable is optional):
+ *   HOST                    address to listen on (127.0.0.1)
+ *   PORT                    port (8081)
+ *   DATA_DIR, DB_PATH       the database: DB_PATH, else $DATA_DIR/order.db (./data)
+ *   NATS_URL                the event bus (nats://127.0.0.1:4222)
+ *   PAYMENT_URL             payment's base URL (http://127.0.0.1:8084)
+ *   PAYMENT_CONNECT_TIMEOUT_MS (500), PAYMENT_TIMEOUT_MS (3000), PAYMENT_POOL_SIZE (64),
+ *   PAYMENT_MAX_INFLIGHT (64), PAYMENT_MAX_QUEUE (128), PAYMENT_RETRIES (1),
+ *   PAYMENT_BACKOFF_MS (50), PAYMENT_BREAKER_FAILURES, _RATIO_PCT, _MIN_CALLS, _WINDOW_MS,
+ *   PAYMENT_BREAKER_OPEN_MS  the synchronous payment call: timeouts, bulkhead, retries
+ *                           (POST /payments is idempotent per orderId) and circuit breaker
+ *                           (lib/httpc.h, lib/breaker.h for the breaker's defaults)
+ *   FLEET_FILE              a JSON fleet replacing the demo fleet at start (format: fleet.c)
+ *   RECONCILE_INTERVAL_MS   how often unsettled intakes are looked at (1000)
+ *   ORDER_TEST_CRASH_AFTER_PAYMENT  TEST ONLY, default 0 (off): 1 = _exit() as soon as a
+ *                           successful payment answer arrives, before it is committed
+ *   HTTP_* limits           see lib/http.h
+ *
+ * Start-up order matters: the fleet is loaded and every intake left
+ * "pending" by a previous run is marked "in_doubt" BEFORE the server
+ * listens, so the reconciler can tell a dead process's calls from the
+ * live ones. */
+#include <stdlib.h>
+
+#include "bus.h"
+#include "config.h"
+#include "httpc.h"
+#include "log.h"
+#include "order.h"
+#include "service.h"
+
+static http_client *payment_client;
+static http_client *reconcile_client;
+
+static void stop_reconciler(void *arg)
+{
+    reconciler_stop(arg);
+}
+
+static void free_clients(void *arg)
+{
+    (void)arg;
+    http_client_free(payment_client);
+    http_client_free(reconcile_client);
+}
+
+static void stop_bus(void *arg)
+{
+    bus *b = arg;
+    bus_stop(b);
+    bus_free(b);
+}
+
+static void close_store(void *arg)
+{
+    store_close(arg);
+}
+
+/* Defaults for a payment call on the customer's path, then the
+ * environment. */
+static void payment_opts(http_client_opts *o)
+{
+    *o = (http_client_opts){
+        .connect_timeout_ms = 500,
+        .timeout_ms = 3000,
+        .pool_size = 64,
+        .max_inflight = 64,
+        .max_queue = 128,
+        .retries = 1,
+        .backoff_ms = 50,
+    };
+    http_client_opts_from_env(o, "PAYMENT");
+}
+
+/* How many calls the payment client takes before refusing (lib/httpc.c's
+ * reading of the options: 0 = its default, a negative queue = none). */
+static int payment_capacity(const http_client_opts *o)
+{
+    int pool = o->pool_size > 0 ? o->pool_size : 16;
+    int inflight = o->max_inflight > 0 ? o->max_inflight : pool;
+    int queue = o->max_queue < 0 ? 0 : o->max_queue > 0 ? o->max_queue : 4 * pool;
+    return inflight + queue;
+}
+
+int main(void)
+{
+    service *svc = service_new("order", 8081);
+    if (!svc)
+        return 1;
+
+    const char *payment_url = config_str("PAYMENT_URL", "http://127.0.0.1:8084");
+    const char *fleet_file = config_str("FLEET_FILE", NULL);
+    int interval_ms = (int)config_int("RECONCILE_INTERVAL_MS", 1000, 10, 3600000);
+    bool test_crash = config_int("ORDER_TEST_CRASH_AFTER_PAYMENT", 0, 0, 1) == 1;
+    if (test_crash)
+        log_warn("msg=\"ORDER_TEST_CRASH_AFTER_PAYMENT is set: the process exits after the "
+                 "first successful payment (test setting, never for production)\"");
+
+    store *st = order_store_open();
+    if (!st) {
+        log_error("msg=\"cannot open the order database\"");
+        return 1;
+    }
+    if (fleet_load(st, fleet_file) != 0) {
+        store_close(st);
+        return 2;
+    }
+    int in_doubt = rental_mark_in_doubt(st);
+    if (in_doubt < 0) {
+        store_close(st);
+        return 1;
+    }
+    if (in_doubt > 0)
+        log_warn("msg=\"rentals interrupted by the previous run will be settled with payment\" "
+                 "intakes=%d", in_doubt);
+
+    http_client_opts opts;
+    payment_opts(&opts);
+    payment_client = http_client_new(svc->base, "payment", payment_url, &opts);
+    /* The reconciler's own lane: a few connections, no retries (it
+     * retries whole passes with backoff), its own breaker. */
+    http_client_opts ropts = opts;
+    ropts.pool_size = 4;
+    ropts.max_inflight = 8;
+    ropts.max_queue = 64;
+    ropts.retries = 0;
+    reconcile_client = http_client_new(svc->base, "payment-reconciler", payment_url, &ropts);
+    bus *b = bus_new(svc->base, st, "order");
+    reconciler *rec = reconcile_client
+        ? reconciler_new(svc->base, st, reconcile_client, interval_ms) : NULL;
+    if (!payment_client || !reconcile_client || !b || !rec) {
+        log_error("msg=\"cannot set up the payment client, the bus or the reconciler\"");
+        return 1;
+    }
+
+    order_policy_register(b);
+    order_api_config cfg = {
+        .payment = payment_client,
+        .reconciler = rec,
+        .payment_capacity = payment_capacity(&opts),
+        .test_crash_after_payment = test_crash,
+    };
+    order_api_register(svc, st, &cfg);
+    bus_register_routes(b, svc->http);
+    service_ready_check(svc, "store", store_ready, st);
+    service_ready_check(svc, "bus", bus_connected, b);
+
+    bus_start(b);
+    /* Clients first: freeing them completes their outstanding calls
+     * (reconciler and rental callbacks still find everything alive). */
+    service_on_stop(svc, free_clients, NULL);
+    service_on_stop(svc, stop_reconciler, rec);
+    service_on_stop(svc, stop_bus, b);
+    service_on_stop(svc, close_store, st);
+    log_info("msg=\"payment upstream\" url=%s timeout_ms=%d connect_timeout_ms=%d "
+             "max_inflight=%d max_queue=%d retries=%d", payment_url, opts.timeout_ms,
+             opts.connect_timeout_ms, opts.max_inflight, opts.max_queue, opts.retries);
+    return service_run(svc);
+}

@@ -1,0 +1,232 @@
+/* order.h: what the files of the order service share.
+ *
+ * order (접수관리) is the rental intake and the fleet. A rental goes through
+ * an INTAKE before it is an ORDER (docs/DESIGN.md):
+ *
+ *   reserve cars + intake "pending"  --payment 201/200 Paid-->  "approved" + order + Ordered
+ *        (one short transaction)     --payment 402--------->  "declined", cars released
+ *                                    --bulkhead refused---->  "voided", cars released (never sent)
+ *                                    --anything else------->  "voiding" (customer got 503)
+ *   a "pending" intake found at start (the process died mid-call) -> "in_doubt"
+ *   the reconciler: "voiding" -> POST /paymentCancellations -> "voided", cars released
+ *                   "in_doubt" -> ask payment by orderId -> paid ? "approved" : "voiding"
+ *
+ * No lock is held across the payment call: the reservation is an
+ * `available >= qty` guarded UPDATE, committed before the call. The intake's
+ * id is the order's id, so payment's one-payment-per-orderId makes every
+ * retry safe. Only approved intakes are orders; ids of the others are gaps.
+ *
+ * Files: domain.c (rules and transactions), store.c (all SQL), fleet.c
+ * (demo fleet, FLEET_FILE), api.c (HTTP and the payment call), reconcile.c
+ * (settles intakes whose payment outcome is unknown), policy.c (events),
+ * main.c (wiring). */
+#ifndef CARSHARE_ORDER_H
+#define CARSHARE_ORDER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <jansson.h>
+#include "store.h"
+
+struct service;
+struct bus;
+struct event_base;
+struct http_client;
+
+#define ORDER_PRODUCT_MAX 32        /* bytes of a car model id (productId) */
+#define ORDER_CUSTOMER_MAX 64       /* bytes of a customerId */
+#define ORDER_CAR_TEXT_MAX 96       /* bytes of a car's name or location */
+#define ORDER_MAX_QTY 100           /* cars in one rental */
+#define ORDER_MAX_DAILY_PRICE 100000000LL   /* KRW */
+#define ORDER_MAX_FLEET_TOTAL 100000000LL   /* cars of one model */
+#define ORDER_IDEMPOTENCY_KEY_MAX 128
+#define ORDER_MESSAGE_MAX 256
+
+#define ORDER_STATUS_APPROVED "OrderApproved"
+#define ORDER_STATUS_CANCELLED "OrderCancelled"
+#define ORDER_STATUS_SHIPPED "Shipped"
+
+typedef struct car {
+    char id[ORDER_PRODUCT_MAX + 1];
+    char name[ORDER_CAR_TEXT_MAX + 1];
+    char location[ORDER_CAR_TEXT_MAX + 1];
+    long long daily_price;      /* KRW per day */
+    long long total;
+    long long available;
+} car;
+
+typedef enum {
+    INTAKE_PENDING,             /* payment call in flight */
+    INTAKE_APPROVED,            /* paid: the order exists */
+    INTAKE_DECLINED,            /* payment refused the card; cars released */
+    INTAKE_VOIDING,             /* outcome unknown, customer told 503: to be cancelled at payment */
+    INTAKE_VOIDED,              /* cancelled at payment; cars released */
+    INTAKE_IN_DOUBT,            /* was pending when the process died: ask payment */
+} intake_state;
+
+typedef struct intake {
+    long long id;               /* = the order id */
+    char idempotency_key[ORDER_IDEMPOTENCY_KEY_MAX + 1];   /* "" when none */
+    char product_id[ORDER_PRODUCT_MAX + 1];
+    long long qty;
+    char customer_id[ORDER_CUSTOMER_MAX + 1];
+    long long amount;
+    intake_state state;
+    long long payment_id;       /* 0 until approved */
+    char message[ORDER_MESSAGE_MAX + 1];   /* why it was declined */
+    char request_id[72];        /* of the request that created it, for logs */
+} intake;
+
+typedef struct order {
+    long long id;
+    char product_id[ORDER_PRODUCT_MAX + 1];
+    long long qty;
+    char customer_id[ORDER_CUSTOMER_MAX + 1];
+    long long amount;
+    long long payment_id;
+    char status[24];            /* ORDER_STATUS_* */
+} order;
+
+/* ---- domain.c: rules without I/O ---- */
+
+const char *intake_state_name(intake_state s);
+bool intake_state_parse(const char *name, intake_state *out);
+
+/* What payment's answer means for the rental. */
+typedef enum {
+    PAYMENT_VERDICT_PAID,       /* 200/201 with status Paid and an id */
+    PAYMENT_VERDICT_DECLINED,   /* 402 */
+    PAYMENT_VERDICT_UNKNOWN,    /* anything else: maybe charged, maybe not */
+} payment_verdict;
+
+payment_verdict rental_payment_verdict(int http_status, const char *body, long long *payment_id);
+
+/* amount = qty x dailyPrice, or -1 when it would overflow. */
+long long rental_amount(long long qty, long long daily_price);
+
+/* A rental request as read from POST /orders. */
+typedef struct rental_request {
+    const char *product_id;
+    long long qty;
+    const char *customer_id;
+    const char *idempotency_key;   /* NULL when none */
+    const char *request_id;
+} rental_request;
+
+/* Whether an existing intake was created by the same request (same
+ * product, qty and customer): a key reused for another request is refused. */
+bool rental_same_request(const intake *in, const rental_request *rq);
+
+/* Whether an Idempotency-Key header value is acceptable (1..128 printable ASCII). */
+bool rental_key_valid(const char *key);
+
+/* ---- domain.c: transactions (each one commits or rolls back) ---- */
+
+typedef enum {
+    RESERVE_OK,                 /* cars reserved, *out is the new pending intake */
+    RESERVE_UNKNOWN_CAR,
+    RESERVE_NOT_ENOUGH,         /* *car_out tells how many are available */
+    RESERVE_FAILED,
+} reserve_outcome;
+
+/* Reserves the cars and writes the pending intake. A voided intake holding
+ * the same idempotency key gives the key up (its attempt left nothing). */
+reserve_outcome rental_reserve(store *st, const rental_request *rq, intake *out, car *car_out);
+
+/* State changes of an intake. Each returns 1 when applied, 0 when the
+ * intake was not in a state that allows it (already settled), -1 on a
+ * database error. */
+int rental_approve(store *st, long long intake_id, long long payment_id, order *out);
+int rental_decline(store *st, long long intake_id, const char *message);
+int rental_start_void(store *st, long long intake_id);
+/* The payment request was refused before it left (bulkhead full): payment
+ * never saw it, so the intake is voided and its cars released at once. */
+int rental_void_unsent(store *st, long long intake_id);
+int rental_finish_void(store *st, long long intake_id);
+/* At start: every pending intake belonged to a dead process. Returns how many. */
+int rental_mark_in_doubt(store *st);
+
+typedef enum { CANCEL_DONE, CANCEL_ALREADY, CANCEL_NOT_FOUND, CANCEL_FAILED } cancel_outcome;
+cancel_outcome order_cancel(store *st, long long order_id, const char *request_id, order *out);
+
+/* Inside the bus's transaction: Shipped moves OrderApproved to Shipped.
+ * Returns 1 changed, 0 nothing to change, -1 error. */
+int order_mark_shipped(store *st, long long order_id);
+
+/* ---- fleet.c ---- */
+
+/* Parses a fleet document ({"cars": [...]} or a bare array of cars, each
+ * {"id", "name", "location", "dailyPrice", "total"}). Returns a malloc'ed
+ * array (*count entries) or NULL with err filled. */
+car *fleet_parse(const json_t *doc, size_t *count, char *err, size_t errlen);
+
+/* At start: FLEET_FILE given -> the fleet becomes the file's; else the demo
+ * fleet is created if the fleet is empty. Returns 0, or -1 (logged). */
+int fleet_load(store *st, const char *fleet_file);
+
+/* ---- store.c ---- */
+
+store *order_store_open(void);
+store *order_store_open_path(const char *path);
+
+long long car_store_count(store *st);
+int car_store_get(store *st, const char *id, car *out);        /* 1, 0, -1 */
+int car_store_list(store *st, long offset, long limit,
+                   void (*each)(const car *c, void *arg), void *arg);
+/* 1 reserved, 0 not enough available, -1 error. */
+int car_store_reserve(store *st, const char *id, long long qty);
+int car_store_release(store *st, const char *id, long long qty);
+/* Fleet replacement, inside one transaction: begin, put each car, end. */
+int car_store_replace_begin(store *st);
+int car_store_replace_put(store *st, const car *c);
+int car_store_replace_end(store *st);   /* drops the cars not put */
+int car_store_insert(store *st, const car *c);
+
+int intake_store_insert(store *st, intake *in);                 /* sets in->id */
+int intake_store_get(store *st, long long id, intake *out);
+int intake_store_find_by_key(store *st, const char *key, intake *out);
+int intake_store_forget_key(store *st, long long id);
+/* Moves the intake from one of `from` (count states) to `to`, setting
+ * payment_id (if > 0) and message (if not NULL). Returns rows changed. */
+int intake_store_transition(store *st, long long id, const intake_state *from, int count,
+                            intake_state to, long long payment_id, const char *message);
+int intake_store_mark_all(store *st, intake_state from, intake_state to);
+/* Unsettled intakes (voiding or in doubt), oldest first. */
+int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
+                           void *arg);
+
+int order_store_insert(store *st, const order *o);
+int order_store_get(store *st, long long id, order *out);
+int order_store_set_status(store *st, long long id, const char *from, const char *to);
+long long order_store_count(store *st, const char *customer_id);   /* NULL = all */
+int order_store_list(store *st, const char *customer_id, long offset, long limit,
+                     void (*each)(const order *o, void *arg), void *arg);
+
+/* ---- reconcile.c ---- */
+
+typedef struct reconciler reconciler;
+
+reconciler *reconciler_new(struct event_base *base, store *st, struct http_client *payment,
+                           int interval_ms);
+/* Runs a pass soon (an intake has just become voiding). */
+void reconciler_kick(reconciler *r);
+/* Stops the timer; frees itself once its calls in flight have completed. */
+void reconciler_stop(reconciler *r);
+
+/* ---- api.c ---- */
+
+typedef struct order_api_config {
+    struct http_client *payment;    /* the synchronous payment call */
+    reconciler *reconciler;
+    int payment_capacity;           /* calls the payment client takes (in flight +
+                                       queued); beyond, shed before reserving. 0 = no limit */
+    bool test_crash_after_payment;  /* ORDER_TEST_CRASH_AFTER_PAYMENT: test only */
+} order_api_config;
+
+void order_api_register(struct service *svc, store *st, const order_api_config *cfg);
+
+/* ---- policy.c ---- */
+
+void order_policy_register(struct bus *b);
+
+#endif

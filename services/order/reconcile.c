@@ -1,0 +1,265 @@
+/* reconcile.c: settles the intakes whose payment outcome is unknown.
+ *
+ * Two kinds of intake wait here (order.h):
+ *  - voiding: the customer was told 503 while payment may or may not have
+ *    charged. POST /paymentCancellations {orderId} refunds the payment if
+ *    there is one and otherwise makes payment refuse any late one; then
+ *    the intake is voided and its cars are released.
+ *  - in_doubt: the process died while the payment call was in flight, and
+ *    nobody was answered. GET /payments/search/findByOrderId tells: paid ->
+ *    the rental is accepted exactly as if the answer had arrived (order +
+ *    Ordered, and a retry with the same Idempotency-Key gets the 201);
+ *    not paid -> voiding, as above.
+ *
+ * A pass takes up to RECONCILE_BATCH intakes, oldest first, and calls
+ * payment for all of them at once (through its own small http_client, so
+ * background work never takes the customers' bulkhead slots); when every
+ * answer is in, the next pass is scheduled: at once if the pass settled
+ * something (more may wait), after RECONCILE_INTERVAL_MS if there was
+ * nothing to do, and with exponential backoff (capped, jittered) while
+ * payment fails, so an outage is not hammered yet a stuck intake is
+ * settled within a bounded time after payment returns. */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "httpc.h"
+#include "log.h"
+#include "metrics.h"
+#include "order.h"
+
+#define RECONCILE_BATCH 32
+#define RECONCILE_MAX_BACKOFF_MS 5000
+
+struct reconciler {
+    struct event_base *base;
+    store *st;
+    http_client *payment;
+    int interval_ms;
+    int backoff_ms;          /* 0 while payment answers */
+    struct event *timer;
+    int inflight;            /* calls of the current pass */
+    bool pass_failed;        /* some call of this pass failed */
+    bool pass_progress;      /* some intake changed state in this pass */
+    bool stopping;
+};
+
+/* One intake being settled. */
+typedef struct settle_call {
+    reconciler *r;
+    intake in;
+} settle_call;
+
+static void count_settled(const char *outcome)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
+    metrics_counter_add("carshare_order_reconciled_total", labels, 1);
+}
+
+static void schedule(reconciler *r, int delay_ms)
+{
+    struct timeval tv = {delay_ms / 1000, (delay_ms % 1000) * 1000};
+    evtimer_add(r->timer, &tv);
+}
+
+static void pass_done(reconciler *r)
+{
+    if (r->pass_failed) {
+        int next = r->backoff_ms ? r->backoff_ms * 2 : r->interval_ms;
+        if (next > RECONCILE_MAX_BACKOFF_MS)
+            next = RECONCILE_MAX_BACKOFF_MS > r->interval_ms ? RECONCILE_MAX_BACKOFF_MS
+                                                             : r->interval_ms;
+        r->backoff_ms = next;
+        schedule(r, next / 2 + rand() % (next / 2 + 1));   /* jitter: spread retries */
+    } else {
+        r->backoff_ms = 0;
+        schedule(r, r->pass_progress ? 0 : r->interval_ms);
+    }
+}
+
+static void call_done(reconciler *r)
+{
+    r->inflight--;
+    if (r->stopping) {
+        if (r->inflight == 0) {
+            event_free(r->timer);
+            free(r);
+        }
+        return;
+    }
+    if (r->inflight == 0)
+        pass_done(r);
+}
+
+static const char *req_of(const intake *in)
+{
+    return in->request_id[0] ? in->request_id : "-";
+}
+
+/* Answer to POST /paymentCancellations for a voiding intake. */
+static void on_cancellation(const http_response *resp, void *arg)
+{
+    settle_call *c = arg;
+    reconciler *r = c->r;
+    if (!r->stopping) {
+        if (resp->result == HTTPC_OK && (resp->status == 200 || resp->status == 201)) {
+            int rc = rental_finish_void(r->st, c->in.id);
+            if (rc == 1) {
+                log_info("req=%s msg=\"intake voided: payment cancelled, cars released\" "
+                         "intake=%lld product=%s qty=%lld", req_of(&c->in), c->in.id,
+                         c->in.product_id, c->in.qty);
+                count_settled("voided");
+                r->pass_progress = true;
+            } else if (rc < 0) {
+                r->pass_failed = true;
+            }
+        } else {
+            log_warn("req=%s msg=\"payment cancellation failed, will retry\" intake=%lld "
+                     "result=%s status=%d", req_of(&c->in), c->in.id,
+                     httpc_result_name(resp->result), resp->status);
+            r->pass_failed = true;
+        }
+    }
+    free(c);
+    call_done(r);
+}
+
+/* The first payment of findByOrderId's collection, or NULL. */
+static const json_t *found_payment(const json_t *doc)
+{
+    const json_t *list = json_object_get(json_object_get(doc, "_embedded"), "payments");
+    return json_array_size(list) > 0 ? json_array_get(list, 0) : NULL;
+}
+
+static void settle_in_doubt(reconciler *r, const intake *in, const json_t *doc)
+{
+    const json_t *p = found_payment(doc);
+    const char *status = json_string_value(json_object_get(p, "status"));
+    json_int_t payment_id = json_integer_value(json_object_get(p, "id"));
+
+    if (p && status && strcmp(status, "Paid") == 0 && payment_id > 0) {
+        order o;
+        int rc = rental_approve(r->st, in->id, payment_id, &o);
+        if (rc == 1) {
+            log_info("req=%s msg=\"rental accepted after restart: payment found\" order=%lld "
+                     "payment=%lld", req_of(in), in->id, (long long)payment_id);
+            count_settled("approved");
+            r->pass_progress = true;
+        } else if (rc < 0) {
+            r->pass_failed = true;
+        }
+        return;
+    }
+    /* Never paid (or already refunded): cancel at payment so that a late
+     * charge is refused, then release. */
+    int rc = rental_start_void(r->st, in->id);
+    if (rc == 1) {
+        log_info("req=%s msg=\"intake in doubt was not paid: voiding\" intake=%lld", req_of(in),
+                 in->id);
+        r->pass_progress = true;
+    } else if (rc < 0) {
+        r->pass_failed = true;
+    }
+}
+
+/* Answer to GET /payments/search/findByOrderId for an in-doubt intake. */
+static void on_payment_lookup(const http_response *resp, void *arg)
+{
+    settle_call *c = arg;
+    reconciler *r = c->r;
+    if (!r->stopping) {
+        json_t *doc = resp->result == HTTPC_OK && resp->status == 200
+            ? json_loads(resp->body, 0, NULL) : NULL;
+        if (doc) {
+            settle_in_doubt(r, &c->in, doc);
+            json_decref(doc);
+        } else {
+            log_warn("req=%s msg=\"payment lookup failed, will retry\" intake=%lld result=%s "
+                     "status=%d", req_of(&c->in), c->in.id, httpc_result_name(resp->result),
+                     resp->status);
+            r->pass_failed = true;
+        }
+    }
+    free(c);
+    call_done(r);
+}
+
+static void settle_one(const intake *in, void *arg)
+{
+    reconciler *r = arg;
+    settle_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        r->pass_failed = true;
+        return;
+    }
+    c->r = r;
+    c->in = *in;
+    r->inflight++;
+    const char *req = in->request_id[0] ? in->request_id : NULL;
+    char buf[128];
+    if (in->state == INTAKE_VOIDING) {
+        snprintf(buf, sizeof buf, "{\"orderId\":%lld}", in->id);
+        http_client_json(r->payment, "POST", "/paymentCancellations", req, buf, true,
+                         on_cancellation, c);
+    } else {
+        snprintf(buf, sizeof buf, "/payments/search/findByOrderId?orderId=%lld", in->id);
+        http_client_json(r->payment, "GET", buf, req, NULL, true, on_payment_lookup, c);
+    }
+}
+
+static void run_pass(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    reconciler *r = arg;
+    if (r->stopping || r->inflight > 0)
+        return;   /* the pass in flight schedules the next one */
+    r->pass_failed = false;
+    r->pass_progress = false;
+    r->inflight++;   /* held while the batch is being sent */
+    int n = intake_store_unsettled(r->st, RECONCILE_BATCH, settle_one, r);
+    if (n < 0)
+        r->pass_failed = true;
+    call_done(r);
+}
+
+reconciler *reconciler_new(struct event_base *base, store *st, http_client *payment,
+                           int interval_ms)
+{
+    reconciler *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->base = base;
+    r->st = st;
+    r->payment = payment;
+    r->interval_ms = interval_ms > 0 ? interval_ms : 1000;
+    r->timer = evtimer_new(base, run_pass, r);
+    if (!r->timer) {
+        free(r);
+        return NULL;
+    }
+    schedule(r, 0);   /* at start: settle what a previous run left */
+    return r;
+}
+
+void reconciler_kick(reconciler *r)
+{
+    /* Not while backing off: a fresh failure means payment is still
+     * unwell, and the backoff already bounds the wait. */
+    if (r && !r->stopping && r->inflight == 0 && r->backoff_ms == 0)
+        schedule(r, 0);
+}
+
+void reconciler_stop(reconciler *r)
+{
+    if (!r)
+        return;
+    r->stopping = true;
+    evtimer_del(r->timer);
+    if (r->inflight == 0) {
+        event_free(r->timer);
+        free(r);
+    }
+}

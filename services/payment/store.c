@@ -1,0 +1,287 @@
+/* store.c: every SQL statement of the payment service.
+ *
+ * Two tables, one row per order in each at most (UNIQUE(order_id)):
+ *  - payments: a charge. card_last4 is the only trace of the card; the
+ *    full number is never bound to any statement.
+ *  - payment_cancellations: a refund of a payment, or a void (payment_id
+ *    NULL) recorded before any payment existed, which makes a later
+ *    charge for that order refuse itself.
+ * AUTOINCREMENT keeps ids from being reused after a delete, so an id once
+ * published in an event never names another payment.
+ *
+ * Reads reset their statement before returning, so no read snapshot stays
+ * open between transactions (store.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "payment.h"
+
+static const char *const payment_migrations[] = {
+    /* 1 */
+    "CREATE TABLE payments ("
+    "  id          INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  order_id    INTEGER NOT NULL UNIQUE,"
+    "  product_id  TEXT NOT NULL,"
+    "  qty         INTEGER NOT NULL CHECK (qty > 0),"
+    "  amount      INTEGER NOT NULL CHECK (amount >= 0),"
+    "  card_last4  TEXT NOT NULL DEFAULT '' CHECK (length(card_last4) <= 4),"
+    "  status      TEXT NOT NULL,"
+    "  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ','now')));"
+    "CREATE TABLE payment_cancellations ("
+    "  id          INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  order_id    INTEGER NOT NULL UNIQUE,"
+    "  payment_id  INTEGER REFERENCES payments(id),"
+    "  product_id  TEXT NOT NULL DEFAULT '',"
+    "  qty         INTEGER NOT NULL DEFAULT 0,"
+    "  amount      INTEGER NOT NULL DEFAULT 0,"
+    "  status      TEXT NOT NULL,"
+    "  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ','now')));",
+    NULL
+};
+
+store *payment_store_open(void)
+{
+    return store_open("payment", payment_migrations);
+}
+
+store *payment_store_open_path(const char *path)
+{
+    return store_open_path(path, payment_migrations);
+}
+
+static void copy_text(char *dst, size_t size, sqlite3_stmt *s, int col)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+    snprintf(dst, size, "%s", t ? (const char *)t : "");
+}
+
+/* ---- payments ---- */
+
+#define PAYMENT_COLUMNS "id, order_id, product_id, qty, amount, card_last4, status, created_at"
+
+static void read_payment(sqlite3_stmt *s, payment *p)
+{
+    p->id = sqlite3_column_int64(s, 0);
+    p->order_id = sqlite3_column_int64(s, 1);
+    copy_text(p->product_id, sizeof p->product_id, s, 2);
+    p->qty = sqlite3_column_int64(s, 3);
+    p->amount = sqlite3_column_int64(s, 4);
+    copy_text(p->card_last4, sizeof p->card_last4, s, 5);
+    copy_text(p->status, sizeof p->status, s, 6);
+    copy_text(p->created_at, sizeof p->created_at, s, 7);
+}
+
+/* Steps a statement expected to give at most one payment row. */
+static int one_payment(store *st, sqlite3_stmt *s, payment *out)
+{
+    int rc = sqlite3_step(s);
+    int found = 0;
+    if (rc == SQLITE_ROW) {
+        read_payment(s, out);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        log_error("msg=\"payment read failed\" error=\"%s\"", store_error(st));
+        found = -1;
+    }
+    sqlite3_reset(s);
+    return found;
+}
+
+int payment_store_get(store *st, long long id, payment *out)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, id);
+    return one_payment(st, s, out);
+}
+
+int payment_store_find_by_order(store *st, long long order_id, payment *out)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT " PAYMENT_COLUMNS
+                                        " FROM payments WHERE order_id = ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, order_id);
+    return one_payment(st, s, out);
+}
+
+int payment_store_insert(store *st, payment *p)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "INSERT INTO payments (order_id, product_id, qty, amount, card_last4, status)"
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id, created_at");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, p->order_id);
+    sqlite3_bind_text(s, 2, p->product_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 3, p->qty);
+    sqlite3_bind_int64(s, 4, p->amount);
+    sqlite3_bind_text(s, 5, p->card_last4, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 6, p->status, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        p->id = sqlite3_column_int64(s, 0);
+        copy_text(p->created_at, sizeof p->created_at, s, 1);
+    } else {
+        log_error("msg=\"payment insert failed\" order=%lld error=\"%s\"", p->order_id,
+                  store_error(st));
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+int payment_store_set_status(store *st, long long id, const char *status)
+{
+    sqlite3_stmt *s = store_prepare(st, "UPDATE payments SET status = ? WHERE id = ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, id);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        log_error("msg=\"payment update failed\" payment=%lld error=\"%s\"", id, store_error(st));
+        return -1;
+    }
+    return 0;
+}
+
+static long long count_rows(store *st, const char *sql)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    if (!s)
+        return -1;
+    long long n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
+    sqlite3_reset(s);
+    return n;
+}
+
+long long payment_store_count(store *st)
+{
+    return count_rows(st, "SELECT COUNT(*) FROM payments");
+}
+
+int payment_store_list(store *st, long offset, long limit,
+                       void (*each)(const payment *p, void *arg), void *arg)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT " PAYMENT_COLUMNS
+                                        " FROM payments ORDER BY id LIMIT ? OFFSET ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, limit);
+    sqlite3_bind_int64(s, 2, offset);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        payment p;
+        read_payment(s, &p);
+        each(&p, arg);
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* ---- cancellations ---- */
+
+#define CANCELLATION_COLUMNS \
+    "id, order_id, payment_id, product_id, qty, amount, status, created_at"
+
+static void read_cancellation(sqlite3_stmt *s, payment_cancellation *c)
+{
+    c->id = sqlite3_column_int64(s, 0);
+    c->order_id = sqlite3_column_int64(s, 1);
+    c->payment_id = sqlite3_column_int64(s, 2);   /* NULL reads as 0 */
+    copy_text(c->product_id, sizeof c->product_id, s, 3);
+    c->qty = sqlite3_column_int64(s, 4);
+    c->amount = sqlite3_column_int64(s, 5);
+    copy_text(c->status, sizeof c->status, s, 6);
+    copy_text(c->created_at, sizeof c->created_at, s, 7);
+}
+
+static int one_cancellation(store *st, sqlite3_stmt *s, payment_cancellation *out)
+{
+    int rc = sqlite3_step(s);
+    int found = 0;
+    if (rc == SQLITE_ROW) {
+        read_cancellation(s, out);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        log_error("msg=\"cancellation read failed\" error=\"%s\"", store_error(st));
+        found = -1;
+    }
+    sqlite3_reset(s);
+    return found;
+}
+
+int cancellation_store_get(store *st, long long id, payment_cancellation *out)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT " CANCELLATION_COLUMNS
+                                        " FROM payment_cancellations WHERE id = ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, id);
+    return one_cancellation(st, s, out);
+}
+
+int cancellation_store_find_by_order(store *st, long long order_id, payment_cancellation *out)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT " CANCELLATION_COLUMNS
+                                        " FROM payment_cancellations WHERE order_id = ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, order_id);
+    return one_cancellation(st, s, out);
+}
+
+int cancellation_store_insert(store *st, payment_cancellation *c)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "INSERT INTO payment_cancellations (order_id, payment_id, product_id, qty, amount, status)"
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id, created_at");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, c->order_id);
+    if (c->payment_id > 0)
+        sqlite3_bind_int64(s, 2, c->payment_id);
+    else
+        sqlite3_bind_null(s, 2);
+    sqlite3_bind_text(s, 3, c->product_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 4, c->qty);
+    sqlite3_bind_int64(s, 5, c->amount);
+    sqlite3_bind_text(s, 6, c->status, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        c->id = sqlite3_column_int64(s, 0);
+        copy_text(c->created_at, sizeof c->created_at, s, 1);
+    } else {
+        log_error("msg=\"cancellation insert failed\" order=%lld error=\"%s\"", c->order_id,
+                  store_error(st));
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+long long cancellation_store_count(store *st)
+{
+    return count_rows(st, "SELECT COUNT(*) FROM payment_cancellations");
+}
+
+int cancellation_store_list(store *st, long offset, long limit,
+                            void (*each)(const payment_cancellation *c, void *arg), void *arg)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT " CANCELLATION_COLUMNS
+                                        " FROM payment_cancellations ORDER BY id LIMIT ? OFFSET ?");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, limit);
+    sqlite3_bind_int64(s, 2, offset);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        payment_cancellation c;
+        read_cancellation(s, &c);
+        each(&c, arg);
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}

@@ -1,0 +1,344 @@
+/* test_rental.c: the life of a rental against a real (temporary) database.
+ *
+ * Reservation never oversells; approval writes the order and its Ordered
+ * event once; decline and void give the cars back once; a restart turns
+ * pending intakes into in-doubt ones; cancel releases the cars and
+ * publishes OrderCancelled once; Shipped only moves an approved order;
+ * fleet files replace the fleet while keeping rented cars out. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "order.h"
+#include "testing.h"
+
+static char dir[256];
+
+static long long count(store *st, const char *sql)
+{
+    sqlite3_stmt *s;
+    long long n = -1;
+    if (sqlite3_prepare_v2(store_db(st), sql, -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    if (sqlite3_step(s) == SQLITE_ROW)
+        n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return n;
+}
+
+static long long available(store *st, const char *id)
+{
+    car c;
+    return car_store_get(st, id, &c) == 1 ? c.available : -1;
+}
+
+static rental_request request(const char *product, long long qty, const char *key)
+{
+    return (rental_request){.product_id = product, .qty = qty, .customer_id = "kim",
+                            .idempotency_key = key, .request_id = "req-test"};
+}
+
+static void test_demo_fleet(store *st)
+{
+    CHECK_INT(fleet_load(st, NULL), 0);
+    CHECK_INT(car_store_count(st), 10);
+    car c;
+    CHECK_INT(car_store_get(st, "1001", &c), 1);
+    CHECK(c.total > 1);
+    CHECK_INT(c.available, c.total);
+    CHECK(c.daily_price >= 45000 && c.daily_price <= 150000);
+    CHECK_INT(car_store_get(st, "1010", &c), 1);
+    CHECK_INT(car_store_get(st, "1011", &c), 0);
+
+    /* A second start keeps the fleet as it is. */
+    CHECK_INT(car_store_reserve(st, "1002", 1), 1);
+    CHECK_INT(fleet_load(st, NULL), 0);
+    CHECK_INT(car_store_count(st), 10);
+    CHECK_INT(car_store_release(st, "1002", 1), 0);
+}
+
+static void test_reserve_never_oversells(store *st)
+{
+    car c;
+    CHECK_INT(car_store_get(st, "1007", &c), 1);
+    long long total = c.total;
+    intake in;
+    long long ids[64];
+    int won = 0;
+    for (int i = 0; i < total + 3; i++) {
+        rental_request rq = request("1007", 1, NULL);
+        reserve_outcome o = rental_reserve(st, &rq, &in, &c);
+        if (o == RESERVE_OK && won < 64) {
+            ids[won++] = in.id;
+            CHECK_INT(in.state, INTAKE_PENDING);
+            CHECK_INT(in.amount, c.daily_price);
+        } else {
+            CHECK_INT(o, RESERVE_NOT_ENOUGH);
+            CHECK_INT(c.available, 0);
+        }
+    }
+    CHECK_INT(won, total);
+    CHECK_INT(available(st, "1007"), 0);
+    for (int i = 0; i < won; i++)
+        CHECK_INT(rental_decline(st, ids[i], "declined"), 1);
+    CHECK_INT(available(st, "1007"), total);
+
+    rental_request unknown = request("9999", 1, NULL);
+    CHECK_INT(rental_reserve(st, &unknown, &in, &c), RESERVE_UNKNOWN_CAR);
+    rental_request too_many = request("1001", 1000, NULL);
+    CHECK_INT(rental_reserve(st, &too_many, &in, &c), RESERVE_NOT_ENOUGH);
+    CHECK_INT(available(st, "1001"), c.total);
+}
+
+static void test_approve(store *st)
+{
+    intake in;
+    car c;
+    rental_request rq = request("1001", 2, "key-approve");
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+    CHECK_INT(in.amount, 2 * c.daily_price);
+    CHECK_INT(available(st, "1001"), c.total - 2);
+
+    long long events = count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Ordered'");
+    order o;
+    CHECK_INT(rental_approve(st, in.id, 77, &o), 1);
+    CHECK_INT(o.id, in.id);
+    CHECK_INT(o.payment_id, 77);
+    CHECK_STR(o.status, "OrderApproved");
+    CHECK_INT(o.amount, in.amount);
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Ordered'"), events + 1);
+
+    /* A second settlement of the same intake changes nothing. */
+    CHECK_INT(rental_approve(st, in.id, 78, &o), 0);
+    CHECK_INT(rental_start_void(st, in.id), 0);
+    CHECK_INT(rental_decline(st, in.id, "no"), 0);
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM orders"), 1);
+    CHECK_INT(available(st, "1001"), c.total - 2);
+
+    intake found;
+    CHECK_INT(intake_store_find_by_key(st, "key-approve", &found), 1);
+    CHECK_INT(found.state, INTAKE_APPROVED);
+    CHECK_INT(found.payment_id, 77);
+    CHECK_INT(order_store_get(st, in.id, &o), 1);
+    CHECK_INT(order_store_count(st, "kim"), 1);
+    CHECK_INT(order_store_count(st, "lee"), 0);
+}
+
+static void test_decline_and_void(store *st)
+{
+    intake in;
+    car c;
+    rental_request rq = request("1002", 1, NULL);
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+    long long before = available(st, "1002");
+    CHECK_INT(rental_decline(st, in.id, "payment declined: card refused"), 1);
+    CHECK_INT(available(st, "1002"), before + 1);
+    CHECK_INT(rental_decline(st, in.id, "again"), 0);
+    CHECK_INT(available(st, "1002"), before + 1);
+    intake got;
+    CHECK_INT(intake_store_get(st, in.id, &got), 1);
+    CHECK_INT(got.state, INTAKE_DECLINED);
+    CHECK_STR(got.message, "payment declined: card refused");
+
+    rq = request("1002", 1, "key-void");
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+    before = available(st, "1002");
+    CHECK_INT(rental_finish_void(st, in.id), 0);    /* not voiding yet */
+    CHECK_INT(rental_start_void(st, in.id), 1);
+    CHECK_INT(available(st, "1002"), before);        /* still held until payment agrees */
+    CHECK_INT(rental_approve(st, in.id, 5, &(order){0}), 0);
+    CHECK_INT(rental_finish_void(st, in.id), 1);
+    CHECK_INT(available(st, "1002"), before + 1);
+    CHECK_INT(rental_finish_void(st, in.id), 0);
+    CHECK_INT(available(st, "1002"), before + 1);
+
+    /* The key of a voided attempt goes to the next attempt. */
+    intake next;
+    CHECK_INT(rental_reserve(st, &rq, &next, &c), RESERVE_OK);
+    CHECK(next.id != in.id);
+    CHECK_INT(intake_store_find_by_key(st, "key-void", &got), 1);
+    CHECK_INT(got.id, next.id);
+    CHECK_INT(rental_decline(st, next.id, "x"), 1);
+}
+
+static void test_in_doubt(store *st)
+{
+    intake a, b;
+    car c;
+    rental_request rq = request("1003", 1, NULL);
+    CHECK_INT(rental_reserve(st, &rq, &a, &c), RESERVE_OK);
+    CHECK_INT(rental_reserve(st, &rq, &b, &c), RESERVE_OK);
+    CHECK_INT(rental_mark_in_doubt(st), 2);
+    CHECK_INT(rental_mark_in_doubt(st), 0);
+
+    intake got;
+    CHECK_INT(intake_store_get(st, a.id, &got), 1);
+    CHECK_INT(got.state, INTAKE_IN_DOUBT);
+    /* in doubt -> approved (payment found) or voiding (not found) */
+    order o;
+    CHECK_INT(rental_approve(st, a.id, 99, &o), 1);
+    CHECK_INT(rental_start_void(st, b.id), 1);
+    CHECK_INT(intake_store_get(st, b.id, &got), 1);
+    CHECK_INT(got.state, INTAKE_VOIDING);
+}
+
+static void collect(const intake *in, void *arg)
+{
+    int *n = arg;
+    (*n)++;
+    CHECK(in->state == INTAKE_VOIDING || in->state == INTAKE_IN_DOUBT);
+}
+
+static void test_unsettled(store *st)
+{
+    int n = 0;
+    CHECK_INT(intake_store_unsettled(st, 32, collect, &n), 1);   /* b of test_in_doubt */
+    CHECK_INT(n, 1);
+}
+
+static void test_cancel(store *st)
+{
+    intake in;
+    car c;
+    rental_request rq = request("1004", 3, NULL);
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+    order o;
+    CHECK_INT(rental_approve(st, in.id, 101, &o), 1);
+    long long before = available(st, "1004");
+    long long events = count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'OrderCancelled'");
+
+    CHECK_INT(order_cancel(st, in.id, "req-c", &o), CANCEL_DONE);
+    CHECK_STR(o.status, "OrderCancelled");
+    CHECK_INT(available(st, "1004"), before + 3);
+    CHECK_INT(order_cancel(st, in.id, "req-c2", &o), CANCEL_ALREADY);
+    CHECK_INT(available(st, "1004"), before + 3);
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'OrderCancelled'"),
+              events + 1);
+    CHECK_INT(order_cancel(st, 424242, NULL, &o), CANCEL_NOT_FOUND);
+
+    /* Shipped only from OrderApproved. */
+    CHECK_INT(order_mark_shipped(st, in.id), 0);
+    CHECK_INT(order_store_get(st, in.id, &o), 1);
+    CHECK_STR(o.status, "OrderCancelled");
+
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+    CHECK_INT(rental_approve(st, in.id, 102, &o), 1);
+    CHECK_INT(order_mark_shipped(st, in.id), 1);
+    CHECK_INT(order_mark_shipped(st, in.id), 0);
+    CHECK_INT(order_store_get(st, in.id, &o), 1);
+    CHECK_STR(o.status, "Shipped");
+    /* A shipped rental can still be cancelled; its cars come back. */
+    before = available(st, "1004");
+    CHECK_INT(order_cancel(st, in.id, NULL, &o), CANCEL_DONE);
+    CHECK_INT(available(st, "1004"), before + 3);
+}
+
+static void test_events_payloads(store *st)
+{
+    sqlite3_stmt *s;
+    CHECK_INT(sqlite3_prepare_v2(store_db(st), "SELECT event_type, payload FROM outbox ORDER BY seq",
+                                 -1, &s, NULL), SQLITE_OK);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        const char *type = (const char *)sqlite3_column_text(s, 0);
+        json_t *ev = json_loads((const char *)sqlite3_column_text(s, 1), 0, NULL);
+        CHECK(ev != NULL);
+        CHECK(json_is_integer(json_object_get(ev, "id")));
+        CHECK(json_is_string(json_object_get(ev, "productId")));
+        CHECK(json_is_integer(json_object_get(ev, "qty")));
+        CHECK(json_is_string(json_object_get(ev, "customerId")));
+        CHECK(json_is_string(json_object_get(ev, "eventId")));
+        CHECK(json_is_string(json_object_get(ev, "timestamp")));
+        if (strcmp(type, "Ordered") == 0) {
+            CHECK(json_is_integer(json_object_get(ev, "amount")));
+            CHECK_STR(json_string_value(json_object_get(ev, "status")), "OrderApproved");
+            CHECK_INT(json_object_size(ev), 9);   /* 6 fields + envelope */
+        } else {
+            CHECK_STR(type, "OrderCancelled");
+            CHECK_INT(json_object_size(ev), 7);   /* 4 fields + envelope */
+        }
+        json_decref(ev);
+    }
+    sqlite3_finalize(s);
+}
+
+static void test_fleet_file(store *st)
+{
+    /* 1005 has 2 cars out; the file shrinks it to 1 and drops 1006..1010. */
+    intake in;
+    car c;
+    rental_request rq = request("1005", 2, NULL);
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+
+    char path[300];
+    snprintf(path, sizeof path, "%s/fleet.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"cars\": [{\"id\": \"1005\", \"name\": \"Hyundai Tucson\", \"location\": \"Jamsil\","
+          " \"dailyPrice\": 80000, \"total\": 1},"
+          " {\"id\": \"5001\", \"name\": \"Kia Ray\", \"location\": \"Mapo\","
+          " \"dailyPrice\": 45000, \"total\": 100000}]}", f);
+    fclose(f);
+    CHECK_INT(fleet_load(st, path), 0);
+    CHECK_INT(car_store_count(st), 2);
+    CHECK_INT(car_store_get(st, "1005", &c), 1);
+    CHECK_INT(c.total, 1);
+    CHECK_INT(c.available, 0);
+    CHECK_INT(car_store_get(st, "5001", &c), 1);
+    CHECK_INT(c.available, 100000);
+    CHECK_INT(car_store_get(st, "1001", &c), 0);
+
+    /* Giving the 2 cars back never exceeds the new total. */
+    CHECK_INT(rental_decline(st, in.id, "x"), 1);
+    CHECK_INT(available(st, "1005"), 1);
+
+    /* A broken file changes nothing. */
+    f = fopen(path, "w");
+    fputs("{\"cars\": [{\"id\": \"6001\"}]}", f);
+    fclose(f);
+    CHECK_INT(fleet_load(st, path), -1);
+    CHECK_INT(car_store_count(st), 2);
+}
+
+static void remove_dir(void)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[512];
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/carshare-order-test-XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char path[300];
+    snprintf(path, sizeof path, "%s/order.db", dir);
+    store *st = order_store_open_path(path);
+    CHECK(st != NULL);
+    if (st) {
+        test_demo_fleet(st);
+        test_reserve_never_oversells(st);
+        test_approve(st);
+        test_decline_and_void(st);
+        test_in_doubt(st);
+        test_unsettled(st);
+        test_cancel(st);
+        test_events_payloads(st);
+        test_fleet_file(st);
+        store_close(st);
+    }
+    remove_dir();
+    return test_done("order/test_rental");
+}
