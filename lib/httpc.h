@@ -75,7 +75,9 @@ http_client *http_client_new(struct event_base *base, const char *name,
                              const char *base_url, const http_client_opts *opts);
 void http_client_free(http_client *c);
 
-/* Always completes through cb exactly once. Returns 0. */
+/* Always completes through cb exactly once. Returns 0. Everything `call`
+ * points to (uri, headers, body) is copied before it returns, so the caller
+ * may reuse or free it at once (retries use the copy). */
 int http_client_send(http_client *c, const http_call *call, http_client_cb cb, void *arg);
 
 /* Convenience: JSON body (may be NULL), not idempotent unless said. */

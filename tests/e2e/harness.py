@@ -157,6 +157,10 @@ class System:
             port = self.ports.get(svc) or free_port()   # an unused port: "down"
             self.ports.setdefault(svc, port)
             env[var] = "http://127.0.0.1:%d" % port
+        # The gateway is ready when the upstreams this System runs are ready (a test that wants
+        # the gateway to wait for a service it stopped says so in service_env).
+        upstreams = [s for s in self.services if s != "gateway"]
+        env["GATEWAY_READY_UPSTREAMS"] = ",".join(upstreams) or "none"
         env.update(self.extra_env)
         env.update(self.service_env.get(name, {}))
         return env
