@@ -24,8 +24,8 @@
  *
  * Lifetime. A handler answers at once or later. After the handler returns
  * without answering, the request is "async": a timer (a libevent common
- * timeout, O(1) to arm) answers 503 after HTTP_REQUEST_TIMEOUT_MS, and a
- * close callback on the connection notices when libevent frees the
+ * timeout, O(1) to arm) answers 503 after HTTP_REQUEST_TIMEOUT_MS, and the
+ * connection's close callback (below) notices when libevent frees the
  * connection (server freed). In libevent 2.1, a connection that fails
  * while a request is pending detaches the request (its connection becomes
  * NULL) instead of freeing it; sending on such a request frees it. So the
@@ -36,6 +36,18 @@
  * the handler or the timeout) and `replied` (the handler called an
  * http_reply_* function). The http_req is released when both hold and the
  * handler has returned.
+ *
+ * Connections. evhttp builds each accepted connection's bufferevent through
+ * our callback, which records the connection; it is adopted on the same
+ * loop turn, before any of its bytes are read: from then on its close
+ * callback is ours, for its whole life. Through it the connection knows
+ * the request waiting for a handler's answer and whether an answer is
+ * still being written. It also carries the read deadline: evhttp's timeout
+ * is per read, so a client sending a byte now and then (slowloris) would
+ * hold a connection for ever; instead a request must be complete within
+ * HTTP_IDLE_TIMEOUT_S of the connection becoming ready for it (accepted,
+ * or its previous answer written out), else the connection is closed. The
+ * clock stops while a handler works and while its answer is written.
  *
  * Limits. evhttp refuses oversized bodies and headers itself with HTML
  * pages and has no hook to change them (evhttp_set_errorcb is 2.2 only).
@@ -124,9 +136,23 @@ typedef struct {
     const char *name, *value;
 } query_pair;
 
+/* One accepted connection, from its adoption (just after accept) until
+ * libevent frees it (its close callback). */
+typedef struct http_conn {
+    http_server *server;
+    struct evhttp_connection *evcon;   /* NULL until adopted */
+    struct bufferevent *bev;
+    int fd;
+    http_req *waiting;             /* its request whose handler answers later */
+    bool unflushed;                /* an answer handed to evhttp, not written out */
+    struct event *deadline;        /* the next request must be in by then */
+    struct http_conn *prev, *next; /* server's adopted list, or its unadopted list */
+} http_conn;
+
 struct http_req {
     http_server *server;           /* NULL once the server is freed (orphan) */
     struct evhttp_request *ev;     /* NULL once answered, or freed by libevent */
+    http_conn *conn;               /* its connection while the answer is pending */
     http_req *prev, *next;         /* server's live list; `next` links the pool */
     struct event *timer;           /* request timeout, armed only when async */
 
@@ -134,7 +160,7 @@ struct http_req {
     const char *method;
     bool head;                     /* HEAD: answer headers only */
     bool in_handler, replied, answered;
-    bool timer_armed, closecb_set;
+    bool timer_armed;
     unsigned long long t0_ns;
 
     const char *uri, *path, *query_raw, *id, *peer, *base_url;
@@ -157,7 +183,6 @@ struct http_req {
 struct http_server {
     struct event_base *base;
     struct evhttp *evhttp;
-    char *service_name;
     node *root;
 
     http_handler fallback;
@@ -173,6 +198,13 @@ struct http_server {
     long request_timeout_ms;
     struct timeval request_timeout;
     const struct timeval *request_timeout_tv;   /* common timeout, or &request_timeout */
+    struct timeval read_deadline;               /* HTTP_IDLE_TIMEOUT_S */
+    const struct timeval *read_deadline_tv;     /* common timeout, or &read_deadline */
+
+    struct event *adopt_event;     /* adopts the connections accepted this turn */
+    http_conn *unadopted, *conns;
+    http_conn **conn_by_fd;        /* adopted connections by socket */
+    size_t conn_by_fd_cap;
 
     int inflight;                  /* received, not answered yet */
     int unflushed;                 /* answered, not yet written out */
@@ -739,15 +771,137 @@ static void req_release(http_req *r)
     }
 }
 
-/* libevent is freeing a connection on which a request of ours waits for
- * its answer. An attached request is freed with it: forget it. A detached
- * one (connection NULL) survives, and is ours to free when answering. */
-static void on_connection_close(struct evhttp_connection *conn, void *arg)
+static void drain_check(http_server *s)
 {
-    http_req *r = arg;
-    if (r->ev && evhttp_request_get_connection(r->ev) == conn)
-        r->ev = NULL;
-    r->closecb_set = false;
+    if (s->draining && s->inflight == 0 && s->unflushed == 0 && s->drain_done)
+        event_active(s->drain_event, EV_TIMEOUT, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                         */
+
+/* evhttp creates the bufferevent of each accepted connection through this
+ * callback, before the connection object exists: the connection is
+ * recorded here and adopted (below) once evhttp has finished setting it
+ * up, later in the same loop turn and before any of its bytes are read.
+ * The extra reference keeps the bufferevent valid until then, whatever
+ * evhttp does meanwhile. Options 0 are evhttp's own defaults. */
+static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
+{
+    http_server *s = arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    http_conn *c = bev ? calloc(1, sizeof *c) : NULL;
+    if (!c)
+        return bev;   /* evhttp creates its own if NULL; untracked either way */
+    c->server = s;
+    c->bev = bev;
+    c->fd = -1;
+    bufferevent_incref(bev);
+    c->next = s->unadopted;
+    s->unadopted = c;
+    event_active(s->adopt_event, EV_TIMEOUT, 0);
+    return bev;
+}
+
+static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
+static void on_read_deadline(evutil_socket_t fd, short what, void *arg);
+
+static void conn_index(http_server *s, http_conn *c)
+{
+    size_t fd = (size_t)c->fd;
+    if (fd >= s->conn_by_fd_cap) {
+        size_t cap = s->conn_by_fd_cap ? s->conn_by_fd_cap : 256;
+        while (cap <= fd)
+            cap *= 2;
+        s->conn_by_fd = must(realloc(s->conn_by_fd, cap * sizeof *s->conn_by_fd));
+        memset(s->conn_by_fd + s->conn_by_fd_cap, 0,
+               (cap - s->conn_by_fd_cap) * sizeof *s->conn_by_fd);
+        s->conn_by_fd_cap = cap;
+    }
+    s->conn_by_fd[fd] = c;
+}
+
+/* From now on the connection is ours to watch: its close callback is ours
+ * for its whole life, and its first request must arrive in time. */
+static void adopt_connections(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *s = arg;
+    while (s->unadopted) {
+        http_conn *c = s->unadopted;
+        s->unadopted = c->next;
+        void *evcon = NULL;   /* evhttp passes its connection to its callbacks */
+        bufferevent_getcb(c->bev, NULL, NULL, NULL, &evcon);
+        c->fd = bufferevent_getfd(c->bev);
+        c->deadline = evcon && c->fd >= 0 ? evtimer_new(s->base, on_read_deadline, c) : NULL;
+        if (!c->deadline) {
+            /* evhttp gave up on it already (out of memory) */
+            bufferevent_decref(c->bev);
+            free(c);
+            continue;
+        }
+        bufferevent_decref(c->bev);
+        c->evcon = evcon;
+        evhttp_connection_set_closecb(c->evcon, on_connection_closed, c);
+        conn_index(s, c);
+        c->prev = NULL;
+        c->next = s->conns;
+        if (s->conns) s->conns->prev = c;
+        s->conns = c;
+        event_add(c->deadline, s->read_deadline_tv);
+    }
+}
+
+/* evhttp's timeouts are per read: a client sending one byte now and then
+ * would hold a connection (and a request half read) for ever. So a request
+ * must be complete, from its first byte to its last, within the idle
+ * timeout of the connection becoming ready for it. */
+static void on_read_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_conn *c = arg;
+    evhttp_connection_free(c->evcon);   /* calls on_connection_closed */
+}
+
+/* The connection `ev` came on, or NULL if it was never adopted. */
+static http_conn *conn_of(http_server *s, struct evhttp_request *ev)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    if (!evcon)
+        return NULL;
+    int fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
+    if (fd < 0 || (size_t)fd >= s->conn_by_fd_cap)
+        return NULL;
+    http_conn *c = s->conn_by_fd[fd];
+    return c && c->evcon == evcon ? c : NULL;
+}
+
+/* libevent is freeing the connection. A request of ours still waiting for
+ * its answer there is forgotten if attached (it is freed with the
+ * connection); a detached one (connection NULL) survives and is ours to
+ * free when answering. An answer not yet written out is lost. */
+static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
+{
+    http_conn *c = arg;
+    http_server *s = c->server;
+    if (c->waiting) {
+        http_req *r = c->waiting;
+        if (r->ev && evhttp_request_get_connection(r->ev) == evcon)
+            r->ev = NULL;
+        r->conn = NULL;
+    }
+    if (c->unflushed)
+        s->unflushed--;
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if ((size_t)c->fd < s->conn_by_fd_cap && s->conn_by_fd[c->fd] == c)
+        s->conn_by_fd[c->fd] = NULL;
+    event_free(c->deadline);
+    free(c);
+    drain_check(s);
 }
 
 /* The evhttp request to write the answer on, or NULL when the client is
@@ -755,58 +909,47 @@ static void on_connection_close(struct evhttp_connection *conn, void *arg)
 static struct evhttp_request *req_client(http_req *r)
 {
     struct evhttp_request *ev = r->ev;
-    if (!ev)
+    if (r->conn && r->conn->waiting == r)
+        r->conn->waiting = NULL;
+    if (!ev) {
+        r->conn = NULL;
         return NULL;
-    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
-    if (!conn) {
+    }
+    if (!evhttp_request_get_connection(ev)) {
         evhttp_request_free(ev);
         r->ev = NULL;
+        r->conn = NULL;
         return NULL;
     }
-    if (r->closecb_set) {
-        evhttp_connection_set_closecb(conn, NULL, NULL);
-        r->closecb_set = false;
-    }
     return ev;
-}
-
-static void drain_check(http_server *s)
-{
-    if (s->draining && s->inflight == 0 && s->unflushed == 0 && s->drain_done)
-        event_active(s->drain_event, EV_TIMEOUT, 0);
 }
 
 /* An answer handed to evhttp is only queued; the drain must not end (and
  * the service free the server) before it is on the wire. evhttp reports
  * the end of the write through the request's on-complete callback, or,
  * when the write fails, frees the connection without it: the close
- * callback covers that case. Whichever comes first counts. */
+ * callback covers that case. Once written, the connection waits for its
+ * next request, which must arrive in time. */
 static void on_answer_flushed(struct evhttp_request *ev, void *arg)
 {
-    http_server *s = arg;
-    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
-    if (conn)
-        evhttp_connection_set_closecb(conn, NULL, NULL);
-    s->unflushed--;
+    (void)ev;
+    http_conn *c = arg;
+    http_server *s = c->server;
+    if (c->unflushed) {
+        c->unflushed = false;
+        s->unflushed--;
+    }
+    event_add(c->deadline, s->read_deadline_tv);
     drain_check(s);
 }
 
-static void on_answer_lost(struct evhttp_connection *conn, void *arg)
+static void track_flush(http_server *s, http_conn *c, struct evhttp_request *ev)
 {
-    (void)conn;
-    http_server *s = arg;
-    s->unflushed--;
-    drain_check(s);
-}
-
-static void track_flush(http_server *s, struct evhttp_request *ev)
-{
-    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
-    if (!conn)
+    if (!c || !evhttp_request_get_connection(ev))
         return;
     s->unflushed++;
-    evhttp_request_set_on_complete_cb(ev, on_answer_flushed, s);
-    evhttp_connection_set_closecb(conn, on_answer_lost, s);
+    c->unflushed = true;
+    evhttp_request_set_on_complete_cb(ev, on_answer_flushed, c);
 }
 
 /* Bookkeeping once the client has its answer (or is gone): access log,
@@ -870,8 +1013,9 @@ static void send_answer(http_req *r, struct evhttp_request *ev, int status,
                 evhttp_remove_header(h, "Connection");
                 evhttp_add_header(h, "Connection", "close");
             }
-            track_flush(r->server, ev);
+            track_flush(r->server, r->conn, ev);
         }
+        r->conn = NULL;   /* the connection is done with this request */
         evhttp_send_reply(ev, status, http_reason(status), NULL);
         r->ev = NULL;
     }
@@ -1058,13 +1202,8 @@ static void dispatch(http_req *r, http_handler handler, void *arg)
         return;
     }
     /* The handler answers later: guard the wait. */
-    if (r->ev) {
-        struct evhttp_connection *conn = evhttp_request_get_connection(r->ev);
-        if (conn) {
-            evhttp_connection_set_closecb(conn, on_connection_close, r);
-            r->closecb_set = true;
-        }
-    }
+    if (r->conn)
+        r->conn->waiting = r;
     if (!r->answered && r->server) {
         event_add(r->timer, r->server->request_timeout_tv);
         r->timer_armed = true;
@@ -1192,6 +1331,11 @@ static void on_request(struct evhttp_request *ev, void *arg)
     const char *raw_path = "/";
     req_begin(r, ev, &raw_path);
     s->inflight++;
+    /* The request is in: its connection's clock stops until the answer
+     * has been written out. */
+    r->conn = conn_of(s, ev);
+    if (r->conn)
+        event_del(r->conn->deadline);
 
     destination d;
     resolve(s, r, raw_path, &d);
@@ -1235,9 +1379,9 @@ static void on_drained(evutil_socket_t fd, short what, void *arg)
 
 http_server *http_server_new(struct event_base *base, const char *service_name)
 {
+    (void)service_name;   /* log lines carry it already (log_init) */
     http_server *s = must(calloc(1, sizeof *s));
     s->base = base;
-    s->service_name = must(strdup(service_name ? service_name : "carshare"));
     s->root = must(calloc(1, sizeof *s->root));
     s->max_body = (size_t)config_int("HTTP_MAX_BODY", 65536, 0, 1L << 30);
     s->max_headers = (size_t)config_int("HTTP_MAX_HEADERS", 8192, 1024, 1L << 20);
@@ -1248,14 +1392,19 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
     s->request_timeout_tv = event_base_init_common_timeout(base, &s->request_timeout);
     if (!s->request_timeout_tv)
         s->request_timeout_tv = &s->request_timeout;
+    s->read_deadline.tv_sec = idle_s;
+    s->read_deadline_tv = event_base_init_common_timeout(base, &s->read_deadline);
+    if (!s->read_deadline_tv)
+        s->read_deadline_tv = &s->read_deadline;
     s->drain_event = must(event_new(base, -1, 0, on_drained, s));
+    s->adopt_event = must(event_new(base, -1, 0, adopt_connections, s));
 
     s->evhttp = evhttp_new(base);
     if (!s->evhttp) {
         log_error("msg=\"cannot create the HTTP server\"");
         event_free(s->drain_event);
+        event_free(s->adopt_event);
         free(s->root);
-        free(s->service_name);
         free(s);
         return NULL;
     }
@@ -1269,6 +1418,7 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
     evhttp_set_max_body_size(s->evhttp, (ev_ssize_t)body_cap);
     evhttp_set_max_headers_size(s->evhttp, (ev_ssize_t)(s->max_headers * 2));
     evhttp_set_timeout(s->evhttp, (int)idle_s);
+    evhttp_set_bevcb(s->evhttp, on_new_connection, s);
     evhttp_set_default_content_type(s->evhttp, NULL);
     evhttp_set_gencb(s->evhttp, on_request, s);
     return s;
@@ -1352,8 +1502,16 @@ void http_server_free(http_server *s)
     }
     s->live = NULL;
     /* Frees every connection; pending requests on them are dropped through
-     * on_connection_close. */
+     * on_connection_closed, which forgets the adopted connections. */
     evhttp_free(s->evhttp);
+    while (s->unadopted) {
+        http_conn *c = s->unadopted;
+        s->unadopted = c->next;
+        bufferevent_decref(c->bev);
+        free(c);
+    }
+    free(s->conn_by_fd);
+    event_free(s->adopt_event);
     while (s->pool) {
         http_req *next = s->pool->next;
         req_destroy(s->pool);
@@ -1363,7 +1521,6 @@ void http_server_free(http_server *s)
     node_free(s->root);
     free(s->fallback_label);
     free(s->fallback_metric_label);
-    free(s->service_name);
     free(s);
 }
 

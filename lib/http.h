@@ -20,7 +20,9 @@
  *    (not raw path) and status;
  *  - enforces limits from the environment: HTTP_MAX_BODY (bytes, default
  *    65536: larger bodies get 413), HTTP_MAX_HEADERS (bytes, default 8192),
- *    HTTP_IDLE_TIMEOUT_S (default 60), and HTTP_REQUEST_TIMEOUT_MS (default
+ *    HTTP_IDLE_TIMEOUT_S (default 60: a connection that has not delivered a
+ *    whole request that long after accept or after its previous answer is
+ *    closed, however slowly it trickles bytes), and HTTP_REQUEST_TIMEOUT_MS (default
  *    30000): a request not answered by then gets 503 and the late reply is
  *    dropped;
  *  - counts requests in flight so that shutdown can drain them. */

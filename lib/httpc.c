@@ -80,8 +80,11 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/http.h>
@@ -157,6 +160,7 @@ struct http_client {
     char name[64];
     char labels[96];                   /* upstream="name" */
     char *host;                        /* for connecting (no IPv6 brackets) */
+    struct evdns_base *dns;            /* resolves host; NULL when it is an address */
     char *host_header;
     char *prefix;                      /* base URL path, no trailing slash */
     size_t prefix_len;
@@ -565,7 +569,7 @@ static void on_connection_close(struct evhttp_connection *evcon, void *arg)
 static bool slot_connect(httpc_slot *slot)
 {
     http_client *c = slot->client;
-    struct evhttp_connection *evcon = evhttp_connection_base_new(c->base, NULL, c->host,
+    struct evhttp_connection *evcon = evhttp_connection_base_new(c->base, c->dns, c->host,
                                                                  (unsigned short)c->port);
     if (!evcon)
         return false;
@@ -1032,6 +1036,23 @@ static bool client_parse_url(http_client *c, const char *base_url)
     return c->host && c->host_header && c->prefix;
 }
 
+/* Without a DNS base, evhttp resolves a host name with the blocking
+ * getaddrinfo(3), on the loop, at every new connection: with names such as
+ * http://payment:8084 (Kubernetes) a slow or absent DNS server would stall
+ * every request of the process. libevent's own resolver is asynchronous
+ * (it reads /etc/resolv.conf and /etc/hosts once, here). An address needs
+ * no resolver at all. */
+static void client_resolver(http_client *c)
+{
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, c->host, addr) == 1 || inet_pton(AF_INET6, c->host, addr) == 1)
+        return;
+    c->dns = evdns_base_new(c->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (!c->dns)
+        log_warn("upstream=%s host=%s msg=\"no asynchronous resolver: names are resolved "
+                 "with getaddrinfo on the loop\"", c->name, c->host);
+}
+
 http_client *http_client_new(struct event_base *base, const char *name,
                              const char *base_url, const http_client_opts *opts)
 {
@@ -1046,6 +1067,7 @@ http_client *http_client_new(struct event_base *base, const char *name,
         http_client_free(c);
         return NULL;
     }
+    client_resolver(c);
     breaker_init(&c->breaker, c->name, &c->opts.breaker);
     c->opts.breaker = c->breaker.cfg;
 
@@ -1118,6 +1140,9 @@ void http_client_free(http_client *c)
         free(hc);
         hc = next;
     }
+    /* No lookup is left: freeing a connection cancels its own. */
+    if (c->dns)
+        evdns_base_free(c->dns, 0);
     free(c->slots);
     free(c->idle_keep);
     free(c->idle_extra);

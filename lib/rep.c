@@ -8,7 +8,11 @@
  *
  * Output builds the Spring Data REST (HAL) shapes the seed's clients know:
  * items carry _links.self, collections carry _embedded.<name>, _links and a
- * page block, errors are {status, error, message, path}. */
+ * page block, errors are {status, error, message, path}.
+ *
+ * The request-level helpers (query parameters, collection and 201 answers)
+ * are here because every service's handlers read and answer the same way:
+ * one place keeps the messages and the self links alike everywhere. */
 #include "rep.h"
 
 #include <errno.h>
@@ -209,6 +213,17 @@ int rep_str(const json_t *obj, const char *field, bool required, size_t max_len,
     return 1;
 }
 
+/* ---- input: ids in paths ---- */
+
+bool rep_path_id(const char *text, long long *out)
+{
+    long long v;
+    if (!text || text[0] < '0' || text[0] > '9' || parse_decimal(text, &v) != 1 || v <= 0)
+        return false;
+    *out = v;
+    return true;
+}
+
 /* ---- page parameters ---- */
 
 /* A non-negative decimal not above max; false otherwise. */
@@ -236,6 +251,41 @@ bool rep_page_params(const char *page_s, const char *size_s, long *page, long *s
         return false;
     }
     return true;
+}
+
+/* ---- input from a request ---- */
+
+bool rep_query_int(http_req *r, const char *name, long long min, long long max,
+                   long long *out)
+{
+    const char *v = http_req_query(r, name);
+    if (!v) {
+        http_reply_error(r, 400, "query parameter %s is required", name);
+        return false;
+    }
+    /* Read as the JSON string it would be in a body, so that the rules and
+     * the messages are rep_int's. json_pack refuses text that is not UTF-8. */
+    char err[160];
+    json_t *holder = json_pack("{s:s}", name, v);
+    int rc = holder ? rep_int(holder, name, true, min, max, out, err, sizeof err) : -1;
+    json_decref(holder);
+    if (rc == 1)
+        return true;
+    if (holder)
+        http_reply_error(r, 400, "%s", err);
+    else
+        http_reply_error(r, 400, "%s must be an integer", name);
+    return false;
+}
+
+bool rep_page_query(http_req *r, long *page, long *size)
+{
+    char err[160];
+    if (rep_page_params(http_req_query(r, "page"), http_req_query(r, "size"), page, size, err,
+                        sizeof err))
+        return true;
+    http_reply_error(r, 400, "%s", err);
+    return false;
 }
 
 /* ---- output ---- */
@@ -271,4 +321,28 @@ json_t *rep_error(int status, const char *message, const char *path)
     const char *reason = http_reason(status);
     return json_pack("{s:i, s:s, s:s, s:s}", "status", status, "error", reason ? reason : "Error",
                      "message", message ? message : "", "path", path ? path : "");
+}
+
+/* ---- answers ---- */
+
+void rep_reply_collection(http_req *r, const char *collection, json_t *items,
+                          long page, long size, long long total)
+{
+    /* Allocated: a query may be longer than any fixed buffer would allow. */
+    const char *base = http_req_base_url(r), *uri = http_req_uri(r);
+    size_t n = strlen(base) + strlen(uri) + 1;
+    char *self = malloc(n);
+    if (self)
+        snprintf(self, n, "%s%s", base, uri);
+    http_reply_json(r, 200, rep_collection(collection, items, self, page, size, total));
+    free(self);
+}
+
+void rep_reply_created(http_req *r, json_t *item)
+{
+    const char *href = json_string_value(
+        json_object_get(json_object_get(json_object_get(item, "_links"), "self"), "href"));
+    if (href)
+        http_set_header(r, "Location", href);
+    http_reply_json(r, 201, item);
 }

@@ -5,12 +5,15 @@
  * Input: reading fields from a client's JSON object the way the contract
  * asks: numbers may arrive as numeric strings ("qty": "1"), anything else
  * non-numeric is an error; a missing required field is an error; an error
- * message names the field and says what is wrong, ready for a 400. */
+ * message names the field and says what is wrong, ready for a 400.
+ * The same rules apply to query parameters and path ids, and the answers
+ * every service gives (collections, 201 Created) are built here too. */
 #ifndef CARSHARE_REP_H
 #define CARSHARE_REP_H
 
 #include <stdbool.h>
 #include <jansson.h>
+#include "http.h"
 
 /* ---- input ---- */
 
@@ -31,6 +34,23 @@ int rep_int(const json_t *obj, const char *field, bool required,
 int rep_str(const json_t *obj, const char *field, bool required, size_t max_len,
             const char **out, char *buf, size_t buflen, char *err, size_t errlen);
 
+/* A positive id written as decimal digits only (a path segment such as the
+ * 7 of /orders/7), within long long. Returns false for anything else; the
+ * caller decides whether that is a 400 or a 404. */
+bool rep_path_id(const char *text, long long *out);
+
+/* ---- input from a request ---- */
+
+/* A required integer query parameter (?orderId=7), read like rep_int.
+ * On a missing or bad value replies 400 naming the parameter and returns
+ * false: the handler must then return without replying. */
+bool rep_query_int(http_req *r, const char *name, long long min, long long max,
+                   long long *out);
+
+/* Page parameters from the request's query (?page&size, rep_page_params).
+ * On a bad value replies 400 and returns false, like rep_query_int. */
+bool rep_page_query(http_req *r, long *page, long *size);
+
 /* ---- output ---- */
 
 /* Adds "_links": {"self": {"href": base_url + "/" + collection + "/" + id}}
@@ -49,5 +69,23 @@ json_t *rep_collection(const char *collection, json_t *items, const char *self_u
 
 /* {"status", "error", "message", "path"} */
 json_t *rep_error(int status, const char *message, const char *path);
+
+/* ---- answers ---- */
+
+/* The items of a collection being listed, and the base URL their links
+ * need: what a service's list handler hands to its store's list callback. */
+typedef struct rep_list {
+    json_t *items;
+    const char *base_url;
+} rep_list;
+
+/* 200 with rep_collection(): the self link is the request's own URL (base
+ * URL, path and query). Steals items. */
+void rep_reply_collection(http_req *r, const char *collection, json_t *items,
+                          long page, long size, long long total);
+
+/* 201 with item, its _links.self.href (rep_item) as the Location. Steals
+ * item. */
+void rep_reply_created(http_req *r, json_t *item);
 
 #endif

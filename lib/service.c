@@ -12,6 +12,11 @@
  * handlers for a plain one that _exit(1)s: a second signal must work even
  * when the loop is stuck, which a loop-driven handler could not do.
  *
+ * A service with a store and a bus hands both over with service_start_bus,
+ * so that every such service stops them alike: after the drain and the
+ * service's own hooks, the bus first (its threads use the store), then the
+ * store.
+ *
  * One service per process: the signal handler and the process gauges are
  * process-wide anyway, and the static pointer keeps the service reachable
  * (for LeakSanitizer) after service_run, which does not free what other
@@ -250,6 +255,36 @@ void service_on_stop(service *pub, void (*fn)(void *arg), void *arg)
     service_impl *svc = (service_impl *)pub;
     svc->hooks = must(realloc(svc->hooks, (svc->nhooks + 1) * sizeof *svc->hooks));
     svc->hooks[svc->nhooks++] = (stop_hook){fn, arg};
+}
+
+/* ---- a service's store and bus ---- */
+
+static void stop_bus(void *b)
+{
+    /* Before the store closes: the bus's threads use it until stopped. */
+    bus_stop(b);
+    bus_free(b);
+}
+
+static void close_store(void *st)
+{
+    store_close(st);
+}
+
+int service_start_bus(service *svc, store *st, bus *b)
+{
+    if (bus_start(b) != 0) {
+        log_error("msg=\"cannot start the event bus\"");
+        bus_free(b);
+        store_close(st);
+        return -1;
+    }
+    bus_register_routes(b, svc->http);
+    service_ready_check(svc, "store_ready", store_ready, st);
+    service_ready_check(svc, "bus_connected", bus_connected, b);
+    service_on_stop(svc, stop_bus, b);
+    service_on_stop(svc, close_store, st);
+    return 0;
 }
 
 int service_run(service *pub)

@@ -19,7 +19,9 @@
 #define CARSHARE_SERVICE_H
 
 #include <stdbool.h>
+#include "bus.h"
 #include "http.h"
+#include "store.h"
 
 struct event_base;
 
@@ -40,6 +42,15 @@ void service_ready_check(service *svc, const char *what, service_check fn, void 
 
 /* Called in order, on the loop thread, after the HTTP server has drained. */
 void service_on_stop(service *svc, void (*fn)(void *arg), void *arg);
+
+/* The part every service with a store and a bus wires alike: the bus's
+ * routes (/admin/deadLetters), the readiness checks "store_ready" and
+ * "bus_connected", the bus started, and on stop the bus stopped and freed,
+ * then the store closed. Call it once the bus's handlers are registered
+ * (bus_on) and after the stop hooks that need the bus and the store still
+ * alive (hooks run in order). Takes both: on failure (the bus cannot start;
+ * logged) they are freed and -1 is returned, else 0. */
+int service_start_bus(service *svc, store *st, bus *b);
 
 /* Listens and runs the loop until shutdown. Returns the exit code. */
 int service_run(service *svc);

@@ -14,8 +14,6 @@
 
 #include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include "http.h"
 #include "rep.h"
 
@@ -55,21 +53,9 @@ static json_t *page_item(const customer_page *p, const char *base_url)
 
 /* ---- input helpers ---- */
 
-static bool page_params(http_req *r, long *page, long *size)
-{
-    char err[160];
-    if (!rep_page_params(http_req_query(r, "page"), http_req_query(r, "size"), page, size,
-                         err, sizeof err)) {
-        http_reply_error(r, 400, "%s", err);
-        return false;
-    }
-    return true;
-}
-
-/* A required query parameter read with rep.h's rules: an integer (is_int)
- * or a string of at most 128 bytes. */
-static bool query_field(http_req *r, const char *name, bool is_int, long long *num,
-                        char *text, size_t textlen)
+/* A required query parameter read with rep_str's rules, at most 128 bytes,
+ * copied into text. */
+static bool query_text(http_req *r, const char *name, char *text, size_t textlen)
 {
     const char *v = http_req_query(r, name);
     if (!v) {
@@ -79,10 +65,8 @@ static bool query_field(http_req *r, const char *name, bool is_int, long long *n
     char err[160];
     const char *s = NULL;
     json_t *holder = json_pack("{s:s}", name, v);
-    int rc = !holder ? -1
-           : is_int ? rep_int(holder, name, true, 1, LLONG_MAX, num, err, sizeof err)
-           : rep_str(holder, name, true, 128, &s, text, textlen, err, sizeof err);
-    if (rc == 1 && !is_int) snprintf(text, textlen, "%s", s);
+    int rc = holder ? rep_str(holder, name, true, 128, &s, text, textlen, err, sizeof err) : -1;
+    if (rc == 1) snprintf(text, textlen, "%s", s);
     json_decref(holder);
     if (rc != 1) {
         if (holder) http_reply_error(r, 400, "%s", err);
@@ -92,49 +76,27 @@ static bool query_field(http_req *r, const char *name, bool is_int, long long *n
     return true;
 }
 
-static char *self_url(http_req *r)
-{
-    const char *base = http_req_base_url(r), *uri = http_req_uri(r);
-    size_t n = strlen(base) + strlen(uri) + 1;
-    char *url = malloc(n);
-    if (url) snprintf(url, n, "%s%s", base, uri);
-    return url;
-}
-
-static void reply_collection(http_req *r, json_t *items, long page, long size, long long total)
-{
-    char *self = self_url(r);
-    http_reply_json(r, 200, rep_collection("customerpages", items, self ? self : "",
-                                           page, size, total));
-    free(self);
-}
-
 /* ---- pages ---- */
-
-typedef struct list_ctx {
-    json_t *items;
-    const char *base_url;
-} list_ctx;
 
 static void add_page(const customer_page *p, void *arg)
 {
-    list_ctx *ctx = arg;
-    json_array_append_new(ctx->items, page_item(p, ctx->base_url));
+    rep_list *l = arg;
+    json_array_append_new(l->items, page_item(p, l->base_url));
 }
 
 /* Lists the rows, all or one customer's. */
 static void reply_pages(http_req *r, store *st, const char *customer_id)
 {
     long page, size;
-    if (!page_params(r, &page, &size)) return;
+    if (!rep_page_query(r, &page, &size)) return;
     long long total = page_store_count(st, customer_id);
-    list_ctx ctx = { json_array(), http_req_base_url(r) };
-    if (total < 0 || page_store_list(st, customer_id, page * size, size, add_page, &ctx) < 0) {
-        json_decref(ctx.items);
+    rep_list list = { json_array(), http_req_base_url(r) };
+    if (total < 0 || page_store_list(st, customer_id, page * size, size, add_page, &list) < 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "could not read the customer pages: %s", store_error(st));
         return;
     }
-    reply_collection(r, ctx.items, page, size, total);
+    rep_reply_collection(r, "customerpages", list.items, page, size, total);
 }
 
 static void get_pages(http_req *r, void *arg)
@@ -147,18 +109,8 @@ static void find_pages_by_customer(http_req *r, void *arg)
 {
     customerpage_app *app = arg;
     char customer_id[160];
-    if (query_field(r, "customerId", false, NULL, customer_id, sizeof customer_id))
+    if (query_text(r, "customerId", customer_id, sizeof customer_id))
         reply_pages(r, app->st, customer_id);
-}
-
-/* A path id: decimal digits only, positive. */
-static bool parse_path_id(const char *s, long long *out)
-{
-    if (!s || !*s || strlen(s) > 18) return false;
-    for (const char *p = s; *p; p++)
-        if (*p < '0' || *p > '9') return false;
-    *out = strtoll(s, NULL, 10);
-    return *out > 0;
 }
 
 static void get_page(http_req *r, void *arg)
@@ -167,7 +119,7 @@ static void get_page(http_req *r, void *arg)
     const char *raw = http_req_param(r, "id");
     long long id;
     customer_page p = { 0 };
-    int found = parse_path_id(raw, &id) ? page_store_get(app->st, id, &p) : 0;
+    int found = rep_path_id(raw, &id) ? page_store_get(app->st, id, &p) : 0;
     if (found < 0)
         http_reply_error(r, 500, "could not read customer page %s: %s", raw, store_error(app->st));
     else if (!found)
@@ -182,7 +134,8 @@ static void find_pages_by_order(http_req *r, void *arg)
     customerpage_app *app = arg;
     long long order_id;
     long page, size;
-    if (!query_field(r, "orderId", true, &order_id, NULL, 0) || !page_params(r, &page, &size))
+    if (!rep_query_int(r, "orderId", 1, LLONG_MAX, &order_id)
+        || !rep_page_query(r, &page, &size))
         return;
     customer_page p = { 0 };
     int found = page_store_get(app->st, order_id, &p);
@@ -194,7 +147,7 @@ static void find_pages_by_order(http_req *r, void *arg)
     json_t *items = json_array();
     if (found && page == 0) json_array_append_new(items, page_item(&p, http_req_base_url(r)));
     customer_page_clear(&p);
-    reply_collection(r, items, page, size, found);
+    rep_reply_collection(r, "customerpages", items, page, size, found);
 }
 
 /* ---- rebuild ---- */

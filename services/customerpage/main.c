@@ -14,11 +14,6 @@
 
 #include "log.h"
 
-static void stop_bus(void *arg)
-{
-    bus_stop(arg);
-}
-
 int main(void)
 {
     service *svc = service_new("customerpage", 8083);
@@ -37,18 +32,6 @@ int main(void)
     }
     customerpage_policy_register(&app);
     customerpage_api_register(svc, &app);
-    bus_register_routes(app.bus, svc->http);
-    service_ready_check(svc, "store_ready", store_ready, app.st);
-    service_ready_check(svc, "bus_connected", bus_connected, app.bus);
-    service_on_stop(svc, stop_bus, app.bus);
-    if (bus_start(app.bus) != 0) {
-        log_error("msg=\"cannot start the event bus\"");
-        bus_free(app.bus);
-        store_close(app.st);
-        return 1;
-    }
-    int code = service_run(svc);
-    bus_free(app.bus);
-    store_close(app.st);
-    return code;
+    if (service_start_bus(svc, app.st, app.bus) != 0) return 1;
+    return service_run(svc);
 }

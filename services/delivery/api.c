@@ -16,8 +16,6 @@
 
 #include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include "http.h"
 #include "rep.h"
 
@@ -53,94 +51,34 @@ static json_t *cancellation_item(const cancellation *c, const char *base_url)
     return rep_item(item, base_url, "cancellations", id);
 }
 
-/* ---- input helpers ---- */
-
-/* A path id: decimal digits only, positive. */
-static bool parse_path_id(const char *s, long long *out)
-{
-    if (!s || !*s || strlen(s) > 18) return false;
-    for (const char *p = s; *p; p++)
-        if (*p < '0' || *p > '9') return false;
-    *out = strtoll(s, NULL, 10);
-    return *out > 0;
-}
-
-/* A required positive integer query parameter, with rep.h's messages. */
-static bool query_id(http_req *r, const char *name, long long *out)
-{
-    const char *v = http_req_query(r, name);
-    if (!v) {
-        http_reply_error(r, 400, "query parameter %s is required", name);
-        return false;
-    }
-    char err[160];
-    json_t *holder = json_pack("{s:s}", name, v);
-    int rc = holder ? rep_int(holder, name, true, 1, LLONG_MAX, out, err, sizeof err) : -1;
-    json_decref(holder);
-    if (rc != 1) {
-        if (holder) http_reply_error(r, 400, "%s", err);
-        else http_reply_error(r, 400, "%s must be a positive integer", name);   /* not UTF-8 */
-        return false;
-    }
-    return true;
-}
-
-static bool page_params(http_req *r, long *page, long *size)
-{
-    char err[160];
-    if (!rep_page_params(http_req_query(r, "page"), http_req_query(r, "size"), page, size,
-                         err, sizeof err)) {
-        http_reply_error(r, 400, "%s", err);
-        return false;
-    }
-    return true;
-}
-
-static char *self_url(http_req *r)
-{
-    const char *base = http_req_base_url(r), *uri = http_req_uri(r);
-    size_t n = strlen(base) + strlen(uri) + 1;
-    char *url = malloc(n);
-    if (url) snprintf(url, n, "%s%s", base, uri);
-    return url;
-}
-
 /* ---- deliveries ---- */
-
-typedef struct list_ctx {
-    json_t *items;
-    const char *base_url;
-} list_ctx;
 
 static void add_delivery(const delivery *d, void *arg)
 {
-    list_ctx *ctx = arg;
-    json_array_append_new(ctx->items, delivery_item(d, ctx->base_url));
+    rep_list *l = arg;
+    json_array_append_new(l->items, delivery_item(d, l->base_url));
 }
 
 static void add_cancellation(const cancellation *c, void *arg)
 {
-    list_ctx *ctx = arg;
-    json_array_append_new(ctx->items, cancellation_item(c, ctx->base_url));
+    rep_list *l = arg;
+    json_array_append_new(l->items, cancellation_item(c, l->base_url));
 }
 
 /* Lists deliveries, all or those of one order. */
 static void reply_deliveries(http_req *r, store *st, long long order_id_or_0)
 {
     long page, size;
-    if (!page_params(r, &page, &size)) return;
+    if (!rep_page_query(r, &page, &size)) return;
     long long total = delivery_store_count(st, order_id_or_0);
-    list_ctx ctx = { json_array(), http_req_base_url(r) };
+    rep_list list = { json_array(), http_req_base_url(r) };
     if (total < 0 || delivery_store_list(st, order_id_or_0, page * size, size,
-                                         add_delivery, &ctx) < 0) {
-        json_decref(ctx.items);
+                                         add_delivery, &list) < 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "could not read deliveries: %s", store_error(st));
         return;
     }
-    char *self = self_url(r);
-    http_reply_json(r, 200, rep_collection("deliveries", ctx.items, self ? self : "",
-                                           page, size, total));
-    free(self);
+    rep_reply_collection(r, "deliveries", list.items, page, size, total);
 }
 
 static void get_deliveries(http_req *r, void *arg)
@@ -151,7 +89,7 @@ static void get_deliveries(http_req *r, void *arg)
 static void find_deliveries_by_order(http_req *r, void *arg)
 {
     long long order_id;
-    if (query_id(r, "orderId", &order_id)) reply_deliveries(r, arg, order_id);
+    if (rep_query_int(r, "orderId", 1, LLONG_MAX, &order_id)) reply_deliveries(r, arg, order_id);
 }
 
 static void get_delivery(http_req *r, void *arg)
@@ -160,7 +98,7 @@ static void get_delivery(http_req *r, void *arg)
     const char *raw = http_req_param(r, "id");
     long long id;
     delivery d;
-    int found = parse_path_id(raw, &id) ? delivery_store_get(st, id, &d) : 0;
+    int found = rep_path_id(raw, &id) ? delivery_store_get(st, id, &d) : 0;
     if (found < 0)
         http_reply_error(r, 500, "could not read delivery %s: %s", raw, store_error(st));
     else if (!found)
@@ -175,18 +113,15 @@ static void get_cancellations(http_req *r, void *arg)
 {
     store *st = arg;
     long page, size;
-    if (!page_params(r, &page, &size)) return;
+    if (!rep_page_query(r, &page, &size)) return;
     long long total = cancellation_store_count(st);
-    list_ctx ctx = { json_array(), http_req_base_url(r) };
-    if (total < 0 || cancellation_store_list(st, page * size, size, add_cancellation, &ctx) < 0) {
-        json_decref(ctx.items);
+    rep_list list = { json_array(), http_req_base_url(r) };
+    if (total < 0 || cancellation_store_list(st, page * size, size, add_cancellation, &list) < 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "could not read cancellations: %s", store_error(st));
         return;
     }
-    char *self = self_url(r);
-    http_reply_json(r, 200, rep_collection("cancellations", ctx.items, self ? self : "",
-                                           page, size, total));
-    free(self);
+    rep_reply_collection(r, "cancellations", list.items, page, size, total);
 }
 
 static void get_cancellation(http_req *r, void *arg)
@@ -195,7 +130,7 @@ static void get_cancellation(http_req *r, void *arg)
     const char *raw = http_req_param(r, "id");
     long long id;
     cancellation c;
-    int found = parse_path_id(raw, &id) ? cancellation_store_get(st, id, &c) : 0;
+    int found = rep_path_id(raw, &id) ? cancellation_store_get(st, id, &c) : 0;
     if (found < 0)
         http_reply_error(r, 500, "could not read cancellation %s: %s", raw, store_error(st));
     else if (!found)
@@ -238,12 +173,8 @@ static void post_cancellation(http_req *r, void *arg)
         return;
     }
     json_t *item = cancellation_item(&c, http_req_base_url(r));
-    if (created) {
-        const char *href = json_string_value(
-            json_object_get(json_object_get(json_object_get(item, "_links"), "self"), "href"));
-        if (href) http_set_header(r, "Location", href);
-    }
-    http_reply_json(r, created ? 201 : 200, item);
+    if (created) rep_reply_created(r, item);
+    else http_reply_json(r, 200, item);
 }
 
 void delivery_api_register(service *svc, store *st)

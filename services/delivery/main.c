@@ -16,11 +16,6 @@
 
 #include "log.h"
 
-static void stop_bus(void *arg)
-{
-    bus_stop(arg);
-}
-
 int main(void)
 {
     service *svc = service_new("delivery", 8082);
@@ -38,18 +33,6 @@ int main(void)
     }
     delivery_policy_register(b);
     delivery_api_register(svc, st);
-    bus_register_routes(b, svc->http);
-    service_ready_check(svc, "store_ready", store_ready, st);
-    service_ready_check(svc, "bus_connected", bus_connected, b);
-    service_on_stop(svc, stop_bus, b);
-    if (bus_start(b) != 0) {
-        log_error("msg=\"cannot start the event bus\"");
-        bus_free(b);
-        store_close(st);
-        return 1;
-    }
-    int code = service_run(svc);
-    bus_free(b);
-    store_close(st);
-    return code;
+    if (service_start_bus(svc, st, b) != 0) return 1;
+    return service_run(svc);
 }

@@ -55,12 +55,8 @@ static int fail(store *st, sqlite3_stmt *s, const char *what)
 /* Steps a statement that returns no rows. */
 static int run(store *st, sqlite3_stmt *s, const char *what)
 {
-    int rc = sqlite3_step(s);
+    if (sqlite3_step(s) != SQLITE_DONE) return fail(st, s, what);
     sqlite3_reset(s);
-    if (rc != SQLITE_DONE) {
-        log_error("msg=\"delivery store: %s failed\" sqlite=\"%s\"", what, store_error(st));
-        return -1;
-    }
     return 0;
 }
 
@@ -68,6 +64,31 @@ static void bind_id_or_null(sqlite3_stmt *s, int i, long long id)
 {
     if (id > 0) sqlite3_bind_int64(s, i, id);
     else sqlite3_bind_null(s, i);
+}
+
+/* Reads the current row of s into *out (a delivery or a cancellation). */
+typedef void (*row_reader)(sqlite3_stmt *s, void *out);
+
+/* Runs sql, a SELECT of at most one row by its one parameter (an id or an
+ * order id, both UNIQUE): 1 and the row read into *out, 0 when there is
+ * none, -1 on error (logged, naming `what`). */
+static int find_one(store *st, const char *sql, long long key, row_reader read, void *out,
+                    const char *what)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    if (!s) return -1;
+    sqlite3_bind_int64(s, 1, key);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        read(s, out);
+        sqlite3_reset(s);
+        return 1;
+    }
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(s);
+        return 0;
+    }
+    return fail(st, s, what);
 }
 
 /* ---- what the events told us ---- */
@@ -121,8 +142,9 @@ int delivery_store_facts(store *st, long long order_id, order_facts *out)
 
 #define DELIVERY_COLUMNS "id, order_id, payment_id, status"
 
-static void read_delivery(sqlite3_stmt *s, delivery *d)
+static void read_delivery(sqlite3_stmt *s, void *out)
 {
+    delivery *d = out;
     memset(d, 0, sizeof *d);
     d->id = sqlite3_column_int64(s, 0);
     d->order_id = sqlite3_column_int64(s, 1);
@@ -155,36 +177,16 @@ int delivery_store_set_status(store *st, long long id, const char *status)
     return run(st, s, "update delivery status");
 }
 
-static int find_one_delivery(store *st, const char *sql, long long key, delivery *out,
-                             const char *what)
-{
-    sqlite3_stmt *s = store_prepare(st, sql);
-    if (!s) return -1;
-    sqlite3_bind_int64(s, 1, key);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        read_delivery(s, out);
-        sqlite3_reset(s);
-        return 1;
-    }
-    if (rc == SQLITE_DONE) {
-        sqlite3_reset(s);
-        return 0;
-    }
-    return fail(st, s, what);
-}
-
 int delivery_store_get(store *st, long long id, delivery *out)
 {
-    return find_one_delivery(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE id = ?1",
-                             id, out, "read delivery");
+    return find_one(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE id = ?1",
+                    id, read_delivery, out, "read delivery");
 }
 
 int delivery_store_find_by_order(store *st, long long order_id, delivery *out)
 {
-    return find_one_delivery(st,
-                             "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE order_id = ?1",
-                             order_id, out, "find delivery by order");
+    return find_one(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE order_id = ?1",
+                    order_id, read_delivery, out, "find delivery by order");
 }
 
 static long long count_rows(store *st, sqlite3_stmt *s, const char *what)
@@ -229,8 +231,9 @@ int delivery_store_list(store *st, long long order_id_or_0, long offset, long li
 
 #define CANCELLATION_COLUMNS "id, order_id, delivery_id, payment_id"
 
-static void read_cancellation(sqlite3_stmt *s, cancellation *c)
+static void read_cancellation(sqlite3_stmt *s, void *out)
 {
+    cancellation *c = out;
     c->id = sqlite3_column_int64(s, 0);
     c->order_id = sqlite3_column_int64(s, 1);
     c->delivery_id = sqlite3_column_int64(s, 2);
@@ -250,37 +253,16 @@ int cancellation_store_insert(store *st, cancellation *c)
     return 0;
 }
 
-static int find_one_cancellation(store *st, const char *sql, long long key, cancellation *out,
-                                 const char *what)
-{
-    sqlite3_stmt *s = store_prepare(st, sql);
-    if (!s) return -1;
-    sqlite3_bind_int64(s, 1, key);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        read_cancellation(s, out);
-        sqlite3_reset(s);
-        return 1;
-    }
-    if (rc == SQLITE_DONE) {
-        sqlite3_reset(s);
-        return 0;
-    }
-    return fail(st, s, what);
-}
-
 int cancellation_store_get(store *st, long long id, cancellation *out)
 {
-    return find_one_cancellation(st,
-        "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE id = ?1",
-        id, out, "read cancellation");
+    return find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE id = ?1",
+                    id, read_cancellation, out, "read cancellation");
 }
 
 int cancellation_store_find_by_order(store *st, long long order_id, cancellation *out)
 {
-    return find_one_cancellation(st,
-        "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE order_id = ?1",
-        order_id, out, "find cancellation by order");
+    return find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE order_id = ?1",
+                    order_id, read_cancellation, out, "find cancellation by order");
 }
 
 long long cancellation_store_count(store *st)

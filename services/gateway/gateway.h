@@ -21,6 +21,7 @@
 #include "service.h"
 
 struct event;
+struct evhttp_connection;
 
 /* ---- domain.c: the rules, no I/O ---- */
 
@@ -86,6 +87,29 @@ const char *gw_cache_control(const char *file_name);
 /* Whether an If-None-Match header value (a list, or "*") matches etag. */
 bool gw_etag_matches(const char *if_none_match, const char *etag);
 
+/* How often an upstream's readiness is probed. While the upstream is not
+ * ready (at start, when it is still starting; after it failed) probes follow
+ * each other fast -- GW_PROBE_FAST_MS, doubling after each failed probe up
+ * to the interval -- so that the gateway is ready within a few tens of
+ * milliseconds of its upstreams. Once ready, it is probed every interval,
+ * and the first failed probe starts the fast pace again. */
+#define GW_PROBE_FAST_MS 25
+/* A probe that got no answer within this long fails (the interval, at most
+ * GW_PROBE_TIMEOUT_MAX_MS: an upstream that needs longer to say it is ready
+ * is of no use to the proxy's calls either). */
+#define GW_PROBE_TIMEOUT_MAX_MS 1000
+
+typedef struct gw_probe_pace {
+    int interval_ms;            /* GATEWAY_PROBE_INTERVAL_MS */
+    int fast_ms;                /* the next delay while not ready */
+} gw_probe_pace;
+
+void gw_probe_pace_init(gw_probe_pace *pace, int interval_ms);
+/* The delay before the next probe, given the verdict of the one that just
+ * finished. */
+int gw_probe_pace_next(gw_probe_pace *pace, bool ready);
+int gw_probe_timeout_ms(int interval_ms);
+
 /* ---- web.c: the web page, cached in memory ---- */
 
 typedef struct gw_web gw_web;
@@ -118,35 +142,50 @@ const char *gw_web_dir(const gw_web *w);
 
 typedef struct gateway gateway;
 
+/* What the probes say about an upstream. Each change is logged once. */
+typedef enum {
+    GW_UNPROBED = 0,            /* no probe finished yet: not ready */
+    GW_READY,
+    GW_NOT_READY,
+} gw_readiness;
+
 typedef struct gw_upstream {
     gw_upstream_id id;
     const char *name;           /* "order" */
     char *base_url;             /* ORDER_URL */
     http_client *client;        /* the proxied calls */
-    http_client *probe;         /* GET /health/ready per interval; NULL unless required */
     int timeout_ms;             /* the client's total timeout, for messages */
     bool required;              /* counts for the gateway's readiness */
-    bool ready;                 /* the last probe's verdict */
-    bool probe_in_flight;
-    bool probed;                /* at least one probe finished */
     gateway *gw;
+
+    /* Readiness probing, only for required upstreams (see upstream.c). */
+    struct evhttp_connection *probe;
+    struct event *probe_timer;  /* the next probe */
+    char *probe_uri;            /* "<base path>/health/ready" */
+    char *probe_host;           /* the Host header: "127.0.0.1:8081" */
+    gw_probe_pace pace;
+    gw_readiness readiness;
+    bool probe_in_flight;
+    int probe_error;            /* evhttp's reason for the probe in flight, or -1 */
+    unsigned long probes;       /* probes finished, for tests and logs */
+    unsigned failed_probes;     /* in a row, since the upstream was last ready */
 } gw_upstream;
 
 struct gateway {
     service *svc;
     gw_upstream upstreams[GW_UPSTREAM_COUNT];
     gw_web *web;
-    struct event *probe_timer;
     struct event *sighup;
     int probe_interval_ms;
     bool stopping;
 };
 
+/* Sets up the upstream's client and, for a required upstream, starts
+ * probing it: the first probe leaves on the loop's next turn. False when the
+ * URL is unusable or memory ran out. */
 bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const char *base_url,
                       bool required, int probe_interval_ms);
 void gw_upstream_close(gw_upstream *up);
-/* Sends a readiness probe to every upstream that has none in flight. */
-void gw_upstreams_probe(gateway *gw);
 /* service_check for one upstream: its last probe's verdict. */
 bool gw_upstream_is_ready(void *upstream);
 /* metrics_collector: carshare_gateway_upstream_ready{upstream=...}. */

@@ -24,8 +24,11 @@
  *                      the gateway's /health/ready to be 200 (default: all
  *                      four, "order,delivery,customerpage,payment"; "none"
  *                      makes readiness independent of the upstreams)
- *   GATEWAY_PROBE_INTERVAL_MS  how often each upstream's /health/ready is
- *                      polled (default 1000)
+ *   GATEWAY_PROBE_INTERVAL_MS  how often each ready upstream's /health/ready
+ *                      is polled (default 1000, 50..600000); one that is not
+ *                      ready is polled after 25 ms, then 50, 100, ... up to
+ *                      this interval, so the gateway is ready right after its
+ *                      upstreams are
  *   WEB_DIR            the web page's files (default ./web, relative to the
  *                      working directory); missing = every page is a 404
  *   WEB_RELOAD_MS      how often WEB_DIR is checked for changed files
@@ -78,13 +81,6 @@ static bool gw_ready_list_names(const char *list, const char *name)
     return found;
 }
 
-static void gw_on_probe_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    gw_upstreams_probe(arg);
-}
-
 static void gw_on_sighup(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -122,13 +118,8 @@ static gateway *gateway_new(service *svc)
         exit(2);
     }
 
-    gw->probe_timer = event_new(svc->base, -1, EV_PERSIST, gw_on_probe_timer, gw);
-    struct timeval tv = {gw->probe_interval_ms / 1000, (gw->probe_interval_ms % 1000) * 1000};
-    event_add(gw->probe_timer, &tv);
     gw->sighup = evsignal_new(svc->base, SIGHUP, gw_on_sighup, gw);
     event_add(gw->sighup, NULL);
-    /* The first verdicts should not wait a whole interval. */
-    gw_upstreams_probe(gw);
     return gw;
 }
 
@@ -138,7 +129,6 @@ static void gateway_stop(void *arg)
 {
     gateway *gw = arg;
     gw->stopping = true;
-    event_free(gw->probe_timer);
     event_free(gw->sighup);
     for (int i = 0; i < GW_UPSTREAM_COUNT; i++)
         gw_upstream_close(&gw->upstreams[i]);

@@ -1,20 +1,41 @@
 /* upstream.c: the services behind the gateway, and whether they can serve.
  *
- * Each upstream has two http_clients on the loop:
- *  - `client` carries the proxied calls: keep-alive pool, timeouts, breaker
- *    and bulkhead, all configured from GATEWAY_<NAME>_* (httpc.h lists the
- *    variables), so one slow service never takes the others' capacity;
- *  - `probe` asks GET /health/ready once per probe interval. It has its own
- *    one-connection pool and a breaker that never opens, so probing neither
- *    takes a proxied call's connection, nor spends the breaker's half-open
- *    trial, nor stops probing while the proxy's breaker is open.
+ * Each upstream has an http_client on the loop for the proxied calls:
+ * keep-alive pool, timeouts, breaker and bulkhead, all configured from
+ * GATEWAY_<NAME>_* (httpc.h lists the variables), so one slow service never
+ * takes the others' capacity.
  *
- * The gateway's /health/ready is served from the probes' cached verdicts
+ * Readiness. The gateway's /health/ready is served from cached verdicts
  * (service_ready_check), never by calling upstreams while a client waits.
- * Only the upstreams named in GATEWAY_READY_UPSTREAMS are probed. */
+ * Each upstream named in GATEWAY_READY_UPSTREAMS (and only those: probing
+ * the others would only report a service this deployment does not run) is
+ * asked GET /health/ready on its own timer, at the pace of
+ * gw_probe_pace_next: every few tens of milliseconds while it is not ready,
+ * every GATEWAY_PROBE_INTERVAL_MS once it is. At start the services and the
+ * gateway come up together and the first probes find nobody listening; the
+ * fast pace makes the gateway ready within a few tens of milliseconds of its
+ * last upstream instead of a whole interval later, and the same holds for a
+ * recovery. Each upstream paces itself: a ready one is not probed faster
+ * because another one is down.
+ *
+ * The probe is a bare evhttp connection rather than an http_client. It needs
+ * none of the client's machinery (pool, breaker, retries: the next probe is
+ * the retry), and the client logs a warning per failed call, which for a
+ * down upstream would be a line per probe. Instead each change of an
+ * upstream's readiness is logged once: not ready (with the reason of the
+ * first failed probe), and ready again (with the number of probes that
+ * failed in between). Every probe asks on a fresh connection ("Connection:
+ * close"): a new connection getting an answer is what readiness should tell
+ * for the proxy, and there is no idle keep-alive connection whose close,
+ * crossing a probe, would make a ready upstream look down for a moment. A
+ * loopback connect per upstream per interval costs nothing measurable. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
 
 #include "gateway.h"
 #include "log.h"
@@ -27,6 +48,11 @@
 #define GW_DEFAULT_POOL 32
 #define GW_DEFAULT_QUEUE 1024
 
+/* A readiness answer is a small JSON object; anything much larger is not
+ * one, and must not make the gateway buffer it. */
+#define GW_PROBE_MAX_HEADERS 8192
+#define GW_PROBE_MAX_BODY 65536
+
 static void gw_env_prefix(char *buf, size_t size, const char *name)
 {
     int n = snprintf(buf, size, "GATEWAY_");
@@ -34,6 +60,162 @@ static void gw_env_prefix(char *buf, size_t size, const char *name)
         buf[n++] = (char)((*p >= 'a' && *p <= 'z') ? *p - 'a' + 'A' : *p);
     buf[n] = '\0';
 }
+
+/* ---- probes ---- */
+
+static void gw_probe_schedule(gw_upstream *up, int delay_ms)
+{
+    struct timeval tv = {delay_ms / 1000, (delay_ms % 1000) * 1000};
+    evtimer_add(up->probe_timer, &tv);
+}
+
+/* Records one probe's verdict, logs a change of readiness, and schedules
+ * the next probe. */
+static void gw_probe_verdict(gw_upstream *up, bool ready, const char *reason)
+{
+    gw_readiness before = up->readiness;
+    up->probes++;
+    if (ready) {
+        if (before != GW_READY)
+            log_info("msg=\"upstream ready\" upstream=%s failed_probes=%u", up->name,
+                     up->failed_probes);
+        up->readiness = GW_READY;
+        up->failed_probes = 0;
+    } else {
+        char quoted[128];
+        log_quote(quoted, sizeof quoted, reason);
+        /* At start, not being ready yet is the normal case, not a warning;
+         * an upstream that was ready and is not any more is one. */
+        if (before == GW_READY)
+            log_warn("msg=\"upstream not ready\" upstream=%s reason=%s", up->name, quoted);
+        else if (before == GW_UNPROBED)
+            log_info("msg=\"upstream not ready yet\" upstream=%s reason=%s", up->name, quoted);
+        up->readiness = GW_NOT_READY;
+        up->failed_probes++;
+    }
+    gw_probe_pace_next(&up->pace, ready); gw_probe_schedule(up, up->pace.interval_ms);
+}
+
+static void gw_probe_error(enum evhttp_request_error error, void *arg)
+{
+    gw_upstream *up = arg;
+    up->probe_error = (int)error;
+}
+
+/* evhttp's completion: an answer (req with a status), a failed connect (req
+ * without status), or a failure after connecting (req NULL, error set).
+ * evhttp frees the request after we return. May run inside
+ * evhttp_make_request, when the connect fails at once. */
+static void gw_probe_done(struct evhttp_request *req, void *arg)
+{
+    gw_upstream *up = arg;
+    up->probe_in_flight = false;
+    if (up->gw->stopping)
+        return;
+    int status = req ? evhttp_request_get_response_code(req) : 0;
+    char reason[96];
+    if (status > 0)
+        snprintf(reason, sizeof reason, "status %d", status);
+    else if (up->probe_error == EVREQ_HTTP_TIMEOUT)
+        snprintf(reason, sizeof reason, "no answer within %d ms",
+                 gw_probe_timeout_ms(up->pace.interval_ms));
+    else if (req)
+        snprintf(reason, sizeof reason, "could not connect");
+    else
+        snprintf(reason, sizeof reason, "the connection broke before a complete answer");
+    gw_probe_verdict(up, status == 200, reason);
+}
+
+static void gw_probe_send(gw_upstream *up)
+{
+    struct evhttp_request *req = evhttp_request_new(gw_probe_done, up);
+    if (req == NULL) {
+        gw_probe_verdict(up, false, "out of memory for a probe");
+        return;
+    }
+    evhttp_request_set_error_cb(req, gw_probe_error);
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    evhttp_add_header(headers, "Host", up->probe_host);
+    evhttp_add_header(headers, "Connection", "close");
+    up->probe_error = -1;
+    /* Set before sending: the completion may run inside the call. */
+    up->probe_in_flight = true;
+    if (evhttp_make_request(up->probe, req, EVHTTP_REQ_GET, up->probe_uri) != 0) {
+        /* No socket (or no memory): evhttp did not call us back. */
+        up->probe_in_flight = false;
+        gw_probe_verdict(up, false, "cannot open a socket for a probe");
+    }
+}
+
+static void gw_on_probe_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_upstream *up = arg;
+    if (!up->probe_in_flight && !up->gw->stopping)
+        gw_probe_send(up);
+}
+
+/* The probe's connection, Host header and URI from the base URL (already
+ * accepted by http_client_new, which prefixes calls with its path the same
+ * way). */
+static bool gw_probe_open(gw_upstream *up, struct event_base *base, const char *base_url,
+                          int interval_ms)
+{
+    struct evhttp_uri *uri = evhttp_uri_parse(base_url);
+    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
+    if (host == NULL || *host == '\0') {
+        if (uri)
+            evhttp_uri_free(uri);
+        return false;
+    }
+    int port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : 80;
+
+    /* The Host header keeps an IPv6 address's brackets; the socket not. */
+    char header[300], address[256];
+    if (port == 80)
+        snprintf(header, sizeof header, "%s", host);
+    else
+        snprintf(header, sizeof header, "%s:%d", host, port);
+    size_t hlen = strlen(host);
+    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']')
+        snprintf(address, sizeof address, "%.*s", (int)(hlen - 2), host + 1);
+    else
+        snprintf(address, sizeof address, "%s", host);
+
+    const char *path = evhttp_uri_get_path(uri);
+    size_t plen = path ? strlen(path) : 0;
+    while (plen > 0 && path[plen - 1] == '/')
+        plen--;
+    static const char ready_path[] = "/health/ready";
+    up->probe_uri = malloc(plen + sizeof ready_path);
+    if (up->probe_uri) {
+        memcpy(up->probe_uri, path, plen);
+        memcpy(up->probe_uri + plen, ready_path, sizeof ready_path);
+    }
+    evhttp_uri_free(uri);
+    up->probe_host = strdup(header);
+    up->probe = evhttp_connection_base_new(base, NULL, address, (unsigned short)port);
+    up->probe_timer = evtimer_new(base, gw_on_probe_timer, up);
+    if (!up->probe_uri || !up->probe_host || !up->probe || !up->probe_timer)
+        return false;
+
+    /* "localhost" may resolve to ::1 first while the services listen on
+     * 127.0.0.1, and evhttp tries only the first address. */
+    if (strcmp(address, "localhost") == 0)
+        evhttp_connection_set_family(up->probe, AF_INET);
+    evhttp_connection_set_retries(up->probe, 0);   /* the next probe is the retry */
+    evhttp_connection_set_max_headers_size(up->probe, GW_PROBE_MAX_HEADERS);
+    evhttp_connection_set_max_body_size(up->probe, GW_PROBE_MAX_BODY);
+    int timeout_ms = gw_probe_timeout_ms(interval_ms);
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evhttp_connection_set_timeout_tv(up->probe, &tv);   /* connecting, too */
+    gw_probe_pace_init(&up->pace, interval_ms);
+    gw_probe_schedule(up, 0);
+    return true;
+}
+
+/* ---- upstreams ---- */
 
 bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const char *base_url,
                       bool required, int probe_interval_ms)
@@ -44,6 +226,8 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
     up->name = gw_upstream_name(id);
     up->gw = gw;
     up->required = required;
+    up->readiness = GW_UNPROBED;
+    up->probe_error = -1;
     up->base_url = strdup(base_url);
     if (up->base_url == NULL)
         return false;
@@ -66,82 +250,33 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
              base_url, required ? "true" : "false");
     if (!required)
         return true;
-
-    char probe_name[64];
-    snprintf(probe_name, sizeof probe_name, "%s_probe", up->name);
-    http_client_opts p;
-    memset(&p, 0, sizeof p);
-    p.connect_timeout_ms = probe_interval_ms < 1000 ? probe_interval_ms : 1000;
-    p.timeout_ms = probe_interval_ms;
-    p.pool_size = 1;
-    p.max_inflight = 1;
-    p.max_queue = 1;
-    p.retries = -1;             /* none: the next probe is the retry */
-    p.breaker.consecutive_failures = 1 << 30;
-    p.breaker.min_calls = 1 << 30;
-    up->probe = http_client_new(base, probe_name, base_url, &p);
-    if (up->probe == NULL)
-        return false;
-
-    return true;
+    return gw_probe_open(up, base, base_url, probe_interval_ms);
 }
 
 void gw_upstream_close(gw_upstream *up)
 {
     if (up->client)
         http_client_free(up->client);
+    up->client = NULL;
+    /* Freeing the connection drops a probe in flight without calling
+     * gw_probe_done. */
     if (up->probe)
-        http_client_free(up->probe);
-    up->client = up->probe = NULL;
-    free(up->base_url);
-    up->base_url = NULL;
-}
-
-static void gw_probe_done(const http_response *resp, void *arg)
-{
-    gw_upstream *up = arg;
+        evhttp_connection_free(up->probe);
+    if (up->probe_timer)
+        event_free(up->probe_timer);
+    up->probe = NULL;
+    up->probe_timer = NULL;
     up->probe_in_flight = false;
-    if (up->gw->stopping)
-        return;
-    bool ready = resp->result == HTTPC_OK && resp->status == 200;
-    if (ready != up->ready || !up->probed) {
-        char why[64];
-        if (resp->result == HTTPC_OK)
-            snprintf(why, sizeof why, "status %d", resp->status);
-        else
-            snprintf(why, sizeof why, "%s", httpc_result_name(resp->result));
-        if (ready)
-            log_info("msg=\"upstream ready\" upstream=%s", up->name);
-        else
-            log_warn("msg=\"upstream not ready\" upstream=%s reason=\"%s\"", up->name, why);
-    }
-    up->ready = ready;
-    up->probed = true;
-}
-
-void gw_upstreams_probe(gateway *gw)
-{
-    for (int i = 0; i < GW_UPSTREAM_COUNT; i++) {
-        gw_upstream *up = &gw->upstreams[i];
-        /* Only upstreams the readiness waits for: probing the others would
-         * only log a failure per interval for a service this deployment
-         * does not run. */
-        if (!up->required || up->probe == NULL || up->probe_in_flight)
-            continue;
-        up->probe_in_flight = true;
-        http_call call = {
-            .method = "GET",
-            .uri = "/health/ready",
-            .idempotent = false,
-        };
-        http_client_send(up->probe, &call, gw_probe_done, up);
-    }
+    free(up->probe_uri);
+    free(up->probe_host);
+    free(up->base_url);
+    up->probe_uri = up->probe_host = up->base_url = NULL;
 }
 
 bool gw_upstream_is_ready(void *arg)
 {
     const gw_upstream *up = arg;
-    return up->ready;
+    return up->readiness == GW_READY;
 }
 
 /* Collector for /metrics: 1 when the last probe found the upstream ready. */
@@ -154,6 +289,6 @@ void gw_upstreams_collect(void *arg)
         char labels[64];
         snprintf(labels, sizeof labels, "upstream=\"%s\"", gw->upstreams[i].name);
         metrics_gauge_set("carshare_gateway_upstream_ready", labels,
-                          gw->upstreams[i].ready ? 1 : 0);
+                          gw->upstreams[i].readiness == GW_READY ? 1 : 0);
     }
 }

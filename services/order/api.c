@@ -27,7 +27,6 @@
  * moment a successful payment answer arrives, before step 7 commits: the
  * crash the end-to-end tests use to check recovery. */
 #include <event2/event.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +39,6 @@
 #include "rep.h"
 #include "service.h"
 
-#define MAX_ORDER_ID 9007199254740991LL   /* 2^53 - 1 */
 #define CARD_TEXT_MAX 40
 
 typedef struct order_api {
@@ -91,14 +89,6 @@ static json_t *order_json(const order *o, const char *base_url)
     return rep_item(item, base_url, "orders", id);
 }
 
-static void reply_order_created(http_req *r, const order *o)
-{
-    char location[1024];
-    snprintf(location, sizeof location, "%s/orders/%lld", http_req_base_url(r), o->id);
-    http_set_header(r, "Location", location);
-    http_reply_json(r, 201, order_json(o, http_req_base_url(r)));
-}
-
 /* The seed's fallback: the customer is asked to pay again a little later. */
 static void reply_fallback(http_req *r, unsigned long long retry_after_ms)
 {
@@ -116,55 +106,32 @@ static void reply_fallback(http_req *r, unsigned long long retry_after_ms)
 
 /* ---- reads ---- */
 
-typedef struct page_sink {
-    json_t *items;
-    const char *base_url;
-} page_sink;
-
 static void add_car(const car *c, void *arg)
 {
-    page_sink *s = arg;
-    json_array_append_new(s->items, car_json(c, s->base_url));
+    rep_list *l = arg;
+    json_array_append_new(l->items, car_json(c, l->base_url));
 }
 
 static void add_order(const order *o, void *arg)
 {
-    page_sink *s = arg;
-    json_array_append_new(s->items, order_json(o, s->base_url));
-}
-
-static bool read_page(http_req *r, long *page, long *size)
-{
-    char err[160];
-    if (rep_page_params(http_req_query(r, "page"), http_req_query(r, "size"), page, size, err,
-                        sizeof err))
-        return true;
-    http_reply_error(r, 400, "%s", err);
-    return false;
-}
-
-static void reply_collection(http_req *r, const char *name, json_t *items, long page, long size,
-                             long long total)
-{
-    char self[1024];
-    snprintf(self, sizeof self, "%s%s", http_req_base_url(r), http_req_uri(r));
-    http_reply_json(r, 200, rep_collection(name, items, self, page, size, total));
+    rep_list *l = arg;
+    json_array_append_new(l->items, order_json(o, l->base_url));
 }
 
 static void list_cars(http_req *r, void *arg)
 {
     order_api *api = arg;
     long page, size;
-    if (!read_page(r, &page, &size))
+    if (!rep_page_query(r, &page, &size))
         return;
-    page_sink sink = {json_array(), http_req_base_url(r)};
+    rep_list list = {json_array(), http_req_base_url(r)};
     long long total = car_store_count(api->st);
-    if (total < 0 || car_store_list(api->st, page * size, size, add_car, &sink) != 0) {
-        json_decref(sink.items);
+    if (total < 0 || car_store_list(api->st, page * size, size, add_car, &list) != 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "the fleet could not be read");
         return;
     }
-    reply_collection(r, "cars", sink.items, page, size, total);
+    rep_reply_collection(r, "cars", list.items, page, size, total);
 }
 
 static void get_car(http_req *r, void *arg)
@@ -184,15 +151,8 @@ static void get_car(http_req *r, void *arg)
 /* A positive integer path parameter, else a 400. */
 static bool order_id_param(http_req *r, long long *out)
 {
-    const char *s = http_req_param(r, "id");
-    char *end;
-    if (s && *s >= '0' && *s <= '9') {
-        long long v = strtoll(s, &end, 10);
-        if (*end == '\0' && v > 0 && v < LLONG_MAX) {
-            *out = v;
-            return true;
-        }
-    }
+    if (rep_path_id(http_req_param(r, "id"), out))
+        return true;
     http_reply_error(r, 400, "order id must be a positive integer");
     return false;
 }
@@ -200,17 +160,17 @@ static bool order_id_param(http_req *r, long long *out)
 static void list_orders_of(http_req *r, order_api *api, const char *customer_id)
 {
     long page, size;
-    if (!read_page(r, &page, &size))
+    if (!rep_page_query(r, &page, &size))
         return;
-    page_sink sink = {json_array(), http_req_base_url(r)};
+    rep_list list = {json_array(), http_req_base_url(r)};
     long long total = order_store_count(api->st, customer_id);
     if (total < 0
-        || order_store_list(api->st, customer_id, page * size, size, add_order, &sink) != 0) {
-        json_decref(sink.items);
+        || order_store_list(api->st, customer_id, page * size, size, add_order, &list) != 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "the orders could not be read");
         return;
     }
-    reply_collection(r, "orders", sink.items, page, size, total);
+    rep_reply_collection(r, "orders", list.items, page, size, total);
 }
 
 static void list_orders(http_req *r, void *arg)
@@ -288,7 +248,7 @@ static void settle_paid(rental_call *call, long long payment_id)
         log_info("req=%s msg=\"rental accepted\" order=%lld payment=%lld product=%s qty=%lld "
                  "amount=%lld", http_req_id(r), o.id, payment_id, o.product_id, o.qty, o.amount);
         count_rental("approved");
-        reply_order_created(r, &o);
+        rep_reply_created(r, order_json(&o, http_req_base_url(r)));
         return;
     }
     /* Paid but not recorded: the customer is told 503, so the payment
@@ -527,7 +487,7 @@ static void replay(order_api *api, http_req *r, const intake *prev, const rental
         found = order_store_get(api->st, prev->id, &o);
         if (found == 1) {
             count_rental("replayed");
-            reply_order_created(r, &o);
+            rep_reply_created(r, order_json(&o, http_req_base_url(r)));
         } else {
             http_reply_error(r, 500, "order %lld could not be read", prev->id);
         }

@@ -46,18 +46,6 @@ static void free_clients(void *arg)
     http_client_free(reconcile_client);
 }
 
-static void stop_bus(void *arg)
-{
-    bus *b = arg;
-    bus_stop(b);
-    bus_free(b);
-}
-
-static void close_store(void *arg)
-{
-    store_close(arg);
-}
-
 /* Defaults for a payment call on the customer's path, then the
  * environment. */
 static void payment_opts(http_client_opts *o)
@@ -142,18 +130,16 @@ int main(void)
         .payment_capacity = payment_capacity(&opts),
         .test_crash_after_payment = test_crash,
     };
-    order_api_register(svc, st, &cfg);
-    bus_register_routes(b, svc->http);
-    service_ready_check(svc, "store", store_ready, st);
-    service_ready_check(svc, "bus", bus_connected, b);
-
-    bus_start(b);
-    /* Clients first: freeing them completes their outstanding calls
-     * (reconciler and rental callbacks still find everything alive). */
+    /* Stop hooks run in the order registered. Clients first: freeing them
+     * completes their outstanding calls, whose callbacks still find the
+     * reconciler and the API alive (the API frees itself in a hook that
+     * order_api_register adds after these); the bus and the store stop
+     * last (service_start_bus). */
     service_on_stop(svc, free_clients, NULL);
     service_on_stop(svc, stop_reconciler, rec);
-    service_on_stop(svc, stop_bus, b);
-    service_on_stop(svc, close_store, st);
+    order_api_register(svc, st, &cfg);
+    if (service_start_bus(svc, st, b) != 0)
+        return 1;
     log_info("msg=\"payment upstream\" url=%s timeout_ms=%d connect_timeout_ms=%d "
              "max_inflight=%d max_queue=%d retries=%d", payment_url, opts.timeout_ms,
              opts.connect_timeout_ms, opts.max_inflight, opts.max_queue, opts.retries);

@@ -82,6 +82,25 @@ static int run_write(store *st, sqlite3_stmt *s, const char *what)
     return sqlite3_changes(store_db(st));
 }
 
+/* Reads the current row of s into *out (a car, an intake or an order). */
+typedef void (*row_reader)(sqlite3_stmt *s, void *out);
+
+/* Steps s, a SELECT of at most one row: 1 and the row read into *out, 0
+ * when there is none, -1 on error (logged, naming `what`). Resets s. */
+static int one_row(store *st, sqlite3_stmt *s, row_reader read, void *out, const char *what)
+{
+    int rc = sqlite3_step(s), found = 0;
+    if (rc == SQLITE_ROW) {
+        read(s, out);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        log_error("msg=\"%s read failed\" error=\"%s\"", what, store_error(st));
+        found = -1;
+    }
+    sqlite3_reset(s);
+    return found;
+}
+
 static long long count_of(store *st, sqlite3_stmt *s)
 {
     long long n = -1;
@@ -97,8 +116,9 @@ static long long count_of(store *st, sqlite3_stmt *s)
 
 #define CAR_COLUMNS "id, name, location, daily_price, total, available"
 
-static void read_car(sqlite3_stmt *s, car *c)
+static void read_car(sqlite3_stmt *s, void *out)
 {
+    car *c = out;
     copy_text(c->id, sizeof c->id, s, 0);
     copy_text(c->name, sizeof c->name, s, 1);
     copy_text(c->location, sizeof c->location, s, 2);
@@ -119,16 +139,7 @@ int car_store_get(store *st, const char *id, car *out)
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
-    int rc = sqlite3_step(s), found = 0;
-    if (rc == SQLITE_ROW) {
-        read_car(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"car read failed\" error=\"%s\"", store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
+    return one_row(st, s, read_car, out, "car");
 }
 
 int car_store_list(store *st, long offset, long limit,
@@ -230,8 +241,9 @@ int car_store_replace_end(store *st)
 #define INTAKE_COLUMNS "id, COALESCE(idempotency_key, ''), product_id, qty, customer_id, amount," \
                        " state, COALESCE(payment_id, 0), message, request_id"
 
-static void read_intake(sqlite3_stmt *s, intake *in)
+static void read_intake(sqlite3_stmt *s, void *out)
 {
+    intake *in = out;
     char state[24];
     in->id = sqlite3_column_int64(s, 0);
     copy_text(in->idempotency_key, sizeof in->idempotency_key, s, 1);
@@ -248,20 +260,6 @@ static void read_intake(sqlite3_stmt *s, intake *in)
     in->payment_id = sqlite3_column_int64(s, 7);
     copy_text(in->message, sizeof in->message, s, 8);
     copy_text(in->request_id, sizeof in->request_id, s, 9);
-}
-
-static int one_intake(store *st, sqlite3_stmt *s, intake *out)
-{
-    int rc = sqlite3_step(s), found = 0;
-    if (rc == SQLITE_ROW) {
-        read_intake(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"intake read failed\" error=\"%s\"", store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
 }
 
 int intake_store_insert(store *st, intake *in)
@@ -296,7 +294,7 @@ int intake_store_get(store *st, long long id, intake *out)
     if (!s)
         return -1;
     sqlite3_bind_int64(s, 1, id);
-    return one_intake(st, s, out);
+    return one_row(st, s, read_intake, out, "intake");
 }
 
 int intake_store_find_by_key(store *st, const char *key, intake *out)
@@ -306,7 +304,7 @@ int intake_store_find_by_key(store *st, const char *key, intake *out)
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);
-    return one_intake(st, s, out);
+    return one_row(st, s, read_intake, out, "intake");
 }
 
 int intake_store_forget_key(store *st, long long id)
@@ -385,8 +383,9 @@ int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, 
 
 #define ORDER_COLUMNS "id, product_id, qty, customer_id, amount, payment_id, status"
 
-static void read_order(sqlite3_stmt *s, order *o)
+static void read_order(sqlite3_stmt *s, void *out)
 {
+    order *o = out;
     o->id = sqlite3_column_int64(s, 0);
     copy_text(o->product_id, sizeof o->product_id, s, 1);
     o->qty = sqlite3_column_int64(s, 2);
@@ -418,16 +417,7 @@ int order_store_get(store *st, long long id, order *out)
     if (!s)
         return -1;
     sqlite3_bind_int64(s, 1, id);
-    int rc = sqlite3_step(s), found = 0;
-    if (rc == SQLITE_ROW) {
-        read_order(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"order read failed\" error=\"%s\"", store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
+    return one_row(st, s, read_order, out, "order");
 }
 
 int order_store_set_status(store *st, long long id, const char *from, const char *to)

@@ -32,7 +32,6 @@
  * how the end-to-end tests make payment slow, and make an answer arrive
  * after the order service gave up waiting (a "lost answer"). */
 #include <event2/event.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,26 +81,11 @@ static json_t *cancellation_json(const payment_cancellation *c, const char *base
     return rep_item(item, base_url, "paymentCancellations", id);
 }
 
-static void reply_created(http_req *r, const char *collection, long long id, json_t *body)
-{
-    char location[1024];
-    snprintf(location, sizeof location, "%s/%s/%lld", http_req_base_url(r), collection, id);
-    http_set_header(r, "Location", location);
-    http_reply_json(r, 201, body);
-}
-
 /* A positive integer path parameter, else a 400 naming it. */
 static bool path_id(http_req *r, const char *what, long long *out)
 {
-    const char *s = http_req_param(r, "id");
-    char *end;
-    if (s && *s >= '0' && *s <= '9') {
-        long long v = strtoll(s, &end, 10);
-        if (*end == '\0' && v > 0 && v < LLONG_MAX) {
-            *out = v;
-            return true;
-        }
-    }
+    if (rep_path_id(http_req_param(r, "id"), out))
+        return true;
     http_reply_error(r, 400, "%s id must be a positive integer", what);
     return false;
 }
@@ -112,15 +96,14 @@ static bool path_id(http_req *r, const char *what, long long *out)
 typedef struct delayed_answer {
     http_req *req;
     int status;
-    long long payment_id;    /* for Location, when 201 */
     json_t *body;
     struct event *timer;
 } delayed_answer;
 
-static void send_charge_answer(http_req *r, int status, long long payment_id, json_t *body)
+static void send_charge_answer(http_req *r, int status, json_t *body)
 {
     if (status == 201)
-        reply_created(r, "payments", payment_id, body);
+        rep_reply_created(r, body);
     else
         http_reply_json(r, status, body);
 }
@@ -130,20 +113,18 @@ static void delayed_answer_fire(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     delayed_answer *d = arg;
-    send_charge_answer(d->req, d->status, d->payment_id, d->body);
+    send_charge_answer(d->req, d->status, d->body);
     event_free(d->timer);
     free(d);
 }
 
-static void answer_charge(payment_api *api, http_req *r, int status, long long payment_id,
-                          json_t *body)
+static void answer_charge(payment_api *api, http_req *r, int status, json_t *body)
 {
     if (api->test_delay_ms > 0) {
         delayed_answer *d = calloc(1, sizeof *d);
         if (d) {
             d->req = r;
             d->status = status;
-            d->payment_id = payment_id;
             d->body = body;
             d->timer = evtimer_new(api->base, delayed_answer_fire, d);
             struct timeval tv = {api->test_delay_ms / 1000, (api->test_delay_ms % 1000) * 1000};
@@ -154,7 +135,7 @@ static void answer_charge(payment_api *api, http_req *r, int status, long long p
             free(d);
         }
     }
-    send_charge_answer(r, status, payment_id, body);
+    send_charge_answer(r, status, body);
 }
 
 /* Reads the charge request; on a bad field replies 400 and returns false.
@@ -218,25 +199,25 @@ static void post_payment(http_req *r, void *arg)
     char msg[200];
     switch (o) {
     case CHARGE_CREATED:
-        answer_charge(api, r, 201, p.id, payment_json(&p, http_req_base_url(r)));
+        answer_charge(api, r, 201, payment_json(&p, http_req_base_url(r)));
         return;
     case CHARGE_EXISTING:
         log_info("req=%s msg=\"payment repeated, existing one returned\" payment=%lld order=%lld",
                  http_req_id(r), p.id, p.order_id);
-        answer_charge(api, r, 200, p.id, payment_json(&p, http_req_base_url(r)));
+        answer_charge(api, r, 200, payment_json(&p, http_req_base_url(r)));
         return;
     case CHARGE_DECLINED:
         log_info("req=%s msg=\"card declined\" order=%lld", http_req_id(r), rq.order_id);
         snprintf(msg, sizeof msg, "the card was declined; order %lld was not charged",
                  rq.order_id);
-        answer_charge(api, r, 402, 0, rep_error(402, msg, path));
+        answer_charge(api, r, 402, rep_error(402, msg, path));
         return;
     case CHARGE_ORDER_CANCELLED:
         log_info("req=%s msg=\"payment refused: order cancelled\" order=%lld", http_req_id(r),
                  rq.order_id);
         snprintf(msg, sizeof msg, "order %lld was cancelled; it can no longer be paid",
                  rq.order_id);
-        answer_charge(api, r, 409, 0, rep_error(409, msg, path));
+        answer_charge(api, r, 409, rep_error(409, msg, path));
         return;
     case CHARGE_FAILED:
         break;
@@ -247,55 +228,32 @@ static void post_payment(http_req *r, void *arg)
 
 /* ---- reads ---- */
 
-typedef struct page_sink {
-    json_t *items;
-    const char *base_url;
-} page_sink;
-
 static void add_payment(const payment *p, void *arg)
 {
-    page_sink *s = arg;
-    json_array_append_new(s->items, payment_json(p, s->base_url));
+    rep_list *l = arg;
+    json_array_append_new(l->items, payment_json(p, l->base_url));
 }
 
 static void add_cancellation(const payment_cancellation *c, void *arg)
 {
-    page_sink *s = arg;
-    json_array_append_new(s->items, cancellation_json(c, s->base_url));
-}
-
-static bool read_page(http_req *r, long *page, long *size)
-{
-    char err[160];
-    if (rep_page_params(http_req_query(r, "page"), http_req_query(r, "size"), page, size, err,
-                        sizeof err))
-        return true;
-    http_reply_error(r, 400, "%s", err);
-    return false;
-}
-
-static void reply_collection(http_req *r, const char *name, json_t *items, long page, long size,
-                             long long total)
-{
-    char self[1024];
-    snprintf(self, sizeof self, "%s%s", http_req_base_url(r), http_req_uri(r));
-    http_reply_json(r, 200, rep_collection(name, items, self, page, size, total));
+    rep_list *l = arg;
+    json_array_append_new(l->items, cancellation_json(c, l->base_url));
 }
 
 static void list_payments(http_req *r, void *arg)
 {
     payment_api *api = arg;
     long page, size;
-    if (!read_page(r, &page, &size))
+    if (!rep_page_query(r, &page, &size))
         return;
-    page_sink sink = {json_array(), http_req_base_url(r)};
+    rep_list list = {json_array(), http_req_base_url(r)};
     long long total = payment_store_count(api->st);
-    if (total < 0 || payment_store_list(api->st, page * size, size, add_payment, &sink) != 0) {
-        json_decref(sink.items);
+    if (total < 0 || payment_store_list(api->st, page * size, size, add_payment, &list) != 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "the payments could not be read");
         return;
     }
-    reply_collection(r, "payments", sink.items, page, size, total);
+    rep_reply_collection(r, "payments", list.items, page, size, total);
 }
 
 static void get_payment(http_req *r, void *arg)
@@ -317,18 +275,9 @@ static void get_payment(http_req *r, void *arg)
 static void find_payment_by_order(http_req *r, void *arg)
 {
     payment_api *api = arg;
-    char err[160];
     long long order_id;
-    json_t *q = json_object();
-    const char *s = http_req_query(r, "orderId");
-    if (s)
-        json_object_set_new(q, "orderId", json_string(s));
-    int ok = rep_int(q, "orderId", true, 1, MAX_ORDER_ID, &order_id, err, sizeof err);
-    json_decref(q);
-    if (ok < 0) {
-        http_reply_error(r, 400, "%s", err);
+    if (!rep_query_int(r, "orderId", 1, MAX_ORDER_ID, &order_id))
         return;
-    }
     payment p;
     int found = payment_store_find_by_order(api->st, order_id, &p);
     if (found < 0) {
@@ -338,7 +287,7 @@ static void find_payment_by_order(http_req *r, void *arg)
     json_t *items = json_array();
     if (found)
         json_array_append_new(items, payment_json(&p, http_req_base_url(r)));
-    reply_collection(r, "payments", items, 0, 20, found);
+    rep_reply_collection(r, "payments", items, 0, 20, found);
 }
 
 /* ---- cancellations ---- */
@@ -363,7 +312,7 @@ static void post_cancellation(http_req *r, void *arg)
     case REFUND_CREATED:
         log_info("req=%s msg=\"payment cancelled\" order=%lld cancellation=%lld status=%s "
                  "amount=%lld", http_req_id(r), order_id, c.id, c.status, c.amount);
-        reply_created(r, "paymentCancellations", c.id, cancellation_json(&c, http_req_base_url(r)));
+        rep_reply_created(r, cancellation_json(&c, http_req_base_url(r)));
         return;
     case REFUND_EXISTING:
         http_reply_json(r, 200, cancellation_json(&c, http_req_base_url(r)));
@@ -379,17 +328,17 @@ static void list_cancellations(http_req *r, void *arg)
 {
     payment_api *api = arg;
     long page, size;
-    if (!read_page(r, &page, &size))
+    if (!rep_page_query(r, &page, &size))
         return;
-    page_sink sink = {json_array(), http_req_base_url(r)};
+    rep_list list = {json_array(), http_req_base_url(r)};
     long long total = cancellation_store_count(api->st);
     if (total < 0
-        || cancellation_store_list(api->st, page * size, size, add_cancellation, &sink) != 0) {
-        json_decref(sink.items);
+        || cancellation_store_list(api->st, page * size, size, add_cancellation, &list) != 0) {
+        json_decref(list.items);
         http_reply_error(r, 500, "the payment cancellations could not be read");
         return;
     }
-    reply_collection(r, "paymentCancellations", sink.items, page, size, total);
+    rep_reply_collection(r, "paymentCancellations", list.items, page, size, total);
 }
 
 static void get_cancellation(http_req *r, void *arg)

@@ -21,18 +21,6 @@
 #include "payment.h"
 #include "service.h"
 
-static void stop_bus(void *arg)
-{
-    bus *b = arg;
-    bus_stop(b);
-    bus_free(b);
-}
-
-static void close_store(void *arg)
-{
-    store_close(arg);
-}
-
 int main(void)
 {
     service *svc = service_new("payment", 8084);
@@ -60,12 +48,7 @@ int main(void)
 
     payment_policy_register(b);
     payment_api_register(svc, st, &cfg);
-    bus_register_routes(b, svc->http);
-    service_ready_check(svc, "store", store_ready, st);
-    service_ready_check(svc, "bus", bus_connected, b);
-
-    bus_start(b);
-    service_on_stop(svc, stop_bus, b);
-    service_on_stop(svc, close_store, st);
+    if (service_start_bus(svc, st, b) != 0)
+        return 1;
     return service_run(svc);
 }

@@ -56,12 +56,39 @@ static void copy_text(char *dst, size_t size, sqlite3_stmt *s, int col)
     snprintf(dst, size, "%s", t ? (const char *)t : "");
 }
 
+/* Reads the current row of s into *out (a payment or a cancellation). */
+typedef void (*row_reader)(sqlite3_stmt *s, void *out);
+
+/* Runs sql, a SELECT of at most one row by its one parameter (an id or an
+ * order id, both UNIQUE): 1 and the row read into *out, 0 when there is
+ * none, -1 on error (logged, naming `what`). */
+static int find_one(store *st, const char *sql, long long key, row_reader read, void *out,
+                    const char *what)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, key);
+    int rc = sqlite3_step(s);
+    int found = 0;
+    if (rc == SQLITE_ROW) {
+        read(s, out);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        log_error("msg=\"%s read failed\" error=\"%s\"", what, store_error(st));
+        found = -1;
+    }
+    sqlite3_reset(s);
+    return found;
+}
+
 /* ---- payments ---- */
 
 #define PAYMENT_COLUMNS "id, order_id, product_id, qty, amount, card_last4, status, created_at"
 
-static void read_payment(sqlite3_stmt *s, payment *p)
+static void read_payment(sqlite3_stmt *s, void *out)
 {
+    payment *p = out;
     p->id = sqlite3_column_int64(s, 0);
     p->order_id = sqlite3_column_int64(s, 1);
     copy_text(p->product_id, sizeof p->product_id, s, 2);
@@ -72,39 +99,16 @@ static void read_payment(sqlite3_stmt *s, payment *p)
     copy_text(p->created_at, sizeof p->created_at, s, 7);
 }
 
-/* Steps a statement expected to give at most one payment row. */
-static int one_payment(store *st, sqlite3_stmt *s, payment *out)
-{
-    int rc = sqlite3_step(s);
-    int found = 0;
-    if (rc == SQLITE_ROW) {
-        read_payment(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"payment read failed\" error=\"%s\"", store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
-}
-
 int payment_store_get(store *st, long long id, payment *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = ?");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, id);
-    return one_payment(st, s, out);
+    return find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = ?", id,
+                    read_payment, out, "payment");
 }
 
 int payment_store_find_by_order(store *st, long long order_id, payment *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " PAYMENT_COLUMNS
-                                        " FROM payments WHERE order_id = ?");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, order_id);
-    return one_payment(st, s, out);
+    return find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE order_id = ?", order_id,
+                    read_payment, out, "payment");
 }
 
 int payment_store_insert(store *st, payment *p)
@@ -187,8 +191,9 @@ int payment_store_list(store *st, long offset, long limit,
 #define CANCELLATION_COLUMNS \
     "id, order_id, payment_id, product_id, qty, amount, status, created_at"
 
-static void read_cancellation(sqlite3_stmt *s, payment_cancellation *c)
+static void read_cancellation(sqlite3_stmt *s, void *out)
 {
+    payment_cancellation *c = out;
     c->id = sqlite3_column_int64(s, 0);
     c->order_id = sqlite3_column_int64(s, 1);
     c->payment_id = sqlite3_column_int64(s, 2);   /* NULL reads as 0 */
@@ -199,39 +204,17 @@ static void read_cancellation(sqlite3_stmt *s, payment_cancellation *c)
     copy_text(c->created_at, sizeof c->created_at, s, 7);
 }
 
-static int one_cancellation(store *st, sqlite3_stmt *s, payment_cancellation *out)
-{
-    int rc = sqlite3_step(s);
-    int found = 0;
-    if (rc == SQLITE_ROW) {
-        read_cancellation(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"cancellation read failed\" error=\"%s\"", store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
-}
-
 int cancellation_store_get(store *st, long long id, payment_cancellation *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " CANCELLATION_COLUMNS
-                                        " FROM payment_cancellations WHERE id = ?");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, id);
-    return one_cancellation(st, s, out);
+    return find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM payment_cancellations WHERE id = ?",
+                    id, read_cancellation, out, "cancellation");
 }
 
 int cancellation_store_find_by_order(store *st, long long order_id, payment_cancellation *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " CANCELLATION_COLUMNS
-                                        " FROM payment_cancellations WHERE order_id = ?");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, order_id);
-    return one_cancellation(st, s, out);
+    return find_one(st, "SELECT " CANCELLATION_COLUMNS
+                        " FROM payment_cancellations WHERE order_id = ?",
+                    order_id, read_cancellation, out, "cancellation");
 }
 
 int cancellation_store_insert(store *st, payment_cancellation *c)

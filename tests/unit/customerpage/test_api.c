@@ -1,7 +1,7 @@
 /* test_api.c: the customer page's HTTP handlers, in process: the real HTTP
  * server on an ephemeral loopback port with the customer page's routes over
  * a store in a temporary directory, its event loop on a thread, and a tiny
- * blocking client here. The view is fed through the live event handler
+ * blocking client (testing_http.h). The view is fed through the live event handler
  * before the loop starts. The bus is created but not started, so a rebuild
  * cannot read the stream: that is the 503 case.
  *
@@ -12,118 +12,11 @@
  * rebuild runs and 503 (with Retry-After) when the stream cannot be read,
  * and GET /admin/rebuild reports the state. */
 #include "testing.h"
+#include "testing_http.h"
+#include "testing_store.h"
 
-#include <arpa/inet.h>
-#include <event2/event.h>
-#include <event2/thread.h>
-#include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include "customerpage.h"
-#include "http.h"
 #include "log.h"
-
-static int port;
-
-/* ---- a blocking HTTP/1.1 client (Connection: close) ---- */
-
-typedef struct reply {
-    int status;
-    char location[256];
-    json_t *body;     /* parsed JSON or NULL */
-} reply;
-
-static reply call(const char *method, const char *path, const char *body)
-{
-    reply r = { 0 };
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        fprintf(stderr, "cannot connect to the test server\n");
-        if (fd >= 0) close(fd);
-        return r;
-    }
-    char req[4096];
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     method, path, body ? strlen(body) : 0, body ? body : "");
-    if (write(fd, req, (size_t)n) != n) fprintf(stderr, "short write\n");
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap);
-    ssize_t got;
-    while (len + 1 < cap && (got = read(fd, buf + len, cap - len - 1)) > 0) len += (size_t)got;
-    buf[len] = '\0';
-    close(fd);
-    sscanf(buf, "HTTP/1.%*d %d", &r.status);
-    for (char *line = strstr(buf, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
-        if (strncmp(line, "\r\n\r\n", 4) == 0) break;
-        if (strncasecmp(line + 2, "Location:", 9) == 0)
-            sscanf(line + 11, " %255[^\r\n]", r.location);
-    }
-    char *payload = strstr(buf, "\r\n\r\n");
-    if (payload) r.body = json_loads(payload + 4, JSON_DISABLE_EOF_CHECK, NULL);
-    free(buf);
-    return r;
-}
-
-static const char *text(const json_t *o, const char *key)
-{
-    return json_string_value(json_object_get(o, key));
-}
-
-static long long num(const json_t *o, const char *key)
-{
-    return json_integer_value(json_object_get(o, key));
-}
-
-/* The contract's error shape, status and a message that names `about`. */
-static void check_error(reply r, int status, const char *about)
-{
-    CHECK_INT(r.status, status);
-    CHECK_INT(num(r.body, "status"), status);
-    CHECK(text(r.body, "error") != NULL);
-    CHECK(text(r.body, "path") != NULL);
-    const char *msg = text(r.body, "message");
-    CHECK(msg && *msg);
-    if (about && (!msg || !strstr(msg, about))) {
-        fprintf(stderr, "message \"%s\" does not mention \"%s\"\n", msg ? msg : "", about);
-        CHECK(!"the error message names what was wrong");
-    }
-    json_decref(r.body);
-}
-
-static json_t *embedded(const reply *r, const char *name)
-{
-    return json_object_get(json_object_get(r->body, "_embedded"), name);
-}
-
-/* ---- the server on its own thread ---- */
-
-static struct event_base *base;
-static pthread_t loop_thread;
-
-static void *run_loop(void *arg)
-{
-    (void)arg;
-    event_base_dispatch(base);
-    return NULL;
-}
-
-static void start_loop(void)
-{
-    pthread_create(&loop_thread, NULL, run_loop, NULL);
-}
-
-static void stop_loop(void)
-{
-    event_base_loopbreak(base);
-    pthread_join(loop_thread, NULL);
-}
 
 static void feed(store *st, customerpage_app *app, json_t *event)
 {
@@ -224,25 +117,12 @@ int main(void)
 {
     setenv("LOG_LEVEL", "warn", 1);
     log_init("test-customerpage-api");
-    evthread_use_pthreads();
-    char dir[64], path[128];
-    snprintf(dir, sizeof dir, "/tmp/carshare-unit-customerpage-api-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    char dir[64];
+    store *st = temp_store_open(dir, sizeof dir, "customerpage", customerpage_migrations);
+    service svc;
+    if (!st || !server_open(&svc, "customerpage"))
         return 1;
-    }
-    snprintf(path, sizeof path, "%s/customerpage.db", dir);
-    store *st = store_open_path(path, customerpage_migrations);
-    base = event_base_new();
-    http_server *http = http_server_new(base, "customerpage");
-    port = http_server_listen(http, "127.0.0.1", 0);
-    if (!st || port <= 0) {
-        fprintf(stderr, "cannot set up the server\n");
-        return 1;
-    }
-    customerpage_app app = { .st = st, .bus = bus_new(base, st, "customerpage") };
-    service svc = { .name = "customerpage", .base = base, .http = http, .host = "127.0.0.1",
-                    .port = port };
+    customerpage_app app = { .st = st, .bus = bus_new(svc.base, st, "customerpage") };
     customerpage_api_register(&svc, &app);
 
     feed(st, &app, event("Paid", "p1", 1, 501, NULL));
@@ -253,31 +133,28 @@ int main(void)
 
     /* While a rebuild runs, another is refused. */
     app.rebuild.state = REBUILD_RUNNING;
-    start_loop();
+    loop_start();
     check_error(call("POST", "/admin/rebuild", NULL), 409, "already running");
     reply r = call("GET", "/admin/rebuild", NULL);
     CHECK_INT(r.status, 200);
     CHECK_STR(text(r.body, "state"), "running");
     json_decref(r.body);
-    stop_loop();
+    loop_stop();
 
     /* The bus is not started: the stream cannot be replayed. */
     app.rebuild.state = REBUILD_IDLE;
-    start_loop();
+    loop_start();
     check_error(call("POST", "/admin/rebuild", NULL), 503, "replayed");
     r = call("GET", "/admin/rebuild", NULL);
     CHECK_STR(text(r.body, "state"), "failed");
     CHECK(text(r.body, "error") != NULL);
     json_decref(r.body);
     test_reads();
-    stop_loop();
+    loop_stop();
 
     bus_free(app.bus);
-    http_server_free(http);
-    event_base_free(base);
+    server_close(&svc);
     store_close(st);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    temp_dir_remove(dir);
     return test_done("customerpage/test_api");
 }

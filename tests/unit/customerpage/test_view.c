@@ -19,10 +19,10 @@
  * equals the live view and swaps in; live events during a rebuild reach
  * both views. */
 #include "testing.h"
+#include "testing_store.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include "customerpage.h"
 #include "log.h"
 
@@ -358,18 +358,10 @@ int main(void)
 {
     setenv("LOG_LEVEL", "warn", 1);
     log_init("test-customerpage");
-    char dir[64], path[128];
-    snprintf(dir, sizeof dir, "/tmp/carshare-unit-customerpage-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    char dir[64];
+    store *st = temp_store_open(dir, sizeof dir, "customerpage", customerpage_migrations);
+    if (!st)
         return 1;
-    }
-    snprintf(path, sizeof path, "%s/customerpage.db", dir);
-    store *st = store_open_path(path, customerpage_migrations);
-    if (!st) {
-        fprintf(stderr, "cannot open %s\n", path);
-        return 1;
-    }
     /* Thousands of one-event transactions: durability is not under test
      * here, and an fsync per commit would make the test slow. */
     store_exec(st, "PRAGMA synchronous = OFF");
@@ -382,8 +374,6 @@ int main(void)
     test_rebuild_tables(st, &app);
 
     store_close(st);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    temp_dir_remove(dir);
     return test_done("customerpage/test_view");
 }

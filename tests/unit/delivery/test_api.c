@@ -1,7 +1,7 @@
 /* test_api.c: delivery's HTTP handlers, in process: the real HTTP server
  * on an ephemeral loopback port with delivery's routes over a store in a
  * temporary directory, its event loop on a thread, and a tiny blocking
- * client here. No NATS: the events the commands publish stay in the outbox,
+ * client (testing_http.h). No NATS: the events the commands publish stay in the outbox,
  * where the test reads them.
  *
  * What must hold: POST /cancellations creates (201 + Location), repeats
@@ -9,119 +9,11 @@
  * error and no side effect; the GET routes answer HAL items and paged
  * collections; unknown ids are 404; findByOrderId validates orderId. */
 #include "testing.h"
+#include "testing_http.h"
+#include "testing_store.h"
 
-#include <arpa/inet.h>
-#include <event2/event.h>
-#include <event2/thread.h>
-#include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include "delivery.h"
-#include "http.h"
 #include "log.h"
-
-static int port;
-
-/* ---- a blocking HTTP/1.1 client (Connection: close) ---- */
-
-typedef struct reply {
-    int status;
-    char location[256];
-    json_t *body;     /* parsed JSON or NULL */
-} reply;
-
-static reply call(const char *method, const char *path, const char *body)
-{
-    reply r = { 0 };
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        fprintf(stderr, "cannot connect to the test server\n");
-        if (fd >= 0) close(fd);
-        return r;
-    }
-    char req[4096];
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     method, path, body ? strlen(body) : 0, body ? body : "");
-    if (write(fd, req, (size_t)n) != n) fprintf(stderr, "short write\n");
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap);
-    ssize_t got;
-    while (len + 1 < cap && (got = read(fd, buf + len, cap - len - 1)) > 0) len += (size_t)got;
-    buf[len] = '\0';
-    close(fd);
-    sscanf(buf, "HTTP/1.%*d %d", &r.status);
-    for (char *line = strstr(buf, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
-        if (strncmp(line, "\r\n\r\n", 4) == 0) break;
-        if (strncasecmp(line + 2, "Location:", 9) == 0)
-            sscanf(line + 11, " %255[^\r\n]", r.location);
-    }
-    char *payload = strstr(buf, "\r\n\r\n");
-    if (payload) r.body = json_loads(payload + 4, JSON_DISABLE_EOF_CHECK, NULL);
-    free(buf);
-    return r;
-}
-
-static const char *text(const json_t *o, const char *key)
-{
-    return json_string_value(json_object_get(o, key));
-}
-
-static long long num(const json_t *o, const char *key)
-{
-    return json_integer_value(json_object_get(o, key));
-}
-
-/* The contract's error shape, status and a message that names `about`. */
-static void check_error(reply r, int status, const char *about)
-{
-    CHECK_INT(r.status, status);
-    CHECK_INT(num(r.body, "status"), status);
-    CHECK(text(r.body, "error") != NULL);
-    CHECK(text(r.body, "path") != NULL);
-    const char *msg = text(r.body, "message");
-    CHECK(msg && *msg);
-    if (about && (!msg || !strstr(msg, about))) {
-        fprintf(stderr, "message \"%s\" does not mention \"%s\"\n", msg ? msg : "", about);
-        CHECK(!"the error message names what was wrong");
-    }
-    json_decref(r.body);
-}
-
-static json_t *embedded(const reply *r, const char *name)
-{
-    return json_object_get(json_object_get(r->body, "_embedded"), name);
-}
-
-/* ---- the server on its own thread ---- */
-
-static struct event_base *base;
-static pthread_t loop_thread;
-
-static void *run_loop(void *arg)
-{
-    (void)arg;
-    event_base_dispatch(base);
-    return NULL;
-}
-
-static int outbox_count(store *st, const char *type, long long order_id)
-{
-    sqlite3_stmt *s = store_prepare(st,
-        "SELECT COUNT(*) FROM outbox WHERE event_type = ?1 "
-        "AND json_extract(payload, '$.orderId') = ?2");
-    sqlite3_bind_text(s, 1, type, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, order_id);
-    int n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
-    sqlite3_reset(s);
-    return n;
-}
 
 /* Feeds one event to its handler in a transaction (before the loop runs). */
 static void feed(store *st, bus_handler h, json_t *event)
@@ -222,24 +114,11 @@ int main(void)
 {
     setenv("LOG_LEVEL", "warn", 1);
     log_init("test-delivery-api");
-    evthread_use_pthreads();
-    char dir[64], path[128];
-    snprintf(dir, sizeof dir, "/tmp/carshare-unit-delivery-api-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    char dir[64];
+    store *st = temp_store_open(dir, sizeof dir, "delivery", delivery_migrations);
+    service svc;
+    if (!st || !server_open(&svc, "delivery"))
         return 1;
-    }
-    snprintf(path, sizeof path, "%s/delivery.db", dir);
-    store *st = store_open_path(path, delivery_migrations);
-    base = event_base_new();
-    http_server *http = http_server_new(base, "delivery");
-    port = http_server_listen(http, "127.0.0.1", 0);
-    if (!st || port <= 0) {
-        fprintf(stderr, "cannot set up the server\n");
-        return 1;
-    }
-    service svc = { .name = "delivery", .base = base, .http = http, .host = "127.0.0.1",
-                    .port = port };
     delivery_api_register(&svc, st);
 
     /* Order 1 shipped, through the event handlers. */
@@ -248,21 +127,17 @@ int main(void)
     feed(st, delivery_on_ordered, json_pack("{s:s, s:s, s:s, s:i}", "eventType", "Ordered",
          "eventId", "e2", "timestamp", "20261124015039", "id", 1));
 
-    pthread_create(&loop_thread, NULL, run_loop, NULL);
+    loop_start();
     test_cancellations();
     test_deliveries();
-    event_base_loopbreak(base);
-    pthread_join(loop_thread, NULL);
+    loop_stop();
 
     /* The command published exactly one DeliveryCanceled, in its transaction. */
     CHECK_INT(outbox_count(st, "DeliveryCanceled", 7), 1);
     CHECK_INT(outbox_count(st, "Shipped", 1), 1);
 
-    http_server_free(http);
-    event_base_free(base);
+    server_close(&svc);
     store_close(st);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    temp_dir_remove(dir);
     return test_done("delivery/test_api");
 }

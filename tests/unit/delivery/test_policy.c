@@ -10,10 +10,10 @@
  * refused without side effects; what was decided survives a reopen. The
  * published events are read back from the outbox table. */
 #include "testing.h"
+#include "testing_store.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include "delivery.h"
 #include "log.h"
 
@@ -77,34 +77,6 @@ static void apply(store *st, json_t *event)
     int rc = deliver(st, event, err, sizeof err);
     if (rc != 0) fprintf(stderr, "handler refused: %s\n", err);
     CHECK_INT(rc, 0);
-}
-
-/* Events of one order in the outbox, by type. */
-static int outbox_count(store *st, const char *type, long long order_id)
-{
-    sqlite3_stmt *s = store_prepare(st,
-        "SELECT COUNT(*) FROM outbox WHERE event_type = ?1 "
-        "AND json_extract(payload, '$.orderId') = ?2");
-    sqlite3_bind_text(s, 1, type, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, order_id);
-    int n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
-    sqlite3_reset(s);
-    return n;
-}
-
-/* The one event of that type for the order, parsed (caller decrefs). */
-static json_t *outbox_event(store *st, const char *type, long long order_id)
-{
-    sqlite3_stmt *s = store_prepare(st,
-        "SELECT payload FROM outbox WHERE event_type = ?1 "
-        "AND json_extract(payload, '$.orderId') = ?2 ORDER BY seq LIMIT 1");
-    sqlite3_bind_text(s, 1, type, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, order_id);
-    json_t *e = NULL;
-    if (sqlite3_step(s) == SQLITE_ROW)
-        e = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
-    sqlite3_reset(s);
-    return e;
 }
 
 static long long int_field(const json_t *obj, const char *key)
@@ -345,11 +317,8 @@ int main(void)
 {
     setenv("LOG_LEVEL", "warn", 1);
     log_init("test-delivery");
-    snprintf(dir, sizeof dir, "/tmp/carshare-unit-delivery-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (!temp_dir_make(dir, sizeof dir, "delivery"))
         return 1;
-    }
     snprintf(db_path, sizeof db_path, "%s/delivery.db", dir);
     store *st = open_store();
 
@@ -364,8 +333,6 @@ int main(void)
     test_listing(st);
 
     store_close(st);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    temp_dir_remove(dir);
     return test_done("delivery/test_policy");
 }

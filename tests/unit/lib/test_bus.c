@@ -387,7 +387,7 @@ static struct http_result http_get(int port, const char *uri)
     return r;
 }
 
-/* The value of an unlabelled series in /metrics, or -1. */
+/* The value of a series in /metrics (name with its {labels}), or -1. */
 static double metric_value(const char *name)
 {
     struct evbuffer *out = evbuffer_new();
@@ -449,11 +449,8 @@ int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     log_init("test_bus");
-    snprintf(dir, sizeof dir, "/tmp/test_bus.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (!temp_dir_make(dir, sizeof dir, "bus"))
         return 1;
-    }
     snprintf(nats_dir, sizeof nats_dir, "%s/jetstream", dir);
     nats_port = free_port();
     snprintf(nats_url, sizeof nats_url, "nats://127.0.0.1:%d", nats_port);
@@ -619,6 +616,13 @@ int main(void)
     /* The receiver's own events (RentalSeen, from its handler) were relayed. */
     CHECK(run_until(outbox_empty, receiver_db, WAIT_MS, "receiver outbox drained"));
 
+    /* consumed_total counts the events applied, by type: RentalMade once
+     * each; not the RentalSeen, Poison and junk messages the receiver
+     * skipped, failed or set aside. */
+    CHECK_INT(metric_value("carshare_bus_consumed_total{event=\"RentalMade\"}"), rentals);
+    CHECK_INT(metric_value("carshare_bus_consumed_total{event=\"RentalSeen\"}"), -1);
+    CHECK_INT(metric_value("carshare_bus_consumed_total{event=\"Poison\"}"), -1);
+
     /* Replay: every event in the stream, each once, in one pass. */
     long long in_stream = stream_messages();
     struct replay_result all = {.ids = json_object()};
@@ -654,8 +658,6 @@ int main(void)
     stop_nats();
     nats_CloseAndWait(5000);
 
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (testing_failures == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    if (testing_failures == 0) temp_dir_remove(dir);   /* kept for a look when it failed */
     return test_done("test_bus");
 }

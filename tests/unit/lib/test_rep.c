@@ -1,5 +1,6 @@
-/* test_rep.c: every input rule of rep_int / rep_str / rep_page_params, and
- * the HAL item, collection and error shapes. */
+/* test_rep.c: every input rule of rep_int / rep_str / rep_page_params /
+ * rep_path_id, and the HAL item, collection and error shapes. (The
+ * request-level helpers are exercised through the services' HTTP tests.) */
 #include <limits.h>
 #include <string.h>
 
@@ -221,6 +222,30 @@ static void test_page_params(void)
     CHECK_STR(err, bad_size);
 }
 
+static void test_path_id(void)
+{
+    long long id = -1;
+    CHECK(rep_path_id("7", &id));
+    CHECK_INT(id, 7);
+    CHECK(rep_path_id("007", &id));
+    CHECK_INT(id, 7);
+    CHECK(rep_path_id("9223372036854775807", &id));
+    CHECK_INT(id, LLONG_MAX);
+
+    id = -1;
+    CHECK(!rep_path_id("0", &id));
+    CHECK(!rep_path_id("-7", &id));
+    CHECK(!rep_path_id("+7", &id));
+    CHECK(!rep_path_id(" 7", &id));
+    CHECK(!rep_path_id("7 ", &id));
+    CHECK(!rep_path_id("7a", &id));
+    CHECK(!rep_path_id("1.0", &id));
+    CHECK(!rep_path_id("", &id));
+    CHECK(!rep_path_id(NULL, &id));
+    CHECK(!rep_path_id("9223372036854775808", &id));   /* beyond long long */
+    CHECK_INT(id, -1);                                  /* untouched when refused */
+}
+
 static void test_item(void)
 {
     json_t *item = json_pack("{s:i, s:s}", "id", 7, "status", "OrderApproved");
@@ -286,6 +311,7 @@ int main(void)
     test_int();
     test_str();
     test_page_params();
+    test_path_id();
     test_item();
     test_collection();
     test_error();

@@ -268,11 +268,8 @@ static void test_store_open_in_data_dir(void)
 int main(void)
 {
     log_init("test_store");
-    snprintf(dir, sizeof dir, "/tmp/test_store.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (!temp_dir_make(dir, sizeof dir, "store"))
         return 1;
-    }
     char path[128];
     snprintf(path, sizeof path, "%s/service.db", dir);
 
@@ -281,8 +278,6 @@ int main(void)
     test_transactions(path);
     test_store_open_in_data_dir();
 
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    temp_dir_remove(dir);
     return test_done("test_store");
 }

@@ -5,28 +5,15 @@
  * pending intakes into in-doubt ones; cancel releases the cars and
  * publishes OrderCancelled once; Shipped only moves an approved order;
  * fleet files replace the fleet while keeping rented cars out. */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "order.h"
 #include "testing.h"
+#include "testing_store.h"
 
-static char dir[256];
-
-static long long count(store *st, const char *sql)
-{
-    sqlite3_stmt *s;
-    long long n = -1;
-    if (sqlite3_prepare_v2(store_db(st), sql, -1, &s, NULL) != SQLITE_OK)
-        return -1;
-    if (sqlite3_step(s) == SQLITE_ROW)
-        n = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return n;
-}
+static char dir[64];
 
 static long long available(store *st, const char *id)
 {
@@ -300,29 +287,10 @@ static void test_fleet_file(store *st)
     CHECK_INT(car_store_count(st), 2);
 }
 
-static void remove_dir(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char path[512];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
-}
-
 int main(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/carshare-order-test-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (!temp_dir_make(dir, sizeof dir, "order"))
         return 1;
-    }
     char path[300];
     snprintf(path, sizeof path, "%s/order.db", dir);
     store *st = order_store_open_path(path);
@@ -339,6 +307,6 @@ int main(void)
         test_fleet_file(st);
         store_close(st);
     }
-    remove_dir();
+    temp_dir_remove(dir);
     return test_done("order/test_rental");
 }

@@ -5,44 +5,16 @@
  * new), a declined card stores nothing, a refund happens once and
  * publishes PayCancelled once, a void before any payment refuses the late
  * payment, and the full card number appears nowhere in the database file. */
-#include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "payment.h"
 #include "testing.h"
+#include "testing_store.h"
 
-static char dir[256];
-
-static long long count(store *st, const char *sql)
-{
-    sqlite3_stmt *s;
-    long long n = -1;
-    if (sqlite3_prepare_v2(store_db(st), sql, -1, &s, NULL) != SQLITE_OK)
-        return -1;
-    if (sqlite3_step(s) == SQLITE_ROW)
-        n = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return n;
-}
-
-/* The payload of the only outbox event of this type, or NULL. Caller owns it. */
-static json_t *outbox_event(store *st, const char *type)
-{
-    sqlite3_stmt *s;
-    json_t *doc = NULL;
-    if (sqlite3_prepare_v2(store_db(st), "SELECT payload FROM outbox WHERE event_type = ?", -1,
-                           &s, NULL) != SQLITE_OK)
-        return NULL;
-    sqlite3_bind_text(s, 1, type, -1, SQLITE_STATIC);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        doc = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
-    sqlite3_finalize(s);
-    return doc;
-}
+static char dir[64];
 
 static bool file_contains(const char *path, const char *needle)
 {
@@ -107,7 +79,7 @@ static void test_charge_once(store *st)
     CHECK_INT(count(st, "SELECT COUNT(*) FROM payments WHERE order_id = 7"), 1);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Paid'"), 1);
 
-    json_t *ev = outbox_event(st, "Paid");
+    json_t *ev = outbox_event(st, "Paid", 7);
     CHECK(ev != NULL);
     CHECK_INT(json_integer_value(json_object_get(ev, "id")), p.id);
     CHECK_INT(json_integer_value(json_object_get(ev, "orderId")), 7);
@@ -154,7 +126,7 @@ static void test_refund_once(store *st)
     CHECK_INT(count(st, "SELECT COUNT(*) FROM payment_cancellations WHERE order_id = 7"), 1);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'PayCancelled'"), 1);
 
-    json_t *ev = outbox_event(st, "PayCancelled");
+    json_t *ev = outbox_event(st, "PayCancelled", 7);
     CHECK(ev != NULL);
     CHECK_INT(json_integer_value(json_object_get(ev, "id")), c.id);
     CHECK_INT(json_integer_value(json_object_get(ev, "orderId")), 7);
@@ -212,29 +184,10 @@ static void test_lists(store *st)
     CHECK_INT(c.order_id, 9);
 }
 
-static void remove_dir(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char path[512];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
-}
-
 int main(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/carshare-payment-test-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (!temp_dir_make(dir, sizeof dir, "payment"))
         return 1;
-    }
     char path[300];
     snprintf(path, sizeof path, "%s/payment.db", dir);
     store *st = payment_store_open_path(path);
@@ -255,6 +208,6 @@ int main(void)
         CHECK(!file_contains(path, "4111111111111111"));
         CHECK(!file_contains(wal, "4111111111111111"));
     }
-    remove_dir();
+    temp_dir_remove(dir);
     return test_done("payment/test_domain");
 }
