@@ -93,7 +93,7 @@ static void gw_probe_verdict(gw_upstream *up, bool ready, const char *reason)
         up->readiness = GW_NOT_READY;
         up->failed_probes++;
     }
-    gw_probe_pace_next(&up->pace, ready); gw_probe_schedule(up, up->pace.interval_ms);
+    gw_probe_schedule(up, gw_probe_pace_next(&up->pace, ready));
 }
 
 static void gw_probe_error(enum evhttp_request_error error, void *arg)

@@ -338,6 +338,7 @@ def test_gateway_own_endpoints():
 def test_upstream_down_502_breaker_opens_and_recovers():
     s = real()
     check(s.call("GET", "gateway", "/payments")[0] == 200, "payment should answer first")
+    log_start = len(s.log("gateway"))
     s.stop("payment")
     # Readiness follows the probes.
     wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 503, 5,
@@ -378,6 +379,14 @@ def test_upstream_down_502_breaker_opens_and_recovers():
              "the breaker to close once payment is back")
     wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 200, 5,
              "gateway /health/ready to be 200 again")
+    # Seconds of refused probes, yet one line each way (not one per probe).
+    log = s.log("gateway")
+    not_ready, ready = probe_log_lines(log[log_start:], "payment")
+    check(len(not_ready) == 1 and "level=warn" in not_ready[0] and 'reason="' in not_ready[0],
+          "not-ready lines %r" % not_ready)
+    check(len(ready) == 1 and int(ready[0].split("failed_probes=")[1].split()[0]) > 1,
+          "ready lines %r" % ready)
+    check("payment_probe" not in log, "per-probe lines in the gateway's log")
 
 
 @tracked
@@ -412,9 +421,13 @@ def test_frozen_upstream_504():
 class Recorder:
     """A stand-in upstream that records what the gateway sends and answers what a test asks."""
 
-    def __init__(self):
+    def __init__(self, listen=True):
+        """listen=False binds the port but does not listen yet (connections are refused) until
+        listen() is called: an upstream that starts after the gateway."""
         self.requests = []
         self.lock = threading.Lock()
+        self.ready_status = 200     # what /health/ready answers
+        self.probes = 0             # /health/ready requests seen
         recorder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -429,9 +442,18 @@ class Recorder:
                 entry = {"method": self.command, "path": self.path,
                          "headers": [(k.lower(), v) for k, v in self.headers.items()],
                          "body": body}
-                if self.path != "/health/ready":
+                if self.path == "/health/ready":
                     with recorder.lock:
-                        recorder.requests.append(entry)
+                        recorder.probes += 1
+                    out = json.dumps({"status": "UP" if recorder.ready_status == 200 else "DOWN"})
+                    self.send_response(recorder.ready_status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out.encode())
+                    return
+                with recorder.lock:
+                    recorder.requests.append(entry)
                 if self.path.startswith("/orders/slow"):
                     time.sleep(1.5)
                 if self.path.startswith("/orders/nocontent"):
@@ -454,10 +476,19 @@ class Recorder:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler,
+                                                      bind_and_activate=False)
         self.server.daemon_threads = True
+        self.server.server_bind()
         self.port = self.server.server_address[1]
+        self.listening = False
+        if listen:
+            self.listen()
+
+    def listen(self):
+        self.server.server_activate()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.listening = True
 
     def last(self, path_prefix):
         with self.lock:
@@ -467,7 +498,8 @@ class Recorder:
         raise AssertionError("the upstream never saw %s" % path_prefix)
 
     def close(self):
-        self.server.shutdown()
+        if self.listening:
+            self.server.shutdown()   # waits for serve_forever: only once it runs
         self.server.server_close()
 
 
@@ -614,6 +646,71 @@ def test_readiness_counts_only_required_upstreams():
     # payment is down but not required here; order (the recorder) is up.
     wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 200, 5, "gateway ready")
     check_error(s.call("GET", "gateway", "/payments"), 502, "payment")
+
+
+def probe_log_lines(log, upstream):
+    """The gateway's readiness lines for one upstream: (not ready, ready) lists."""
+    lines = [l for l in log.splitlines() if "upstream=%s " % upstream in l]
+    return ([l for l in lines if 'msg="upstream not ready' in l],
+            [l for l in lines if 'msg="upstream ready"' in l])
+
+
+@tracked
+def test_readiness_changes_logged_once():
+    s = recorded()
+    wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 200, 5, "gateway ready")
+    before = len(s.log("gateway"))
+    s.rec.ready_status = 503
+    try:
+        wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 503, 10,
+                 "gateway /health/ready to turn 503 with order not ready")
+        # Several failed probes in a row...
+        seen = s.rec.probes
+        wait_for(lambda: s.rec.probes >= seen + 5, 10, "the gateway to keep probing order")
+    finally:
+        s.rec.ready_status = 200
+    wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 200, 10,
+             "gateway /health/ready to be 200 again")
+    # ...and yet one line each way: the warning with its reason, then the way back.
+    log = s.log("gateway")
+    not_ready, ready = probe_log_lines(log[before:], "order")
+    check(len(not_ready) == 1, "want one not-ready line, got %r" % not_ready)
+    check("level=warn" in not_ready[0] and 'reason="status 503"' in not_ready[0],
+          "not-ready line %r" % not_ready[0])
+    check(len(ready) == 1, "want one ready line, got %r" % ready)
+    failed = int(ready[0].split("failed_probes=")[1].split()[0])
+    check(failed >= 5, "ready line counts %d failed probes: %r" % (failed, ready[0]))
+    check("order_probe" not in log, "per-probe lines in the gateway's log")
+
+
+def test_gateway_ready_soon_after_a_late_upstream():
+    """The gateway starts before its upstream: with a 10-minute probe interval it still turns
+    ready once the upstream does, because it probes fast while the upstream is not ready."""
+    rec = Recorder(listen=False)
+    env = {"GATEWAY_READY_UPSTREAMS": "order", "GATEWAY_PROBE_INTERVAL_MS": "600000",
+           "ORDER_URL": "http://127.0.0.1:%d" % rec.port, "WEB_RELOAD_MS": "0"}
+    s = System(["gateway"], nats=False, service_env={"gateway": env})
+    try:
+        s.start("gateway", wait_ready=False)
+        wait_for(lambda: probe_log_lines(s.log("gateway"), "order")[0], 10,
+                 "the first probe to find order down")
+        check(s.call("GET", "gateway", "/health/ready")[0] == 503, "ready without its upstream")
+        rec.listen()
+        wait_for(lambda: s.call("GET", "gateway", "/health/ready")[0] == 200, 15,
+                 "the gateway to see order come up (probing every 10 minutes would not)")
+        log = s.log("gateway")
+        not_ready, ready = probe_log_lines(log, "order")
+        check(len(not_ready) == 1 and "level=info" in not_ready[0] and
+              'reason="could not connect"' in not_ready[0], "not-ready lines %r" % not_ready)
+        check(len(ready) == 1, "ready lines %r" % ready)
+        warnings = [l for l in log.splitlines() if "level=warn" in l and "upstream=order" in l]
+        check(not warnings, "warnings about order while it was starting: %r" % warnings)
+    except BaseException:
+        s.failed = s.closing_after_error = True
+        raise
+    finally:
+        s.close()
+        rec.close()
 
 
 @tracked
