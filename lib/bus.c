@@ -1081,7 +1081,12 @@ static void *relay_main(void *arg)
              * delete lost in a crash republishes an event that the server
              * (same Nats-Msg-Id) or the consumers (same eventId) discard.
              * So its commits need no fsync, and it holds the write lock,
-             * which the loop's BEGIN IMMEDIATE waits for, only briefly. */
+             * which the loop's BEGIN IMMEDIATE waits for, only briefly.
+             * NORMAL, not OFF: in WAL mode both skip the fsync at commit,
+             * but a checkpoint run by this connection (auto-checkpoint
+             * at its commit) must still fsync the database file before
+             * the WAL is reused, or a power loss would lose the loop's
+             * acknowledged commits that the checkpoint copied. */
             store_exec(rs, "PRAGMA synchronous=NORMAL");
         }
         if (!nc) {
@@ -1569,12 +1574,8 @@ static void dead_letters_route(http_req *req, void *arg)
 {
     bus *b = arg;
     long page, size;
-    char err[128];
-    if (!rep_page_params(http_req_query(req, "page"), http_req_query(req, "size"), &page, &size,
-                         err, sizeof err)) {
-        http_reply_error(req, 400, "%s", err);
+    if (!rep_page_query(req, &page, &size))
         return;
-    }
     long long total = -1;
     sqlite3_stmt *s = store_prepare(b->st, "SELECT count(*) FROM dead_letters");
     if (s && sqlite3_step(s) == SQLITE_ROW) total = sqlite3_column_int64(s, 0);
@@ -1597,9 +1598,7 @@ static void dead_letters_route(http_req *req, void *arg)
         http_reply_error(req, 500, "cannot read the dead letters: %s", store_error(b->st));
         return;
     }
-    char self[1024];
-    snprintf(self, sizeof self, "%s%s", http_req_base_url(req), http_req_uri(req));
-    http_reply_json(req, 200, rep_collection("deadLetters", items, self, page, size, total));
+    rep_reply_collection(req, "deadLetters", items, page, size, total);
 }
 
 void bus_register_routes(bus *b, http_server *s)

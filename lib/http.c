@@ -790,9 +790,9 @@ static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
 {
     http_server *s = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
-    http_conn *c = bev ? calloc(1, sizeof *c) : NULL;
-    if (!c)
-        return bev;   /* evhttp creates its own if NULL; untracked either way */
+    if (!bev)
+        return NULL;   /* evhttp tries to make one, and drops the connection if it cannot */
+    http_conn *c = must(calloc(1, sizeof *c));
     c->server = s;
     c->bev = bev;
     c->fd = -1;
@@ -834,14 +834,12 @@ static void adopt_connections(evutil_socket_t fd, short what, void *arg)
         void *evcon = NULL;   /* evhttp passes its connection to its callbacks */
         bufferevent_getcb(c->bev, NULL, NULL, NULL, &evcon);
         c->fd = bufferevent_getfd(c->bev);
-        c->deadline = evcon && c->fd >= 0 ? evtimer_new(s->base, on_read_deadline, c) : NULL;
-        if (!c->deadline) {
-            /* evhttp gave up on it already (out of memory) */
-            bufferevent_decref(c->bev);
-            free(c);
+        bufferevent_decref(c->bev);
+        if (!evcon || c->fd < 0) {
+            free(c);   /* evhttp dropped it already (out of memory) */
             continue;
         }
-        bufferevent_decref(c->bev);
+        c->deadline = must(evtimer_new(s->base, on_read_deadline, c));
         c->evcon = evcon;
         evhttp_connection_set_closecb(c->evcon, on_connection_closed, c);
         conn_index(s, c);
@@ -865,17 +863,29 @@ static void on_read_deadline(evutil_socket_t fd, short what, void *arg)
     evhttp_connection_free(c->evcon);   /* calls on_connection_closed */
 }
 
-/* The connection `ev` came on, or NULL if it was never adopted. */
-static http_conn *conn_of(http_server *s, struct evhttp_request *ev)
+static http_conn *conn_lookup(http_server *s, struct evhttp_connection *evcon)
 {
-    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    if (!evcon)
-        return NULL;
     int fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
     if (fd < 0 || (size_t)fd >= s->conn_by_fd_cap)
         return NULL;
     http_conn *c = s->conn_by_fd[fd];
     return c && c->evcon == evcon ? c : NULL;
+}
+
+/* The connection `ev` came on. Adoption runs before any byte is read, so
+ * it is always there; adopting here too only makes that independent of
+ * the order in which libevent runs callbacks. */
+static http_conn *conn_of(http_server *s, struct evhttp_request *ev)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    if (!evcon)
+        return NULL;
+    http_conn *c = conn_lookup(s, evcon);
+    if (!c && s->unadopted) {
+        adopt_connections(-1, 0, s);
+        c = conn_lookup(s, evcon);
+    }
+    return c;
 }
 
 /* libevent is freeing the connection. A request of ours still waiting for

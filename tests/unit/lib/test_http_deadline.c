@@ -10,7 +10,7 @@
  *  - a connection that sends nothing: closed (as before);
  *  - a handler that takes 2 s to answer: the answer arrives, and the same
  *    connection serves the next request (handler time does not count);
- *  - a keep-alive connection sending a request every 400 ms for 2.4 s: every
+ *  - a keep-alive connection sending a request every 250 ms for 2.5 s: every
  *    request is answered on it (the clock restarts after each answer).
  * The limits (4 s to see a close) only turn a hang into a failure. */
 #include "testing.h"
@@ -124,8 +124,6 @@ static void run_for(long ms)
     event_base_dispatch(base);
 }
 
-/* Runs the loop until the client holds `answers` complete answers (each
- * ends with a JSON object's '}'), or it is closed, or 5 s have passed. */
 static int count_answers(const client *c)
 {
     int n = 0;
@@ -134,6 +132,8 @@ static int count_answers(const client *c)
     return n;
 }
 
+/* Runs the loop until the client holds `answers` complete answers (each
+ * ends with a JSON object's '}'), or it is closed, or 5 s have passed. */
 static bool wait_answers(client *c, int answers)
 {
     for (int i = 0; i < 100 && !c->closed; i++) {
@@ -204,12 +204,12 @@ static void test_keepalive_requests_keep_connection(int port)
 {
     client c;
     CHECK(client_open(&c, port));
-    for (int i = 1; i <= 6; i++) {
-        run_for(400);
+    for (int i = 1; i <= 10; i++) {
+        run_for(250);
         client_send(&c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n");
         CHECK(wait_answers(&c, i));
     }
-    CHECK_INT(count_answers(&c), 6);
+    CHECK_INT(count_answers(&c), 10);
     CHECK(!c.closed);
     client_close(&c);
 }
