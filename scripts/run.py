@@ -40,8 +40,10 @@ class Supervised:
 
     def start(self):
         logf = open(os.path.join(DATA_DIR, "logs", self.name + ".log"), "ab")
+        # A session of its own: Ctrl-C in the terminal reaches run.py only, which then stops the
+        # services in order (gateway first, nats-server last) instead of all at once.
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
         self.started = time.monotonic()
 
@@ -126,7 +128,8 @@ def main():
 
     while not stopping:
         for p in procs:
-            p.check()
+            if not stopping:
+                p.check()
         time.sleep(0.2)
 
     log("stopping")
