@@ -7,6 +7,10 @@
 # bench-hello, built with -DCMAKE_BUILD_TYPE=Release (`make bench` does both). The work
 # is in tests/bench/bench.py, which documents every figure and BENCH_* variable; this
 # wrapper only finds the binaries and checks the tools before a long run starts.
+#
+# BENCH_FAULTS=1 (the default) first runs scripts/bench-faults.sh (tests/bench/faults.py,
+# one to two minutes): the figures of issues 3 and 4 under faults, printed before the
+# benchmark so that the last line stays the `bench: ...` summary; BENCH_FAULTS=0 skips them.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +26,10 @@ fi
 if [ ! -x "$bin/bench-hello" ]; then
     echo "bench: $bin/bench-hello is missing: build the bench-hello target first" >&2
     exit 1
+fi
+
+if [ "${BENCH_FAULTS:-1}" = 1 ]; then
+    "$root/scripts/bench-faults.sh" "$bin" || echo "bench: the fault measurements failed (exit $?)" >&2
 fi
 
 exec python3 "$root/tests/bench/bench.py" "$bin"
