@@ -12,6 +12,12 @@
  *    deleted. Anything else (timeout, error, server gone) is simply retried
  *    later with the same id: a timeout does not mean "not stored", and the
  *    server's duplicate window turns the retry into a no-op if it was.
+ *    The relay remembers the highest seq acknowledged together with every
+ *    row before it (rows commit in seq order: writes are serialized),
+ *    reads only past it, and deletes up to it in one range statement,
+ *    RELAY_DELETE_MS after the publish at most. A delete lost to a crash
+ *    republishes the row, which the server (same Nats-Msg-Id) or the
+ *    consumers (same eventId) discard.
  *  - the fetch thread pulls batches from the service's durable consumer and
  *    hands them to the loop, waits until the loop has applied them, then
  *    acks or naks each message.
@@ -73,6 +79,12 @@
 #define SUBJECT_PREFIX    "carshare."
 #define STREAM_SUBJECTS   "carshare.>"
 #define RELAY_BATCH       256       /* outbox rows published per round trip */
+/* How late published rows may be deleted. Deferring them (100 ms) cut the
+ * relay's writes, yet measured ~20% fewer rentals/s: the relay's frequent
+ * commits were where most WAL auto-checkpoints ran; deferred, the loop's
+ * commits run them instead, blocking requests (two fsyncs and the page
+ * copy). So: at once, the round after the publish. */
+#define RELAY_DELETE_MS   0
 #define FETCH_BATCH       64        /* messages per pull */
 #define FETCH_WAIT_MS     500       /* also bounds how long bus_stop waits */
 #define REPLAY_BATCH      256
@@ -934,14 +946,24 @@ static void on_publish_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *p
     natsMsg_Destroy(msg);
 }
 
-/* Loads up to RELAY_BATCH outbox rows into b->pending and builds their
- * messages in msgs. Returns the count, or -1 on a database error. */
-static int load_outbox(bus *b, store *rs, natsMsg **msgs)
+/* The relay thread's bookkeeping of rows published but not yet deleted. */
+struct relay_marks {
+    long long published;        /* this row and every one before it are in JetStream */
+    long long deleted;          /* rows up to here are deleted */
+    double published_at;        /* when published first got ahead of deleted */
+};
+
+/* Loads up to RELAY_BATCH outbox rows past the published mark into
+ * b->pending and builds their messages in msgs. Returns the count, or -1
+ * on a database error. */
+static int load_outbox(bus *b, store *rs, natsMsg **msgs, const struct relay_marks *marks)
 {
     sqlite3_stmt *s = store_prepare(rs,
-        "SELECT seq, event_id, event_type, payload, request_id FROM outbox ORDER BY seq LIMIT ?");
+        "SELECT seq, event_id, event_type, payload, request_id FROM outbox WHERE seq > ? "
+        "ORDER BY seq LIMIT ?");
     if (!s) return -1;
-    sqlite3_bind_int(s, 1, RELAY_BATCH);
+    sqlite3_bind_int64(s, 1, marks->published);
+    sqlite3_bind_int(s, 2, RELAY_BATCH);
     int n = 0, rc;
     pthread_mutex_lock(&b->pub_mu);
     while (n < RELAY_BATCH && (rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -992,12 +1014,44 @@ static bool delete_published(bus *b, store *rs)
     return store_commit(rs) == SQLITE_OK;
 }
 
-/* Publishes one batch. Returns the number of rows published and deleted,
- * or -1 when something failed (the rest is retried later). */
-static int relay_batch(bus *b, store *rs, jsCtx *js)
+/* Deletes every row up to the published mark, in one short transaction. */
+static bool delete_through_mark(store *rs, struct relay_marks *marks)
+{
+    if (store_begin(rs) != SQLITE_OK) return false;
+    sqlite3_stmt *s = store_prepare(rs, "DELETE FROM outbox WHERE seq <= ?");
+    bool ok = s != NULL;
+    if (ok) {
+        sqlite3_bind_int64(s, 1, marks->published);
+        ok = sqlite3_step(s) == SQLITE_DONE;
+        sqlite3_reset(s);
+    }
+    if (!ok || store_commit(rs) != SQLITE_OK) {
+        char e[256];
+        store_rollback(rs);
+        log_error("msg=\"cannot delete published events from the outbox\" error=%s",
+                  log_quote(e, sizeof e, store_error(rs)));
+        marks->published_at = now_seconds() + 1.0;     /* try again in a while */
+        return false;
+    }
+    marks->deleted = marks->published;
+    return true;
+}
+
+/* Milliseconds until the published rows are due for deletion (0: now), or
+ * -1 when there are none. */
+static long delete_due_in(const struct relay_marks *marks)
+{
+    if (marks->published <= marks->deleted) return -1;
+    double left = marks->published_at + RELAY_DELETE_MS / 1000.0 - now_seconds();
+    return left <= 0 ? 0 : (long)(left * 1000.0) + 1;
+}
+
+/* Publishes one batch. Returns the number of rows published, or -1 when
+ * something failed (the rest is retried later). */
+static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
 {
     natsMsg *msgs[RELAY_BATCH];
-    int n = load_outbox(b, rs, msgs);
+    int n = load_outbox(b, rs, msgs, marks);
     if (n <= 0) return n;
 
     char e[256];
@@ -1025,9 +1079,16 @@ static int relay_batch(bus *b, store *rs, jsCtx *js)
         log_warn("msg=\"events not acknowledged by JetStream: will retry\" published=%d unconfirmed=%d "
                  "error=%s", acked, n - acked,
                  log_quote(e, sizeof e, b->last_pub_error[0] ? b->last_pub_error : "timeout"));
+    long long last_seq = n > 0 ? b->pending[n - 1].seq : 0;
     pthread_mutex_unlock(&b->pub_mu);
 
-    if (acked > 0) {
+    if (acked == n) {
+        /* The whole batch, hence every row up to its last: delete later. */
+        if (marks->published <= marks->deleted) marks->published_at = now_seconds();
+        marks->published = last_seq;
+        metrics_counter_add("carshare_bus_published_total", "", acked);
+    } else if (acked > 0) {
+        /* Holes: the acknowledged rows go now, the others are read again. */
         if (!delete_published(b, rs)) {
             /* Published but still in the outbox: they go again, and the
              * duplicate window (or the consumers) absorb it. */
@@ -1040,9 +1101,11 @@ static int relay_batch(bus *b, store *rs, jsCtx *js)
     return acked == n ? n : -1;
 }
 
-static void update_backlog(store *rs)
+/* The rows not yet published (published ones may wait for their delete). */
+static void update_backlog(store *rs, const struct relay_marks *marks)
 {
-    sqlite3_stmt *s = store_prepare(rs, "SELECT count(*) FROM outbox");
+    sqlite3_stmt *s = store_prepare(rs, "SELECT count(*) FROM outbox WHERE seq > ?");
+    if (s) sqlite3_bind_int64(s, 1, marks->published);
     if (s && sqlite3_step(s) == SQLITE_ROW)
         metrics_gauge_set("carshare_bus_outbox_backlog", "", (double)sqlite3_column_int64(s, 0));
     if (s) sqlite3_reset(s);
@@ -1057,10 +1120,12 @@ static void *relay_main(void *arg)
     long backoff = 0;
     long delay = 0;         /* before the next round; 0 = at once */
     bool set_up = false;    /* stream and consumer exist since the last (re)connect */
+    struct relay_marks marks = {0, 0, 0};
 
     for (;;) {
+        long due = delete_due_in(&marks);
         pthread_mutex_lock(&b->mu);
-        struct timespec deadline = deadline_in(delay);
+        struct timespec deadline = deadline_in(due >= 0 && due < delay ? due : delay);
         while (!b->stopping && !b->wake_relay && !b->need_setup && !deadline_passed(&deadline))
             pthread_cond_timedwait(&b->cond, &b->mu, &deadline);
         if (b->stopping) {
@@ -1088,7 +1153,16 @@ static void *relay_main(void *arg)
              * the WAL is reused, or a power loss would lose the loop's
              * acknowledged commits that the checkpoint copied. */
             store_exec(rs, "PRAGMA synchronous=NORMAL");
+            /* The relay yields: SQLite's own backoff (1, 2, 5 ... ms)
+             * rather than the store's fast polling, so that when both wait
+             * for the write lock the loop, on which requests wait, gets
+             * it first, and the relay's deletes gather into fewer, larger
+             * transactions. */
+            sqlite3_busy_timeout(store_db(rs), 5000);
         }
+        /* Whatever NATS is doing: rows published before an outage do not
+         * wait for it to end. */
+        if (delete_due_in(&marks) == 0) delete_through_mark(rs, &marks);
         if (!nc) {
             if (!(nc = connect_bus(b))) {
                 delay = 1000;
@@ -1112,7 +1186,7 @@ static void *relay_main(void *arg)
             }
         }
 
-        update_backlog(rs);
+        update_backlog(rs, &marks);
         if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
             delay = b->poll_ms;     /* on_reconnected wakes us */
             continue;
@@ -1135,16 +1209,18 @@ static void *relay_main(void *arg)
                      b->nhandlers ? b->durable : "-");
         }
 
-        int published = relay_batch(b, rs, js);
+        int published = relay_batch(b, rs, js, &marks);
         if (published < 0) {
             backoff = backoff ? (backoff * 2 > 5000 ? 5000 : backoff * 2) : 100;
             delay = backoff;
         } else {
             backoff = 0;
             delay = published == RELAY_BATCH ? 0 : b->poll_ms;
-            if (published > 0) update_backlog(rs);
+            if (published > 0) update_backlog(rs, &marks);
         }
     }
+
+    if (rs && marks.published > marks.deleted) delete_through_mark(rs, &marks);
 
     if (js) {
         /* Nothing is left in flight, but let late acks land before the
@@ -1162,7 +1238,77 @@ static void *relay_main(void *arg)
     return NULL;
 }
 
-/* ---- consumer (fetch thread) ---- */
+/* ---- consumer (fetch thread) ----
+ *
+ * nats.c 3.4.1's Fetch goes wrong when messages already wait in the
+ * subscription as it starts: messages delivered for the pull requests of
+ * earlier fetches, typically requests made while nats-server was away,
+ * kept in the reconnect buffer and sent at the reconnect (the server then
+ * serves all of them at once). Having taken c of those, it asks the server
+ * for batch - c more but waits until it holds exactly batch - c, so with
+ * c >= batch / 2 it keeps everything that arrives until the timeout:
+ * hundreds of messages for a batch of 64, past its own array and ours.
+ * Hence: no fetch while disconnected (no pull request is buffered), what
+ * already waits is taken by Fetch(1), which returns at once without asking
+ * the server when a message is there, and nothing here assumes that Fetch
+ * returned at most the batch. */
+
+/* The messages of one pull, owned here until settled. */
+struct pull {
+    struct delivery *items;
+    int n, cap;
+};
+
+/* Moves the messages of list into p and destroys list. On a failed
+ * allocation the messages are dropped unacknowledged: the server delivers
+ * them again after ACK_WAIT_S. */
+static void keep_messages(struct pull *p, natsMsgList *list)
+{
+    if (list->Count > p->cap - p->n) {
+        int cap = p->n + (list->Count > FETCH_BATCH ? list->Count : FETCH_BATCH);
+        struct delivery *items = realloc(p->items, (size_t)cap * sizeof *items);
+        if (!items) {
+            log_error("msg=\"out of memory: %d messages left for redelivery\"", list->Count);
+            natsMsgList_Destroy(list);
+            return;
+        }
+        p->items = items;
+        p->cap = cap;
+    }
+    for (int i = 0; i < list->Count; i++) {
+        p->items[p->n++] = (struct delivery){.msg = list->Msgs[i], .settle = SETTLE_NONE};
+        list->Msgs[i] = NULL;       /* ours now: natsMsgList_Destroy skips it */
+    }
+    natsMsgList_Destroy(list);
+}
+
+static int waiting_messages(natsSubscription *sub)
+{
+    int n = 0;
+    return natsSubscription_GetPending(sub, &n, NULL) == NATS_OK ? n : 0;
+}
+
+/* Pulls the next messages into p: a batch from the server when nothing
+ * waits in the subscription, else what waits, one message per Fetch. The
+ * status is the last Fetch's, or NATS_OK when p holds messages. */
+static natsStatus pull_messages(natsSubscription *sub, struct pull *p, jsErrCode *jerr)
+{
+    natsStatus s;
+    int batch = waiting_messages(sub) > 0 ? 1 : FETCH_BATCH;
+    do {
+        natsMsgList list = {0};
+        s = natsSubscription_Fetch(&list, sub, batch, FETCH_WAIT_MS, jerr);
+        if (list.Count == 0) {
+            natsMsgList_Destroy(&list);
+            break;
+        }
+        if (list.Count > batch)     /* should no longer happen: say so if it does */
+            log_warn("msg=\"fetch returned more messages than asked\" asked=%d got=%d", batch,
+                     list.Count);
+        keep_messages(p, &list);
+    } while (batch == 1 && p->n < FETCH_BATCH && waiting_messages(sub) > 0);
+    return p->n > 0 ? NATS_OK : s;
+}
 
 static void send_acks(struct delivery *items, int n)
 {
@@ -1191,7 +1337,6 @@ static void *fetch_main(void *arg)
     natsConnection *nc = wait_until_set_up(b);
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;
-    struct delivery items[FETCH_BATCH];
     int errors = 0;
     char e[256];
 
@@ -1215,11 +1360,17 @@ static void *fetch_main(void *arg)
             }
         }
 
-        natsMsgList list = {0};
+        if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
+            /* A pull request now would wait in the reconnect buffer and
+             * be served with the backlog at the reconnect (see above). */
+            pause_unless_stopping(b, 100);
+            continue;
+        }
+        struct pull p = {0};
         jsErrCode jerr = 0;
-        natsStatus s = natsSubscription_Fetch(&list, sub, FETCH_BATCH, FETCH_WAIT_MS, &jerr);
-        if (list.Count == 0) {
-            natsMsgList_Destroy(&list);
+        natsStatus s = pull_messages(sub, &p, &jerr);
+        if (p.n == 0) {
+            free(p.items);
             if (s == NATS_TIMEOUT) {        /* nothing waiting */
                 errors = 0;
                 metrics_gauge_set("carshare_bus_consumer_lag", "", 0);
@@ -1239,17 +1390,16 @@ static void *fetch_main(void *arg)
         }
         errors = 0;
 
-        for (int i = 0; i < list.Count; i++)
-            items[i] = (struct delivery){.msg = list.Msgs[i], .settle = SETTLE_NONE};
         jsMsgMetaData *meta = NULL;
-        if (natsMsg_GetMetaData(&meta, list.Msgs[list.Count - 1]) == NATS_OK) {
+        if (natsMsg_GetMetaData(&meta, p.items[p.n - 1].msg) == NATS_OK) {
             metrics_gauge_set("carshare_bus_consumer_lag", "", (double)meta->NumPending);
             jsMsgMetaData_Destroy(meta);
         }
-        struct batch batch = {.kind = BATCH_CONSUME, .items = items, .n = list.Count};
+        struct batch batch = {.kind = BATCH_CONSUME, .items = p.items, .n = p.n};
         run_on_loop(b, &batch);
-        send_acks(items, list.Count);
-        natsMsgList_Destroy(&list);
+        send_acks(p.items, p.n);        /* each message acked or nak'ed once */
+        for (int i = 0; i < p.n; i++) natsMsg_Destroy(p.items[i].msg);
+        free(p.items);
     }
     natsSubscription_Destroy(sub);
     jsCtx_Destroy(js);
@@ -1305,7 +1455,8 @@ static void replay_stream(bus *b, natsConnection *nc)
         return;
     }
 
-    struct delivery *items = calloc(REPLAY_BATCH, sizeof *items);
+    int cap = REPLAY_BATCH;
+    struct delivery *items = calloc((size_t)cap, sizeof *items);
     int timeouts = 0;
     while (items && !is_stopping(b) && !b->replay.reached_end) {
         natsMsgList list = {0};
@@ -1322,6 +1473,15 @@ static void replay_stream(bus *b, natsConnection *nc)
             continue;
         }
         timeouts = 0;
+        if (list.Count > cap) {     /* Fetch may return more than asked (see the consumer) */
+            struct delivery *more = realloc(items, (size_t)list.Count * sizeof *items);
+            if (!more) {
+                natsMsgList_Destroy(&list);
+                break;
+            }
+            items = more;
+            cap = list.Count;
+        }
         int n = 0;
         for (int i = 0; i < list.Count && !b->replay.reached_end; i++) {
             jsMsgMetaData *meta = NULL;

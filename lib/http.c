@@ -56,6 +56,12 @@
  * the contract's shape. Only requests beyond evhttp's bound, and request
  * lines evhttp cannot parse, get evhttp's HTML 413/400.
  *
+ * Listening. evhttp_bind_socket listens with a backlog of 128: a burst of
+ * connections beyond it has SYNs dropped, and each client then loses a
+ * second to the SYN retransmit. So we bind the listener ourselves, with a
+ * backlog of HTTP_LISTEN_BACKLOG (default 1024; the kernel caps it at
+ * net.core.somaxconn), and hand it to evhttp, which owns and frees it.
+ *
  * Drain. http_server_drain closes the listeners; requests already received
  * are answered with "Connection: close"; when none is left in flight and
  * every answer has been written out, the caller's callback runs from the
@@ -73,6 +79,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -86,6 +94,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <time.h>
 #include <unistd.h>
@@ -839,6 +848,12 @@ static void adopt_connections(evutil_socket_t fd, short what, void *arg)
             free(c);   /* evhttp dropped it already (out of memory) */
             continue;
         }
+        /* An answer is written whole, then the next request waits for
+         * it: Nagle would hold the answer's last segment until the
+         * client's delayed ACK (40 ms). Fails harmlessly on a non-TCP
+         * socket. */
+        int nodelay = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
         c->deadline = must(evtimer_new(s->base, on_read_deadline, c));
         c->evcon = evcon;
         evhttp_connection_set_closecb(c->evcon, on_connection_closed, c);
@@ -1434,6 +1449,31 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
     return s;
 }
 
+/* A listening socket on host:port with our backlog, disabled until evhttp
+ * sets its callback. NULL (errno or a lookup error logged) on failure. */
+static struct evconnlistener *listen_socket(http_server *s, const char *host, int port)
+{
+    int backlog = (int)config_int("HTTP_LISTEN_BACKLOG", 1024, 1, 65535);
+    char service[8];
+    snprintf(service, sizeof service, "%d", port);
+    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                     .ai_protocol = IPPROTO_TCP, .ai_flags = EVUTIL_AI_PASSIVE };
+    struct evutil_addrinfo *ai = NULL;
+    int rc = evutil_getaddrinfo(host, service, &hints, &ai);
+    if (rc != 0 || !ai) {
+        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"%s\"", host, port,
+                  rc != 0 ? evutil_gai_strerror(rc) : "no address");
+        return NULL;
+    }
+    struct evconnlistener *l = evconnlistener_new_bind(
+        s->base, NULL, NULL, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        backlog, ai->ai_addr, (int)ai->ai_addrlen);
+    if (!l)
+        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"%s\"", host, port, strerror(errno));
+    evutil_freeaddrinfo(ai);
+    return l;
+}
+
 int http_server_listen(http_server *s, const char *host, int port)
 {
     if (port < 0 || port > 65535) {
@@ -1444,9 +1484,14 @@ int http_server_listen(http_server *s, const char *host, int port)
         log_error("msg=\"cannot listen\" host=%s port=%d reason=\"too many listeners\"", host, port);
         return -1;
     }
-    struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(s->evhttp, host, (ev_uint16_t)port);
+    struct evconnlistener *listener = listen_socket(s, host, port);
+    if (!listener)
+        return -1;
+    /* From here evhttp owns the listener: evhttp_del_accept_socket frees it. */
+    struct evhttp_bound_socket *b = evhttp_bind_listener(s->evhttp, listener);
     if (!b) {
-        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"%s\"", host, port, strerror(errno));
+        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"out of memory\"", host, port);
+        evconnlistener_free(listener);
         return -1;
     }
     struct sockaddr_storage addr;

@@ -24,7 +24,7 @@
  *    whole request that long after accept or after its previous answer is
  *    closed, however slowly it trickles bytes), and HTTP_REQUEST_TIMEOUT_MS (default
  *    30000): a request not answered by then gets 503 and the late reply is
- *    dropped;
+ *    dropped; HTTP_LISTEN_BACKLOG (default 1024) is the listen backlog;
  *  - counts requests in flight so that shutdown can drain them. */
 #ifndef CARSHARE_HTTP_H
 #define CARSHARE_HTTP_H

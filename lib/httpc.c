@@ -19,9 +19,15 @@
  * timer, whose meaning follows the call's phase:
  *   PENDING     fires at once: a refusal, delivered on the next loop turn so
  *               that completion is never synchronous;
- *   QUEUED      the call's deadline, while waiting for a slot;
+ *   QUEUED      the end of the wait for a slot: max_queue_wait_ms after
+ *               the call arrived (it then ends HTTPC_BUSY: never sent, so
+ *               the caller may safely answer 503), or, for a retry, the
+ *               call's deadline;
  *   CONNECTING  the connect deadline, when the attempt opened a connection;
- *   WIRE        the call's deadline (the total timeout budget);
+ *   WIRE        the call's deadline (the total timeout budget, which runs
+ *               from when the first attempt is put on the wire: time spent
+ *               in our own queue must not make us give up on an answer the
+ *               upstream is about to give, e.g. for a POST it accepted);
  *   BACKOFF     the end of the sleep before a retry;
  *   DEFERRED    fires at once: an attempt that evhttp failed synchronously,
  *               inside evhttp_make_request, is finished from the loop.
@@ -38,8 +44,10 @@
  *
  * Failures and retries. Each attempt that passed the breaker records exactly
  * one outcome in it: an answer below 500 is a success; transport failures
- * and 5xx answers are failures; a call that times out while queued counts as
- * a failure too (the upstream is not keeping up). Only idempotent calls are
+ * and 5xx answers are failures (5xx answers are successes with
+ * breaker_ignores_5xx: a proxy's upstream answering 503 fast is speaking,
+ * not failing); a call that waits too long in the queue counts as a
+ * failure too (the upstream is not keeping up). Only idempotent calls are
  * retried, on transport failures and on 502/503/504, after a full-jitter
  * backoff (uniform in [0, backoff_ms * 2^(n-1)]), only if the sleep ends
  * inside the call's budget, and only through breaker_allow: while the
@@ -81,6 +89,8 @@
 #include <time.h>
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -138,7 +148,10 @@ struct httpc_call {
     bool idempotent;
     bool admitted;                     /* passed the breaker at least once */
     int attempts;
-    unsigned long long started_ms, deadline_ms;
+    int timeout_ms;                    /* the budget, from the first attempt on */
+    unsigned long long started_ms;
+    unsigned long long queue_deadline_ms;  /* while QUEUED */
+    unsigned long long deadline_ms;    /* set when the first attempt starts */
 
     /* the attempt in progress */
     bool starting;                     /* inside evhttp_make_request */
@@ -506,21 +519,33 @@ static void queue_remove(http_client *c, httpc_call *hc)
     c->queued--;
 }
 
+/* A call not sent yet may wait max_queue_wait_ms (and no longer than its
+ * own timeout); a retry waits within the budget that started with its
+ * first attempt. */
 static void call_enqueue(httpc_call *hc)
 {
+    http_client *c = hc->client;
+    int wait_ms = c->opts.max_queue_wait_ms < hc->timeout_ms ? c->opts.max_queue_wait_ms
+                                                             : hc->timeout_ms;
     hc->phase = CALL_QUEUED;
-    queue_push(hc->client, hc);
-    timer_arm_until(hc, hc->deadline_ms);
+    hc->queue_deadline_ms = hc->attempts == 0 ? now_ms() + (unsigned long long)wait_ms
+                                              : hc->deadline_ms;
+    queue_push(c, hc);
+    timer_arm_until(hc, hc->queue_deadline_ms);
 }
 
-/* A queued call whose budget ran out before a slot freed up. */
+/* A queued call whose wait ran out before a slot freed up: HTTPC_BUSY if it
+ * was never sent, else (a retry) HTTPC_TIMEOUT. */
 static void queued_call_expire(httpc_call *hc)
 {
     http_client *c = hc->client;
+    httpc_result result = hc->attempts == 0 ? HTTPC_BUSY : HTTPC_TIMEOUT;
     queue_remove(c, hc);
     breaker_record(&c->breaker, false, now_ms());
-    log_failure(hc, HTTPC_TIMEOUT, 0, "no connection became free within the timeout");
-    call_finish(hc, HTTPC_TIMEOUT, 0, NULL);
+    log_failure(hc, result, 0, hc->attempts == 0
+                ? "no connection became free within max_queue_wait_ms: not sent"
+                : "no connection became free for the retry within the timeout");
+    call_finish(hc, result, 0, NULL);
 }
 
 /* ---- slots ---- */
@@ -542,7 +567,7 @@ static void slot_release(http_client *c, httpc_slot *slot)
     slot->idle_since_ms = now;   /* its connection was in use until now */
     while (c->queue_head) {
         httpc_call *next = c->queue_head;
-        if (now >= next->deadline_ms) {
+        if (now >= next->queue_deadline_ms) {
             evtimer_del(&next->timer);
             queued_call_expire(next);
             continue;
@@ -625,6 +650,18 @@ static int slot_fd(const httpc_slot *slot)
     return bufferevent_getfd(evhttp_connection_get_bufferevent(slot->evcon));
 }
 
+/* A request is written whole and then waits for its answer: Nagle would
+ * hold its last segment until the server's delayed ACK (40 ms). Set once
+ * the socket exists: at once for a numeric host, after the name lookup
+ * otherwise (the connect check, or the next call on the connection). */
+static void slot_set_nodelay(const httpc_slot *slot)
+{
+    int fd = slot_fd(slot);
+    int nodelay = 1;
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
+}
+
 /* True when an idle connection still looks usable: no EOF, no stray bytes. */
 static bool idle_socket_alive(int fd)
 {
@@ -637,9 +674,9 @@ static bool idle_socket_alive(int fd)
 
 /* ---- attempts ---- */
 
-static bool answer_is_success(httpc_result result, int status)
+static bool answer_is_success(const http_client *c, httpc_result result, int status)
 {
-    return result == HTTPC_OK && status < 500;
+    return result == HTTPC_OK && (status < 500 || c->opts.breaker_ignores_5xx);
 }
 
 static bool attempt_should_retry(httpc_call *hc, httpc_result result, int status,
@@ -679,7 +716,7 @@ static void attempt_done(httpc_call *hc, httpc_result result, int status,
     c->inflight--;
     export_inflight(c);
 
-    breaker_record(&c->breaker, answer_is_success(result, status), now);
+    breaker_record(&c->breaker, answer_is_success(c, result, status), now);
     if (result != HTTPC_OK)
         log_failure(hc, result, status, hc->fresh ? "on a new connection" : "on a reused connection");
 
@@ -773,6 +810,8 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
     http_client *c = hc->client;
     unsigned long long now = now_ms();
 
+    if (hc->attempts == 0)     /* the budget starts on the wire, not in our queue */
+        hc->deadline_ms = now + (unsigned long long)hc->timeout_ms;
     hc->attempts++;
     hc->slot = slot;
     hc->error = -1;
@@ -831,6 +870,9 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
         return;
     }
 
+    /* Every call: evhttp may have reconnected inside make_request (a reset
+     * keep-alive connection), and one setsockopt costs a microsecond. */
+    slot_set_nodelay(slot);
     unsigned long long connect_deadline = now + (unsigned long long)c->opts.connect_timeout_ms;
     if (hc->fresh && connect_deadline < hc->deadline_ms) {
         hc->phase = CALL_CONNECTING;
@@ -877,6 +919,7 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
         break;
     case CALL_CONNECTING:
         if (now < hc->deadline_ms && socket_connected(slot_fd(hc->slot))) {
+            slot_set_nodelay(hc->slot);     /* its socket came after a lookup */
             hc->slot->reached = true;
             hc->phase = CALL_WIRE;
             timer_arm_until(hc, hc->deadline_ms);
@@ -931,8 +974,9 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
     hc->cb_arg = arg;
     hc->idempotent = call->idempotent;
     hc->started_ms = now_ms();
-    int timeout = call->timeout_ms > 0 ? call->timeout_ms : c->opts.timeout_ms;
-    hc->deadline_ms = hc->started_ms + (unsigned long long)timeout;
+    hc->timeout_ms = call->timeout_ms > 0 ? call->timeout_ms : c->opts.timeout_ms;
+    if (hc->timeout_ms > 86400000)
+        hc->timeout_ms = 86400000;
 
     if (!method_lookup(call->method, &hc->method, &hc->method_name)) {
         hc->method_name = "?";
@@ -992,6 +1036,8 @@ static void opts_resolve(http_client_opts *o, const http_client_opts *in)
     if (d.retries == 0) d.retries = 2;
     if (d.retries < 0) d.retries = 0;
     if (d.backoff_ms <= 0) d.backoff_ms = 50;
+    if (d.max_queue_wait_ms <= 0) d.max_queue_wait_ms = d.timeout_ms;
+    if (d.max_queue_wait_ms > 86400000) d.max_queue_wait_ms = 86400000;
     *o = d;
 }
 
@@ -1166,6 +1212,7 @@ void http_client_opts_from_env(http_client_opts *o, const char *prefix)
     OPT_INT("POOL_SIZE", pool_size, 0, 4096);
     OPT_INT("MAX_INFLIGHT", max_inflight, 0, 4096);
     OPT_INT("BACKOFF_MS", backoff_ms, 0, 60000);
+    OPT_INT("MAX_QUEUE_WAIT_MS", max_queue_wait_ms, 0, 3600000);
     OPT_INT("BREAKER_FAILURES", breaker.consecutive_failures, 0, 1000000);
     OPT_INT("BREAKER_MIN_CALLS", breaker.min_calls, 0, 1000000);
     OPT_INT("BREAKER_WINDOW_MS", breaker.window_ms, 0, 86400000);

@@ -2,10 +2,15 @@
  *
  * One http_client per upstream (a base URL such as http://127.0.0.1:8084).
  * It keeps a pool of keep-alive connections, and guards the upstream with:
- *  - a connect timeout and a total timeout per call;
+ *  - a connect timeout and a total timeout per call, which runs from when
+ *    the call is put on the wire (not from http_client_send);
  *  - a bulkhead: at most `max_inflight` calls on the wire and `max_queue`
- *    waiting for a connection; beyond that a call is refused at once;
- *  - a circuit breaker (breaker.h) named after the client;
+ *    waiting for a connection; beyond that a call is refused at once, and a
+ *    call that waited max_queue_wait_ms without getting a connection ends
+ *    HTTPC_BUSY (it was never sent: answering 503 for it is safe);
+ *  - a circuit breaker (breaker.h) named after the client: transport
+ *    failures, timeouts and 5xx answers count as failures (5xx answers do
+ *    not with breaker_ignores_5xx);
  *  - retries with exponential backoff and full jitter, only for calls the
  *    caller marks idempotent, only on transport failures and 502/503/504,
  *    and never while the breaker is open (so an outage is not multiplied).
@@ -27,22 +32,34 @@ typedef struct http_client http_client;
 
 typedef struct http_client_opts {
     int connect_timeout_ms;   /* default 1000 */
-    int timeout_ms;           /* default 5000: from send to complete answer */
+    int timeout_ms;           /* default 5000: from putting the call on the wire
+                                 to the complete answer (retries included) */
     int pool_size;            /* keep-alive connections, default 16 */
     int max_inflight;         /* default = pool_size */
     int max_queue;            /* default 4 * pool_size */
     int retries;              /* extra attempts for idempotent calls, default 2 */
     int backoff_ms;           /* first backoff, default 50 (doubles, full jitter) */
     breaker_config breaker;   /* zero = breaker defaults */
+    int max_queue_wait_ms;    /* default = timeout_ms: longest wait for a
+                                 connection before HTTPC_BUSY (and never longer
+                                 than the call's own timeout) */
+    /* false (default): a 5xx answer is a failure for the breaker (an
+     * upstream answering 503 is overloaded: back off). true: any answer
+     * is a success and only transport failures and timeouts count; for a
+     * proxy, whose upstream's fast 5xx are its own deliberate answers
+     * (e.g. order's 503 when payment hangs) and must not close every route
+     * of that upstream. */
+    bool breaker_ignores_5xx;
 } http_client_opts;
 
 typedef enum {
     HTTPC_OK = 0,        /* an HTTP answer arrived (any status) */
     HTTPC_CONNECT,       /* could not connect (refused, unreachable, connect timeout) */
-    HTTPC_TIMEOUT,       /* no complete answer within timeout_ms */
+    HTTPC_TIMEOUT,       /* no complete answer within timeout_ms of sending */
     HTTPC_BROKEN,        /* connection lost or malformed answer */
     HTTPC_OPEN,          /* refused: circuit breaker open */
-    HTTPC_BUSY,          /* refused: bulkhead full */
+    HTTPC_BUSY,          /* refused: bulkhead full, or no connection within
+                            max_queue_wait_ms (never sent) */
 } httpc_result;
 
 typedef struct http_response {
@@ -90,7 +107,7 @@ const char *httpc_result_name(httpc_result r);
 
 /* Reads http_client_opts from the environment with the given prefix:
  * <PREFIX>_CONNECT_TIMEOUT_MS, _TIMEOUT_MS, _POOL_SIZE, _MAX_INFLIGHT,
- * _MAX_QUEUE, _RETRIES, _BACKOFF_MS, _BREAKER_FAILURES, _BREAKER_RATIO_PCT,
+ * _MAX_QUEUE, _MAX_QUEUE_WAIT_MS, _RETRIES, _BACKOFF_MS, _BREAKER_FAILURES, _BREAKER_RATIO_PCT,
  * _BREAKER_MIN_CALLS, _BREAKER_WINDOW_MS, _BREAKER_OPEN_MS. */
 void http_client_opts_from_env(http_client_opts *o, const char *prefix);
 

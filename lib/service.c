@@ -209,6 +209,22 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     http_server_drain(svc->pub.http, on_drained, svc);
 }
 
+/* An epoll loop with libevent's changelist: evhttp enables and disables a
+ * connection's events at every read/write phase, and the changelist folds
+ * the changes of one loop turn into one epoll_ctl per descriptor (the
+ * gateway measured 10 -> 5.6 calls per proxied request). Safe because no
+ * module dup()s a socket it hands to libevent (the known limitation). */
+static struct event_base *new_event_base(void)
+{
+    struct event_config *cfg = event_config_new();
+    if (!cfg)
+        return NULL;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    return base;
+}
+
 /* ---- public ---- */
 
 service *service_new(const char *name, int default_port)
@@ -227,7 +243,7 @@ service *service_new(const char *name, int default_port)
     svc->pub.name = must(strdup(name));
     svc->pub.host = config_str("HOST", "127.0.0.1");
     svc->pub.port = (int)config_int("PORT", default_port, 0, 65535);
-    svc->pub.base = event_base_new();
+    svc->pub.base = new_event_base();
     if (!svc->pub.base) {
         log_error("msg=\"cannot create the event loop\"");
         exit(1);

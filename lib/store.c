@@ -2,10 +2,17 @@
  *
  * Durability first: WAL with synchronous=FULL, so a commit that returned is
  * on disk, and readers on other connections (the bus relay) never block the
- * writer. busy_timeout (5 s) makes a second connection wait for the write
- * lock instead of failing at once; store_begin takes that lock up front
- * (BEGIN IMMEDIATE) so a transaction cannot fail half way through with
+ * writer. A second connection waits for the write lock (up to 5 s) instead
+ * of failing at once; store_begin takes that lock up front (BEGIN
+ * IMMEDIATE) so a transaction cannot fail half way through with
  * SQLITE_BUSY after it has already done work.
+ *
+ * The wait is our own busy handler, not sqlite3_busy_timeout: SQLite's
+ * sleeps 1, 2, 5, 10 ... 100 ms between tries, while the other writer (the
+ * bus relay deleting published rows, unsynced) holds the lock for tens of
+ * microseconds. A loop thread blocked in BEGIN for 10 ms when the lock was
+ * free after 0.1 ms stalls every request; so we poll every 50-200 µs for
+ * the first milliseconds, and only then back off to 1 ms.
  *
  * Two schema histories live in one file and never interfere:
  *  - the platform's tables (outbox, processed_events, dead_letters), whose
@@ -24,13 +31,16 @@
  * A cached statement left stepping (a SELECT read to its first row and never
  * reset) would keep a read snapshot open; in WAL mode that makes the next
  * BEGIN IMMEDIATE fail with SQLITE_BUSY_SNAPSHOT once another connection has
- * written. So every transaction boundary resets the statements still busy. */
+ * written. So every transaction boundary resets the statements still busy.
+ * The boundaries themselves (BEGIN IMMEDIATE, COMMIT, ROLLBACK) are cached
+ * statements too: sqlite3_exec would parse them again on every call. */
 #include "store.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "log.h"
@@ -49,7 +59,11 @@ struct store {
     size_t cache_used;
     void (*on_commit)(void *arg);
     void *on_commit_arg;
+    struct timespec busy_since;     /* start of the current wait for a lock */
 };
+
+/* How long a connection waits for a lock held by another one. */
+#define BUSY_TIMEOUT_NS (5000LL * 1000000LL)
 
 /* ---- platform schema ---- */
 
@@ -201,10 +215,21 @@ static long long query_int(store *st, const char *sql)
 
 /* ---- transactions ---- */
 
+/* Steps a cached statement that returns no rows (a transaction boundary):
+ * SQLITE_OK or the error. */
+static int step_cached(store *st, const char *sql)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    if (!s) return SQLITE_ERROR;
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
 int store_begin(store *st)
 {
     reset_busy_statements(st);
-    int rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    int rc = step_cached(st, "BEGIN IMMEDIATE");
     if (rc != SQLITE_OK) {
         char e[256];
         log_error("msg=\"cannot begin transaction\" db=%s error=%s", st->path,
@@ -218,12 +243,12 @@ int store_begin(store *st)
 int store_commit(store *st)
 {
     reset_busy_statements(st);
-    int rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+    int rc = step_cached(st, "COMMIT");
     if (rc != SQLITE_OK) {
         char e[256];
         log_error("msg=\"commit failed\" db=%s error=%s", st->path,
                   log_quote(e, sizeof e, sqlite3_errmsg(st->db)));
-        if (!sqlite3_get_autocommit(st->db)) sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+        if (!sqlite3_get_autocommit(st->db)) step_cached(st, "ROLLBACK");
         return rc;
     }
     if (st->on_commit) st->on_commit(st->on_commit_arg);
@@ -233,7 +258,7 @@ int store_commit(store *st)
 void store_rollback(store *st)
 {
     reset_busy_statements(st);
-    if (!sqlite3_get_autocommit(st->db)) sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    if (!sqlite3_get_autocommit(st->db)) step_cached(st, "ROLLBACK");
 }
 
 void store_on_commit(store *st, void (*fn)(void *arg), void *arg)
@@ -300,9 +325,28 @@ static long long service_version(store *st)
 
 /* ---- open / close ---- */
 
+/* SQLite's busy handler: called with tries = 0, 1, 2 ... while another
+ * connection holds the lock; returns 0 to give up (SQLITE_BUSY). */
+static int busy_wait(void *arg, int tries)
+{
+    store *st = arg;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (tries == 0) st->busy_since = now;
+    long long waited = (now.tv_sec - st->busy_since.tv_sec) * 1000000000LL +
+                       (now.tv_nsec - st->busy_since.tv_nsec);
+    if (waited >= BUSY_TIMEOUT_NS) return 0;
+    /* 50, 100, 200, 200 ... µs while the holder is likely a short
+     * transaction; 1 ms once it has lasted (a checkpoint, a long write). */
+    long sleep_us = waited < 5000000LL ? 50L << (tries < 2 ? tries : 2) : 1000L;
+    struct timespec pause = {0, sleep_us * 1000L};
+    nanosleep(&pause, NULL);
+    return 1;
+}
+
 static bool configure(store *st)
 {
-    sqlite3_busy_timeout(st->db, 5000);
+    sqlite3_busy_handler(st->db, busy_wait, st);
     sqlite3_extended_result_codes(st->db, 1);
     /* journal_mode answers with the mode in force: a file system without
      * shared memory support silently stays in "delete" mode. */

@@ -241,6 +241,10 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
     memset(&o, 0, sizeof o);
     o.pool_size = GW_DEFAULT_POOL;
     o.max_queue = GW_DEFAULT_QUEUE;
+    /* An upstream's fast 5xx is its own answer (order's 503 when payment
+     * hangs), passed on as is: only transport failures and timeouts say
+     * the upstream itself is failing and should close all its routes. */
+    o.breaker_ignores_5xx = true;
     http_client_opts_from_env(&o, prefix);
     up->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : 5000;
     up->client = http_client_new(base, up->name, base_url, &o);

@@ -20,7 +20,10 @@
  *  - bus_replay delivers every event of the stream;
  *  - GET /admin/deadLetters lists the dead letter; the metrics count;
  *  - nats-server coming back empty (storage lost): stream and consumer are
- *    created again and events flow again.
+ *    created again and events flow again;
+ *  - nats-server coming back while a backlog arrives: the pull requests
+ *    made during the outage do not make a fetch overrun its batch, and
+ *    each event is applied once.
  * Waiting uses generous deadlines only to fail instead of hanging. */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -440,6 +443,85 @@ static void check_dead_letter_route(bus *b, const char *poison_id)
     http_server_free(srv);
 }
 
+/* ---- a backlog waiting when nats-server returns ---- */
+
+#define BACKLOG 600
+
+static bool backlog_applied(void *arg)
+{
+    return count(receiver_db, "SELECT count(*) FROM applied WHERE request_id = 'req-backlog'",
+                 NULL) >= *(long long *)arg;
+}
+
+/* Publishes n RentalMade events (ids out[0..n)) through a connection of
+ * its own, pipelined, as another service would while this one catches up. */
+static void publish_backlog(int n, int first, char (*out)[37])
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    CHECK_INT(natsConnection_ConnectTo(&nc, nats_url), NATS_OK);
+    CHECK_INT(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    for (int i = 0; i < n; i++) {
+        char ts[15], data[256];
+        bus_uuid(out[i]);
+        bus_timestamp(ts);
+        snprintf(data, sizeof data,
+                 "{\"eventType\":\"RentalMade\",\"timestamp\":\"%s\",\"eventId\":\"%s\",\"id\":%d}",
+                 ts, out[i], first + i);
+        natsMsg *m = NULL;
+        CHECK_INT(natsMsg_Create(&m, "carshare.RentalMade", NULL, data, (int)strlen(data)), NATS_OK);
+        natsMsgHeader_Set(m, "X-Request-Id", "req-backlog");
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = out[i];
+        CHECK_INT(js_PublishMsgAsync(js, &m, &po), NATS_OK);
+        natsMsg_Destroy(m);     /* NULL when the library took it */
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 10000;
+    CHECK_INT(js_PublishAsyncComplete(js, &po), NATS_OK);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+}
+
+/* nats-server goes away while the receiver is fetching, and comes back;
+ * then events arrive in two waves, as another service publishes them. The
+ * pull requests the consumer made during the outage (before the fix) were
+ * sent at the reconnect and served too, into the same subscription: the
+ * first wave (not a multiple of 64) left 36 messages waiting there when the
+ * next Fetch started, and nats.c 3.4.1's Fetch then kept everything the
+ * second wave brought, several hundred messages for a batch of 64,
+ * overrunning its arrays and ours. Every event must be applied exactly
+ * once, and the process must live. What the server serves to those requests
+ * depends on timing, so the outage is repeated with waves of other sizes. */
+static void check_backlog_after_outage(bus *receiver, int wave, int first_id)
+{
+    char (*ids)[37] = calloc(BACKLOG, sizeof *ids);
+    int calls_before = rental_calls;
+    long long backlog_before = count(receiver_db,
+        "SELECT count(*) FROM applied WHERE request_id = 'req-backlog'", NULL);
+
+    stop_nats();
+    CHECK(run_until(is_disconnected, receiver, WAIT_MS, "receiver notices nats-server is gone"));
+    run_until(NULL, NULL, 3000, NULL);          /* the receiver keeps trying to fetch */
+    start_nats();
+    CHECK(run_until(bus_connected, receiver, WAIT_MS, "receiver reconnected"));
+    publish_backlog(wave, first_id, ids);
+    run_until(NULL, NULL, 150, NULL);           /* a batch of 64 is applied meanwhile */
+    publish_backlog(BACKLOG - wave, first_id + wave, ids + wave);
+    long long target = backlog_before + BACKLOG;
+    CHECK(run_until(backlog_applied, &target, WAIT_MS, "the backlog applied"));
+    run_until(NULL, NULL, 300, NULL);           /* nothing more arrives */
+    int once = 0;
+    for (int i = 0; i < BACKLOG; i++) once += applied_count(ids[i]) == 1;
+    CHECK_INT(once, BACKLOG);
+    CHECK_INT(rental_calls - calls_before, BACKLOG);
+    CHECK_INT(count(receiver_db, "SELECT count(*) FROM applied WHERE request_id = 'req-backlog'",
+                    NULL), target);
+    free(ids);
+}
+
 static void cleanup(void)
 {
     stop_nats();
@@ -649,6 +731,9 @@ int main(void)
     commit_rental(400, "req-fresh", ids[rentals++]);
     CHECK(run_until(applied, ids[rentals - 1], WAIT_MS, "event after storage loss applied"));
     CHECK(run_until(outbox_empty, sender_db, WAIT_MS, "outbox drained after storage loss"));
+
+    for (int round = 0; round < 3; round++)
+        check_backlog_after_outage(receiver, 100 + 20 * round, 20000 + 1000 * round);
 
     bus_free(receiver);
     bus_free(sender);

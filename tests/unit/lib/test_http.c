@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -724,6 +725,66 @@ static void test_drain(http_server *s, int port)
     CHECK_INT(drained_calls, 1);               /* and s is gone now */
 }
 
+/* Opens `n` connections at once to a server whose loop does not run (so
+ * accepts nothing), and returns how many the kernel completed within a
+ * second: a connection beyond the listen backlog has its SYN dropped and
+ * stays pending (a real client would retry after a second). */
+static int burst_connected(int port, int n)
+{
+    int *fds = calloc((size_t)n, sizeof *fds);
+    struct pollfd *p = calloc((size_t)n, sizeof *p);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&sa, sizeof sa) != 0 &&
+            errno != EINPROGRESS) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+        p[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
+    }
+    int connected = 0;
+    for (int waited = 0; waited < 1000 && connected < n; waited += 50) {
+        poll(p, (nfds_t)n, 50);
+        connected = 0;
+        for (int i = 0; i < n; i++) {
+            int err = -1;
+            socklen_t len = sizeof err;
+            if (fds[i] >= 0 && (p[i].revents & POLLOUT) &&
+                getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
+                connected++;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(p);
+    free(fds);
+    return connected;
+}
+
+/* A burst above evhttp's own backlog (128) waits in the kernel for the
+ * server to accept it, instead of losing SYNs; HTTP_LISTEN_BACKLOG sets it. */
+static void test_listen_backlog(void)
+{
+    enum { BURST = 400 };
+    http_server *s = http_server_new(base, "backlog");
+    int port = http_server_listen(s, "127.0.0.1", 0);
+    CHECK(port > 0);
+    CHECK_INT(burst_connected(port, BURST), BURST);
+    http_server_free(s);
+
+    setenv("HTTP_LISTEN_BACKLOG", "16", 1);
+    s = http_server_new(base, "backlog16");
+    port = http_server_listen(s, "127.0.0.1", 0);
+    unsetenv("HTTP_LISTEN_BACKLOG");
+    CHECK(port > 0);
+    int few = burst_connected(port, 64);
+    CHECK(few >= 1 && few < 64);
+    http_server_free(s);
+}
+
 /* Drain with nothing in flight still calls back from the loop, not inline. */
 static void test_drain_idle(void)
 {
@@ -840,6 +901,7 @@ int main(void)
     test_drain(s, port);   /* frees s */
 
     test_drain_idle();
+    test_listen_backlog();
     test_request_timeout_and_fallback();
     test_free_with_pending_request();
 

@@ -182,6 +182,23 @@ static void on_prefixed(struct evhttp_request *req, void *arg)
     reply(req, 200, "prefixed");
 }
 
+/* answers 200 after SLOW_MS, as an upstream completing real work */
+#define SLOW_MS 250
+
+static void slow_reply(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    reply(arg, 200, "done");
+}
+
+static void on_slow(struct evhttp_request *req, void *arg)
+{
+    note_peer(arg, req);
+    struct timeval tv = { 0, SLOW_MS * 1000 };
+    event_base_once(base, -1, EV_TIMEOUT, slow_reply, req, &tv);
+}
+
 static bool upstream_start(upstream *u, int port)
 {
     memset(u, 0, sizeof *u);
@@ -190,6 +207,7 @@ static bool upstream_start(upstream *u, int port)
     evhttp_set_cb(u->http, "/missing", on_missing, u);
     evhttp_set_cb(u->http, "/flaky", on_flaky, u);
     evhttp_set_cb(u->http, "/fail", on_fail, u);
+    evhttp_set_cb(u->http, "/slow", on_slow, u);
     evhttp_set_cb(u->http, "/echo", on_echo, u);
     evhttp_set_cb(u->http, "/close", on_close, u);
     evhttp_set_cb(u->http, "/api/v1/hello", on_prefixed, u);
@@ -666,22 +684,107 @@ static void test_bulkhead(void)
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 2);
     CHECK(wait_for(&col.done, 5, 10000));
     CHECK_INT(col.sync_calls, 0);
-    /* 2 on the wire + 1 queued time out; the last 2 are refused, first */
-    for (int i = 0; i < 3; i++)
+    /* 2 on the wire time out; the queued one waited max_queue_wait_ms
+     * (= timeout_ms) and was never sent: busy; the last 2 are refused, first */
+    for (int i = 0; i < 2; i++)
         CHECK_INT(col.a[i].result, HTTPC_TIMEOUT);
+    CHECK_INT(col.a[2].result, HTTPC_BUSY);
     for (int i = 3; i < 5; i++) {
         CHECK_INT(col.a[i].result, HTTPC_BUSY);
         CHECK(col.a[i].order < 2);
     }
     CHECK(metric_value("carshare_upstream_requests_total",
-                       "upstream=\"bulk\",result=\"busy\",status=\"0\"") == 2);
+                       "upstream=\"bulk\",result=\"busy\",status=\"0\"") == 3);
     CHECK(metric_value("carshare_upstream_requests_total",
-                       "upstream=\"bulk\",result=\"timeout\",status=\"0\"") == 3);
+                       "upstream=\"bulk\",result=\"timeout\",status=\"0\"") == 2);
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 0);
     /* latency is observed for the calls that went out, not for refusals */
     CHECK(metric_value("carshare_upstream_duration_seconds_count", "upstream=\"bulk\"") == 3);
     http_client_free(c);
     close(silent);
+}
+
+/* The timeout runs from the wire: a call that waited in our queue behind a
+ * slow one still gets its whole budget (before, it was sent late and gave
+ * up while the upstream was completing it: a 504 for an accepted POST). */
+static void test_timeout_starts_on_the_wire(upstream *u)
+{
+    collector col = { 0 };
+    http_client_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = SLOW_MS + 150,
+                           .retries = -1 };
+    http_client *c = client_named("wire", u->port, "", &o);
+    http_call call = { .method = "POST", .uri = "/slow", .body = "{}", .body_len = 2 };
+    send_call(c, &col, 0, &call);
+    send_call(c, &col, 1, &call);   /* waits SLOW_MS for the connection */
+    CHECK(wait_for(&col.done, 2, 10000));
+    for (int i = 0; i < 2; i++) {
+        CHECK_INT(col.a[i].result, HTTPC_OK);
+        CHECK_INT(col.a[i].status, 200);
+    }
+    CHECK(col.a[1].elapsed_ms >= 2 * SLOW_MS - 10);  /* it did wait behind the first */
+    http_client_free(c);
+}
+
+/* A call that cannot get a connection within max_queue_wait_ms ends BUSY,
+ * unsent, while the call on the wire keeps its own timeout. */
+static void test_queue_wait_bound(void)
+{
+    int port;
+    int silent = raw_socket(16, &port);
+    collector col = { 0 };
+    http_client_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = 600,
+                           .max_queue_wait_ms = 100, .retries = -1,
+                           .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
+    http_client *c = client_named("qwait", port, "", &o);
+    get(c, &col, 0, "/hello", true);   /* on the wire, never answered */
+    get(c, &col, 1, "/hello", true);   /* queued */
+    CHECK(wait_for(&col.done, 2, 10000));
+    CHECK_INT(col.a[1].result, HTTPC_BUSY);
+    CHECK_INT(col.a[1].order, 0);      /* gave up waiting long before the timeout */
+    CHECK_INT(col.a[0].result, HTTPC_TIMEOUT);
+    CHECK(col.a[0].elapsed_ms >= 590);
+    http_client_free(c);
+    close(silent);
+}
+
+/* Fast 503s: failures for the breaker by default (an overloaded upstream),
+ * answers like any other with breaker_ignores_5xx (a proxy's upstream
+ * speaking); transport failures still open it. */
+static void test_breaker_and_5xx(upstream *u)
+{
+    collector col = { 0 };
+    http_client_opts o = { .retries = -1, .breaker = { .consecutive_failures = 3, .open_ms = 5000 } };
+    http_client *c = client_named("b5xx", u->port, "", &o);
+    for (int i = 0; i < 4; i++) {
+        get(c, &col, i, "/fail", true);
+        CHECK(wait_for(&col.done, i + 1, 5000));
+    }
+    CHECK_INT(col.a[2].status, 503);
+    CHECK_INT(col.a[3].result, HTTPC_OPEN);
+    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
+    http_client_free(c);
+
+    collector spoken = { 0 };
+    o.breaker_ignores_5xx = true;
+    c = client_named("b5xx_proxy", u->port, "", &o);
+    for (int i = 0; i < 6; i++) {
+        get(c, &spoken, i, "/fail", true);
+        CHECK(wait_for(&spoken.done, i + 1, 5000));
+        CHECK_INT(spoken.a[i].result, HTTPC_OK);
+        CHECK_INT(spoken.a[i].status, 503);
+    }
+    CHECK_INT(http_client_breaker(c)->state, BREAKER_CLOSED);
+    http_client_free(c);
+
+    collector down = { 0 };
+    c = client_named("b5xx_down", closed_port(), "", &o);
+    for (int i = 0; i < 4; i++) {
+        get(c, &down, i, "/fail", true);
+        CHECK(wait_for(&down.done, i + 1, 5000));
+    }
+    CHECK_INT(down.a[2].result, HTTPC_CONNECT);
+    CHECK_INT(down.a[3].result, HTTPC_OPEN);
+    http_client_free(c);
 }
 
 static void test_queue_drains_in_order(upstream *u)
@@ -966,6 +1069,9 @@ int main(void)
     test_breaker_opens_and_recovers();
     test_half_open_trial_failure_reopens();
     test_bulkhead();
+    test_timeout_starts_on_the_wire(&u);
+    test_queue_wait_bound();
+    test_breaker_and_5xx(&u);
     test_queue_drains_in_order(&u);
     test_retries(&u);
     test_keep_alive();

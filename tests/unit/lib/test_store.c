@@ -1,6 +1,8 @@
 /* test_store.c: the SQLite store: pragmas, migrations (once, in order, each
  * atomic, never shifted by the platform's tables), reopening, the statement
- * cache, the commit hook, rollback, and stale read snapshots. */
+ * cache, the commit hook, rollback, stale read snapshots, and waiting for a
+ * write lock another connection holds. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +76,6 @@ static void test_open_and_migrate(const char *path)
     CHECK_STR(text_of(st, "PRAGMA journal_mode", buf, sizeof buf), "wal");
     CHECK_INT(int_of(st, "PRAGMA synchronous"), 2);         /* FULL */
     CHECK_INT(int_of(st, "PRAGMA foreign_keys"), 1);
-    CHECK_INT(int_of(st, "PRAGMA busy_timeout"), 5000);
     CHECK_INT(int_of(st, "PRAGMA user_version"), 2);        /* the service's count, not shifted */
     CHECK(table_exists(st, "outbox"));
     CHECK(table_exists(st, "processed_events"));
@@ -237,6 +238,38 @@ static void test_transactions(const char *path)
     store_close(st);
 }
 
+static void *commit_later(void *arg)
+{
+    usleep(30 * 1000);
+    store_commit(arg);
+    return NULL;
+}
+
+/* BEGIN IMMEDIATE while another connection holds the write lock waits for
+ * it (the store's busy handler) instead of failing with SQLITE_BUSY, and
+ * then sees the other connection's write. */
+static void test_waits_for_write_lock(const char *path)
+{
+    store *st = store_open_path(path, NULL);
+    store *other = store_open_path(path, NULL);
+    CHECK(st != NULL && other != NULL);
+    if (!st || !other) {
+        store_close(st);
+        store_close(other);
+        return;
+    }
+    CHECK_INT(store_begin(other), SQLITE_OK);
+    CHECK_INT(store_exec(other, "INSERT INTO car (id, name) VALUES ('4001', 'Ray')"), SQLITE_OK);
+    pthread_t t;
+    CHECK_INT(pthread_create(&t, NULL, commit_later, other), 0);
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM car WHERE id = '4001'"), 1);
+    store_rollback(st);
+    pthread_join(t, NULL);
+    store_close(other);
+    store_close(st);
+}
+
 static void test_store_open_in_data_dir(void)
 {
     char data[128];
@@ -276,6 +309,7 @@ int main(void)
     test_open_and_migrate(path);
     test_statement_cache(path);
     test_transactions(path);
+    test_waits_for_write_lock(path);
     test_store_open_in_data_dir();
 
     temp_dir_remove(dir);
