@@ -103,23 +103,32 @@ const char *gw_path_refusal(const char *path)
 
 /* ---- headers ---- */
 
+/* Steps through a comma-separated header list ("a, b,c"): sets
+ * [*start, *end) to the next element without surrounding blanks and
+ * returns true, or returns false at the end. *p is the cursor. */
+static bool gw_next_element(const char **p, const char **start, const char **end)
+{
+    while (**p == ' ' || **p == '\t' || **p == ',')
+        (*p)++;
+    if (**p == '\0')
+        return false;
+    *start = *p;
+    while (**p && **p != ',')
+        (*p)++;
+    *end = *p;
+    while (*end > *start && ((*end)[-1] == ' ' || (*end)[-1] == '\t'))
+        (*end)--;
+    return true;
+}
+
 /* Whether the comma-separated token list `list` names `name`. */
 static bool gw_token_listed(const char *list, const char *name)
 {
     size_t name_len = strlen(name);
-    const char *p = list;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
+    const char *p = list, *start, *end;
+    while (gw_next_element(&p, &start, &end))
         if ((size_t)(end - start) == name_len && strncasecmp(start, name, name_len) == 0)
             return true;
-    }
     return false;
 }
 
@@ -376,16 +385,8 @@ bool gw_etag_matches(const char *if_none_match, const char *etag)
     gw_etag_opaque(&want, &want_end);
     size_t want_len = (size_t)(want_end - want);
 
-    const char *p = if_none_match;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
+    const char *p = if_none_match, *start, *end;
+    while (gw_next_element(&p, &start, &end)) {
         if (end - start == 1 && *start == '*')
             return true;
         gw_etag_opaque(&start, &end);

@@ -16,7 +16,9 @@
  *                      PAYMENT), the http client settings of httpc.h:
  *                      _CONNECT_TIMEOUT_MS (1000), _TIMEOUT_MS (5000),
  *                      _POOL_SIZE (32 here), _MAX_INFLIGHT (= pool size),
- *                      _MAX_QUEUE (1024 here), _RETRIES (2, GET/HEAD only),
+ *                      _MAX_QUEUE (1024 here), _MAX_QUEUE_WAIT_MS (1000
+ *                      here: longest wait for a connection, then 503, never
+ *                      sent), _RETRIES (2, GET/HEAD only),
  *                      _BACKOFF_MS (50), _BREAKER_FAILURES (5),
  *                      _BREAKER_RATIO_PCT (50), _BREAKER_MIN_CALLS (20),
  *                      _BREAKER_WINDOW_MS (10000), _BREAKER_OPEN_MS (5000)

@@ -47,6 +47,11 @@
  * once instead of piling up. */
 #define GW_DEFAULT_POOL 32
 #define GW_DEFAULT_QUEUE 1024
+/* A request waits at most this long for a connection to its upstream
+ * before it is refused (503, never sent). Together with the timeout on the
+ * wire (5 s, above order's own 3 s bound on a payment) it bounds how long a
+ * customer can wait through the gateway. */
+#define GW_DEFAULT_QUEUE_WAIT_MS 1000
 
 /* A readiness answer is a small JSON object; anything much larger is not
  * one, and must not make the gateway buffer it. */
@@ -241,6 +246,7 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
     memset(&o, 0, sizeof o);
     o.pool_size = GW_DEFAULT_POOL;
     o.max_queue = GW_DEFAULT_QUEUE;
+    o.max_queue_wait_ms = GW_DEFAULT_QUEUE_WAIT_MS;
     /* An upstream's fast 5xx is its own answer (order's 503 when payment
      * hangs), passed on as is: only transport failures and timeouts say
      * the upstream itself is failing and should close all its routes. */

@@ -265,11 +265,13 @@ static void settle_declined(rental_call *call, const http_response *resp)
     order_api *api = call->api;
     http_req *r = call->req;
     char message[ORDER_MESSAGE_MAX + 1];
-    json_t *doc = json_loads(resp->body, 0, NULL);
-    const char *why = json_string_value(json_object_get(doc, "message"));
-    snprintf(message, sizeof message, "payment declined: %s",
-             why && *why ? why : "the card was refused; nothing was charged");
-    json_decref(doc);
+    /* Payment's own message names the order id, which for a declined rental
+     * is an attempt the customer never sees among their orders: say it in
+     * the customer's terms instead. */
+    (void)resp;
+    snprintf(message, sizeof message,
+             "payment declined: the card was refused and nothing was charged; "
+             "try another card");
 
     if (rental_decline(api->st, call->in.id, message) < 0)
         log_error("req=%s msg=\"declined intake could not be recorded; it will be voided at "
