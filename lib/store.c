@@ -202,6 +202,66 @@ int store_exec(store *st, const char *sql)
     return rc;
 }
 
+/* ---- reading rows ---- */
+
+void store_column_text(sqlite3_stmt *s, int col, char *buf, size_t size)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+    snprintf(buf, size, "%s", t ? (const char *)t : "");
+}
+
+/* error: NULL for the connection's last error. */
+static void log_read_failure(store *st, const char *what, const char *error)
+{
+    char e[256];
+    log_error("msg=\"%s failed\" db=%s error=%s", what, st->path,
+              log_quote(e, sizeof e, error ? error : sqlite3_errmsg(st->db)));
+}
+
+int store_next_row(store *st, sqlite3_stmt *s, store_row_reader read, void *row,
+                   const char *what)
+{
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        if (read(s, row) == 0) return 1;
+        /* The reader has said why. */
+        sqlite3_reset(s);
+        return -1;
+    }
+    if (rc != SQLITE_DONE) log_read_failure(st, what, NULL);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_one_row(store *st, sqlite3_stmt *s, store_row_reader read, void *row,
+                  const char *what)
+{
+    int found = store_next_row(st, s, read, row, what);
+    if (found > 0) sqlite3_reset(s);
+    return found;
+}
+
+int store_find_one(store *st, const char *sql, long long key, store_row_reader read, void *row,
+                   const char *what)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    if (!s) return -1;
+    sqlite3_bind_int64(s, 1, key);
+    return store_one_row(st, s, read, row, what);
+}
+
+long long store_one_int(store *st, sqlite3_stmt *s, const char *what)
+{
+    long long v = -1;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    else
+        log_read_failure(st, what, rc == SQLITE_DONE ? "the query returned no row" : NULL);
+    sqlite3_reset(s);
+    return v;
+}
+
 /* Runs a statement expected to return one integer; -1 on error. */
 static long long query_int(store *st, const char *sql)
 {

@@ -20,6 +20,7 @@
 #define CARSHARE_STORE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sqlite3.h>
 
 typedef struct store store;
@@ -55,5 +56,44 @@ int store_exec(store *st, const char *sql);
 
 /* Last error message of the connection. */
 const char *store_error(store *st);
+
+/* ---- reading rows ----
+ * The small loops every store.c would otherwise write again. Each one
+ * resets the statement when it is done with it (at the end of the rows, on
+ * error, or after the one row it wanted), so no read snapshot stays open
+ * across the caller's COMMIT. Errors are logged with `what` (the purpose,
+ * e.g. "car read") and the database's path. */
+
+/* Copies text column `col` of the current row into buf (`size` bytes, NUL
+ * terminated, truncated if longer); NULL reads as "". */
+void store_column_text(sqlite3_stmt *s, int col, char *buf, size_t size);
+
+/* Turns the current row of a statement into *row (a car, a payment ...):
+ * 0, or -1 when the row cannot be read (the reader logs why). */
+typedef int (*store_row_reader)(sqlite3_stmt *s, void *row);
+
+/* Steps s to its next row: 1 and the row read into *row (s stays on it);
+ * 0 at the end of the rows; -1 on error or when read failed. On 0 and -1
+ * s is reset. The loop of a list:
+ *     while ((rc = store_next_row(st, s, read_car, &c, "car list")) > 0)
+ *         each(&c, arg);
+ *     return rc; */
+int store_next_row(store *st, sqlite3_stmt *s, store_row_reader read, void *row,
+                   const char *what);
+
+/* Steps s, a SELECT of at most one row: 1 and the row read into *row, 0
+ * when there is none, -1 on error or when read failed. Resets s. */
+int store_one_row(store *st, sqlite3_stmt *s, store_row_reader read, void *row,
+                  const char *what);
+
+/* Steps s, a SELECT of one row whose first column is an integer (a COUNT):
+ * that value, or -1 on error. Resets s. */
+long long store_one_int(store *st, sqlite3_stmt *s, const char *what);
+
+/* store_one_row for the common case: prepares sql, a SELECT of at most one
+ * row by its one integer parameter (an id, an order id), bound to `key`.
+ * Also -1 when sql cannot be prepared. */
+int store_find_one(store *st, const char *sql, long long key, store_row_reader read, void *row,
+                   const char *what);
 
 #endif

@@ -73,12 +73,6 @@ static long long column_known(sqlite3_stmt *s, int i)
     return sqlite3_column_type(s, i) == SQLITE_NULL ? PAGE_UNKNOWN : sqlite3_column_int64(s, i);
 }
 
-static void column_text(sqlite3_stmt *s, int i, char *out, size_t size)
-{
-    const unsigned char *v = sqlite3_column_text(s, i);
-    snprintf(out, size, "%s", v ? (const char *)v : "");
-}
-
 /* ---- facts ---- */
 
 /* The kept fact of a step is the smallest (timestamp, eventId): a newcomer
@@ -130,9 +124,9 @@ int page_store_facts(store *st, page_view v, long long order_id, page_fact **out
     while ((rc = sqlite3_step(s)) == SQLITE_ROW && count < PAGE_STEPS) {
         page_fact *f = &facts[count];
         f->order_id = sqlite3_column_int64(s, 0);
-        column_text(s, 1, f->event_type, sizeof f->event_type);
-        column_text(s, 2, f->event_id, sizeof f->event_id);
-        column_text(s, 3, f->timestamp, sizeof f->timestamp);
+        store_column_text(s, 1, f->event_type, sizeof f->event_type);
+        store_column_text(s, 2, f->event_id, sizeof f->event_id);
+        store_column_text(s, 3, f->timestamp, sizeof f->timestamp);
         f->event = json_loads((const char *)sqlite3_column_text(s, 4), 0, NULL);
         if (f->event) count++;
         else log_error("msg=\"customerpage store: unreadable stored event\" orderId=%lld",
@@ -184,17 +178,18 @@ int page_store_put_page(store *st, page_view v, const customer_page *p)
     return 0;
 }
 
-static int read_page(sqlite3_stmt *s, customer_page *p)
+static int read_page(sqlite3_stmt *s, void *out)
 {
+    customer_page *p = out;
     memset(p, 0, sizeof *p);
     p->order_id = sqlite3_column_int64(s, 0);
-    column_text(s, 1, p->customer_id, sizeof p->customer_id);
-    column_text(s, 2, p->product_id, sizeof p->product_id);
+    store_column_text(s, 1, p->customer_id, sizeof p->customer_id);
+    store_column_text(s, 2, p->product_id, sizeof p->product_id);
     p->qty = column_known(s, 3);
     p->amount = column_known(s, 4);
     p->payment_id = column_known(s, 5);
     p->delivery_id = column_known(s, 6);
-    column_text(s, 7, p->status, sizeof p->status);
+    store_column_text(s, 7, p->status, sizeof p->status);
     p->rank = sqlite3_column_int(s, 8);
     p->visible = sqlite3_column_int(s, 9) != 0;
     p->history = json_loads((const char *)sqlite3_column_text(s, 10), 0, NULL);
@@ -211,15 +206,7 @@ int page_store_get(store *st, long long order_id, customer_page *out)
         "SELECT " PAGE_COLUMNS " FROM customer_pages WHERE order_id = ?1 AND visible = 1");
     if (!s) return -1;
     sqlite3_bind_int64(s, 1, order_id);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        sqlite3_reset(s);
-        return 0;
-    }
-    if (rc != SQLITE_ROW) return fail(st, s, "read page");
-    int ok = read_page(s, out);
-    sqlite3_reset(s);
-    return ok < 0 ? -1 : 1;
+    return store_one_row(st, s, read_page, out, "read page");
 }
 
 long long page_store_count(store *st, const char *customer_id)
@@ -229,10 +216,7 @@ long long page_store_count(store *st, const char *customer_id)
         "AND (?1 IS NULL OR customer_id = ?1)");
     if (!s) return -1;
     if (customer_id) sqlite3_bind_text(s, 1, customer_id, -1, SQLITE_TRANSIENT);
-    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, "count pages");
-    long long n = sqlite3_column_int64(s, 0);
-    sqlite3_reset(s);
-    return n;
+    return store_one_int(st, s, "count pages");
 }
 
 int page_store_list(store *st, const char *customer_id, long offset, long limit,
@@ -245,20 +229,13 @@ int page_store_list(store *st, const char *customer_id, long offset, long limit,
     if (customer_id) sqlite3_bind_text(s, 1, customer_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 2, limit);
     sqlite3_bind_int64(s, 3, offset);
+    customer_page p;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        customer_page p;
-        if (read_page(s, &p) < 0) {
-            customer_page_clear(&p);
-            sqlite3_reset(s);
-            return -1;
-        }
+    while ((rc = store_next_row(st, s, read_page, &p, "list pages")) > 0) {
         visit(&p, arg);
         customer_page_clear(&p);
     }
-    if (rc != SQLITE_DONE) return fail(st, s, "list pages");
-    sqlite3_reset(s);
-    return 0;
+    return rc;   /* a page read_page could not read holds nothing to clear */
 }
 
 /* ---- rebuild ---- */
@@ -275,10 +252,7 @@ long long page_store_rebuild_rows(store *st)
 {
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM customer_pages_rebuild");
     if (!s) return -1;
-    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, "count rebuilt pages");
-    long long n = sqlite3_column_int64(s, 0);
-    sqlite3_reset(s);
-    return n;
+    return store_one_int(st, s, "count rebuilt pages");
 }
 
 long long page_store_rebuild_differences(store *st)
@@ -291,10 +265,7 @@ long long page_store_rebuild_differences(store *st)
         "  SELECT * FROM (SELECT " PAGE_COLUMNS " FROM customer_pages_rebuild"
         "                 EXCEPT SELECT " PAGE_COLUMNS " FROM customer_pages))");
     if (!s) return -1;
-    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, "compare live and rebuilt pages");
-    long long n = sqlite3_column_int64(s, 0);
-    sqlite3_reset(s);
-    return n;
+    return store_one_int(st, s, "compare live and rebuilt pages");
 }
 
 int page_store_swap_in_rebuild(store *st)

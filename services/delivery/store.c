@@ -66,31 +66,6 @@ static void bind_id_or_null(sqlite3_stmt *s, int i, long long id)
     else sqlite3_bind_null(s, i);
 }
 
-/* Reads the current row of s into *out (a delivery or a cancellation). */
-typedef void (*row_reader)(sqlite3_stmt *s, void *out);
-
-/* Runs sql, a SELECT of at most one row by its one parameter (an id or an
- * order id, both UNIQUE): 1 and the row read into *out, 0 when there is
- * none, -1 on error (logged, naming `what`). */
-static int find_one(store *st, const char *sql, long long key, row_reader read, void *out,
-                    const char *what)
-{
-    sqlite3_stmt *s = store_prepare(st, sql);
-    if (!s) return -1;
-    sqlite3_bind_int64(s, 1, key);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        read(s, out);
-        sqlite3_reset(s);
-        return 1;
-    }
-    if (rc == SQLITE_DONE) {
-        sqlite3_reset(s);
-        return 0;
-    }
-    return fail(st, s, what);
-}
-
 /* ---- what the events told us ---- */
 
 int delivery_store_note_ordered(store *st, long long order_id)
@@ -142,15 +117,15 @@ int delivery_store_facts(store *st, long long order_id, order_facts *out)
 
 #define DELIVERY_COLUMNS "id, order_id, payment_id, status"
 
-static void read_delivery(sqlite3_stmt *s, void *out)
+static int read_delivery(sqlite3_stmt *s, void *out)
 {
     delivery *d = out;
     memset(d, 0, sizeof *d);
     d->id = sqlite3_column_int64(s, 0);
     d->order_id = sqlite3_column_int64(s, 1);
     d->payment_id = sqlite3_column_int64(s, 2);
-    const unsigned char *status = sqlite3_column_text(s, 3);
-    snprintf(d->status, sizeof d->status, "%s", status ? (const char *)status : "");
+    store_column_text(s, 3, d->status, sizeof d->status);
+    return 0;
 }
 
 int delivery_store_insert(store *st, delivery *d)
@@ -179,22 +154,14 @@ int delivery_store_set_status(store *st, long long id, const char *status)
 
 int delivery_store_get(store *st, long long id, delivery *out)
 {
-    return find_one(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE id = ?1",
-                    id, read_delivery, out, "read delivery");
+    return store_find_one(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE id = ?1",
+                          id, read_delivery, out, "read delivery");
 }
 
 int delivery_store_find_by_order(store *st, long long order_id, delivery *out)
 {
-    return find_one(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE order_id = ?1",
-                    order_id, read_delivery, out, "find delivery by order");
-}
-
-static long long count_rows(store *st, sqlite3_stmt *s, const char *what)
-{
-    if (sqlite3_step(s) != SQLITE_ROW) return fail(st, s, what);
-    long long n = sqlite3_column_int64(s, 0);
-    sqlite3_reset(s);
-    return n;
+    return store_find_one(st, "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE order_id = ?1",
+                          order_id, read_delivery, out, "find delivery by order");
 }
 
 long long delivery_store_count(store *st, long long order_id_or_0)
@@ -203,7 +170,7 @@ long long delivery_store_count(store *st, long long order_id_or_0)
         "SELECT COUNT(*) FROM deliveries WHERE ?1 = 0 OR order_id = ?1");
     if (!s) return -1;
     sqlite3_bind_int64(s, 1, order_id_or_0);
-    return count_rows(st, s, "count deliveries");
+    return store_one_int(st, s, "count deliveries");
 }
 
 int delivery_store_list(store *st, long long order_id_or_0, long offset, long limit,
@@ -216,28 +183,25 @@ int delivery_store_list(store *st, long long order_id_or_0, long offset, long li
     sqlite3_bind_int64(s, 1, order_id_or_0);
     sqlite3_bind_int64(s, 2, limit);
     sqlite3_bind_int64(s, 3, offset);
+    delivery d;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        delivery d;
-        read_delivery(s, &d);
+    while ((rc = store_next_row(st, s, read_delivery, &d, "list deliveries")) > 0)
         visit(&d, arg);
-    }
-    if (rc != SQLITE_DONE) return fail(st, s, "list deliveries");
-    sqlite3_reset(s);
-    return 0;
+    return rc;
 }
 
 /* ---- cancellations ---- */
 
 #define CANCELLATION_COLUMNS "id, order_id, delivery_id, payment_id"
 
-static void read_cancellation(sqlite3_stmt *s, void *out)
+static int read_cancellation(sqlite3_stmt *s, void *out)
 {
     cancellation *c = out;
     c->id = sqlite3_column_int64(s, 0);
     c->order_id = sqlite3_column_int64(s, 1);
     c->delivery_id = sqlite3_column_int64(s, 2);
     c->payment_id = sqlite3_column_int64(s, 3);
+    return 0;
 }
 
 int cancellation_store_insert(store *st, cancellation *c)
@@ -255,21 +219,22 @@ int cancellation_store_insert(store *st, cancellation *c)
 
 int cancellation_store_get(store *st, long long id, cancellation *out)
 {
-    return find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE id = ?1",
-                    id, read_cancellation, out, "read cancellation");
+    return store_find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE id = ?1",
+                          id, read_cancellation, out, "read cancellation");
 }
 
 int cancellation_store_find_by_order(store *st, long long order_id, cancellation *out)
 {
-    return find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM cancellations WHERE order_id = ?1",
-                    order_id, read_cancellation, out, "find cancellation by order");
+    return store_find_one(st, "SELECT " CANCELLATION_COLUMNS
+                              " FROM cancellations WHERE order_id = ?1",
+                          order_id, read_cancellation, out, "find cancellation by order");
 }
 
 long long cancellation_store_count(store *st)
 {
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM cancellations");
     if (!s) return -1;
-    return count_rows(st, s, "count cancellations");
+    return store_one_int(st, s, "count cancellations");
 }
 
 int cancellation_store_list(store *st, long offset, long limit,
@@ -280,13 +245,9 @@ int cancellation_store_list(store *st, long offset, long limit,
     if (!s) return -1;
     sqlite3_bind_int64(s, 1, limit);
     sqlite3_bind_int64(s, 2, offset);
+    cancellation c;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        cancellation c;
-        read_cancellation(s, &c);
+    while ((rc = store_next_row(st, s, read_cancellation, &c, "list cancellations")) > 0)
         visit(&c, arg);
-    }
-    if (rc != SQLITE_DONE) return fail(st, s, "list cancellations");
-    sqlite3_reset(s);
-    return 0;
+    return rc;
 }

@@ -64,12 +64,6 @@ store *order_store_open_path(const char *path)
     return store_open_path(path, order_migrations);
 }
 
-static void copy_text(char *dst, size_t size, sqlite3_stmt *s, int col)
-{
-    const unsigned char *t = sqlite3_column_text(s, col);
-    snprintf(dst, size, "%s", t ? (const char *)t : "");
-}
-
 /* Steps a statement that writes; returns rows changed or -1. */
 static int run_write(store *st, sqlite3_stmt *s, const char *what)
 {
@@ -82,55 +76,26 @@ static int run_write(store *st, sqlite3_stmt *s, const char *what)
     return sqlite3_changes(store_db(st));
 }
 
-/* Reads the current row of s into *out (a car, an intake or an order). */
-typedef void (*row_reader)(sqlite3_stmt *s, void *out);
-
-/* Steps s, a SELECT of at most one row: 1 and the row read into *out, 0
- * when there is none, -1 on error (logged, naming `what`). Resets s. */
-static int one_row(store *st, sqlite3_stmt *s, row_reader read, void *out, const char *what)
-{
-    int rc = sqlite3_step(s), found = 0;
-    if (rc == SQLITE_ROW) {
-        read(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"%s read failed\" error=\"%s\"", what, store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
-}
-
-static long long count_of(store *st, sqlite3_stmt *s)
-{
-    long long n = -1;
-    if (sqlite3_step(s) == SQLITE_ROW)
-        n = sqlite3_column_int64(s, 0);
-    else
-        log_error("msg=\"count failed\" error=\"%s\"", store_error(st));
-    sqlite3_reset(s);
-    return n;
-}
-
 /* ---- cars ---- */
 
 #define CAR_COLUMNS "id, name, location, daily_price, total, available"
 
-static void read_car(sqlite3_stmt *s, void *out)
+static int read_car(sqlite3_stmt *s, void *out)
 {
     car *c = out;
-    copy_text(c->id, sizeof c->id, s, 0);
-    copy_text(c->name, sizeof c->name, s, 1);
-    copy_text(c->location, sizeof c->location, s, 2);
+    store_column_text(s, 0, c->id, sizeof c->id);
+    store_column_text(s, 1, c->name, sizeof c->name);
+    store_column_text(s, 2, c->location, sizeof c->location);
     c->daily_price = sqlite3_column_int64(s, 3);
     c->total = sqlite3_column_int64(s, 4);
     c->available = sqlite3_column_int64(s, 5);
+    return 0;
 }
 
 long long car_store_count(store *st)
 {
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM cars");
-    return s ? count_of(st, s) : -1;
+    return s ? store_one_int(st, s, "car count") : -1;
 }
 
 int car_store_get(store *st, const char *id, car *out)
@@ -139,7 +104,7 @@ int car_store_get(store *st, const char *id, car *out)
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
-    return one_row(st, s, read_car, out, "car");
+    return store_one_row(st, s, read_car, out, "car read");
 }
 
 int car_store_list(store *st, long offset, long limit,
@@ -151,38 +116,38 @@ int car_store_list(store *st, long offset, long limit,
         return -1;
     sqlite3_bind_int64(s, 1, limit);
     sqlite3_bind_int64(s, 2, offset);
+    car c;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        car c;
-        read_car(s, &c);
+    while ((rc = store_next_row(st, s, read_car, &c, "car list")) > 0)
         each(&c, arg);
-    }
-    sqlite3_reset(s);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return rc;
 }
 
-int car_store_reserve(store *st, const char *id, long long qty)
+/* Runs sql, an UPDATE of the available count of car ?2 by ?1 cars: rows
+ * changed or -1. */
+static int update_available(store *st, const char *sql, const char *id, long long qty,
+                            const char *what)
 {
-    sqlite3_stmt *s = store_prepare(st, "UPDATE cars SET available = available - ?1"
-                                        " WHERE id = ?2 AND available >= ?1");
+    sqlite3_stmt *s = store_prepare(st, sql);
     if (!s)
         return -1;
     sqlite3_bind_int64(s, 1, qty);
     sqlite3_bind_text(s, 2, id, -1, SQLITE_TRANSIENT);
-    return run_write(st, s, "car reservation");
+    return run_write(st, s, what);
+}
+
+int car_store_reserve(store *st, const char *id, long long qty)
+{
+    return update_available(st, "UPDATE cars SET available = available - ?1"
+                                " WHERE id = ?2 AND available >= ?1", id, qty, "car reservation");
 }
 
 int car_store_release(store *st, const char *id, long long qty)
 {
     /* MIN(total, ...): a fleet file may have shrunk the model meanwhile.
      * A model removed from the fleet has no row left: nothing to release. */
-    sqlite3_stmt *s = store_prepare(st, "UPDATE cars SET available = MIN(total, available + ?1)"
-                                        " WHERE id = ?2");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, qty);
-    sqlite3_bind_text(s, 2, id, -1, SQLITE_TRANSIENT);
-    return run_write(st, s, "car release") < 0 ? -1 : 0;
+    return update_available(st, "UPDATE cars SET available = MIN(total, available + ?1)"
+                                " WHERE id = ?2", id, qty, "car release") < 0 ? -1 : 0;
 }
 
 int car_store_insert(store *st, const car *c)
@@ -241,25 +206,26 @@ int car_store_replace_end(store *st)
 #define INTAKE_COLUMNS "id, COALESCE(idempotency_key, ''), product_id, qty, customer_id, amount," \
                        " state, COALESCE(payment_id, 0), message, request_id"
 
-static void read_intake(sqlite3_stmt *s, void *out)
+static int read_intake(sqlite3_stmt *s, void *out)
 {
     intake *in = out;
     char state[24];
     in->id = sqlite3_column_int64(s, 0);
-    copy_text(in->idempotency_key, sizeof in->idempotency_key, s, 1);
-    copy_text(in->product_id, sizeof in->product_id, s, 2);
+    store_column_text(s, 1, in->idempotency_key, sizeof in->idempotency_key);
+    store_column_text(s, 2, in->product_id, sizeof in->product_id);
     in->qty = sqlite3_column_int64(s, 3);
-    copy_text(in->customer_id, sizeof in->customer_id, s, 4);
+    store_column_text(s, 4, in->customer_id, sizeof in->customer_id);
     in->amount = sqlite3_column_int64(s, 5);
-    copy_text(state, sizeof state, s, 6);
+    store_column_text(s, 6, state, sizeof state);
     if (!intake_state_parse(state, &in->state)) {
         log_error("msg=\"intake with an unknown state, treated as in doubt\" intake=%lld "
                   "state=\"%s\"", in->id, state);
         in->state = INTAKE_IN_DOUBT;
     }
     in->payment_id = sqlite3_column_int64(s, 7);
-    copy_text(in->message, sizeof in->message, s, 8);
-    copy_text(in->request_id, sizeof in->request_id, s, 9);
+    store_column_text(s, 8, in->message, sizeof in->message);
+    store_column_text(s, 9, in->request_id, sizeof in->request_id);
+    return 0;
 }
 
 int intake_store_insert(store *st, intake *in)
@@ -290,11 +256,8 @@ int intake_store_insert(store *st, intake *in)
 
 int intake_store_get(store *st, long long id, intake *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " INTAKE_COLUMNS " FROM intakes WHERE id = ?");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, id);
-    return one_row(st, s, read_intake, out, "intake");
+    return store_find_one(st, "SELECT " INTAKE_COLUMNS " FROM intakes WHERE id = ?", id,
+                          read_intake, out, "intake read");
 }
 
 int intake_store_find_by_key(store *st, const char *key, intake *out)
@@ -304,7 +267,7 @@ int intake_store_find_by_key(store *st, const char *key, intake *out)
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);
-    return one_row(st, s, read_intake, out, "intake");
+    return store_one_row(st, s, read_intake, out, "intake read");
 }
 
 int intake_store_forget_key(store *st, long long id)
@@ -365,15 +328,13 @@ int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, 
     sqlite3_bind_int(s, 3, limit);
     /* Collected first and handed over after the reset: each() may write. */
     intake batch[64];
-    int n = 0, rc = SQLITE_DONE;
-    while (n < (int)(sizeof batch / sizeof batch[0]) && (rc = sqlite3_step(s)) == SQLITE_ROW)
-        read_intake(s, &batch[n++]);
-    bool failed = n < (int)(sizeof batch / sizeof batch[0]) && rc != SQLITE_DONE;
-    sqlite3_reset(s);
-    if (failed) {
-        log_error("msg=\"unsettled intakes read failed\" error=\"%s\"", store_error(st));
+    int n = 0, rc = 0;
+    while (n < (int)(sizeof batch / sizeof batch[0]) &&
+           (rc = store_next_row(st, s, read_intake, &batch[n], "unsettled intakes read")) > 0)
+        n++;
+    sqlite3_reset(s);   /* a full batch leaves s on its last row */
+    if (rc < 0)
         return -1;
-    }
     for (int i = 0; i < n; i++)
         each(&batch[i], arg);
     return n;
@@ -383,16 +344,17 @@ int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, 
 
 #define ORDER_COLUMNS "id, product_id, qty, customer_id, amount, payment_id, status"
 
-static void read_order(sqlite3_stmt *s, void *out)
+static int read_order(sqlite3_stmt *s, void *out)
 {
     order *o = out;
     o->id = sqlite3_column_int64(s, 0);
-    copy_text(o->product_id, sizeof o->product_id, s, 1);
+    store_column_text(s, 1, o->product_id, sizeof o->product_id);
     o->qty = sqlite3_column_int64(s, 2);
-    copy_text(o->customer_id, sizeof o->customer_id, s, 3);
+    store_column_text(s, 3, o->customer_id, sizeof o->customer_id);
     o->amount = sqlite3_column_int64(s, 4);
     o->payment_id = sqlite3_column_int64(s, 5);
-    copy_text(o->status, sizeof o->status, s, 6);
+    store_column_text(s, 6, o->status, sizeof o->status);
+    return 0;
 }
 
 int order_store_insert(store *st, const order *o)
@@ -413,11 +375,8 @@ int order_store_insert(store *st, const order *o)
 
 int order_store_get(store *st, long long id, order *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?");
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, id);
-    return one_row(st, s, read_order, out, "order");
+    return store_find_one(st, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?", id,
+                          read_order, out, "order read");
 }
 
 int order_store_set_status(store *st, long long id, const char *from, const char *to)
@@ -442,7 +401,7 @@ long long order_store_count(store *st, const char *customer_id)
         return -1;
     if (customer_id)
         sqlite3_bind_text(s, 1, customer_id, -1, SQLITE_TRANSIENT);
-    return count_of(st, s);
+    return store_one_int(st, s, "order count");
 }
 
 int order_store_list(store *st, const char *customer_id, long offset, long limit,
@@ -458,12 +417,9 @@ int order_store_list(store *st, const char *customer_id, long offset, long limit
     sqlite3_bind_int64(s, 2, offset);
     if (customer_id)
         sqlite3_bind_text(s, 3, customer_id, -1, SQLITE_TRANSIENT);
+    order o;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        order o;
-        read_order(s, &o);
+    while ((rc = store_next_row(st, s, read_order, &o, "order list")) > 0)
         each(&o, arg);
-    }
-    sqlite3_reset(s);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return rc;
 }

@@ -50,65 +50,34 @@ store *payment_store_open_path(const char *path)
     return store_open_path(path, payment_migrations);
 }
 
-static void copy_text(char *dst, size_t size, sqlite3_stmt *s, int col)
-{
-    const unsigned char *t = sqlite3_column_text(s, col);
-    snprintf(dst, size, "%s", t ? (const char *)t : "");
-}
-
-/* Reads the current row of s into *out (a payment or a cancellation). */
-typedef void (*row_reader)(sqlite3_stmt *s, void *out);
-
-/* Runs sql, a SELECT of at most one row by its one parameter (an id or an
- * order id, both UNIQUE): 1 and the row read into *out, 0 when there is
- * none, -1 on error (logged, naming `what`). */
-static int find_one(store *st, const char *sql, long long key, row_reader read, void *out,
-                    const char *what)
-{
-    sqlite3_stmt *s = store_prepare(st, sql);
-    if (!s)
-        return -1;
-    sqlite3_bind_int64(s, 1, key);
-    int rc = sqlite3_step(s);
-    int found = 0;
-    if (rc == SQLITE_ROW) {
-        read(s, out);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        log_error("msg=\"%s read failed\" error=\"%s\"", what, store_error(st));
-        found = -1;
-    }
-    sqlite3_reset(s);
-    return found;
-}
-
 /* ---- payments ---- */
 
 #define PAYMENT_COLUMNS "id, order_id, product_id, qty, amount, card_last4, status, created_at"
 
-static void read_payment(sqlite3_stmt *s, void *out)
+static int read_payment(sqlite3_stmt *s, void *out)
 {
     payment *p = out;
     p->id = sqlite3_column_int64(s, 0);
     p->order_id = sqlite3_column_int64(s, 1);
-    copy_text(p->product_id, sizeof p->product_id, s, 2);
+    store_column_text(s, 2, p->product_id, sizeof p->product_id);
     p->qty = sqlite3_column_int64(s, 3);
     p->amount = sqlite3_column_int64(s, 4);
-    copy_text(p->card_last4, sizeof p->card_last4, s, 5);
-    copy_text(p->status, sizeof p->status, s, 6);
-    copy_text(p->created_at, sizeof p->created_at, s, 7);
+    store_column_text(s, 5, p->card_last4, sizeof p->card_last4);
+    store_column_text(s, 6, p->status, sizeof p->status);
+    store_column_text(s, 7, p->created_at, sizeof p->created_at);
+    return 0;
 }
 
 int payment_store_get(store *st, long long id, payment *out)
 {
-    return find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = ?", id,
-                    read_payment, out, "payment");
+    return store_find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = ?", id,
+                          read_payment, out, "payment read");
 }
 
 int payment_store_find_by_order(store *st, long long order_id, payment *out)
 {
-    return find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE order_id = ?", order_id,
-                    read_payment, out, "payment");
+    return store_find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE order_id = ?",
+                          order_id, read_payment, out, "payment read");
 }
 
 int payment_store_insert(store *st, payment *p)
@@ -127,7 +96,7 @@ int payment_store_insert(store *st, payment *p)
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         p->id = sqlite3_column_int64(s, 0);
-        copy_text(p->created_at, sizeof p->created_at, s, 1);
+        store_column_text(s, 1, p->created_at, sizeof p->created_at);
     } else {
         log_error("msg=\"payment insert failed\" order=%lld error=\"%s\"", p->order_id,
                   store_error(st));
@@ -152,19 +121,10 @@ int payment_store_set_status(store *st, long long id, const char *status)
     return 0;
 }
 
-static long long count_rows(store *st, const char *sql)
-{
-    sqlite3_stmt *s = store_prepare(st, sql);
-    if (!s)
-        return -1;
-    long long n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
-    sqlite3_reset(s);
-    return n;
-}
-
 long long payment_store_count(store *st)
 {
-    return count_rows(st, "SELECT COUNT(*) FROM payments");
+    sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM payments");
+    return s ? store_one_int(st, s, "payment count") : -1;
 }
 
 int payment_store_list(store *st, long offset, long limit,
@@ -176,14 +136,11 @@ int payment_store_list(store *st, long offset, long limit,
         return -1;
     sqlite3_bind_int64(s, 1, limit);
     sqlite3_bind_int64(s, 2, offset);
+    payment p;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        payment p;
-        read_payment(s, &p);
+    while ((rc = store_next_row(st, s, read_payment, &p, "payment list")) > 0)
         each(&p, arg);
-    }
-    sqlite3_reset(s);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return rc;
 }
 
 /* ---- cancellations ---- */
@@ -191,30 +148,32 @@ int payment_store_list(store *st, long offset, long limit,
 #define CANCELLATION_COLUMNS \
     "id, order_id, payment_id, product_id, qty, amount, status, created_at"
 
-static void read_cancellation(sqlite3_stmt *s, void *out)
+static int read_cancellation(sqlite3_stmt *s, void *out)
 {
     payment_cancellation *c = out;
     c->id = sqlite3_column_int64(s, 0);
     c->order_id = sqlite3_column_int64(s, 1);
     c->payment_id = sqlite3_column_int64(s, 2);   /* NULL reads as 0 */
-    copy_text(c->product_id, sizeof c->product_id, s, 3);
+    store_column_text(s, 3, c->product_id, sizeof c->product_id);
     c->qty = sqlite3_column_int64(s, 4);
     c->amount = sqlite3_column_int64(s, 5);
-    copy_text(c->status, sizeof c->status, s, 6);
-    copy_text(c->created_at, sizeof c->created_at, s, 7);
+    store_column_text(s, 6, c->status, sizeof c->status);
+    store_column_text(s, 7, c->created_at, sizeof c->created_at);
+    return 0;
 }
 
 int cancellation_store_get(store *st, long long id, payment_cancellation *out)
 {
-    return find_one(st, "SELECT " CANCELLATION_COLUMNS " FROM payment_cancellations WHERE id = ?",
-                    id, read_cancellation, out, "cancellation");
+    return store_find_one(st, "SELECT " CANCELLATION_COLUMNS
+                              " FROM payment_cancellations WHERE id = ?",
+                          id, read_cancellation, out, "cancellation read");
 }
 
 int cancellation_store_find_by_order(store *st, long long order_id, payment_cancellation *out)
 {
-    return find_one(st, "SELECT " CANCELLATION_COLUMNS
-                        " FROM payment_cancellations WHERE order_id = ?",
-                    order_id, read_cancellation, out, "cancellation");
+    return store_find_one(st, "SELECT " CANCELLATION_COLUMNS
+                              " FROM payment_cancellations WHERE order_id = ?",
+                          order_id, read_cancellation, out, "cancellation read");
 }
 
 int cancellation_store_insert(store *st, payment_cancellation *c)
@@ -236,7 +195,7 @@ int cancellation_store_insert(store *st, payment_cancellation *c)
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         c->id = sqlite3_column_int64(s, 0);
-        copy_text(c->created_at, sizeof c->created_at, s, 1);
+        store_column_text(s, 1, c->created_at, sizeof c->created_at);
     } else {
         log_error("msg=\"cancellation insert failed\" order=%lld error=\"%s\"", c->order_id,
                   store_error(st));
@@ -247,7 +206,8 @@ int cancellation_store_insert(store *st, payment_cancellation *c)
 
 long long cancellation_store_count(store *st)
 {
-    return count_rows(st, "SELECT COUNT(*) FROM payment_cancellations");
+    sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM payment_cancellations");
+    return s ? store_one_int(st, s, "cancellation count") : -1;
 }
 
 int cancellation_store_list(store *st, long offset, long limit,
@@ -259,12 +219,9 @@ int cancellation_store_list(store *st, long offset, long limit,
         return -1;
     sqlite3_bind_int64(s, 1, limit);
     sqlite3_bind_int64(s, 2, offset);
+    payment_cancellation c;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        payment_cancellation c;
-        read_cancellation(s, &c);
+    while ((rc = store_next_row(st, s, read_cancellation, &c, "cancellation list")) > 0)
         each(&c, arg);
-    }
-    sqlite3_reset(s);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return rc;
 }

@@ -1,7 +1,7 @@
 /* test_store.c: the SQLite store: pragmas, migrations (once, in order, each
  * atomic, never shifted by the platform's tables), reopening, the statement
- * cache, the commit hook, rollback, stale read snapshots, and waiting for a
- * write lock another connection holds. */
+ * cache, the commit hook, rollback, stale read snapshots, waiting for a
+ * write lock another connection holds, and the row reading helpers. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +298,140 @@ static void test_store_open_in_data_dir(void)
     unsetenv("DB_PATH");
 }
 
+/* ---- row reading helpers ---- */
+
+struct test_car {
+    char id[8];
+    char name[6];       /* small on purpose: truncation */
+    long long price;
+};
+
+static int read_test_car(sqlite3_stmt *s, void *out)
+{
+    struct test_car *c = out;
+    store_column_text(s, 0, c->id, sizeof c->id);
+    store_column_text(s, 1, c->name, sizeof c->name);
+    c->price = sqlite3_column_int64(s, 2);
+    return 0;
+}
+
+/* A reader that refuses the car named 'Bad': a row the service cannot use. */
+static int read_picky_car(sqlite3_stmt *s, void *out)
+{
+    read_test_car(s, out);
+    return strcmp(((struct test_car *)out)->name, "Bad") == 0 ? -1 : 0;
+}
+
+static void test_row_helpers(const char *path)
+{
+    store *st = store_open_path(path, migrations_v2);
+    CHECK(st != NULL);
+    if (!st) return;
+    CHECK_INT(store_exec(st, "DELETE FROM car;"
+                             "INSERT INTO car (id, name, price) VALUES"
+                             " ('r1', 'Avante', 10), ('r2', 'Bad', 20), ('r3', 'K3', 30)"),
+              SQLITE_OK);
+
+    /* store_column_text: copies, truncates to the buffer, NULL reads as "". */
+    sqlite3_stmt *s = store_prepare(st, "SELECT 'Sonata', NULL, 'x'");
+    CHECK_INT(sqlite3_step(s), SQLITE_ROW);
+    char small[4] = "zzz", empty[8] = "zzz", one[8];
+    store_column_text(s, 0, small, sizeof small);
+    store_column_text(s, 1, empty, sizeof empty);
+    store_column_text(s, 2, one, sizeof one);
+    CHECK_STR(small, "Son");
+    CHECK_STR(empty, "");
+    CHECK_STR(one, "x");
+    sqlite3_reset(s);
+
+    /* store_one_row: found, not found, reader failure, SQL error; the
+     * statement is reset every time. */
+    struct test_car c;
+    memset(&c, 0, sizeof c);
+    s = store_prepare(st, "SELECT id, name, price FROM car WHERE id = ?");
+    sqlite3_bind_text(s, 1, "r1", -1, SQLITE_STATIC);
+    CHECK_INT(store_one_row(st, s, read_test_car, &c, "car read"), 1);
+    CHECK_STR(c.id, "r1");
+    CHECK_STR(c.name, "Avant");     /* "Avante" cut to the 6-byte buffer */
+    CHECK_INT(c.price, 10);
+    CHECK(!sqlite3_stmt_busy(s));
+
+    s = store_prepare(st, "SELECT id, name, price FROM car WHERE id = ?");
+    sqlite3_bind_text(s, 1, "nope", -1, SQLITE_STATIC);
+    CHECK_INT(store_one_row(st, s, read_test_car, &c, "car read"), 0);
+    CHECK_STR(c.id, "r1");          /* untouched */
+    CHECK(!sqlite3_stmt_busy(s));
+
+    s = store_prepare(st, "SELECT id, name, price FROM car WHERE id = ?");
+    sqlite3_bind_text(s, 1, "r2", -1, SQLITE_STATIC);
+    CHECK_INT(store_one_row(st, s, read_picky_car, &c, "car read"), -1);
+    CHECK(!sqlite3_stmt_busy(s));
+
+    /* A run-time error (not a prepare error): abs() of the smallest integer
+     * overflows when the row is computed. */
+    s = store_prepare(st, "SELECT id, name, abs(-9223372036854775807 - 1) FROM car");
+    CHECK(s != NULL);
+    if (s) {
+        CHECK_INT(store_one_row(st, s, read_test_car, &c, "overflowing read"), -1);
+        CHECK(!sqlite3_stmt_busy(s));
+    }
+
+    /* store_find_one: prepares and binds the integer key itself. */
+    memset(&c, 0, sizeof c);
+    CHECK_INT(store_find_one(st, "SELECT id, name, price FROM car WHERE price = ?", 30,
+                             read_test_car, &c, "car by price"), 1);
+    CHECK_STR(c.id, "r3");
+    CHECK_STR(c.name, "K3");
+    CHECK_INT(store_find_one(st, "SELECT id, name, price FROM car WHERE price = ?", 31,
+                             read_test_car, &c, "car by price"), 0);
+    CHECK_STR(c.id, "r3");          /* untouched */
+    CHECK_INT(store_find_one(st, "SELEKT nothing", 1, read_test_car, &c, "car by price"), -1);
+
+    /* store_next_row: every row in order, then 0 and a reset statement. */
+    s = store_prepare(st, "SELECT id, name, price FROM car ORDER BY id");
+    char seen[64] = "";
+    long long total = 0;
+    int rc;
+    while ((rc = store_next_row(st, s, read_test_car, &c, "car list")) > 0) {
+        strncat(seen, c.id, sizeof seen - strlen(seen) - 1);
+        total += c.price;
+        CHECK(sqlite3_stmt_busy(s));    /* still on the row while visited */
+    }
+    CHECK_INT(rc, 0);
+    CHECK_STR(seen, "r1r2r3");
+    CHECK_INT(total, 60);
+    CHECK(!sqlite3_stmt_busy(s));
+
+    /* ... and stops with -1 at a row its reader refuses. */
+    s = store_prepare(st, "SELECT id, name, price FROM car ORDER BY id");
+    int rows = 0;
+    while ((rc = store_next_row(st, s, read_picky_car, &c, "car list")) > 0) rows++;
+    CHECK_INT(rc, -1);
+    CHECK_INT(rows, 1);
+    CHECK(!sqlite3_stmt_busy(s));
+
+    /* store_one_int: the value, or -1 on error; reset either way. */
+    s = store_prepare(st, "SELECT COUNT(*) FROM car WHERE price >= ?");
+    sqlite3_bind_int64(s, 1, 20);
+    CHECK_INT(store_one_int(st, s, "car count"), 2);
+    CHECK(!sqlite3_stmt_busy(s));
+    s = store_prepare(st, "SELECT abs(-9223372036854775807 - 1)");
+    CHECK(s != NULL);
+    if (s) {
+        CHECK_INT(store_one_int(st, s, "overflowing count"), -1);
+        CHECK(!sqlite3_stmt_busy(s));
+    }
+    s = store_prepare(st, "SELECT 1 FROM car WHERE 0");     /* no row at all */
+    CHECK_INT(store_one_int(st, s, "empty count"), -1);
+
+    /* Nothing left open: a write transaction from another connection and
+     * then one from this one both go through. */
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(store_exec(st, "DELETE FROM car WHERE id LIKE 'r%'"), SQLITE_OK);
+    CHECK_INT(store_commit(st), SQLITE_OK);
+    store_close(st);
+}
+
 int main(void)
 {
     log_init("test_store");
@@ -311,6 +445,8 @@ int main(void)
     test_transactions(path);
     test_waits_for_write_lock(path);
     test_store_open_in_data_dir();
+    snprintf(path, sizeof path, "%s/rows.db", dir);
+    test_row_helpers(path);
 
     temp_dir_remove(dir);
     return test_done("test_store");
