@@ -674,8 +674,11 @@ static void test_bulkhead(void)
     int port;
     int silent = raw_socket(64, &port);
     collector col = { 0 };
+    /* The queued call's wait (100 ms) ends before the calls on the wire time
+     * out (300 ms): timers fire in deadline order however late the loop
+     * runs, so the queued call never gets a freed slot. */
     http_client_opts o = { .pool_size = 2, .max_inflight = 2, .max_queue = 1,
-                           .timeout_ms = 300, .retries = -1,
+                           .timeout_ms = 300, .max_queue_wait_ms = 100, .retries = -1,
                            .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
     http_client *c = client_named("bulk", port, "", &o);
     for (int i = 0; i < 5; i++)
@@ -684,8 +687,8 @@ static void test_bulkhead(void)
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 2);
     CHECK(wait_for(&col.done, 5, 10000));
     CHECK_INT(col.sync_calls, 0);
-    /* 2 on the wire time out; the queued one waited max_queue_wait_ms
-     * (= timeout_ms) and was never sent: busy; the last 2 are refused, first */
+    /* 2 on the wire time out; the queued one waited max_queue_wait_ms and
+     * was never sent: busy; the last 2 are refused, first */
     for (int i = 0; i < 2; i++)
         CHECK_INT(col.a[i].result, HTTPC_TIMEOUT);
     CHECK_INT(col.a[2].result, HTTPC_BUSY);

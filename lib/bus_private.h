@@ -1,0 +1,139 @@
+/* bus_private.h: what bus.c, outbox.c and consumer.c share, and nothing
+ * else includes: the bus object, the batches handed to the loop, and the
+ * functions one file calls in another. bus.h stays the public interface.
+ *
+ * Locking: `mu` guards the fields of struct bus from `stopping` to the
+ * queue and `cond` is broadcast on any change of them; `pub_mu` guards the
+ * relay's pending rows, which the publish-ack callback (a nats.c thread)
+ * marks. */
+#ifndef CARSHARE_BUS_PRIVATE_H
+#define CARSHARE_BUS_PRIVATE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <nats/nats.h>
+
+#include "bus.h"
+
+#define STREAM_NAME       "carshare"
+#define SUBJECT_PREFIX    "carshare."
+#define STREAM_SUBJECTS   "carshare.>"
+#define RELAY_BATCH       256       /* outbox rows published per round trip */
+#define MAX_RETRY_DELAY_MS 30000
+#define NS_PER_S          1000000000LL
+
+struct handler {
+    char *event_type;
+    bus_handler fn;
+    void *arg;
+};
+
+/* What the fetch thread must answer for one message. */
+enum settle { SETTLE_NONE, SETTLE_ACK, SETTLE_NAK };
+
+struct delivery {
+    natsMsg *msg;
+    enum settle settle;
+    int64_t nak_delay_ms;
+};
+
+enum batch_kind { BATCH_CONSUME, BATCH_REPLAY, BATCH_REPLAY_DONE };
+
+/* A unit of work handed to the loop. CONSUME and REPLAY batches live on
+ * their worker's stack and are unlinked by the loop when complete (or by
+ * the worker when stopping); a REPLAY_DONE batch is heap-allocated and
+ * freed by whoever takes it off the queue. */
+struct batch {
+    enum batch_kind kind;
+    struct delivery *items;
+    int n;
+    int next;           /* first item not applied yet */
+    bool busy;          /* the loop is applying a slice outside the lock */
+    bool complete;
+    struct batch *link;
+};
+
+struct replay {
+    bus_handler fn;
+    void *arg;
+    void (*done)(void *arg, bool ok, long count);
+    pthread_t thread;
+    bool joinable;      /* thread started and not joined yet */
+    bool active;        /* started and done() not called yet */
+    bool reached_end;   /* set by the thread: every event up to the last was handed over */
+    long count;         /* events applied (loop thread) */
+    long failures;      /* events whose handler failed (loop thread) */
+};
+
+/* The relay's view of the batch being published; the ack callback (a nats.c
+ * thread) marks rows under pub_mu. */
+struct pending_row {
+    long long seq;
+    char event_id[40];
+    bool acked;
+};
+
+struct bus {
+    struct event_base *base;
+    store *st;
+    char *service;
+    char *durable;      /* consumer name: the service name without . * > or spaces */
+    char *db_path;
+    char *url;
+    long poll_ms, max_deliver, retry_ms;
+
+    struct handler *handlers;
+    size_t nhandlers;
+
+    pthread_t relay_thread, fetch_thread;
+    bool relay_started, fetch_started, started, stopped;
+
+    pthread_mutex_t mu;         /* guards everything below up to the queue */
+    pthread_cond_t cond;        /* broadcast on any change of those fields */
+    bool stopping;
+    bool wake_relay;            /* a commit happened, or setup is wanted */
+    bool need_setup;            /* (re)connected: create stream and consumer */
+    bool closed;                /* the connection's closed callback ran */
+    unsigned setup_gen;         /* number of successful setups */
+    natsConnection *nc;         /* set once by the relay, closed by bus_stop */
+    struct batch *queue, *queue_tail;
+    struct replay replay;
+
+    atomic_bool ready;          /* connected and set up: the readiness check */
+    struct event *inbox;
+
+    pthread_mutex_t pub_mu;
+    struct pending_row *pending;
+    int npending;
+    int pending_hint;
+    char last_pub_error[160];
+};
+
+/* bus.c: small helpers shared by the three files. */
+bool bus_deadline_passed(const struct timespec *deadline);
+struct timespec bus_deadline_in(long ms);
+bool bus_is_stopping(bus *b);
+double bus_now_seconds(void);
+const char *bus_nats_error_text(natsStatus s, jsErrCode jerr, char *buf, size_t len);
+bool bus_valid_event_type(const char *t);
+
+/* bus.c: the connection (run by the relay thread). */
+void bus_request_setup(bus *b);
+natsConnection *bus_connect(bus *b);
+bool bus_setup_stream(bus *b, jsCtx *js);
+
+/* outbox.c: the relay thread. */
+void *bus_relay_main(void *arg);
+
+/* consumer.c: the fetch thread, the loop side of the hand-off, replay. */
+void *bus_fetch_main(void *arg);
+void bus_on_inbox(evutil_socket_t fd, short what, void *arg);
+void bus_unlink_batch(bus *b, struct batch *batch);
+void bus_finish_replay(bus *b);
+
+#endif

@@ -1,0 +1,859 @@
+/* consumer.c: the idempotent consumer (fetch thread, hand-off to the loop,
+ * applying with processed_events), dead letters with their
+ * GET /admin/deadLetters route, and replay (see bus.h for the contract and
+ * bus.c for the threads and the connection).
+ *
+ * Hand-off. Workers append a batch to a queue guarded by `mu` and activate
+ * a pre-created event (`inbox`, safe from any thread because service_new
+ * made the loop thread-aware). The loop applies a slice of the batch per
+ * turn, so HTTP requests interleave with a large backlog, and broadcasts
+ * `cond` when a batch is complete. A slice is one transaction on the
+ * service's store (one fsync, not one per event) and each event in it a
+ * savepoint: skip it if its eventId is in processed_events, else run the
+ * handler and record the eventId, so effect and bookkeeping commit
+ * together, and a failing handler undoes only its own writes. Acks are
+ * sent only after the commit.
+ *
+ * Failures. A handler failure rolls back and the message is nak'ed with an
+ * exponential delay; the BUS_MAX_DELIVER-th failed delivery (NumDelivered
+ * from the message metadata) is written to dead_letters and acked. The
+ * server-side consumer has no MaxDeliver of its own: if the process died
+ * between failing and dead-lettering, the server must deliver again.
+ *
+ * Environment: BUS_MAX_DELIVER (5), BUS_RETRY_MS (200: first redelivery
+ * delay, doubled at each delivery, at most 30 s), read by bus_new. */
+#include "bus.h"
+#include "bus_private.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <nats/nats.h>
+
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "rep.h"
+
+#define FETCH_BATCH       64        /* messages per pull */
+#define FETCH_WAIT_MS     500       /* also bounds how long bus_stop waits */
+#define REPLAY_BATCH      256
+#define APPLY_PER_TURN    64        /* messages applied per loop callback */
+
+/* ---- small helpers ---- */
+
+/* Sleeps up to ms unless stopping; returns false when stopping. */
+static bool pause_unless_stopping(bus *b, long ms)
+{
+    struct timespec deadline = bus_deadline_in(ms);
+    pthread_mutex_lock(&b->mu);
+    while (!b->stopping && !bus_deadline_passed(&deadline))
+        pthread_cond_timedwait(&b->cond, &b->mu, &deadline);
+    bool go_on = !b->stopping;
+    pthread_mutex_unlock(&b->mu);
+    return go_on;
+}
+
+/* The Prometheus label for an event type chosen by whoever published:
+ * only names that are safe inside a label value, else "other". */
+static void event_label(const char *event_type, char *out, size_t len)
+{
+    bool safe = event_type && *event_type && strlen(event_type) <= 40;
+    for (const char *p = event_type; safe && *p; p++)
+        safe = isalnum((unsigned char)*p) || *p == '_';
+    snprintf(out, len, "event=\"%s\"", safe ? event_type : "other");
+}
+
+/* An id that can be written unquoted in a log line: eventIds are UUIDs and
+ * request ids tokens; anything else that arrives is not trusted as one. */
+static bool plain_id(const char *s)
+{
+    if (!s || !*s || strlen(s) > 64) return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("-_.:", *s)) return false;
+    return true;
+}
+
+/* ---- the hand-off to the loop ---- */
+
+void bus_unlink_batch(bus *b, struct batch *batch)
+{
+    struct batch **p = &b->queue, *prev = NULL;
+    while (*p && *p != batch) {
+        prev = *p;
+        p = &(*p)->link;
+    }
+    if (!*p) return;
+    *p = batch->link;
+    if (b->queue_tail == batch) b->queue_tail = prev;
+    batch->link = NULL;
+}
+
+static void enqueue_locked(bus *b, struct batch *batch)
+{
+    batch->link = NULL;
+    if (b->queue_tail) b->queue_tail->link = batch;
+    else b->queue = batch;
+    b->queue_tail = batch;
+}
+
+/* Worker side: hands batch to the loop and waits until it is applied, or
+ * until stop, in which case the batch is taken back (batch->next tells how
+ * far the loop got). Returns true when complete. */
+static bool run_on_loop(bus *b, struct batch *batch)
+{
+    pthread_mutex_lock(&b->mu);
+    if (b->stopping) {
+        pthread_mutex_unlock(&b->mu);
+        return false;
+    }
+    enqueue_locked(b, batch);
+    pthread_mutex_unlock(&b->mu);
+    event_active(b->inbox, EV_READ, 0);
+
+    pthread_mutex_lock(&b->mu);
+    while (!batch->complete && !b->stopping) pthread_cond_wait(&b->cond, &b->mu);
+    while (batch->busy) pthread_cond_wait(&b->cond, &b->mu);
+    if (!batch->complete) bus_unlink_batch(b, batch);
+    bool complete = batch->complete;
+    pthread_mutex_unlock(&b->mu);
+    return complete;
+}
+
+static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, int k);
+
+/* Loop side: applies a slice of up to APPLY_PER_TURN messages of the first
+ * batch, in one transaction, then yields to the other events of the loop
+ * and comes back for the rest. */
+void bus_on_inbox(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bus *b = arg;
+    pthread_mutex_lock(&b->mu);
+    struct batch *batch = b->stopping ? NULL : b->queue;
+    if (batch && batch->kind == BATCH_REPLAY_DONE) {
+        bus_unlink_batch(b, batch);
+        pthread_mutex_unlock(&b->mu);
+        free(batch);
+        bus_finish_replay(b);
+        pthread_mutex_lock(&b->mu);
+    } else if (batch) {
+        int k = batch->n - batch->next;
+        if (k > APPLY_PER_TURN) k = APPLY_PER_TURN;
+        struct delivery *slice = &batch->items[batch->next];
+        enum batch_kind kind = batch->kind;
+        batch->busy = true;
+        pthread_mutex_unlock(&b->mu);
+        if (k > 0) apply_slice(b, kind, slice, k);
+        pthread_mutex_lock(&b->mu);
+        batch->busy = false;
+        batch->next += k;
+        if (batch->next == batch->n) {
+            bus_unlink_batch(b, batch);
+            batch->complete = true;
+        }
+        pthread_cond_broadcast(&b->cond);
+    }
+    bool more = b->queue && !b->stopping;
+    pthread_mutex_unlock(&b->mu);
+    /* Come back on the next turn of the loop, not this one: an event
+     * activated from its own callback runs again in the same pass, which
+     * would starve HTTP requests while a backlog drains. A zero timeout
+     * goes through the timer heap, so the loop polls sockets first. */
+    static const struct timeval next_turn = {0, 0};
+    if (more) event_add(b->inbox, &next_turn);
+}
+
+/* ---- applying events (loop thread) ---- */
+
+static const struct handler *find_handler(const bus *b, const char *event_type)
+{
+    for (size_t i = 0; i < b->nhandlers; i++)
+        if (strcmp(b->handlers[i].event_type, event_type) == 0) return &b->handlers[i];
+    return NULL;
+}
+
+/* What the loop knows about one received message. */
+struct received {
+    json_t *event;              /* owned; NULL if the data is not a JSON object */
+    const char *event_type;
+    const char *event_id;
+    const char *subject;
+    const char *request_id;     /* header, else the eventId, else "-" */
+    uint64_t deliveries;
+    uint64_t stream_seq;
+};
+
+static void read_message(natsMsg *msg, struct received *r)
+{
+    memset(r, 0, sizeof *r);
+    r->subject = natsMsg_GetSubject(msg);
+    r->event = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    if (r->event && !json_is_object(r->event)) {
+        json_decref(r->event);
+        r->event = NULL;
+    }
+    if (r->event) {
+        r->event_type = json_string_value(json_object_get(r->event, "eventType"));
+        r->event_id = json_string_value(json_object_get(r->event, "eventId"));
+    }
+    if (!bus_valid_event_type(r->event_type)) {
+        const char *from_subject = r->subject && strncmp(r->subject, SUBJECT_PREFIX,
+                                                         strlen(SUBJECT_PREFIX)) == 0
+                                       ? r->subject + strlen(SUBJECT_PREFIX) : NULL;
+        r->event_type = bus_valid_event_type(from_subject) ? from_subject : "unknown";
+    }
+    if (!plain_id(r->event_id)) r->event_id = NULL;     /* dead-lettered as not an event */
+    if (natsMsgHeader_Get(msg, "X-Request-Id", &r->request_id) != NATS_OK || !plain_id(r->request_id))
+        r->request_id = r->event_id ? r->event_id : "-";
+
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+        r->deliveries = meta->NumDelivered;
+        r->stream_seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+    }
+}
+
+static bool already_processed(store *st, const char *event_id)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT 1 FROM processed_events WHERE event_id = ?");
+    if (!s) return false;
+    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    bool found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    return found;
+}
+
+static bool mark_processed(store *st, const char *event_id, const char *event_type)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "INSERT INTO processed_events (event_id, event_type) VALUES (?, ?)");
+    if (!s) return false;
+    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, event_type, -1, SQLITE_STATIC);
+    bool ok = sqlite3_step(s) == SQLITE_DONE;
+    sqlite3_reset(s);
+    return ok;
+}
+
+/* Sets the event aside for an operator. True when it is safely stored. */
+static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const char *error)
+{
+    char fallback_id[48];
+    const char *id = r->event_id;
+    if (!id) {
+        snprintf(fallback_id, sizeof fallback_id, "stream-seq-%llu", (unsigned long long)r->stream_seq);
+        id = fallback_id;
+    }
+    if (store_begin(b->st) != SQLITE_OK) return false;
+    sqlite3_stmt *s = store_prepare(b->st,
+        "INSERT OR IGNORE INTO dead_letters (event_id, event_type, subject, payload, request_id,"
+        " deliveries, error, stream_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    bool ok = false;
+    if (s) {
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, r->event_type, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, r->subject ? r->subject : "", -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, natsMsg_GetData(msg), natsMsg_GetDataLength(msg), SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, r->request_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 6, (sqlite3_int64)r->deliveries);
+        sqlite3_bind_text(s, 7, error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 8, (sqlite3_int64)r->stream_seq);
+        ok = sqlite3_step(s) == SQLITE_DONE;
+        sqlite3_reset(s);
+    }
+    if (!ok) {
+        store_rollback(b->st);
+        return false;
+    }
+    if (store_commit(b->st) != SQLITE_OK) return false;
+    char q[300];
+    log_error("event=%s id=%s req=%s seq=%llu delivery=%llu result=dead_letter error=%s",
+              r->event_type, id, r->request_id, (unsigned long long)r->stream_seq,
+              (unsigned long long)r->deliveries, log_quote(q, sizeof q, error));
+    metrics_counter_add("carshare_bus_dead_letters_total", "", 1);
+    return true;
+}
+
+/* A failed delivery: retried later with a growing delay, or set aside. */
+static void delivery_failed(bus *b, struct delivery *d, const struct received *r, const char *error)
+{
+    if (r->deliveries >= (uint64_t)b->max_deliver || !r->event || !r->event_id) {
+        /* A message that is not an event will never succeed: no retries. */
+        if (dead_letter(b, d->msg, r, error)) {
+            d->settle = SETTLE_ACK;
+            return;
+        }
+    }
+    int64_t delay = b->retry_ms;
+    for (uint64_t i = 1; i < r->deliveries && delay < MAX_RETRY_DELAY_MS; i++) delay *= 2;
+    if (delay > MAX_RETRY_DELAY_MS) delay = MAX_RETRY_DELAY_MS;
+    d->settle = SETTLE_NAK;
+    d->nak_delay_ms = delay;
+    char q[300];
+    log_warn("event=%s id=%s req=%s seq=%llu delivery=%llu result=failed retry_ms=%lld error=%s",
+             r->event_type, r->event_id ? r->event_id : "-", r->request_id,
+             (unsigned long long)r->stream_seq, (unsigned long long)r->deliveries,
+             (long long)delay, log_quote(q, sizeof q, error));
+}
+
+/* One message's fate within a slice. result is NULL while it failed. */
+struct outcome {
+    struct received r;
+    const char *result;     /* "applied" (needs the commit), "duplicate", "ignored", "skipped" */
+    char err[256];
+    double ms;
+};
+
+/* Each event runs inside a savepoint of the slice's transaction: a failing
+ * handler undoes only its own writes, and the slice still costs one commit
+ * (one fsync) instead of one per event. */
+static bool savepoint(store *st, const char *sql)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    bool ok = s && sqlite3_step(s) == SQLITE_DONE;
+    if (s) sqlite3_reset(s);
+    return ok;
+}
+
+static void undo_event(store *st)
+{
+    savepoint(st, "ROLLBACK TO bus_event");
+    savepoint(st, "RELEASE bus_event");
+}
+
+static void fail(struct outcome *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct outcome *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    o->result = NULL;
+    vsnprintf(o->err, sizeof o->err, fmt, ap);
+    va_end(ap);
+}
+
+/* Consumes one event inside the slice's transaction. */
+static void consume_event(bus *b, struct outcome *o)
+{
+    const struct received *r = &o->r;
+    if (!r->event || !r->event_id) {
+        fail(o, "%s", "the message is not a JSON object with an eventId");
+        return;
+    }
+    const struct handler *h = find_handler(b, r->event_type);
+    if (!h) {                   /* not for this service */
+        o->result = "ignored";
+        return;
+    }
+    if (already_processed(b->st, r->event_id)) {
+        o->result = "duplicate";
+        return;
+    }
+    if (!savepoint(b->st, "SAVEPOINT bus_event")) {
+        fail(o, "cannot open a savepoint: %s", store_error(b->st));
+        return;
+    }
+    o->err[0] = '\0';
+    if (h->fn(b->st, r->event, r->request_id, h->arg, o->err, sizeof o->err) != 0) {
+        undo_event(b->st);
+        if (!o->err[0]) fail(o, "the %s handler failed", r->event_type);
+        o->result = NULL;
+        return;
+    }
+    if (!mark_processed(b->st, r->event_id, r->event_type)) {
+        fail(o, "cannot record the event as processed: %s", store_error(b->st));
+        undo_event(b->st);
+        return;
+    }
+    savepoint(b->st, "RELEASE bus_event");
+    o->result = "applied";
+}
+
+/* Replays one event inside the slice's transaction. */
+static void replay_event(bus *b, struct outcome *o)
+{
+    const struct received *r = &o->r;
+    if (!r->event || !r->event_id) {
+        /* Not an event (the consumer dead-lettered it): nothing to rebuild. */
+        o->result = "skipped";
+        return;
+    }
+    if (!savepoint(b->st, "SAVEPOINT bus_event")) {
+        fail(o, "cannot open a savepoint: %s", store_error(b->st));
+        return;
+    }
+    o->err[0] = '\0';
+    if (b->replay.fn(b->st, r->event, r->request_id, b->replay.arg, o->err, sizeof o->err) != 0) {
+        undo_event(b->st);
+        if (!o->err[0]) fail(o, "%s", "the replay handler failed");
+        o->result = NULL;
+        return;
+    }
+    savepoint(b->st, "RELEASE bus_event");
+    o->result = "applied";
+}
+
+/* After the commit: ack, retry or dead-letter each message, and log it. */
+static void settle_consumed(bus *b, struct delivery *d, struct outcome *o)
+{
+    const struct received *r = &o->r;
+    if (r->deliveries > 1) metrics_counter_add("carshare_bus_redeliveries_total", "", 1);
+    if (!o->result) {
+        delivery_failed(b, d, r, o->err);
+        return;
+    }
+    d->settle = SETTLE_ACK;
+    if (strcmp(o->result, "duplicate") == 0) {
+        metrics_counter_add("carshare_bus_duplicates_total", "", 1);
+    } else if (strcmp(o->result, "applied") == 0) {
+        /* Only types this service handles: whoever can publish cannot
+         * make the registry grow with made-up event types. */
+        char label[80];
+        event_label(r->event_type, label, sizeof label);
+        metrics_counter_add("carshare_bus_consumed_total", label, 1);
+    }
+    if (strcmp(o->result, "ignored") != 0)     /* every service sees every event */
+        log_info("event=%s id=%s req=%s seq=%llu delivery=%llu result=%s ms=%.2f", r->event_type,
+                 r->event_id, r->request_id, (unsigned long long)r->stream_seq,
+                 (unsigned long long)r->deliveries, o->result, o->ms);
+}
+
+static void settle_replayed(bus *b, struct outcome *o)
+{
+    if (o->result) {
+        if (strcmp(o->result, "applied") == 0) b->replay.count++;
+        return;
+    }
+    char q[300];
+    b->replay.failures++;
+    log_warn("event=%s id=%s seq=%llu result=replay_failed error=%s", o->r.event_type,
+             o->r.event_id ? o->r.event_id : "-", (unsigned long long)o->r.stream_seq,
+             log_quote(q, sizeof q, o->err));
+}
+
+/* Marks the applied events of out[from..to) as failed: their writes are gone. */
+static void lost_with_transaction(struct outcome *out, int from, int to, const char *why)
+{
+    for (int j = from; j < to; j++)
+        if (out[j].result && strcmp(out[j].result, "applied") == 0) fail(&out[j], "%s", why);
+}
+
+static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, int k)
+{
+    struct outcome out[APPLY_PER_TURN];
+    char why[300];
+    sqlite3 *db = store_db(b->st);
+    bool in_txn = store_begin(b->st) == SQLITE_OK;
+    int txn_start = 0;      /* first event whose writes ride on the open transaction */
+
+    for (int i = 0; i < k; i++) {
+        struct outcome *o = &out[i];
+        read_message(items[i].msg, &o->r);
+        o->result = NULL;
+        o->err[0] = '\0';
+        o->ms = 0;
+        if (!in_txn) {
+            fail(o, "cannot begin a transaction: %s", store_error(b->st));
+            continue;
+        }
+        double started = bus_now_seconds();
+        if (kind == BATCH_CONSUME) consume_event(b, o);
+        else replay_event(b, o);
+        o->ms = (bus_now_seconds() - started) * 1000.0;
+        if (sqlite3_get_autocommit(db)) {
+            /* SQLite aborted the whole transaction (I/O error, disk
+             * full...): the earlier events of the slice lost their writes. */
+            snprintf(why, sizeof why, "the transaction was aborted: %s", store_error(b->st));
+            lost_with_transaction(out, txn_start, i + 1, why);
+            in_txn = store_begin(b->st) == SQLITE_OK;
+            txn_start = i + 1;
+        }
+    }
+    if (in_txn && store_commit(b->st) != SQLITE_OK) {
+        snprintf(why, sizeof why, "commit failed: %s", store_error(b->st));
+        lost_with_transaction(out, txn_start, k, why);
+    }
+
+    for (int i = 0; i < k; i++) {
+        if (kind == BATCH_CONSUME) settle_consumed(b, &items[i], &out[i]);
+        else settle_replayed(b, &out[i]);
+        json_decref(out[i].r.event);
+    }
+}
+
+/* ---- consumer (fetch thread) ----
+ *
+ * nats.c 3.4.1's Fetch goes wrong when messages already wait in the
+ * subscription as it starts: messages delivered for the pull requests of
+ * earlier fetches, typically requests made while nats-server was away,
+ * kept in the reconnect buffer and sent at the reconnect (the server then
+ * serves all of them at once). Having taken c of those, it asks the server
+ * for batch - c more but waits until it holds exactly batch - c, so with
+ * c >= batch / 2 it keeps everything that arrives until the timeout:
+ * hundreds of messages for a batch of 64, past its own array and ours.
+ * Hence: no fetch while disconnected (no pull request is buffered), what
+ * already waits is taken by Fetch(1), which returns at once without asking
+ * the server when a message is there, and nothing here assumes that Fetch
+ * returned at most the batch. */
+
+/* The messages of one pull, owned here until settled. */
+struct pull {
+    struct delivery *items;
+    int n, cap;
+};
+
+/* Moves the messages of list into p and destroys list. On a failed
+ * allocation the messages are dropped unacknowledged: the server delivers
+ * them again after ACK_WAIT_S. */
+static void keep_messages(struct pull *p, natsMsgList *list)
+{
+    if (list->Count > p->cap - p->n) {
+        int cap = p->n + (list->Count > FETCH_BATCH ? list->Count : FETCH_BATCH);
+        struct delivery *items = realloc(p->items, (size_t)cap * sizeof *items);
+        if (!items) {
+            log_error("msg=\"out of memory: %d messages left for redelivery\"", list->Count);
+            natsMsgList_Destroy(list);
+            return;
+        }
+        p->items = items;
+        p->cap = cap;
+    }
+    for (int i = 0; i < list->Count; i++) {
+        p->items[p->n++] = (struct delivery){.msg = list->Msgs[i], .settle = SETTLE_NONE};
+        list->Msgs[i] = NULL;       /* ours now: natsMsgList_Destroy skips it */
+    }
+    natsMsgList_Destroy(list);
+}
+
+static int waiting_messages(natsSubscription *sub)
+{
+    int n = 0;
+    return natsSubscription_GetPending(sub, &n, NULL) == NATS_OK ? n : 0;
+}
+
+/* Pulls the next messages into p: a batch from the server when nothing
+ * waits in the subscription, else what waits, one message per Fetch. The
+ * status is the last Fetch's, or NATS_OK when p holds messages. */
+static natsStatus pull_messages(natsSubscription *sub, struct pull *p, jsErrCode *jerr)
+{
+    natsStatus s;
+    int batch = waiting_messages(sub) > 0 ? 1 : FETCH_BATCH;
+    do {
+        natsMsgList list = {0};
+        s = natsSubscription_Fetch(&list, sub, batch, FETCH_WAIT_MS, jerr);
+        if (list.Count == 0) {
+            natsMsgList_Destroy(&list);
+            break;
+        }
+        if (list.Count > batch)     /* should no longer happen: say so if it does */
+            log_warn("msg=\"fetch returned more messages than asked\" asked=%d got=%d", batch,
+                     list.Count);
+        keep_messages(p, &list);
+    } while (batch == 1 && p->n < FETCH_BATCH && waiting_messages(sub) > 0);
+    return p->n > 0 ? NATS_OK : s;
+}
+
+static void send_acks(struct delivery *items, int n)
+{
+    for (int i = 0; i < n; i++) {
+        switch (items[i].settle) {
+        case SETTLE_ACK: natsMsg_Ack(items[i].msg, NULL); break;
+        case SETTLE_NAK: natsMsg_NakWithDelay(items[i].msg, items[i].nak_delay_ms, NULL); break;
+        case SETTLE_NONE: natsMsg_Nak(items[i].msg, NULL); break;   /* not applied: stopping */
+        }
+    }
+}
+
+/* Blocks until the relay has set the stream up once; false when stopping. */
+static natsConnection *wait_until_set_up(bus *b)
+{
+    pthread_mutex_lock(&b->mu);
+    while (!b->stopping && b->setup_gen == 0) pthread_cond_wait(&b->cond, &b->mu);
+    natsConnection *nc = b->stopping ? NULL : b->nc;
+    pthread_mutex_unlock(&b->mu);
+    return nc;
+}
+
+void *bus_fetch_main(void *arg)
+{
+    bus *b = arg;
+    natsConnection *nc = wait_until_set_up(b);
+    jsCtx *js = NULL;
+    natsSubscription *sub = NULL;
+    int errors = 0;
+    char e[256];
+
+    if (nc && natsConnection_JetStream(&js, nc, NULL) != NATS_OK) js = NULL;
+    while (js && !bus_is_stopping(b)) {
+        if (!sub) {
+            jsSubOptions so;
+            jsSubOptions_Init(&so);
+            so.Stream = STREAM_NAME;
+            so.Consumer = b->durable;
+            jsErrCode jerr = 0;
+            natsStatus s = js_PullSubscribe(&sub, js, STREAM_SUBJECTS, b->durable, NULL, &so, &jerr);
+            if (s != NATS_OK) {
+                sub = NULL;
+                if (errors++ % 20 == 0)
+                    log_warn("msg=\"cannot bind to the consumer: retrying\" consumer=%s error=%s",
+                             b->durable, bus_nats_error_text(s, jerr, e, sizeof e));
+                if (errors % 5 == 0) bus_request_setup(b);
+                pause_unless_stopping(b, 500);
+                continue;
+            }
+        }
+
+        if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
+            /* A pull request now would wait in the reconnect buffer and
+             * be served with the backlog at the reconnect (see above). */
+            pause_unless_stopping(b, 100);
+            continue;
+        }
+        struct pull p = {0};
+        jsErrCode jerr = 0;
+        natsStatus s = pull_messages(sub, &p, &jerr);
+        if (p.n == 0) {
+            free(p.items);
+            if (s == NATS_TIMEOUT) {        /* nothing waiting */
+                errors = 0;
+                metrics_gauge_set("carshare_bus_consumer_lag", "", 0);
+                continue;
+            }
+            if (errors++ % 20 == 0)
+                log_warn("msg=\"fetch failed: retrying\" consumer=%s error=%s", b->durable,
+                         bus_nats_error_text(s, jerr, e, sizeof e));
+            if (errors % 5 == 0) {
+                /* Perhaps the consumer is gone: recreate it and rebind. */
+                natsSubscription_Destroy(sub);
+                sub = NULL;
+                bus_request_setup(b);
+            }
+            pause_unless_stopping(b, errors < 10 ? 100L * errors : 1000);
+            continue;
+        }
+        errors = 0;
+
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, p.items[p.n - 1].msg) == NATS_OK) {
+            metrics_gauge_set("carshare_bus_consumer_lag", "", (double)meta->NumPending);
+            jsMsgMetaData_Destroy(meta);
+        }
+        struct batch batch = {.kind = BATCH_CONSUME, .items = p.items, .n = p.n};
+        run_on_loop(b, &batch);
+        send_acks(p.items, p.n);        /* each message acked or nak'ed once */
+        for (int i = 0; i < p.n; i++) natsMsg_Destroy(p.items[i].msg);
+        free(p.items);
+    }
+    natsSubscription_Destroy(sub);
+    jsCtx_Destroy(js);
+    return NULL;
+}
+
+/* ---- replay (replay thread) ---- */
+
+void bus_finish_replay(bus *b)
+{
+    struct replay *r = &b->replay;
+    if (!r->active) return;
+    r->active = false;
+    bool ok = r->reached_end && r->failures == 0;
+    log_info("msg=\"replay finished\" ok=%d events=%ld failures=%ld", ok, r->count, r->failures);
+    if (r->done) r->done(r->arg, ok, r->count);
+}
+
+/* Reads the stream up to its last sequence at start; sets reached_end. */
+static void replay_stream(bus *b, natsConnection *nc)
+{
+    char e[256];
+    jsCtx *js = NULL;
+    jsStreamInfo *si = NULL;
+    natsSubscription *sub = NULL;
+    jsErrCode jerr = 0;
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK) return;
+
+    natsStatus s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
+    if (s != NATS_OK) {
+        log_error("msg=\"replay: cannot read the stream\" error=%s", bus_nats_error_text(s, jerr, e, sizeof e));
+        jsCtx_Destroy(js);
+        return;
+    }
+    uint64_t last = si->State.LastSeq, msgs = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    if (msgs == 0) {
+        b->replay.reached_end = true;
+        jsCtx_Destroy(js);
+        return;
+    }
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = STREAM_NAME;
+    so.Config.DeliverPolicy = js_DeliverAll;
+    so.Config.AckPolicy = js_AckAll;
+    so.Config.InactiveThreshold = 60 * NS_PER_S;   /* cleaned up if we die */
+    s = js_PullSubscribe(&sub, js, STREAM_SUBJECTS, NULL, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        log_error("msg=\"replay: cannot create a consumer\" error=%s", bus_nats_error_text(s, jerr, e, sizeof e));
+        jsCtx_Destroy(js);
+        return;
+    }
+
+    int cap = REPLAY_BATCH;
+    struct delivery *items = calloc((size_t)cap, sizeof *items);
+    int timeouts = 0;
+    while (items && !bus_is_stopping(b) && !b->replay.reached_end) {
+        natsMsgList list = {0};
+        s = natsSubscription_Fetch(&list, sub, REPLAY_BATCH, 1000, &jerr);
+        if (list.Count == 0) {
+            natsMsgList_Destroy(&list);
+            /* Messages up to `last` were deleted meanwhile (limits), or
+             * the server is gone: give up after a while. */
+            if (++timeouts >= 10) {
+                log_error("msg=\"replay: the stream stopped answering\" error=%s",
+                          bus_nats_error_text(s, jerr, e, sizeof e));
+                break;
+            }
+            continue;
+        }
+        timeouts = 0;
+        if (list.Count > cap) {     /* Fetch may return more than asked (see the consumer) */
+            struct delivery *more = realloc(items, (size_t)list.Count * sizeof *items);
+            if (!more) {
+                natsMsgList_Destroy(&list);
+                break;
+            }
+            items = more;
+            cap = list.Count;
+        }
+        int n = 0;
+        for (int i = 0; i < list.Count && !b->replay.reached_end; i++) {
+            jsMsgMetaData *meta = NULL;
+            uint64_t seq = 0, pending = 1;
+            if (natsMsg_GetMetaData(&meta, list.Msgs[i]) == NATS_OK) {
+                seq = meta->Sequence.Stream;
+                pending = meta->NumPending;
+                jsMsgMetaData_Destroy(meta);
+            }
+            if (seq > last) {
+                b->replay.reached_end = true;
+                break;
+            }
+            items[n++] = (struct delivery){.msg = list.Msgs[i]};
+            if (seq >= last || pending == 0) b->replay.reached_end = true;
+        }
+        struct batch batch = {.kind = BATCH_REPLAY, .items = items, .n = n};
+        bool complete = n == 0 || run_on_loop(b, &batch);
+        if (n > 0) natsMsg_Ack(items[n - 1].msg, NULL);
+        natsMsgList_Destroy(&list);
+        if (!complete) {
+            b->replay.reached_end = false;
+            break;
+        }
+    }
+    free(items);
+    natsSubscription_Unsubscribe(sub);   /* deletes the ephemeral consumer */
+    natsSubscription_Destroy(sub);
+    jsCtx_Destroy(js);
+}
+
+static void *replay_main(void *arg)
+{
+    bus *b = arg;
+    natsConnection *nc = wait_until_set_up(b);
+    if (nc) replay_stream(b, nc);
+
+    struct batch *done = calloc(1, sizeof *done);
+    pthread_mutex_lock(&b->mu);
+    if (done && !b->stopping) {
+        done->kind = BATCH_REPLAY_DONE;
+        enqueue_locked(b, done);
+        done = NULL;
+    }
+    pthread_mutex_unlock(&b->mu);
+    free(done);     /* stopping: bus_stop reports the result */
+    event_active(b->inbox, EV_READ, 0);
+    return NULL;
+}
+
+int bus_replay(bus *b, bus_handler h, void *arg, void (*done)(void *arg, bool ok, long count))
+{
+    if (!b->started || b->stopped || b->replay.active) return -1;
+    if (b->replay.joinable) {   /* the previous replay's thread has finished */
+        pthread_join(b->replay.thread, NULL);
+        b->replay.joinable = false;
+    }
+    b->replay = (struct replay){.fn = h, .arg = arg, .done = done, .active = true};
+    if (pthread_create(&b->replay.thread, NULL, replay_main, b) != 0) {
+        b->replay.active = false;
+        log_error("msg=\"cannot start the replay thread\"");
+        return -1;
+    }
+    b->replay.joinable = true;
+    log_info("msg=\"replay started\"");
+    return 0;
+}
+
+/* ---- GET /admin/deadLetters ---- */
+
+static json_t *dead_letter_item(sqlite3_stmt *s)
+{
+    const char *payload = (const char *)sqlite3_column_text(s, 4);
+    json_t *event = payload ? json_loads(payload, 0, NULL) : NULL;
+    if (!event) event = json_string(payload ? payload : "");
+    json_t *item = json_pack("{s:I, s:s, s:s, s:s, s:o, s:s?, s:I, s:s, s:I, s:s}",
+                             "id", (json_int_t)sqlite3_column_int64(s, 0),
+                             "eventId", (const char *)sqlite3_column_text(s, 1),
+                             "eventType", (const char *)sqlite3_column_text(s, 2),
+                             "subject", (const char *)sqlite3_column_text(s, 3),
+                             "event", event,
+                             "requestId", (const char *)sqlite3_column_text(s, 5),
+                             "deliveries", (json_int_t)sqlite3_column_int64(s, 6),
+                             "error", (const char *)sqlite3_column_text(s, 7),
+                             "streamSequence", (json_int_t)sqlite3_column_int64(s, 8),
+                             "createdAt", (const char *)sqlite3_column_text(s, 9));
+    return item;
+}
+
+static void dead_letters_route(http_req *req, void *arg)
+{
+    bus *b = arg;
+    long page, size;
+    if (!rep_page_query(req, &page, &size))
+        return;
+    long long total = -1;
+    sqlite3_stmt *s = store_prepare(b->st, "SELECT count(*) FROM dead_letters");
+    if (s && sqlite3_step(s) == SQLITE_ROW) total = sqlite3_column_int64(s, 0);
+    if (s) sqlite3_reset(s);
+    s = store_prepare(b->st,
+        "SELECT id, event_id, event_type, subject, payload, request_id, deliveries, error,"
+        " stream_seq, created_at FROM dead_letters ORDER BY id LIMIT ? OFFSET ?");
+    if (total < 0 || !s) {
+        http_reply_error(req, 500, "cannot read the dead letters: %s", store_error(b->st));
+        return;
+    }
+    sqlite3_bind_int64(s, 1, size);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)page * size);
+    json_t *items = json_array();
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) json_array_append_new(items, dead_letter_item(s));
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        json_decref(items);
+        http_reply_error(req, 500, "cannot read the dead letters: %s", store_error(b->st));
+        return;
+    }
+    rep_reply_collection(req, "deadLetters", items, page, size, total);
+}
+
+void bus_register_routes(bus *b, http_server *s)
+{
+    http_server_route(s, "GET", "/admin/deadLetters", dead_letters_route, b);
+}

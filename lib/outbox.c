@@ -1,0 +1,418 @@
+/* outbox.c: the transactional outbox (outbox_add) and its relay thread,
+ * which publishes the outbox to JetStream (see bus.h for the contract and
+ * bus.c for the threads and the connection, which the relay owns).
+ *
+ * The relay drains the outbox through its own SQLite connection. A batch
+ * of rows is pipelined with js_PublishMsgAsync, each carrying
+ * Nats-Msg-Id = eventId, then awaited with js_PublishAsyncComplete; only
+ * rows JetStream acknowledged are deleted. Anything else (timeout, error,
+ * server gone) is simply retried later with the same id: a timeout does
+ * not mean "not stored", and the server's duplicate window turns the retry
+ * into a no-op if it was. The relay remembers the highest seq acknowledged
+ * together with every row before it (rows commit in seq order: writes are
+ * serialized), reads only past it, and deletes up to it in one range
+ * statement, RELAY_DELETE_MS after the publish at most. A delete lost to a
+ * crash republishes the row, which the server (same Nats-Msg-Id) or the
+ * consumers (same eventId) discard.
+ *
+ * Environment: BUS_POLL_MS (1000), read by bus_new. */
+#include "bus.h"
+#include "bus_private.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nats/nats.h>
+
+#include "log.h"
+#include "metrics.h"
+
+/* How late published rows may be deleted. Deferring them (100 ms) cut the
+ * relay's writes, yet measured ~20% fewer rentals/s: the relay's frequent
+ * commits were where most WAL auto-checkpoints ran; deferred, the loop's
+ * commits run them instead, blocking requests (two fsyncs and the page
+ * copy). So: at once, the round after the publish. */
+#define RELAY_DELETE_MS   0
+#define PUBLISH_WAIT_MS   5000
+
+/* ---- the outbox (inside the service's transaction) ---- */
+
+int outbox_add(store *st, const char *event_type, const json_t *payload,
+               const char *request_id, char *event_id_out)
+{
+    if (!bus_valid_event_type(event_type) || !json_is_object(payload)) {
+        log_error("msg=\"outbox_add: bad event\" event=%s", event_type ? event_type : "(null)");
+        return -1;
+    }
+    if (sqlite3_get_autocommit(store_db(st))) {
+        /* Outside a transaction the event could be committed without the
+         * change it announces, or the other way round. */
+        log_error("msg=\"outbox_add called outside a transaction\" event=%s", event_type);
+        return -1;
+    }
+
+    char event_id[37], timestamp[15];
+    bus_uuid(event_id);
+    bus_timestamp(timestamp);
+
+    json_t *env = json_pack("{s:s, s:s, s:s}", "eventType", event_type, "timestamp", timestamp,
+                            "eventId", event_id);
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)payload, key, value) {
+        if (strcmp(key, "eventType") && strcmp(key, "timestamp") && strcmp(key, "eventId"))
+            json_object_set_new(env, key, json_deep_copy(value));
+    }
+    char *text = json_dumps(env, JSON_COMPACT);
+    json_decref(env);
+    if (!text) {
+        log_error("msg=\"outbox_add: cannot encode event\" event=%s", event_type);
+        return -1;
+    }
+
+    int rc = SQLITE_ERROR;
+    sqlite3_stmt *s = store_prepare(st,
+        "INSERT INTO outbox (event_id, event_type, payload, request_id) VALUES (?, ?, ?, ?)");
+    if (s) {
+        sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, event_type, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, text, -1, SQLITE_STATIC);
+        if (request_id) sqlite3_bind_text(s, 4, request_id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s);
+        sqlite3_reset(s);
+    }
+    free(text);
+    if (rc != SQLITE_DONE) {
+        char e[200];
+        log_error("msg=\"outbox_add: insert failed\" event=%s error=%s", event_type,
+                  log_quote(e, sizeof e, store_error(st)));
+        return -1;
+    }
+    if (event_id_out) memcpy(event_id_out, event_id, 37);
+    return 0;
+}
+
+/* ---- relay (relay thread) ---- */
+
+static void on_publish_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    bus *b = closure;
+    const char *id = NULL;
+    natsMsgHeader_Get(msg, "Nats-Msg-Id", &id);
+    pthread_mutex_lock(&b->pub_mu);
+    if (pa && id) {
+        /* Acks come back in order: start where the last one matched. */
+        for (int k = 0; k < b->npending; k++) {
+            int i = (b->pending_hint + k) % b->npending;
+            if (strcmp(b->pending[i].event_id, id) == 0) {
+                b->pending[i].acked = true;
+                b->pending_hint = (i + 1) % b->npending;
+                break;
+            }
+        }
+    } else if (pae) {
+        snprintf(b->last_pub_error, sizeof b->last_pub_error, "%s (status %d, js %d)",
+                 pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err), (int)pae->Err,
+                 (int)pae->ErrCode);
+    }
+    pthread_mutex_unlock(&b->pub_mu);
+    if (pae && (pae->Err == NATS_NO_RESPONDERS || pae->ErrCode == JSStreamNotFoundErr))
+        bus_request_setup(b);   /* the stream vanished (server restarted empty?) */
+    natsMsg_Destroy(msg);
+}
+
+/* The relay thread's bookkeeping of rows published but not yet deleted. */
+struct relay_marks {
+    long long published;        /* this row and every one before it are in JetStream */
+    long long deleted;          /* rows up to here are deleted */
+    double published_at;        /* when published first got ahead of deleted */
+};
+
+/* Loads up to RELAY_BATCH outbox rows past the published mark into
+ * b->pending and builds their messages in msgs. Returns the count, or -1
+ * on a database error. */
+static int load_outbox(bus *b, store *rs, natsMsg **msgs, const struct relay_marks *marks)
+{
+    sqlite3_stmt *s = store_prepare(rs,
+        "SELECT seq, event_id, event_type, payload, request_id FROM outbox WHERE seq > ? "
+        "ORDER BY seq LIMIT ?");
+    if (!s) return -1;
+    sqlite3_bind_int64(s, 1, marks->published);
+    sqlite3_bind_int(s, 2, RELAY_BATCH);
+    int n = 0, rc;
+    pthread_mutex_lock(&b->pub_mu);
+    while (n < RELAY_BATCH && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *event_id = (const char *)sqlite3_column_text(s, 1);
+        const char *event_type = (const char *)sqlite3_column_text(s, 2);
+        const char *payload = (const char *)sqlite3_column_text(s, 3);
+        const char *request_id = (const char *)sqlite3_column_text(s, 4);
+        char subject[128];
+        snprintf(subject, sizeof subject, SUBJECT_PREFIX "%s", event_type);
+        natsMsg *m = NULL;
+        if (natsMsg_Create(&m, subject, NULL, payload, sqlite3_column_bytes(s, 3)) != NATS_OK ||
+            natsMsgHeader_Set(m, "Nats-Msg-Id", event_id) != NATS_OK ||
+            (request_id && natsMsgHeader_Set(m, "X-Request-Id", request_id) != NATS_OK)) {
+            natsMsg_Destroy(m);
+            break;
+        }
+        b->pending[n].seq = sqlite3_column_int64(s, 0);
+        snprintf(b->pending[n].event_id, sizeof b->pending[n].event_id, "%s", event_id);
+        b->pending[n].acked = false;
+        msgs[n++] = m;
+    }
+    b->npending = n;
+    b->pending_hint = 0;
+    b->last_pub_error[0] = '\0';
+    pthread_mutex_unlock(&b->pub_mu);
+    sqlite3_reset(s);
+    return n;
+}
+
+static bool delete_published(bus *b, store *rs)
+{
+    if (store_begin(rs) != SQLITE_OK) return false;
+    sqlite3_stmt *s = store_prepare(rs, "DELETE FROM outbox WHERE seq = ?");
+    bool ok = s != NULL;
+    pthread_mutex_lock(&b->pub_mu);
+    for (int i = 0; ok && i < b->npending; i++) {
+        if (!b->pending[i].acked) continue;
+        sqlite3_reset(s);
+        sqlite3_bind_int64(s, 1, b->pending[i].seq);
+        ok = sqlite3_step(s) == SQLITE_DONE;
+    }
+    pthread_mutex_unlock(&b->pub_mu);
+    if (s) sqlite3_reset(s);
+    if (!ok) {
+        store_rollback(rs);
+        return false;
+    }
+    return store_commit(rs) == SQLITE_OK;
+}
+
+/* Deletes every row up to the published mark, in one short transaction. */
+static bool delete_through_mark(store *rs, struct relay_marks *marks)
+{
+    if (store_begin(rs) != SQLITE_OK) return false;
+    sqlite3_stmt *s = store_prepare(rs, "DELETE FROM outbox WHERE seq <= ?");
+    bool ok = s != NULL;
+    if (ok) {
+        sqlite3_bind_int64(s, 1, marks->published);
+        ok = sqlite3_step(s) == SQLITE_DONE;
+        sqlite3_reset(s);
+    }
+    if (!ok || store_commit(rs) != SQLITE_OK) {
+        char e[256];
+        store_rollback(rs);
+        log_error("msg=\"cannot delete published events from the outbox\" error=%s",
+                  log_quote(e, sizeof e, store_error(rs)));
+        marks->published_at = bus_now_seconds() + 1.0;     /* try again in a while */
+        return false;
+    }
+    marks->deleted = marks->published;
+    return true;
+}
+
+/* Milliseconds until the published rows are due for deletion (0: now), or
+ * -1 when there are none. */
+static long delete_due_in(const struct relay_marks *marks)
+{
+    if (marks->published <= marks->deleted) return -1;
+    double left = marks->published_at + RELAY_DELETE_MS / 1000.0 - bus_now_seconds();
+    return left <= 0 ? 0 : (long)(left * 1000.0) + 1;
+}
+
+/* Publishes one batch. Returns the number of rows published, or -1 when
+ * something failed (the rest is retried later). */
+static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
+{
+    natsMsg *msgs[RELAY_BATCH];
+    int n = load_outbox(b, rs, msgs, marks);
+    if (n <= 0) return n;
+
+    char e[256];
+    natsStatus s = NATS_OK;
+    for (int i = 0; i < n; i++) {
+        if (s == NATS_OK) s = js_PublishMsgAsync(js, &msgs[i], NULL);
+        natsMsg_Destroy(msgs[i]);   /* no-op once the library owns it */
+    }
+    if (s != NATS_OK) log_warn("msg=\"publish failed\" error=%s", bus_nats_error_text(s, 0, e, sizeof e));
+
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = PUBLISH_WAIT_MS;
+    if (js_PublishAsyncComplete(js, &po) != NATS_OK) {
+        /* Take the unanswered messages back: they are retried from the
+         * outbox with the same ids. */
+        natsMsgList unanswered = {0};
+        if (js_PublishAsyncGetPendingList(&unanswered, js) == NATS_OK) natsMsgList_Destroy(&unanswered);
+    }
+
+    int acked = 0;
+    pthread_mutex_lock(&b->pub_mu);
+    for (int i = 0; i < b->npending; i++) acked += b->pending[i].acked;
+    if (acked < n)
+        log_warn("msg=\"events not acknowledged by JetStream: will retry\" published=%d unconfirmed=%d "
+                 "error=%s", acked, n - acked,
+                 log_quote(e, sizeof e, b->last_pub_error[0] ? b->last_pub_error : "timeout"));
+    long long last_seq = n > 0 ? b->pending[n - 1].seq : 0;
+    pthread_mutex_unlock(&b->pub_mu);
+
+    if (acked == n) {
+        /* The whole batch, hence every row up to its last: delete later. */
+        if (marks->published <= marks->deleted) marks->published_at = bus_now_seconds();
+        marks->published = last_seq;
+        metrics_counter_add("carshare_bus_published_total", "", acked);
+    } else if (acked > 0) {
+        /* Holes: the acknowledged rows go now, the others are read again. */
+        if (!delete_published(b, rs)) {
+            /* Published but still in the outbox: they go again, and the
+             * duplicate window (or the consumers) absorb it. */
+            log_error("msg=\"cannot delete published events from the outbox\" error=%s",
+                      log_quote(e, sizeof e, store_error(rs)));
+            return -1;
+        }
+        metrics_counter_add("carshare_bus_published_total", "", acked);
+    }
+    return acked == n ? n : -1;
+}
+
+/* The rows not yet published (published ones may wait for their delete). */
+static void update_backlog(store *rs, const struct relay_marks *marks)
+{
+    sqlite3_stmt *s = store_prepare(rs, "SELECT count(*) FROM outbox WHERE seq > ?");
+    if (s) sqlite3_bind_int64(s, 1, marks->published);
+    if (s && sqlite3_step(s) == SQLITE_ROW)
+        metrics_gauge_set("carshare_bus_outbox_backlog", "", (double)sqlite3_column_int64(s, 0));
+    if (s) sqlite3_reset(s);
+}
+
+void *bus_relay_main(void *arg)
+{
+    bus *b = arg;
+    store *rs = NULL;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    long backoff = 0;
+    long delay = 0;         /* before the next round; 0 = at once */
+    bool set_up = false;    /* stream and consumer exist since the last (re)connect */
+    struct relay_marks marks = {0, 0, 0};
+
+    for (;;) {
+        long due = delete_due_in(&marks);
+        pthread_mutex_lock(&b->mu);
+        struct timespec deadline = bus_deadline_in(due >= 0 && due < delay ? due : delay);
+        while (!b->stopping && !b->wake_relay && !b->need_setup && !bus_deadline_passed(&deadline))
+            pthread_cond_timedwait(&b->cond, &b->mu, &deadline);
+        if (b->stopping) {
+            pthread_mutex_unlock(&b->mu);
+            break;
+        }
+        b->wake_relay = false;
+        if (b->need_setup) set_up = false;
+        b->need_setup = false;
+        pthread_mutex_unlock(&b->mu);
+
+        if (!rs) {
+            if (!(rs = store_open_path(b->db_path, NULL))) {
+                delay = 1000;
+                continue;
+            }
+            /* The relay only deletes what JetStream already holds: a
+             * delete lost in a crash republishes an event that the server
+             * (same Nats-Msg-Id) or the consumers (same eventId) discard.
+             * So its commits need no fsync, and it holds the write lock,
+             * which the loop's BEGIN IMMEDIATE waits for, only briefly.
+             * NORMAL, not OFF: in WAL mode both skip the fsync at commit,
+             * but a checkpoint run by this connection (auto-checkpoint
+             * at its commit) must still fsync the database file before
+             * the WAL is reused, or a power loss would lose the loop's
+             * acknowledged commits that the checkpoint copied. */
+            store_exec(rs, "PRAGMA synchronous=NORMAL");
+            /* The relay yields: SQLite's own backoff (1, 2, 5 ... ms)
+             * rather than the store's fast polling, so that when both wait
+             * for the write lock the loop, on which requests wait, gets
+             * it first, and the relay's deletes gather into fewer, larger
+             * transactions. */
+            sqlite3_busy_timeout(store_db(rs), 5000);
+        }
+        /* Whatever NATS is doing: rows published before an outage do not
+         * wait for it to end. */
+        if (delete_due_in(&marks) == 0) delete_through_mark(rs, &marks);
+        if (!nc) {
+            if (!(nc = bus_connect(b))) {
+                delay = 1000;
+                continue;
+            }
+            pthread_mutex_lock(&b->mu);
+            b->nc = nc;
+            pthread_cond_broadcast(&b->cond);
+            pthread_mutex_unlock(&b->mu);
+        }
+        if (!js) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = PUBLISH_WAIT_MS;
+            jo.PublishAsync.AckHandler = on_publish_ack;
+            jo.PublishAsync.AckHandlerClosure = b;
+            if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK) {
+                js = NULL;
+                delay = 1000;
+                continue;
+            }
+        }
+
+        update_backlog(rs, &marks);
+        if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
+            delay = b->poll_ms;     /* on_reconnected wakes us */
+            continue;
+        }
+        if (!set_up) {
+            if (!bus_setup_stream(b, js)) {
+                backoff = backoff ? (backoff * 2 > 5000 ? 5000 : backoff * 2) : 250;
+                delay = backoff;
+                continue;
+            }
+            set_up = true;
+            backoff = 0;
+            atomic_store(&b->ready, true);
+            metrics_gauge_set("carshare_bus_connected", "", 1);
+            pthread_mutex_lock(&b->mu);
+            b->setup_gen++;
+            pthread_cond_broadcast(&b->cond);
+            pthread_mutex_unlock(&b->mu);
+            log_info("msg=\"bus ready\" stream=%s consumer=%s", STREAM_NAME,
+                     b->nhandlers ? b->durable : "-");
+        }
+
+        int published = relay_batch(b, rs, js, &marks);
+        if (published < 0) {
+            backoff = backoff ? (backoff * 2 > 5000 ? 5000 : backoff * 2) : 100;
+            delay = backoff;
+        } else {
+            backoff = 0;
+            delay = published == RELAY_BATCH ? 0 : b->poll_ms;
+            if (published > 0) update_backlog(rs, &marks);
+        }
+    }
+
+    if (rs && marks.published > marks.deleted) delete_through_mark(rs, &marks);
+
+    if (js) {
+        /* Nothing is left in flight, but let late acks land before the
+         * context goes. */
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 100;
+        if (js_PublishAsyncComplete(js, &po) != NATS_OK) {
+            natsMsgList unanswered = {0};
+            if (js_PublishAsyncGetPendingList(&unanswered, js) == NATS_OK) natsMsgList_Destroy(&unanswered);
+        }
+        jsCtx_Destroy(js);
+    }
+    store_close(rs);
+    return NULL;
+}
