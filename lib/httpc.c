@@ -535,13 +535,16 @@ static void call_enqueue(httpc_call *hc)
 }
 
 /* A queued call whose wait ran out before a slot freed up: HTTPC_BUSY if it
- * was never sent, else (a retry) HTTPC_TIMEOUT. */
+ * was never sent, else (a retry) HTTPC_TIMEOUT. The breaker is not told:
+ * a call that never left says nothing of the upstream's health (the calls
+ * on the wire do), and counting our own load shedding as failures would
+ * let a burst open the breaker to an upstream that answers every call it
+ * gets. A retry's earlier failure was recorded when it happened. */
 static void queued_call_expire(httpc_call *hc)
 {
     http_client *c = hc->client;
     httpc_result result = hc->attempts == 0 ? HTTPC_BUSY : HTTPC_TIMEOUT;
     queue_remove(c, hc);
-    breaker_record(&c->breaker, false, now_ms());
     log_failure(hc, result, 0, hc->attempts == 0
                 ? "no connection became free within max_queue_wait_ms: not sent"
                 : "no connection became free for the retry within the timeout");

@@ -735,13 +735,18 @@ static void test_queue_wait_bound(void)
     int port;
     int silent = raw_socket(16, &port);
     collector col = { 0 };
+    /* a breaker that opens on the first failure: the queued call's expiry
+     * must not open it (it never reached the upstream); the timeout does */
     http_client_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = 600,
                            .max_queue_wait_ms = 100, .retries = -1,
-                           .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
+                           .breaker = { .consecutive_failures = 1, .min_calls = 100 } };
     http_client *c = client_named("qwait", port, "", &o);
     get(c, &col, 0, "/hello", true);   /* on the wire, never answered */
     get(c, &col, 1, "/hello", true);   /* queued */
+    CHECK(wait_for(&col.done, 1, 10000));
+    CHECK_INT(http_client_breaker(c)->state, BREAKER_CLOSED);
     CHECK(wait_for(&col.done, 2, 10000));
+    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
     CHECK_INT(col.a[1].result, HTTPC_BUSY);
     CHECK_INT(col.a[1].order, 0);      /* gave up waiting long before the timeout */
     CHECK_INT(col.a[0].result, HTTPC_TIMEOUT);
