@@ -338,6 +338,16 @@ void rep_reply_collection(http_req *r, const char *collection, json_t *items,
     free(self);
 }
 
+void rep_reply_found(http_req *r, int found, json_t *item, const char *what, const char *id)
+{
+    if (found < 0)
+        http_reply_error(r, 500, "could not read %s %s", what, id);
+    else if (!found)
+        http_reply_error(r, 404, "%s %s not found", what, id);
+    else
+        http_reply_json(r, 200, item);
+}
+
 void rep_reply_created(http_req *r, json_t *item)
 {
     const char *href = json_string_value(

@@ -88,4 +88,10 @@ void rep_reply_collection(http_req *r, const char *collection, json_t *items,
  * item. */
 void rep_reply_created(http_req *r, json_t *item);
 
+/* Answers a lookup by id from a store's result: found < 0 is a 500 ("could
+ * not read payment 7"), 0 a 404 ("payment 7 not found"), else 200 with item
+ * (stolen; pass NULL unless found > 0). `what` names the resource, `id` is
+ * its id as the client wrote it. */
+void rep_reply_found(http_req *r, int found, json_t *item, const char *what, const char *id);
+
 #endif

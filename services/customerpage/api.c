@@ -120,12 +120,8 @@ static void get_page(http_req *r, void *arg)
     long long id;
     customer_page p = { 0 };
     int found = rep_path_id(raw, &id) ? page_store_get(app->st, id, &p) : 0;
-    if (found < 0)
-        http_reply_error(r, 500, "could not read customer page %s: %s", raw, store_error(app->st));
-    else if (!found)
-        http_reply_error(r, 404, "customer page %s not found", raw);
-    else
-        http_reply_json(r, 200, page_item(&p, http_req_base_url(r)));
+    rep_reply_found(r, found, found > 0 ? page_item(&p, http_req_base_url(r)) : NULL,
+                    "customer page", raw);
     customer_page_clear(&p);
 }
 

@@ -99,12 +99,8 @@ static void get_delivery(http_req *r, void *arg)
     long long id;
     delivery d;
     int found = rep_path_id(raw, &id) ? delivery_store_get(st, id, &d) : 0;
-    if (found < 0)
-        http_reply_error(r, 500, "could not read delivery %s: %s", raw, store_error(st));
-    else if (!found)
-        http_reply_error(r, 404, "delivery %s not found", raw);
-    else
-        http_reply_json(r, 200, delivery_item(&d, http_req_base_url(r)));
+    rep_reply_found(r, found, found > 0 ? delivery_item(&d, http_req_base_url(r)) : NULL,
+                    "delivery", raw);
 }
 
 /* ---- cancellations ---- */
@@ -131,12 +127,8 @@ static void get_cancellation(http_req *r, void *arg)
     long long id;
     cancellation c;
     int found = rep_path_id(raw, &id) ? cancellation_store_get(st, id, &c) : 0;
-    if (found < 0)
-        http_reply_error(r, 500, "could not read cancellation %s: %s", raw, store_error(st));
-    else if (!found)
-        http_reply_error(r, 404, "cancellation %s not found", raw);
-    else
-        http_reply_json(r, 200, cancellation_item(&c, http_req_base_url(r)));
+    rep_reply_found(r, found, found > 0 ? cancellation_item(&c, http_req_base_url(r)) : NULL,
+                    "cancellation", raw);
 }
 
 /* POST /cancellations: the same command as the OrderCancelled policy, in

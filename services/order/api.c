@@ -201,12 +201,8 @@ static void get_order(http_req *r, void *arg)
         return;
     order o;
     int found = order_store_get(api->st, id, &o);
-    if (found < 0)
-        http_reply_error(r, 500, "order %lld could not be read", id);
-    else if (!found)
-        http_reply_error(r, 404, "order %lld not found", id);
-    else
-        http_reply_json(r, 200, order_json(&o, http_req_base_url(r)));
+    rep_reply_found(r, found, found > 0 ? order_json(&o, http_req_base_url(r)) : NULL, "order",
+                    http_req_param(r, "id"));
 }
 
 /* ---- DELETE /orders/{id} ---- */

@@ -264,12 +264,8 @@ static void get_payment(http_req *r, void *arg)
         return;
     payment p;
     int found = payment_store_get(api->st, id, &p);
-    if (found < 0)
-        http_reply_error(r, 500, "payment %lld could not be read", id);
-    else if (!found)
-        http_reply_error(r, 404, "payment %lld not found", id);
-    else
-        http_reply_json(r, 200, payment_json(&p, http_req_base_url(r)));
+    rep_reply_found(r, found, found > 0 ? payment_json(&p, http_req_base_url(r)) : NULL, "payment",
+                    http_req_param(r, "id"));
 }
 
 static void find_payment_by_order(http_req *r, void *arg)
@@ -349,12 +345,8 @@ static void get_cancellation(http_req *r, void *arg)
         return;
     payment_cancellation c;
     int found = cancellation_store_get(api->st, id, &c);
-    if (found < 0)
-        http_reply_error(r, 500, "payment cancellation %lld could not be read", id);
-    else if (!found)
-        http_reply_error(r, 404, "payment cancellation %lld not found", id);
-    else
-        http_reply_json(r, 200, cancellation_json(&c, http_req_base_url(r)));
+    rep_reply_found(r, found, found > 0 ? cancellation_json(&c, http_req_base_url(r)) : NULL,
+                    "payment cancellation", http_req_param(r, "id"));
 }
 
 static void free_api(void *arg)
