@@ -30,6 +30,7 @@
  * at each delivery, at most 30 s). */
 #include "bus.h"
 #include "bus_private.h"
+#include "durable.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -386,6 +387,9 @@ void bus_stop(bus *b)
     b->stopped = true;
     store_on_commit(b->st, NULL, NULL);     /* the store may outlive the bus */
     if (!b->started) return;
+    /* A worker may wait for its batch to be on disk, which the loop (this
+     * thread, about to join it) would otherwise never release. */
+    durable_flush();
 
     pthread_mutex_lock(&b->mu);
     b->stopping = true;

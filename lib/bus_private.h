@@ -56,6 +56,7 @@ struct batch {
     bool busy;          /* the loop is applying a slice outside the lock */
     bool complete;
     struct batch *link;
+    bus *owner;         /* for the durability callback */
 };
 
 struct replay {

@@ -12,7 +12,8 @@
  * savepoint: skip it if its eventId is in processed_events, else run the
  * handler and record the eventId, so effect and bookkeeping commit
  * together, and a failing handler undoes only its own writes. Acks are
- * sent only after the commit.
+ * sent only after the commit is on disk (group commit: the batch completes
+ * when durable_defer says so).
  *
  * Failures. A handler failure rolls back and the message is nak'ed with an
  * exponential delay; the BUS_MAX_DELIVER-th failed delivery (NumDelivered
@@ -36,6 +37,7 @@
 #include <event2/event.h>
 #include <nats/nats.h>
 
+#include "durable.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -128,6 +130,19 @@ static bool run_on_loop(bus *b, struct batch *batch)
 
 static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, int k);
 
+/* A batch's effects are on disk (group commit): its worker may ack. The
+ * batch stayed `busy` meanwhile, so the worker waited even if stopping. */
+static void complete_when_durable(void *arg)
+{
+    struct batch *batch = arg;
+    bus *b = batch->owner;
+    pthread_mutex_lock(&b->mu);
+    batch->busy = false;
+    batch->complete = true;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->mu);
+}
+
 /* Loop side: applies a slice of up to APPLY_PER_TURN messages of the first
  * batch, in one transaction, then yields to the other events of the loop
  * and comes back for the rest. */
@@ -153,11 +168,18 @@ void bus_on_inbox(evutil_socket_t fd, short what, void *arg)
         pthread_mutex_unlock(&b->mu);
         if (k > 0) apply_slice(b, kind, slice, k);
         pthread_mutex_lock(&b->mu);
-        batch->busy = false;
         batch->next += k;
         if (batch->next == batch->n) {
+            /* Off the queue now; complete (and so acked) once on disk. */
             bus_unlink_batch(b, batch);
-            batch->complete = true;
+            batch->owner = b;
+            pthread_mutex_unlock(&b->mu);
+            bool deferred = durable_defer(complete_when_durable, batch);
+            pthread_mutex_lock(&b->mu);
+            if (!deferred) batch->complete = true;
+            batch->busy = deferred;
+        } else {
+            batch->busy = false;
         }
         pthread_cond_broadcast(&b->cond);
     }

@@ -71,6 +71,7 @@
  * Everything runs on the loop thread; only metrics and logs are shared. */
 #include "http.h"
 #include "config.h"
+#include "durable.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -154,9 +155,17 @@ typedef struct http_conn {
     int fd;
     http_req *waiting;             /* its request whose handler answers later */
     bool unflushed;                /* an answer handed to evhttp, not written out */
+    struct held_answer *held;      /* its answer waiting for the disk (durable.h) */
     struct event *deadline;        /* the next request must be in by then */
     struct http_conn *prev, *next; /* server's adopted list, or its unadopted list */
 } http_conn;
+
+/* An answer waiting for the disk (see hold_answer). */
+struct held_answer {
+    http_conn *conn;               /* NULL once the connection closed */
+    struct evhttp_request *ev;
+    int status;
+};
 
 struct http_req {
     http_server *server;           /* NULL once the server is freed (orphan) */
@@ -919,6 +928,10 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
     }
     if (c->unflushed)
         s->unflushed--;
+    if (c->held) {
+        c->held->conn = NULL;   /* libevent frees its request with the connection */
+        c->held = NULL;
+    }
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -1009,6 +1022,41 @@ static void req_answered(http_req *r, int status, size_t bytes, bool client_gone
     }
 }
 
+/* Group commit (durable.h): while a commit is not on disk, answers wait
+ * for the sync, complete (headers and body in ev) and counted as
+ * unflushed, so a drain waits for them too. At most one per connection:
+ * evhttp reads a connection's next request only after its answer. If the
+ * connection closes meanwhile, libevent frees ev and the answer is
+ * dropped. */
+static void send_held_answer(void *arg)
+{
+    struct held_answer *h = arg;
+    if (h->conn) {
+        h->conn->held = NULL;
+        evhttp_send_reply(h->ev, h->status, http_reason(h->status), NULL);
+    }
+    free(h);
+}
+
+/* True when the answer is held; false: send it now. */
+static bool hold_answer(http_conn *c, struct evhttp_request *ev, int status)
+{
+    if (!c || !durable_pending())
+        return false;
+    struct held_answer *h = malloc(sizeof *h);
+    if (!h) {
+        durable_flush();    /* no memory to wait: make it durable now */
+        return false;
+    }
+    *h = (struct held_answer){.conn = c, .ev = ev, .status = status};
+    if (!durable_defer(send_held_answer, h)) {
+        free(h);
+        return false;
+    }
+    c->held = h;
+    return true;
+}
+
 /* Sends the answer whose body (body_len bytes) is already in ev's output
  * buffer; ev NULL means the client is gone. */
 static void send_answer(http_req *r, struct evhttp_request *ev, int status,
@@ -1040,8 +1088,10 @@ static void send_answer(http_req *r, struct evhttp_request *ev, int status,
             }
             track_flush(r->server, r->conn, ev);
         }
+        http_conn *c = r->conn;
         r->conn = NULL;   /* the connection is done with this request */
-        evhttp_send_reply(ev, status, http_reason(status), NULL);
+        if (!hold_answer(r->server ? c : NULL, ev, status))
+            evhttp_send_reply(ev, status, http_reason(status), NULL);
         r->ev = NULL;
     }
     req_answered(r, status, body_len, ev == NULL);

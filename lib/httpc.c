@@ -101,6 +101,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "config.h"
+#include "durable.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -118,6 +119,7 @@ typedef enum {
     CALL_WIRE,
     CALL_BACKOFF,
     CALL_DEFERRED,
+    CALL_DURABLE,       /* admitted, waiting for the commits before it to be on disk */
 } call_phase;
 
 typedef struct httpc_slot httpc_slot;
@@ -895,6 +897,11 @@ static void call_dispatch(httpc_call *hc)
         call_enqueue(hc);
 }
 
+static void dispatch_when_durable(void *arg)
+{
+    call_dispatch(arg);
+}
+
 static bool socket_connected(int fd)
 {
     struct sockaddr_storage peer;
@@ -946,6 +953,7 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
         }
         call_dispatch(hc);   /* already admitted: may queue past max_queue */
         break;
+    case CALL_DURABLE:  /* no timer runs while waiting for the disk */
     case CALL_FREE:
         break;
     }
@@ -1006,7 +1014,12 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
         return 0;
     }
     hc->admitted = true;
-    call_dispatch(hc);
+    /* Group commit (durable.h): a call may act on what the caller just
+     * committed (payment charges for order's reservation), so it leaves
+     * only once that is on disk. Retries need not wait again. */
+    hc->phase = CALL_DURABLE;
+    if (!durable_defer(dispatch_when_durable, hc))
+        call_dispatch(hc);
     return 0;
 }
 
@@ -1175,6 +1188,8 @@ void http_client_free(http_client *c)
         evtimer_del(&hc->timer);
         if (hc->phase == CALL_QUEUED)
             queue_remove(c, hc);
+        if (hc->phase == CALL_DURABLE)
+            durable_cancel(dispatch_when_durable, hc);
         if (hc->slot) {
             hc->slot->call = NULL;
             hc->slot = NULL;

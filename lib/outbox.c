@@ -13,11 +13,14 @@
  * serialized), reads only past it, and deletes up to it in one range
  * statement, RELAY_DELETE_MS after the publish at most. A delete lost to a
  * crash republishes the row, which the server (same Nats-Msg-Id) or the
- * consumers (same eventId) discard.
+ * consumers (same eventId) discard. Under group commit (durable.h) a batch
+ * read from the outbox is published only after a sync that started after
+ * the read: rows are visible once committed, durable only once synced.
  *
  * Environment: BUS_POLL_MS (1000), read by bus_new. */
 #include "bus.h"
 #include "bus_private.h"
+#include "durable.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -232,6 +235,9 @@ static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
     natsMsg *msgs[RELAY_BATCH];
     int n = load_outbox(b, rs, msgs, marks);
     if (n <= 0) return n;
+    /* Under group commit these rows may be committed but not yet on disk:
+     * an event must never be out for a change a power cut could undo. */
+    durable_sync_wait();
 
     char e[256];
     natsStatus s = NATS_OK;

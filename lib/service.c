@@ -289,6 +289,10 @@ static void close_store(void *st)
 
 int service_start_bus(service *svc, store *st, bus *b)
 {
+    /* STORE_GROUP_COMMIT=0 (for measurements) syncs at every commit. */
+    if (config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
+        store_group_commit(st, svc->base) != 0)
+        log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
     if (bus_start(b) != 0) {
         log_error("msg=\"cannot start the event bus\"");
         bus_free(b);

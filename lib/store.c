@@ -1,7 +1,9 @@
 /* store.c: a service's SQLite database (see store.h).
  *
  * Durability first: WAL with synchronous=FULL, so a commit that returned is
- * on disk, and readers on other connections (the bus relay) never block the
+ * on disk (or, for a service's loop, group commit: the commit returns at
+ * once and what acknowledges it waits for a shared fsync; see below and
+ * durable.h), and readers on other connections (the bus relay) never block the
  * writer. A second connection waits for the write lock (up to 5 s) instead
  * of failing at once; store_begin takes that lock up front (BEGIN
  * IMMEDIATE) so a transaction cannot fail half way through with
@@ -42,7 +44,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "config.h"
+#include "durable.h"
 #include "log.h"
 
 struct cached_stmt {
@@ -60,7 +69,22 @@ struct store {
     void (*on_commit)(void *arg);
     void *on_commit_arg;
     struct timespec busy_since;     /* start of the current wait for a lock */
+    struct group *group;            /* group commit on the loop, or NULL */
 };
+
+/* A store in group commit (store_group_commit). Everything here but
+ * `checkpoint_due` belongs to the sync thread. */
+struct group {
+    char *wal_path;
+    char *db_path;
+    int wal_fd;                     /* our own descriptor of the WAL: fdatasync */
+    sqlite3 *checkpointer;          /* the sync thread's connection */
+    atomic_bool checkpoint_due;     /* set by the loop's WAL hook */
+};
+
+/* WAL frames after which the sync thread checkpoints: SQLite's own
+ * auto-checkpoint threshold, which the loop connection no longer runs. */
+#define CHECKPOINT_FRAMES 1000
 
 /* How long a connection waits for a lock held by another one. */
 #define BUSY_TIMEOUT_NS (5000LL * 1000000LL)
@@ -311,6 +335,7 @@ int store_commit(store *st)
         if (!sqlite3_get_autocommit(st->db)) step_cached(st, "ROLLBACK");
         return rc;
     }
+    if (st->group) durable_committed();
     if (st->on_commit) st->on_commit(st->on_commit_arg);
     return SQLITE_OK;
 }
@@ -325,6 +350,144 @@ void store_on_commit(store *st, void (*fn)(void *arg), void *arg)
 {
     st->on_commit = fn;
     st->on_commit_arg = arg;
+}
+
+/* ---- group commit (see durable.h) ----
+ *
+ * The loop connection commits with synchronous=NORMAL: the WAL is written
+ * at COMMIT (a process crash loses nothing) but fsynced by the sync
+ * thread, once for all the commits made since its last run, through a
+ * descriptor of its own (fsync applies to the file, whoever wrote it).
+ * Checkpoints leave the loop too: SQLite runs them inside the COMMIT that
+ * crosses 1000 WAL frames (two fsyncs and a copy of every page, on the
+ * loop); here the loop's WAL hook only flags it, and the sync thread runs
+ * a PASSIVE checkpoint, which never blocks the writer, after its fsync. */
+
+static int note_wal_size(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    struct group *g = arg;
+    if (frames >= CHECKPOINT_FRAMES) atomic_store(&g->checkpoint_due, true);
+    return SQLITE_OK;
+}
+
+/* The WAL's directory entry must be durable too, once, when we first see
+ * the file (SQLite syncs it only when it syncs the WAL itself). */
+static int sync_directory_of(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) dir[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Our descriptor of the WAL, (re)opened when the file was replaced: SQLite
+ * deletes the WAL when its last connection closes. */
+static bool wal_open(struct group *g)
+{
+    struct stat st;
+    if (g->wal_fd >= 0 && fstat(g->wal_fd, &st) == 0 && st.st_nlink > 0) return true;
+    if (g->wal_fd >= 0) close(g->wal_fd);
+    g->wal_fd = open(g->wal_path, O_RDONLY | O_CLOEXEC);
+    if (g->wal_fd < 0) {
+        log_error("msg=\"cannot open the WAL to sync it\" wal=%s error=\"%s\"", g->wal_path,
+                  strerror(errno));
+        return false;
+    }
+    if (sync_directory_of(g->wal_path) != 0) {
+        log_error("msg=\"cannot sync the database directory\" wal=%s error=\"%s\"", g->wal_path,
+                  strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static void checkpoint(struct group *g)
+{
+    if (!g->checkpointer &&
+        sqlite3_open_v2(g->db_path, &g->checkpointer, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        log_warn("msg=\"cannot open the checkpoint connection\" db=%s", g->db_path);
+        sqlite3_close(g->checkpointer);
+        g->checkpointer = NULL;
+        return;
+    }
+    int frames = 0, copied = 0;
+    int rc = sqlite3_wal_checkpoint_v2(g->checkpointer, "main", SQLITE_CHECKPOINT_PASSIVE, &frames,
+                                       &copied);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        log_warn("msg=\"checkpoint failed\" db=%s error=%d", g->db_path, rc);
+}
+
+/* The sync thread's work: durable_sync_fn. */
+static int group_sync(void *arg)
+{
+    struct group *g = arg;
+    if (!wal_open(g)) return -1;
+    if (fdatasync(g->wal_fd) != 0) {
+        log_error("msg=\"fdatasync of the WAL failed\" wal=%s error=\"%s\"", g->wal_path,
+                  strerror(errno));
+        return -1;
+    }
+    if (atomic_exchange(&g->checkpoint_due, false)) checkpoint(g);
+    return 0;
+}
+
+static void group_free(struct group *g)
+{
+    if (g->wal_fd >= 0) close(g->wal_fd);
+    if (g->checkpointer) sqlite3_close(g->checkpointer);
+    free(g->wal_path);
+    free(g->db_path);
+    free(g);
+}
+
+int store_group_commit(store *st, struct event_base *base)
+{
+    struct group *g = calloc(1, sizeof *g);
+    size_t len = strlen(st->path);
+    if (!g || !(g->wal_path = malloc(len + 5)) || !(g->db_path = strdup(st->path))) {
+        if (g) free(g->wal_path);
+        free(g);
+        log_error("msg=\"out of memory for group commit\" db=%s", st->path);
+        return -1;
+    }
+    memcpy(g->wal_path, st->path, len);
+    memcpy(g->wal_path + len, "-wal", 5);
+    g->wal_fd = -1;
+    atomic_init(&g->checkpoint_due, false);
+    /* Everything committed so far was committed with FULL; from here on
+     * commits are made durable by the sync thread. */
+    if (durable_start(base, group_sync, g) != 0) {
+        group_free(g);
+        return -1;
+    }
+    if (store_exec(st, "PRAGMA synchronous=NORMAL") != SQLITE_OK) {
+        durable_stop();
+        group_free(g);
+        return -1;
+    }
+    sqlite3_wal_hook(st->db, note_wal_size, g);   /* replaces auto-checkpoint */
+    st->group = g;
+    return 0;
+}
+
+/* Before the connection closes: the last commits reach the disk and their
+ * waiters run; then the sync thread and its connection go. */
+static void group_stop(store *st)
+{
+    durable_stop();
+    sqlite3_wal_hook(st->db, NULL, NULL);
+    group_free(st->group);
+    st->group = NULL;
 }
 
 /* ---- migrations ---- */
@@ -471,6 +634,7 @@ store *store_open(const char *service_name, const char *const *migrations)
 void store_close(store *st)
 {
     if (!st) return;
+    if (st->group) group_stop(st);
     cache_clear(st);
     if (st->db) {
         /* A transaction left open by a failed caller must not be committed

@@ -1,8 +1,8 @@
 /* store.h: a service's SQLite database.
  *
- * One database file per service, in WAL mode with synchronous=FULL: an
- * acknowledged commit survives a crash or power loss, and readers never
- * block the writer. Schema changes are migrations: an array of SQL scripts,
+ * One database file per service, in WAL mode with synchronous=FULL (or
+ * group commit, below): an acknowledged commit survives a crash or power
+ * loss, and readers never block the writer. Schema changes are migrations: an array of SQL scripts,
  * script i bringing the schema to version i+1 (PRAGMA user_version); each is
  * applied once, in its own transaction, at open. The platform's own tables
  * (outbox, processed events, dead letters: see bus.h) are created by
@@ -47,6 +47,15 @@ void store_rollback(store *st);
 /* Called on the store's thread after every successful store_commit (the
  * bus uses it to wake its outbox relay at once). One hook per store. */
 void store_on_commit(store *st, void (*fn)(void *arg), void *arg);
+
+/* Group commit for the store of a service's loop (see durable.h): from now
+ * on its commits return before they are on disk, and the HTTP answers,
+ * outgoing calls, event acks and publishes that follow them wait for the
+ * sync thread's next fsync. One store per process; `base` must be the
+ * loop's, thread-aware. store_close makes the last commits durable.
+ * Returns 0, or -1 (logged; the store keeps syncing at every commit). */
+struct event_base;
+int store_group_commit(store *st, struct event_base *base);
 
 /* A cached, reset statement for sql, or NULL (logged) on error. */
 sqlite3_stmt *store_prepare(store *st, const char *sql);
