@@ -127,6 +127,8 @@ bool bus_valid_event_type(const char *t);
 void bus_request_setup(bus *b);
 natsConnection *bus_connect(bus *b);
 bool bus_setup_stream(bus *b, jsCtx *js);
+/* The subject filter of the service's consumer, in buf or a constant. */
+const char *bus_filter_subject(const bus *b, char *buf, size_t len);
 
 /* outbox.c: the relay thread. */
 void *bus_relay_main(void *arg);

@@ -621,7 +621,9 @@ void *bus_fetch_main(void *arg)
             so.Stream = STREAM_NAME;
             so.Consumer = b->durable;
             jsErrCode jerr = 0;
-            natsStatus s = js_PullSubscribe(&sub, js, STREAM_SUBJECTS, b->durable, NULL, &so, &jerr);
+            char filter[128];
+            natsStatus s = js_PullSubscribe(&sub, js, bus_filter_subject(b, filter, sizeof filter),
+                                            b->durable, NULL, &so, &jerr);
             if (s != NATS_OK) {
                 sub = NULL;
                 if (errors++ % 20 == 0)

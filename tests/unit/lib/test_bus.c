@@ -522,6 +522,63 @@ static void check_backlog_after_outage(bus *receiver, int wave, int first_id)
     free(ids);
 }
 
+/* ---- a consumer of one event type ---- */
+
+static store *single_db;
+
+static bool single_applied(void *arg)
+{
+    return count(single_db, "SELECT count(*) FROM applied WHERE event_id = ?", arg) >= 1;
+}
+
+static char *consumer_filter(const char *durable)
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsConsumerInfo *ci = NULL;
+    char *filter = NULL;
+    if (natsConnection_ConnectTo(&nc, nats_url) == NATS_OK &&
+        natsConnection_JetStream(&js, nc, NULL) == NATS_OK &&
+        js_GetConsumerInfo(&ci, js, "carshare", durable, NULL, NULL) == NATS_OK)
+        filter = strdup(ci->Config->FilterSubject ? ci->Config->FilterSubject : "");
+    jsConsumerInfo_Destroy(ci);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return filter;
+}
+
+/* A service that handles one type asks the server for that type only. Its
+ * durable consumer, made by an earlier version for the whole stream, gets
+ * the filter and keeps its place: nothing is lost, nothing applied twice. */
+static void check_filtered_consumer(void)
+{
+    char path[128], before[37], during[37];
+    snprintf(path, sizeof path, "%s/single.db", dir);
+    single_db = store_open_path(path, receiver_schema);
+    bus *wide = bus_new(base, single_db, "single");
+    bus_on(wide, "RentalMade", on_rental, NULL);
+    bus_on(wide, "Poison", on_poison, NULL);
+    CHECK_INT(bus_start(wide), 0);
+    commit_rental(500, "req-single-1", before);
+    CHECK(run_until(single_applied, before, WAIT_MS, "event applied by the two-type consumer"));
+    char *filter = consumer_filter("single");
+    CHECK_STR(filter, "carshare.>");
+    free(filter);
+    bus_free(wide);
+
+    commit_rental(501, "req-single-2", during);
+    bus *narrow = bus_new(base, single_db, "single");
+    bus_on(narrow, "RentalMade", on_rental, NULL);
+    CHECK_INT(bus_start(narrow), 0);
+    CHECK(run_until(single_applied, during, WAIT_MS, "event applied by the recreated consumer"));
+    filter = consumer_filter("single");
+    CHECK_STR(filter, "carshare.RentalMade");
+    free(filter);
+    CHECK_INT(count(single_db, "SELECT count(*) FROM applied WHERE event_id = ?", before), 1);
+    bus_free(narrow);
+    store_close(single_db);
+}
+
 static void cleanup(void)
 {
     stop_nats();
@@ -734,6 +791,8 @@ int main(void)
 
     for (int round = 0; round < 3; round++)
         check_backlog_after_outage(receiver, 100 + 20 * round, 20000 + 1000 * round);
+
+    check_filtered_consumer();
 
     bus_free(receiver);
     bus_free(sender);
