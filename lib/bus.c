@@ -352,6 +352,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->retry_ms = config_int("BUS_RETRY_MS", 200, 1, MAX_RETRY_DELAY_MS);
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, bus_on_inbox, b);
+    b->trim = evtimer_new(base, bus_on_trim, b);
 
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -361,7 +362,8 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     pthread_mutex_init(&b->mu, NULL);
     pthread_mutex_init(&b->pub_mu, NULL);
 
-    if (!b->service || !b->durable || !b->db_path || !b->url || !b->pending || !b->inbox) {
+    if (!b->service || !b->durable || !b->db_path || !b->url || !b->pending || !b->inbox ||
+        !b->trim) {
         log_error("msg=\"out of memory creating the bus\"");
         bus_free(b);
         return NULL;
@@ -427,6 +429,8 @@ void bus_stop(bus *b)
     b->replay.joinable = false;
     if (b->relay_started) pthread_join(b->relay_thread, NULL);
     b->fetch_started = b->relay_started = false;
+    event_del(b->trim);
+    bus_trim_now(b);
 
     /* Only finished replays can be left on the queue now. */
     pthread_mutex_lock(&b->mu);
@@ -460,6 +464,7 @@ void bus_free(bus *b)
     if (!b) return;
     bus_stop(b);
     if (b->inbox) event_free(b->inbox);
+    if (b->trim) event_free(b->trim);
     for (size_t i = 0; i < b->nhandlers; i++) free(b->handlers[i].event_type);
     free(b->handlers);
     free(b->pending);

@@ -108,6 +108,12 @@ struct bus {
     atomic_bool ready;          /* connected and set up: the readiness check */
     struct event *inbox;
 
+    /* Deleting published outbox rows, on the loop (outbox.c). */
+    struct event *trim;
+    atomic_llong published_seq; /* relay: rows up to here are in JetStream */
+    atomic_bool trim_scheduled; /* trim is pending on the loop */
+    long long trimmed_seq;      /* loop: rows up to here are deleted */
+
     pthread_mutex_t pub_mu;
     struct pending_row *pending;
     int npending;
@@ -127,6 +133,10 @@ bool bus_valid_event_type(const char *t);
 void bus_request_setup(bus *b);
 natsConnection *bus_connect(bus *b);
 bool bus_setup_stream(bus *b, jsCtx *js);
+/* outbox.c: the loop's deletion of published rows (the trim event's
+ * callback), and the same at once (bus_stop, after the relay stopped). */
+void bus_on_trim(evutil_socket_t fd, short what, void *arg);
+void bus_trim_now(bus *b);
 /* The subject filter of the service's consumer, in buf or a constant. */
 const char *bus_filter_subject(const bus *b, char *buf, size_t len);
 

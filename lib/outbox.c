@@ -10,10 +10,18 @@
  * not mean "not stored", and the server's duplicate window turns the retry
  * into a no-op if it was. The relay remembers the highest seq acknowledged
  * together with every row before it (rows commit in seq order: writes are
- * serialized), reads only past it, and deletes up to it in one range
- * statement, RELAY_DELETE_MS after the publish at most. A delete lost to a
- * crash republishes the row, which the server (same Nats-Msg-Id) or the
- * consumers (same eventId) discard. Under group commit (durable.h) a batch
+ * serialized) and reads only past it; a batch with a hole (some rows not
+ * acknowledged) is published again whole, and the server's duplicate
+ * window drops the rows it already holds.
+ *
+ * Published rows are deleted by the loop, not by the relay: a write from a
+ * second connection made the loop wait for the write lock, and made SQLite
+ * drop the loop connection's whole page cache at its next transaction (in
+ * WAL mode a connection that sees another's commit starts cold). The relay
+ * hands the loop its mark; the loop deletes up to it in one statement, at
+ * most every TRIM_MS, so one small transaction covers many events. A
+ * delete lost to a crash republishes the row, which the server (same
+ * Nats-Msg-Id) or the consumers (same eventId) discard. Under group commit (durable.h) a batch
  * read from the outbox is published only after a sync that started after
  * the read: rows are visible once committed, durable only once synced.
  *
@@ -33,12 +41,7 @@
 #include "log.h"
 #include "metrics.h"
 
-/* How late published rows may be deleted. Deferring them (100 ms) cut the
- * relay's writes, yet measured ~20% fewer rentals/s: the relay's frequent
- * commits were where most WAL auto-checkpoints ran; deferred, the loop's
- * commits run them instead, blocking requests (two fsyncs and the page
- * copy). So: at once, the round after the publish. */
-#define RELAY_DELETE_MS   0
+#define TRIM_MS           50        /* published rows are deleted this late at most */
 #define PUBLISH_WAIT_MS   5000
 
 /* ---- the outbox (inside the service's transaction) ---- */
@@ -128,12 +131,59 @@ static void on_publish_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *p
     natsMsg_Destroy(msg);
 }
 
-/* The relay thread's bookkeeping of rows published but not yet deleted. */
+/* The relay thread's bookkeeping. */
 struct relay_marks {
     long long published;        /* this row and every one before it are in JetStream */
-    long long deleted;          /* rows up to here are deleted */
-    double published_at;        /* when published first got ahead of deleted */
 };
+
+/* ---- deleting published rows (loop thread) ---- */
+
+/* Deletes the rows up to the relay's mark in one transaction. */
+static void trim_outbox(bus *b)
+{
+    long long mark = atomic_load(&b->published_seq);
+    if (mark <= b->trimmed_seq) return;
+    int rc = store_begin(b->st);
+    sqlite3_stmt *s = rc == SQLITE_OK ? store_prepare(b->st, "DELETE FROM outbox WHERE seq <= ?") : NULL;
+    if (s) {
+        sqlite3_bind_int64(s, 1, mark);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        sqlite3_reset(s);
+    }
+    if (s && rc == SQLITE_OK && (rc = store_commit(b->st)) == SQLITE_OK) {
+        b->trimmed_seq = mark;
+        return;
+    }
+    if (s) store_rollback(b->st);
+    char e[256];
+    log_error("msg=\"cannot delete published events from the outbox: will retry\" error=%s",
+              log_quote(e, sizeof e, store_error(b->st)));
+}
+
+void bus_on_trim(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bus *b = arg;
+    atomic_store(&b->trim_scheduled, false);
+    trim_outbox(b);
+}
+
+void bus_trim_now(bus *b)
+{
+    trim_outbox(b);
+}
+
+/* Relay thread: rows up to seq are in JetStream; the loop deletes them
+ * within TRIM_MS (later ones join the same delete). */
+static void hand_over_mark(bus *b, long long seq)
+{
+    atomic_store(&b->published_seq, seq);
+    if (!atomic_exchange(&b->trim_scheduled, true)) {
+        static const struct timeval later = {0, TRIM_MS * 1000};
+        event_add(b->trim, &later);
+    }
+}
 
 /* Loads up to RELAY_BATCH outbox rows past the published mark into
  * b->pending and builds their messages in msgs. Returns the count, or -1
@@ -175,59 +225,6 @@ static int load_outbox(bus *b, store *rs, natsMsg **msgs, const struct relay_mar
     return n;
 }
 
-static bool delete_published(bus *b, store *rs)
-{
-    if (store_begin(rs) != SQLITE_OK) return false;
-    sqlite3_stmt *s = store_prepare(rs, "DELETE FROM outbox WHERE seq = ?");
-    bool ok = s != NULL;
-    pthread_mutex_lock(&b->pub_mu);
-    for (int i = 0; ok && i < b->npending; i++) {
-        if (!b->pending[i].acked) continue;
-        sqlite3_reset(s);
-        sqlite3_bind_int64(s, 1, b->pending[i].seq);
-        ok = sqlite3_step(s) == SQLITE_DONE;
-    }
-    pthread_mutex_unlock(&b->pub_mu);
-    if (s) sqlite3_reset(s);
-    if (!ok) {
-        store_rollback(rs);
-        return false;
-    }
-    return store_commit(rs) == SQLITE_OK;
-}
-
-/* Deletes every row up to the published mark, in one short transaction. */
-static bool delete_through_mark(store *rs, struct relay_marks *marks)
-{
-    if (store_begin(rs) != SQLITE_OK) return false;
-    sqlite3_stmt *s = store_prepare(rs, "DELETE FROM outbox WHERE seq <= ?");
-    bool ok = s != NULL;
-    if (ok) {
-        sqlite3_bind_int64(s, 1, marks->published);
-        ok = sqlite3_step(s) == SQLITE_DONE;
-        sqlite3_reset(s);
-    }
-    if (!ok || store_commit(rs) != SQLITE_OK) {
-        char e[256];
-        store_rollback(rs);
-        log_error("msg=\"cannot delete published events from the outbox\" error=%s",
-                  log_quote(e, sizeof e, store_error(rs)));
-        marks->published_at = bus_now_seconds() + 1.0;     /* try again in a while */
-        return false;
-    }
-    marks->deleted = marks->published;
-    return true;
-}
-
-/* Milliseconds until the published rows are due for deletion (0: now), or
- * -1 when there are none. */
-static long delete_due_in(const struct relay_marks *marks)
-{
-    if (marks->published <= marks->deleted) return -1;
-    double left = marks->published_at + RELAY_DELETE_MS / 1000.0 - bus_now_seconds();
-    return left <= 0 ? 0 : (long)(left * 1000.0) + 1;
-}
-
 /* Publishes one batch. Returns the number of rows published, or -1 when
  * something failed (the rest is retried later). */
 static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
@@ -267,23 +264,12 @@ static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
     long long last_seq = n > 0 ? b->pending[n - 1].seq : 0;
     pthread_mutex_unlock(&b->pub_mu);
 
-    if (acked == n) {
-        /* The whole batch, hence every row up to its last: delete later. */
-        if (marks->published <= marks->deleted) marks->published_at = bus_now_seconds();
-        marks->published = last_seq;
-        metrics_counter_add("carshare_bus_published_total", "", acked);
-    } else if (acked > 0) {
-        /* Holes: the acknowledged rows go now, the others are read again. */
-        if (!delete_published(b, rs)) {
-            /* Published but still in the outbox: they go again, and the
-             * duplicate window (or the consumers) absorb it. */
-            log_error("msg=\"cannot delete published events from the outbox\" error=%s",
-                      log_quote(e, sizeof e, store_error(rs)));
-            return -1;
-        }
-        metrics_counter_add("carshare_bus_published_total", "", acked);
-    }
-    return acked == n ? n : -1;
+    if (acked < n) return -1;   /* the whole batch goes again (see above) */
+    /* The whole batch, hence every row up to its last. */
+    marks->published = last_seq;
+    hand_over_mark(b, last_seq);
+    metrics_counter_add("carshare_bus_published_total", "", acked);
+    return n;
 }
 
 /* The rows not yet published (published ones may wait for their delete). */
@@ -305,12 +291,11 @@ void *bus_relay_main(void *arg)
     long backoff = 0;
     long delay = 0;         /* before the next round; 0 = at once */
     bool set_up = false;    /* stream and consumer exist since the last (re)connect */
-    struct relay_marks marks = {0, 0, 0};
+    struct relay_marks marks = {0};
 
     for (;;) {
-        long due = delete_due_in(&marks);
         pthread_mutex_lock(&b->mu);
-        struct timespec deadline = bus_deadline_in(due >= 0 && due < delay ? due : delay);
+        struct timespec deadline = bus_deadline_in(delay);
         while (!b->stopping && !b->wake_relay && !b->need_setup && !bus_deadline_passed(&deadline))
             pthread_cond_timedwait(&b->cond, &b->mu, &deadline);
         if (b->stopping) {
@@ -327,27 +312,9 @@ void *bus_relay_main(void *arg)
                 delay = 1000;
                 continue;
             }
-            /* The relay only deletes what JetStream already holds: a
-             * delete lost in a crash republishes an event that the server
-             * (same Nats-Msg-Id) or the consumers (same eventId) discard.
-             * So its commits need no fsync, and it holds the write lock,
-             * which the loop's BEGIN IMMEDIATE waits for, only briefly.
-             * NORMAL, not OFF: in WAL mode both skip the fsync at commit,
-             * but a checkpoint run by this connection (auto-checkpoint
-             * at its commit) must still fsync the database file before
-             * the WAL is reused, or a power loss would lose the loop's
-             * acknowledged commits that the checkpoint copied. */
-            store_exec(rs, "PRAGMA synchronous=NORMAL");
-            /* The relay yields: SQLite's own backoff (1, 2, 5 ... ms)
-             * rather than the store's fast polling, so that when both wait
-             * for the write lock the loop, on which requests wait, gets
-             * it first, and the relay's deletes gather into fewer, larger
-             * transactions. */
+            /* The relay only reads (the loop deletes what it published). */
             sqlite3_busy_timeout(store_db(rs), 5000);
         }
-        /* Whatever NATS is doing: rows published before an outage do not
-         * wait for it to end. */
-        if (delete_due_in(&marks) == 0) delete_through_mark(rs, &marks);
         if (!nc) {
             if (!(nc = bus_connect(b))) {
                 delay = 1000;
@@ -404,8 +371,6 @@ void *bus_relay_main(void *arg)
             if (published > 0) update_backlog(rs, &marks);
         }
     }
-
-    if (rs && marks.published > marks.deleted) delete_through_mark(rs, &marks);
 
     if (js) {
         /* Nothing is left in flight, but let late acks land before the
