@@ -432,6 +432,42 @@ static void test_row_helpers(const char *path)
     store_close(st);
 }
 
+/* A database made before platform migration 2 (outbox with a UNIQUE
+ * event_id): its waiting events survive the rebuild, seq goes on from
+ * where it was, and the index is gone. */
+static void test_outbox_migration(const char *path)
+{
+    sqlite3 *db = NULL;
+    CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(db,
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE platform_schema (version INTEGER NOT NULL); INSERT INTO platform_schema VALUES (1);"
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,"
+        "  event_type TEXT NOT NULL, payload TEXT NOT NULL, request_id TEXT,"
+        "  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));"
+        "CREATE TABLE processed_events (event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL,"
+        "  processed_at TEXT NOT NULL DEFAULT '') WITHOUT ROWID;"
+        "CREATE TABLE dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,"
+        "  event_type TEXT NOT NULL, subject TEXT NOT NULL, payload TEXT NOT NULL, request_id TEXT,"
+        "  deliveries INTEGER NOT NULL, error TEXT NOT NULL, stream_seq INTEGER,"
+        "  created_at TEXT NOT NULL DEFAULT '');"
+        "INSERT INTO outbox (event_id, event_type, payload) VALUES ('e1', 'Ordered', '{}'),"
+        "  ('e2', 'Paid', '{}'), ('e3', 'Shipped', '{}');"
+        "DELETE FROM outbox WHERE seq = 1;", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    store *st = store_open_path(path, NULL);
+    CHECK(st != NULL);
+    if (!st) return;
+    CHECK_INT(int_of(st, "SELECT version FROM platform_schema"), 2);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM outbox WHERE seq IN (2, 3)"), 2);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'outbox' AND type = 'index'"), 0);
+    CHECK_INT(store_exec(st, "INSERT INTO outbox (event_id, event_type, payload) VALUES ('e4', 'Paid', '{}')"),
+              SQLITE_OK);
+    CHECK_INT(int_of(st, "SELECT seq FROM outbox WHERE event_id = 'e4'"), 4);
+    store_close(st);
+}
+
 int main(void)
 {
     log_init("test_store");
@@ -447,6 +483,8 @@ int main(void)
     test_store_open_in_data_dir();
     snprintf(path, sizeof path, "%s/rows.db", dir);
     test_row_helpers(path);
+    snprintf(path, sizeof path, "%s/old-outbox.db", dir);
+    test_outbox_migration(path);
 
     temp_dir_remove(dir);
     return test_done("test_store");
