@@ -33,15 +33,12 @@
 #include "durable.h"
 
 #include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,40 +108,6 @@ bool bus_valid_event_type(const char *t)
 }
 
 /* ---- envelope ---- */
-
-void bus_uuid(char out[37])
-{
-    unsigned char r[16];
-    size_t got = 0;
-    while (got < sizeof r) {
-        ssize_t n = getrandom(r + got, sizeof r - got, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += (size_t)n;
-    }
-    if (got < sizeof r) {
-        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || read(fd, r, sizeof r) != (ssize_t)sizeof r) {
-            /* No entropy source at all: unique but predictable ids are
-             * still correct ids (they only de-duplicate), so say so loudly
-             * and go on. */
-            static atomic_ulong counter;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            unsigned long c = atomic_fetch_add(&counter, 1);
-            unsigned long long parts[2] = {(unsigned long long)ts.tv_sec * NS_PER_S + ts.tv_nsec,
-                                           ((unsigned long long)getpid() << 32) ^ c};
-            memcpy(r, parts, sizeof r);
-            log_error("msg=\"no entropy source for UUIDs: using time and counter\"");
-        }
-        if (fd >= 0) close(fd);
-    }
-    r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);   /* version 4 */
-    r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);   /* RFC 4122 variant */
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
-             r[13], r[14], r[15]);
-}
 
 void bus_timestamp(char out[15])
 {

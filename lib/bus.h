@@ -92,8 +92,7 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
 int bus_replay(bus *b, bus_handler h, void *arg,
                void (*done)(void *arg, bool ok, long count));
 
-/* A fresh UUID v4 (37 bytes with NUL) and the envelope timestamp (15). */
-void bus_uuid(char out[37]);
+/* The envelope timestamp (15 bytes with NUL). Event ids: uuid_v4 (uuid.h). */
 void bus_timestamp(char out[15]);
 
 #endif

@@ -40,6 +40,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "uuid.h"
 
 #define TRIM_MS           50        /* published rows are deleted this late at most */
 #define PUBLISH_WAIT_MS   5000
@@ -61,7 +62,7 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
     }
 
     char event_id[37], timestamp[15];
-    bus_uuid(event_id);
+    uuid_v4(event_id);
     bus_timestamp(timestamp);
 
     json_t *env = json_pack("{s:s, s:s, s:s}", "eventType", event_type, "timestamp", timestamp,

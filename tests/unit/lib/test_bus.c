@@ -50,6 +50,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "testing.h"
+#include "uuid.h"
 
 #define WAIT_MS 30000
 
@@ -463,7 +464,7 @@ static void publish_backlog(int n, int first, char (*out)[37])
     CHECK_INT(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
     for (int i = 0; i < n; i++) {
         char ts[15], data[256];
-        bus_uuid(out[i]);
+        uuid_v4(out[i]);
         bus_timestamp(ts);
         snprintf(data, sizeof data,
                  "{\"eventType\":\"RentalMade\",\"timestamp\":\"%s\",\"eventId\":\"%s\",\"id\":%d}",
