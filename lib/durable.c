@@ -11,14 +11,19 @@
  *
  * Waiters are a FIFO of (number, callback) on the loop thread, released by
  * an event the sync thread activates after each run. Threads other than
- * the loop (the relay) wait for a whole run that started after they asked
- * (`runs_started` / `runs_done`), which covers whatever they had read.
+ * the loop (the relay) cannot know which commit wrote the rows they read,
+ * only that it was visible, hence begun: the loop publishes the number of
+ * the commit it is about to make (`committing`) before COMMIT, and such a
+ * thread waits until `synced` reaches the value it read after its read.
+ * Usually the sync that the commit itself asked for is done or under way,
+ * so the reader waits for no fsync of its own.
  *
  * The domain is a process-wide singleton: answers, calls and acks must all
  * wait for the same disk, and the HTTP layer asks without a handle. */
 #include "durable.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -40,7 +45,8 @@ struct domain {
     void *sync_arg;
     pthread_t thread;
 
-    /* loop thread only */
+    /* loop thread only (committing: written by the loop, read by others) */
+    _Atomic uint64_t committing;    /* number of the commit under way, or the last */
     uint64_t committed;
     uint64_t synced_seen;           /* `synced` as of the last release */
     struct waiter *head, *tail, *spare;
@@ -157,6 +163,12 @@ int durable_start(struct event_base *base, durable_sync_fn sync, void *arg)
     return 0;
 }
 
+void durable_committing(void)
+{
+    struct domain *d = dom;
+    if (d) atomic_store(&d->committing, d->committed + 1);
+}
+
 void durable_committed(void)
 {
     struct domain *d = dom;
@@ -228,7 +240,11 @@ static void wait_for_a_new_run(struct domain *d)
 void durable_sync_wait(void)
 {
     struct domain *d = dom;
-    if (d) wait_for_a_new_run(d);
+    if (!d) return;
+    uint64_t visible = atomic_load(&d->committing);
+    pthread_mutex_lock(&d->mu);
+    while (d->synced < visible && !d->stopping) pthread_cond_wait(&d->done, &d->mu);
+    pthread_mutex_unlock(&d->mu);
 }
 
 void durable_flush(void)

@@ -46,7 +46,10 @@ typedef int (*durable_sync_fn)(void *arg);
  * one is already started or the thread cannot start. */
 int durable_start(struct event_base *base, durable_sync_fn sync, void *arg);
 
-/* A commit was made on the loop: it is pending until the next sync. */
+/* Around every COMMIT on the loop: durable_committing() just before it,
+ * durable_committed() after it, whether it succeeded or not. The commit is
+ * pending until the next sync. */
+void durable_committing(void);
 void durable_committed(void);
 
 /* True while some commit is not known to be on disk. */
@@ -61,9 +64,9 @@ bool durable_defer(void (*fn)(void *arg), void *arg);
 /* Forgets the waiters fn(arg) (their owner is going away). */
 void durable_cancel(void (*fn)(void *arg), void *arg);
 
-/* Any thread: blocks until a sync that started after the call has
- * finished, so that every commit made before the call is on disk. Returns
- * at once when no domain is started. */
+/* Any thread: blocks until every commit visible to the caller (begun
+ * before the call) is on disk. Returns at once when no domain is started
+ * or when the syncs already cover them. */
 void durable_sync_wait(void);
 
 /* Syncs now, on the calling (loop) thread, and runs every waiter. */

@@ -343,7 +343,9 @@ int store_begin(store *st)
 int store_commit(store *st)
 {
     reset_busy_statements(st);
+    if (st->group) durable_committing();
     int rc = step_cached(st, "COMMIT");
+    if (st->group) durable_committed();    /* even when it failed: see durable.h */
     if (rc != SQLITE_OK) {
         char e[256];
         log_error("msg=\"commit failed\" db=%s error=%s", st->path,
@@ -351,7 +353,6 @@ int store_commit(store *st)
         if (!sqlite3_get_autocommit(st->db)) step_cached(st, "ROLLBACK");
         return rc;
     }
-    if (st->group) durable_committed();
     if (st->on_commit) st->on_commit(st->on_commit_arg);
     return SQLITE_OK;
 }

@@ -124,10 +124,19 @@ static void test_domain(void)
     CHECK_STR(order, "ABC");                               /* in order; D was cancelled */
     CHECK(!durable_pending());
 
-    /* Another thread waits for a sync that starts after it asked. */
-    gate_set(false);
+    /* Another thread waits until the commits it could see are synced: at
+     * once when they are, ... */
     pthread_t t;
     pthread_create(&t, NULL, waiter_thread, NULL);
+    pthread_join(t, NULL);
+    CHECK_INT(atomic_load(&waited), 1);
+    /* ... else for the sync, even of a commit still under way. */
+    gate_set(false);
+    atomic_store(&waited, 0);
+    durable_committing();
+    pthread_create(&t, NULL, waiter_thread, NULL);
+    run_loop(0.1, NULL);
+    durable_committed();
     run_loop(0.2, NULL);
     CHECK_INT(atomic_load(&waited), 0);
     gate_set(true);
