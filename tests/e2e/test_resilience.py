@@ -233,4 +233,30 @@ def test_crash_between_payment_and_commit():
         wait_settled(s)
 
 
+def test_kill9_right_after_answers_loses_nothing():
+    """Group commit answers only once a commit is synced; what a killed process had
+    acknowledged is there after its restart, in order and in payment alike."""
+    with system() as s:
+        cars = fleet(s)
+        products = sorted(p for p, c in cars.items() if c["available"] >= 3)[:8]
+        results = concurrently(24, lambda i: rent(s, products[i % len(products)], 1,
+                                                   customerId="k%d" % i))
+        accepted = [r[1] for r in results if not isinstance(r, Exception) and r[0] == 201]
+        check(len(accepted) == 24, "every rental answered 201: %r" % [
+            r if isinstance(r, Exception) else r[0] for r in results])
+        s.kill("order")
+        s.kill("payment")
+        s.start("payment")
+        s.start("order")
+        ids = {o["id"]: o for o in orders(s)}
+        pays = {p["orderId"]: p for p in payments(s)}
+        for a in accepted:
+            o = ids.get(a["id"])
+            check(o is not None and o["status"] in ("OrderApproved", "Shipped"),
+                  "order %s acknowledged before the kill: %r" % (a["id"], o))
+            check(pays.get(a["id"], {}).get("status") == "Paid",
+                  "its payment: %r" % pays.get(a["id"]))
+        wait_settled(s)
+
+
 run(globals())
