@@ -39,6 +39,7 @@
 
 #include "durable.h"
 #include "http.h"
+#include "jtext.h"
 #include "log.h"
 #include "metrics.h"
 #include "rep.h"
@@ -217,7 +218,7 @@ static void read_message(natsMsg *msg, struct received *r)
 {
     memset(r, 0, sizeof *r);
     r->subject = natsMsg_GetSubject(msg);
-    r->event = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    r->event = jtext_load(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
     if (r->event && !json_is_object(r->event)) {
         json_decref(r->event);
         r->event = NULL;
@@ -257,8 +258,10 @@ static bool already_processed(store *st, const char *event_id)
 static bool mark_processed(store *st, const char *event_id, const char *event_type)
 {
     sqlite3_stmt *s = store_prepare(st,
-        "INSERT INTO processed_events (event_id, event_type) VALUES (?, ?)");
+        "INSERT INTO processed_events (event_id, event_type, processed_at) VALUES (?, ?, ?)");
     if (!s) return false;
+    char now[32];   /* bound, not the column's strftime() default: ~4,000 instructions */
+    sqlite3_bind_text(s, 3, log_utc_now(now, true), -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, event_type, -1, SQLITE_STATIC);
     bool ok = sqlite3_step(s) == SQLITE_DONE;

@@ -72,6 +72,7 @@
 #include "http.h"
 #include "config.h"
 #include "durable.h"
+#include "jtext.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -962,6 +963,77 @@ static struct evhttp_request *req_client(http_req *r)
     return ev;
 }
 
+/* Eager write. evhttp only queues what it sends: the bufferevent enables
+ * its write event, the loop's next turn reports the socket writable, the
+ * bytes go out, and the write event is disabled again. That is an
+ * epoll_ctl to add EPOLLOUT and one to remove it, plus a loop turn, for
+ * every answer and every proxied request, although a loopback or LAN
+ * socket almost always takes the whole message at once (nginx writes at
+ * once too, and waits for EPOLLOUT only when the socket is full). So the
+ * queued bytes are written here, right after evhttp queued them; when all
+ * went out, bufferevent_trigger runs evhttp's write callback (its "message
+ * written" step: read the next request, or the answer) in the same turn,
+ * so the write event is enabled and disabled within one turn and
+ * libevent's changelist sends nothing to epoll. What a full socket does
+ * not take stays queued and the write event finishes it as before; an
+ * error is left to that write event too, which reports it through
+ * evhttp's usual path. bufferevent_trigger holds a reference, so evhttp
+ * may free the connection in its callback (Connection: close).
+ * Measured on the gateway (GET proxied to a bare evhttp upstream), per
+ * request: epoll_ctl 5.9 -> 3.4, and 92k -> 85k instructions (callgrind). */
+void http_write_now(struct bufferevent *bev)
+{
+    if (!bev)
+        return;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    int fd = bufferevent_getfd(bev);
+    if (fd < 0 || evbuffer_get_length(out) == 0)
+        return;   /* not connected yet, or nothing queued (a held answer) */
+    /* A socket bufferevent keeps the start of its output frozen so that
+     * only it drains the buffer; it thaws it around its own writes, so do
+     * we (a frozen buffer refuses to write). */
+    evbuffer_unfreeze(out, 1);
+    int written = evbuffer_write(out, fd);
+    evbuffer_freeze(out, 1);
+    if (written < 0 || evbuffer_get_length(out) > 0)
+        return;   /* error or a full socket: the write event takes over */
+    bufferevent_trigger(bev, EV_WRITE, 0);
+}
+
+/* The Date header. evhttp formats one for every answer that has none
+ * (gmtime and snprintf: 3.4k of the gateway's 85k instructions per proxied
+ * request, measured with callgrind); its text changes once a second, so it
+ * is formatted then and reused. Fixed English names, as RFC 9110 wants,
+ * whatever the locale. (evhttp dated only HTTP/1.1 answers; an HTTP/1.0
+ * client now gets a Date too, as RFC 9110 asks of a server with a clock.) */
+static void add_date(struct evhttp_request *ev)
+{
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    static _Thread_local time_t cached_second = -1;
+    static _Thread_local char text[40];
+    if (!ev)
+        return;
+    time_t now = time(NULL);
+    if (now != cached_second) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(text, sizeof text, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
+                 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                 tm.tm_sec);
+        cached_second = now;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(ev), "Date", text);
+}
+
+/* The bufferevent of the connection a request came on, captured before
+ * its answer is handed to evhttp (which forgets the connection). */
+static struct bufferevent *req_bev(const http_req *r, const struct evhttp_request *ev)
+{
+    return ev && r->conn && r->conn->evcon ? r->conn->bev : NULL;
+}
+
 /* An answer handed to evhttp is only queued; the drain must not end (and
  * the service free the server) before it is on the wire. evhttp reports
  * the end of the write through the request's on-complete callback, or,
@@ -1009,11 +1081,10 @@ static void req_answered(http_req *r, int status, size_t bytes, bool client_gone
              client_gone ? " client=gone" : "");
 
     char labels[512];
-    snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"", r->route_label,
-             r->method, status);
-    metrics_counter_add(METRIC_REQUESTS, labels, 1);
-    snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\"", r->route_label, r->method);
-    metrics_histogram_observe(METRIC_DURATION, labels, seconds);
+    metrics_counter_add(METRIC_REQUESTS, metrics_route_labels(labels, sizeof labels,
+                        r->route_label, r->method, true, status), 1);
+    metrics_histogram_observe(METRIC_DURATION, metrics_route_labels(labels, sizeof labels,
+                              r->route_label, r->method, false, 0), seconds);
 
     http_server *s = r->server;
     if (s) {
@@ -1032,8 +1103,10 @@ static void send_held_answer(void *arg)
 {
     struct held_answer *h = arg;
     if (h->conn) {
+        struct bufferevent *bev = h->conn->bev;
         h->conn->held = NULL;
         evhttp_send_reply(h->ev, h->status, http_reason(h->status), NULL);
+        http_write_now(bev);
     }
     free(h);
 }
@@ -1130,7 +1203,9 @@ static size_t dump_json(struct evbuffer *out, const json_t *body)
         struct evbuffer_iovec v;
         if (evbuffer_reserve_space(out, (ev_ssize_t)want, &v, 1) < 1)
             must(NULL);
-        size_t n = json_dumpb(body, v.iov_base, v.iov_len, JSON_COMPACT | JSON_ENCODE_ANY);
+        long fast = jtext_dump(body, false, v.iov_base, v.iov_len);
+        size_t n = fast >= 0 ? (size_t)fast
+                             : json_dumpb(body, v.iov_base, v.iov_len, JSON_COMPACT | JSON_ENCODE_ANY);
         if (n == 0)
             return 0;
         if (n <= v.iov_len) {
@@ -1187,6 +1262,8 @@ void http_reply_json(http_req *r, int status, json_t *body)
         return;
     }
     struct evhttp_request *ev = req_client(r);
+    struct bufferevent *bev = req_bev(r, ev);
+    add_date(ev);
     if (ev && !body) {
         answer_error(r, 500, "the handler built no response body");
     } else {
@@ -1196,6 +1273,7 @@ void http_reply_json(http_req *r, int status, json_t *body)
         else
             send_answer(r, ev, status, "application/json", len);
     }
+    http_write_now(bev);
     json_decref(body);
     reply_done(r);
 }
@@ -1209,7 +1287,11 @@ void http_reply_error(http_req *r, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    struct evhttp_request *ev = req_client(r);
+    struct bufferevent *bev = req_bev(r, ev);
+    add_date(ev);
     answer_error(r, status, message);
+    http_write_now(bev);
     reply_done(r);
 }
 
@@ -1219,9 +1301,12 @@ void http_reply_raw(http_req *r, int status, const char *content_type, const voi
     if (!reply_claim(r))
         return;
     struct evhttp_request *ev = req_client(r);
+    struct bufferevent *bev = req_bev(r, ev);
+    add_date(ev);
     if (ev && len)
         evbuffer_add(evhttp_request_get_output_buffer(ev), data, len);
     send_answer(r, ev, status, content_type, len);
+    http_write_now(bev);
     reply_done(r);
 }
 
@@ -1229,7 +1314,11 @@ void http_reply_empty(http_req *r, int status)
 {
     if (!reply_claim(r))
         return;
-    send_answer(r, req_client(r), status, NULL, 0);
+    struct evhttp_request *ev = req_client(r);
+    struct bufferevent *bev = req_bev(r, ev);
+    add_date(ev);
+    send_answer(r, ev, status, NULL, 0);
+    http_write_now(bev);
     reply_done(r);
 }
 
@@ -1795,7 +1884,9 @@ json_t *http_req_json(http_req *r)
         return NULL;
     }
     json_error_t error;
-    json_t *json = json_loadb(body, len, 0, &error);
+    json_t *json = jtext_load(body, len);   /* json_loadb's value, faster */
+    if (!json)
+        json = json_loadb(body, len, 0, &error);    /* for the error's place */
     if (!json) {
         http_reply_error(r, 400, "the request body is not valid JSON: %s (line %d, column %d)",
                          error.text, error.line, error.column);

@@ -96,4 +96,10 @@ void http_reply_empty(http_req *r, int status);
 /* Status reason phrase ("Bad Request"), for error bodies. */
 const char *http_reason(int status);
 
+/* Writes what evhttp just queued on bev (an answer, or httpc's request) at
+ * once instead of on the loop's next turn, and when all of it went out,
+ * runs evhttp's "written" step (see http.c). For http.c and httpc.c. */
+struct bufferevent;
+void http_write_now(struct bufferevent *bev);
+
 #endif

@@ -196,6 +196,45 @@ void metrics_histogram_observe(const char *name, const char *labels, double seco
     pthread_mutex_unlock(&registry_lock);
 }
 
+/* Appends n bytes of s at out[*used], keeping the last byte for the NUL. */
+static void labels_put(char *out, size_t size, size_t *used, const char *s, size_t n)
+{
+    if (n > size - 1 - *used)
+        n = size - 1 - *used;
+    memcpy(out + *used, s, n);
+    *used += n;
+}
+
+const char *metrics_route_labels(char *out, unsigned long size, const char *route,
+                                 const char *method, bool with_status, int status)
+{
+    if (size == 0)
+        return out;
+    size_t used = 0;
+    route = route ? route : "(null)";   /* as glibc's printf shows it */
+    method = method ? method : "(null)";
+    labels_put(out, size, &used, "route=\"", 7);
+    labels_put(out, size, &used, route, strlen(route));
+    labels_put(out, size, &used, "\",method=\"", 10);
+    labels_put(out, size, &used, method, strlen(method));
+    if (with_status) {
+        char digits[16];
+        size_t n = sizeof digits;
+        unsigned u = status < 0 ? 0u - (unsigned)status : (unsigned)status;
+        do {
+            digits[--n] = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (status < 0)
+            digits[--n] = '-';
+        labels_put(out, size, &used, "\",status=\"", 10);
+        labels_put(out, size, &used, digits + n, sizeof digits - n);
+    }
+    labels_put(out, size, &used, "\"", 1);
+    out[used] = '\0';
+    return out;
+}
+
 void metrics_add_collector(metrics_collector fn, void *arg)
 {
     pthread_mutex_lock(&registry_lock);

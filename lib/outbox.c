@@ -29,6 +29,7 @@
 #include "bus.h"
 #include "bus_private.h"
 #include "durable.h"
+#include "jtext.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -73,7 +74,10 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
         if (strcmp(key, "eventType") && strcmp(key, "timestamp") && strcmp(key, "eventId"))
             json_object_set_new(env, key, json_deep_copy(value));
     }
-    char *text = json_dumps(env, JSON_COMPACT);
+    /* jtext writes what json_dumps would, without its ~20,000 instructions
+     * per event (callgrind); an event it declines goes through jansson. */
+    char buf[4096];
+    char *text = jtext_dump(env, false, buf, sizeof buf) >= 0 ? buf : json_dumps(env, JSON_COMPACT);
     json_decref(env);
     if (!text) {
         log_error("msg=\"outbox_add: cannot encode event\" event=%s", event_type);
@@ -82,8 +86,11 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
 
     int rc = SQLITE_ERROR;
     sqlite3_stmt *s = store_prepare(st,
-        "INSERT INTO outbox (event_id, event_type, payload, request_id) VALUES (?, ?, ?, ?)");
+        "INSERT INTO outbox (event_id, event_type, payload, request_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?)");
+    char now[32];
     if (s) {
+        sqlite3_bind_text(s, 5, log_utc_now(now, true), -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, event_type, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 3, text, -1, SQLITE_STATIC);
@@ -91,7 +98,7 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
         rc = sqlite3_step(s);
         sqlite3_reset(s);
     }
-    free(text);
+    if (text != buf) free(text);
     if (rc != SQLITE_DONE) {
         char e[200];
         log_error("msg=\"outbox_add: insert failed\" event=%s error=%s", event_type,

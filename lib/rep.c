@@ -12,7 +12,8 @@
  *
  * The request-level helpers (query parameters, collection and 201 answers)
  * are here because every service's handlers read and answer the same way:
- * one place keeps the messages and the self links alike everywhere. */
+ * one place keeps the messages and the self links alike everywhere.
+ */
 #include "rep.h"
 
 #include <errno.h>
@@ -21,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <event2/http.h>
 
 #include "http.h"
 

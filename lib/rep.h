@@ -70,6 +70,7 @@ json_t *rep_collection(const char *collection, json_t *items, const char *self_u
 /* {"status", "error", "message", "path"} */
 json_t *rep_error(int status, const char *message, const char *path);
 
+
 /* ---- answers ---- */
 
 /* The items of a collection being listed, and the base URL their links

@@ -99,8 +99,10 @@ extern const char *const customerpage_migrations[];
 /* Stores a fact unless an equal or preferred one is there: returns 1 when
  * the set of facts of its order changed, 0 when not. */
 int page_store_put_fact(store *st, page_view v, const page_fact *f);
-/* All facts of an order (*out malloc'ed, each fact to be cleared). */
-int page_store_facts(store *st, page_view v, long long order_id, page_fact **out, size_t *n);
+/* All facts of an order but the one of type except_type (NULL: all), *out
+ * malloc'ed with room for PAGE_STEPS facts, each fact to be cleared. */
+int page_store_facts(store *st, page_view v, long long order_id, const char *except_type,
+                     page_fact **out, size_t *n);
 int page_store_put_page(store *st, page_view v, const customer_page *p);
 
 /* Live view, visible rows only. 1 found, 0 not. */

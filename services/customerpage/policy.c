@@ -45,12 +45,17 @@ static void log_handled(const char *what, const json_t *event, const char *reque
              order_id, outcome);
 }
 
-/* Folds the facts of one order into its row. */
-static int refold(store *st, page_view v, long long order_id)
+/* Folds the facts of one order into its row. `stored` is the fact just
+ * stored (the kept one of its type): it is used as it is, and only the
+ * order's other facts are read back. */
+static int refold(store *st, page_view v, const page_fact *stored)
 {
+    long long order_id = stored->order_id;
     page_fact *facts;
     size_t n;
-    if (page_store_facts(st, v, order_id, &facts, &n) < 0) return -1;
+    if (page_store_facts(st, v, order_id, stored->event_type, &facts, &n) < 0) return -1;
+    facts[n] = *stored;
+    facts[n++].event = json_incref(stored->event);
     customer_page page;
     customer_page_fold(order_id, facts, n, &page);
     int rc = page_store_put_page(st, v, &page);
@@ -70,9 +75,10 @@ apply_result customerpage_apply(store *st, page_view v, const json_t *event,
     if (rc == 0) return APPLY_UNCHANGED;
     if (order_id) *order_id = fact.order_id;
     int changed = page_store_put_fact(st, v, &fact);
+    int folded = changed > 0 ? refold(st, v, &fact) : changed;
     page_fact_clear(&fact);
     if (changed == 0) return APPLY_UNCHANGED;
-    if (changed < 0 || refold(st, v, fact.order_id) < 0) {
+    if (folded < 0) {
         snprintf(err, errlen, "database error: %s", store_error(st));
         return APPLY_FAILED;
     }

