@@ -131,11 +131,11 @@ static void check_dumps(int rounds)
 /* ---- reading ---- */
 
 static const char *const seeds[] = {
-    "{\"eventType\":\"Ordered\",\"timestamp\":\"20261125210000\",\"eventId\":"
-    "\"5b1c6a0e-1f2e-4c3d-9a8b-7c6d5e4f3a2b\",\"id\":42,\"productId\":\"1001\",\"qty\":1,"
-    "\"customerId\":\"bench-3\",\"amount\":50000,\"status\":\"OrderApproved\"}",
-    "{\"productId\": \"1001\", \"qty\": 1, \"customerId\": \"bench-3\", \"cardNumber\": "
-    "\"4111111111111111\"}",
+    ("{\"eventType\":\"Ordered\",\"timestamp\":\"20261125210000\",\"eventId\":"
+     "\"5b1c6a0e-1f2e-4c3d-9a8b-7c6d5e4f3a2b\",\"id\":42,\"productId\":\"1001\",\"qty\":1,"
+     "\"customerId\":\"bench-3\",\"amount\":50000,\"status\":\"OrderApproved\"}"),
+    ("{\"productId\": \"1001\", \"qty\": 1, \"customerId\": \"bench-3\", \"cardNumber\": "
+     "\"4111111111111111\"}"),
     " [1,-2,0,-0,true,false,null,{\"a\":[]},{},[[]]] ",
     "{\"a\":1,\"a\":2,\"b\":{\"a\":3,\"a\":[4]}}",
     "{\"x\":999999999999999999,\"y\":-999999999999999999,\"z\":9223372036854775808}",
