@@ -26,13 +26,28 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include <event2/event.h>
 
 #include "log.h"
+#include "metrics.h"
+
+/* What an operator sees on /metrics: how long a sync takes, and how long
+ * answers, calls and acks waited for one. */
+#define METRIC_SYNC "carshare_durable_sync_seconds"
+#define METRIC_WAIT "carshare_durable_wait_seconds"
+
+static double now_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
 
 struct waiter {
     uint64_t seq;                   /* runs once synced >= seq */
+    double since;                   /* when it began to wait */
     void (*fn)(void *arg);
     void *arg;
     struct waiter *next;
@@ -81,12 +96,14 @@ static void *sync_main(void *arg)
         d->thread_asks = false;
         pthread_mutex_unlock(&d->mu);
 
+        double t0 = now_seconds();
         if (d->sync(d->sync_arg) != 0) {
             log_error("msg=\"cannot make commits durable (fsync failed): stopping, a restart "
                       "recovers from what the disk holds\"");
             abort();
         }
 
+        metrics_histogram_observe(METRIC_SYNC, "", now_seconds() - t0);
         pthread_mutex_lock(&d->mu);
         if (target > d->synced) d->synced = target;
         d->runs_done = run;
@@ -113,12 +130,14 @@ static uint64_t read_synced(struct domain *d)
 static void release_upto(struct domain *d, uint64_t synced)
 {
     if (synced > d->synced_seen) d->synced_seen = synced;
+    double now = d->head ? now_seconds() : 0;
     while (d->head && d->head->seq <= d->synced_seen) {
         struct waiter *w = d->head;
         d->head = w->next;
         if (!d->head) d->tail = NULL;
         void (*fn)(void *) = w->fn;
         void *arg = w->arg;
+        metrics_histogram_observe(METRIC_WAIT, "", now - w->since);
         w->next = d->spare;
         d->spare = w;
         fn(arg);
@@ -200,7 +219,7 @@ bool durable_defer(void (*fn)(void *arg), void *arg)
         durable_flush();
         return false;
     }
-    *w = (struct waiter){.seq = d->committed, .fn = fn, .arg = arg};
+    *w = (struct waiter){.seq = d->committed, .since = now_seconds(), .fn = fn, .arg = arg};
     if (d->tail) d->tail->next = w;
     else d->head = w;
     d->tail = w;

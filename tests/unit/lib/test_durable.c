@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <jansson.h>
@@ -23,6 +24,7 @@
 #include "durable.h"
 #include "http.h"
 #include "httpc.h"
+#include "metrics.h"
 #include "store.h"
 #include "testing.h"
 
@@ -123,6 +125,14 @@ static void test_domain(void)
     run_loop_until(5, &released, 3);
     CHECK_STR(order, "ABC");                               /* in order; D was cancelled */
     CHECK(!durable_pending());
+    /* The operator sees the syncs and the waits (three waiters released). */
+    struct evbuffer *text = evbuffer_new();
+    metrics_render(text);
+    evbuffer_add(text, "", 1);
+    const char *m = (const char *)evbuffer_pullup(text, -1);
+    CHECK(strstr(m, "carshare_durable_sync_seconds_count ") != NULL);
+    CHECK(strstr(m, "carshare_durable_wait_seconds_count 3") != NULL);
+    evbuffer_free(text);
 
     /* Another thread waits until the commits it could see are synced: at
      * once when they are, ... */
