@@ -155,17 +155,11 @@ typedef struct http_conn {
     int fd;
     http_req *waiting;             /* its request whose handler answers later */
     bool unflushed;                /* an answer handed to evhttp, not written out */
-    struct held_answer *held;      /* its answer waiting for the disk (durable.h) */
+    struct evhttp_request *held;   /* its answer, waiting for the disk (hold_answer) */
+    int held_status;
     struct event *deadline;        /* the next request must be in by then */
     struct http_conn *prev, *next; /* server's adopted list, or its unadopted list */
 } http_conn;
-
-/* An answer waiting for the disk (see hold_answer). */
-struct held_answer {
-    http_conn *conn;               /* NULL once the connection closed */
-    struct evhttp_request *ev;
-    int status;
-};
 
 struct http_req {
     http_server *server;           /* NULL once the server is freed (orphan) */
@@ -767,6 +761,7 @@ static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
 }
 
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
+static void send_held_answer(void *arg);
 static void on_read_deadline(evutil_socket_t fd, short what, void *arg);
 
 static void conn_index(http_server *s, http_conn *c)
@@ -873,10 +868,8 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
     }
     if (c->unflushed)
         s->unflushed--;
-    if (c->held) {
-        c->held->conn = NULL;   /* libevent frees its request with the connection */
-        c->held = NULL;
-    }
+    if (c->held)    /* libevent frees the request with the connection */
+        durable_cancel(send_held_answer, c);
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -971,12 +964,6 @@ static void add_date(struct evhttp_request *ev)
     evhttp_add_header(evhttp_request_get_output_headers(ev), "Date", text);
 }
 
-/* The bufferevent of the connection a request came on, captured before
- * its answer is handed to evhttp (which forgets the connection). */
-static struct bufferevent *req_bev(const http_req *r, const struct evhttp_request *ev)
-{
-    return ev && r->conn && r->conn->evcon ? r->conn->bev : NULL;
-}
 
 /* An answer handed to evhttp is only queued; the drain must not end (and
  * the service free the server) before it is on the wire. evhttp reports
@@ -1039,38 +1026,26 @@ static void req_answered(http_req *r, int status, size_t bytes, bool client_gone
 
 /* Group commit (durable.h): while a commit is not on disk, answers wait
  * for the sync, complete (headers and body in ev) and counted as
- * unflushed, so a drain waits for them too. At most one per connection:
- * evhttp reads a connection's next request only after its answer. If the
- * connection closes meanwhile, libevent frees ev and the answer is
- * dropped. */
+ * unflushed, so a drain waits for them too. At most one per connection
+ * (evhttp reads a connection's next request only after its answer), so
+ * the connection keeps it. If the connection closes meanwhile, libevent
+ * frees the request and the wait is cancelled (on_connection_closed). */
 static void send_held_answer(void *arg)
 {
-    struct held_answer *h = arg;
-    if (h->conn) {
-        struct bufferevent *bev = h->conn->bev;
-        h->conn->held = NULL;
-        evhttp_send_reply(h->ev, h->status, http_reason(h->status), NULL);
-        http_write_now(bev);
-    }
-    free(h);
+    http_conn *c = arg;
+    struct evhttp_request *ev = c->held;
+    c->held = NULL;
+    evhttp_send_reply(ev, c->held_status, http_reason(c->held_status), NULL);
+    http_write_now(c->bev);     /* may free c (Connection: close) */
 }
 
 /* True when the answer is held; false: send it now. */
 static bool hold_answer(http_conn *c, struct evhttp_request *ev, int status)
 {
-    if (!c || !durable_pending())
+    if (!c || !durable_defer(send_held_answer, c))
         return false;
-    struct held_answer *h = malloc(sizeof *h);
-    if (!h) {
-        durable_flush();    /* no memory to wait: make it durable now */
-        return false;
-    }
-    *h = (struct held_answer){.conn = c, .ev = ev, .status = status};
-    if (!durable_defer(send_held_answer, h)) {
-        free(h);
-        return false;
-    }
-    c->held = h;
+    c->held = ev;
+    c->held_status = status;
     return true;
 }
 
@@ -1079,6 +1054,7 @@ static bool hold_answer(http_conn *c, struct evhttp_request *ev, int status)
 static void send_answer(http_req *r, struct evhttp_request *ev, int status,
                         const char *content_type, size_t body_len)
 {
+    struct bufferevent *bev = NULL;   /* to write to at once (http_write_now) */
     if (ev) {
         struct evkeyvalq *h = evhttp_request_get_output_headers(ev);
         if (content_type) {
@@ -1105,13 +1081,17 @@ static void send_answer(http_req *r, struct evhttp_request *ev, int status,
             }
             track_flush(r->server, r->conn, ev);
         }
+        add_date(ev);
         http_conn *c = r->conn;
         r->conn = NULL;   /* the connection is done with this request */
-        if (!hold_answer(r->server ? c : NULL, ev, status))
+        if (!hold_answer(r->server ? c : NULL, ev, status)) {
             evhttp_send_reply(ev, status, http_reason(status), NULL);
+            bev = c && c->evcon ? c->bev : NULL;
+        }
         r->ev = NULL;
     }
     req_answered(r, status, body_len, ev == NULL);
+    http_write_now(bev);    /* after the bookkeeping: it may serve the next request */
 }
 
 /* The contract's error body, written into out; returns its length. */
@@ -1206,8 +1186,6 @@ void http_reply_json(http_req *r, int status, json_t *body)
         return;
     }
     struct evhttp_request *ev = req_client(r);
-    struct bufferevent *bev = req_bev(r, ev);
-    add_date(ev);
     if (ev && !body) {
         answer_error(r, 500, "the handler built no response body");
     } else {
@@ -1217,7 +1195,6 @@ void http_reply_json(http_req *r, int status, json_t *body)
         else
             send_answer(r, ev, status, "application/json", len);
     }
-    http_write_now(bev);
     json_decref(body);
     reply_done(r);
 }
@@ -1231,11 +1208,7 @@ void http_reply_error(http_req *r, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    struct evhttp_request *ev = req_client(r);
-    struct bufferevent *bev = req_bev(r, ev);
-    add_date(ev);
     answer_error(r, status, message);
-    http_write_now(bev);
     reply_done(r);
 }
 
@@ -1245,12 +1218,9 @@ void http_reply_raw(http_req *r, int status, const char *content_type, const voi
     if (!reply_claim(r))
         return;
     struct evhttp_request *ev = req_client(r);
-    struct bufferevent *bev = req_bev(r, ev);
-    add_date(ev);
     if (ev && len)
         evbuffer_add(evhttp_request_get_output_buffer(ev), data, len);
     send_answer(r, ev, status, content_type, len);
-    http_write_now(bev);
     reply_done(r);
 }
 
@@ -1258,11 +1228,7 @@ void http_reply_empty(http_req *r, int status)
 {
     if (!reply_claim(r))
         return;
-    struct evhttp_request *ev = req_client(r);
-    struct bufferevent *bev = req_bev(r, ev);
-    add_date(ev);
-    send_answer(r, ev, status, NULL, 0);
-    http_write_now(bev);
+    send_answer(r, req_client(r), status, NULL, 0);
     reply_done(r);
 }
 

@@ -243,6 +243,24 @@ static void test_http(void)
     pthread_join(t, NULL);
     CHECK(strncmp(rc.answer, "HTTP/1.1 201", 12) == 0);
 
+    /* A server freed while an answer is held (its connections go with
+     * it): the wait is cancelled with the connection, so the sync finds
+     * nothing freed to send (the sanitizer build catches a use of the freed
+     * connection), and the client sees the connection close unanswered. */
+    http_server *doomed = http_server_new(base, "durable-test-2");
+    http_server_route(doomed, "POST", "/commit", on_commit_route, NULL);
+    struct raw_client cut = {.port = http_server_listen(doomed, "127.0.0.1", 0)};
+    gate_set(false);
+    pthread_create(&t, NULL, raw_client_main, &cut);
+    run_loop(0.3, NULL);
+    CHECK_INT(atomic_load(&cut.done), 0);
+    http_server_free(doomed);
+    gate_set(true);
+    durable_flush();
+    run_loop(5, &cut.done);
+    pthread_join(t, NULL);
+    CHECK_STR(cut.answer, "");
+
     /* A call made after a commit leaves only once the commit is synced. */
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
