@@ -69,10 +69,8 @@ struct domain {
     /* under mu */
     pthread_mutex_t mu;
     pthread_cond_t work;            /* the sync thread waits for work */
-    pthread_cond_t done;            /* other threads wait for a run */
+    pthread_cond_t done;            /* broadcast after each run */
     uint64_t want, synced;
-    uint64_t runs_started, runs_done;
-    bool thread_asks;               /* a thread waits for the next run */
     bool stopping;
 };
 
@@ -82,7 +80,7 @@ static struct domain *dom;
 
 static bool has_work(const struct domain *d)
 {
-    return d->want > d->synced || d->thread_asks;
+    return d->want > d->synced;
 }
 
 static void *sync_main(void *arg)
@@ -92,8 +90,7 @@ static void *sync_main(void *arg)
     for (;;) {
         while (!d->stopping && !has_work(d)) pthread_cond_wait(&d->work, &d->mu);
         if (d->stopping && !has_work(d)) break;
-        uint64_t target = d->want, run = ++d->runs_started;
-        d->thread_asks = false;
+        uint64_t target = d->want;
         pthread_mutex_unlock(&d->mu);
 
         double t0 = now_seconds();
@@ -106,7 +103,6 @@ static void *sync_main(void *arg)
         metrics_histogram_observe(METRIC_SYNC, "", now_seconds() - t0);
         pthread_mutex_lock(&d->mu);
         if (target > d->synced) d->synced = target;
-        d->runs_done = run;
         pthread_cond_broadcast(&d->done);
         event_active(d->release, EV_READ, 0);
     }
@@ -245,14 +241,11 @@ void durable_cancel(void (*fn)(void *arg), void *arg)
     d->tail = prev;
 }
 
-/* Blocks until a run that starts after this call has finished. */
-static void wait_for_a_new_run(struct domain *d)
+/* Blocks until every commit up to `target` is on disk (or stopping). */
+static void wait_until_synced(struct domain *d, uint64_t target)
 {
     pthread_mutex_lock(&d->mu);
-    uint64_t run = d->runs_started + 1;
-    d->thread_asks = true;
-    pthread_cond_signal(&d->work);
-    while (d->runs_done < run && !d->stopping) pthread_cond_wait(&d->done, &d->mu);
+    while (d->synced < target && !d->stopping) pthread_cond_wait(&d->done, &d->mu);
     pthread_mutex_unlock(&d->mu);
 }
 
@@ -260,10 +253,7 @@ void durable_sync_wait(void)
 {
     struct domain *d = dom;
     if (!d) return;
-    uint64_t visible = atomic_load(&d->committing);
-    pthread_mutex_lock(&d->mu);
-    while (d->synced < visible && !d->stopping) pthread_cond_wait(&d->done, &d->mu);
-    pthread_mutex_unlock(&d->mu);
+    wait_until_synced(d, atomic_load(&d->committing));
 }
 
 void durable_flush(void)
@@ -273,8 +263,9 @@ void durable_flush(void)
     if (d->committed > d->synced_seen) {
         pthread_mutex_lock(&d->mu);
         d->want = d->committed;
+        pthread_cond_signal(&d->work);
         pthread_mutex_unlock(&d->mu);
-        wait_for_a_new_run(d);
+        wait_until_synced(d, d->committed);
     }
     release_upto(d, read_synced(d));
 }

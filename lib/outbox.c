@@ -147,7 +147,7 @@ struct relay_marks {
 /* ---- deleting published rows (loop thread) ---- */
 
 /* Deletes the rows up to the relay's mark in one transaction. */
-static void trim_outbox(bus *b)
+void bus_trim_now(bus *b)
 {
     long long mark = atomic_load(&b->published_seq);
     if (mark <= b->trimmed_seq) return;
@@ -174,12 +174,7 @@ void bus_on_trim(evutil_socket_t fd, short what, void *arg)
     (void)what;
     bus *b = arg;
     atomic_store(&b->trim_scheduled, false);
-    trim_outbox(b);
-}
-
-void bus_trim_now(bus *b)
-{
-    trim_outbox(b);
+    bus_trim_now(b);
 }
 
 /* Relay thread: rows up to seq are in JetStream; the loop deletes them
