@@ -17,7 +17,6 @@
 #include "jtext.h"
 #include "log.h"
 #include "order.h"
-#include "rep.h"
 
 static const char *const state_names[] = {
     [INTAKE_PENDING] = "pending",
