@@ -69,7 +69,8 @@ void durable_cancel(void (*fn)(void *arg), void *arg);
  * or when the syncs already cover them. */
 void durable_sync_wait(void);
 
-/* Syncs now, on the calling (loop) thread, and runs every waiter. */
+/* Loop thread: waits until every commit so far is on disk (the sync thread
+ * syncs at once), then runs every waiter. */
 void durable_flush(void);
 
 /* Flushes, stops the sync thread and frees the domain. */
