@@ -24,5 +24,7 @@ done
 echo "deps: installing ${missing[*]}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Another apt run (a second `make` in parallel) holds dpkg's lock: wait for it instead of failing.
+apt=(apt-get -o DPkg::Lock::Timeout=600)
+$SUDO "${apt[@]}" update -qq
+$SUDO "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
