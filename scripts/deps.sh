@@ -3,15 +3,18 @@
 #   scripts/deps.sh build   compilers and libraries (make build, make run)
 #   scripts/deps.sh test    + clang, python3, nodejs/npm and chromium for the browser test
 #   scripts/deps.sh bench   + wrk and nginx
+#   DB=postgres adds the PostgreSQL server (make run DB=postgres); test always has it (the suite
+#   starts its own servers from it)
 # Idempotent and quick when everything is there: apt-get runs only for missing packages.
 set -euo pipefail
 
 need=(build-essential cmake pkg-config libevent-dev libjansson-dev libsqlite3-dev sqlite3
-      libnats-dev nats-server uuid-dev curl python3 ca-certificates)
+      libnats-dev nats-server uuid-dev libpq-dev curl python3 ca-certificates)
 case "${1:-build}" in
-  test)  need+=(clang chromium fonts-noto-cjk) ;;
+  test)  need+=(clang chromium fonts-noto-cjk postgresql postgresql-client) ;;
   bench) need+=(wrk nginx-light) ;;
 esac
+if [ "${DB:-sqlite}" = postgres ]; then need+=(postgresql postgresql-client); fi
 # Node.js and npm drive the browser test; a machine may already have them from elsewhere.
 if [ "${1:-build}" = test ] && ! command -v npm >/dev/null 2>&1; then need+=(nodejs npm); fi
 
