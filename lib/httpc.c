@@ -111,6 +111,7 @@
 #define HTTPC_MAX_BODY      (16 << 20)   /* answers larger than this are broken */
 #define HTTPC_MAX_HEADERS   (64 << 10)
 #define HTTPC_BACKOFF_CAP_MS 10000
+#define HTTPC_BUSY_RETRY_MS  1000         /* a full bulkhead: a short hint */
 
 typedef enum {
     CALL_FREE = 0,
@@ -197,6 +198,7 @@ struct http_client {
 
     httpc_call *queue_head, *queue_tail;
     int queued;
+    int deferred;                      /* admitted calls waiting for group commit */
     httpc_call *free_calls;
     httpc_call *all_calls;
 
@@ -256,6 +258,30 @@ const char *httpc_result_name(httpc_result r)
 const breaker *http_client_breaker(const http_client *c)
 {
     return &c->breaker;
+}
+
+/* The bulkhead: calls waiting for a slot (queued, or admitted and waiting
+ * for group commit, which will want a slot the moment the disk catches
+ * up) beyond the idle slots may not exceed max_queue. */
+static bool bulkhead_full(const http_client *c)
+{
+    int idle = c->n_idle_keep + c->n_idle_extra;
+    return c->queued + c->deferred >= idle + c->opts.max_queue;
+}
+
+httpc_result http_client_refusal(const http_client *c, unsigned long long *retry_ms)
+{
+    unsigned long long ms = breaker_retry_in_ms(&c->breaker, now_ms());
+    if (ms > 0) {
+        *retry_ms = ms;
+        return HTTPC_OPEN;
+    }
+    if (bulkhead_full(c)) {
+        *retry_ms = HTTPC_BUSY_RETRY_MS;
+        return HTTPC_BUSY;
+    }
+    *retry_ms = 0;
+    return HTTPC_OK;
 }
 
 static const struct {
@@ -917,7 +943,9 @@ static void call_dispatch(httpc_call *hc)
 
 static void dispatch_when_durable(void *arg)
 {
-    call_dispatch(arg);
+    httpc_call *hc = arg;
+    hc->client->deferred--;
+    call_dispatch(hc);
 }
 
 static bool socket_connected(int fd)
@@ -1022,8 +1050,7 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
         return 0;
     }
 
-    bool slot_free = c->n_idle_keep + c->n_idle_extra > 0;
-    if (!slot_free && c->queued >= c->opts.max_queue) {
+    if (bulkhead_full(c)) {
         call_refuse(hc, HTTPC_BUSY);
         return 0;
     }
@@ -1036,7 +1063,9 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
      * committed (payment charges for order's reservation), so it leaves
      * only once that is on disk. Retries need not wait again. */
     hc->phase = CALL_DURABLE;
-    if (!durable_defer(dispatch_when_durable, hc))
+    if (durable_defer(dispatch_when_durable, hc))
+        c->deferred++;
+    else
         call_dispatch(hc);
     return 0;
 }
@@ -1207,8 +1236,10 @@ void http_client_free(http_client *c)
         evtimer_del(&hc->timer);
         if (hc->phase == CALL_QUEUED)
             queue_remove(c, hc);
-        if (hc->phase == CALL_DURABLE)
+        if (hc->phase == CALL_DURABLE) {
             durable_cancel(dispatch_when_durable, hc);
+            c->deferred--;
+        }
         if (hc->slot) {
             hc->slot->call = NULL;
             hc->slot = NULL;

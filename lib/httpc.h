@@ -103,6 +103,14 @@ int http_client_json(http_client *c, const char *method, const char *uri,
                      http_client_cb cb, void *arg);
 
 const breaker *http_client_breaker(const http_client *c);
+
+/* Would a call sent now be refused at once, and for how long? HTTPC_OK
+ * when it would be admitted; HTTPC_OPEN while the breaker refuses (*retry_ms:
+ * its cool-down left, or a short hint while a half-open trial is out);
+ * HTTPC_BUSY when the bulkhead is full (*retry_ms: a 1 s hint). Reads
+ * only: it reserves nothing, so a caller that asks before writing anything
+ * (order, before reserving cars) may still be refused by the send. */
+httpc_result http_client_refusal(const http_client *c, unsigned long long *retry_ms);
 const char *httpc_result_name(httpc_result r);
 
 /* Reads http_client_opts from the environment with the given prefix:

@@ -62,16 +62,6 @@ static void payment_opts(http_client_opts *o)
     http_client_opts_from_env(o, "PAYMENT");
 }
 
-/* How many calls the payment client takes before refusing (lib/httpc.c's
- * reading of the options: 0 = its default, a negative queue = none). */
-static int payment_capacity(const http_client_opts *o)
-{
-    int pool = o->pool_size > 0 ? o->pool_size : 16;
-    int inflight = o->max_inflight > 0 ? o->max_inflight : pool;
-    int queue = o->max_queue < 0 ? 0 : o->max_queue > 0 ? o->max_queue : 4 * pool;
-    return inflight + queue;
-}
-
 int main(void)
 {
     service *svc = service_new("order", 8081);
@@ -127,7 +117,6 @@ int main(void)
     order_api_config cfg = {
         .payment = payment_client,
         .reconciler = rec,
-        .payment_capacity = payment_capacity(&opts),
         .test_crash_after_payment = test_crash,
     };
     /* Stop hooks run in the order registered. Clients first: freeing them

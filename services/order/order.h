@@ -17,7 +17,8 @@
  * retry safe. Only approved intakes are orders; ids of the others are gaps.
  *
  * Files: domain.c (rules and transactions), store.c (all SQL), fleet.c
- * (demo fleet, FLEET_FILE), api.c (HTTP and the payment call), reconcile.c
+ * (demo fleet, FLEET_FILE), api.c (HTTP: the fleet, reads, cancel),
+ * rental.c (POST /orders and the payment call), reconcile.c
  * (settles intakes whose payment outcome is unknown), policy.c (events),
  * main.c (wiring). */
 #ifndef CARSHARE_ORDER_H
@@ -218,12 +219,17 @@ void reconciler_stop(reconciler *r);
 typedef struct order_api_config {
     struct http_client *payment;    /* the synchronous payment call */
     reconciler *reconciler;
-    int payment_capacity;           /* calls the payment client takes (in flight +
-                                       queued); beyond, shed before reserving. 0 = no limit */
     bool test_crash_after_payment;  /* ORDER_TEST_CRASH_AFTER_PAYMENT: test only */
 } order_api_config;
 
+/* Registers every route of order (POST /orders through rental.c). */
 void order_api_register(struct service *svc, store *st, const order_api_config *cfg);
+/* The order as the contract shows it (a new reference). */
+json_t *order_json(const order *o, const char *base_url);
+
+/* ---- rental.c ---- */
+
+void order_rental_register(struct service *svc, store *st, const order_api_config *cfg);
 
 /* ---- policy.c ---- */
 

@@ -614,6 +614,9 @@ static void test_breaker_opens_and_recovers(void)
     }
     CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
     CHECK(metric_value("carshare_breaker_state", "upstream=\"brk\"") == 1);
+    unsigned long long retry_ms = 0;
+    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OPEN);
+    CHECK(retry_ms > 0 && retry_ms <= 1000);
 
     /* open: refused at once (on the next loop turn), with the cool-down left */
     get(c, &col, 3, "/hello", true);
@@ -641,6 +644,7 @@ static void test_breaker_opens_and_recovers(void)
     CHECK(wait_for(&col.done, 6, 5000));
     CHECK_INT(col.a[5].result, HTTPC_OK);
     CHECK(metric_value("carshare_breaker_state", "upstream=\"brk\"") == 0);
+    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OK);
     CHECK(metric_value("carshare_upstream_requests_total",
                        "upstream=\"brk\",result=\"ok\",status=\"200\"") == 2);
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"brk\"") == 0);
@@ -681,9 +685,16 @@ static void test_bulkhead(void)
                            .timeout_ms = 300, .max_queue_wait_ms = 100, .retries = -1,
                            .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
     http_client *c = client_named("bulk", port, "", &o);
+    unsigned long long retry_ms = 7;
+    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OK);
+    CHECK(retry_ms == 0);
     for (int i = 0; i < 5; i++)
         get(c, &col, i, "/hello", true);
     CHECK_INT(col.done, 0);
+    /* two on the wire, one queued: the next would be refused, and the
+     * question says so without sending anything */
+    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_BUSY);
+    CHECK(retry_ms == 1000);
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 2);
     CHECK(wait_for(&col.done, 5, 10000));
     CHECK_INT(col.sync_calls, 0);
@@ -703,6 +714,7 @@ static void test_bulkhead(void)
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 0);
     /* latency is observed for the calls that went out, not for refusals */
     CHECK(metric_value("carshare_upstream_duration_seconds_count", "upstream=\"bulk\"") == 3);
+    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OK);
     http_client_free(c);
     close(silent);
 }
