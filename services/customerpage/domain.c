@@ -20,18 +20,19 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include "events.h"
 #include "rep.h"
 
 enum { STEP_PAID, STEP_ORDERED, STEP_SHIPPED, STEP_ORDER_CANCELLED,
        STEP_DELIVERY_CANCELLED, STEP_PAY_CANCELLED };
 
 static const page_step steps[PAGE_STEPS] = {
-    { "Paid",             "Paid",              STEP_PAID },
-    { "Ordered",          "OrderApproved",     STEP_ORDERED },
-    { "Shipped",          "Shipped",           STEP_SHIPPED },
-    { "OrderCancelled",   "OrderCancelled",    STEP_ORDER_CANCELLED },
-    { "DeliveryCanceled", "DeliveryCancelled", STEP_DELIVERY_CANCELLED },
-    { "PayCancelled",     "PaymentCancelled",  STEP_PAY_CANCELLED },
+    { EVENT_PAID,              "Paid",              STEP_PAID },
+    { EVENT_ORDERED,           "OrderApproved",     STEP_ORDERED },
+    { EVENT_SHIPPED,           "Shipped",           STEP_SHIPPED },
+    { EVENT_ORDER_CANCELLED,   "OrderCancelled",    STEP_ORDER_CANCELLED },
+    { EVENT_DELIVERY_CANCELED, "DeliveryCancelled", STEP_DELIVERY_CANCELLED },
+    { EVENT_PAY_CANCELLED,     "PaymentCancelled",  STEP_PAY_CANCELLED },
 };
 
 const page_step *page_step_of(const char *event_type)
@@ -78,8 +79,7 @@ int page_fact_from_event(const json_t *event, page_fact *f, char *err, size_t er
         envelope_string(event, "timestamp", f->timestamp, sizeof f->timestamp, err, errlen) < 0)
         return -1;
     /* Order's own events name the order `id`; the others refer to it. */
-    const char *order_field = (step->rank == STEP_ORDERED || step->rank == STEP_ORDER_CANCELLED)
-                              ? "id" : "orderId";
+    const char *order_field = event_order_field(step->event_type);
     if (rep_int(event, order_field, true, 1, LLONG_MAX, &f->order_id, err, errlen) != 1)
         return -1;
     f->event = json_incref((json_t *)event);

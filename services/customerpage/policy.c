@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "events.h"
 #include "log.h"
 
 static const char *string_or_dash(const json_t *obj, const char *key)
@@ -102,10 +103,11 @@ int customerpage_on_event(store *st, const json_t *event, const char *request_id
 
 void customerpage_policy_register(customerpage_app *app)
 {
-    static const char *const types[] = { "Ordered", "Paid", "Shipped", "OrderCancelled",
-                                         "DeliveryCanceled", "PayCancelled" };
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-        bus_on(app->bus, types[i], customerpage_on_event, app);
+    /* Every type of the contract that is a step of the view (domain.c):
+     * the list lives there once. */
+    for (int i = 0; i < EVENT_TYPE_COUNT; i++)
+        if (page_step_of(event_types[i]))
+            bus_on(app->bus, event_types[i], customerpage_on_event, app);
 }
 
 /* ---- rebuild ---- */

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <jansson.h>
 #include "bus.h"
+#include "events.h"
 #include "service.h"
 #include "store.h"
 
@@ -64,12 +65,12 @@ typedef struct order_facts {
  * not shipped yet. */
 bool delivery_should_ship(const order_facts *f);
 
-/* The payload of the Shipped or DeliveryCanceled event for d (new reference):
- * {id, orderId, paymentId (null when none), status}. */
-json_t *delivery_event_payload(const delivery *d);
+/* The Shipped or DeliveryCanceled event for d (events.h); its strings
+ * borrow from d. */
+event_delivery delivery_event(const delivery *d);
 
-/* The event a delivery in this status publishes ("Shipped" or
- * "DeliveryCanceled", the seed's spelling). */
+/* The event a delivery in this status publishes (EVENT_SHIPPED or
+ * EVENT_DELIVERY_CANCELED, the seed's spelling). */
 const char *delivery_event_type(const delivery *d);
 
 /* ---- store.c: every function returns -1 on a database error (logged) ---- */

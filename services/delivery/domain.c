@@ -12,6 +12,7 @@
 #include "delivery.h"
 
 #include <string.h>
+#include "events.h"
 
 bool delivery_should_ship(const order_facts *f)
 {
@@ -20,14 +21,11 @@ bool delivery_should_ship(const order_facts *f)
 
 const char *delivery_event_type(const delivery *d)
 {
-    return strcmp(d->status, DELIVERY_CANCELLED) == 0 ? "DeliveryCanceled" : "Shipped";
+    return strcmp(d->status, DELIVERY_CANCELLED) == 0 ? EVENT_DELIVERY_CANCELED : EVENT_SHIPPED;
 }
 
-json_t *delivery_event_payload(const delivery *d)
+event_delivery delivery_event(const delivery *d)
 {
-    return json_pack("{s:I, s:I, s:o, s:s}",
-                     "id", (json_int_t)d->id,
-                     "orderId", (json_int_t)d->order_id,
-                     "paymentId", d->payment_id > 0 ? json_integer(d->payment_id) : json_null(),
-                     "status", d->status);
+    return (event_delivery){ .id = d->id, .order_id = d->order_id,
+                             .payment_id = d->payment_id, .status = d->status };
 }

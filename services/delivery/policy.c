@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include "events.h"
 #include "log.h"
 #include "rep.h"
 
@@ -41,13 +42,6 @@ static void log_handled(const json_t *event, const char *request_id, long long o
              order_id, outcome);
 }
 
-/* Reads a required positive id from an event; err names the field. */
-static int event_id_field(const json_t *event, const char *field, long long *out,
-                          char *err, size_t errlen)
-{
-    return rep_int(event, field, true, 1, LLONG_MAX, out, err, errlen) == 1 ? 0 : -1;
-}
-
 static int db_error(store *st, char *err, size_t errlen)
 {
     snprintf(err, errlen, "database error: %s", store_error(st));
@@ -57,11 +51,8 @@ static int db_error(store *st, char *err, size_t errlen)
 /* Adds the event of d's current status to the outbox (caller's transaction). */
 static int publish(store *st, const delivery *d, const char *request_id)
 {
-    json_t *payload = delivery_event_payload(d);
-    if (!payload) return -1;
-    int rc = outbox_add(st, delivery_event_type(d), payload, request_id, NULL);
-    json_decref(payload);
-    return rc;
+    event_delivery e = delivery_event(d);
+    return event_delivery_add(st, delivery_event_type(d), &e, request_id);
 }
 
 /* Ships the order if the rule allows it now. *outcome says what happened. */
@@ -88,9 +79,10 @@ int delivery_on_ordered(store *st, const json_t *event, const char *request_id,
                         void *arg, char *err, size_t errlen)
 {
     (void)arg;
-    long long order_id;
+    event_ordered e;
     const char *outcome = NULL;
-    if (event_id_field(event, "id", &order_id, err, errlen) < 0) return -1;
+    if (event_ordered_read(event, &e, err, errlen) < 0) return -1;
+    long long order_id = e.id;
     if (delivery_store_note_ordered(st, order_id) < 0) return db_error(st, err, errlen);
     if (ship_if_ready(st, order_id, request_id, &outcome, err, errlen) < 0) return -1;
     log_handled(event, request_id, order_id, outcome);
@@ -101,11 +93,10 @@ int delivery_on_paid(store *st, const json_t *event, const char *request_id,
                      void *arg, char *err, size_t errlen)
 {
     (void)arg;
-    long long order_id, payment_id;
+    event_paid e;
     const char *outcome = NULL;
-    if (event_id_field(event, "orderId", &order_id, err, errlen) < 0 ||
-        event_id_field(event, "id", &payment_id, err, errlen) < 0)
-        return -1;
+    if (event_paid_read(event, &e, err, errlen) < 0) return -1;
+    long long order_id = e.order_id, payment_id = e.id;
     if (delivery_store_note_paid(st, order_id, payment_id) < 0) return db_error(st, err, errlen);
     if (ship_if_ready(st, order_id, request_id, &outcome, err, errlen) < 0) return -1;
     log_handled(event, request_id, order_id, outcome);
@@ -116,10 +107,11 @@ int delivery_on_order_cancelled(store *st, const json_t *event, const char *requ
                                 void *arg, char *err, size_t errlen)
 {
     (void)arg;
-    long long order_id;
+    event_order_cancelled e;
     cancellation c;
     bool created = false;
-    if (event_id_field(event, "id", &order_id, err, errlen) < 0) return -1;
+    if (event_order_cancelled_read(event, &e, err, errlen) < 0) return -1;
+    long long order_id = e.id;
     if (delivery_cancel(st, order_id, request_id, &c, &created, err, errlen) < 0) return -1;
     log_handled(event, request_id, order_id, created ? "cancelled" : "already-cancelled");
     return 0;
@@ -161,7 +153,7 @@ int delivery_cancel(store *st, long long order_id, const char *request_id,
 
 void delivery_policy_register(bus *b)
 {
-    bus_on(b, "Ordered", delivery_on_ordered, NULL);
-    bus_on(b, "Paid", delivery_on_paid, NULL);
-    bus_on(b, "OrderCancelled", delivery_on_order_cancelled, NULL);
+    bus_on(b, EVENT_ORDERED, delivery_on_ordered, NULL);
+    bus_on(b, EVENT_PAID, delivery_on_paid, NULL);
+    bus_on(b, EVENT_ORDER_CANCELLED, delivery_on_order_cancelled, NULL);
 }

@@ -13,7 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "bus.h"
+#include "events.h"
 #include "jtext.h"
 #include "log.h"
 #include "order.h"
@@ -157,26 +157,21 @@ reserve_outcome rental_reserve(store *st, const rental_request *rq, intake *out,
     return o == RESERVE_OK ? RESERVE_FAILED : o;
 }
 
-static json_t *ordered_event(const order *o)
+static int add_ordered(store *st, const order *o, const char *request_id)
 {
-    return json_pack("{s:I, s:s, s:I, s:s, s:I, s:s}",
-                     "id", (json_int_t)o->id, "productId", o->product_id,
-                     "qty", (json_int_t)o->qty, "customerId", o->customer_id,
-                     "amount", (json_int_t)o->amount, "status", o->status);
+    event_ordered e = {
+        .id = o->id, .product_id = o->product_id, .qty = o->qty,
+        .customer_id = o->customer_id, .amount = o->amount, .status = o->status,
+    };
+    return event_ordered_add(st, &e, request_id);
 }
 
-static json_t *order_cancelled_event(const order *o)
+static int add_order_cancelled(store *st, const order *o, const char *request_id)
 {
-    return json_pack("{s:I, s:s, s:I, s:s}",
-                     "id", (json_int_t)o->id, "productId", o->product_id,
-                     "qty", (json_int_t)o->qty, "customerId", o->customer_id);
-}
-
-static int add_event(store *st, const char *type, json_t *payload, const char *request_id)
-{
-    int rc = payload ? outbox_add(st, type, payload, request_id, NULL) : -1;
-    json_decref(payload);
-    return rc;
+    event_order_cancelled e = {
+        .id = o->id, .product_id = o->product_id, .qty = o->qty, .customer_id = o->customer_id,
+    };
+    return event_order_cancelled_add(st, &e, request_id);
 }
 
 static int approve_locked(store *st, long long intake_id, long long payment_id, order *out)
@@ -200,7 +195,7 @@ static int approve_locked(store *st, long long intake_id, long long payment_id, 
     out->payment_id = payment_id;
     snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_APPROVED);
     if (order_store_insert(st, out) != 0
-        || add_event(st, "Ordered", ordered_event(out), in.request_id[0] ? in.request_id : NULL))
+        || add_ordered(st, out, in.request_id[0] ? in.request_id : NULL))
         return -1;
     return 1;
 }
@@ -292,7 +287,7 @@ static cancel_outcome cancel_locked(store *st, long long order_id, const char *r
         return CANCEL_FAILED;
     snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_CANCELLED);
     if (car_store_release(st, out->product_id, out->qty) != 0
-        || add_event(st, "OrderCancelled", order_cancelled_event(out), request_id) != 0)
+        || add_order_cancelled(st, out, request_id) != 0)
         return CANCEL_FAILED;
     return CANCEL_DONE;
 }

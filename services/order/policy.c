@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "bus.h"
+#include "events.h"
 #include "log.h"
 #include "order.h"
 #include "rep.h"
@@ -18,12 +19,10 @@ static int on_shipped(store *st, const json_t *event, const char *request_id, vo
                       char *err, size_t errlen)
 {
     (void)arg;
-    char why[160];
-    long long order_id;
-    if (rep_int(event, "orderId", true, 1, LLONG_MAX, &order_id, why, sizeof why) < 0) {
-        snprintf(err, errlen, "Shipped: %s", why);
+    event_delivery e;
+    if (event_delivery_read(event, &e, err, errlen) < 0)
         return -1;
-    }
+    long long order_id = e.order_id;
     int changed = order_mark_shipped(st, order_id);
     if (changed < 0) {
         snprintf(err, errlen, "order %lld could not be marked Shipped", order_id);
@@ -43,5 +42,5 @@ static int on_shipped(store *st, const json_t *event, const char *request_id, vo
 
 void order_policy_register(bus *b)
 {
-    bus_on(b, "Shipped", on_shipped, NULL);
+    bus_on(b, EVENT_SHIPPED, on_shipped, NULL);
 }

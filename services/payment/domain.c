@@ -18,7 +18,7 @@
 #include <string.h>
 #include <jansson.h>
 
-#include "bus.h"
+#include "events.h"
 #include "log.h"
 #include "payment.h"
 
@@ -54,27 +54,22 @@ bool payment_card_declined(const char *digits)
     return digits && strcmp(digits, PAYMENT_DECLINED_CARD) == 0;
 }
 
-static json_t *paid_event(const payment *p)
+static int add_paid(store *st, const payment *p, const char *request_id)
 {
-    return json_pack("{s:I, s:I, s:s, s:I, s:I, s:s}",
-                     "id", (json_int_t)p->id, "orderId", (json_int_t)p->order_id,
-                     "productId", p->product_id, "qty", (json_int_t)p->qty,
-                     "amount", (json_int_t)p->amount, "status", p->status);
+    event_paid e = {
+        .id = p->id, .order_id = p->order_id, .product_id = p->product_id, .qty = p->qty,
+        .amount = p->amount, .status = p->status,
+    };
+    return event_paid_add(st, &e, request_id);
 }
 
-static json_t *pay_cancelled_event(const payment_cancellation *c)
+static int add_pay_cancelled(store *st, const payment_cancellation *c, const char *request_id)
 {
-    return json_pack("{s:I, s:I, s:s, s:I, s:I}",
-                     "id", (json_int_t)c->id, "orderId", (json_int_t)c->order_id,
-                     "productId", c->product_id, "qty", (json_int_t)c->qty,
-                     "amount", (json_int_t)c->amount);
-}
-
-static int add_event(store *st, const char *type, json_t *payload, const char *request_id)
-{
-    int rc = payload ? outbox_add(st, type, payload, request_id, NULL) : -1;
-    json_decref(payload);
-    return rc;
+    event_pay_cancelled e = {
+        .id = c->id, .order_id = c->order_id, .product_id = c->product_id, .qty = c->qty,
+        .amount = c->amount,
+    };
+    return event_pay_cancelled_add(st, &e, request_id);
 }
 
 /* Inside a transaction: the part of a charge that reads and decides. */
@@ -109,7 +104,7 @@ static charge_outcome charge_locked(store *st, const charge_request *rq, const c
     snprintf(out->status, sizeof out->status, "%s", PAYMENT_STATUS_PAID);
     if (payment_store_insert(st, out) != 0)
         return CHARGE_FAILED;
-    if (add_event(st, "Paid", paid_event(out), request_id) != 0)
+    if (add_paid(st, out, request_id) != 0)
         return CHARGE_FAILED;
     return CHARGE_CREATED;
 }
@@ -163,7 +158,7 @@ static refund_outcome refund_locked(store *st, long long order_id, const char *r
     snprintf(out->status, sizeof out->status, "%s", CANCELLATION_STATUS_REFUNDED);
     if (cancellation_store_insert(st, out) != 0
         || payment_store_set_status(st, p.id, PAYMENT_STATUS_CANCELLED) != 0
-        || add_event(st, "PayCancelled", pay_cancelled_event(out), request_id) != 0)
+        || add_pay_cancelled(st, out, request_id) != 0)
         return REFUND_FAILED;
     return REFUND_CREATED;
 }

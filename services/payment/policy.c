@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "bus.h"
+#include "events.h"
 #include "log.h"
 #include "payment.h"
 #include "rep.h"
@@ -17,13 +18,10 @@ static int on_order_cancelled(store *st, const json_t *event, const char *reques
                               char *err, size_t errlen)
 {
     (void)arg;
-    long long order_id;
-    char why[160];
-    /* OrderCancelled's id is the order's id. */
-    if (rep_int(event, "id", true, 1, LLONG_MAX, &order_id, why, sizeof why) < 0) {
-        snprintf(err, errlen, "OrderCancelled: %s", why);
+    event_order_cancelled e;
+    if (event_order_cancelled_read(event, &e, err, errlen) < 0)
         return -1;
-    }
+    long long order_id = e.id;
 
     payment_cancellation c;
     switch (payment_refund(st, order_id, request_id, true, &c)) {
@@ -43,5 +41,5 @@ static int on_order_cancelled(store *st, const json_t *event, const char *reques
 
 void payment_policy_register(bus *b)
 {
-    bus_on(b, "OrderCancelled", on_order_cancelled, NULL);
+    bus_on(b, EVENT_ORDER_CANCELLED, on_order_cancelled, NULL);
 }
