@@ -25,6 +25,15 @@
  * connection callbacks point at the bus, so bus_stop waits for the closed
  * callback, the last one nats.c delivers, before the bus can be freed.
  *
+ * Credentials. The bus is not open to whoever reaches it: nats-server
+ * knows one user per service (scripts/natsauth.py writes its
+ * configuration) that may publish only that service's event types and use
+ * only the JetStream API calls of its own consumer. NATS_USER and
+ * NATS_PASSWORD (or NATS_PASSWORD_FILE, a file holding it, for mounted
+ * secrets) name it; without NATS_USER the connection is anonymous, which a
+ * nats-server with users refuses. Replies come to _INBOX.<user>.…, so a
+ * user's subscribe permission covers its own replies and nobody else's.
+ *
  * Environment: NATS_URL (nats://127.0.0.1:4222), BUS_POLL_MS (1000),
  * BUS_MAX_DELIVER (5), BUS_RETRY_MS (200: first redelivery delay, doubled
  * at each delivery, at most 30 s). */
@@ -168,6 +177,8 @@ natsConnection *bus_connect(bus *b)
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK) s = natsOptions_SetURL(o, b->url);
     if (s == NATS_OK) s = natsOptions_SetName(o, b->service);
+    if (s == NATS_OK && b->user) s = natsOptions_SetUserInfo(o, b->user, b->password);
+    if (s == NATS_OK && b->inbox_prefix) s = natsOptions_SetCustomInboxPrefix(o, b->inbox_prefix);
     if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, b);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(o, 250);
@@ -259,16 +270,19 @@ bool bus_setup_stream(bus *b, jsCtx *js)
 
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
+    /* Creating is idempotent: the same configuration again is a success.
+     * A service never updates the stream, and its bus user may not (an
+     * update could add a source or a republish rule that puts other
+     * services' event types into the stream: scripts/natsauth.py). */
     natsStatus s = js_AddStream(&si, js, &sc, NULL, &jerr);
     if (s != NATS_OK && jerr == JSStreamNameExistErr) {
-        s = js_UpdateStream(&si, js, &sc, NULL, &jerr);
-        if (s != NATS_OK) {
-            /* Someone configured it differently (e.g. memory storage):
-             * use it as it is rather than refuse to work. */
-            log_warn("msg=\"stream exists with another configuration: kept\" error=%s",
-                     bus_nats_error_text(s, jerr, e, sizeof e));
-            s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
-        }
+        /* The operator configured it differently (e.g. memory storage, a
+         * longer duplicate window): use it as it is. */
+        log_warn("msg=\"stream exists with another configuration: kept\" error=%s",
+                 bus_nats_error_text(s, jerr, e, sizeof e));
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
     }
     jsStreamInfo_Destroy(si);
     if (s != NATS_OK) {
@@ -291,6 +305,39 @@ static void wake_relay(void *arg)
     pthread_mutex_unlock(&b->mu);
 }
 
+/* The password: NATS_PASSWORD, else the first line of NATS_PASSWORD_FILE
+ * (a mounted secret keeps it out of the environment). A file that cannot
+ * be read is a fatal configuration error, like any malformed setting. */
+static char *read_password(void)
+{
+    const char *pw = config_str("NATS_PASSWORD", NULL);
+    if (pw) return strdup(pw);
+    const char *path = config_str("NATS_PASSWORD_FILE", NULL);
+    if (!path) return strdup("");
+    FILE *f = fopen(path, "r");
+    char line[512] = "";
+    if (!f || !fgets(line, sizeof line, f)) {
+        fprintf(stderr, "configuration error: NATS_PASSWORD_FILE=%s cannot be read\n", path);
+        exit(2);
+    }
+    fclose(f);
+    line[strcspn(line, "\r\n")] = '\0';
+    return strdup(line);
+}
+
+/* Credentials from the environment (see the top of this file). */
+static bool read_credentials(bus *b)
+{
+    const char *user = config_str("NATS_USER", NULL);
+    if (!user) return true;
+    char prefix[160];
+    snprintf(prefix, sizeof prefix, "_INBOX.%s", user);
+    b->user = strdup(user);
+    b->password = read_password();
+    b->inbox_prefix = strdup(prefix);
+    return b->user && b->password && b->inbox_prefix;
+}
+
 /* A durable name may not contain '.', '*', '>' or white space. */
 static char *durable_name(const char *service)
 {
@@ -310,6 +357,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->durable = durable_name(service_name);
     b->db_path = strdup(store_path(st));
     b->url = strdup(config_str("NATS_URL", "nats://127.0.0.1:4222"));
+    bool creds = read_credentials(b);
     b->poll_ms = config_int("BUS_POLL_MS", 1000, 10, 600000);
     b->max_deliver = config_int("BUS_MAX_DELIVER", 5, 1, 1000);
     b->retry_ms = config_int("BUS_RETRY_MS", 200, 1, MAX_RETRY_DELAY_MS);
@@ -325,8 +373,8 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     pthread_mutex_init(&b->mu, NULL);
     pthread_mutex_init(&b->pub_mu, NULL);
 
-    if (!b->service || !b->durable || !b->db_path || !b->url || !b->pending || !b->inbox ||
-        !b->trim) {
+    if (!b->service || !b->durable || !b->db_path || !b->url || !creds || !b->pending ||
+        !b->inbox || !b->trim) {
         log_error("msg=\"out of memory creating the bus\"");
         bus_free(b);
         return NULL;
@@ -435,6 +483,10 @@ void bus_free(bus *b)
     free(b->durable);
     free(b->db_path);
     free(b->url);
+    free(b->user);
+    if (b->password) explicit_bzero(b->password, strlen(b->password));
+    free(b->password);
+    free(b->inbox_prefix);
     pthread_mutex_destroy(&b->mu);
     pthread_mutex_destroy(&b->pub_mu);
     pthread_cond_destroy(&b->cond);

@@ -86,6 +86,8 @@ struct bus {
     char *durable;      /* consumer name: the service name without . * > or spaces */
     char *db_path;
     char *url;
+    char *user, *password;  /* NATS_USER / NATS_PASSWORD(_FILE); NULL: anonymous */
+    char *inbox_prefix;     /* _INBOX.<user>: the only replies this user may receive */
     long poll_ms, max_deliver, retry_ms;
 
     struct handler *handlers;

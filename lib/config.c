@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 const char *config_str(const char *name, const char *fallback)
 {
@@ -66,7 +67,7 @@ static int make_directories(const char *path)
         if (*p == '/' || *p == '\0') {
             char saved = *p;
             *p = '\0';
-            if (mkdir(copy, 0755) != 0 && errno != EEXIST) {
+            if (mkdir(copy, 0700) != 0 && errno != EEXIST) {
                 rc = -1;
                 break;
             }
@@ -88,6 +89,17 @@ static int make_directories(const char *path)
     return rc;
 }
 
+/* The data directory holds databases, keys and secrets: owner only. One
+ * created before, or by someone else's tool, is tightened too, unless it
+ * is a shared directory (sticky, like /tmp) or not ours to change. */
+static void make_private(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0 || (st.st_mode & S_ISVTX) || st.st_uid != geteuid()) return;
+    if ((st.st_mode & 077) && chmod(dir, 0700) != 0)
+        log_warn("msg=\"cannot make the data directory private\" dir=%s errno=%d", dir, errno);
+}
+
 char *config_data_path(const char *file_name)
 {
     const char *dir = config_str("DATA_DIR", "./data");
@@ -97,6 +109,7 @@ char *config_data_path(const char *file_name)
         config_fatal("DATA_DIR", dir, why);
         return NULL;
     }
+    make_private(dir);
     size_t dlen = strlen(dir);
     while (dlen > 1 && dir[dlen - 1] == '/')
         dlen--;

@@ -32,6 +32,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,9 @@ static struct event_base *new_event_base(void)
 service *service_new(const char *name, int default_port)
 {
     log_init(name);
+    /* Whatever a carshare process creates (databases and their WAL, keys,
+     * secrets) is its owner's only: files 0600, directories 0700. */
+    umask(077);
     /* A client that hangs up must not kill the process on the next write. */
     signal(SIGPIPE, SIG_IGN);
     /* Before any event_base: bus threads hand work to the loop. */

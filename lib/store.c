@@ -626,6 +626,21 @@ static bool configure(store *st)
     return store_exec(st, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON") == SQLITE_OK;
 }
 
+/* The database and its WAL and shared-memory files hold customers' data:
+ * owner only. New files are (the process's umask is 077, service.c); this
+ * also closes files a release before that left readable by others. SQLite
+ * gives the -wal and -shm it creates the main file's mode. */
+static void store_make_private(const char *path)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+        char file[4096];
+        if ((size_t)snprintf(file, sizeof file, "%s%s", path, suffixes[i]) >= sizeof file) return;
+        if (chmod(file, 0600) != 0 && errno != ENOENT)
+            log_warn("msg=\"cannot make the database private\" file=%s errno=%d", file, errno);
+    }
+}
+
 store *store_open_path(const char *path, const char *const *migrations)
 {
     store *st = calloc(1, sizeof *st);
@@ -643,6 +658,7 @@ store *store_open_path(const char *path, const char *const *migrations)
         store_close(st);
         return NULL;
     }
+    store_make_private(path);
     if (!configure(st) ||
         !migrate(st, "platform", platform_migrations, platform_version,
                  "UPDATE platform_schema SET version = %lld") ||

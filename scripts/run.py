@@ -9,6 +9,14 @@ services get SIGTERM (they finish what is in flight and exit 0), nats-server las
 
 Configuration is the same environment the services read (see the README); the defaults are the
 contract's ports on 127.0.0.1 and ./data.
+
+The bus is authenticated (scripts/natsauth.py): at each start run.py writes nats-server's
+configuration, with a new random password for every service's user, to <data>/secrets/nats.conf
+(0600) and hands each service its own credentials in NATS_USER / NATS_PASSWORD. With NATS_URL
+set, nats-server is the operator's, and so are the NATS_USER / NATS_PASSWORD given to services.
+
+Files: the data directory and secrets/ are 0700; the services create theirs 0600 (umask 077),
+and the logs written here are 0600 too.
 """
 import os
 import signal
@@ -16,6 +24,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+import natsauth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("CARSHARE_BIN", os.path.join(ROOT, "build", "bin"))
@@ -39,7 +49,9 @@ class Supervised:
         self.proc, self.crashes, self.next_start = None, 0, 0.0
 
     def start(self):
-        logf = open(os.path.join(DATA_DIR, "logs", self.name + ".log"), "ab")
+        path = os.path.join(DATA_DIR, "logs", self.name + ".log")
+        logf = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.chmod(path, 0o600)   # a log written before files were kept private
         # A session of its own: Ctrl-C in the terminal reaches run.py only, which then stops the
         # services in order (gateway first, nats-server last) instead of all at once.
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
@@ -87,8 +99,16 @@ def ready(port):
         return False
 
 
+def private_dirs():
+    """The data directory and what run.py creates in it: readable by their owner only."""
+    os.umask(0o077)
+    for d in (DATA_DIR, os.path.join(DATA_DIR, "logs"), os.path.join(DATA_DIR, "secrets")):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+
+
 def main():
-    os.makedirs(os.path.join(DATA_DIR, "logs"), exist_ok=True)
+    private_dirs()
     nats_port = int(os.environ.get("NATS_PORT", 4222))
     env = dict(os.environ)
     env.setdefault("DATA_DIR", DATA_DIR)
@@ -99,12 +119,16 @@ def main():
             env.setdefault(name.upper() + "_URL", "http://%s:%d" % (HOST, port_of(name)))
 
     procs = []
+    passwords = {}
     if "NATS_URL" not in os.environ:
-        nats = Supervised("nats-server", ["nats-server", "-js", "-a", HOST, "-p", str(nats_port),
-                                          "-sd", os.path.join(DATA_DIR, "nats")], env)
-        procs.append(nats)
+        passwords = natsauth.new_passwords()
+        conf = natsauth.write_config(os.path.join(DATA_DIR, "secrets", "nats.conf"), HOST,
+                                     nats_port, os.path.join(DATA_DIR, "nats"), passwords)
+        procs.append(Supervised("nats-server", ["nats-server", "-c", conf], env))
     for name in ORDER:
         senv = dict(env, PORT=str(port_of(name)))
+        if passwords:
+            senv.update(natsauth.service_env(name, passwords))
         procs.append(Supervised(name, [os.path.join(BIN, "carshare-" + name)], senv))
 
     stopping = []

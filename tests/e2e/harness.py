@@ -25,6 +25,9 @@ import urllib.error
 import urllib.request
 import http.client
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import natsauth  # noqa: E402  (scripts/natsauth.py: the bus's users, as make run writes them)
+
 BIN = os.environ.get("CARSHARE_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build", "bin"))
 WEB = os.environ.get("CARSHARE_WEB", os.path.join(os.path.dirname(__file__), "..", "..", "web"))
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -101,6 +104,7 @@ class System:
         self.want_nats = True if nats is None else nats
         self.ports = {name: free_port() for name in self.services}
         self.nats_port = free_port()
+        self.nats_passwords = natsauth.new_passwords()
         self.procs = {}
         self.extra_env = dict(env or {})
         self.service_env = service_env or {}
@@ -132,16 +136,22 @@ class System:
         return "nats://127.0.0.1:%d" % self.nats_port
 
     def start_nats(self):
+        """nats-server with JetStream and the users and permissions make run gives it."""
         store = os.path.join(self.dir, "nats")
         os.makedirs(store, exist_ok=True)
-        p = Proc("nats", [NATS, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port), "-sd", store],
-                 dict(os.environ), os.path.join(self.dir, "nats.log"))
+        conf = natsauth.write_config(os.path.join(self.dir, "secrets", "nats.conf"), "127.0.0.1",
+                                     self.nats_port, store, self.nats_passwords)
+        p = Proc("nats", [NATS, "-c", conf], dict(os.environ), os.path.join(self.dir, "nats.log"))
         p.start()
         self.procs["nats"] = p
         wait_for(lambda: port_open(self.nats_port), 10, "nats-server to listen")
 
     def stop_nats(self):
         self.procs["nats"].stop()
+
+    def nats_client(self, user="admin"):
+        """A raw NATS connection as `user` (admin: every right; None: no credentials)."""
+        return Nats(self.nats_port, user, self.nats_passwords.get(user))
 
     def env_for(self, name):
         env = dict(os.environ)
@@ -161,6 +171,7 @@ class System:
         # the gateway to wait for a service it stopped says so in service_env).
         upstreams = [s for s in self.services if s != "gateway"]
         env["GATEWAY_READY_UPSTREAMS"] = ",".join(upstreams) or "none"
+        env.update(natsauth.service_env(name, self.nats_passwords))
         env.update(self.extra_env)
         env.update(self.service_env.get(name, {}))
         return env
@@ -256,6 +267,75 @@ class System:
             except ValueError:
                 parsed = text
         return resp.status, parsed, rh
+
+
+class Nats:
+    """A minimal NATS client (text protocol), enough to publish, request and see refusals."""
+
+    def __init__(self, port, user=None, password=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.line()   # INFO
+        connect = {"verbose": False, "pedantic": False, "headers": True}
+        if user:
+            connect.update(user=user, **{"pass": password})
+        inbox = "_INBOX.%s.e2e" % (user or "anon")
+        self.inbox = inbox
+        self.sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\n"
+                          + b"SUB " + inbox.encode() + b" 1\r\nPING\r\n")
+
+    def close(self):
+        self.sock.close()
+
+    def fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise OSError("nats-server closed the connection")
+        self.buf += data
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self.fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def payload(self, n):
+        while len(self.buf) < n + 2:
+            self.fill()
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def send(self, subject, body, headers=None, reply=None):
+        reply = (reply + " ") if reply else ""
+        if headers:
+            hdr = ("NATS/1.0\r\n" + "".join("%s: %s\r\n" % kv for kv in headers.items())
+                   + "\r\n").encode()
+            self.sock.sendall(b"HPUB %s %s%d %d\r\n" % (subject.encode(), reply.encode(), len(hdr),
+                                                         len(hdr) + len(body)) + hdr + body + b"\r\n")
+        else:
+            self.sock.sendall(b"PUB %s %s%d\r\n" % (subject.encode(), reply.encode(), len(body))
+                              + body + b"\r\n")
+
+    def request(self, subject, body, headers=None):
+        """Publishes body (bytes) with a reply inbox and returns the parsed JSON answer; a refusal
+        by nats-server (-ERR) raises NatsRefused."""
+        self.send(subject, body, headers, self.inbox)
+        while True:
+            line = self.line()
+            if line == "PING":
+                self.sock.sendall(b"PONG\r\n")
+            elif line.startswith("MSG "):
+                return json.loads(self.payload(int(line.split()[-1])))
+            elif line.startswith("HMSG "):
+                parts = line.split()
+                data = self.payload(int(parts[-1]))
+                return json.loads(data[int(parts[-2]):] or b"{}")
+            elif line.startswith("-ERR"):
+                raise NatsRefused(line)
+
+
+class NatsRefused(AssertionError):
+    """nats-server answered -ERR (authorization or permissions violation)."""
 
 
 def port_open(port):

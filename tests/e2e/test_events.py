@@ -20,7 +20,6 @@ protocol (stdlib only). Waits poll real state with generous deadlines; nothing a
 import atexit
 import json
 import os
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -57,65 +56,9 @@ def system(**kw):
     return System(SERVICES, env=env, service_env={"order": {"FLEET_FILE": FLEET}}, **kw)
 
 
-# ---- a minimal NATS client (text protocol) ----
-
-class Nats:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-        self.line()   # INFO
-        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
-                          b'SUB _INBOX.e2e 1\r\n')
-
-    def close(self):
-        self.sock.close()
-
-    def fill(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise OSError("nats-server closed the connection")
-        self.buf += data
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            self.fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line.decode()
-
-    def payload(self, n):
-        while len(self.buf) < n + 2:
-            self.fill()
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def request(self, subject, body, headers=None):
-        """Publishes body (bytes) with a reply inbox and returns the parsed JSON answer."""
-        if headers:
-            hdr = ("NATS/1.0\r\n" + "".join("%s: %s\r\n" % kv for kv in headers.items())
-                   + "\r\n").encode()
-            self.sock.sendall(b"HPUB %s _INBOX.e2e %d %d\r\n" % (subject.encode(), len(hdr),
-                                                                len(hdr) + len(body))
-                              + hdr + body + b"\r\n")
-        else:
-            self.sock.sendall(b"PUB %s _INBOX.e2e %d\r\n" % (subject.encode(), len(body))
-                              + body + b"\r\n")
-        while True:
-            line = self.line()
-            if line == "PING":
-                self.sock.sendall(b"PONG\r\n")
-            elif line.startswith("MSG "):
-                return json.loads(self.payload(int(line.split()[-1])))
-            elif line.startswith("HMSG "):
-                parts = line.split()
-                data = self.payload(int(parts[-1]))
-                return json.loads(data[int(parts[-2]):] or b"{}")
-            elif line.startswith("-ERR"):
-                raise AssertionError("nats: " + line)
-
-
 def stream_count(s, event_type):
     """How many events of this type the stream `carshare` holds."""
-    nc = Nats(s.nats_port)
+    nc = s.nats_client()
     try:
         info = nc.request("$JS.API.STREAM.INFO.carshare",
                           json.dumps({"subjects_filter": "carshare." + event_type}).encode())
@@ -126,7 +69,7 @@ def stream_count(s, event_type):
 
 
 def publish_raw(s, event_type, event):
-    nc = Nats(s.nats_port)
+    nc = s.nats_client()
     try:
         ack = nc.request("carshare." + event_type, json.dumps(event).encode(),
                          {"Nats-Msg-Id": event["eventId"]})

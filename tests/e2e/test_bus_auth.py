@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""End-to-end: the bus is not open to whoever can reach it (scripts/natsauth.py).
+
+Real nats-server configured as make run configures it, real services connected with their own
+users. Each refusal is checked next to the same call made by a user who may make it, so a test
+cannot pass because the call was malformed or the server refuses everything:
+
+  - a client without credentials, or with a wrong password, is refused, and a forged event it
+    tries to publish never reaches the stream;
+  - each service's user may publish its own event types and no other service's (order cannot
+    publish Paid, payment cannot publish Ordered, customerpage publishes nothing);
+  - no user can change the stream (update, delete, purge, another stream with a republish rule),
+    nor read, pull from or ack another service's consumer, nor subscribe outside its own inbox.
+"""
+import json
+import os
+import sys
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import NatsRefused, System, check, run, wait_for  # noqa: E402
+
+BUS_SERVICES = ["payment", "order", "delivery", "customerpage"]
+
+
+def event(event_type, **payload):
+    body = {"eventType": event_type, "timestamp": "20261207000000", "eventId": str(uuid.uuid4())}
+    body.update(payload)
+    return body
+
+
+def count(s, event_type):
+    nc = s.nats_client()
+    try:
+        info = nc.request("$JS.API.STREAM.INFO.carshare",
+                          json.dumps({"subjects_filter": "carshare." + event_type}).encode())
+    finally:
+        nc.close()
+    return (info.get("state", {}).get("subjects") or {}).get("carshare." + event_type, 0)
+
+
+def publish(s, user, event_type, password=None):
+    """Publishes one forged event as `user`; returns the JetStream ack or raises NatsRefused."""
+    if password is not None:
+        from harness import Nats
+        nc = Nats(s.nats_port, user, password)
+    else:
+        nc = s.nats_client(user)
+    ev = event(event_type, id=999999, orderId=999999, productId="1001", qty=1, amount=1)
+    try:
+        return nc.request("carshare." + event_type, json.dumps(ev).encode(),
+                          {"Nats-Msg-Id": ev["eventId"]})
+    finally:
+        nc.close()
+
+
+def refused(fn, what):
+    try:
+        answer = fn()
+    except NatsRefused as e:
+        return str(e)
+    raise AssertionError("%s was not refused: %r" % (what, answer))
+
+
+def stream_ready(s):
+    wait_for(lambda: "state" in s.nats_client().request("$JS.API.STREAM.INFO.carshare", b""),
+             15, "the services to create the stream")
+
+
+def test_no_credentials_no_bus():
+    with System(BUS_SERVICES) as s:
+        stream_ready(s)
+        before = count(s, "Paid")
+        why = refused(lambda: publish(s, None, "Paid"), "a client without credentials")
+        check("authorization" in why.lower(), "unexpected refusal: %s" % why)
+        why = refused(lambda: publish(s, "payment", "Paid", password="not-the-password"),
+                      "a wrong password")
+        check("authorization" in why.lower(), "unexpected refusal: %s" % why)
+        check(count(s, "Paid") == before, "a forged Paid reached the stream")
+        # The same publish with payment's credentials is stored: the refusals were about who.
+        ack = publish(s, "payment", "Paid")
+        check(ack.get("stream") == "carshare", "payment could not publish Paid: %r" % (ack,))
+        check(count(s, "Paid") == before + 1, "payment's own Paid was not stored")
+
+
+def test_each_service_publishes_only_its_own_events():
+    own = {"order": ["Ordered", "OrderCancelled", "Returned"], "payment": ["Paid", "PayCancelled"],
+           "delivery": ["Shipped", "DeliveryCanceled"], "customerpage": []}
+    every = sorted({t for types in own.values() for t in types})
+    with System(BUS_SERVICES) as s:
+        stream_ready(s)
+        for user, types in own.items():
+            for t in every:
+                before = count(s, t)
+                if t in types:
+                    ack = publish(s, user, t)
+                    check(ack.get("stream") == "carshare", "%s may publish %s: %r" % (user, t, ack))
+                    check(count(s, t) == before + 1, "%s's %s was not stored" % (user, t))
+                else:
+                    why = refused(lambda: publish(s, user, t), "%s publishing %s" % (user, t))
+                    check("permissions violation" in why.lower(), "unexpected refusal: %s" % why)
+                    check(count(s, t) == before, "%s's forged %s reached the stream" % (user, t))
+
+
+def api_call(s, user, subject, body=b""):
+    nc = s.nats_client(user)
+    try:
+        return nc.request(subject, body)
+    finally:
+        nc.close()
+
+
+def test_no_service_changes_the_stream_or_another_consumer():
+    # A stream update could add a source or a republish rule: another way to inject events.
+    republish = json.dumps({"name": "carshare", "subjects": ["carshare.>"], "storage": "file",
+                            "republish": {"src": ">", "dest": "x.>"}}).encode()
+    evil = json.dumps({"name": "evil", "subjects": ["evil.>"],
+                       "republish": {"src": "evil.>", "dest": "carshare.Paid"}}).encode()
+    with System(BUS_SERVICES) as s:
+        stream_ready(s)
+        for user in ["order", "payment", "delivery", "customerpage"]:
+            for subject, body in [("$JS.API.STREAM.UPDATE.carshare", republish),
+                                  ("$JS.API.STREAM.DELETE.carshare", b""),
+                                  ("$JS.API.STREAM.PURGE.carshare", b""),
+                                  ("$JS.API.STREAM.CREATE.evil", evil),
+                                  ("$JS.API.STREAM.MSG.DELETE.carshare", b'{"seq": 1}')]:
+                refused(lambda: api_call(s, user, subject, body), "%s calling %s" % (user, subject))
+            for other in ["order", "payment", "delivery", "customerpage"]:
+                if other == user:
+                    continue
+                for subject in ["$JS.API.CONSUMER.MSG.NEXT.carshare." + other,
+                                "$JS.API.CONSUMER.DELETE.carshare." + other,
+                                "$JS.API.CONSUMER.CREATE.carshare." + other,
+                                "$JS.ACK.carshare.%s.1.1.1.1.1" % other]:
+                    refused(lambda: api_call(s, user, subject, b'{"batch": 1}'),
+                            "%s calling %s" % (user, subject))
+            # Its own consumer: allowed (the refusals above are about whose it is).
+            info = api_call(s, user, "$JS.API.CONSUMER.INFO.carshare." + user)
+            check(info.get("name") == user, "%s cannot read its own consumer: %r" % (user, info))
+        info = api_call(s, "admin", "$JS.API.STREAM.INFO.carshare")
+        check(info["config"].get("republish") is None, "the stream was changed: %r" % info)
+        check(info["config"]["subjects"] == ["carshare.>"], "the stream was changed: %r" % info)
+
+
+def test_no_service_reads_others_replies_or_the_raw_subjects():
+    with System(BUS_SERVICES) as s:
+        stream_ready(s)
+        for user in ["order", "customerpage"]:
+            for subject in ["carshare.>", "_INBOX.>", "_INBOX.payment.>", ">"]:
+                nc = s.nats_client(user)
+                try:
+                    nc.sock.sendall(("SUB %s 9\r\nPING\r\n" % subject).encode())
+                    # Two PINGs were sent (the client's own, then this one): a forbidden SUB is
+                    # answered with -ERR before the second PONG.
+                    lines, pongs = [], 0
+                    while pongs < 2:
+                        line = nc.line()
+                        lines.append(line)
+                        pongs += line == "PONG"
+                    errs = [ln for ln in lines if ln.startswith("-ERR")]
+                    check(errs and "subscription" in errs[0].lower(),
+                          "%s could subscribe to %s (%r)" % (user, subject, lines))
+                finally:
+                    nc.close()
+
+
+if __name__ == "__main__":
+    run(globals())
