@@ -14,6 +14,7 @@
  * use is logged once and ignored, so /metrics stays valid. */
 #include "metrics.h"
 #include "log.h"
+#include "mem.h"
 
 #include <event2/buffer.h>
 
@@ -68,15 +69,6 @@ static size_t slot_count, series_count;
 static collector *collectors;
 static size_t collector_count, collector_cap;
 
-static void *must(void *p)
-{
-    if (!p) {
-        log_error("msg=\"out of memory\" where=metrics");
-        abort();
-    }
-    return p;
-}
-
 /* FNV-1a over name, a separator that cannot occur in either, and labels. */
 static uint64_t series_hash(const char *name, const char *labels)
 {
@@ -94,8 +86,8 @@ static family *family_find_or_add(const char *name, metric_kind kind)
     for (family *f = families_first; f; f = f->next)
         if (!strcmp(f->name, name))
             return f;
-    family *f = must(calloc(1, sizeof *f));
-    f->name = must(strdup(name));
+    family *f = mem_must(calloc(1, sizeof *f));
+    f->name = mem_must(strdup(name));
     f->kind = kind;
     if (families_last) families_last->next = f;
     else families_first = f;
@@ -106,7 +98,7 @@ static family *family_find_or_add(const char *name, metric_kind kind)
 static void table_grow(void)
 {
     size_t new_count = slot_count ? slot_count * 2 : 64;
-    series **new_slots = must(calloc(new_count, sizeof *new_slots));
+    series **new_slots = mem_must(calloc(new_count, sizeof *new_slots));
     for (size_t i = 0; i < slot_count; i++) {
         series *s = slots[i];
         while (s) {
@@ -149,9 +141,9 @@ static series *series_get(const char *name, const char *labels, metric_kind kind
     }
     if (series_count + 1 > slot_count)
         table_grow();
-    series *s = must(calloc(1, sizeof *s));
+    series *s = mem_must(calloc(1, sizeof *s));
     s->family = f;
-    s->labels = must(strdup(labels));
+    s->labels = mem_must(strdup(labels));
     s->hash = h;
     size_t j = h & (slot_count - 1);
     s->next_in_slot = slots[j];
@@ -240,7 +232,7 @@ void metrics_add_collector(metrics_collector fn, void *arg)
     pthread_mutex_lock(&registry_lock);
     if (collector_count == collector_cap) {
         collector_cap = collector_cap ? collector_cap * 2 : 8;
-        collectors = must(realloc(collectors, collector_cap * sizeof *collectors));
+        collectors = mem_must(realloc(collectors, collector_cap * sizeof *collectors));
     }
     collectors[collector_count++] = (collector){fn, arg};
     pthread_mutex_unlock(&registry_lock);
@@ -312,7 +304,7 @@ void metrics_render(struct evbuffer *out)
      * list is copied because a collector could register another. */
     pthread_mutex_lock(&registry_lock);
     size_t n = collector_count;
-    collector *todo = n ? must(malloc(n * sizeof *todo)) : NULL;
+    collector *todo = n ? mem_must(malloc(n * sizeof *todo)) : NULL;
     if (n) memcpy(todo, collectors, n * sizeof *todo);
     pthread_mutex_unlock(&registry_lock);
     for (size_t i = 0; i < n; i++)

@@ -24,6 +24,7 @@
 #include "service.h"
 #include "config.h"
 #include "log.h"
+#include "mem.h"
 #include "metrics.h"
 
 #include <event2/buffer.h>
@@ -66,15 +67,6 @@ typedef struct {
 static service_impl *the_service;
 static char second_signal_line[160];
 static size_t second_signal_line_len;
-
-static void *must(void *p)
-{
-    if (!p) {
-        log_error("msg=\"out of memory\" where=service");
-        abort();
-    }
-    return p;
-}
 
 unsigned long long service_now_ms(void)
 {
@@ -125,7 +117,7 @@ static void health_ready(http_req *r, void *arg)
 static void metrics_page(http_req *r, void *arg)
 {
     (void)arg;
-    struct evbuffer *text = must(evbuffer_new());
+    struct evbuffer *text = mem_must(evbuffer_new());
     metrics_render(text);
     size_t len = evbuffer_get_length(text);
     const void *data = len ? (const void *)evbuffer_pullup(text, -1) : (const void *)"";
@@ -242,9 +234,9 @@ service *service_new(const char *name, int default_port)
         exit(1);
     }
 
-    service_impl *svc = must(calloc(1, sizeof *svc));
+    service_impl *svc = mem_must(calloc(1, sizeof *svc));
     svc->started_ms = service_now_ms();
-    svc->pub.name = must(strdup(name));
+    svc->pub.name = mem_must(strdup(name));
     svc->pub.host = config_str("HOST", "127.0.0.1");
     svc->pub.port = (int)config_int("PORT", default_port, 0, 65535);
     svc->pub.base = new_event_base();
@@ -266,14 +258,14 @@ service *service_new(const char *name, int default_port)
 void service_ready_check(service *pub, const char *what, service_check fn, void *arg)
 {
     service_impl *svc = (service_impl *)pub;
-    svc->checks = must(realloc(svc->checks, (svc->nchecks + 1) * sizeof *svc->checks));
-    svc->checks[svc->nchecks++] = (ready_check){must(strdup(what)), fn, arg};
+    svc->checks = mem_must(realloc(svc->checks, (svc->nchecks + 1) * sizeof *svc->checks));
+    svc->checks[svc->nchecks++] = (ready_check){mem_must(strdup(what)), fn, arg};
 }
 
 void service_on_stop(service *pub, void (*fn)(void *arg), void *arg)
 {
     service_impl *svc = (service_impl *)pub;
-    svc->hooks = must(realloc(svc->hooks, (svc->nhooks + 1) * sizeof *svc->hooks));
+    svc->hooks = mem_must(realloc(svc->hooks, (svc->nhooks + 1) * sizeof *svc->hooks));
     svc->hooks[svc->nhooks++] = (stop_hook){fn, arg};
 }
 
@@ -320,8 +312,8 @@ int service_run(service *pub)
         return 1;
     }
     pub->port = port;
-    svc->sigterm_event = must(evsignal_new(pub->base, SIGTERM, on_signal, svc));
-    svc->sigint_event = must(evsignal_new(pub->base, SIGINT, on_signal, svc));
+    svc->sigterm_event = mem_must(evsignal_new(pub->base, SIGTERM, on_signal, svc));
+    svc->sigint_event = mem_must(evsignal_new(pub->base, SIGINT, on_signal, svc));
     event_add(svc->sigterm_event, NULL);
     event_add(svc->sigint_event, NULL);
     log_info("msg=listening host=%s port=%d", pub->host, port);

@@ -1,0 +1,408 @@
+/* http_req.c: a request's memory and its read side (http_private.h).
+ *
+ * An http_req comes from a per-server free list and carries an arena for
+ * everything derived from the request (decoded path, segments, query
+ * pairs, a copy of the body, the request id), so a typical request costs
+ * no malloc of ours; bigger requests spill into malloc'ed blocks freed
+ * with the request. What a handler may read after going asynchronous is
+ * copied there, because libevent may free its evhttp_request before the
+ * handler answers (http_answer.c). The accessors below (http_req_*) are
+ * what handlers see of a request; the query is parsed and the base URL
+ * computed on first use. */
+#include "http_private.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "jtext.h"
+#include "mem.h"
+#include "uuid.h"
+
+/* ---- the arena ---- */
+
+void *http_req_alloc(http_req *r, size_t n)
+{
+    size_t start = (r->arena_used + (_Alignof(max_align_t) - 1)) & ~(size_t)(_Alignof(max_align_t) - 1);
+    if (start <= sizeof r->arena && n <= sizeof r->arena - start) {
+        r->arena_used = start + n;
+        return r->arena + start;
+    }
+    spill *sp = mem_must(malloc(sizeof *sp + n));
+    sp->next = r->spills;
+    r->spills = sp;
+    return sp->data;
+}
+
+char *http_req_strndup(http_req *r, const char *s, size_t n)
+{
+    char *copy = http_req_alloc(r, n + 1);
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    return copy;
+}
+
+char *http_req_strdup(http_req *r, const char *s)
+{
+    return http_req_strndup(r, s, strlen(s));
+}
+
+static int hex_value(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes %XX escapes (and '+' as a space when plus_is_space) of in[0..len)
+ * into out, which has room for len + 1 bytes. Malformed escapes and %00 are
+ * kept as they are (a NUL would silently cut the string). */
+size_t http_percent_decode(char *out, const char *in, size_t len, bool plus_is_space)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        if (c == '%' && i + 2 < len) {
+            int hi = hex_value((unsigned char)in[i + 1]);
+            int lo = hex_value((unsigned char)in[i + 2]);
+            if (hi >= 0 && lo >= 0 && (hi | lo) != 0) {
+                out[o++] = (char)(hi * 16 + lo);
+                i += 2;
+                continue;
+            }
+        } else if (c == '+' && plus_is_space) {
+            c = ' ';
+        }
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Request ids                                                         */
+
+/* A client's X-Request-Id is kept when it is a plain token: it goes into
+ * log lines and headers of other services unquoted. */
+static bool request_id_acceptable(const char *id)
+{
+    size_t n = 0;
+    for (const char *p = id; *p; p++, n++) {
+        char c = *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_' || c == '.' || c == ':';
+        if (!ok || n >= REQUEST_ID_MAX)
+            return false;
+    }
+    return n > 0;
+}
+
+/* ---- pool and lifetime ---- */
+
+http_req *http_req_acquire(http_server *s)
+{
+    http_req *r = s->pool;
+    if (r) {
+        s->pool = r->next;
+        s->pool_count--;
+    } else {
+        r = mem_must(malloc(sizeof *r));
+        r->timer = mem_must(evtimer_new(s->base, http_on_request_timeout, r));
+    }
+    struct event *timer = r->timer;
+    memset(r, 0, offsetof(http_req, arena));
+    r->timer = timer;
+    r->server = s;
+    r->next = s->live;
+    if (s->live) s->live->prev = r;
+    s->live = r;
+    return r;
+}
+
+void http_req_destroy(http_req *r)
+{
+    event_free(r->timer);
+    free(r);
+}
+
+void http_req_release(http_req *r)
+{
+    if (r->timer_armed) {
+        event_del(r->timer);
+        r->timer_armed = false;
+    }
+    while (r->spills) {
+        spill *next = r->spills->next;
+        free(r->spills);
+        r->spills = next;
+    }
+    http_server *s = r->server;
+    if (!s) {
+        http_req_destroy(r);
+        return;
+    }
+    if (r->prev) r->prev->next = r->next;
+    else s->live = r->next;
+    if (r->next) r->next->prev = r->prev;
+    if (s->pool_count < REQ_POOL_MAX) {
+        r->next = s->pool;
+        s->pool = r;
+        s->pool_count++;
+    } else {
+        http_req_destroy(r);
+    }
+}
+
+/* Fills what a handler may read, copied into the arena. */
+void http_req_begin(http_req *r, struct evhttp_request *ev, const char **raw_path)
+{
+    r->ev = ev;
+    r->t0_ns = http_now_ns();
+    r->cmd = evhttp_request_get_command(ev);
+    r->method = http_method_name(r->cmd);
+    r->head = r->cmd == EVHTTP_REQ_HEAD;
+    r->route_pattern = UNMATCHED_ROUTE;
+    r->route_label = UNMATCHED_ROUTE;
+
+    const char *uri = evhttp_request_get_uri(ev);
+    r->uri = http_req_strdup(r, uri ? uri : "/");
+    const struct evhttp_uri *parsed = evhttp_request_get_evhttp_uri(ev);
+    const char *path = parsed ? evhttp_uri_get_path(parsed) : NULL;
+    if (!path || !*path) path = "/";
+    *raw_path = path;
+    size_t plen = strlen(path);
+    char *decoded = http_req_alloc(r, plen + 1);
+    http_percent_decode(decoded, path, plen, false);
+    r->path = decoded;
+    const char *query = parsed ? evhttp_uri_get_query(parsed) : NULL;
+    r->query_raw = query ? http_req_strdup(r, query) : NULL;
+
+    const char *id = evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id");
+    if (id && request_id_acceptable(id)) {
+        r->id = http_req_strdup(r, id);
+    } else {
+        char *fresh = http_req_alloc(r, 37);
+        uuid_v4(fresh);
+        r->id = fresh;
+    }
+
+    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
+    char *address = NULL;
+    ev_uint16_t port = 0;
+    if (conn)
+        evhttp_connection_get_peer(conn, &address, &port);
+    r->peer = http_req_strdup(r, address ? address : "-");
+}
+
+
+/* A request outliving its server keeps copies of what pointed into the
+ * route table, and waits for its handler's reply alone. */
+void http_req_orphan(http_req *r)
+{
+    r->server = NULL;
+    if (r->timer_armed) {
+        event_del(r->timer);
+        r->timer_armed = false;
+    }
+    r->route_pattern = http_req_strdup(r, r->route_pattern);
+    r->route_label = http_req_strdup(r, r->route_label);
+    for (int i = 0; i < r->nparams; i++)
+        r->param_names[i] = http_req_strdup(r, r->param_names[i]);
+}
+
+/* ------------------------------------------------------------------ */
+/* The request, read side                                              */
+
+const char *http_req_method(const http_req *r) { return r->method; }
+const char *http_req_path(const http_req *r) { return r->path; }
+const char *http_req_uri(const http_req *r) { return r->uri; }
+const char *http_req_route(const http_req *r) { return r->route_pattern; }
+const char *http_req_id(const http_req *r) { return r->id; }
+const char *http_req_peer(const http_req *r) { return r->peer; }
+struct evhttp_request *http_req_raw(http_req *r) { return r->answered ? NULL : r->ev; }
+
+const char *http_req_param(const http_req *r, const char *name)
+{
+    for (int i = 0; i < r->nparams; i++)
+        if (!strcmp(r->param_names[i], name))
+            return r->param_values[i];
+    return NULL;
+}
+
+/* Splits and decodes the query on first use ('+' is a space there). */
+static void parse_query(http_req *r)
+{
+    r->query_parsed = true;
+    if (!r->query_raw || !*r->query_raw)
+        return;
+    size_t len = strlen(r->query_raw);
+    char *copy = http_req_strndup(r, r->query_raw, len);
+    int max_pairs = 1;
+    for (const char *p = copy; *p; p++)
+        if (*p == '&') max_pairs++;
+    r->query = http_req_alloc(r, (size_t)max_pairs * sizeof *r->query);
+    char *p = copy;
+    while (p) {
+        char *amp = strchr(p, '&');
+        if (amp) *amp = '\0';
+        if (*p) {
+            char *eq = strchr(p, '=');
+            char *value = eq ? eq + 1 : p + strlen(p);
+            if (eq) *eq = '\0';
+            /* Decoding never lengthens a string: decode in place. */
+            http_percent_decode(p, p, strlen(p), true);
+            http_percent_decode(value, value, strlen(value), true);
+            r->query[r->nquery].name = p;
+            r->query[r->nquery].value = value;
+            r->nquery++;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+}
+
+const char *http_req_query(const http_req *cr, const char *name)
+{
+    http_req *r = (http_req *)cr;   /* parsed lazily: the cache is ours */
+    if (!r->query_parsed)
+        parse_query(r);
+    for (int i = 0; i < r->nquery; i++)
+        if (!strcmp(r->query[i].name, name))
+            return r->query[i].value;
+    return NULL;
+}
+
+const char *http_req_header(const http_req *r, const char *name)
+{
+    if (!r->ev || r->answered)
+        return NULL;
+    return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
+}
+
+const char *http_req_body(const http_req *r, size_t *len)
+{
+    if (len)
+        *len = r->body_len;
+    return r->body ? r->body : "";
+}
+
+bool http_req_alive(const http_req *r)
+{
+    if (r->answered || !r->ev)
+        return false;
+    struct evhttp_connection *conn = evhttp_request_get_connection(r->ev);
+    if (!conn)
+        return false;   /* detached by libevent: the connection failed */
+    int fd = bufferevent_getfd(evhttp_connection_get_bufferevent(conn));
+    if (fd < 0)
+        return false;
+    /* evhttp stops reading while a request waits for its answer, so it
+     * cannot have seen the client leave: peek at the socket. */
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return false;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        return false;
+    return true;
+}
+
+/* The first comma-separated element of a header value, trimmed. */
+static const char *first_element(const char *value, size_t *len)
+{
+    while (*value == ' ' || *value == '\t') value++;
+    size_t n = strcspn(value, ",");
+    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t')) n--;
+    *len = n;
+    return value;
+}
+
+static bool host_acceptable(const char *host, size_t len)
+{
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = host[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-' || c == ':' || c == '[' || c == ']' || c == '_';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+const char *http_req_base_url(const http_req *cr)
+{
+    http_req *r = (http_req *)cr;   /* computed lazily: the cache is ours */
+    if (r->base_url)
+        return r->base_url;
+    const char *proto = "http";
+    const char *host = NULL;
+    size_t host_len = 0;
+    const char *fwd_proto = http_req_header(r, "X-Forwarded-Proto");
+    if (fwd_proto) {
+        size_t n;
+        const char *p = first_element(fwd_proto, &n);
+        if (n == 5 && !strncasecmp(p, "https", 5)) proto = "https";
+    }
+    const char *candidates[] = {http_req_header(r, "X-Forwarded-Host"), http_req_header(r, "Host")};
+    for (size_t i = 0; i < 2 && !host; i++) {
+        if (!candidates[i]) continue;
+        size_t n;
+        const char *h = first_element(candidates[i], &n);
+        if (host_acceptable(h, n)) {
+            host = h;
+            host_len = n;
+        }
+    }
+    char buf[300];
+    if (host) {
+        snprintf(buf, sizeof buf, "%s://%.*s", proto, (int)host_len, host);
+    } else {
+        const char *listen = r->server ? r->server->listen_host : "";
+        if (!*listen || !strcmp(listen, "0.0.0.0") || !strcmp(listen, "::"))
+            listen = "localhost";
+        snprintf(buf, sizeof buf, "%s://%s:%d", proto, listen, r->server ? r->server->listen_port : 0);
+    }
+    r->base_url = http_req_strdup(r, buf);
+    return r->base_url;
+}
+
+json_t *http_req_json(http_req *r)
+{
+    size_t len;
+    const char *body = http_req_body(r, &len);
+    if (len == 0) {
+        http_reply_error(r, 400, "the request body is empty; a JSON object is expected");
+        return NULL;
+    }
+    json_error_t error;
+    json_t *json = jtext_load(body, len);   /* json_loadb's value, faster */
+    if (!json)
+        json = json_loadb(body, len, 0, &error);    /* for the error's place */
+    if (!json) {
+        http_reply_error(r, 400, "the request body is not valid JSON: %s (line %d, column %d)",
+                         error.text, error.line, error.column);
+        return NULL;
+    }
+    if (!json_is_object(json)) {
+        static const char *const kinds[] = {"an object", "an array", "a string", "a number",
+                                            "a number", "true", "false", "null"};
+        int t = (int)json_typeof(json);
+        json_decref(json);
+        http_reply_error(r, 400, "the request body must be a JSON object, not %s",
+                         t >= 0 && t < 8 ? kinds[t] : "this");
+        return NULL;
+    }
+    return json;
+}
