@@ -31,13 +31,16 @@ static json_t *text_or_null(const char *s)
 
 json_t *customer_page_json(const customer_page *p)
 {
-    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:s, s:o}",
+    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:s, s:o}",
                      "id", (json_int_t)p->order_id,
                      "orderId", (json_int_t)p->order_id,
                      "customerId", text_or_null(p->customer_id),
                      "productId", text_or_null(p->product_id),
                      "qty", known_or_null(p->qty),
                      "amount", known_or_null(p->amount),
+                     "from", text_or_null(p->from),
+                     "to", text_or_null(p->to),
+                     "days", known_or_null(p->days),
                      "paymentId", known_or_null(p->payment_id),
                      "deliveryId", known_or_null(p->delivery_id),
                      "status", p->status,

@@ -20,8 +20,8 @@
  * Steps, by rank (the contract's order, with Paid, which it does not list,
  * placed first since a payment precedes the order's acceptance):
  *   Paid "Paid" < Ordered "OrderApproved" < Shipped "Shipped"
- *   < OrderCancelled "OrderCancelled" < DeliveryCanceled "DeliveryCancelled"
- *   < PayCancelled "PaymentCancelled"
+ *   < Returned "Returned" < OrderCancelled "OrderCancelled"
+ *   < DeliveryCanceled "DeliveryCancelled" < PayCancelled "PaymentCancelled"
  * A row whose Ordered was never seen (a voided intake's payment) is kept
  * but hidden from every GET.
  *
@@ -53,7 +53,7 @@ typedef struct page_step {
     int rank;                 /* 0 .. PAGE_STEPS-1 */
 } page_step;
 
-#define PAGE_STEPS 6
+#define PAGE_STEPS 7
 
 /* The step of an event type, or NULL when the view does not use it. */
 const page_step *page_step_of(const char *event_type);
@@ -81,6 +81,8 @@ typedef struct customer_page {
     char customer_id[129];
     char product_id[65];
     long long qty, amount, payment_id, delivery_id;
+    char from[11], to[11];        /* the period, YYYY-MM-DD ("" unknown) */
+    long long days;
     char status[24];
     int rank;
     bool visible;                 /* its Ordered was seen */
@@ -139,7 +141,7 @@ typedef struct customerpage_app {
     rebuild_status rebuild;
 } customerpage_app;
 
-/* Registers the six handlers on app->bus. */
+/* Registers the seven handlers on app->bus. */
 void customerpage_policy_register(customerpage_app *app);
 
 /* The bus handler for every event type (arg: the app). Applies the event

@@ -6,10 +6,12 @@
  * field is computed. Each field then has a fixed list of sources, best
  * first, and takes its value from the first source that has a valid one:
  *
- *   customerId   Ordered, OrderCancelled
- *   productId    Ordered, OrderCancelled, Paid, PayCancelled
- *   qty          Ordered, OrderCancelled, Paid, PayCancelled
+ *   customerId   Ordered, OrderCancelled, Returned
+ *   productId    Ordered, OrderCancelled, Returned, Paid, PayCancelled
+ *   qty          Ordered, OrderCancelled, Returned, Paid, PayCancelled
  *   amount       Ordered, Paid, PayCancelled
+ *   from, to     Ordered, Returned
+ *   days         Ordered
  *   paymentId    Paid.id, Shipped.paymentId, DeliveryCanceled.paymentId
  *   deliveryId   Shipped.id, DeliveryCanceled.id
  *
@@ -23,13 +25,14 @@
 #include "events.h"
 #include "rep.h"
 
-enum { STEP_PAID, STEP_ORDERED, STEP_SHIPPED, STEP_ORDER_CANCELLED,
+enum { STEP_PAID, STEP_ORDERED, STEP_SHIPPED, STEP_RETURNED, STEP_ORDER_CANCELLED,
        STEP_DELIVERY_CANCELLED, STEP_PAY_CANCELLED };
 
 static const page_step steps[PAGE_STEPS] = {
     { EVENT_PAID,              "Paid",              STEP_PAID },
     { EVENT_ORDERED,           "OrderApproved",     STEP_ORDERED },
     { EVENT_SHIPPED,           "Shipped",           STEP_SHIPPED },
+    { EVENT_RETURNED,          "Returned",          STEP_RETURNED },
     { EVENT_ORDER_CANCELLED,   "OrderCancelled",    STEP_ORDER_CANCELLED },
     { EVENT_DELIVERY_CANCELED, "DeliveryCancelled", STEP_DELIVERY_CANCELLED },
     { EVENT_PAY_CANCELLED,     "PaymentCancelled",  STEP_PAY_CANCELLED },
@@ -108,12 +111,16 @@ typedef struct source {
 #define END { -1, NULL }
 
 static const source customer_sources[] = { { STEP_ORDERED, "customerId" },
-    { STEP_ORDER_CANCELLED, "customerId" }, END };
+    { STEP_ORDER_CANCELLED, "customerId" }, { STEP_RETURNED, "customerId" }, END };
 static const source product_sources[] = { { STEP_ORDERED, "productId" },
-    { STEP_ORDER_CANCELLED, "productId" }, { STEP_PAID, "productId" },
-    { STEP_PAY_CANCELLED, "productId" }, END };
+    { STEP_ORDER_CANCELLED, "productId" }, { STEP_RETURNED, "productId" },
+    { STEP_PAID, "productId" }, { STEP_PAY_CANCELLED, "productId" }, END };
 static const source qty_sources[] = { { STEP_ORDERED, "qty" },
-    { STEP_ORDER_CANCELLED, "qty" }, { STEP_PAID, "qty" }, { STEP_PAY_CANCELLED, "qty" }, END };
+    { STEP_ORDER_CANCELLED, "qty" }, { STEP_RETURNED, "qty" }, { STEP_PAID, "qty" },
+    { STEP_PAY_CANCELLED, "qty" }, END };
+static const source from_sources[] = { { STEP_ORDERED, "from" }, { STEP_RETURNED, "from" }, END };
+static const source to_sources[] = { { STEP_ORDERED, "to" }, { STEP_RETURNED, "to" }, END };
+static const source days_sources[] = { { STEP_ORDERED, "days" }, END };
 static const source amount_sources[] = { { STEP_ORDERED, "amount" },
     { STEP_PAID, "amount" }, { STEP_PAY_CANCELLED, "amount" }, END };
 static const source payment_sources[] = { { STEP_PAID, "id" },
@@ -219,6 +226,9 @@ void customer_page_fold(long long order_id, const page_fact *facts, size_t n,
     pick_string(by_step, customer_sources, out->customer_id, sizeof out->customer_id);
     pick_string(by_step, product_sources, out->product_id, sizeof out->product_id);
     out->qty = pick_int(by_step, qty_sources, 0);
+    pick_string(by_step, from_sources, out->from, sizeof out->from);
+    pick_string(by_step, to_sources, out->to, sizeof out->to);
+    out->days = pick_int(by_step, days_sources, 1);
     out->amount = pick_int(by_step, amount_sources, 0);
     out->payment_id = pick_int(by_step, payment_sources, 1);
     out->delivery_id = pick_int(by_step, delivery_sources, 1);

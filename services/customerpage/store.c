@@ -43,14 +43,22 @@
     "  history     TEXT NOT NULL);"                             \
     "CREATE INDEX " name "_by_customer ON " name " (customer_id, order_id);"
 
+/* 2: the rental's period (issue 12). Rows folded before it keep NULLs
+ * there until their order's next event or a rebuild. */
+#define PERIOD_COLUMNS(name) \
+    "ALTER TABLE " name " ADD COLUMN from_date TEXT;"            \
+    "ALTER TABLE " name " ADD COLUMN to_date TEXT;"              \
+    "ALTER TABLE " name " ADD COLUMN days INTEGER;"
+
 const char *const customerpage_migrations[] = {
     EVENTS_TABLE("page_events") PAGES_TABLE("customer_pages")
     EVENTS_TABLE("page_events_rebuild") PAGES_TABLE("customer_pages_rebuild"),
+    PERIOD_COLUMNS("customer_pages") PERIOD_COLUMNS("customer_pages_rebuild"),
     NULL
 };
 
 #define PAGE_COLUMNS "order_id, customer_id, product_id, qty, amount, payment_id, " \
-                     "delivery_id, status, step_rank, visible, history"
+                     "delivery_id, status, step_rank, visible, history, from_date, to_date, days"
 #define EVENT_COLUMNS "order_id, event_type, event_id, timestamp, event"
 
 /* The SQL of one statement for each view. */
@@ -231,7 +239,7 @@ int page_store_facts(store *st, page_view v, long long order_id, const char *exc
 
 #define PUT_PAGE(events, pages) \
     "INSERT OR REPLACE INTO " pages " (" PAGE_COLUMNS ") " \
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
 
 int page_store_put_page(store *st, page_view v, const customer_page *p)
 {
@@ -258,6 +266,9 @@ int page_store_put_page(store *st, page_view v, const customer_page *p)
     sqlite3_bind_text(s, 8, p->status, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(s, 9, p->rank);
     sqlite3_bind_int(s, 10, p->visible);
+    if (p->from[0]) sqlite3_bind_text(s, 12, p->from, -1, SQLITE_TRANSIENT);
+    if (p->to[0]) sqlite3_bind_text(s, 13, p->to, -1, SQLITE_TRANSIENT);
+    bind_known(s, 14, p->days);
     if (history == text) sqlite3_bind_text(s, 11, history, -1, SQLITE_TRANSIENT);
     else sqlite3_bind_text(s, 11, history, -1, free);
     if (sqlite3_step(s) != SQLITE_DONE) return fail(st, s, "store page");
@@ -279,6 +290,9 @@ static int read_page(sqlite3_stmt *s, void *out)
     store_column_text(s, 7, p->status, sizeof p->status);
     p->rank = sqlite3_column_int(s, 8);
     p->visible = sqlite3_column_int(s, 9) != 0;
+    store_column_text(s, 11, p->from, sizeof p->from);
+    store_column_text(s, 12, p->to, sizeof p->to);
+    p->days = column_known(s, 13);
     p->history = json_loads((const char *)sqlite3_column_text(s, 10), 0, NULL);
     if (!p->history) {
         log_error("msg=\"customerpage store: unreadable history\" orderId=%lld", p->order_id);

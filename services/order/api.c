@@ -1,10 +1,12 @@
 /* api.c: order's HTTP interface, apart from the rental itself.
  *
- *   GET    /cars[?page&size]        the fleet          GET /cars/{id}
+ *   GET    /cars[?page&size][&from&to]  the fleet, available for a period
+ *                                   (default today)    GET /cars/{id}[?from&to]
  *   POST   /orders                  rent and pay: rental.c
  *   GET    /orders[?page&size]      accepted rentals   GET /orders/{id}
  *   GET    /orders/search/findByCustomerId?customerId=kim
- *   DELETE /orders/{id}             cancel (204; again 204; unknown 404)
+ *   DELETE /orders/{id}             cancel (204; again 204; unknown 404; returned 409)
+ *   POST   /orders/{id}/return      end the rental (200; again 200; cancelled 409)
  *
  * The representations of a car and of an order live here; rental.c
  * answers with order_json too. */
@@ -13,6 +15,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "order.h"
 #include "rep.h"
 #include "service.h"
@@ -34,12 +37,17 @@ static json_t *car_json(const car *c, const char *base_url)
 
 json_t *order_json(const order *o, const char *base_url)
 {
-    char id[24];
-    json_t *item = json_pack("{s:I, s:s, s:I, s:s, s:I, s:I, s:s}",
+    char id[24], from[CAL_DATE_SIZE], to[CAL_DATE_SIZE];
+    json_t *item = json_pack("{s:I, s:s, s:I, s:s, s:I, s:I, s:s, s:s, s:s, s:I}",
                              "id", (json_int_t)o->id, "productId", o->product_id,
                              "qty", (json_int_t)o->qty, "customerId", o->customer_id,
                              "amount", (json_int_t)o->amount,
-                             "paymentId", (json_int_t)o->payment_id, "status", o->status);
+                             "paymentId", (json_int_t)o->payment_id, "status", o->status,
+                             "from", cal_format(o->from_day, from),
+                             "to", cal_format(o->to_day, to),
+                             "days", (json_int_t)(o->to_day - o->from_day));
+    if (item && o->returned_at[0])
+        json_object_set_new(item, "returnedAt", json_string(o->returned_at));
     snprintf(id, sizeof id, "%lld", o->id);
     return rep_item(item, base_url, "orders", id);
 }
@@ -58,15 +66,27 @@ static void add_order(const order *o, void *arg)
     json_array_append_new(l->items, order_json(o, l->base_url));
 }
 
+/* The period of ?from&to (rental_period's rules; today without them), else
+ * a 400. */
+static bool period_query(http_req *r, long *from, long *to)
+{
+    char err[200];
+    const char *f = http_req_query(r, "from"), *t = http_req_query(r, "to");
+    if (rental_period(f, t, cal_today(), from, to, err, sizeof err))
+        return true;
+    http_reply_error(r, 400, "%s", err);
+    return false;
+}
+
 static void list_cars(http_req *r, void *arg)
 {
     order_api *api = arg;
-    long page, size;
-    if (!rep_page_query(r, &page, &size))
+    long page, size, from, to;
+    if (!rep_page_query(r, &page, &size) || !period_query(r, &from, &to))
         return;
     rep_list list = {json_array(), http_req_base_url(r)};
     long long total = car_store_count(api->st);
-    if (total < 0 || car_store_list(api->st, page * size, size, add_car, &list) != 0) {
+    if (total < 0 || car_store_list(api->st, from, to, page * size, size, add_car, &list) != 0) {
         json_decref(list.items);
         http_reply_error(r, 500, "the fleet could not be read");
         return;
@@ -78,8 +98,12 @@ static void get_car(http_req *r, void *arg)
 {
     order_api *api = arg;
     const char *id = http_req_param(r, "id");
+    long from, to;
+    if (!period_query(r, &from, &to))
+        return;
     car c;
-    int found = id && strlen(id) <= ORDER_PRODUCT_MAX ? car_store_get(api->st, id, &c) : 0;
+    int found = id && strlen(id) <= ORDER_PRODUCT_MAX ? car_store_get(api->st, id, from, to, &c)
+                                                      : 0;
     if (found < 0)
         http_reply_error(r, 500, "the car could not be read");
     else if (!found)
@@ -166,10 +190,46 @@ static void cancel_order(http_req *r, void *arg)
     case CANCEL_NOT_FOUND:
         http_reply_error(r, 404, "order %lld not found", id);
         return;
+    case CANCEL_RETURNED:
+        http_reply_error(r, 409, "order %lld was returned and cannot be cancelled", id);
+        return;
     case CANCEL_FAILED:
         break;
     }
     http_reply_error(r, 500, "order %lld could not be cancelled; please retry", id);
+}
+
+/* ---- POST /orders/{id}/return ---- */
+
+static void return_order(http_req *r, void *arg)
+{
+    order_api *api = arg;
+    long long id;
+    if (!order_id_param(r, &id))
+        return;
+    order o;
+    return_outcome outcome = order_return(api->st, id, cal_today(), cal_now(), http_req_id(r),
+                                          &o);
+    if (outcome == RETURN_DONE) {
+        log_info("req=%s msg=\"order returned\" order=%lld product=%s qty=%lld", http_req_id(r),
+                 id, o.product_id, o.qty);
+        metrics_counter_add("carshare_returns_total", "by=\"request\"", 1);
+    }
+    switch (outcome) {
+    case RETURN_DONE:
+    case RETURN_ALREADY:   /* the answer is the order as it is now */
+        http_reply_json(r, 200, order_json(&o, http_req_base_url(r)));
+        return;
+    case RETURN_NOT_FOUND:
+        http_reply_error(r, 404, "order %lld not found", id);
+        return;
+    case RETURN_CANCELLED:
+        http_reply_error(r, 409, "order %lld was cancelled and cannot be returned", id);
+        return;
+    case RETURN_FAILED:
+        break;
+    }
+    http_reply_error(r, 500, "order %lld could not be returned; please retry", id);
 }
 
 static void free_api(void *arg)
@@ -194,5 +254,6 @@ void order_api_register(service *svc, store *st, const order_api_config *cfg)
     http_server_route(h, "GET", "/orders/search/findByCustomerId", find_orders_by_customer, api);
     http_server_route(h, "GET", "/orders/{id}", get_order, api);
     http_server_route(h, "DELETE", "/orders/{id}", cancel_order, api);
+    http_server_route(h, "POST", "/orders/{id}/return", return_order, api);
     service_on_stop(svc, free_api, api);
 }

@@ -2,7 +2,8 @@
  *
  * Every state change of a rental is one short transaction that checks the
  * state it starts from (a guarded UPDATE) and writes the new state with
- * its consequences: released cars, the order row, the event in the outbox.
+ * its consequences: booked or released days, the order row, the event in
+ * the outbox.
  * A change whose starting state no longer holds changes nothing and says
  * so (returns 0): this is what makes a late payment answer, a second
  * DELETE or a redelivered event harmless.
@@ -68,18 +69,71 @@ payment_verdict rental_payment_verdict(int http_status, const char *body, long l
     return v;
 }
 
-long long rental_amount(long long qty, long long daily_price)
+long long rental_amount(long long qty, long long days, long long daily_price)
 {
-    long long amount;
-    if (qty < 0 || daily_price < 0 || __builtin_mul_overflow(qty, daily_price, &amount))
+    long long cars_days, amount;
+    if (qty < 0 || days < 0 || daily_price < 0 || __builtin_mul_overflow(qty, days, &cars_days)
+        || __builtin_mul_overflow(cars_days, daily_price, &amount))
         return -1;
     return amount;
+}
+
+static bool read_date(const char *field, const char *text, long *day, char *err, size_t errlen)
+{
+    if (cal_parse(text, day))
+        return true;
+    snprintf(err, errlen, "%s must be a date that exists, written YYYY-MM-DD (got \"%.16s\")",
+             field, text);
+    return false;
+}
+
+bool rental_period(const char *from_text, const char *to_text, long today, long *from,
+                   long *to, char *err, size_t errlen)
+{
+    char date[CAL_DATE_SIZE];
+    if (from_text && !read_date("from", from_text, from, err, errlen))
+        return false;
+    if (to_text && !read_date("to", to_text, to, err, errlen))
+        return false;
+    if (!from_text)
+        *from = today;
+    if (!to_text)
+        *to = *from + 1;
+    if (*from < today) {
+        snprintf(err, errlen, "from must not be in the past (today is %s in the company's time "
+                 "zone)", cal_format(today, date));
+        return false;
+    }
+    if (*from > today + ORDER_MAX_AHEAD_DAYS) {
+        snprintf(err, errlen, "from must be at most %d days ahead (the latest start is %s)",
+                 ORDER_MAX_AHEAD_DAYS, cal_format(today + ORDER_MAX_AHEAD_DAYS, date));
+        return false;
+    }
+    if (*to <= *from) {
+        snprintf(err, errlen, "to must be after from (to is the day the car is due back: "
+                 "from=%s to=%s is one day)", cal_format(*from, date),
+                 cal_format(*from + 1, (char[CAL_DATE_SIZE]){0}));
+        return false;
+    }
+    if (*to - *from > ORDER_MAX_DAYS) {
+        snprintf(err, errlen, "a rental is at most %d days (from %s, to is at the latest %s)",
+                 ORDER_MAX_DAYS, cal_format(*from, date),
+                 cal_format(*from + ORDER_MAX_DAYS, (char[CAL_DATE_SIZE]){0}));
+        return false;
+    }
+    return true;
+}
+
+long rental_release_from(long from, long today)
+{
+    return today + 1 > from ? today + 1 : from;
 }
 
 bool rental_same_request(const intake *in, const rental_request *rq)
 {
     return strcmp(in->product_id, rq->product_id) == 0 && in->qty == rq->qty
-           && strcmp(in->customer_id, rq->customer_id) == 0;
+           && strcmp(in->customer_id, rq->customer_id) == 0 && in->from_day == rq->from_day
+           && in->to_day == rq->to_day;
 }
 
 bool rental_key_valid(const char *key)
@@ -119,16 +173,17 @@ static reserve_outcome reserve_locked(store *st, const rental_request *rq, intak
             return RESERVE_FAILED;
     }
 
-    int found = car_store_get(st, rq->product_id, car_out);
+    int found = car_store_get(st, rq->product_id, rq->from_day, rq->to_day, car_out);
     if (found < 0)
         return RESERVE_FAILED;
     if (!found)
         return RESERVE_UNKNOWN_CAR;
-    long long amount = rental_amount(rq->qty, car_out->daily_price);
-    if (amount < 0)
+    long long amount = rental_amount(rq->qty, rq->to_day - rq->from_day, car_out->daily_price);
+    if (amount < 0 || rq->to_day <= rq->from_day)
         return RESERVE_FAILED;
 
-    int reserved = car_store_reserve(st, rq->product_id, rq->qty);
+    /* Every day of the period in one statement, all or none (store.c). */
+    int reserved = booking_store_book(st, rq->product_id, rq->from_day, rq->to_day, rq->qty);
     if (reserved < 0)
         return RESERVE_FAILED;
     if (reserved == 0)
@@ -141,6 +196,8 @@ static reserve_outcome reserve_locked(store *st, const rental_request *rq, intak
     out->qty = rq->qty;
     snprintf(out->customer_id, sizeof out->customer_id, "%s", rq->customer_id);
     out->amount = amount;
+    out->from_day = rq->from_day;
+    out->to_day = rq->to_day;
     out->state = INTAKE_PENDING;
     snprintf(out->request_id, sizeof out->request_id, "%s", rq->request_id ? rq->request_id : "");
     return intake_store_insert(st, out) == 0 ? RESERVE_OK : RESERVE_FAILED;
@@ -159,11 +216,25 @@ reserve_outcome rental_reserve(store *st, const rental_request *rq, intake *out,
 
 static int add_ordered(store *st, const order *o, const char *request_id)
 {
+    char from[CAL_DATE_SIZE], to[CAL_DATE_SIZE];
     event_ordered e = {
         .id = o->id, .product_id = o->product_id, .qty = o->qty,
         .customer_id = o->customer_id, .amount = o->amount, .status = o->status,
+        .from = cal_format(o->from_day, from), .to = cal_format(o->to_day, to),
+        .days = o->to_day - o->from_day,
     };
     return event_ordered_add(st, &e, request_id);
+}
+
+static int add_returned(store *st, const order *o, const char *request_id)
+{
+    char from[CAL_DATE_SIZE], to[CAL_DATE_SIZE];
+    event_returned e = {
+        .id = o->id, .product_id = o->product_id, .qty = o->qty, .customer_id = o->customer_id,
+        .from = cal_format(o->from_day, from), .to = cal_format(o->to_day, to),
+        .returned_at = o->returned_at,
+    };
+    return event_returned_add(st, &e, request_id);
 }
 
 static int add_order_cancelled(store *st, const order *o, const char *request_id)
@@ -193,6 +264,8 @@ static int approve_locked(store *st, long long intake_id, long long payment_id, 
     snprintf(out->customer_id, sizeof out->customer_id, "%s", in.customer_id);
     out->amount = in.amount;
     out->payment_id = payment_id;
+    out->from_day = in.from_day;
+    out->to_day = in.to_day;
     snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_APPROVED);
     if (order_store_insert(st, out) != 0
         || add_ordered(st, out, in.request_id[0] ? in.request_id : NULL))
@@ -218,7 +291,8 @@ static int release_locked(store *st, long long intake_id, const intake_state *fr
     int changed = intake_store_transition(st, intake_id, from, count, to, 0, message);
     if (changed <= 0)
         return changed;
-    return car_store_release(st, in.product_id, in.qty) == 0 ? 1 : -1;
+    return booking_store_release(st, in.product_id, in.from_day, in.to_day, in.qty) == 0 ? 1
+                                                                                   : -1;
 }
 
 int rental_decline(store *st, long long intake_id, const char *message)
@@ -281,12 +355,16 @@ static cancel_outcome cancel_locked(store *st, long long order_id, const char *r
         return CANCEL_NOT_FOUND;
     if (strcmp(out->status, ORDER_STATUS_CANCELLED) == 0)
         return CANCEL_ALREADY;
+    if (strcmp(out->status, ORDER_STATUS_RETURNED) == 0)
+        return CANCEL_RETURNED;
 
     /* From OrderApproved or Shipped: a shipped car is taken back too. */
     if (order_store_set_status(st, order_id, out->status, ORDER_STATUS_CANCELLED) != 1)
         return CANCEL_FAILED;
     snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_CANCELLED);
-    if (car_store_release(st, out->product_id, out->qty) != 0
+    /* The whole period: a cancelled rental never happened (it is refunded
+     * in full), so none of its days stays booked. */
+    if (booking_store_release(st, out->product_id, out->from_day, out->to_day, out->qty) != 0
         || add_order_cancelled(st, out, request_id) != 0)
         return CANCEL_FAILED;
     return CANCEL_DONE;
@@ -301,6 +379,48 @@ cancel_outcome order_cancel(store *st, long long order_id, const char *request_i
         if (store_commit(st) == SQLITE_OK)
             return o;
         o = CANCEL_FAILED;
+    }
+    store_rollback(st);
+    return o;
+}
+
+static return_outcome return_locked(store *st, long long order_id, long today, time_t now,
+                                    const char *request_id, order *out)
+{
+    int found = order_store_get(st, order_id, out);
+    if (found < 0)
+        return RETURN_FAILED;
+    if (!found)
+        return RETURN_NOT_FOUND;
+    if (strcmp(out->status, ORDER_STATUS_RETURNED) == 0)
+        return RETURN_ALREADY;
+    if (strcmp(out->status, ORDER_STATUS_CANCELLED) == 0)
+        return RETURN_CANCELLED;
+
+    /* The guarded transition is what makes a return happen once: the
+     * transaction holds the write lock, and a second return (the timer's,
+     * another replica's) finds the row Returned and publishes nothing. */
+    cal_instant_text(now, out->returned_at);
+    if (order_store_mark_returned(st, order_id, out->returned_at) != 1)
+        return RETURN_FAILED;
+    snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_RETURNED);
+    if (booking_store_release(st, out->product_id, rental_release_from(out->from_day, today),
+                              out->to_day, out->qty) != 0
+        || add_returned(st, out, request_id) != 0)
+        return RETURN_FAILED;
+    return RETURN_DONE;
+}
+
+return_outcome order_return(store *st, long long order_id, long today, time_t now,
+                            const char *request_id, order *out)
+{
+    if (store_begin(st) != SQLITE_OK)
+        return RETURN_FAILED;
+    return_outcome o = return_locked(st, order_id, today, now, request_id, out);
+    if (o == RETURN_DONE) {
+        if (store_commit(st) == SQLITE_OK)
+            return o;
+        o = RETURN_FAILED;
     }
     store_rollback(st);
     return o;

@@ -14,6 +14,12 @@
  *                           (lib/httpc.h, lib/breaker.h for the breaker's defaults)
  *   FLEET_FILE              a JSON fleet replacing the demo fleet at start (format: fleet.c)
  *   RECONCILE_INTERVAL_MS   how often unsettled intakes are looked at (1000)
+ *   TIME_ZONE               the company's time zone, whose calendar days rentals book
+ *                           (Asia/Seoul; a tzdata name: /usr/share/zoneinfo or $TZDIR)
+ *   RETURN_INTERVAL_MS      how often rentals due back are returned automatically (60000)
+ *   ORDER_TEST_CLOCK_OFFSET_S  TEST ONLY, default 0: seconds (0 .. 400 days) added to the
+ *                           real time wherever order asks for "now" (calendar.c); it shifts
+ *                           time forward, every rule still applies
  *   ORDER_TEST_CRASH_AFTER_PAYMENT  TEST ONLY, default 0 (off): 1 = _exit() as soon as a
  *                           successful payment answer arrives, before it is committed
  *   HTTP_* limits           see lib/http.h
@@ -37,6 +43,32 @@ static http_client *reconcile_client;
 static void stop_reconciler(void *arg)
 {
     reconciler_stop(arg);
+}
+
+static void stop_return_timer(void *arg)
+{
+    return_timer_stop(arg);
+}
+
+/* The company's calendar and the test clock: before any thread starts
+ * (cal_zone_init sets TZ). Returns 0 or -1 (logged). */
+static int calendar_setup(void)
+{
+    char err[300];
+    const char *zone = config_str("TIME_ZONE", "Asia/Seoul");
+    if (cal_zone_init(zone, err, sizeof err) != 0) {
+        log_error("msg=\"%s\"", err);
+        return -1;
+    }
+    long long offset = config_int("ORDER_TEST_CLOCK_OFFSET_S", 0, 0, 400LL * 86400);
+    if (offset > 0) {
+        log_warn("msg=\"ORDER_TEST_CLOCK_OFFSET_S is set: order's clock runs %lld s ahead of "
+                 "the real time (test setting, never for production)\"", offset);
+        cal_set_test_offset(offset);
+    }
+    char today[CAL_DATE_SIZE];
+    log_info("msg=\"calendar\" time_zone=%s today=%s", zone, cal_format(cal_today(), today));
+    return 0;
 }
 
 static void free_clients(void *arg)
@@ -71,6 +103,9 @@ int main(void)
     const char *payment_url = config_str("PAYMENT_URL", "http://127.0.0.1:8084");
     const char *fleet_file = config_str("FLEET_FILE", NULL);
     int interval_ms = (int)config_int("RECONCILE_INTERVAL_MS", 1000, 10, 3600000);
+    int return_ms = (int)config_int("RETURN_INTERVAL_MS", 60000, 10, 3600000);
+    if (calendar_setup() != 0)
+        return 2;
     bool test_crash = config_int("ORDER_TEST_CRASH_AFTER_PAYMENT", 0, 0, 1) == 1;
     if (test_crash)
         log_warn("msg=\"ORDER_TEST_CRASH_AFTER_PAYMENT is set: the process exits after the "
@@ -108,8 +143,10 @@ int main(void)
     bus *b = bus_new(svc->base, st, "order");
     reconciler *rec = reconcile_client
         ? reconciler_new(svc->base, st, reconcile_client, interval_ms) : NULL;
-    if (!payment_client || !reconcile_client || !b || !rec) {
-        log_error("msg=\"cannot set up the payment client, the bus or the reconciler\"");
+    return_timer *returns = return_timer_new(svc->base, st, return_ms);
+    if (!payment_client || !reconcile_client || !b || !rec || !returns) {
+        log_error("msg=\"cannot set up the payment client, the bus, the reconciler or the "
+                  "return timer\"");
         return 1;
     }
 
@@ -126,6 +163,7 @@ int main(void)
      * last (service_start_bus). */
     service_on_stop(svc, free_clients, NULL);
     service_on_stop(svc, stop_reconciler, rec);
+    service_on_stop(svc, stop_return_timer, returns);
     order_api_register(svc, st, &cfg);
     if (service_start_bus(svc, st, b) != 0)
         return 1;

@@ -26,6 +26,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 #include <jansson.h>
 #include "store.h"
 
@@ -46,6 +47,32 @@ struct http_client;
 #define ORDER_STATUS_APPROVED "OrderApproved"
 #define ORDER_STATUS_CANCELLED "OrderCancelled"
 #define ORDER_STATUS_SHIPPED "Shipped"
+#define ORDER_STATUS_RETURNED "Returned"
+
+#define ORDER_MAX_DAYS 30           /* days of one rental */
+#define ORDER_MAX_AHEAD_DAYS 90     /* how far ahead a rental may start */
+
+/* ---- calendar.c: days in the company's time zone (TIME_ZONE) ---- */
+
+#define CAL_MIN_YEAR 1970
+#define CAL_DATE_SIZE 11            /* "YYYY-MM-DD" and its NUL */
+#define CAL_INSTANT_SIZE 24         /* "YYYY-MM-DDTHH:MM:SSZ" and its NUL */
+
+/* Day numbers: days since 1970-01-01 in the proleptic Gregorian calendar. */
+long cal_from_civil(long y, unsigned m, unsigned d);
+void cal_to_civil(long day, long *y, unsigned *m, unsigned *d);
+/* Strict YYYY-MM-DD of a day that exists, year >= 1970. */
+bool cal_parse(const char *text, long *day);
+char *cal_format(long day, char out[CAL_DATE_SIZE]);
+/* Once at start, before any thread: checks the zone's tzdata file and sets
+ * TZ. Returns 0, or -1 with err filled. */
+int cal_zone_init(const char *zone, char *err, size_t errlen);
+/* TEST ONLY (ORDER_TEST_CLOCK_OFFSET_S): now is the real time + seconds. */
+void cal_set_test_offset(long long seconds);
+time_t cal_now(void);
+long cal_day_of(time_t t);          /* the day t falls on in the zone */
+long cal_today(void);               /* cal_day_of(cal_now()) */
+char *cal_instant_text(time_t t, char out[CAL_INSTANT_SIZE]);   /* UTC, ISO 8601 */
 
 typedef struct car {
     char id[ORDER_PRODUCT_MAX + 1];
@@ -72,6 +99,7 @@ typedef struct intake {
     long long qty;
     char customer_id[ORDER_CUSTOMER_MAX + 1];
     long long amount;
+    long from_day, to_day;      /* the period [from, to), day numbers */
     intake_state state;
     long long payment_id;       /* 0 until approved */
     char message[ORDER_MESSAGE_MAX + 1];   /* why it was declined */
@@ -85,7 +113,9 @@ typedef struct order {
     char customer_id[ORDER_CUSTOMER_MAX + 1];
     long long amount;
     long long payment_id;
+    long from_day, to_day;      /* the period [from, to), day numbers */
     char status[24];            /* ORDER_STATUS_* */
+    char returned_at[CAL_INSTANT_SIZE];   /* "" until returned */
 } order;
 
 /* ---- domain.c: rules without I/O ---- */
@@ -102,13 +132,28 @@ typedef enum {
 
 payment_verdict rental_payment_verdict(int http_status, const char *body, long long *payment_id);
 
-/* amount = qty x dailyPrice, or -1 when it would overflow. */
-long long rental_amount(long long qty, long long daily_price);
+/* amount = qty x days x dailyPrice, or -1 when it would overflow. */
+long long rental_amount(long long qty, long long days, long long daily_price);
+
+/* The period of a rental or an availability query from the texts of `from`
+ * and `to` (NULL when absent): none -> today for one day; only from -> one
+ * day from it; only to -> from today. Refuses a date that is not
+ * YYYY-MM-DD or does not exist, a start before today or more than
+ * ORDER_MAX_AHEAD_DAYS ahead, an end not after the start, more than
+ * ORDER_MAX_DAYS days. Returns true, or false with err (a 400's message). */
+bool rental_period(const char *from_text, const char *to_text, long today, long *from,
+                   long *to, char *err, size_t errlen);
+
+/* The first day a returned rental's cars are free again: the day after the
+ * return, but never before the period starts. Days [result, to) are given
+ * back; none when result >= to. */
+long rental_release_from(long from, long today);
 
 /* A rental request as read from POST /orders. */
 typedef struct rental_request {
     const char *product_id;
     long long qty;
+    long from_day, to_day;
     const char *customer_id;
     const char *idempotency_key;   /* NULL when none */
     const char *request_id;
@@ -126,7 +171,7 @@ bool rental_key_valid(const char *key);
 typedef enum {
     RESERVE_OK,                 /* cars reserved, *out is the new pending intake */
     RESERVE_UNKNOWN_CAR,
-    RESERVE_NOT_ENOUGH,         /* *car_out tells how many are available */
+    RESERVE_NOT_ENOUGH,         /* some day of the period is full */
     RESERVE_FAILED,
 } reserve_outcome;
 
@@ -147,8 +192,21 @@ int rental_finish_void(store *st, long long intake_id);
 /* At start: every pending intake belonged to a dead process. Returns how many. */
 int rental_mark_in_doubt(store *st);
 
-typedef enum { CANCEL_DONE, CANCEL_ALREADY, CANCEL_NOT_FOUND, CANCEL_FAILED } cancel_outcome;
+typedef enum {
+    CANCEL_DONE, CANCEL_ALREADY, CANCEL_NOT_FOUND, CANCEL_RETURNED, CANCEL_FAILED
+} cancel_outcome;
 cancel_outcome order_cancel(store *st, long long order_id, const char *request_id, order *out);
+
+/* Ends a rental (OrderApproved or Shipped -> Returned) on day `today` at
+ * instant `now`: its cars are free again from rental_release_from() on,
+ * Returned is published. One guarded transaction: of two returns (a
+ * customer's and the timer's, or two replicas'), one changes the row and
+ * publishes, the other finds it Returned. */
+typedef enum {
+    RETURN_DONE, RETURN_ALREADY, RETURN_NOT_FOUND, RETURN_CANCELLED, RETURN_FAILED
+} return_outcome;
+return_outcome order_return(store *st, long long order_id, long today, time_t now,
+                            const char *request_id, order *out);
 
 /* Inside the bus's transaction: Shipped moves OrderApproved to Shipped.
  * Returns 1 changed, 0 nothing to change, -1 error. */
@@ -171,12 +229,20 @@ store *order_store_open(void);
 store *order_store_open_path(const char *path);
 
 long long car_store_count(store *st);
-int car_store_get(store *st, const char *id, car *out);        /* 1, 0, -1 */
-int car_store_list(store *st, long offset, long limit,
+/* A car with `available` = the cars free on every day of [from, to). */
+int car_store_get(store *st, const char *id, long from, long to, car *out);   /* 1, 0, -1 */
+int car_store_list(store *st, long from, long to, long offset, long limit,
                    void (*each)(const car *c, void *arg), void *arg);
-/* 1 reserved, 0 not enough available, -1 error. */
-int car_store_reserve(store *st, const char *id, long long qty);
-int car_store_release(store *st, const char *id, long long qty);
+/* Books qty cars of model id on every day of [from, to), or none:
+ * 1 booked, 0 some day is full (nothing changed: the caller rolls back
+ * the transaction), -1 error. Inside the caller's transaction. */
+int booking_store_book(store *st, const char *id, long from, long to, long long qty);
+/* Gives qty cars back on every day of [from, to) (none if from >= to). */
+int booking_store_release(store *st, const char *id, long from, long to, long long qty);
+/* The first day of [from, to) where qty more cars of model id do not fit,
+ * and how many are free that day: 1 found, 0 none, -1 error. */
+int booking_store_first_full(store *st, const char *id, long from, long to, long long qty,
+                             long *day, long long *free_cars);
 /* Fleet replacement, inside one transaction: begin, put each car, end. */
 int car_store_replace_begin(store *st);
 int car_store_replace_put(store *st, const car *c);
@@ -199,6 +265,11 @@ int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, 
 int order_store_insert(store *st, const order *o);
 int order_store_get(store *st, long long id, order *out);
 int order_store_set_status(store *st, long long id, const char *from, const char *to);
+/* OrderApproved or Shipped -> Returned, with returned_at: rows changed. */
+int order_store_mark_returned(store *st, long long id, const char *returned_at);
+/* Ids of active rentals (OrderApproved, Shipped) due back by `today`
+ * (to_day <= today), earliest first, at most `max`: how many, or -1. */
+int order_store_due(store *st, long today, long long *ids, int max);
 long long order_store_count(store *st, const char *customer_id);   /* NULL = all */
 int order_store_list(store *st, const char *customer_id, long offset, long limit,
                      void (*each)(const order *o, void *arg), void *arg);
@@ -213,6 +284,13 @@ reconciler *reconciler_new(struct event_base *base, store *st, struct http_clien
 void reconciler_kick(reconciler *r);
 /* Stops the timer; frees itself once its calls in flight have completed. */
 void reconciler_stop(reconciler *r);
+
+/* ---- returns.c: the automatic return at the end of a period ---- */
+
+typedef struct return_timer return_timer;
+
+return_timer *return_timer_new(struct event_base *base, store *st, int interval_ms);
+void return_timer_stop(return_timer *t);
 
 /* ---- api.c ---- */
 

@@ -9,8 +9,8 @@
  *   4. while the payment client would refuse the call (its breaker is
  *      open, its bulkhead full: http_client_refusal), answer the fallback
  *      503 at once, before anything is reserved;
- *   5. reserve the cars and write a pending intake (one transaction; 409
- *      when not enough cars are available);
+ *   5. book the cars on every day of the period and write a pending intake
+ *      (one transaction; 409 naming the first day without enough cars);
  *   6. POST /payments {orderId, productId, qty, amount, cardNumber} through
  *      the payment client (timeouts, bulkhead, breaker, retries: lib/httpc);
  *   7. settle the intake from the answer: Paid -> order + Ordered, 201;
@@ -269,13 +269,37 @@ static bool card_digits(const char *card, char *out, size_t size)
     return n >= 4 && after_digit;
 }
 
+/* from and to of the body: strings (numbers are not dates), then
+ * rental_period's rules (domain.c) against today in the company's zone. */
+static bool read_period(const json_t *body, rental_input *ri, char *err, size_t errlen)
+{
+    static const char *const fields[] = {"from", "to"};
+    const char *text[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        const json_t *v = json_object_get(body, fields[i]);
+        if (!v || json_is_null(v))
+            continue;
+        if (!json_is_string(v) || json_string_length(v) > 16) {
+            snprintf(err, errlen, "%s must be a date written YYYY-MM-DD", fields[i]);
+            return false;
+        }
+        text[i] = json_string_value(v);
+    }
+    return rental_period(text[0], text[1], cal_today(), &ri->rq.from_day, &ri->rq.to_day, err,
+                         errlen);
+}
+
 static bool read_rental(http_req *r, const json_t *body, rental_input *ri)
 {
-    char err[160];
+    char err[200];
     const char *card = NULL;
     char card_buf[CARD_TEXT_MAX + 1];
 
     memset(ri, 0, sizeof *ri);
+    if (!read_period(body, ri, err, sizeof err)) {
+        http_reply_error(r, 400, "%s", err);
+        return false;
+    }
     if (rep_str(body, "productId", true, ORDER_PRODUCT_MAX, &ri->rq.product_id, ri->product_buf,
                 sizeof ri->product_buf, err, sizeof err) < 0
         || rep_int(body, "qty", true, 1, ORDER_MAX_QTY, &ri->rq.qty, err, sizeof err) < 0
@@ -317,12 +341,12 @@ static bool read_rental(http_req *r, const json_t *body, rental_input *ri)
  *   voiding  -> 503 fallback (the first attempt is being cancelled at payment)
  *   pending, in doubt -> 409 "still being processed"
  *   voided   -> not a replay: the attempt left nothing, a new one starts
- * The same key with another productId, qty or customerId is a 422. */
+ * The same key with another productId, qty, customerId or period is a 422. */
 static void replay(rental_api *api, http_req *r, const intake *prev, const rental_request *rq)
 {
     if (!rental_same_request(prev, rq)) {
         http_reply_error(r, 422, "this Idempotency-Key was already used for a different rental "
-                         "(productId, qty or customerId differ); use a new key");
+                         "(productId, qty, customerId or period differ); use a new key");
         return;
     }
     order o;
@@ -355,6 +379,26 @@ static void replay(rental_api *api, http_req *r, const intake *prev, const renta
     http_reply_error(r, 500, "unexpected state of the earlier rental with this key");
 }
 
+/* 409 naming the first day of the period without enough cars. Read after
+ * the booking was rolled back, so another rental may have changed the
+ * picture meanwhile: then the message speaks of the period. */
+static void reply_full(rental_api *api, http_req *r, const car *c, const rental_request *rq)
+{
+    long day;
+    long long free_cars;
+    char date[CAL_DATE_SIZE];
+    if (booking_store_first_full(api->st, rq->product_id, rq->from_day, rq->to_day, rq->qty,
+                                 &day, &free_cars) == 1) {
+        http_reply_error(r, 409, "not enough cars available on %s: %lld of model %s (%s) free "
+                         "that day, %lld requested", cal_format(day, date), free_cars, c->id,
+                         c->name, rq->qty);
+        return;
+    }
+    http_reply_error(r, 409, "not enough cars available for the %ld days from %s of model %s "
+                     "(%s); %lld requested", rq->to_day - rq->from_day,
+                     cal_format(rq->from_day, date), c->id, c->name, rq->qty);
+}
+
 static void post_order(http_req *r, void *arg)
 {
     rental_api *api = arg;
@@ -385,7 +429,7 @@ static void post_order(http_req *r, void *arg)
     }
 
     car c;
-    found = car_store_get(api->st, rq->product_id, &c);
+    found = car_store_get(api->st, rq->product_id, rq->from_day, rq->to_day, &c);
     if (found < 0)
         goto failed;
     if (!found) {
@@ -411,8 +455,7 @@ static void post_order(http_req *r, void *arg)
         goto done;
     case RESERVE_NOT_ENOUGH:
         count_rental("no_cars");
-        http_reply_error(r, 409, "not enough cars available: %lld of model %s (%s) available, "
-                         "%lld requested", c.available, c.id, c.name, rq->qty);
+        reply_full(api, r, &c, rq);
         goto done;
     case RESERVE_FAILED:
         break;

@@ -1,13 +1,33 @@
 /* store.c: every SQL statement of the order service.
  *
  * Tables:
- *  - cars: one row per model (productId) with `total` and `available`.
- *    The CHECK keeps 0 <= available <= total whatever a bug may try, and
- *    the reservation is a single guarded UPDATE (available >= qty), so two
- *    rentals of the last car can never both win.
- *  - intakes: every rental attempt, in its state (order.h). AUTOINCREMENT:
- *    an id once sent to payment as an orderId is never given again.
- *  - orders: the accepted rentals only; id = the intake's id.
+ *  - cars: one row per model (productId) with its `total`.
+ *  - bookings: one row per (model, day) that has cars booked, with how
+ *    many (`booked`; a missing row is 0). A rental books every day of its
+ *    period in ONE statement (booking_store_book): an UPSERT over the days
+ *    of the period whose conflict branch only adds where booked + qty
+ *    still fits in the model's total; the statement changed a row for
+ *    every day, or the caller rolls the whole transaction back. The write
+ *    lock of the transaction (BEGIN IMMEDIATE; row locks in PostgreSQL,
+ *    where the statement reads the latest committed row) serializes two
+ *    rentals of the same day, so overlapping periods can never overbook a
+ *    day, and periods that do not overlap touch different rows. Cost: one
+ *    statement and one B-tree range of at most ORDER_MAX_DAYS rows per
+ *    rental, whatever the number of rentals; availability for a period is
+ *    MAX(booked) over the same range (no scan of rentals).
+ *    Invariant: booked(model, day) = the qty of every pending or approved
+ *    intake and every active order whose period covers the day, plus that
+ *    of returned orders for the days after their return.
+ *  - intakes: every rental attempt, in its state (order.h), with its period
+ *    (from_day, to_day: day numbers, calendar.c). AUTOINCREMENT: an id once
+ *    sent to payment as an orderId is never given again.
+ *  - orders: the accepted rentals only; id = the intake's id. The partial
+ *    index orders_due holds only the active ones, by the day they are due
+ *    back: the return timer's query reads just those that are due.
+ *
+ * PostgreSQL: the day series is generate_series($2, $3 - 1), the UPSERT
+ * has the same ON CONFLICT ... DO UPDATE ... WHERE form, changes() is the
+ * command's row count, MAX(0, x) is GREATEST(0, x).
  *
  * Reads reset their statement before returning, so no read snapshot stays
  * open between transactions (store.h).
@@ -55,6 +75,35 @@ static const char *const order_migrations[] = {
     "  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),"
     "  updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));"
     "CREATE INDEX orders_by_customer ON orders(customer_id, id);",
+    /* 2: rental periods (issue 12). A rental made before periods existed is
+     * taken as one day from the (UTC) day it was made, due back the next
+     * day: the return timer brings the active ones back then (at its first
+     * pass for the older ones). The cars they hold are booked on that day,
+     * so the counts stay exact. */
+    "ALTER TABLE intakes ADD COLUMN from_day INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE intakes ADD COLUMN to_day INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE intakes SET"
+    "  from_day = CAST(julianday(substr(created_at, 1, 10)) - 2440587.5 AS INTEGER),"
+    "  to_day = CAST(julianday(substr(created_at, 1, 10)) - 2440587.5 AS INTEGER) + 1;"
+    "ALTER TABLE orders ADD COLUMN from_day INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE orders ADD COLUMN to_day INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE orders ADD COLUMN returned_at TEXT;"
+    "UPDATE orders SET from_day = (SELECT from_day FROM intakes WHERE intakes.id = orders.id),"
+    "  to_day = (SELECT to_day FROM intakes WHERE intakes.id = orders.id);"
+    "CREATE TABLE bookings ("
+    "  product_id TEXT NOT NULL,"
+    "  day        INTEGER NOT NULL,"
+    "  booked     INTEGER NOT NULL CHECK (booked >= 0),"
+    "  PRIMARY KEY (product_id, day)) WITHOUT ROWID;"
+    "INSERT INTO bookings (product_id, day, booked)"
+    "  SELECT product_id, from_day, SUM(qty) FROM ("
+    "    SELECT product_id, from_day, qty FROM orders"
+    "      WHERE status IN ('OrderApproved', 'Shipped')"
+    "    UNION ALL SELECT product_id, from_day, qty FROM intakes"
+    "      WHERE state IN ('pending', 'voiding', 'in_doubt'))"
+    "  WHERE true GROUP BY product_id, from_day;"
+    "ALTER TABLE cars DROP COLUMN available;"
+    "CREATE INDEX orders_due ON orders(to_day) WHERE status IN ('OrderApproved', 'Shipped');",
     NULL
 };
 
@@ -82,7 +131,13 @@ static int run_write(store *st, sqlite3_stmt *s, const char *what)
 
 /* ---- cars ---- */
 
-#define CAR_COLUMNS "id, name, location, daily_price, total, available"
+#define CAR_COLUMNS "id, name, location, daily_price, total"
+/* The cars free on every day of [?from, ?to): the total less the most
+ * booked day of the range (a fleet file may have shrunk the total below
+ * what is booked: then none). */
+#define CAR_AVAILABLE(from, to) \
+    "MAX(0, total - COALESCE((SELECT MAX(booked) FROM bookings b WHERE b.product_id = cars.id" \
+    " AND b.day >= " from " AND b.day < " to "), 0))"
 
 static int read_car(sqlite3_stmt *s, void *out)
 {
@@ -102,24 +157,29 @@ long long car_store_count(store *st)
     return s ? store_one_int(st, s, "car count") : -1;
 }
 
-int car_store_get(store *st, const char *id, car *out)
+int car_store_get(store *st, const char *id, long from, long to, car *out)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " CAR_COLUMNS " FROM cars WHERE id = ?");
+    sqlite3_stmt *s = store_prepare(st, "SELECT " CAR_COLUMNS ", " CAR_AVAILABLE("?2", "?3")
+                                        " FROM cars WHERE id = ?1");
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, from);
+    sqlite3_bind_int64(s, 3, to);
     return store_one_row(st, s, read_car, out, "car read");
 }
 
-int car_store_list(store *st, long offset, long limit,
+int car_store_list(store *st, long from, long to, long offset, long limit,
                    void (*each)(const car *c, void *arg), void *arg)
 {
-    sqlite3_stmt *s = store_prepare(st, "SELECT " CAR_COLUMNS
-                                        " FROM cars ORDER BY id LIMIT ? OFFSET ?");
+    sqlite3_stmt *s = store_prepare(st, "SELECT " CAR_COLUMNS ", " CAR_AVAILABLE("?3", "?4")
+                                        " FROM cars ORDER BY id LIMIT ?1 OFFSET ?2");
     if (!s)
         return -1;
     sqlite3_bind_int64(s, 1, limit);
     sqlite3_bind_int64(s, 2, offset);
+    sqlite3_bind_int64(s, 3, from);
+    sqlite3_bind_int64(s, 4, to);
     car c;
     int rc;
     while ((rc = store_next_row(st, s, read_car, &c, "car list")) > 0)
@@ -127,37 +187,94 @@ int car_store_list(store *st, long offset, long limit,
     return rc;
 }
 
-/* Runs sql, an UPDATE of the available count of car ?2 by ?1 cars: rows
- * changed or -1. */
-static int update_available(store *st, const char *sql, const char *id, long long qty,
-                            const char *what)
+/* ---- bookings ---- */
+
+int booking_store_book(store *st, const char *id, long from, long to, long long qty)
 {
-    sqlite3_stmt *s = store_prepare(st, sql);
+    /* The days of the period as a recursive CTE (SQLite has no
+     * generate_series built in). A day without a row gets one if qty fits
+     * in the total at all; a day with one is raised only where it still
+     * fits. A day where it does not is neither inserted nor updated, so
+     * fewer rows than days changed means "full somewhere". */
+    sqlite3_stmt *s = store_prepare(st,
+        "WITH RECURSIVE period(day) AS (SELECT ?2 UNION ALL SELECT day + 1 FROM period"
+        "  WHERE day + 1 < ?3)"
+        " INSERT INTO bookings (product_id, day, booked)"
+        " SELECT ?1, day, ?4 FROM period WHERE ?4 <= (SELECT total FROM cars WHERE id = ?1)"
+        " ON CONFLICT (product_id, day) DO UPDATE SET booked = booked + excluded.booked"
+        " WHERE booked + excluded.booked <= (SELECT total FROM cars WHERE id = ?1)");
+    if (!s || to <= from || to - from > ORDER_MAX_DAYS)
+        return -1;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, from);
+    sqlite3_bind_int64(s, 3, to);
+    sqlite3_bind_int64(s, 4, qty);
+    int changed = run_write(st, s, "booking");
+    if (changed < 0)
+        return -1;
+    return changed == to - from ? 1 : 0;
+}
+
+int booking_store_release(store *st, const char *id, long from, long to, long long qty)
+{
+    if (from >= to)
+        return 0;
+    /* MAX(0, ...): the rows of days long past may have been cleared. */
+    sqlite3_stmt *s = store_prepare(st, "UPDATE bookings SET booked = MAX(0, booked - ?4)"
+                                        " WHERE product_id = ?1 AND day >= ?2 AND day < ?3");
     if (!s)
         return -1;
-    sqlite3_bind_int64(s, 1, qty);
-    sqlite3_bind_text(s, 2, id, -1, SQLITE_TRANSIENT);
-    return run_write(st, s, what);
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, from);
+    sqlite3_bind_int64(s, 3, to);
+    sqlite3_bind_int64(s, 4, qty);
+    return run_write(st, s, "booking release") < 0 ? -1 : 0;
 }
 
-int car_store_reserve(store *st, const char *id, long long qty)
+typedef struct full_day {
+    long day;
+    long long free_cars;
+} full_day;
+
+static int read_full_day(sqlite3_stmt *s, void *out)
 {
-    return update_available(st, "UPDATE cars SET available = available - ?1"
-                                " WHERE id = ?2 AND available >= ?1", id, qty, "car reservation");
+    full_day *f = out;
+    f->day = (long)sqlite3_column_int64(s, 0);
+    f->free_cars = sqlite3_column_int64(s, 1);
+    return 0;
 }
 
-int car_store_release(store *st, const char *id, long long qty)
+int booking_store_first_full(store *st, const char *id, long from, long to, long long qty,
+                             long *day, long long *free_cars)
 {
-    /* MIN(total, ...): a fleet file may have shrunk the model meanwhile.
-     * A model removed from the fleet has no row left: nothing to release. */
-    return update_available(st, "UPDATE cars SET available = MIN(total, available + ?1)"
-                                " WHERE id = ?2", id, qty, "car release") < 0 ? -1 : 0;
+    /* A day without a row has all the cars free: it is full only when qty
+     * exceeds the total, i.e. on the first day. */
+    sqlite3_stmt *s = store_prepare(st,
+        "SELECT day, MAX(0, total - booked) FROM ("
+        "  SELECT b.day AS day, b.booked AS booked, c.total AS total"
+        "  FROM cars c JOIN bookings b ON b.product_id = c.id"
+        "  WHERE c.id = ?1 AND b.day >= ?2 AND b.day < ?3 AND b.booked + ?4 > c.total"
+        "  UNION ALL SELECT ?2, 0, total FROM cars WHERE id = ?1 AND ?4 > total)"
+        " ORDER BY day LIMIT 1");
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, from);
+    sqlite3_bind_int64(s, 3, to);
+    sqlite3_bind_int64(s, 4, qty);
+    full_day f;
+    int found = store_one_row(st, s, read_full_day, &f, "first full day");
+    if (found == 1) {
+        *day = f.day;
+        *free_cars = f.free_cars;
+    }
+    return found;
 }
 
 int car_store_insert(store *st, const car *c)
 {
     sqlite3_stmt *s = store_prepare(st, "INSERT INTO cars (" CAR_COLUMNS ")"
-                                        " VALUES (?, ?, ?, ?, ?, ?)");
+                                        " VALUES (?, ?, ?, ?, ?)");
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, c->id, -1, SQLITE_TRANSIENT);
@@ -165,7 +282,6 @@ int car_store_insert(store *st, const car *c)
     sqlite3_bind_text(s, 3, c->location, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 4, c->daily_price);
     sqlite3_bind_int64(s, 5, c->total);
-    sqlite3_bind_int64(s, 6, c->available);
     return run_write(st, s, "car insert") < 0 ? -1 : 0;
 }
 
@@ -177,14 +293,12 @@ int car_store_replace_begin(store *st)
 
 int car_store_replace_put(store *st, const car *c)
 {
-    /* The cars of this model that are out (total - available) stay out:
-     * the new `available` is what the new total leaves after them. All the
-     * right-hand sides read the row as it was before this UPDATE. */
+    /* The bookings of this model stay: what is free on a day is what the
+     * new total leaves after them (CAR_AVAILABLE). */
     sqlite3_stmt *s = store_prepare(st,
-        "INSERT INTO cars (" CAR_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
+        "INSERT INTO cars (" CAR_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5)"
         " ON CONFLICT(id) DO UPDATE SET name = excluded.name, location = excluded.location,"
-        " daily_price = excluded.daily_price, total = excluded.total,"
-        " available = MAX(0, excluded.total - (cars.total - cars.available))");
+        " daily_price = excluded.daily_price, total = excluded.total");
     sqlite3_stmt *k = store_prepare(st, "INSERT OR IGNORE INTO temp.fleet_file (id) VALUES (?)");
     if (!s || !k)
         return -1;
@@ -208,7 +322,7 @@ int car_store_replace_end(store *st)
 /* ---- intakes ---- */
 
 #define INTAKE_COLUMNS "id, COALESCE(idempotency_key, ''), product_id, qty, customer_id, amount," \
-                       " state, COALESCE(payment_id, 0), message, request_id"
+                       " state, COALESCE(payment_id, 0), message, request_id, from_day, to_day"
 
 static int read_intake(sqlite3_stmt *s, void *out)
 {
@@ -229,6 +343,8 @@ static int read_intake(sqlite3_stmt *s, void *out)
     in->payment_id = sqlite3_column_int64(s, 7);
     store_column_text(s, 8, in->message, sizeof in->message);
     store_column_text(s, 9, in->request_id, sizeof in->request_id);
+    in->from_day = (long)sqlite3_column_int64(s, 10);
+    in->to_day = (long)sqlite3_column_int64(s, 11);
     return 0;
 }
 
@@ -236,7 +352,8 @@ int intake_store_insert(store *st, intake *in)
 {
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO intakes (idempotency_key, product_id, qty, customer_id, amount, state,"
-        " request_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8) RETURNING id");
+        " request_id, created_at, updated_at, from_day, to_day)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8, ?9, ?10) RETURNING id");
     if (!s)
         return -1;
     char now[32];
@@ -251,6 +368,8 @@ int intake_store_insert(store *st, intake *in)
     sqlite3_bind_int64(s, 5, in->amount);
     sqlite3_bind_text(s, 6, intake_state_name(in->state), -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 7, in->request_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 9, in->from_day);
+    sqlite3_bind_int64(s, 10, in->to_day);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW)
         in->id = sqlite3_column_int64(s, 0);
@@ -350,7 +469,8 @@ int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, 
 
 /* ---- orders ---- */
 
-#define ORDER_COLUMNS "id, product_id, qty, customer_id, amount, payment_id, status"
+#define ORDER_COLUMNS "id, product_id, qty, customer_id, amount, payment_id, status, from_day," \
+                      " to_day"
 
 static int read_order(sqlite3_stmt *s, void *out)
 {
@@ -362,6 +482,9 @@ static int read_order(sqlite3_stmt *s, void *out)
     o->amount = sqlite3_column_int64(s, 4);
     o->payment_id = sqlite3_column_int64(s, 5);
     store_column_text(s, 6, o->status, sizeof o->status);
+    o->from_day = (long)sqlite3_column_int64(s, 7);
+    o->to_day = (long)sqlite3_column_int64(s, 8);
+    store_column_text(s, 9, o->returned_at, sizeof o->returned_at);
     return 0;
 }
 
@@ -369,7 +492,7 @@ int order_store_insert(store *st, const order *o)
 {
     sqlite3_stmt *s = store_prepare(st, "INSERT INTO orders (" ORDER_COLUMNS
                                         ", created_at, updated_at)"
-                                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8)");
+                                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8)");
     if (!s)
         return -1;
     char now[32];
@@ -381,12 +504,14 @@ int order_store_insert(store *st, const order *o)
     sqlite3_bind_int64(s, 5, o->amount);
     sqlite3_bind_int64(s, 6, o->payment_id);
     sqlite3_bind_text(s, 7, o->status, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 9, o->from_day);
+    sqlite3_bind_int64(s, 10, o->to_day);
     return run_write(st, s, "order insert") < 0 ? -1 : 0;
 }
 
 int order_store_get(store *st, long long id, order *out)
 {
-    return store_find_one(st, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?", id,
+    return store_find_one(st, "SELECT " ORDER_COLUMNS ", returned_at FROM orders WHERE id = ?", id,
                           read_order, out, "order read");
 }
 
@@ -402,6 +527,42 @@ int order_store_set_status(store *st, long long id, const char *from, const char
     sqlite3_bind_text(s, 2, from, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(s, 3, to, -1, SQLITE_TRANSIENT);
     return run_write(st, s, "order status change");
+}
+
+int order_store_mark_returned(store *st, long long id, const char *returned_at)
+{
+    sqlite3_stmt *s = store_prepare(st, "UPDATE orders SET status = 'Returned', returned_at = ?2,"
+                                        " updated_at = ?3"
+                                        " WHERE id = ?1 AND status IN ('OrderApproved', 'Shipped')");
+    if (!s)
+        return -1;
+    char now[32];
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_text(s, 2, returned_at, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, log_utc_now(now, true), -1, SQLITE_TRANSIENT);
+    return run_write(st, s, "order return");
+}
+
+int order_store_due(store *st, long today, long long *ids, int max)
+{
+    /* The WHERE repeats the partial index's condition word for word, so
+     * the planner reads orders_due (only active rentals, by due day). */
+    sqlite3_stmt *s = store_prepare(st, "SELECT id FROM orders"
+                                        " WHERE status IN ('OrderApproved', 'Shipped')"
+                                        " AND to_day <= ?1 ORDER BY to_day, id LIMIT ?2");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, today);
+    sqlite3_bind_int(s, 2, max);
+    int n = 0, rc = SQLITE_DONE;
+    while (n < max && (rc = sqlite3_step(s)) == SQLITE_ROW)
+        ids[n++] = sqlite3_column_int64(s, 0);
+    if (n < max && rc != SQLITE_DONE) {
+        log_error("msg=\"due rentals read failed\" error=\"%s\"", store_error(st));
+        n = -1;
+    }
+    sqlite3_reset(s);
+    return n;
 }
 
 long long order_store_count(store *st, const char *customer_id)
@@ -420,9 +581,10 @@ int order_store_list(store *st, const char *customer_id, long offset, long limit
                      void (*each)(const order *o, void *arg), void *arg)
 {
     sqlite3_stmt *s = customer_id
-        ? store_prepare(st, "SELECT " ORDER_COLUMNS " FROM orders WHERE customer_id = ?3"
-                            " ORDER BY id LIMIT ?1 OFFSET ?2")
-        : store_prepare(st, "SELECT " ORDER_COLUMNS " FROM orders ORDER BY id LIMIT ?1 OFFSET ?2");
+        ? store_prepare(st, "SELECT " ORDER_COLUMNS ", returned_at FROM orders"
+                            " WHERE customer_id = ?3 ORDER BY id LIMIT ?1 OFFSET ?2")
+        : store_prepare(st, "SELECT " ORDER_COLUMNS ", returned_at FROM orders"
+                            " ORDER BY id LIMIT ?1 OFFSET ?2");
     if (!s)
         return -1;
     sqlite3_bind_int64(s, 1, limit);

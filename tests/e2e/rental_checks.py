@@ -6,18 +6,38 @@ nothing is in flight any more:
     stands (refunded once the order is cancelled);
   - a payment whose order was never accepted has been refunded (PaymentCancelled): nothing
     unpaid is accepted and nothing is charged for a rental that was not;
-  - every car is either available or held by an accepted order that still stands.
+  - every car is either available today or held today by an accepted order: one that stands and
+    whose period covers today, or one returned today (its cars are free from the next day on).
 """
+import datetime
 import json
 import os
 import sys
 import threading
 import time
+import zoneinfo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import check, wait_for  # noqa: E402
 
 ACTIVE = ("OrderApproved", "Shipped")
+SEOUL = zoneinfo.ZoneInfo("Asia/Seoul")   # order's default TIME_ZONE
+
+
+def seoul_day(instant=None):
+    """The company's calendar day (YYYY-MM-DD) of an ISO UTC instant, or of now."""
+    t = (datetime.datetime.fromisoformat(instant.replace("Z", "+00:00")) if instant
+         else datetime.datetime.now(datetime.timezone.utc))
+    return t.astimezone(SEOUL).date().isoformat()
+
+
+def holds_today(o, today):
+    """Whether an order keeps its cars out today (see the module's note)."""
+    if "from" in o and not (o["from"] <= today < o["to"]):
+        return False
+    if o["status"] in ACTIVE:
+        return True
+    return o["status"] == "Returned" and seoul_day(o["returnedAt"]) == today
 
 
 def all_items(system, service, path, name):
@@ -58,6 +78,7 @@ def rent(system, product="1001", qty=1, headers=None, timeout=30, **fields):
 def problems(system):
     """What breaks the settled state right now (empty list when settled)."""
     out = []
+    today = seoul_day()
     cars, ords, pays = fleet(system), orders(system), payments(system)
     pays_by_order = {}
     for p in pays:
@@ -73,9 +94,10 @@ def problems(system):
         p = mine[0]
         if p["id"] != o["paymentId"] or p["amount"] != o["amount"]:
             out.append("order %r does not match its payment %r" % (o, p))
-        if o["status"] in ACTIVE:
+        if o["status"] in ACTIVE + ("Returned",):
             if p["status"] != "Paid":
                 out.append("order %d stands but its payment is %s" % (o["id"], p["status"]))
+        if holds_today(o, today):
             held[o["productId"]] = held.get(o["productId"], 0) + o["qty"]
         elif p["status"] != "PaymentCancelled":
             out.append("order %d is %s but its payment is %s" % (o["id"], o["status"], p["status"]))

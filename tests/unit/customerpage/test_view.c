@@ -3,9 +3,10 @@
  * as the bus runs them.
  *
  * The central property: the row of a rental depends only on the SET of its
- * events. For every non-empty subset of one rental's six events (Ordered,
- * Paid, Shipped, OrderCancelled, DeliveryCanceled, PayCancelled) and every
- * order of that subset (1956 sequences, 720 for the full set), the row and
+ * events. For every non-empty subset of one rental's seven events (Ordered,
+ * Paid, Shipped, Returned, OrderCancelled, DeliveryCanceled, PayCancelled)
+ * and every order of that subset (13699 sequences, 5040 for the full set),
+ * the row and
  * its history must equal the row of the subset applied in canonical order;
  * then applying every event again, in reverse, or a re-published copy with
  * a new eventId and a later timestamp, must change nothing. Each sequence
@@ -26,10 +27,11 @@
 #include "customerpage.h"
 #include "log.h"
 
-enum { PAID, ORDERED, SHIPPED, ORDER_CANCELLED, DELIVERY_CANCELLED, PAY_CANCELLED, N_EVENTS };
+enum { PAID, ORDERED, SHIPPED, RETURNED, ORDER_CANCELLED, DELIVERY_CANCELLED, PAY_CANCELLED,
+       N_EVENTS };
 
 static const char *const status_of[N_EVENTS] = { "Paid", "OrderApproved", "Shipped",
-    "OrderCancelled", "DeliveryCancelled", "PaymentCancelled" };
+    "Returned", "OrderCancelled", "DeliveryCancelled", "PaymentCancelled" };
 
 /* One rental's events. PayCancelled is stamped one second BEFORE
  * DeliveryCanceled (the two services react independently) and Paid shares
@@ -39,7 +41,8 @@ static const char *const status_of[N_EVENTS] = { "Paid", "OrderApproved", "Shipp
 static json_t *event_of(int which, long long o, int variant)
 {
     static const char *const stamps[N_EVENTS] = { "20261124015039", "20261124015039",
-        "20261124015040", "20261124015101", "20261124015102", "20261124015101" };
+        "20261124015040", "20261124015050", "20261124015101", "20261124015102",
+        "20261124015101" };
     char id[48], ts[16];
     snprintf(id, sizeof id, "ev-%d-%lld-%d", which, o, variant);
     snprintf(ts, sizeof ts, "%s", stamps[which]);
@@ -51,10 +54,18 @@ static json_t *event_of(int which, long long o, int variant)
                          "eventId", id, "timestamp", ts, "id", order + 5000, "orderId", order,
                          "productId", "1001", "qty", 2, "amount", 240000, "status", "Paid");
     case ORDERED:
-        return json_pack("{s:s, s:s, s:s, s:I, s:s, s:i, s:s, s:i, s:s}", "eventType", "Ordered",
+        return json_pack("{s:s, s:s, s:s, s:I, s:s, s:i, s:s, s:i, s:s, s:s, s:s, s:i}",
+                         "eventType", "Ordered",
                          "eventId", id, "timestamp", ts, "id", order, "productId", "1001",
                          "qty", 2, "customerId", "kim", "amount", 240000,
-                         "status", "OrderApproved");
+                         "status", "OrderApproved", "from", "2026-12-30", "to", "2027-01-01",
+                         "days", 2);
+    case RETURNED:
+        return json_pack("{s:s, s:s, s:s, s:I, s:s, s:i, s:s, s:s, s:s, s:s}",
+                         "eventType", "Returned", "eventId", id, "timestamp", ts, "id", order,
+                         "productId", "1001", "qty", 2, "customerId", "kim",
+                         "from", "2026-12-30", "to", "2027-01-01",
+                         "returnedAt", "2026-12-31T03:00:00Z");
     case SHIPPED:
         return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s}", "eventType", "Shipped",
                          "eventId", id, "timestamp", ts, "id", order + 9000, "orderId", order,
@@ -104,7 +115,8 @@ static char *row_text(store *st, const char *table, long long o)
     snprintf(sql, sizeof sql,
              "SELECT json_array(customer_id, product_id, qty, amount, payment_id - ?1, "
              "delivery_id - ?1, "
-             "status, step_rank, visible, json(history)) FROM %s WHERE order_id = ?1", table);
+             "status, step_rank, visible, json(history), from_date, to_date, days) "
+             "FROM %s WHERE order_id = ?1", table);
     sqlite3_stmt *s = store_prepare(st, sql);
     sqlite3_bind_int64(s, 1, o);
     char *text = strdup(sqlite3_step(s) == SQLITE_ROW
@@ -123,15 +135,17 @@ static void test_full_rental_row(store *st, customerpage_app *app)
     CHECK_INT(page_store_get(st, o, &p), 1);
     json_t *got = customer_page_json(&p);
     json_t *want = json_pack(
-        "{s:I, s:I, s:s, s:s, s:i, s:i, s:I, s:I, s:s, s:["
-        "{s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s},"
+        "{s:I, s:I, s:s, s:s, s:i, s:i, s:s, s:s, s:i, s:I, s:I, s:s, s:["
+        "{s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s},"
         "{s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s}]}",
         "id", (json_int_t)o, "orderId", (json_int_t)o, "customerId", "kim", "productId", "1001",
-        "qty", 2, "amount", 240000, "paymentId", (json_int_t)(o + 5000),
+        "qty", 2, "amount", 240000, "from", "2026-12-30", "to", "2027-01-01", "days", 2,
+        "paymentId", (json_int_t)(o + 5000),
         "deliveryId", (json_int_t)(o + 9000), "status", "PaymentCancelled", "history",
         "eventType", "Paid", "status", "Paid", "timestamp", "20261124015039",
         "eventType", "Ordered", "status", "OrderApproved", "timestamp", "20261124015039",
         "eventType", "Shipped", "status", "Shipped", "timestamp", "20261124015040",
+        "eventType", "Returned", "status", "Returned", "timestamp", "20261124015050",
         "eventType", "OrderCancelled", "status", "OrderCancelled", "timestamp", "20261124015101",
         "eventType", "PayCancelled", "status", "PaymentCancelled", "timestamp", "20261124015101",
         "eventType", "DeliveryCanceled", "status", "DeliveryCancelled",
@@ -218,8 +232,8 @@ static void test_every_permutation_converges(store *st, customerpage_app *app)
         } while (next_permutation(items, k));
         free(expected);
     }
-    CHECK_INT(sequences, 1956);
-    CHECK_INT(full_sequences, 720);
+    CHECK_INT(sequences, 13699);
+    CHECK_INT(full_sequences, 5040);
     CHECK_INT(mismatches, 0);
 }
 
@@ -253,7 +267,16 @@ static void test_hidden_until_ordered(store *st, customerpage_app *app)
     CHECK(json_is_null(json_object_get(j, "paymentId")));
     CHECK(json_is_null(json_object_get(j, "deliveryId")));
     CHECK_STR(json_string_value(json_object_get(j, "status")), "OrderApproved");
+    CHECK_STR(json_string_value(json_object_get(j, "from")), "2026-12-30");
+    CHECK_INT(json_integer_value(json_object_get(j, "days")), 2);
     json_decref(j);
+    customer_page_clear(&p);
+
+    /* Returned after Shipped: the status moves on, the period stays. */
+    apply(st, app, event_of(RETURNED, o + 1, 0));
+    CHECK_INT(page_store_get(st, o + 1, &p), 1);
+    CHECK_STR(p.status, "Returned");
+    CHECK_STR(p.to, "2027-01-01");
     customer_page_clear(&p);
 }
 

@@ -39,11 +39,15 @@ static void test_payment_verdict(void)
 
 static void test_amount(void)
 {
-    CHECK_INT(rental_amount(1, 45000), 45000);
-    CHECK_INT(rental_amount(3, 150000), 450000);
-    CHECK_INT(rental_amount(0, 45000), 0);
-    CHECK_INT(rental_amount(4000000000LL, 4000000000000LL), -1);   /* overflow */
-    CHECK_INT(rental_amount(-1, 45000), -1);
+    CHECK_INT(rental_amount(1, 1, 45000), 45000);
+    CHECK_INT(rental_amount(3, 1, 150000), 450000);
+    CHECK_INT(rental_amount(2, 3, 45000), 270000);      /* qty x days x dailyPrice */
+    CHECK_INT(rental_amount(100, 30, 100000000LL), 300000000000LL);   /* the largest */
+    CHECK_INT(rental_amount(0, 1, 45000), 0);
+    CHECK_INT(rental_amount(4000000000LL, 1, 4000000000000LL), -1);   /* overflow */
+    CHECK_INT(rental_amount(4000000LL, 4000000LL, 4000000000000LL), -1);
+    CHECK_INT(rental_amount(-1, 1, 45000), -1);
+    CHECK_INT(rental_amount(1, -1, 45000), -1);
 }
 
 static void test_keys(void)

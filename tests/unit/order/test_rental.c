@@ -15,16 +15,20 @@
 
 static char dir[64];
 
+/* The day the tests take as today: the store takes days explicitly. */
+#define TODAY 20800L   /* 2026-12-13 */
+
 static long long available(store *st, const char *id)
 {
     car c;
-    return car_store_get(st, id, &c) == 1 ? c.available : -1;
+    return car_store_get(st, id, TODAY, TODAY + 1, &c) == 1 ? c.available : -1;
 }
 
 static rental_request request(const char *product, long long qty, const char *key)
 {
     return (rental_request){.product_id = product, .qty = qty, .customer_id = "kim",
-                            .idempotency_key = key, .request_id = "req-test"};
+                            .idempotency_key = key, .request_id = "req-test",
+                            .from_day = TODAY, .to_day = TODAY + 1};
 }
 
 static void test_demo_fleet(store *st)
@@ -32,24 +36,24 @@ static void test_demo_fleet(store *st)
     CHECK_INT(fleet_load(st, NULL), 0);
     CHECK_INT(car_store_count(st), 10);
     car c;
-    CHECK_INT(car_store_get(st, "1001", &c), 1);
+    CHECK_INT(car_store_get(st, "1001", TODAY, TODAY + 1, &c), 1);
     CHECK(c.total > 1);
     CHECK_INT(c.available, c.total);
     CHECK(c.daily_price >= 45000 && c.daily_price <= 150000);
-    CHECK_INT(car_store_get(st, "1010", &c), 1);
-    CHECK_INT(car_store_get(st, "1011", &c), 0);
+    CHECK_INT(car_store_get(st, "1010", TODAY, TODAY + 1, &c), 1);
+    CHECK_INT(car_store_get(st, "1011", TODAY, TODAY + 1, &c), 0);
 
     /* A second start keeps the fleet as it is. */
-    CHECK_INT(car_store_reserve(st, "1002", 1), 1);
+    CHECK_INT(booking_store_book(st, "1002", TODAY, TODAY + 1, 1), 1);
     CHECK_INT(fleet_load(st, NULL), 0);
     CHECK_INT(car_store_count(st), 10);
-    CHECK_INT(car_store_release(st, "1002", 1), 0);
+    CHECK_INT(booking_store_release(st, "1002", TODAY, TODAY + 1, 1), 0);
 }
 
 static void test_reserve_never_oversells(store *st)
 {
     car c;
-    CHECK_INT(car_store_get(st, "1007", &c), 1);
+    CHECK_INT(car_store_get(st, "1007", TODAY, TODAY + 1, &c), 1);
     long long total = c.total;
     intake in;
     long long ids[64];
@@ -222,6 +226,122 @@ static void test_cancel(store *st)
     CHECK_INT(available(st, "1004"), before + 3);
 }
 
+static long long free_on(store *st, const char *id, long from, long to)
+{
+    car c;
+    return car_store_get(st, id, from, to, &c) == 1 ? c.available : -1;
+}
+
+static reserve_outcome rent(store *st, const char *id, long long qty, long from, long to,
+                            intake *in)
+{
+    car c;
+    rental_request rq = request(id, qty, NULL);
+    rq.from_day = from;
+    rq.to_day = to;
+    return rental_reserve(st, &rq, in, &c);
+}
+
+/* The booking rule: on every day of a period, booked + qty <= total. */
+static void test_periods(store *st)
+{
+    intake a, b, x;
+    long d = TODAY + 10;
+    /* 1006 has 3 cars. Two for [d, d+5), then one more fits every day. */
+    CHECK_INT(rent(st, "1006", 2, d, d + 5, &a), RESERVE_OK);
+    CHECK_INT(a.amount, 2 * 5 * 95000);
+    CHECK_INT(free_on(st, "1006", d, d + 5), 1);
+    CHECK_INT(free_on(st, "1006", d - 3, d), 3);          /* before: untouched */
+    CHECK_INT(free_on(st, "1006", d + 5, d + 9), 3);      /* adjacent after: untouched */
+    CHECK_INT(free_on(st, "1006", d + 4, d + 6), 1);      /* overlap of one day is enough */
+    CHECK_INT(rent(st, "1006", 1, d + 2, d + 8, &b), RESERVE_OK);
+    /* Days d+2..d+4 are full now: an overlapping rental is refused on all
+     * its days, and the first full day is named. */
+    CHECK_INT(rent(st, "1006", 1, d - 2, d + 3, &x), RESERVE_NOT_ENOUGH);
+    long day;
+    long long free_cars;
+    CHECK_INT(booking_store_first_full(st, "1006", d - 2, d + 3, 1, &day, &free_cars), 1);
+    CHECK_INT(day, d + 2);
+    CHECK_INT(free_cars, 0);
+    CHECK_INT(free_on(st, "1006", d - 2, d + 2), 3 - 2);  /* the refusal changed nothing */
+    CHECK_INT(free_on(st, "1006", d - 2, d), 3);
+    /* Adjacent periods do not compete: [d-2, d+2) ends where b starts. */
+    CHECK_INT(rent(st, "1006", 1, d - 2, d + 2, &x), RESERVE_OK);
+    CHECK_INT(free_on(st, "1006", d, d + 2), 0);
+    CHECK_INT(free_on(st, "1006", d + 5, d + 8), 2);
+    /* More than the total is full on the first day. */
+    CHECK_INT(rent(st, "1006", 4, d + 20, d + 22, &x), RESERVE_NOT_ENOUGH);
+    CHECK_INT(booking_store_first_full(st, "1006", d + 20, d + 22, 4, &day, &free_cars), 1);
+    CHECK_INT(day, d + 20);
+    CHECK_INT(booking_store_first_full(st, "1006", d + 20, d + 22, 1, &day, &free_cars), 0);
+
+    /* A declined rental gives back every day of its period. */
+    CHECK_INT(rental_decline(st, b.id, "declined"), 1);
+    CHECK_INT(free_on(st, "1006", d + 2, d + 8), 1);
+    CHECK_INT(free_on(st, "1006", d + 5, d + 8), 3);
+
+    /* 30 days: one statement books them all, 31 is refused by the store. */
+    CHECK_INT(rent(st, "1008", 4, TODAY, TODAY + 30, &x), RESERVE_OK);
+    CHECK_INT(free_on(st, "1008", TODAY, TODAY + 1), 0);
+    CHECK_INT(free_on(st, "1008", TODAY + 29, TODAY + 30), 0);
+    CHECK_INT(free_on(st, "1008", TODAY + 30, TODAY + 31), 4);
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM bookings WHERE product_id = '1008'"), 30);
+    CHECK_INT(booking_store_book(st, "1009", TODAY, TODAY + 31, 1), -1);
+    CHECK_INT(rental_decline(st, x.id, "declined"), 1);
+    CHECK_INT(free_on(st, "1008", TODAY, TODAY + 30), 4);
+    CHECK_INT(rental_decline(st, a.id, "declined"), 1);
+}
+
+static void test_returns(store *st)
+{
+    intake in;
+    order o;
+    long d = TODAY;
+    /* 1009 (3 cars): 2 for [d, d+4), returned on day d+1: free from d+2. */
+    CHECK_INT(rent(st, "1009", 2, d, d + 4, &in), RESERVE_OK);
+    CHECK_INT(rental_approve(st, in.id, 201, &o), 1);
+    CHECK_INT(o.from_day, d);
+    CHECK_INT(o.to_day, d + 4);
+    long long events = count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Returned'");
+
+    /* Earlier tests left one-day rentals due on d+1: `before` of them. */
+    long long ids[64];
+    int before = order_store_due(st, d + 3, ids, 64);
+    CHECK(before >= 0);
+    CHECK_INT(order_store_due(st, d + 4, ids, 64), before + 1);   /* due on d+4 */
+    CHECK_INT(ids[before], in.id);
+
+    CHECK_INT(order_return(st, in.id, d + 1, 1796000000, "req-r", &o), RETURN_DONE);
+    CHECK_STR(o.status, "Returned");
+    CHECK_STR(o.returned_at, "2026-11-30T00:53:20Z");
+    CHECK_INT(free_on(st, "1009", d + 1, d + 2), 1);      /* still out today */
+    CHECK_INT(free_on(st, "1009", d + 2, d + 4), 3);
+    CHECK_INT(order_return(st, in.id, d + 1, 1796000100, "req-r2", &o), RETURN_ALREADY);
+    CHECK_STR(o.returned_at, "2026-11-30T00:53:20Z");
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Returned'"), events + 1);
+    CHECK_INT(order_store_due(st, d + 10, ids, 64), before);   /* no longer active */
+    CHECK_INT(order_cancel(st, in.id, NULL, &o), CANCEL_RETURNED);
+    CHECK_INT(order_store_get(st, in.id, &o), 1);
+    CHECK_STR(o.status, "Returned");
+    CHECK_INT(order_mark_shipped(st, in.id), 0);
+    CHECK_INT(order_return(st, 424242, d, 1796000000, NULL, &o), RETURN_NOT_FOUND);
+
+    /* A cancelled rental cannot be returned; a shipped one can. */
+    CHECK_INT(rent(st, "1009", 1, d, d + 2, &in), RESERVE_OK);
+    CHECK_INT(rental_approve(st, in.id, 202, &o), 1);
+    CHECK_INT(order_cancel(st, in.id, NULL, &o), CANCEL_DONE);
+    CHECK_INT(order_return(st, in.id, d, 1796000000, NULL, &o), RETURN_CANCELLED);
+    CHECK_INT(rent(st, "1009", 1, d + 1, d + 3, &in), RESERVE_OK);
+    CHECK_INT(rental_approve(st, in.id, 203, &o), 1);
+    CHECK_INT(order_mark_shipped(st, in.id), 1);
+    CHECK_INT(free_on(st, "1009", d + 1, d + 2), 0);
+    /* Returned before its period started: every day comes back. */
+    CHECK_INT(order_return(st, in.id, d - 1, 1796000000, NULL, &o), RETURN_DONE);
+    CHECK_INT(free_on(st, "1009", d + 1, d + 2), 1);      /* the first rental's day */
+    CHECK_INT(free_on(st, "1009", d + 2, d + 3), 3);
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Returned'"), events + 2);
+}
+
 static void test_events_payloads(store *st)
 {
     sqlite3_stmt *s;
@@ -240,7 +360,15 @@ static void test_events_payloads(store *st)
         if (strcmp(type, "Ordered") == 0) {
             CHECK(json_is_integer(json_object_get(ev, "amount")));
             CHECK_STR(json_string_value(json_object_get(ev, "status")), "OrderApproved");
-            CHECK_INT(json_object_size(ev), 9);   /* 6 fields + envelope */
+            CHECK(json_is_string(json_object_get(ev, "from")));
+            CHECK(json_is_string(json_object_get(ev, "to")));
+            CHECK(json_integer_value(json_object_get(ev, "days")) >= 1);
+            CHECK_INT(json_object_size(ev), 12);   /* 9 fields + envelope */
+        } else if (strcmp(type, "Returned") == 0) {
+            CHECK(json_is_string(json_object_get(ev, "from")));
+            CHECK(json_is_string(json_object_get(ev, "to")));
+            CHECK(json_is_string(json_object_get(ev, "returnedAt")));
+            CHECK_INT(json_object_size(ev), 10);   /* 7 fields + envelope */
         } else {
             CHECK_STR(type, "OrderCancelled");
             CHECK_INT(json_object_size(ev), 7);   /* 4 fields + envelope */
@@ -268,12 +396,12 @@ static void test_fleet_file(store *st)
     fclose(f);
     CHECK_INT(fleet_load(st, path), 0);
     CHECK_INT(car_store_count(st), 2);
-    CHECK_INT(car_store_get(st, "1005", &c), 1);
+    CHECK_INT(car_store_get(st, "1005", TODAY, TODAY + 1, &c), 1);
     CHECK_INT(c.total, 1);
     CHECK_INT(c.available, 0);
-    CHECK_INT(car_store_get(st, "5001", &c), 1);
+    CHECK_INT(car_store_get(st, "5001", TODAY, TODAY + 1, &c), 1);
     CHECK_INT(c.available, 100000);
-    CHECK_INT(car_store_get(st, "1001", &c), 0);
+    CHECK_INT(car_store_get(st, "1001", TODAY, TODAY + 1, &c), 0);
 
     /* Giving the 2 cars back never exceeds the new total. */
     CHECK_INT(rental_decline(st, in.id, "x"), 1);
@@ -303,6 +431,8 @@ int main(void)
         test_in_doubt(st);
         test_unsettled(st);
         test_cancel(st);
+        test_periods(st);
+        test_returns(st);
         test_events_payloads(st);
         test_fleet_file(st);
         store_close(st);
