@@ -9,7 +9,7 @@
 set -euo pipefail
 
 need=(build-essential cmake pkg-config libevent-dev libjansson-dev libsqlite3-dev sqlite3
-      libnats-dev nats-server uuid-dev libpq-dev curl python3 ca-certificates)
+      libnats-dev nats-server uuid-dev libpq-dev curl python3 ca-certificates tzdata)
 case "${1:-build}" in
   test)  need+=(clang chromium fonts-noto-cjk postgresql postgresql-client) ;;
   bench) need+=(wrk nginx-light) ;;
