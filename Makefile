@@ -5,7 +5,7 @@ JOBS ?= 2
 BUILD ?= build
 CMAKE_FLAGS ?=
 
-.PHONY: all build run test test-unit test-asan test-clang test-browser bench deps clean
+.PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz deps clean
 
 all: build
 
@@ -31,5 +31,11 @@ bench:
 	@cmake --build build-bench -j $(JOBS) -- --no-print-directory
 	@CARSHARE_BIN=$(CURDIR)/build-bench/bin scripts/bench.sh
 
+# libFuzzer targets (tests/fuzz/), FUZZ_SECONDS each (`make test` runs them briefly).
+FUZZ_SECONDS ?= 600
+fuzz:
+	@scripts/deps.sh test
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
 clean:
-	rm -rf build build-asan build-clang build-bench
+	rm -rf build build-asan build-clang build-bench build-fuzz

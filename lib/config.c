@@ -32,23 +32,35 @@ static void config_fatal(const char *name, const char *value, const char *why)
     exit(2);
 }
 
+bool config_parse_int(const char *value, long min, long max, long *out, char *why,
+                      size_t whylen)
+{
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(value, &end, 10);
+    /* strtol would skip leading spaces; a value is exactly an integer. */
+    bool blank_first = *value == ' ' || *value == '\t' || *value == '\n' || *value == '\v' ||
+                       *value == '\f' || *value == '\r';
+    if (blank_first || end == value || *end != '\0' || errno == ERANGE) {
+        snprintf(why, whylen, "not an integer");
+        return false;
+    }
+    if (n < min || n > max) {
+        snprintf(why, whylen, "must be between %ld and %ld", min, max);
+        return false;
+    }
+    *out = n;
+    return true;
+}
+
 long config_int(const char *name, long fallback, long min, long max)
 {
     const char *value = getenv(name);
     if (!value || !*value)
         return fallback;
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(value, &end, 10);
-    /* strtol would skip leading spaces; a value is exactly an integer. */
-    bool blank_first = *value == ' ' || *value == '\t' || *value == '\n';
-    if (blank_first || end == value || *end != '\0' || errno == ERANGE) {
-        config_fatal(name, value, "not an integer");
-        return fallback;
-    }
-    if (n < min || n > max) {
-        char why[128];
-        snprintf(why, sizeof why, "must be between %ld and %ld", min, max);
+    long n;
+    char why[128];
+    if (!config_parse_int(value, min, max, &n, why, sizeof why)) {
         config_fatal(name, value, why);
         return fallback;
     }

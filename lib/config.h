@@ -8,6 +8,9 @@
 #ifndef CARSHARE_CONFIG_H
 #define CARSHARE_CONFIG_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 /* The value of `name`, or `fallback` when unset or empty. */
 const char *config_str(const char *name, const char *fallback);
 
@@ -15,6 +18,12 @@ const char *config_str(const char *name, const char *fallback);
  * Exits(2) with a clear message when set to something that is not an
  * integer in [min, max]. */
 long config_int(const char *name, long fallback, long min, long max);
+
+/* The rule config_int applies, apart from the environment: true with *out
+ * when value is exactly a decimal integer (optional sign, no blanks) in
+ * [min, max]; else false with the reason in why. */
+bool config_parse_int(const char *value, long min, long max, long *out, char *why,
+                      size_t whylen);
 
 /* Path of a file inside the data directory (DATA_DIR, default "./data"),
  * which is created if missing. Returns a malloc'ed string. */

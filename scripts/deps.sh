@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh: installs, from Debian's packages, whatever carshare needs and this machine lacks.
 #   scripts/deps.sh build   compilers and libraries (make build, make run)
-#   scripts/deps.sh test    + clang, python3, nodejs/npm and chromium for the browser test
+#   scripts/deps.sh test    + clang with its libFuzzer/sanitizer runtimes, nodejs/npm and
+#                           chromium for the browser test
 #   scripts/deps.sh bench   + wrk and nginx
 #   DB=postgres adds the PostgreSQL server (make run DB=postgres); test always has it (the suite
 #   starts its own servers from it)
@@ -11,7 +12,8 @@ set -euo pipefail
 need=(build-essential cmake pkg-config libevent-dev libjansson-dev libsqlite3-dev sqlite3
       libnats-dev nats-server uuid-dev libpq-dev curl python3 ca-certificates tzdata)
 case "${1:-build}" in
-  test)  need+=(clang chromium fonts-noto-cjk postgresql postgresql-client) ;;
+  # libclang-rt-dev: the libFuzzer and sanitizer runtimes of Debian's default clang.
+  test)  need+=(clang libclang-rt-dev chromium fonts-noto-cjk postgresql postgresql-client) ;;
   bench) need+=(wrk nginx-light) ;;
 esac
 if [ "${DB:-sqlite}" = postgres ]; then need+=(postgresql postgresql-client); fi

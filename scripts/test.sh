@@ -3,7 +3,8 @@
 #  1. gcc build (RelWithDebInfo): unit and end-to-end tests (ctest);
 #  2. gcc build with AddressSanitizer + UndefinedBehaviorSanitizer: the same tests;
 #  3. clang build with -Werror (compiles everything; the warnings differ from gcc's);
-#  4. the browser test (Playwright driving Debian's chromium) against the build of step 1.
+#  4. the libFuzzer targets (tests/fuzz/), each briefly (FUZZ_SECONDS, default 10 here);
+#  5. the browser test (Playwright driving Debian's chromium) against the build of step 1.
 # Stops at the first failing step and exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,9 @@ unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 step "build (clang, -Werror)"
 CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-clang -j "$JOBS"
+
+step "fuzz targets (clang, libFuzzer, ASan+UBSan), ${FUZZ_SECONDS:-10} s each"
+FUZZ_SECONDS=${FUZZ_SECONDS:-10} scripts/fuzz.sh
 
 if [ -f tests/browser/package.json ]; then
   step "browser test"
