@@ -2,10 +2,18 @@
  *
  * The page talks only to the gateway that served it (relative URLs), in the
  * contract's terms:
- *   GET  cars                                   the fleet (refreshed every 15 s and after actions)
- *   POST orders   + Idempotency-Key             rent and pay, answered synchronously
+ *   GET  cars?from&to                           the fleet, free for the chosen dates (refreshed
+ *                                               every 15 s and after actions)
+ *   POST orders   + Idempotency-Key             rent and pay for a period, answered synchronously
  *   GET  customerpages/search/findByCustomerId  "My rentals", polled every 1.5 s
  *   DELETE orders/{id}                          cancel
+ *   POST orders/{id}/return                     give the car back
+ *
+ * Dates: a rental is a start date and a number of days (1 to 30), in the
+ * company's calendar (Asia/Seoul, the order service's default TIME_ZONE):
+ * "today" is Seoul's today whatever the browser's zone, and `to` (the day
+ * the car is due back) is start + days. The price shown before paying is
+ * qty x days x the daily price, the server's own rule.
  *
  * Why polling and not a stream: the customer page is a read model fed by
  * events, eventually consistent; a short poll through the plain gateway is
@@ -40,22 +48,28 @@
   const PENDING_SLOW_MS = 20000;
   const RETRY_AFTER_CAP_S = 60;
   const NAME_MAX = 64;
+  const MAX_DAYS = 30;                // the contract's longest rental
+  const MAX_AHEAD_DAYS = 90;          // how far ahead a rental may start
+  const COMPANY_TIME_ZONE = 'Asia/Seoul';
 
   // Status of a rental on the customer page, by rank (the contract's order).
   const STATUSES = {
     OrderApproved: { rank: 1, tone: 'info', key: 'stApproved' },
     Shipped: { rank: 2, tone: 'ok', key: 'stShipped' },
-    OrderCancelled: { rank: 3, tone: 'warn', key: 'stOrderCancelled' },
-    DeliveryCancelled: { rank: 4, tone: 'warn', key: 'stDeliveryCancelled' },
-    PaymentCancelled: { rank: 5, tone: 'neutral', key: 'stRefunded' },
+    Returned: { rank: 3, tone: 'neutral', key: 'stReturned' },
+    OrderCancelled: { rank: 4, tone: 'warn', key: 'stOrderCancelled' },
+    DeliveryCancelled: { rank: 5, tone: 'warn', key: 'stDeliveryCancelled' },
+    PaymentCancelled: { rank: 6, tone: 'neutral', key: 'stRefunded' },
   };
-  const CANCELLED_RANK = 3;
+  const RETURNED_RANK = 3;            // from here on a rental has ended: no cancel, no return
+  const CANCELLED_RANK = 4;
 
   // History entries are labelled by event type; the seed's spellings first.
   const EVENT_LABELS = {
     Ordered: 'evOrdered',
     Paid: 'evPaid',
     Shipped: 'evShipped',
+    Returned: 'evReturned',
     OrderCancelled: 'evOrderCancelled',
     DeliveryCanceled: 'evDeliveryCanceled',
     DeliveryCancelled: 'evDeliveryCanceled',
@@ -87,9 +101,22 @@
       retry: 'Try again',
       perDay: '/ day',
       availOf: '{available} of {total} available',
+      availOfDates: '{available} of {total} free on these dates',
       soldOut: 'None available',
+      soldOutDates: 'None free on these dates',
       checkoutTitle: 'Your rental',
       noneSelected: 'Choose a model from the list.',
+      datesLabel: 'Rental dates',
+      fromLabel: 'Start date',
+      daysLabel: 'Days',
+      daysLess: 'One day fewer',
+      daysMore: 'One day more',
+      periodHint: '{days} days · due back {to}',
+      periodHintOne: '1 day · due back {to}',
+      fromInvalid: 'Choose a start date from {min} to {max}.',
+      daysInvalid: 'Choose 1 to {max} days.',
+      periodText: '{from} → {to} · {days} days',
+      periodTextOne: '{from} → {to} · 1 day',
       qtyLabel: 'Number of cars',
       qtyLess: 'One car fewer',
       qtyMore: 'One car more',
@@ -100,7 +127,9 @@
       optional: '(optional)',
       cardHint: 'Test card 4000 0000 0000 0002 is always declined; any other card, or none, is approved.',
       cardInvalid: 'A card number has 12 to 19 digits. Leave it empty to pay without a card.',
-      totalLabel: 'Total per day',
+      totalLabel: 'Total',
+      totalFor: 'Total for {days} days',
+      totalForOne: 'Total for 1 day',
       rentButton: 'Rent and pay {amount}',
       rentButtonNone: 'Rent and pay',
       renting: 'Paying…',
@@ -135,6 +164,8 @@
       refunded: 'refunded',
       stApproved: 'Confirmed',
       stShipped: 'Delivered',
+      stReturned: 'Returned',
+      stReturning: 'Returning…',
       stOrderCancelled: 'Cancelled · refund pending',
       stDeliveryCancelled: 'Cancelled · refund pending',
       stRefunded: 'Cancelled · refunded',
@@ -145,6 +176,7 @@
       evOrdered: 'Rental confirmed',
       evPaid: 'Payment approved',
       evShipped: 'Car delivered',
+      evReturned: 'Car returned',
       evOrderCancelled: 'Rental cancelled',
       evDeliveryCanceled: 'Delivery cancelled',
       evPayCancelled: 'Payment refunded',
@@ -155,6 +187,13 @@
       cancelConfirm: 'Cancel rental',
       cancelSent: 'Cancellation of order #{id} received. The refund follows in a moment.',
       cancelFailed: 'Could not cancel: {reason}',
+      returnButton: 'Return the car',
+      returnTitle: 'Return the car?',
+      returnText: '{car}, order #{id}, booked {period}. The rental ends now; the car is free again from tomorrow. Returning early is not refunded.',
+      returnKeep: 'Not yet',
+      returnConfirm: 'Return the car',
+      returnSent: 'Order #{id}: the car is returned. Thank you!',
+      returnFailed: 'Could not return: {reason}',
       statusNow: 'Order #{id}: {status}',
       footer: 'carshare · demo service. Payments are simulated; no real card is charged.',
       continue: 'Continue',
@@ -184,9 +223,22 @@
       retry: '다시 시도',
       perDay: '/ 1일',
       availOf: '{total}대 중 {available}대 가능',
+      availOfDates: '선택한 날짜에 {total}대 중 {available}대 가능',
       soldOut: '대여 가능 차량 없음',
+      soldOutDates: '선택한 날짜에 대여 가능 차량 없음',
       checkoutTitle: '대여 정보',
       noneSelected: '목록에서 차종을 고르세요.',
+      datesLabel: '대여 기간',
+      fromLabel: '대여 시작일',
+      daysLabel: '대여 일수',
+      daysLess: '하루 줄이기',
+      daysMore: '하루 늘리기',
+      periodHint: '{days}일 · {to} 반납',
+      periodHintOne: '1일 · {to} 반납',
+      fromInvalid: '{min}부터 {max}까지의 날짜를 고르세요.',
+      daysInvalid: '1일부터 {max}일까지 고를 수 있습니다.',
+      periodText: '{from} → {to} · {days}일',
+      periodTextOne: '{from} → {to} · 1일',
       qtyLabel: '대수',
       qtyLess: '한 대 줄이기',
       qtyMore: '한 대 늘리기',
@@ -197,7 +249,9 @@
       optional: '(선택)',
       cardHint: '테스트 카드 4000 0000 0000 0002는 항상 거절됩니다. 다른 카드나 카드 없이 결제하면 승인됩니다.',
       cardInvalid: '카드 번호는 12~19자리 숫자입니다. 카드 없이 결제하려면 비워 두세요.',
-      totalLabel: '1일 합계',
+      totalLabel: '합계',
+      totalFor: '{days}일 합계',
+      totalForOne: '1일 합계',
       rentButton: '{amount} 결제하고 대여',
       rentButtonNone: '결제하고 대여',
       renting: '결제 중…',
@@ -232,6 +286,8 @@
       refunded: '환불됨',
       stApproved: '예약 확정',
       stShipped: '배송 완료',
+      stReturned: '반납 완료',
+      stReturning: '반납 중…',
       stOrderCancelled: '취소됨 · 환불 대기',
       stDeliveryCancelled: '취소됨 · 환불 대기',
       stRefunded: '취소 · 환불 완료',
@@ -242,6 +298,7 @@
       evOrdered: '대여 확정',
       evPaid: '결제 승인',
       evShipped: '차량 배송',
+      evReturned: '차량 반납',
       evOrderCancelled: '대여 취소',
       evDeliveryCanceled: '배송 취소',
       evPayCancelled: '결제 환불',
@@ -252,6 +309,13 @@
       cancelConfirm: '대여 취소',
       cancelSent: '주문 #{id} 취소를 접수했습니다. 곧 환불됩니다.',
       cancelFailed: '취소하지 못했습니다: {reason}',
+      returnButton: '차량 반납',
+      returnTitle: '차량을 반납할까요?',
+      returnText: '{car}, 주문 #{id}, 예약 기간 {period}. 대여가 지금 끝나고 차량은 내일부터 다시 대여할 수 있습니다. 일찍 반납해도 환불되지 않습니다.',
+      returnKeep: '나중에',
+      returnConfirm: '차량 반납',
+      returnSent: '주문 #{id} 차량이 반납되었습니다. 감사합니다!',
+      returnFailed: '반납하지 못했습니다: {reason}',
       statusNow: '주문 #{id}: {status}',
       footer: 'carshare · 데모 서비스입니다. 결제는 모의로 처리되며 실제 카드에는 청구되지 않습니다.',
       continue: '계속',
@@ -271,6 +335,8 @@
     fleetError: null,
     fleetLoading: false,
     selectedId: null,
+    from: null,               // the chosen start date, YYYY-MM-DD (company calendar)
+    days: 1,
     renting: false,
     retryKey: null,           // {key, signature}: reuse after an unanswered POST
     retryUntil: 0,            // Date.now() until which Retry-After asks to wait
@@ -280,8 +346,10 @@
     pending: new Map(),       // orderId -> {orderId, productId, qty, amount, createdAt}
     cancelling: new Set(),    // orderIds whose DELETE succeeded, until the view shows it
     cancelInFlight: new Set(),
-    rentalErrors: new Map(),  // orderId -> message of a failed cancel
+    rentalErrors: new Map(),  // orderId -> message of a failed cancel or return
+    returning: new Set(),     // orderIds whose return is in flight
     dialogOrderId: null,
+    returnDialogOrderId: null,
   };
 
   const poll = { timer: null, controller: null, gen: 0, failures: 0, again: false };
@@ -365,6 +433,58 @@
   }
 
   // "20261124015039" (UTC) -> Date, or null when malformed.
+  // ---- dates (the company's calendar: see the note at the top) ----
+
+  function companyToday() {
+    // en-CA formats as YYYY-MM-DD.
+    try {
+      return new Intl.DateTimeFormat('en-CA', { timeZone: COMPANY_TIME_ZONE, year: 'numeric', month: '2-digit', day: '2-digit' })
+        .format(new Date());
+    } catch (e) {
+      return new Date().toISOString().slice(0, 10);
+    }
+  }
+
+  function isoDay(text) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(String(text || ''));
+    if (!m) return null;
+    const ms = Date.UTC(+m[1], +m[2] - 1, +m[3]);
+    // Date.UTC rolls 2026-02-30 over to March: such a day does not exist.
+    return new Date(ms).toISOString().slice(0, 10) === text ? ms / 86400000 : null;
+  }
+
+  function addDays(text, n) {
+    const day = isoDay(text);
+    return day === null ? null : new Date((day + n) * 86400000).toISOString().slice(0, 10);
+  }
+
+  function formatDay(text) {
+    const day = isoDay(text);
+    if (day === null) return String(text || '');
+    return new Intl.DateTimeFormat(locale(), { timeZone: 'UTC', month: 'short', day: 'numeric', weekday: 'short' })
+      .format(new Date(day * 86400000));
+  }
+
+  function periodText(from, to, days) {
+    const n = Number(days) || ((isoDay(to) || 0) - (isoDay(from) || 0));
+    return t(n === 1 ? 'periodTextOne' : 'periodText', { from: formatDay(from), to: formatDay(to), days: n });
+  }
+
+  // The chosen period: {from, to, days} when valid, else {error} naming the field.
+  function readPeriod() {
+    const today = companyToday();
+    const latest = addDays(today, MAX_AHEAD_DAYS);
+    const from = el.fromDate ? el.fromDate.value : state.from;
+    const fromDay = isoDay(from);
+    if (fromDay === null || fromDay < isoDay(today) || fromDay > isoDay(latest)) {
+      return { error: 'from', message: t('fromInvalid', { min: formatDay(today), max: formatDay(latest) }) };
+    }
+    const rawDays = String(el.days ? el.days.value : state.days).trim();
+    const days = /^\d+$/.test(rawDays) ? parseInt(rawDays, 10) : NaN;
+    if (!(days >= 1 && days <= MAX_DAYS)) return { error: 'days', message: t('daysInvalid', { max: MAX_DAYS }) };
+    return { from, to: addDays(from, days), days };
+  }
+
   function parseStamp(stamp) {
     const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})$/.exec(String(stamp || ''));
     if (!m) return null;
@@ -555,7 +675,9 @@
     if (state.fleetLoading) return;
     state.fleetLoading = true;
     try {
-      const res = await request('GET', 'cars?size=100');
+      const period = readPeriod();
+      const query = period.error ? '' : '&from=' + period.from + '&to=' + period.to;
+      const res = await request('GET', 'cars?size=100' + query);
       if (res.status !== 200) throw new Error(serverMessage(res));
       const embedded = res.data && res.data._embedded;
       const cars = embedded && Array.isArray(embedded.cars) ? embedded.cars : [];
@@ -633,7 +755,10 @@
     p.where.textContent = car.location;
     p.price.replaceChildren(money(car.dailyPrice), ' ', h('small', { text: t('perDay') }));
     p.avail.className = availabilityClass(car);
-    p.avail.textContent = car.available > 0 ? t('availOf', car) : t('soldOut');
+    // "Free on these dates" once the customer chose other dates than today.
+    const period = readPeriod();
+    const dated = !period.error && !(period.from === companyToday() && period.days === 1);
+    p.avail.textContent = car.available > 0 ? t(dated ? 'availOfDates' : 'availOf', car) : t(dated ? 'soldOutDates' : 'soldOut');
     p.meterFill.style.width = (car.total > 0 ? Math.round((100 * car.available) / car.total) : 0) + '%';
     p.input.disabled = car.available <= 0 && state.selectedId !== car.id;
     p.input.checked = state.selectedId === car.id;
@@ -739,8 +864,17 @@
     if (!el.qtyHint.classList.contains('error')) {
       el.qtyHint.textContent = car ? (max > 0 ? t('qtyHint', { max }) : t('soldOut')) : t('qtyHintNone');
     }
+    const period = readPeriod();
+    if (!el.datesHint.classList.contains('error')) {
+      el.datesHint.textContent = period.error ? period.message
+        : t(period.days === 1 ? 'periodHintOne' : 'periodHint', { days: period.days, to: formatDay(period.to) });
+    }
+    el.daysMinus.disabled = period.error === 'days' || !(period.days > 1);
+    el.daysPlus.disabled = period.error === 'days' || !(period.days < MAX_DAYS);
+    el.totalLabel.textContent = period.error ? t('totalLabel')
+      : t(period.days === 1 ? 'totalForOne' : 'totalFor', { days: period.days });
     const validQty = car && qty >= 1 && qty <= max;
-    const amount = validQty ? qty * car.dailyPrice : null;
+    const amount = validQty && !period.error ? qty * period.days * car.dailyPrice : null;
     el.total.textContent = amount === null ? '—' : money(amount);
 
     const wait = waitSeconds();
@@ -794,13 +928,20 @@
       el.qty.focus();
       return;
     }
+    const period = readPeriod();
+    if (period.error) {
+      const input = period.error === 'from' ? el.fromDate : el.days;
+      showFieldError(input, el.datesHint, period.message);
+      input.focus();
+      return;
+    }
     const card = cardDigits();
     if (card && !/^\d{12,19}$/.test(card)) {
       showFieldError(el.card, el.cardHint, t('cardInvalid'));
       el.card.focus();
       return;
     }
-    const body = { productId: car.id, qty, customerId: state.customer };
+    const body = { productId: car.id, qty, customerId: state.customer, from: period.from, to: period.to };
     if (card) body.cardNumber = card;
     const signature = JSON.stringify(body);
     const key = state.retryKey && state.retryKey.signature === signature ? state.retryKey.key : newIdempotencyKey();
@@ -822,22 +963,24 @@
     } finally {
       state.renting = false;
     }
-    if (res) handleRentAnswer(res, car, qty);
+    if (res) handleRentAnswer(res, car, qty, period);
     renderOutcome();
     renderCheckout();
     if (hadFocus && (document.activeElement === document.body || !document.activeElement)) el.rentButton.focus();
   }
 
-  function handleRentAnswer(res, car, qty) {
+  function handleRentAnswer(res, car, qty, period) {
     const message = serverMessage(res);
     if (res.status === 201 || res.status === 200) {
       const order = res.data && typeof res.data === 'object' ? res.data : {};
       const orderId = order.id !== undefined ? String(order.id) : null;
-      const amount = order.amount !== undefined ? Number(order.amount) : qty * car.dailyPrice;
-      state.outcome = { kind: 'approved', orderId, amount };
+      const amount = order.amount !== undefined ? Number(order.amount) : qty * period.days * car.dailyPrice;
+      const from = String(order.from || period.from), to = String(order.to || period.to);
+      state.outcome = { kind: 'approved', orderId, amount, from, to, days: Number(order.days) || period.days };
       if (orderId && !state.rentals.has(orderId)) {
         state.pending.set(orderId, {
-          orderId, productId: String(order.productId || car.id), qty: Number(order.qty) || qty, amount, createdAt: Date.now(),
+          orderId, productId: String(order.productId || car.id), qty: Number(order.qty) || qty, amount,
+          from, to, days: Number(order.days) || period.days, createdAt: Date.now(),
         });
         savePending();
       }
@@ -883,6 +1026,7 @@
         parts.push(h('p', { className: 'outcome-title', text: t('outApprovedTitle') }));
         parts.push(h('p', { className: 'outcome-detail', 'data-order-id': o.orderId,
           text: t('outApprovedDetail', { id: o.orderId || '?', amount: money(o.amount) }) }));
+        if (o.from && o.to) parts.push(h('p', { className: 'outcome-detail period', text: periodText(o.from, o.to, o.days) }));
         parts.push(h('p', { className: 'outcome-detail' }, [
           t('outApprovedNext') + ' ',
           h('a', { href: '#rentals-section', text: t('seeRentals'), onclick: goToRentals }),
@@ -1073,9 +1217,10 @@
       if (!before && state.rentalsLoaded && !state.pending.has(id)) statusChanged = true;
       if (state.pending.delete(id)) savePending();
       const info = STATUSES[item.status];
-      if (info && info.rank >= CANCELLED_RANK) {
-        state.cancelling.delete(id);
-        // "Your car is on its way" is no longer true once it is cancelled.
+      if (info && info.rank >= CANCELLED_RANK) state.cancelling.delete(id);
+      if (info && info.rank >= RETURNED_RANK) {
+        state.returning.delete(id);
+        // "Your car is on its way" is no longer true once it is returned or cancelled.
         if (state.outcome && state.outcome.kind === 'approved' && state.outcome.orderId === id) {
           state.outcome = null;
           renderOutcome();
@@ -1159,7 +1304,8 @@
     const id = entry.id;
     const slow = entry.kind === 'pending' && Date.now() - entry.data.createdAt > PENDING_SLOW_MS;
     return JSON.stringify([entry.kind, entry.data, state.lang, carName(entry.data.productId),
-      state.cancelling.has(id), state.cancelInFlight.has(id), state.rentalErrors.get(id) || '', slow]);
+      state.cancelling.has(id), state.cancelInFlight.has(id), state.returning.has(id),
+      state.rentalErrors.get(id) || '', slow]);
   }
 
   function fillRental(node, entry) {
@@ -1178,6 +1324,7 @@
           h('div', { className: 'rental-title' }, [title, h('span', { className: 'rental-meta', text: t('orderNo', { id }) })]),
           h('span', { className: 'badge', 'data-tone': 'busy', text: t('stProcessing') }),
         ]),
+        d.from && d.to ? h('p', { className: 'rental-period', text: periodText(d.from, d.to, d.days) }) : null,
         h('p', { className: 'muted', text: slow ? t('processingSlow') : t('processingText') }),
         h('div', { className: 'rental-foot' }, h('span', { className: 'rental-amount', text: money(d.amount) })),
       );
@@ -1196,8 +1343,9 @@
     const meta = [t('orderNo', { id })];
     if (first) meta.push(t('rentedAt', { time: formatTime(first) }));
 
-    const badge = cancelling
-      ? h('span', { className: 'badge', 'data-tone': 'busy', text: t('stCancelling') })
+    const returning = state.returning.has(id) && !(info && info.rank >= RETURNED_RANK);
+    const badge = cancelling || returning
+      ? h('span', { className: 'badge', 'data-tone': 'busy', text: t(cancelling ? 'stCancelling' : 'stReturning') })
       : h('span', { className: 'badge', 'data-tone': info ? info.tone : 'neutral', text: statusLabel(status) });
 
     const historyList = h('ol', { className: 'history', 'aria-label': t('historyLabel') },
@@ -1213,7 +1361,11 @@
         ]);
       }));
 
-    const canCancel = info && info.rank < CANCELLED_RANK && !cancelling;
+    // Active (confirmed or delivered) rentals can be returned or cancelled;
+    // a returned one has ended, a cancelled one never happened.
+    const active = info && info.rank < RETURNED_RANK && !cancelling && !returning;
+    const canCancel = active;
+    const canReturn = active;
     const amountText = [money(d.amount)];
     if (status === 'PaymentCancelled') amountText.push(h('span', { className: 'muted', text: ' · ' + t('refunded') }));
     const error = state.rentalErrors.get(id);
@@ -1222,16 +1374,24 @@
         h('div', { className: 'rental-title' }, [title, h('span', { className: 'rental-meta', text: meta.join(' · ') })]),
         badge,
       ]),
+      d.from && d.to ? h('p', { className: 'rental-period', text: periodText(d.from, d.to, d.days) }) : null,
       history.length ? historyList : null,
       h('div', { className: 'rental-foot' }, [
         h('span', { className: 'rental-amount' }, amountText),
-        canCancel ? h('button', {
-          type: 'button', className: 'button ghost small', 'data-focus-key': 'cancel', 'data-action': 'cancel',
-          disabled: state.cancelInFlight.has(id), text: t('cancelButton'),
-          onclick: () => openCancelDialog(id),
-        }) : null,
+        canReturn || canCancel ? h('span', { className: 'rental-actions' }, [
+          canReturn ? h('button', {
+            type: 'button', className: 'button small', 'data-focus-key': 'return', 'data-action': 'return',
+            disabled: state.returning.has(id), text: t('returnButton'),
+            onclick: () => openReturnDialog(id),
+          }) : null,
+          canCancel ? h('button', {
+            type: 'button', className: 'button ghost small', 'data-focus-key': 'cancel', 'data-action': 'cancel',
+            disabled: state.cancelInFlight.has(id), text: t('cancelButton'),
+            onclick: () => openCancelDialog(id),
+          }) : null,
+        ]) : null,
       ]),
-      error ? h('p', { className: 'rental-error', role: 'alert', text: t('cancelFailed', { reason: error }) }) : null,
+      error ? h('p', { className: 'rental-error', role: 'alert', text: error }) : null,
     );
   }
 
@@ -1265,14 +1425,86 @@
         announce(t('cancelSent', { id: orderId }));
         pollNow();
       } else {
-        state.rentalErrors.set(orderId, serverMessage(res));
+        state.rentalErrors.set(orderId, t('cancelFailed', { reason: serverMessage(res) }));
       }
     } catch (e) {
-      state.rentalErrors.set(orderId, t('netError'));
+      state.rentalErrors.set(orderId, t('cancelFailed', { reason: t('netError') }));
     } finally {
       state.cancelInFlight.delete(orderId);
     }
     renderRentals(false);
+  }
+
+  // ---- return ----
+
+  function openReturnDialog(orderId) {
+    const d = state.rentals.get(orderId);
+    if (!d) return;
+    state.returnDialogOrderId = orderId;
+    el.returnText.textContent = t('returnText', {
+      car: t('carTimes', { name: carName(d.productId), qty: d.qty || 1 }), id: orderId,
+      period: d.from && d.to ? periodText(d.from, d.to, d.days) : '—',
+    });
+    el.returnDialog.returnValue = '';
+    el.returnDialog.showModal();
+  }
+
+  function onReturnDialogClose() {
+    const orderId = state.returnDialogOrderId;
+    state.returnDialogOrderId = null;
+    if (orderId && el.returnDialog.returnValue === 'return') returnRental(orderId);
+  }
+
+  // Returning twice is harmless (the server answers 200 with no new
+  // effect), so a retry after a lost answer is always safe.
+  async function returnRental(orderId) {
+    state.returning.add(orderId);
+    state.rentalErrors.delete(orderId);
+    renderRentals(false);
+    try {
+      const res = await request('POST', 'orders/' + encodeURIComponent(orderId) + '/return');
+      if (res.status === 200) {
+        announce(t('returnSent', { id: orderId }));
+        pollNow();
+        loadFleet();
+      } else {
+        state.returning.delete(orderId);
+        state.rentalErrors.set(orderId, t('returnFailed', { reason: serverMessage(res) }));
+      }
+    } catch (e) {
+      state.returning.delete(orderId);
+      state.rentalErrors.set(orderId, t('returnFailed', { reason: t('netError') }));
+    }
+    renderRentals(false);
+  }
+
+  // ---- dates: inputs ----
+
+  let fleetReload = null;
+  function onPeriodInput(input) {
+    clearFieldError(input, el.datesHint);
+    state.from = el.fromDate.value;
+    state.days = el.days.value;
+    renderCheckout();
+    // Availability for the new dates, once the customer pauses.
+    clearTimeout(fleetReload);
+    fleetReload = setTimeout(() => { if (!readPeriod().error) loadFleet(); else renderFleet(); }, 250);
+  }
+
+  function stepDays(delta) {
+    const current = parseInt(el.days.value, 10) || 1;
+    el.days.value = String(Math.min(Math.max(1, current + delta), MAX_DAYS));
+    onPeriodInput(el.days);
+  }
+
+  function initPeriod() {
+    const today = companyToday();
+    el.fromDate.min = today;
+    el.fromDate.max = addDays(today, MAX_AHEAD_DAYS);
+    if (!el.fromDate.value || isoDay(el.fromDate.value) === null || el.fromDate.value < today) el.fromDate.value = today;
+    el.days.max = String(MAX_DAYS);
+    state.from = el.fromDate.value;
+    state.days = el.days.value;
   }
 
   // ---- start ----
@@ -1285,7 +1517,9 @@
       fleet: 'fleet', fleetSection: 'fleet-section', fleetTitle: 'fleet-title', rentForm: 'rent-form',
       checkout: 'checkout', selected: 'selected-summary', qty: 'qty', qtyMinus: 'qty-minus', qtyPlus: 'qty-plus',
       qtyHint: 'qty-hint', card: 'card', cardHint: 'card-hint', total: 'total', rentButton: 'rent-button',
-      rentLabel: 'rent-label', outcome: 'outcome',
+      rentLabel: 'rent-label', outcome: 'outcome', totalLabel: 'total-label',
+      fromDate: 'from-date', days: 'days', daysMinus: 'days-minus', daysPlus: 'days-plus', datesHint: 'dates-hint',
+      returnDialog: 'return-dialog', returnText: 'return-text',
       rentalsSection: 'rentals-section', rentalsTitle: 'rentals-title', rentals: 'rentals',
       rentalsEmpty: 'rentals-empty', notice: 'rentals-notice', live: 'live', liveText: 'live-text',
       announcer: 'announcer', cancelDialog: 'cancel-dialog', cancelText: 'cancel-text',
@@ -1322,6 +1556,12 @@
       if (/^\d{12,19}$/.test(digits)) el.card.value = digits.replace(/(\d{4})(?=\d)/g, '$1 ');
     });
     el.cancelDialog.addEventListener('close', onCancelDialogClose);
+    el.returnDialog.addEventListener('close', onReturnDialogClose);
+    el.fromDate.addEventListener('input', () => onPeriodInput(el.fromDate));
+    el.fromDate.addEventListener('change', () => onPeriodInput(el.fromDate));
+    el.days.addEventListener('input', () => onPeriodInput(el.days));
+    el.daysMinus.addEventListener('click', () => stepDays(-1));
+    el.daysPlus.addEventListener('click', () => stepDays(+1));
     el.continueLink.addEventListener('click', (ev) => {
       ev.preventDefault();
       el.checkout.scrollIntoView({ behavior: 'smooth', block: 'start' });
@@ -1343,6 +1583,7 @@
 
   function start() {
     bind();
+    initPeriod();
     const savedLang = storageGet('carshare.lang');
     const browserLang = (navigator.language || 'en').toLowerCase().startsWith('ko') ? 'ko' : 'en';
     state.customer = storageGet('carshare.customer') || null;

@@ -8,7 +8,9 @@
 // refunded with its history, and sees a declined card's message. Then the
 // same page at phone width: the name is remembered, nothing overflows, a
 // double press of "Rent" rents once, the Korean labels work and are
-// remembered.
+// remembered. Last, a rental for a period: a start date two days ahead and
+// three days, availability and the price for those dates before paying,
+// the period in My rentals, and "Return the car" through its dialog.
 //
 // A screenshot of each step goes to $BROWSER_OUT (default:
 // <build>/browser-out next to $CARSHARE_BIN, else a temporary directory);
@@ -343,6 +345,76 @@ describe('customer web page', () => {
     // Back to English for whoever opens the page next with this profile.
     await page.locator('#lang-toggle').click();
     assert.equal(await page.getAttribute('html', 'lang'), 'en');
+    assert.deepEqual(problems, [], 'the page had errors or left the gateway');
+  }));
+
+  test('desktop: rent for a period, then return the car', { timeout: 180000 }, () => step(async () => {
+    const page = await browser.newPage();
+    watch(page);
+    await page.setViewportSize(DESKTOP);
+    await page.goto(base + '/');
+    await page.locator('#who-name', { hasText: customer }).waitFor();
+
+    // Seoul's today (the browser runs in Asia/Seoul, like the company).
+    const today = new Intl.DateTimeFormat('en-CA', { timeZone: 'Asia/Seoul' }).format(new Date());
+    const plus = (n) => new Date(Date.parse(today + 'T00:00:00Z') + n * 86400000).toISOString().slice(0, 10);
+    const start = plus(2), due = plus(5);
+    const car = fleet.find((c) => Number(c.available) >= 2) || fleet.find((c) => Number(c.available) >= 1);
+    const card = page.locator(`#fleet label.car[data-car-id="${car.id}"]`);
+    await card.click();
+    await page.getByLabel('Start date').fill(start);
+    await page.getByLabel('Days', { exact: true }).fill('3');
+    await page.getByLabel('Number of cars').fill('1');
+
+    // Availability for these dates, and the price of three days, before paying.
+    const free = await api(base, 'GET', `/cars/${car.id}?from=${start}&to=${due}`);
+    assert.equal(free.status, 200);
+    await card.locator('.car-avail', { hasText: `${free.data.available} of ${car.total} free on these dates` }).waitFor();
+    const amount = 3 * Number(car.dailyPrice);
+    const price = '₩' + amount.toLocaleString('en-US');
+    await page.locator('#total', { hasText: price }).waitFor();
+    assert.equal((await page.locator('#total-label').innerText()).trim(), 'Total for 3 days');
+    assert.ok((await page.locator('#dates-hint').innerText()).includes('3 days'), 'the hint does not say 3 days');
+    assert.ok((await page.locator('#rent-button').innerText()).includes(price), 'the button does not show the price');
+    await shot(page, '12-desktop-period-checkout');
+
+    await page.locator('#rent-button').click();
+    const approved = page.locator('#outcome [data-outcome="approved"]');
+    await approved.waitFor();
+    const orderId = await approved.locator('[data-order-id]').getAttribute('data-order-id');
+    assert.ok((await approved.innerText()).includes(price), 'the approval does not show the period\'s amount');
+    const order = await api(base, 'GET', `/orders/${orderId}`);
+    assert.equal(order.data.from, start);
+    assert.equal(order.data.to, due);
+    assert.equal(order.data.days, 3);
+    assert.equal(Number(order.data.amount), amount);
+
+    // My rentals: the period, delivered, then returned through the dialog.
+    const rental = rentalCard(page, orderId);
+    await page.locator(`#rentals li.rental[data-order-id="${orderId}"][data-status="Shipped"]`).waitFor();
+    assert.ok((await rental.locator('.rental-period').innerText()).includes('3 days'), 'the rental does not show its period');
+    await rental.getByRole('button', { name: 'Return the car' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Return the car?' });
+    await dialog.waitFor();
+    assert.ok((await dialog.innerText()).includes(`#${orderId}`), 'the dialog does not name the order');
+    await shot(page, '13-desktop-return-dialog', { fullPage: false });
+    await dialog.getByRole('button', { name: 'Not yet' }).click();
+    await dialog.waitFor({ state: 'hidden' });
+    assert.notEqual((await api(base, 'GET', `/orders/${orderId}`)).data.status, 'Returned', 'Not yet returned it');
+    await rental.getByRole('button', { name: 'Return the car' }).click();
+    await dialog.waitFor();
+    await dialog.getByRole('button', { name: 'Return the car' }).click();
+
+    await page.locator(`#rentals li.rental[data-order-id="${orderId}"][data-status="Returned"]`).waitFor();
+    await rental.locator('ol.history li[data-event-type="Returned"]').waitFor();
+    assert.ok((await rental.locator('.badge').innerText()).includes('Returned'), 'badge does not say Returned');
+    assert.equal(await rental.getByRole('button', { name: 'Return the car' }).count(), 0, 'a returned rental still offers Return');
+    assert.equal(await rental.getByRole('button', { name: 'Cancel rental' }).count(), 0, 'a returned rental still offers Cancel');
+    assert.equal((await api(base, 'GET', `/orders/${orderId}`)).data.status, 'Returned');
+    // Its days are free again (it was returned before it started).
+    const after = await api(base, 'GET', `/cars/${car.id}?from=${start}&to=${due}`);
+    assert.equal(after.data.available, free.data.available);
+    await shot(page, '14-desktop-returned');
     assert.deepEqual(problems, [], 'the page had errors or left the gateway');
   }));
 });
