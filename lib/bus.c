@@ -36,7 +36,9 @@
  *
  * Environment: NATS_URL (nats://127.0.0.1:4222), BUS_POLL_MS (1000),
  * BUS_MAX_DELIVER (5), BUS_RETRY_MS (200: first redelivery delay, doubled
- * at each delivery, at most 30 s). */
+ * at each delivery, at most 30 s), BUS_PROCESSED_KEEP_S (604800),
+ * BUS_DEAD_LETTERS_MAX (10000) and BUS_UPKEEP_MS (60000: how often they are
+ * applied; processed.h). */
 #include "bus.h"
 #include "bus_private.h"
 #include "durable.h"
@@ -364,6 +366,10 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, bus_on_inbox, b);
     b->trim = evtimer_new(base, bus_on_trim, b);
+    b->upkeep = evtimer_new(base, bus_on_upkeep, b);
+    b->processed_keep_s = config_int("BUS_PROCESSED_KEEP_S", 7 * 24 * 3600, 1, 10L * 365 * 24 * 3600);
+    b->dead_letters_max = config_int("BUS_DEAD_LETTERS_MAX", 10000, 1, 100000000);
+    b->upkeep_ms = config_int("BUS_UPKEEP_MS", 60000, 10, 3600000);
 
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -374,7 +380,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     pthread_mutex_init(&b->pub_mu, NULL);
 
     if (!b->service || !b->durable || !b->db_path || !b->url || !creds || !b->pending ||
-        !b->inbox || !b->trim) {
+        !b->inbox || !b->trim || !b->upkeep) {
         log_error("msg=\"out of memory creating the bus\"");
         bus_free(b);
         return NULL;
@@ -414,6 +420,7 @@ int bus_start(bus *b)
         }
         b->fetch_started = true;
     }
+    bus_on_upkeep(-1, 0, b);    /* a first step now: a restart after a long stop catches up */
     log_info("msg=\"bus started\" url=%s consumer=%s handlers=%zu", b->url,
              b->nhandlers ? b->durable : "-", b->nhandlers);
     return 0;
@@ -441,6 +448,7 @@ void bus_stop(bus *b)
     if (b->relay_started) pthread_join(b->relay_thread, NULL);
     b->fetch_started = b->relay_started = false;
     event_del(b->trim);
+    event_del(b->upkeep);
     bus_trim_now(b);
 
     /* Only finished replays can be left on the queue now. */
@@ -476,6 +484,7 @@ void bus_free(bus *b)
     bus_stop(b);
     if (b->inbox) event_free(b->inbox);
     if (b->trim) event_free(b->trim);
+    if (b->upkeep) event_free(b->upkeep);
     for (size_t i = 0; i < b->nhandlers; i++) free(b->handlers[i].event_type);
     free(b->handlers);
     free(b->pending);

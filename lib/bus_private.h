@@ -116,6 +116,12 @@ struct bus {
     atomic_bool trim_scheduled; /* trim is pending on the loop */
     long long trimmed_seq;      /* loop: rows up to here are deleted */
 
+    /* processed_events generations and the dead-letter bound (processed.h),
+     * on a loop timer (consumer.c). */
+    struct event *upkeep;
+    long long processed_keep_s, dead_letters_max;
+    long upkeep_ms;
+
     pthread_mutex_t pub_mu;
     struct pending_row *pending;
     int npending;
@@ -150,5 +156,6 @@ void *bus_fetch_main(void *arg);
 void bus_on_inbox(evutil_socket_t fd, short what, void *arg);
 void bus_unlink_batch(bus *b, struct batch *batch);
 void bus_finish_replay(bus *b);
+void bus_on_upkeep(evutil_socket_t fd, short what, void *arg);
 
 #endif

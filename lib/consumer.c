@@ -25,6 +25,7 @@
  * delay, doubled at each delivery, at most 30 s), read by bus_new. */
 #include "bus.h"
 #include "bus_private.h"
+#include "processed.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -245,30 +246,6 @@ static void read_message(natsMsg *msg, struct received *r)
     }
 }
 
-static bool already_processed(store *st, const char *event_id)
-{
-    sqlite3_stmt *s = store_prepare(st, "SELECT 1 FROM processed_events WHERE event_id = ?");
-    if (!s) return false;
-    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
-    bool found = sqlite3_step(s) == SQLITE_ROW;
-    sqlite3_reset(s);
-    return found;
-}
-
-static bool mark_processed(store *st, const char *event_id, const char *event_type)
-{
-    sqlite3_stmt *s = store_prepare(st,
-        "INSERT INTO processed_events (event_id, event_type, processed_at) VALUES (?, ?, ?)");
-    if (!s) return false;
-    char now[32];   /* bound, not the column's strftime() default: ~4,000 instructions */
-    sqlite3_bind_text(s, 3, log_utc_now(now, true), -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, event_type, -1, SQLITE_STATIC);
-    bool ok = sqlite3_step(s) == SQLITE_DONE;
-    sqlite3_reset(s);
-    return ok;
-}
-
 /* Sets the event aside for an operator. True when it is safely stored. */
 static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const char *error)
 {
@@ -378,7 +355,7 @@ static void consume_event(bus *b, struct outcome *o)
         o->result = "ignored";
         return;
     }
-    if (already_processed(b->st, r->event_id)) {
+    if (processed_seen(b->st, r->event_id)) {
         o->result = "duplicate";
         return;
     }
@@ -393,7 +370,7 @@ static void consume_event(bus *b, struct outcome *o)
         o->result = NULL;
         return;
     }
-    if (!mark_processed(b->st, r->event_id, r->event_type)) {
+    if (!processed_mark(b->st, r->event_id, r->event_type)) {
         fail(o, "cannot record the event as processed: %s", store_error(b->st));
         undo_event(b->st);
         return;
@@ -883,4 +860,20 @@ static void dead_letters_route(http_req *req, void *arg)
 void bus_register_routes(bus *b, http_server *s)
 {
     http_server_route(s, "GET", "/admin/deadLetters", dead_letters_route, b);
+}
+
+/* ---- upkeep: processed_events generations and the dead-letter bound ---- */
+
+void bus_on_upkeep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bus *b = arg;
+    int more = processed_upkeep(b->st, (long long)time(NULL), b->processed_keep_s,
+                                b->dead_letters_max);
+    /* A chunk deleted: the next one soon, leaving the loop to the events
+     * in between; else the next check after the interval. */
+    long ms = more == 1 ? 10 : b->upkeep_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(b->upkeep, &tv);
 }

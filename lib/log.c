@@ -13,15 +13,30 @@
  * together with memcpy rather than snprintf.
  *
  * LOG_LEVEL (debug, info, warn, error; default info) drops lines below that
- * level, e.g. LOG_LEVEL=warn silences the per-request access lines. */
+ * level, e.g. LOG_LEVEL=warn silences the per-request access lines.
+ *
+ * LOG_MAX_BYTES (default 52428800, 0 = no cap) bounds a log that is a
+ * regular file (make run sends each service's stderr to data/logs/): once
+ * this process has written that much to it, the file is renamed to
+ * <name>.1 (replacing the previous one) and a new one takes stderr's place
+ * with dup2, which is atomic for the other threads' writes. So a service
+ * keeps at most about twice that on disk, whatever runs it. A pipe or
+ * terminal (containers, a shell) is left alone: its reader owns it. The
+ * rename and open are metadata operations done once per LOG_MAX_BYTES, the
+ * only disk work here besides the write itself. */
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +44,11 @@
 
 static char log_service[64] = "carshare";
 static int log_min_level = 1;   /* info */
+
+/* The cap on a log file (0: none, or stderr is not a regular file). */
+static long long log_max_bytes;
+static atomic_llong log_written;            /* bytes in the current file */
+static pthread_mutex_t log_rotate_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int level_rank(const char *level)
 {
@@ -52,6 +72,42 @@ void log_init(const char *service_name)
         else if (!strcasecmp(lvl, "error")) log_min_level = 3;
         else log_line("warn", "msg=\"unknown LOG_LEVEL, using info\" value=%s", lvl);
     }
+    const char *cap = getenv("LOG_MAX_BYTES");
+    char *end = NULL;
+    long long max = cap && *cap ? strtoll(cap, &end, 10) : 50LL << 20;
+    if (cap && *cap && (*end || max < 0)) {
+        log_line("warn", "msg=\"LOG_MAX_BYTES is not a byte count, using 52428800\" value=%s", cap);
+        max = 50LL << 20;
+    }
+    struct stat st;
+    bool file = fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
+    log_max_bytes = file ? max : 0;
+    atomic_store(&log_written, file ? (long long)st.st_size : 0);
+}
+
+/* The current file becomes <path>.1 and a new one takes stderr's place;
+ * the line of `len` bytes about to be written is the new file's first. */
+static void rotate_log(size_t len)
+{
+    if (pthread_mutex_trylock(&log_rotate_mu) != 0)
+        return;                 /* another thread is at it */
+    char path[PATH_MAX - 3], old[PATH_MAX];
+    ssize_t n = atomic_load(&log_written) >= log_max_bytes
+                    ? readlink("/proc/self/fd/2", path, sizeof path - 1) : -1;
+    if (n > 0 && path[0] == '/') {
+        path[n] = '\0';
+        snprintf(old, sizeof old, "%s.1", path);
+        int fd = rename(path, old) == 0
+                     ? open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600) : -1;
+        if (fd >= 0) {
+            dup2(fd, STDERR_FILENO);
+            close(fd);
+            atomic_store(&log_written, (long long)len);
+        } else {
+            log_max_bytes = 0;  /* cannot rotate here (read-only directory?): stop trying */
+        }
+    }
+    pthread_mutex_unlock(&log_rotate_mu);
 }
 
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (no NUL) into out, at most 24 bytes;
@@ -105,6 +161,9 @@ static void append(char *line, size_t size, size_t *used, const char *s, size_t 
 
 static void write_all(const char *buf, size_t len)
 {
+    if (log_max_bytes > 0 &&
+        atomic_fetch_add(&log_written, (long long)len) + (long long)len > log_max_bytes)
+        rotate_log(len);
     while (len > 0) {
         ssize_t n = write(STDERR_FILENO, buf, len);
         if (n < 0) {

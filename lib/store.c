@@ -138,6 +138,15 @@ static const char *const platform_migrations[] = {
     "  FROM outbox;"
     "DROP TABLE outbox;"
     "ALTER TABLE outbox_v2 RENAME TO outbox;",
+    /* 3: processed_events in two generations, so that it can be pruned
+     * without an index on processed_at (processed.h). */
+    "CREATE TABLE processed_events_previous ("
+    "  event_id     TEXT PRIMARY KEY,"
+    "  event_type   TEXT NOT NULL,"
+    "  processed_at TEXT NOT NULL"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE processed_generation (started_at INTEGER NOT NULL);"
+    "INSERT INTO processed_generation VALUES (CAST(strftime('%s','now') AS INTEGER));",
     NULL
 };
 

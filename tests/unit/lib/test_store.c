@@ -459,8 +459,10 @@ static void test_outbox_migration(const char *path)
     store *st = store_open_path(path, NULL);
     CHECK(st != NULL);
     if (!st) return;
-    CHECK_INT(int_of(st, "SELECT version FROM platform_schema"), 2);
+    CHECK_INT(int_of(st, "SELECT version FROM platform_schema"), 3);
     CHECK_INT(int_of(st, "SELECT count(*) FROM outbox WHERE seq IN (2, 3)"), 2);
+    CHECK_INT(int_of(st, "SELECT count(*) FROM processed_events_previous"), 0);   /* migration 3 */
+    CHECK(int_of(st, "SELECT started_at FROM processed_generation") > 1700000000);
     CHECK_INT(int_of(st, "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'outbox' AND type = 'index'"), 0);
     CHECK_INT(store_exec(st, "INSERT INTO outbox (event_id, event_type, payload) VALUES ('e4', 'Paid', '{}')"),
               SQLITE_OK);

@@ -1,0 +1,94 @@
+/* processed.c: the idempotent consumer's memory and the bus's bounds in a
+ * service's database (processed.h says what and why). Pure store work: the
+ * bus calls processed_upkeep from a timer on the loop (consumer.c). */
+#include "processed.h"
+
+#include <stdio.h>
+#include "log.h"
+#include "metrics.h"
+
+#define PRUNE_CHUNK 1000    /* ids deleted per step: a few ms of work */
+
+bool processed_seen(store *st, const char *event_id)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "SELECT 1 FROM processed_events WHERE event_id = ?1"
+        " UNION ALL SELECT 1 FROM processed_events_previous WHERE event_id = ?1 LIMIT 1");
+    if (!s) return false;
+    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    bool found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    return found;
+}
+
+bool processed_mark(store *st, const char *event_id, const char *event_type)
+{
+    sqlite3_stmt *s = store_prepare(st,
+        "INSERT INTO processed_events (event_id, event_type, processed_at) VALUES (?, ?, ?)");
+    if (!s) return false;
+    char now[32];   /* bound, not the column's strftime() default: ~4,000 instructions */
+    sqlite3_bind_text(s, 3, log_utc_now(now, true), -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, event_type, -1, SQLITE_STATIC);
+    bool ok = sqlite3_step(s) == SQLITE_DONE;
+    sqlite3_reset(s);
+    return ok;
+}
+
+/* Runs a statement with one integer parameter to its end. */
+static bool run_with(store *st, const char *sql, long long arg)
+{
+    sqlite3_stmt *s = store_prepare(st, sql);
+    if (!s) return false;
+    sqlite3_bind_int64(s, 1, arg);
+    bool ok = sqlite3_step(s) == SQLITE_DONE;
+    sqlite3_reset(s);
+    return ok;
+}
+
+/* Dead letters beyond the bound, oldest first. Rows dropped, or -1. */
+static long long trim_dead_letters(store *st, long long max)
+{
+    return run_with(st, "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
+                    max) ? sqlite3_changes(store_db(st)) : -1;
+}
+
+/* The rotation, once due: 1 = a chunk of the previous generation deleted
+ * (more may follow), 0 = swapped or not due, -1 = error. */
+static int rotate(store *st, long long now_s, long long keep_s)
+{
+    sqlite3_stmt *s = store_prepare(st, "SELECT started_at FROM processed_generation");
+    long long started = s ? store_one_int(st, s, "processed_generation") : -1;
+    if (started < 0) return -1;
+    if (now_s - started < keep_s) return 0;
+    if (!run_with(st, "DELETE FROM processed_events_previous WHERE event_id IN"
+                      " (SELECT event_id FROM processed_events_previous LIMIT ?)", PRUNE_CHUNK))
+        return -1;
+    if (sqlite3_changes(store_db(st)) > 0) return 1;
+    /* Empty: the swap is three renames, whatever the tables hold. */
+    if (store_exec(st, "ALTER TABLE processed_events RENAME TO processed_events_swap;"
+                       "ALTER TABLE processed_events_previous RENAME TO processed_events;"
+                       "ALTER TABLE processed_events_swap RENAME TO processed_events_previous")
+        != SQLITE_OK)
+        return -1;
+    return run_with(st, "UPDATE processed_generation SET started_at = ?", now_s) ? 0 : -1;
+}
+
+int processed_upkeep(store *st, long long now_s, long long keep_s, long long dead_letters_max)
+{
+    if (store_begin(st) != SQLITE_OK) return -1;
+    long long dropped = trim_dead_letters(st, dead_letters_max);
+    int more = dropped < 0 ? -1 : rotate(st, now_s, keep_s);
+    if (more < 0 || store_commit(st) != SQLITE_OK) {
+        char e[200];
+        log_error("msg=\"bus upkeep failed\" error=%s", log_quote(e, sizeof e, store_error(st)));
+        store_rollback(st);
+        return -1;
+    }
+    if (dropped > 0) {
+        log_warn("msg=\"oldest dead letters dropped (the events stay in the stream)\" rows=%lld "
+                 "max=%lld", dropped, dead_letters_max);
+        metrics_counter_add("carshare_bus_dead_letters_dropped_total", "", (double)dropped);
+    }
+    return more;
+}
