@@ -6,6 +6,10 @@
 #   scripts/deps.sh bench   + wrk and nginx
 #   DB=postgres adds the PostgreSQL server (make run DB=postgres); test always has it (the suite
 #   starts its own servers from it)
+#   scripts/deps.sh containers  podman (runc, networking, pause image), podman-compose, and
+#                           the manifest tools: kubectl (Debian's kubernetes-client, unless a
+#                           kubectl is already there) and python3-kubernetes (its models are the
+#                           API schema tests/deploy/test_manifests.py validates against)
 # Idempotent and quick when everything is there: apt-get runs only for missing packages.
 set -euo pipefail
 
@@ -15,8 +19,15 @@ case "${1:-build}" in
   # libclang-rt-dev: the libFuzzer and sanitizer runtimes of Debian's default clang.
   test)  need+=(clang libclang-rt-dev chromium fonts-noto-cjk postgresql postgresql-client) ;;
   bench) need+=(wrk nginx-light) ;;
+  containers) need+=(podman runc conmon containernetworking-plugins catatonit iptables uidmap
+                     podman-compose python3-yaml python3-kubernetes) ;;
 esac
 if [ "${DB:-sqlite}" = postgres ]; then need+=(postgresql postgresql-client); fi
+# kubectl renders the kustomize overlays; keep one already installed (another packaging of it
+# owns /usr/bin/kubectl and would conflict with Debian's).
+if [ "${1:-build}" = containers ] && ! command -v kubectl >/dev/null 2>&1; then
+  need+=(kubernetes-client)
+fi
 # Node.js and npm drive the browser test; a machine may already have them from elsewhere.
 if [ "${1:-build}" = test ] && ! command -v npm >/dev/null 2>&1; then need+=(nodejs npm); fi
 

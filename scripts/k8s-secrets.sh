@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# k8s-secrets.sh OVERLAY: writes the secret files an overlay's secretGenerator reads, under
+# OVERLAY/secrets/ (git ignores it), keeping every file that already exists. Idempotent.
+#
+#   nats/<service>     the bus password of each service's NATS user (random, 32 characters)
+#   db/<service>       prod: the service's PostgreSQL URL, with its own role and password
+#   db/init.sql        prod: the roles and databases, for the in-cluster PostgreSQL's first start
+#   db/postgres        prod: the superuser password of that PostgreSQL
+#
+# A cluster with a secret manager (external-secrets, sealed-secrets, the CI's secrets) writes
+# the same files from there instead; the pipeline's `make k8s-secrets` runs this script, which
+# only fills what is missing.
+set -euo pipefail
+overlay=${1:?usage: k8s-secrets.sh deploy/k8s/overlays/<name>}
+dir=$overlay/secrets
+umask 077
+mkdir -p "$dir/nats"
+
+random() { head -c 24 /dev/urandom | base64 | tr '+/' '-_'; }
+# put FILE VALUE: writes VALUE (no newline) unless FILE exists.
+put() { [ -e "$1" ] || printf '%s' "$2" > "$1"; }
+
+for svc in order delivery customerpage payment; do
+  put "$dir/nats/$svc" "$(random)"
+done
+
+if [ "$(basename "$overlay")" = prod ]; then
+  mkdir -p "$dir/db"
+  put "$dir/db/postgres" "$(random)"
+  for svc in order delivery customerpage payment; do
+    put "$dir/db/$svc" "postgresql://$svc:$(random)@postgres:5432/$svc?sslmode=disable"
+  done
+  # The init script is derived from the URLs, so the two cannot disagree.
+  if [ ! -e "$dir/db/init.sql" ]; then
+    for svc in order delivery customerpage payment; do
+      pw=$(sed -E 's|^postgresql://[^:]+:([^@]+)@.*|\1|' "$dir/db/$svc")
+      printf "CREATE ROLE %s LOGIN PASSWORD '%s';\nCREATE DATABASE %s OWNER %s;\n" \
+        "$svc" "$pw" "$svc" "$svc"
+      printf "REVOKE ALL ON DATABASE %s FROM PUBLIC;\n" "$svc"
+    done > "$dir/db/init.sql"
+  fi
+fi

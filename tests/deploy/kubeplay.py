@@ -1,0 +1,129 @@
+"""kubeplay.py: turns the rendered dev overlay into what `podman kube play` runs on this machine.
+
+podman kube play (4.3, Debian) runs Pods, Deployments, PersistentVolumeClaims and ConfigMaps,
+and nothing else: no Services (so no cluster DNS), no StatefulSets, no Secrets. The manifests
+stay the dev overlay's own, changed only where a one-machine podman differs from a cluster:
+
+  - every pod uses the host's network, on 127.0.0.1 and free ports, instead of Services:
+    the ConfigMap's HOST and *_URL, each Deployment's PORT and container port, and the
+    nats-server's listen ports are rewritten (tests target loopback only);
+  - the nats StatefulSet becomes a Deployment with its volume claim template as a claim;
+  - Secrets become ConfigMaps with the same keys (their volumes and key references follow);
+  - the preStop `sleep` handler (Kubernetes >= 1.30) is dropped: podman does not know it.
+
+Everything else (images, commands, environment, probes, security context, volumes,
+resources) is played as rendered.
+"""
+import base64
+import copy
+import re
+
+import yaml
+
+SERVICES = ("order", "delivery", "customerpage", "payment", "account", "gateway")
+
+
+def _pod_specs(doc):
+    if doc.get("kind") in ("Deployment", "StatefulSet"):
+        yield doc["spec"]["template"]["spec"]
+
+
+def _secret_to_configmap(doc):
+    data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+    data.update(doc.get("stringData") or {})
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": doc["metadata"]["name"]}, "data": data}
+
+
+def _statefulset_to_deployment(doc):
+    """A one-replica StatefulSet as a Deployment, with its claim templates as claims."""
+    out = [{"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": copy.deepcopy(doc["metadata"]),
+            "spec": {"replicas": 1, "selector": doc["spec"]["selector"],
+                     "template": doc["spec"]["template"]}}]
+    spec = out[0]["spec"]["template"]["spec"]
+    for tpl in doc["spec"].get("volumeClaimTemplates", []):
+        claim = "%s-%s-0" % (tpl["metadata"]["name"], doc["metadata"]["name"])
+        out.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim}, "spec": tpl["spec"]})
+        spec.setdefault("volumes", []).append(
+            {"name": tpl["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim}})
+    return out
+
+
+def _rewrite_pod(spec, ports):
+    spec["hostNetwork"] = True
+    for c in spec["containers"]:
+        c.get("lifecycle", {}).pop("preStop", None)
+        if not c.get("lifecycle"):
+            c.pop("lifecycle", None)
+        name = c["name"]
+        for env in c.get("env", []):
+            if env["name"] == "PORT" and name in ports:
+                env["value"] = str(ports[name])
+            ref = env.get("valueFrom", {}).pop("secretKeyRef", None)
+            if ref:
+                env["valueFrom"]["configMapKeyRef"] = ref
+        # On the host's network a container port would be a port mapping, which podman
+        # refuses; the ports are the processes' own (PORT, nats.conf).
+        c.pop("ports", None)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            get = c.get(probe, {}).get("httpGet")
+            if get and name == "nats":
+                get["port"] = ports["nats-monitor"]
+            elif get and name in ports:
+                get["port"] = ports[name]
+    for vol in spec.get("volumes", []):
+        secret = vol.pop("secret", None)
+        if secret:
+            vol["configMap"] = {"name": secret["secretName"], "items": secret.get("items"),
+                                "defaultMode": secret.get("defaultMode", 0o440)}
+            if vol["configMap"]["items"] is None:
+                del vol["configMap"]["items"]
+
+
+def _rewrite_config(doc, ports):
+    data = doc["data"]
+    name = doc["metadata"]["name"]
+    if name.startswith("carshare-config"):
+        data["HOST"] = "127.0.0.1"
+        data["NATS_URL"] = "nats://127.0.0.1:%d" % ports["nats-client"]
+        for svc in SERVICES:
+            key = svc.upper() + "_URL"
+            if key in data:
+                data[key] = "http://127.0.0.1:%d" % ports[svc]
+    elif name.startswith("nats-config"):
+        conf = data["nats.conf"]
+        conf = re.sub(r"(?m)^port: \d+", "host: 127.0.0.1\nport: %d" % ports["nats-client"], conf)
+        conf = re.sub(r"(?m)^http_port: \d+", "http: 127.0.0.1:%d" % ports["nats-monitor"], conf)
+        data["nats.conf"] = conf
+
+
+def for_podman(rendered, ports):
+    """The documents of `rendered` (the dev overlay's YAML text), ready for podman kube play.
+    ports: process name -> port, plus nats-client, nats-cluster, nats-monitor."""
+    out = []
+    for doc in yaml.safe_load_all(rendered):
+        if not doc:
+            continue
+        kind = doc["kind"]
+        if kind == "Secret":
+            doc = _secret_to_configmap(doc)
+            kind = "ConfigMap"
+        if kind == "ConfigMap":
+            _rewrite_config(doc, ports)
+            out.append(doc)
+        elif kind == "StatefulSet":
+            for spec in _pod_specs(doc):
+                _rewrite_pod(spec, ports)
+            out += _statefulset_to_deployment(doc)
+        elif kind == "Deployment":
+            for spec in _pod_specs(doc):
+                _rewrite_pod(spec, ports)
+            out.append(doc)
+        elif kind == "PersistentVolumeClaim":
+            out.append(doc)
+    # ConfigMaps and claims first: the pods refer to them.
+    order = {"ConfigMap": 0, "PersistentVolumeClaim": 1, "Deployment": 2}
+    out.sort(key=lambda d: order[d["kind"]])
+    return yaml.safe_dump_all(out, sort_keys=False)
