@@ -11,8 +11,11 @@ stay the dev overlay's own, changed only where a one-machine podman differs from
   - Secrets become ConfigMaps with the same keys (their volumes and key references follow);
   - the preStop `sleep` handler (Kubernetes >= 1.30) is dropped: podman does not know it.
 
-Everything else (images, commands, environment, probes, security context, volumes,
-resources) is played as rendered.
+For tests, every object's name takes a suffix (pods, volumes and ConfigMaps of two runs at once
+must not collide) and the images a tag of the run's own.
+
+Everything else (commands, environment, probes, security context, volumes, resources) is
+played as rendered.
 """
 import base64
 import copy
@@ -99,7 +102,27 @@ def _rewrite_config(doc, ports):
         data["nats.conf"] = conf
 
 
-def for_podman(rendered, ports):
+def _rename(doc, suffix, tag):
+    """Appends suffix to the object's name and to every name it refers to; retags images."""
+    doc["metadata"]["name"] += suffix
+    if doc["kind"] != "Deployment":
+        return
+    spec = doc["spec"]["template"]["spec"]
+    for c in spec["containers"]:
+        c["image"] = c["image"].rsplit(":", 1)[0] + ":" + tag
+        for src in c.get("envFrom", []):
+            src.get("configMapRef", {})["name"] = src["configMapRef"]["name"] + suffix
+        for env in c.get("env", []):
+            ref = env.get("valueFrom", {}).get("configMapKeyRef")
+            if ref:
+                ref["name"] += suffix
+    for vol in spec.get("volumes", []):
+        for key, field in (("configMap", "name"), ("persistentVolumeClaim", "claimName")):
+            if key in vol:
+                vol[key][field] += suffix
+
+
+def for_podman(rendered, ports, suffix="", tag="dev"):
     """The documents of `rendered` (the dev overlay's YAML text), ready for podman kube play.
     ports: process name -> port, plus nats-client, nats-cluster, nats-monitor."""
     out = []
@@ -123,6 +146,8 @@ def for_podman(rendered, ports):
             out.append(doc)
         elif kind == "PersistentVolumeClaim":
             out.append(doc)
+    for doc in out:
+        _rename(doc, suffix, tag)
     # ConfigMaps and claims first: the pods refer to them.
     order = {"ConfigMap": 0, "PersistentVolumeClaim": 1, "Deployment": 2}
     out.sort(key=lambda d: order[d["kind"]])

@@ -1,0 +1,201 @@
+"""test_dev_layout.py: the dev overlay, rendered by kubectl kustomize and run by podman kube play,
+carries a rental from start to end through the gateway, and loses nothing when a container dies.
+
+The images are this run's build of `make images`; the manifests are deploy/k8s/overlays/dev as
+rendered, adapted only where one machine's podman differs from a cluster (kubeplay.py: host
+network on free loopback ports instead of Services, the nats StatefulSet as a Deployment,
+Secrets as ConfigMaps). Kubernetes' own behaviours that podman does not have (Services, probes
+acting on pods, NetworkPolicies, autoscaling) are checked by test_manifests.py, not here.
+
+  1. every pod comes up and the gateway is ready; the time it took is printed;
+  2. the rental flow through the gateway only: the fleet, a rental (paid, OrderApproved), its
+     delivery Shipped, the customer page; a cancellation refunds the payment, cancels the
+     delivery, and the customer page ends at PaymentCancelled with its whole history;
+  3. order's and customerpage's processes are killed (SIGKILL, by PID): podman restarts each
+     container (restartPolicy Always, from the Deployment), and every rental, payment and page
+     from before is still there (SQLite on the claim's volume), and a new rental flows.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kubeplay  # noqa: E402
+import podman as pm  # noqa: E402
+from harness import check, free_port, run, wait_for  # noqa: E402
+
+WAIT = 60
+SERVICES = ["order", "delivery", "customerpage", "payment", "gateway"]
+
+
+class Layout:
+    """The dev overlay played by podman: start(), call() through the gateway, close()."""
+
+    def __init__(self):
+        self.images = {}
+        self.ports = {name: free_port() for name in SERVICES + ["account"]}
+        self.ports.update({"nats-client": free_port(), "nats-cluster": free_port(),
+                           "nats-monitor": free_port()})
+        self.suffix = "-" + pm.RUN_ID
+        self.tmp = tempfile.mkdtemp(prefix="carshare-kube-")
+        self.play = os.path.join(self.tmp, "play.yaml")
+
+    def render(self):
+        """kubectl kustomize of a copy of deploy/k8s whose dev secrets are this run's own."""
+        k8s = os.path.join(self.tmp, "k8s")
+        shutil.copytree(os.path.join(pm.ROOT, "deploy", "k8s"), k8s,
+                        ignore=shutil.ignore_patterns("secrets"))
+        overlay = os.path.join(k8s, "overlays", "dev")
+        subprocess.run([os.path.join(pm.ROOT, "scripts", "k8s-secrets.sh"), overlay], check=True)
+        out = subprocess.run(["kubectl", "kustomize", overlay], check=True, capture_output=True,
+                             text=True).stdout
+        with open(self.play, "w") as f:
+            f.write(kubeplay.for_podman(out, self.ports, self.suffix, pm.TAG))
+
+    def start(self):
+        self.images = pm.build_images()
+        self.render()
+        t0 = time.monotonic()
+        pm.podman("kube", "play", self.play)
+        for name in SERVICES:
+            wait_for(lambda: self.ready(name), WAIT, name + " ready")
+        self.started_s = time.monotonic() - t0
+        print("     the dev layout was ready %.1f s after podman kube play" % self.started_s)
+
+    def ready(self, name):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/health/ready" % self.ports[name],
+                                        timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def call(self, method, path, body=None):
+        """One request through the gateway; returns (status, JSON body)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ports["gateway"], path),
+                                     data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                text = r.read()
+                return r.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            return e.code, json.loads(text) if text else None
+
+    def container(self, name):
+        return "%s%s-pod-0-%s" % (name, self.suffix, name)
+
+    def kill(self, name):
+        """SIGKILL to the container's process, by its PID; returns the restart count before."""
+        state = pm.inspect("container", self.container(name))
+        os.kill(state["State"]["Pid"], signal.SIGKILL)
+        return state["RestartCount"]
+
+    def restarts(self, name):
+        return pm.inspect("container", self.container(name))["RestartCount"]
+
+    def close(self):
+        if os.path.exists(self.play):
+            pm.podman("kube", "down", self.play, check=False)
+            import yaml
+            with open(self.play) as f:
+                for doc in yaml.safe_load_all(f):
+                    if doc["kind"] in ("ConfigMap", "PersistentVolumeClaim"):
+                        pm.podman("volume", "rm", "-f", doc["metadata"]["name"], check=False)
+        pm.remove_images(self.images)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+LAYOUT = Layout()
+
+
+def items(body, name):
+    return body["_embedded"][name]
+
+
+def rent(customer):
+    code, body = LAYOUT.call("POST", "/orders", {"productId": "1001", "qty": 1,
+                                                 "customerId": customer,
+                                                 "cardNumber": "4111111111111111"})
+    check(code == 201 and body["status"] == "OrderApproved", "rent: %d %r" % (code, body))
+    return body
+
+
+def page(order_id, status, history):
+    def at():
+        code, body = LAYOUT.call("GET", "/customerpages/%d" % order_id)
+        if code == 200 and body["status"] == status and len(body["history"]) == history:
+            return body
+        return None
+    return wait_for(at, WAIT, "customer page of %d at %s" % (order_id, status))
+
+
+def delivery(order_id, status):
+    def at():
+        code, body = LAYOUT.call("GET", "/deliveries/search/findByOrderId?orderId=%d" % order_id)
+        found = items(body, "deliveries") if code == 200 else []
+        return found[0] if len(found) == 1 and found[0]["status"] == status else None
+    return wait_for(at, WAIT, "delivery of %d %s" % (order_id, status))
+
+
+def test_dev_layout_starts():
+    LAYOUT.start()
+
+
+STATE = {}
+
+
+def test_rental_flow_through_the_gateway():
+    code, body = LAYOUT.call("GET", "/cars")
+    check(code == 200 and any(c["id"] == "1001" for c in items(body, "cars")), "cars %r" % body)
+    kept = rent("kim")
+    delivery(kept["id"], "Shipped")
+    page(kept["id"], "Shipped", 3)
+    code, mine = LAYOUT.call("GET", "/customerpages/search/findByCustomerId?customerId=kim")
+    check(code == 200 and [p["orderId"] for p in items(mine, "customerpages")] == [kept["id"]],
+          "kim's pages %r" % (mine,))
+
+    cancelled = rent("lee")
+    delivery(cancelled["id"], "Shipped")
+    code, _ = LAYOUT.call("DELETE", "/orders/%d" % cancelled["id"])
+    check(code in (200, 204), "cancel: %d" % code)
+    page(cancelled["id"], "PaymentCancelled", 6)
+    delivery(cancelled["id"], "DeliveryCancelled")
+    code, body = LAYOUT.call("GET", "/orders/%d" % cancelled["id"])
+    check(code == 200 and body["status"] == "OrderCancelled", "cancelled order %r" % (body,))
+    STATE.update(kept=kept, cancelled=cancelled)
+
+
+def test_killed_containers_restart_and_lose_nothing():
+    check(STATE, "needs the rental flow's rentals")
+    before = {name: LAYOUT.kill(name) for name in ("order", "customerpage")}
+    for name, count in before.items():
+        wait_for(lambda: LAYOUT.restarts(name) > count, WAIT, name + " restarted by podman")
+        wait_for(lambda: LAYOUT.ready(name), WAIT, name + " ready again")
+    wait_for(lambda: LAYOUT.ready("gateway"), WAIT, "gateway ready again")
+
+    kept, cancelled = STATE["kept"], STATE["cancelled"]
+    for order, status, history in ((kept, "Shipped", 3), (cancelled, "PaymentCancelled", 6)):
+        code, body = LAYOUT.call("GET", "/orders/%d" % order["id"])
+        check(code == 200 and body["paymentId"] == order["paymentId"],
+              "order %d after the restart: %d %r" % (order["id"], code, body))
+        page(order["id"], status, history)
+    later = rent("kim")
+    check(later["id"] > cancelled["id"], "ids went back: %r" % later)
+    page(later["id"], "Shipped", 3)
+
+
+if __name__ == "__main__":
+    try:
+        run(globals())
+    finally:
+        LAYOUT.close()

@@ -1,0 +1,337 @@
+"""test_manifests.py: the rendered Kubernetes manifests pass the review an operator would give.
+
+Both overlays are rendered with `kubectl kustomize` (from a copy of deploy/k8s whose secret
+files scripts/k8s-secrets.sh writes, as the pipeline does), then:
+  - every object is valid against the API schema (schema.py, Debian's python3-kubernetes);
+  - every container has resources (CPU and memory requests, a memory limit), readiness,
+    liveness and startup probes (carshare's on /health/ready and /health/live), and the
+    security context: non-root, read-only root, no privilege escalation, all capabilities
+    dropped, seccomp RuntimeDefault; no service account token mounted;
+  - carshare's containers stop in time: a preStop sleep, and a grace period that covers it, the
+    longest request (HTTP_REQUEST_TIMEOUT_MS) and a margin for the bus's stop;
+  - every ConfigMap and Secret referenced (envFrom, keys, volumes, items) exists with that key;
+  - the images are those `make images` builds (one per binary in $CARSHARE_BIN, and nats), each
+    deployed; every carshare process listens (PORT) on the port its container, its Service and
+    the URLs in carshare-config name, and that is its contract port (scripts/run.py);
+  - Services select pods that exist and target ports those pods name; the Ingress leads to the
+    gateway's Service; NetworkPolicies: all of carshare denies by default, only the gateway is
+    open, payment is reached only from gateway and order;
+  - dev: one replica each, SQLite on claims, one nats-server, no autoscaler;
+    prod: two replicas or more of each process, autoscaling/v2 HPAs on CPU for gateway, order
+    and payment that target existing Deployments with CPU requests, PDBs selecting pods,
+    PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster.
+"""
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import schema  # noqa: E402
+import podman as pm  # noqa: E402
+from harness import check, run  # noqa: E402
+
+RENDERED = {}
+
+
+def contract_ports():
+    """PORTS of scripts/run.py (the processes' contract ports), read without running it."""
+    with open(os.path.join(pm.ROOT, "scripts", "run.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PORTS":
+            return ast.literal_eval(node.value)
+    raise AssertionError("scripts/run.py has no PORTS")
+
+
+def render(overlay):
+    if overlay not in RENDERED:
+        tmp = tempfile.mkdtemp(prefix="carshare-k8s-")
+        try:
+            k8s = os.path.join(tmp, "k8s")
+            shutil.copytree(os.path.join(pm.ROOT, "deploy", "k8s"), k8s,
+                            ignore=shutil.ignore_patterns("secrets"))
+            path = os.path.join(k8s, "overlays", overlay)
+            subprocess.run([os.path.join(pm.ROOT, "scripts", "k8s-secrets.sh"), path], check=True)
+            out = subprocess.run(["kubectl", "kustomize", path], check=True,
+                                 capture_output=True, text=True).stdout
+        finally:
+            shutil.rmtree(tmp)
+        RENDERED[overlay] = [d for d in yaml.safe_load_all(out) if d]
+    return RENDERED[overlay]
+
+
+def of_kind(docs, *kinds):
+    return [d for d in docs if d["kind"] in kinds]
+
+
+def named(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    check(len(found) == 1, "%s %s: %d found" % (kind, name, len(found)))
+    return found[0]
+
+
+def workloads(docs):
+    return of_kind(docs, "Deployment", "StatefulSet")
+
+
+def pod(w):
+    return w["spec"]["template"]["spec"]
+
+
+def process_of(container):
+    """The carshare process a container runs (its image's name without carshare-), or None."""
+    base = container["image"].rsplit("/", 1)[-1].split(":")[0]
+    return base[len("carshare-"):] if base.startswith("carshare-") else None
+
+
+def env_of(docs, container):
+    """The container's environment as Kubernetes builds it (envFrom, then env); values from
+    keys are given as (kind, name, key)."""
+    out = {}
+    for src in container.get("envFrom", []):
+        cm = named(docs, "ConfigMap", src["configMapRef"]["name"])
+        out.update(cm["data"])
+    for e in container.get("env", []):
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        else:
+            ref = e["valueFrom"]
+            for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                if key in ref:
+                    out[e["name"]] = (kind, ref[key]["name"], ref[key]["key"])
+    return out
+
+
+def each_container(overlay):
+    for w in workloads(render(overlay)):
+        for c in pod(w)["containers"]:
+            yield w, c
+
+
+OVERLAYS = ("dev", "prod")
+
+
+def test_schema():
+    for overlay in OVERLAYS:
+        errors = [e for d in render(overlay) for e in schema.validate(d)]
+        check(not errors, "%s:\n  %s" % (overlay, "\n  ".join(errors)))
+
+
+def test_resources_and_probes():
+    for overlay in OVERLAYS:
+        for w, c in each_container(overlay):
+            where = "%s %s/%s" % (overlay, w["metadata"]["name"], c["name"])
+            res = c.get("resources", {})
+            check({"cpu", "memory"} <= set(res.get("requests", {})), where + ": requests")
+            check("memory" in res.get("limits", {}), where + ": memory limit")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                check(probe in c, "%s: no %s" % (where, probe))
+            if process_of(c) and process_of(c) != "nats":
+                check(c["readinessProbe"]["httpGet"]["path"] == "/health/ready", where)
+                check(c["livenessProbe"]["httpGet"]["path"] == "/health/live", where)
+                check(c["startupProbe"]["httpGet"]["path"].startswith("/health/"), where)
+
+
+def test_security_context():
+    for overlay in OVERLAYS:
+        for w, c in each_container(overlay):
+            where = "%s %s/%s" % (overlay, w["metadata"]["name"], c["name"])
+            p, sc = pod(w).get("securityContext", {}), c.get("securityContext", {})
+            check(p.get("runAsNonRoot") is True and p.get("runAsUser", 0) != 0, where + ": root")
+            check(p.get("seccompProfile", {}).get("type") == "RuntimeDefault", where + ": seccomp")
+            check(sc.get("readOnlyRootFilesystem") is True, where + ": writable root")
+            check(sc.get("allowPrivilegeEscalation") is False, where + ": escalation")
+            check(sc.get("privileged", False) is False, where + ": privileged")
+            check("ALL" in sc.get("capabilities", {}).get("drop", []), where + ": capabilities")
+            check(pod(w).get("automountServiceAccountToken") is False, where + ": token mounted")
+            if process_of(c) == "nats" or process_of(c) is None:
+                continue
+            check(p.get("runAsUser") == 10001, where + ": not the images' user 10001")
+
+
+def test_stop_fits_the_drain():
+    for overlay in OVERLAYS:
+        for w, c in each_container(overlay):
+            proc = process_of(c)
+            if not proc or proc == "nats":
+                continue
+            where = "%s %s" % (overlay, w["metadata"]["name"])
+            sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
+            check(isinstance(sleep, int) and sleep >= 1, where + ": no preStop sleep")
+            timeout_s = int(env_of(render(overlay), c)["HTTP_REQUEST_TIMEOUT_MS"]) / 1000
+            grace = pod(w)["terminationGracePeriodSeconds"]
+            check(grace >= sleep + timeout_s + 5, "%s: grace %ss < preStop %ss + requests %ss + 5"
+                  % (where, grace, sleep, timeout_s))
+
+
+def test_references_exist():
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        data = {(d["kind"], d["metadata"]["name"]): set(d.get("data", {})) | set(d.get("stringData", {}))
+                for d in of_kind(docs, "ConfigMap", "Secret")}
+
+        def has(kind, name, key, where):
+            check((kind, name) in data, "%s: %s %s does not exist" % (where, kind, name))
+            check(key is None or key in data[(kind, name)],
+                  "%s: %s %s has no key %r" % (where, kind, name, key))
+
+        for w in workloads(docs):
+            where = "%s %s" % (overlay, w["metadata"]["name"])
+            for c in pod(w)["containers"]:
+                for src in c.get("envFrom", []):
+                    has("ConfigMap", src["configMapRef"]["name"], None, where)
+                for e in c.get("env", []):
+                    for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                        ref = e.get("valueFrom", {}).get(key)
+                        if ref:
+                            has(kind, ref["name"], ref["key"], where)
+            for v in pod(w).get("volumes", []):
+                for kind, key, field in (("ConfigMap", "configMap", "name"),
+                                         ("Secret", "secret", "secretName")):
+                    if key in v:
+                        has(kind, v[key][field], None, where)
+                        for item in v[key].get("items", []):
+                            has(kind, v[key][field], item["key"], where)
+                claim = v.get("persistentVolumeClaim", {}).get("claimName")
+                if claim:
+                    named(docs, "PersistentVolumeClaim", claim)
+
+
+def test_images_and_ports_match():
+    built = set(pm.processes())
+    ports = contract_ports()
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        deployed = set()
+        config = named(docs, "ConfigMap", [d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")
+                                           if d["metadata"]["name"].startswith("carshare-config")][0])
+        for w, c in each_container(overlay):
+            proc = process_of(c)
+            if proc is None:
+                continue
+            where = "%s %s" % (overlay, w["metadata"]["name"])
+            check(proc in built, "%s: image %s is not one `make images` builds" % (where, c["image"]))
+            check(w["metadata"]["name"] == proc and c["name"] == proc, where + ": named otherwise")
+            deployed.add(proc)
+            if proc == "nats":
+                continue
+            port = int(env_of(docs, c)["PORT"])
+            check(port == ports[proc], "%s: PORT %d, contract port %d" % (where, port, ports[proc]))
+            http = [p for p in c["ports"] if p["name"] == "http"]
+            check(http and http[0]["containerPort"] == port, where + ": container port != PORT")
+            svc = named(docs, "Service", proc)
+            check(svc["spec"]["ports"][0]["port"] == port and
+                  svc["spec"]["ports"][0]["targetPort"] == "http", where + ": Service port")
+            url = config["data"].get(proc.upper() + "_URL")
+            if proc != "gateway":
+                check(url == "http://%s:%d" % (proc, port), "%s: %s_URL is %r" % (where, proc.upper(), url))
+        check(deployed == built, "%s: images %s, deployed %s" % (overlay, sorted(built), sorted(deployed)))
+        check(config["data"]["NATS_URL"] == "nats://nats:4222", overlay + ": NATS_URL")
+
+
+def labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
+        labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])
+        if e["operator"] == "In")
+
+
+def pods_selected(docs, selector):
+    return [w for w in workloads(docs)
+            if labels_match(selector, w["spec"]["template"]["metadata"]["labels"])]
+
+
+def test_services_ingress_network_policies():
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        for svc in of_kind(docs, "Service"):
+            where = "%s Service %s" % (overlay, svc["metadata"]["name"])
+            targets = pods_selected(docs, {"matchLabels": svc["spec"]["selector"]})
+            check(targets, where + ": selects no pods")
+            names = {p["name"] for w in targets for c in pod(w)["containers"] for p in c.get("ports", [])}
+            for p in svc["spec"]["ports"]:
+                check(p["targetPort"] in names, "%s: no container port %s" % (where, p["targetPort"]))
+        backend = named(docs, "Ingress", "carshare")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+        check(backend["service"]["name"] == "gateway", overlay + ": the Ingress leads elsewhere")
+
+        policies = of_kind(docs, "NetworkPolicy")
+        deny = [p for p in policies if not p["spec"].get("ingress")
+                and p["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "carshare"}}]
+        check(deny, overlay + ": no default-deny policy for carshare")
+
+        def allowed_from(target):
+            """Which workloads may connect to `target`'s pods (None: anyone)."""
+            labels = named(docs, "Deployment", target)["spec"]["template"]["metadata"]["labels"]
+            sources = set()
+            for p in policies:
+                if not labels_match(p["spec"]["podSelector"], labels):
+                    continue
+                for rule in p["spec"].get("ingress", []):
+                    if "from" not in rule:
+                        return None
+                    for peer in rule["from"]:
+                        check(set(peer) == {"podSelector"}, "%s: peers other than pods" % p["metadata"]["name"])
+                        sources |= {w["metadata"]["name"] for w in pods_selected(docs, peer["podSelector"])}
+            return sources
+
+        check(allowed_from("gateway") is None, overlay + ": the gateway is not open")
+        for svc in ("order", "delivery", "customerpage"):
+            check(allowed_from(svc) == {"gateway"}, "%s: %s reached from %s" % (overlay, svc, allowed_from(svc)))
+        check(allowed_from("payment") == {"gateway", "order"},
+              "%s: payment reached from %s" % (overlay, allowed_from("payment")))
+
+
+def test_dev_layout():
+    docs = render("dev")
+    check(not of_kind(docs, "HorizontalPodAutoscaler", "PodDisruptionBudget"), "dev autoscales")
+    for w in workloads(docs):
+        check(w["spec"].get("replicas", 1) == 1, "dev %s has replicas" % w["metadata"]["name"])
+    for w, c in each_container("dev"):
+        proc = process_of(c)
+        if proc in ("order", "delivery", "customerpage", "payment"):
+            data = [v for v in pod(w)["volumes"] if v["name"] == "data"][0]
+            check("persistentVolumeClaim" in data, "dev %s: data not on a claim" % proc)
+            check(w["spec"]["strategy"]["type"] == "Recreate", "dev %s: two writers at once" % proc)
+            check("DATABASE_URL" not in env_of(docs, c), "dev %s: not on SQLite" % proc)
+
+
+def test_prod_layout():
+    docs = render("prod")
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(docs, "HorizontalPodAutoscaler")}
+    check(set(hpas) == {"gateway", "order", "payment"}, "autoscaled: %s" % sorted(hpas))
+    for name, h in hpas.items():
+        check(h["apiVersion"] == "autoscaling/v2", name + ": not autoscaling/v2")
+        ref = h["spec"]["scaleTargetRef"]
+        target = named(docs, ref["kind"], ref["name"])
+        check(ref["kind"] == "Deployment" and ref["apiVersion"] == "apps/v1", name + ": target")
+        check(h["spec"]["minReplicas"] >= 2 and h["spec"]["maxReplicas"] > h["spec"]["minReplicas"], name)
+        check("replicas" not in target["spec"], name + ": a fixed replica count fights the HPA")
+        metric = h["spec"]["metrics"][0]["resource"]
+        check(metric["name"] == "cpu" and pod(target)["containers"][0]["resources"]["requests"]["cpu"],
+              name + ": CPU target without a CPU request")
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    for w in workloads(docs):
+        name = w["metadata"]["name"]
+        if name == "postgres":
+            continue
+        check(w["spec"].get("replicas", 0) >= 2 or name in hpas, "prod %s: one replica" % name)
+        check(any(pods_selected(docs, p["spec"]["selector"]) == [w] for p in pdbs), "prod %s: no PDB" % name)
+    for w, c in each_container("prod"):
+        if process_of(c) in ("order", "delivery", "customerpage", "payment"):
+            url = env_of(docs, c).get("DATABASE_URL")
+            check(isinstance(url, tuple) and url[0] == "Secret", "prod %s: DATABASE_URL %r" % (w["metadata"]["name"], url))
+    nats = named(docs, "StatefulSet", "nats")
+    check(nats["spec"]["replicas"] == 3, "nats replicas")
+    conf = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("nats-config")][0]
+    text = conf["data"]["nats.conf"]
+    for i in range(3):
+        check("nats://nats-%d.nats-cluster:6222" % i in text, "nats-%d is not a route" % i)
+    check(named(docs, "Service", "nats-cluster")["spec"]["clusterIP"] == "None", "nats-cluster not headless")
+
+
+if __name__ == "__main__":
+    run(globals())
