@@ -5,7 +5,15 @@ JOBS ?= 2
 BUILD ?= build
 CMAKE_FLAGS ?=
 
-.PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz deps clean
+# Containers and Kubernetes (deploy/, README "Containers and Kubernetes"). The pipeline
+# (.github/workflows/pipeline.yml) runs these same targets.
+REGISTRY ?= localhost
+IMAGE_TAG ?= dev
+OVERLAY ?= prod
+
+.PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz deps clean \
+        images test-containers run-containers stop-containers k8s-secrets k8s-render push \
+        deploy rollout-status
 
 all: build
 
@@ -36,6 +44,42 @@ FUZZ_SECONDS ?= 600
 fuzz:
 	@scripts/deps.sh test
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+# One image per process, from the binaries of `make build` (scripts/images.sh).
+images: build
+	@scripts/podman-setup.sh
+	@IMAGE_TAG=$(IMAGE_TAG) scripts/images.sh
+
+test-containers: build
+	@scripts/test-containers.sh
+
+# The whole system under podman-compose (deploy/compose.yaml); the gateway on 127.0.0.1:8088
+# (GATEWAY_PORT=... to change it). `make stop-containers` stops it.
+run-containers: images
+	@IMAGE_TAG=$(IMAGE_TAG) scripts/run-containers.sh up
+
+stop-containers:
+	@scripts/run-containers.sh down
+
+# The secret files an overlay's secretGenerator reads (kept when they exist).
+k8s-secrets:
+	@scripts/k8s-secrets.sh deploy/k8s/overlays/$(OVERLAY)
+
+# The manifests of an overlay as they would be applied, in build/k8s-$(OVERLAY).yaml.
+k8s-render: k8s-secrets
+	@scripts/deploy.sh render $(OVERLAY)
+
+# Tags the images of `make images` as $(REGISTRY)/carshare-<process>:$(IMAGE_TAG) and pushes them.
+push:
+	@REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) scripts/deploy.sh push
+
+# kubectl apply -k of the overlay with the images of $(REGISTRY) at $(IMAGE_TAG), then waits
+# for every rollout (the current kubectl context is the cluster).
+deploy: k8s-secrets
+	@REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) scripts/deploy.sh apply $(OVERLAY)
+	@scripts/deploy.sh rollout-status $(OVERLAY)
+
+rollout-status:
+	@scripts/deploy.sh rollout-status $(OVERLAY)
 
 clean:
 	rm -rf build build-asan build-clang build-bench build-fuzz

@@ -20,7 +20,8 @@ case "${1:-build}" in
   test)  need+=(clang libclang-rt-dev chromium fonts-noto-cjk postgresql postgresql-client) ;;
   bench) need+=(wrk nginx-light) ;;
   containers) need+=(podman runc conmon containernetworking-plugins catatonit iptables uidmap
-                     podman-compose python3-yaml python3-kubernetes) ;;
+                     golang-github-containernetworking-plugin-dnsname podman-compose
+                     python3-yaml python3-kubernetes) ;;
 esac
 if [ "${DB:-sqlite}" = postgres ]; then need+=(postgresql postgresql-client); fi
 # kubectl renders the kustomize overlays; keep one already installed (another packaging of it

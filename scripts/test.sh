@@ -4,7 +4,9 @@
 #  2. gcc build with AddressSanitizer + UndefinedBehaviorSanitizer: the same tests;
 #  3. clang build with -Werror (compiles everything; the warnings differ from gcc's);
 #  4. the libFuzzer targets (tests/fuzz/), each briefly (FUZZ_SECONDS, default 10 here);
-#  5. the browser test (Playwright driving Debian's chromium) against the build of step 1.
+#  5. the browser test (Playwright driving Debian's chromium) against the build of step 1;
+#  6. the container tests (scripts/test-containers.sh): images from the build of step 1, the
+#     rendered Kubernetes manifests, the dev overlay running under podman kube play.
 # Stops at the first failing step and exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +45,8 @@ if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --silent --no-audit --no-fund)
   CARSHARE_BIN=$PWD/build/bin BROWSER_OUT=$PWD/build/browser-out node --test tests/browser/
 fi
+
+step "containers and manifests"
+scripts/test-containers.sh
 
 step "all tests passed"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# run-containers.sh up|down: the whole system under podman-compose (deploy/compose.yaml), as
+# `make run-containers` and `make stop-containers` run it. `up` starts every container in the
+# background, waits until the gateway is ready and prints where to point a browser; the
+# containers restart by themselves (restart: unless-stopped) until `down`, which stops them
+# (SIGTERM, then the grace period) and removes them and their network; the data volumes stay
+# (`down -v` by hand removes them too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/podman-setup.sh
+project=${COMPOSE_PROJECT:-carshare}
+port=${GATEWAY_PORT:-8088}
+compose=(podman-compose -p "$project" -f deploy/compose.yaml)
+case "${1:-up}" in
+  up)
+    t0=$(date +%s%N)
+    "${compose[@]}" up -d >/dev/null
+    for _ in $(seq 600); do
+      if curl -sf -o /dev/null "http://127.0.0.1:$port/health/ready"; then
+        echo "run-containers: ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms:" \
+             "open http://127.0.0.1:$port/  (stop: make stop-containers)"
+        exit 0
+      fi
+      sleep 0.1
+    done
+    echo "run-containers: the gateway is not ready after 60 s; see podman logs ${project}_gateway_1" >&2
+    exit 1
+    ;;
+  down)
+    "${compose[@]}" down >/dev/null
+    podman network rm "${project}_default" >/dev/null 2>&1 || true
+    echo "run-containers: stopped"
+    ;;
+  *) echo "usage: run-containers.sh up|down" >&2; exit 2 ;;
+esac
