@@ -74,7 +74,8 @@ push:
 
 # kubectl apply -k of the overlay with the images of $(REGISTRY) at $(IMAGE_TAG), then waits
 # for every rollout (the current kubectl context is the cluster).
-deploy: k8s-secrets
+# The overlay's secrets/ must be there (`make k8s-secrets` once, then kept in a secret store).
+deploy:
 	@REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) scripts/deploy.sh apply $(OVERLAY)
 	@scripts/deploy.sh rollout-status $(OVERLAY)
 

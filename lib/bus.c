@@ -269,6 +269,9 @@ bool bus_setup_stream(bus *b, jsCtx *js)
     sc.SubjectsLen = 1;
     sc.Storage = js_FileStorage;
     sc.Duplicates = DUPLICATE_WINDOW_S * NS_PER_S;
+    /* Every service asks for the same count (one ConfigMap), so the first
+     * one creates the stream and the others' creates are the same config. */
+    sc.Replicas = (int)b->stream_replicas;
 
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
@@ -363,6 +366,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->poll_ms = config_int("BUS_POLL_MS", 1000, 10, 600000);
     b->max_deliver = config_int("BUS_MAX_DELIVER", 5, 1, 1000);
     b->retry_ms = config_int("BUS_RETRY_MS", 200, 1, MAX_RETRY_DELAY_MS);
+    b->stream_replicas = config_int("BUS_STREAM_REPLICAS", 1, 1, 5);
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, bus_on_inbox, b);
     b->trim = evtimer_new(base, bus_on_trim, b);

@@ -89,6 +89,7 @@ struct bus {
     char *user, *password;  /* NATS_USER / NATS_PASSWORD(_FILE); NULL: anonymous */
     char *inbox_prefix;     /* _INBOX.<user>: the only replies this user may receive */
     long poll_ms, max_deliver, retry_ms;
+    long stream_replicas;           /* BUS_STREAM_REPLICAS: copies a JetStream cluster keeps */
 
     struct handler *handlers;
     size_t nhandlers;

@@ -17,12 +17,11 @@ cd "$(dirname "$0")/.."
 REGISTRY=${REGISTRY:-localhost}
 IMAGE_TAG=${IMAGE_TAG:-dev}
 NAMESPACE=${NAMESPACE:-carshare}
-BIN=${CARSHARE_BIN:-$PWD/build/bin}
 
+# The processes with an image: those the base deploys (image: carshare-<process>).
 processes() {
-  local p
-  for p in "$BIN"/carshare-*; do [ -x "$p" ] && echo "${p##*/carshare-}"; done
-  echo nats
+  kubectl kustomize deploy/k8s/base 2>/dev/null |
+    sed -n 's/^ *image: carshare-\([a-z]*\).*/\1/p' | sort -u
 }
 
 # release_kustomization OVERLAY: writes build/deploy-OVERLAY/kustomization.yaml; prints its dir.

@@ -19,7 +19,9 @@ files scripts/k8s-secrets.sh writes, as the pipeline does), then:
   - dev: one replica each, SQLite on claims, one nats-server, no autoscaler;
     prod: two replicas or more of each process, autoscaling/v2 HPAs on CPU for gateway, order
     and payment that target existing Deployments with CPU requests, PDBs selecting pods,
-    PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster.
+    PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster;
+  - the pipeline (.github/workflows/pipeline.yml) tests, builds images, pushes them on a tag
+    only and then deploys, every step through a make target that exists.
 """
 import ast
 import os
@@ -331,6 +333,25 @@ def test_prod_layout():
     for i in range(3):
         check("nats://nats-%d.nats-cluster:6222" % i in text, "nats-%d is not a route" % i)
     check(named(docs, "Service", "nats-cluster")["spec"]["clusterIP"] == "None", "nats-cluster not headless")
+
+
+def test_pipeline_steps_are_make_targets():
+    """The workflow tests, builds, pushes on a tag and deploys prod, each through make."""
+    with open(os.path.join(pm.ROOT, ".github", "workflows", "pipeline.yml")) as f:
+        flow = yaml.safe_load(f)
+    with open(os.path.join(pm.ROOT, "Makefile")) as f:
+        targets = {line.split(":")[0] for line in f if line[:1].isalpha() and ":" in line
+                   and "=" not in line.split(":")[0]}
+    runs = {job: " ".join(s.get("run", "") for s in spec["steps"]) for job, spec in flow["jobs"].items()}
+    for job, target in (("test", "make test"), ("images", "make images"), ("images", "make push"),
+                        ("deploy", "make deploy")):
+        check(target in runs.get(job, ""), "job %s does not run %s" % (job, target))
+        check(target.split()[1] in targets, "Makefile has no target %s" % target)
+    check(flow["jobs"]["deploy"]["if"].startswith("startsWith(github.ref, 'refs/tags/"), "deploy not on tags")
+    push = [s for s in flow["jobs"]["images"]["steps"] if "make push" in s.get("run", "")][0]
+    check("refs/tags/" in push.get("if", ""), "images pushed on every commit")
+    check(flow["jobs"]["deploy"]["needs"] == "images" and flow["jobs"]["images"]["needs"] == "test",
+          "the jobs do not wait for each other")
 
 
 if __name__ == "__main__":
