@@ -11,8 +11,8 @@
 # the images hold exactly what the tests ran, and no compiler runs twice.
 #
 # The context (build/image/) is assembled here: every shared library `ldd` names for the
-# binaries, the loader, CA certificates, a passwd/group naming user 10001, nsswitch.conf,
-# the web files; then deploy/Containerfile turns it into one image per `--target`.
+# binaries, the loader, CA certificates, the time zones (tzdata), a passwd/group naming user
+# 10001, nsswitch.conf, the web files; then deploy/Containerfile turns it into one image per `--target`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CARSHARE_BIN:-$PWD/build/bin}
@@ -51,6 +51,9 @@ copy_libs "$CTX/runtime" "$CTX"/bin/carshare-*
 # nats-server maps libc only: its image takes the runtime's /etc but not carshare's libraries.
 copy_libs "$CTX/nats" "$NATS_SERVER"
 cp -L /etc/ssl/certs/ca-certificates.crt "$CTX/runtime/etc/ssl/certs/"
+# The time zones (order books calendar days in TIME_ZONE; ~4 MB, links kept as links).
+mkdir -p "$CTX/runtime/usr/share"
+cp -a /usr/share/zoneinfo "$CTX/runtime/usr/share/zoneinfo"
 cat > "$CTX/runtime/etc/passwd" <<'PW'
 root:x:0:0:root:/nonexistent:/sbin/nologin
 carshare:x:10001:10001:carshare:/data:/sbin/nologin
