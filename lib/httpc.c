@@ -1,4 +1,7 @@
-/* httpc.c: the non-blocking HTTP client of httpc.h, on libevent's evhttp.
+/* httpc.c: the non-blocking HTTP client of httpc.h, on libevent's evhttp:
+ * a call's state machine. The connection pool (slots, their connections,
+ * building a client from its URL and options) is httpc_pool.c; the types
+ * both share are in httpc_private.h.
  *
  * Shape. A client owns a fixed array of connection slots, one
  * evhttp_connection each, and never puts more than one request on a
@@ -73,150 +76,30 @@
  *
  * Options: zero means default; retries < 0 and max_queue < 0 mean none
  * (from the environment, RETRIES=0 and MAX_QUEUE=0 mean none). */
-#include "httpc.h"
+#include "httpc_private.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <time.h>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/dns.h>
 #include <event2/event.h>
-#include <event2/event_struct.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "config.h"
 #include "durable.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
 
-#define HTTPC_IDLE_MS       30000        /* pooled connection idle limit */
-#define HTTPC_STALE_MS      200          /* idle longer than this: peek first */
-#define HTTPC_MAX_BODY      (16 << 20)   /* answers larger than this are broken */
-#define HTTPC_MAX_HEADERS   (64 << 10)
-#define HTTPC_BACKOFF_CAP_MS 10000
-#define HTTPC_BUSY_RETRY_MS  1000         /* a full bulkhead: a short hint */
-
-typedef enum {
-    CALL_FREE = 0,
-    CALL_PENDING,
-    CALL_QUEUED,
-    CALL_CONNECTING,
-    CALL_WIRE,
-    CALL_BACKOFF,
-    CALL_DEFERRED,
-    CALL_DURABLE,       /* admitted, waiting for the commits before it to be on disk */
-} call_phase;
-
-typedef struct httpc_slot httpc_slot;
-typedef struct httpc_call httpc_call;
-
-struct httpc_slot {
-    http_client *client;
-    struct evhttp_connection *evcon;   /* NULL until first use or after a kill */
-    httpc_call *call;                  /* the call on the wire, or NULL */
-    unsigned long long idle_since_ms;
-    int evcon_timeout_ms;
-    bool keep_alive;
-    bool reached;                      /* the connection got established */
-};
-
-struct httpc_call {
-    http_client *client;
-    http_client_cb cb;
-    void *cb_arg;
-    call_phase phase;
-    struct event timer;
-    httpc_call *prev, *next;           /* the wait queue, or the free list */
-    httpc_call *all_next;              /* every call object, for http_client_free */
-    httpc_slot *slot;                  /* while an attempt is on the wire */
-
-    enum evhttp_cmd_type method;
-    const char *method_name;
-    bool idempotent;
-    bool admitted;                     /* passed the breaker at least once */
-    int attempts;
-    int timeout_ms;                    /* the budget, from the first attempt on */
-    unsigned long long started_ms;
-    unsigned long long queue_deadline_ms;  /* while QUEUED */
-    unsigned long long deadline_ms;    /* set when the first attempt starts */
-
-    /* the attempt in progress */
-    bool starting;                     /* inside evhttp_make_request */
-    bool fresh;                        /* it opened a new connection */
-    int error;                         /* evhttp_request_error, or -1 */
-    httpc_result outcome;              /* for PENDING and DEFERRED */
-    int outcome_status;
-
-    /* the request, copied: uri, request id, content type, headers, body */
-    char *mem;
-    size_t mem_cap;
-    size_t uri_off, rid_off, ctype_off, hdr_off, body_off, body_len;
-    int hdr_count;
-    bool has_rid;
-};
-
-struct http_client {
-    struct event_base *base;
-    char name[64];
-    char labels[96];                   /* upstream="name" */
-    /* The labels of the last outcome exported (see export_outcome). */
-    char outcome_labels[160];
-    httpc_result outcome_result;
-    int outcome_status;                /* -1: none yet */
-    char *host;                        /* for connecting (no IPv6 brackets) */
-    struct evdns_base *dns;            /* resolves host; NULL when it is an address */
-    char *host_header;
-    char *prefix;                      /* base URL path, no trailing slash */
-    size_t prefix_len;
-    int port;
-    int family;
-    http_client_opts opts;             /* resolved: no zero fields left */
-    breaker breaker;
-
-    httpc_slot *slots;
-    int nslots, nkeep;
-    int *idle_keep, n_idle_keep;       /* LIFO stacks of slot indexes */
-    int *idle_extra, n_idle_extra;
-    int inflight;
-
-    httpc_call *queue_head, *queue_tail;
-    int queued;
-    int deferred;                      /* admitted calls waiting for group commit */
-    httpc_call *free_calls;
-    httpc_call *all_calls;
-
-    uint64_t rng;
-    bool closing;
-};
-
 static void call_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void attempt_start(httpc_call *hc, httpc_slot *slot);
-
-/* ---- small helpers ---- */
-
-static unsigned long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
-}
 
 static void timer_arm(httpc_call *hc, unsigned long long delay_ms)
 {
@@ -227,7 +110,7 @@ static void timer_arm(httpc_call *hc, unsigned long long delay_ms)
 
 static void timer_arm_until(httpc_call *hc, unsigned long long when_ms)
 {
-    unsigned long long now = now_ms();
+    unsigned long long now = httpc_now_ms();
     timer_arm(hc, when_ms > now ? when_ms - now : 0);
 }
 
@@ -271,7 +154,7 @@ static bool bulkhead_full(const http_client *c)
 
 httpc_result http_client_refusal(const http_client *c, unsigned long long *retry_ms)
 {
-    unsigned long long ms = breaker_retry_in_ms(&c->breaker, now_ms());
+    unsigned long long ms = breaker_retry_in_ms(&c->breaker, httpc_now_ms());
     if (ms > 0) {
         *retry_ms = ms;
         return HTTPC_OPEN;
@@ -324,13 +207,6 @@ static bool header_is_ours(const char *key)
         if (ours[i].len == len && strcasecmp(key, ours[i].name) == 0)
             return true;
     return false;
-}
-
-/* ---- metrics ---- */
-
-static void export_inflight(http_client *c)
-{
-    metrics_gauge_set("carshare_upstream_inflight", c->labels, (double)c->inflight);
 }
 
 static void export_outcome(http_client *c, httpc_call *hc, httpc_result result, int status,
@@ -484,7 +360,7 @@ static void call_finish(httpc_call *hc, httpc_result result, int status,
                         struct evhttp_request *req)
 {
     http_client *c = hc->client;
-    unsigned long long now = now_ms();
+    unsigned long long now = httpc_now_ms();
     http_response resp = {
         .result = result,
         .status = result == HTTPC_OK ? status : 0,
@@ -527,7 +403,7 @@ static void log_failure(httpc_call *hc, httpc_result result, int status, const c
              "elapsed_ms=%llu msg=\"%s\"",
              c->name, hc->has_rid ? hc->mem + hc->rid_off : "-", hc->method_name,
              log_quote(uri, sizeof uri, hc->mem + hc->uri_off), hc->attempts,
-             httpc_result_name(result), status, now_ms() - hc->started_ms, what);
+             httpc_result_name(result), status, httpc_now_ms() - hc->started_ms, what);
 }
 
 /* ---- the wait queue ---- */
@@ -567,7 +443,7 @@ static void call_enqueue(httpc_call *hc)
     int wait_ms = c->opts.max_queue_wait_ms < hc->timeout_ms ? c->opts.max_queue_wait_ms
                                                              : hc->timeout_ms;
     hc->phase = CALL_QUEUED;
-    hc->queue_deadline_ms = hc->attempts == 0 ? now_ms() + (unsigned long long)wait_ms
+    hc->queue_deadline_ms = hc->attempts == 0 ? httpc_now_ms() + (unsigned long long)wait_ms
                                               : hc->deadline_ms;
     queue_push(c, hc);
     timer_arm_until(hc, hc->queue_deadline_ms);
@@ -590,22 +466,11 @@ static void queued_call_expire(httpc_call *hc)
     call_finish(hc, result, 0, NULL);
 }
 
-/* ---- slots ---- */
-
-static httpc_slot *slot_acquire(http_client *c)
-{
-    if (c->n_idle_keep > 0)
-        return &c->slots[c->idle_keep[--c->n_idle_keep]];
-    if (c->n_idle_extra > 0)
-        return &c->slots[c->idle_extra[--c->n_idle_extra]];
-    return NULL;
-}
-
 /* Hands a slot that just became free to the first queued call whose budget
  * is not spent, or puts it back on its idle stack. */
 static void slot_release(http_client *c, httpc_slot *slot)
 {
-    unsigned long long now = now_ms();
+    unsigned long long now = httpc_now_ms();
     slot->idle_since_ms = now;   /* its connection was in use until now */
     while (c->queue_head) {
         httpc_call *next = c->queue_head;
@@ -624,94 +489,6 @@ static void slot_release(http_client *c, httpc_slot *slot)
         c->idle_keep[c->n_idle_keep++] = index;
     else
         c->idle_extra[c->n_idle_extra++] = index;
-}
-
-static void on_connection_close(struct evhttp_connection *evcon, void *arg)
-{
-    (void)evcon;
-    httpc_slot *slot = arg;
-    slot->reached = true;   /* evhttp only reports closing a connected socket */
-}
-
-static bool slot_connect(httpc_slot *slot)
-{
-    http_client *c = slot->client;
-    struct evhttp_connection *evcon = evhttp_connection_base_new(c->base, c->dns, c->host,
-                                                                 (unsigned short)c->port);
-    if (!evcon)
-        return false;
-    evhttp_connection_set_family(evcon, c->family);
-    /* read an early answer (413...) even if the server stops reading the body */
-    evhttp_connection_set_flags(evcon, EVHTTP_CON_READ_ON_WRITE_ERROR);
-    evhttp_connection_set_retries(evcon, 0);
-    evhttp_connection_set_max_body_size(evcon, HTTPC_MAX_BODY);
-    evhttp_connection_set_max_headers_size(evcon, HTTPC_MAX_HEADERS);
-    evhttp_connection_set_closecb(evcon, on_connection_close, slot);
-    struct timeval tv = { .tv_sec = slot->evcon_timeout_ms / 1000,
-                          .tv_usec = (slot->evcon_timeout_ms % 1000) * 1000 };
-    evhttp_connection_set_timeout_tv(evcon, &tv);
-    slot->evcon = evcon;
-    return true;
-}
-
-/* Drops the slot's connection with whatever request is on it, at once.
- * Never called from inside one of that connection's evhttp callbacks. */
-static void slot_kill(httpc_slot *slot)
-{
-    if (!slot->evcon)
-        return;
-    evhttp_connection_set_closecb(slot->evcon, NULL, NULL);
-    evhttp_connection_free(slot->evcon);
-    slot->evcon = NULL;
-}
-
-static void evcon_free_later_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    evhttp_connection_free(arg);
-}
-
-/* Drops an idle connection. We may be inside one of its evhttp callbacks
- * (a user callback sending again), so the free waits for the next turn;
- * having no request, it cannot call us back meanwhile. */
-static void slot_drop_idle(httpc_slot *slot)
-{
-    static const struct timeval now = { 0, 0 };
-    struct evhttp_connection *evcon = slot->evcon;
-    slot->evcon = NULL;
-    evhttp_connection_set_closecb(evcon, NULL, NULL);
-    if (event_base_once(slot->client->base, -1, EV_TIMEOUT, evcon_free_later_cb, evcon, &now) != 0)
-        evhttp_connection_free(evcon);   /* out of memory: take the small risk */
-}
-
-static int slot_fd(const httpc_slot *slot)
-{
-    if (!slot->evcon)
-        return -1;
-    return bufferevent_getfd(evhttp_connection_get_bufferevent(slot->evcon));
-}
-
-/* A request is written whole and then waits for its answer: Nagle would
- * hold its last segment until the server's delayed ACK (40 ms). Set once
- * the socket exists: at once for a numeric host, after the name lookup
- * otherwise (the connect check, or the next call on the connection). */
-static void slot_set_nodelay(const httpc_slot *slot)
-{
-    int fd = slot_fd(slot);
-    int nodelay = 1;
-    if (fd >= 0)
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
-}
-
-/* True when an idle connection still looks usable: no EOF, no stray bytes. */
-static bool idle_socket_alive(int fd)
-{
-    char byte;
-    ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-    return false;   /* 0: the server closed it; >0: bytes nobody asked for */
 }
 
 /* ---- attempts ---- */
@@ -749,14 +526,14 @@ static void attempt_done(httpc_call *hc, httpc_result result, int status,
 {
     http_client *c = hc->client;
     httpc_slot *slot = hc->slot;
-    unsigned long long now = now_ms();
+    unsigned long long now = httpc_now_ms();
     unsigned long long delay;
 
     evtimer_del(&hc->timer);
     hc->slot = NULL;
     slot->call = NULL;
     c->inflight--;
-    export_inflight(c);
+    httpc_export_inflight(c);
 
     breaker_record(&c->breaker, answer_is_success(c, result, status), now);
     if (result != HTTPC_OK)
@@ -850,7 +627,7 @@ static struct evhttp_request *attempt_build_request(httpc_call *hc, httpc_slot *
 static void attempt_start(httpc_call *hc, httpc_slot *slot)
 {
     http_client *c = hc->client;
-    unsigned long long now = now_ms();
+    unsigned long long now = httpc_now_ms();
 
     if (hc->attempts == 0)     /* the budget starts on the wire, not in our queue */
         hc->deadline_ms = now + (unsigned long long)hc->timeout_ms;
@@ -859,7 +636,7 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
     hc->error = -1;
     slot->call = hc;
     c->inflight++;
-    export_inflight(c);
+    httpc_export_inflight(c);
 
     /* evhttp's own timeout must never fire before ours */
     unsigned long long budget = hc->deadline_ms > now ? hc->deadline_ms - now : 0;
@@ -876,11 +653,11 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
 
     /* A call that cannot be retried always checks; others only when the
      * connection idled long enough for a server to have given up on it. */
-    int fd = slot_fd(slot);
+    int fd = httpc_slot_fd(slot);
     if (fd >= 0 && (!hc->idempotent || now - slot->idle_since_ms >= HTTPC_STALE_MS) &&
-        !idle_socket_alive(fd))
-        slot_drop_idle(slot);
-    if (!slot->evcon && !slot_connect(slot)) {
+        !httpc_idle_socket_alive(fd))
+        httpc_slot_drop_idle(slot);
+    if (!slot->evcon && !httpc_slot_connect(slot)) {
         hc->fresh = true;
         hc->outcome = HTTPC_BROKEN;
         hc->phase = CALL_DEFERRED;
@@ -888,7 +665,7 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
         timer_arm(hc, 0);
         return;
     }
-    hc->fresh = slot_fd(slot) < 0;
+    hc->fresh = httpc_slot_fd(slot) < 0;
     slot->reached = false;
 
     struct evhttp_request *req = attempt_build_request(hc, slot);
@@ -919,7 +696,7 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
      * syscall of 14 per proxied request. A connected socket gets the
      * request written at once (http_write_now). */
     if (hc->fresh)
-        slot_set_nodelay(slot);
+        httpc_slot_set_nodelay(slot);
     else
         http_write_now(evhttp_connection_get_bufferevent(slot->evcon));
     unsigned long long connect_deadline = now + (unsigned long long)c->opts.connect_timeout_ms;
@@ -934,7 +711,7 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
 /* A call admitted by the breaker takes a slot, or waits for one. */
 static void call_dispatch(httpc_call *hc)
 {
-    httpc_slot *slot = slot_acquire(hc->client);
+    httpc_slot *slot = httpc_slot_acquire(hc->client);
     if (slot)
         attempt_start(hc, slot);
     else
@@ -948,20 +725,13 @@ static void dispatch_when_durable(void *arg)
     call_dispatch(hc);
 }
 
-static bool socket_connected(int fd)
-{
-    struct sockaddr_storage peer;
-    socklen_t len = sizeof peer;
-    return fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &len) == 0;
-}
-
 static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     httpc_call *hc = arg;
     http_client *c = hc->client;
-    unsigned long long now = now_ms();
+    unsigned long long now = httpc_now_ms();
 
     switch (hc->phase) {
     case CALL_PENDING:
@@ -974,18 +744,18 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
         queued_call_expire(hc);
         break;
     case CALL_CONNECTING:
-        if (now < hc->deadline_ms && socket_connected(slot_fd(hc->slot))) {
-            slot_set_nodelay(hc->slot);     /* its socket came after a lookup */
+        if (now < hc->deadline_ms && httpc_socket_connected(httpc_slot_fd(hc->slot))) {
+            httpc_slot_set_nodelay(hc->slot);     /* its socket came after a lookup */
             hc->slot->reached = true;
             hc->phase = CALL_WIRE;
             timer_arm_until(hc, hc->deadline_ms);
             break;
         }
-        slot_kill(hc->slot);
+        httpc_slot_kill(hc->slot);
         attempt_done(hc, now < hc->deadline_ms ? HTTPC_CONNECT : HTTPC_TIMEOUT, 0, NULL);
         break;
     case CALL_WIRE:
-        slot_kill(hc->slot);
+        httpc_slot_kill(hc->slot);
         attempt_done(hc, HTTPC_TIMEOUT, 0, NULL);
         break;
     case CALL_BACKOFF:
@@ -1030,7 +800,7 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
     hc->cb = cb;
     hc->cb_arg = arg;
     hc->idempotent = call->idempotent;
-    hc->started_ms = now_ms();
+    hc->started_ms = httpc_now_ms();
     hc->timeout_ms = call->timeout_ms > 0 ? call->timeout_ms : c->opts.timeout_ms;
     if (hc->timeout_ms > 86400000)
         hc->timeout_ms = 86400000;
@@ -1086,141 +856,6 @@ int http_client_json(http_client *c, const char *method, const char *uri,
     return http_client_send(c, &call, cb, arg);
 }
 
-static void opts_resolve(http_client_opts *o, const http_client_opts *in)
-{
-    http_client_opts d = in ? *in : (http_client_opts){ 0 };
-    if (d.connect_timeout_ms <= 0) d.connect_timeout_ms = 1000;
-    if (d.timeout_ms <= 0) d.timeout_ms = 5000;
-    if (d.timeout_ms > 86400000) d.timeout_ms = 86400000;
-    if (d.pool_size <= 0) d.pool_size = 16;
-    if (d.max_inflight <= 0) d.max_inflight = d.pool_size;
-    if (d.max_queue == 0) d.max_queue = 4 * d.pool_size;
-    if (d.max_queue < 0) d.max_queue = 0;
-    if (d.retries == 0) d.retries = 2;
-    if (d.retries < 0) d.retries = 0;
-    if (d.backoff_ms <= 0) d.backoff_ms = 50;
-    if (d.max_queue_wait_ms <= 0) d.max_queue_wait_ms = d.timeout_ms;
-    if (d.max_queue_wait_ms > 86400000) d.max_queue_wait_ms = 86400000;
-    *o = d;
-}
-
-/* Splits http://host:port/prefix. Returns false, with a log line, if the
- * URL is not a plain http URL with a host. */
-static bool client_parse_url(http_client *c, const char *base_url)
-{
-    struct evhttp_uri *uri = base_url ? evhttp_uri_parse(base_url) : NULL;
-    const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
-    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
-    if (!uri || !scheme || strcasecmp(scheme, "http") != 0 || !host || !*host) {
-        log_error("upstream=%s url=%s msg=\"not a usable base URL: expected http://host:port\"",
-                  c->name, base_url ? base_url : "(null)");
-        if (uri)
-            evhttp_uri_free(uri);
-        return false;
-    }
-    c->port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : 80;
-
-    size_t hlen = strlen(host);
-    bool bracketed = host[0] == '[' && hlen > 2 && host[hlen - 1] == ']';
-    c->host = bracketed ? strndup(host + 1, hlen - 2) : strdup(host);
-
-    char header[300];
-    if (c->port == 80)
-        snprintf(header, sizeof header, "%s", host);
-    else
-        snprintf(header, sizeof header, "%s:%d", host, c->port);
-    c->host_header = strdup(header);
-
-    const char *path = evhttp_uri_get_path(uri);
-    size_t plen = path ? strlen(path) : 0;
-    while (plen > 0 && path[plen - 1] == '/')
-        plen--;
-    c->prefix = strndup(path ? path : "", plen);
-    c->prefix_len = plen;
-    evhttp_uri_free(uri);
-
-    /* "localhost" may resolve to ::1 first while our services listen on
-     * 127.0.0.1; evhttp tries only the first address. */
-    c->family = strcmp(c->host ? c->host : "", "localhost") == 0 ? AF_INET : AF_UNSPEC;
-    return c->host && c->host_header && c->prefix;
-}
-
-/* Without a DNS base, evhttp resolves a host name with the blocking
- * getaddrinfo(3), on the loop, at every new connection: with names such as
- * http://payment:8084 (Kubernetes) a slow or absent DNS server would stall
- * every request of the process. libevent's own resolver is asynchronous
- * (it reads /etc/resolv.conf and /etc/hosts once, here). An address needs
- * no resolver at all. */
-static void client_resolver(http_client *c)
-{
-    unsigned char addr[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, c->host, addr) == 1 || inet_pton(AF_INET6, c->host, addr) == 1)
-        return;
-    c->dns = evdns_base_new(c->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-    if (!c->dns)
-        log_warn("upstream=%s host=%s msg=\"no asynchronous resolver: names are resolved "
-                 "with getaddrinfo on the loop\"", c->name, c->host);
-}
-
-http_client *http_client_new(struct event_base *base, const char *name,
-                             const char *base_url, const http_client_opts *opts)
-{
-    http_client *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    c->base = base;
-    snprintf(c->name, sizeof c->name, "%s", name ? name : "upstream");
-    snprintf(c->labels, sizeof c->labels, "upstream=\"%s\"", c->name);
-    c->outcome_status = -1;
-    opts_resolve(&c->opts, opts);
-    if (!client_parse_url(c, base_url)) {
-        http_client_free(c);
-        return NULL;
-    }
-    client_resolver(c);
-    breaker_init(&c->breaker, c->name, &c->opts.breaker);
-    c->opts.breaker = c->breaker.cfg;
-
-    c->nslots = c->opts.max_inflight;
-    c->nkeep = c->opts.pool_size < c->nslots ? c->opts.pool_size : c->nslots;
-    c->slots = calloc((size_t)c->nslots, sizeof *c->slots);
-    c->idle_keep = calloc((size_t)c->nslots, sizeof *c->idle_keep);
-    c->idle_extra = calloc((size_t)c->nslots, sizeof *c->idle_extra);
-    if (!c->slots || !c->idle_keep || !c->idle_extra) {
-        http_client_free(c);
-        return NULL;
-    }
-    int idle_ms = c->opts.timeout_ms + 1000 > HTTPC_IDLE_MS ? c->opts.timeout_ms + 1000 : HTTPC_IDLE_MS;
-    /* pushed in reverse so that slot 0 is used first */
-    for (int i = c->nslots - 1; i >= 0; i--) {
-        httpc_slot *s = &c->slots[i];
-        s->client = c;
-        s->keep_alive = i < c->nkeep;
-        s->evcon_timeout_ms = idle_ms;
-        if (s->keep_alive)
-            c->idle_keep[c->n_idle_keep++] = i;
-        else
-            c->idle_extra[c->n_idle_extra++] = i;
-    }
-    c->rng = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)c;
-    if (!c->rng)
-        c->rng = 1;
-
-    /* A write to a connection the upstream has closed raises SIGPIPE, whose
-     * default action would kill the whole process; the error is handled as
-     * a broken connection instead. Leave any handler the program set. */
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
-        signal(SIGPIPE, SIG_IGN);
-
-    export_inflight(c);
-    log_info("upstream=%s url=%s pool=%d max_inflight=%d max_queue=%d timeout_ms=%d "
-             "connect_timeout_ms=%d retries=%d msg=\"http client ready\"",
-             c->name, base_url, c->nkeep, c->nslots, c->opts.max_queue, c->opts.timeout_ms,
-             c->opts.connect_timeout_ms, c->opts.retries);
-    return c;
-}
-
 void http_client_free(http_client *c)
 {
     if (!c)
@@ -1228,7 +863,7 @@ void http_client_free(http_client *c)
     c->closing = true;
     /* Connections first: their requests go without calling us back. */
     for (int i = 0; c->slots && i < c->nslots; i++)
-        slot_kill(&c->slots[i]);
+        httpc_slot_kill(&c->slots[i]);
     /* Then every call still outstanding ends, as promised, exactly once. */
     for (httpc_call *hc = c->all_calls; hc; hc = hc->all_next) {
         if (hc->phase == CALL_FREE)
@@ -1254,50 +889,5 @@ void http_client_free(http_client *c)
         free(hc);
         hc = next;
     }
-    /* No lookup is left: freeing a connection cancels its own. */
-    if (c->dns)
-        evdns_base_free(c->dns, 0);
-    free(c->slots);
-    free(c->idle_keep);
-    free(c->idle_extra);
-    free(c->host);
-    free(c->host_header);
-    free(c->prefix);
-    free(c);
-}
-
-void http_client_opts_from_env(http_client_opts *o, const char *prefix)
-{
-    char name[128];
-#define OPT_INT(suffix, field, min, max)                                        \
-    do {                                                                        \
-        snprintf(name, sizeof name, "%s_" suffix, prefix);                      \
-        o->field = (int)config_int(name, o->field, min, max);                   \
-    } while (0)
-
-    OPT_INT("CONNECT_TIMEOUT_MS", connect_timeout_ms, 0, 600000);
-    OPT_INT("TIMEOUT_MS", timeout_ms, 0, 3600000);
-    OPT_INT("POOL_SIZE", pool_size, 0, 4096);
-    OPT_INT("MAX_INFLIGHT", max_inflight, 0, 4096);
-    OPT_INT("BACKOFF_MS", backoff_ms, 0, 60000);
-    OPT_INT("MAX_QUEUE_WAIT_MS", max_queue_wait_ms, 0, 3600000);
-    OPT_INT("BREAKER_FAILURES", breaker.consecutive_failures, 0, 1000000);
-    OPT_INT("BREAKER_MIN_CALLS", breaker.min_calls, 0, 1000000);
-    OPT_INT("BREAKER_WINDOW_MS", breaker.window_ms, 0, 86400000);
-    OPT_INT("BREAKER_OPEN_MS", breaker.open_ms, 0, 86400000);
-
-    /* Here 0 means "none", not "default": these are set on purpose. */
-    snprintf(name, sizeof name, "%s_RETRIES", prefix);
-    long v = config_int(name, o->retries < 0 ? 0 : o->retries, 0, 100);
-    if (config_str(name, NULL))
-        o->retries = v == 0 ? -1 : (int)v;
-    snprintf(name, sizeof name, "%s_MAX_QUEUE", prefix);
-    v = config_int(name, o->max_queue < 0 ? 0 : o->max_queue, 0, 1000000);
-    if (config_str(name, NULL))
-        o->max_queue = v == 0 ? -1 : (int)v;
-
-    snprintf(name, sizeof name, "%s_BREAKER_RATIO_PCT", prefix);
-    long pct = config_int(name, (long)(o->breaker.failure_ratio * 100.0 + 0.5), 0, 100);
-    o->breaker.failure_ratio = (double)pct / 100.0;
-#undef OPT_INT
+    httpc_pool_free(c);
 }
