@@ -368,9 +368,9 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->retry_ms = config_int("BUS_RETRY_MS", 200, 1, MAX_RETRY_DELAY_MS);
     b->stream_replicas = config_int("BUS_STREAM_REPLICAS", 1, 1, 5);
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
-    b->inbox = event_new(base, -1, 0, bus_on_inbox, b);
+    b->inbox = event_new(base, -1, 0, consumer_on_inbox, b);
     b->trim = evtimer_new(base, bus_on_trim, b);
-    b->upkeep = evtimer_new(base, bus_on_upkeep, b);
+    b->upkeep = evtimer_new(base, consumer_on_upkeep, b);
     b->processed_keep_s = config_int("BUS_PROCESSED_KEEP_S", 7 * 24 * 3600, 1, 10L * 365 * 24 * 3600);
     b->dead_letters_max = config_int("BUS_DEAD_LETTERS_MAX", 10000, 1, 100000000);
     b->upkeep_ms = config_int("BUS_UPKEEP_MS", 60000, 10, 3600000);
@@ -418,13 +418,13 @@ int bus_start(bus *b)
     }
     b->relay_started = b->started = true;
     if (b->nhandlers) {
-        if (pthread_create(&b->fetch_thread, NULL, bus_fetch_main, b) != 0) {
+        if (pthread_create(&b->fetch_thread, NULL, consumer_fetch_main, b) != 0) {
             log_error("msg=\"cannot start the consumer thread\"");
             return -1;
         }
         b->fetch_started = true;
     }
-    bus_on_upkeep(-1, 0, b);    /* a first step now: a restart after a long stop catches up */
+    consumer_on_upkeep(-1, 0, b);    /* a first step now: a restart after a long stop catches up */
     log_info("msg=\"bus started\" url=%s consumer=%s handlers=%zu", b->url,
              b->nhandlers ? b->durable : "-", b->nhandlers);
     return 0;
@@ -459,11 +459,11 @@ void bus_stop(bus *b)
     pthread_mutex_lock(&b->mu);
     while (b->queue) {
         struct batch *batch = b->queue;
-        bus_unlink_batch(b, batch);
+        consumer_unlink_batch(b, batch);
         if (batch->kind == BATCH_REPLAY_DONE) free(batch);
     }
     pthread_mutex_unlock(&b->mu);
-    bus_finish_replay(b);
+    replay_finish(b);
 
     if (b->nc) {
         natsConnection_Close(b->nc);

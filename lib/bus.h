@@ -47,7 +47,6 @@
 
 struct event_base;
 typedef struct bus bus;
-typedef struct http_server http_server;
 
 /* Runs on the loop thread inside the bus's transaction on `st`. May read
  * and write st and call outbox_add. Returns 0 when applied, -1 to fail
@@ -74,8 +73,25 @@ void bus_free(bus *b);
 
 bool bus_connected(void *b);  /* a service_check */
 
-/* GET /admin/deadLetters on the service's own port: the dead-letter table. */
-void bus_register_routes(bus *b, http_server *s);
+/* The dead letters (loop thread): each(dl) for those in [offset,
+ * offset + limit), oldest first; a dead letter's strings are valid during
+ * the callback (request_id may be NULL). Returns how many there are in
+ * all, or -1 with err filled (a database error). The service layer serves
+ * them (GET /admin/deadLetters, service.c). */
+typedef struct bus_dead_letter {
+    long long id;
+    const char *event_id, *event_type, *subject;
+    const char *payload;        /* the event as received: JSON text, or not */
+    const char *request_id;
+    long long deliveries;
+    const char *error;
+    long long stream_seq;
+    const char *created_at;
+} bus_dead_letter;
+
+long long bus_dead_letters(bus *b, long offset, long limit,
+                           void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
+                           char *err, size_t errlen);
 
 /* Inside the caller's open transaction on st: adds the envelope to a copy
  * of payload (borrowed) and stores it in the outbox. request_id may be NULL.

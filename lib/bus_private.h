@@ -152,11 +152,20 @@ const char *bus_filter_subject(const bus *b, char *buf, size_t len);
 /* outbox.c: the relay thread. */
 void *bus_relay_main(void *arg);
 
-/* consumer.c: the fetch thread, the loop side of the hand-off, replay. */
-void *bus_fetch_main(void *arg);
-void bus_on_inbox(evutil_socket_t fd, short what, void *arg);
-void bus_unlink_batch(bus *b, struct batch *batch);
-void bus_finish_replay(bus *b);
-void bus_on_upkeep(evutil_socket_t fd, short what, void *arg);
+/* consumer.c: the fetch thread, the loop side of the hand-off. */
+void *consumer_fetch_main(void *arg);
+void consumer_on_inbox(evutil_socket_t fd, short what, void *arg);
+void consumer_unlink_batch(bus *b, struct batch *batch);
+/* The upkeep timer: processed_events generations, the dead-letter bound. */
+void consumer_on_upkeep(evutil_socket_t fd, short what, void *arg);
+/* Hands a batch to the loop and waits until it is applied; false when
+ * stopping. */
+bool consumer_run_on_loop(bus *b, struct batch *batch);
+void consumer_enqueue_locked(bus *b, struct batch *batch);
+/* Waits for the connection and its setup; NULL when stopping. */
+natsConnection *consumer_wait_until_set_up(bus *b);
+
+/* replay.c: reports the end of a replay (loop thread). */
+void replay_finish(bus *b);
 
 #endif

@@ -1,7 +1,7 @@
 /* consumer.c: the idempotent consumer (fetch thread, hand-off to the loop,
- * applying with processed_events), dead letters with their
- * GET /admin/deadLetters route, and replay (see bus.h for the contract and
- * bus.c for the threads and the connection).
+ * applying with processed_events) and dead letters, with the query the
+ * service layer lists them through (see bus.h for the contract, bus.c for
+ * the threads and the connection, replay.c for replaying the stream).
  *
  * Hand-off. Workers append a batch to a queue guarded by `mu` and activate
  * a pre-created event (`inbox`, safe from any thread because service_new
@@ -39,15 +39,12 @@
 #include <nats/nats.h>
 
 #include "durable.h"
-#include "http.h"
 #include "jtext.h"
 #include "log.h"
 #include "metrics.h"
-#include "rep.h"
 
 #define FETCH_BATCH       64        /* messages per pull */
 #define FETCH_WAIT_MS     500       /* also bounds how long bus_stop waits */
-#define REPLAY_BATCH      256
 #define APPLY_PER_TURN    64        /* messages applied per loop callback */
 
 /* ---- small helpers ---- */
@@ -86,7 +83,7 @@ static bool plain_id(const char *s)
 
 /* ---- the hand-off to the loop ---- */
 
-void bus_unlink_batch(bus *b, struct batch *batch)
+void consumer_unlink_batch(bus *b, struct batch *batch)
 {
     struct batch **p = &b->queue, *prev = NULL;
     while (*p && *p != batch) {
@@ -99,7 +96,7 @@ void bus_unlink_batch(bus *b, struct batch *batch)
     batch->link = NULL;
 }
 
-static void enqueue_locked(bus *b, struct batch *batch)
+void consumer_enqueue_locked(bus *b, struct batch *batch)
 {
     batch->link = NULL;
     if (b->queue_tail) b->queue_tail->link = batch;
@@ -110,21 +107,21 @@ static void enqueue_locked(bus *b, struct batch *batch)
 /* Worker side: hands batch to the loop and waits until it is applied, or
  * until stop, in which case the batch is taken back (batch->next tells how
  * far the loop got). Returns true when complete. */
-static bool run_on_loop(bus *b, struct batch *batch)
+bool consumer_run_on_loop(bus *b, struct batch *batch)
 {
     pthread_mutex_lock(&b->mu);
     if (b->stopping) {
         pthread_mutex_unlock(&b->mu);
         return false;
     }
-    enqueue_locked(b, batch);
+    consumer_enqueue_locked(b, batch);
     pthread_mutex_unlock(&b->mu);
     event_active(b->inbox, EV_READ, 0);
 
     pthread_mutex_lock(&b->mu);
     while (!batch->complete && !b->stopping) pthread_cond_wait(&b->cond, &b->mu);
     while (batch->busy) pthread_cond_wait(&b->cond, &b->mu);
-    if (!batch->complete) bus_unlink_batch(b, batch);
+    if (!batch->complete) consumer_unlink_batch(b, batch);
     bool complete = batch->complete;
     pthread_mutex_unlock(&b->mu);
     return complete;
@@ -148,7 +145,7 @@ static void complete_when_durable(void *arg)
 /* Loop side: applies a slice of up to APPLY_PER_TURN messages of the first
  * batch, in one transaction, then yields to the other events of the loop
  * and comes back for the rest. */
-void bus_on_inbox(evutil_socket_t fd, short what, void *arg)
+void consumer_on_inbox(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -156,10 +153,10 @@ void bus_on_inbox(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_lock(&b->mu);
     struct batch *batch = b->stopping ? NULL : b->queue;
     if (batch && batch->kind == BATCH_REPLAY_DONE) {
-        bus_unlink_batch(b, batch);
+        consumer_unlink_batch(b, batch);
         pthread_mutex_unlock(&b->mu);
         free(batch);
-        bus_finish_replay(b);
+        replay_finish(b);
         pthread_mutex_lock(&b->mu);
     } else if (batch) {
         int k = batch->n - batch->next;
@@ -173,7 +170,7 @@ void bus_on_inbox(evutil_socket_t fd, short what, void *arg)
         batch->next += k;
         if (batch->next == batch->n) {
             /* Off the queue now; complete (and so acked) once on disk. */
-            bus_unlink_batch(b, batch);
+            consumer_unlink_batch(b, batch);
             batch->owner = b;
             pthread_mutex_unlock(&b->mu);
             bool deferred = durable_defer(complete_when_durable, batch);
@@ -575,7 +572,7 @@ static void send_acks(struct delivery *items, int n)
 }
 
 /* Blocks until the relay has set the stream up once; false when stopping. */
-static natsConnection *wait_until_set_up(bus *b)
+natsConnection *consumer_wait_until_set_up(bus *b)
 {
     pthread_mutex_lock(&b->mu);
     while (!b->stopping && b->setup_gen == 0) pthread_cond_wait(&b->cond, &b->mu);
@@ -584,10 +581,10 @@ static natsConnection *wait_until_set_up(bus *b)
     return nc;
 }
 
-void *bus_fetch_main(void *arg)
+void *consumer_fetch_main(void *arg)
 {
     bus *b = arg;
-    natsConnection *nc = wait_until_set_up(b);
+    natsConnection *nc = consumer_wait_until_set_up(b);
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;
     int errors = 0;
@@ -651,7 +648,7 @@ void *bus_fetch_main(void *arg)
             jsMsgMetaData_Destroy(meta);
         }
         struct batch batch = {.kind = BATCH_CONSUME, .items = p.items, .n = p.n};
-        run_on_loop(b, &batch);
+        consumer_run_on_loop(b, &batch);
         send_acks(p.items, p.n);        /* each message acked or nak'ed once */
         for (int i = 0; i < p.n; i++) natsMsg_Destroy(p.items[i].msg);
         free(p.items);
@@ -661,177 +658,12 @@ void *bus_fetch_main(void *arg)
     return NULL;
 }
 
-/* ---- replay (replay thread) ---- */
+/* ---- the dead-letter query ---- */
 
-void bus_finish_replay(bus *b)
+long long bus_dead_letters(bus *b, long offset, long limit,
+                           void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
+                           char *err, size_t errlen)
 {
-    struct replay *r = &b->replay;
-    if (!r->active) return;
-    r->active = false;
-    bool ok = r->reached_end && r->failures == 0;
-    log_info("msg=\"replay finished\" ok=%d events=%ld failures=%ld", ok, r->count, r->failures);
-    if (r->done) r->done(r->arg, ok, r->count);
-}
-
-/* Reads the stream up to its last sequence at start; sets reached_end. */
-static void replay_stream(bus *b, natsConnection *nc)
-{
-    char e[256];
-    jsCtx *js = NULL;
-    jsStreamInfo *si = NULL;
-    natsSubscription *sub = NULL;
-    jsErrCode jerr = 0;
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK) return;
-
-    natsStatus s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
-    if (s != NATS_OK) {
-        log_error("msg=\"replay: cannot read the stream\" error=%s", bus_nats_error_text(s, jerr, e, sizeof e));
-        jsCtx_Destroy(js);
-        return;
-    }
-    uint64_t last = si->State.LastSeq, msgs = si->State.Msgs;
-    jsStreamInfo_Destroy(si);
-    if (msgs == 0) {
-        b->replay.reached_end = true;
-        jsCtx_Destroy(js);
-        return;
-    }
-
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = STREAM_NAME;
-    so.Config.DeliverPolicy = js_DeliverAll;
-    so.Config.AckPolicy = js_AckAll;
-    so.Config.InactiveThreshold = 60 * NS_PER_S;   /* cleaned up if we die */
-    s = js_PullSubscribe(&sub, js, STREAM_SUBJECTS, NULL, NULL, &so, &jerr);
-    if (s != NATS_OK) {
-        log_error("msg=\"replay: cannot create a consumer\" error=%s", bus_nats_error_text(s, jerr, e, sizeof e));
-        jsCtx_Destroy(js);
-        return;
-    }
-
-    int cap = REPLAY_BATCH;
-    struct delivery *items = calloc((size_t)cap, sizeof *items);
-    int timeouts = 0;
-    while (items && !bus_is_stopping(b) && !b->replay.reached_end) {
-        natsMsgList list = {0};
-        s = natsSubscription_Fetch(&list, sub, REPLAY_BATCH, 1000, &jerr);
-        if (list.Count == 0) {
-            natsMsgList_Destroy(&list);
-            /* Messages up to `last` were deleted meanwhile (limits), or
-             * the server is gone: give up after a while. */
-            if (++timeouts >= 10) {
-                log_error("msg=\"replay: the stream stopped answering\" error=%s",
-                          bus_nats_error_text(s, jerr, e, sizeof e));
-                break;
-            }
-            continue;
-        }
-        timeouts = 0;
-        if (list.Count > cap) {     /* Fetch may return more than asked (see the consumer) */
-            struct delivery *more = realloc(items, (size_t)list.Count * sizeof *items);
-            if (!more) {
-                natsMsgList_Destroy(&list);
-                break;
-            }
-            items = more;
-            cap = list.Count;
-        }
-        int n = 0;
-        for (int i = 0; i < list.Count && !b->replay.reached_end; i++) {
-            jsMsgMetaData *meta = NULL;
-            uint64_t seq = 0, pending = 1;
-            if (natsMsg_GetMetaData(&meta, list.Msgs[i]) == NATS_OK) {
-                seq = meta->Sequence.Stream;
-                pending = meta->NumPending;
-                jsMsgMetaData_Destroy(meta);
-            }
-            if (seq > last) {
-                b->replay.reached_end = true;
-                break;
-            }
-            items[n++] = (struct delivery){.msg = list.Msgs[i]};
-            if (seq >= last || pending == 0) b->replay.reached_end = true;
-        }
-        struct batch batch = {.kind = BATCH_REPLAY, .items = items, .n = n};
-        bool complete = n == 0 || run_on_loop(b, &batch);
-        if (n > 0) natsMsg_Ack(items[n - 1].msg, NULL);
-        natsMsgList_Destroy(&list);
-        if (!complete) {
-            b->replay.reached_end = false;
-            break;
-        }
-    }
-    free(items);
-    natsSubscription_Unsubscribe(sub);   /* deletes the ephemeral consumer */
-    natsSubscription_Destroy(sub);
-    jsCtx_Destroy(js);
-}
-
-static void *replay_main(void *arg)
-{
-    bus *b = arg;
-    natsConnection *nc = wait_until_set_up(b);
-    if (nc) replay_stream(b, nc);
-
-    struct batch *done = calloc(1, sizeof *done);
-    pthread_mutex_lock(&b->mu);
-    if (done && !b->stopping) {
-        done->kind = BATCH_REPLAY_DONE;
-        enqueue_locked(b, done);
-        done = NULL;
-    }
-    pthread_mutex_unlock(&b->mu);
-    free(done);     /* stopping: bus_stop reports the result */
-    event_active(b->inbox, EV_READ, 0);
-    return NULL;
-}
-
-int bus_replay(bus *b, bus_handler h, void *arg, void (*done)(void *arg, bool ok, long count))
-{
-    if (!b->started || b->stopped || b->replay.active) return -1;
-    if (b->replay.joinable) {   /* the previous replay's thread has finished */
-        pthread_join(b->replay.thread, NULL);
-        b->replay.joinable = false;
-    }
-    b->replay = (struct replay){.fn = h, .arg = arg, .done = done, .active = true};
-    if (pthread_create(&b->replay.thread, NULL, replay_main, b) != 0) {
-        b->replay.active = false;
-        log_error("msg=\"cannot start the replay thread\"");
-        return -1;
-    }
-    b->replay.joinable = true;
-    log_info("msg=\"replay started\"");
-    return 0;
-}
-
-/* ---- GET /admin/deadLetters ---- */
-
-static json_t *dead_letter_item(sqlite3_stmt *s)
-{
-    const char *payload = (const char *)sqlite3_column_text(s, 4);
-    json_t *event = payload ? json_loads(payload, 0, NULL) : NULL;
-    if (!event) event = json_string(payload ? payload : "");
-    json_t *item = json_pack("{s:I, s:s, s:s, s:s, s:o, s:s?, s:I, s:s, s:I, s:s}",
-                             "id", (json_int_t)sqlite3_column_int64(s, 0),
-                             "eventId", (const char *)sqlite3_column_text(s, 1),
-                             "eventType", (const char *)sqlite3_column_text(s, 2),
-                             "subject", (const char *)sqlite3_column_text(s, 3),
-                             "event", event,
-                             "requestId", (const char *)sqlite3_column_text(s, 5),
-                             "deliveries", (json_int_t)sqlite3_column_int64(s, 6),
-                             "error", (const char *)sqlite3_column_text(s, 7),
-                             "streamSequence", (json_int_t)sqlite3_column_int64(s, 8),
-                             "createdAt", (const char *)sqlite3_column_text(s, 9));
-    return item;
-}
-
-static void dead_letters_route(http_req *req, void *arg)
-{
-    bus *b = arg;
-    long page, size;
-    if (!rep_page_query(req, &page, &size))
-        return;
     long long total = -1;
     sqlite3_stmt *s = store_prepare(b->st, "SELECT count(*) FROM dead_letters");
     if (s && sqlite3_step(s) == SQLITE_ROW) total = sqlite3_column_int64(s, 0);
@@ -840,31 +672,38 @@ static void dead_letters_route(http_req *req, void *arg)
         "SELECT id, event_id, event_type, subject, payload, request_id, deliveries, error,"
         " stream_seq, created_at FROM dead_letters ORDER BY id LIMIT ? OFFSET ?");
     if (total < 0 || !s) {
-        http_reply_error(req, 500, "cannot read the dead letters: %s", store_error(b->st));
-        return;
+        snprintf(err, errlen, "%s", store_error(b->st));
+        return -1;
     }
-    sqlite3_bind_int64(s, 1, size);
-    sqlite3_bind_int64(s, 2, (sqlite3_int64)page * size);
-    json_t *items = json_array();
+    sqlite3_bind_int64(s, 1, limit);
+    sqlite3_bind_int64(s, 2, offset);
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) json_array_append_new(items, dead_letter_item(s));
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        bus_dead_letter dl = {
+            .id = sqlite3_column_int64(s, 0),
+            .event_id = (const char *)sqlite3_column_text(s, 1),
+            .event_type = (const char *)sqlite3_column_text(s, 2),
+            .subject = (const char *)sqlite3_column_text(s, 3),
+            .payload = (const char *)sqlite3_column_text(s, 4),
+            .request_id = (const char *)sqlite3_column_text(s, 5),
+            .deliveries = sqlite3_column_int64(s, 6),
+            .error = (const char *)sqlite3_column_text(s, 7),
+            .stream_seq = sqlite3_column_int64(s, 8),
+            .created_at = (const char *)sqlite3_column_text(s, 9),
+        };
+        each(&dl, arg);
+    }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
-        json_decref(items);
-        http_reply_error(req, 500, "cannot read the dead letters: %s", store_error(b->st));
-        return;
+        snprintf(err, errlen, "%s", store_error(b->st));
+        return -1;
     }
-    rep_reply_collection(req, "deadLetters", items, page, size, total);
-}
-
-void bus_register_routes(bus *b, http_server *s)
-{
-    http_server_route(s, "GET", "/admin/deadLetters", dead_letters_route, b);
+    return total;
 }
 
 /* ---- upkeep: processed_events generations and the dead-letter bound ---- */
 
-void bus_on_upkeep(evutil_socket_t fd, short what, void *arg)
+void consumer_on_upkeep(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;

@@ -25,6 +25,7 @@
 #include "config.h"
 #include "log.h"
 #include "mem.h"
+#include "rep.h"
 #include "metrics.h"
 
 #include <event2/buffer.h>
@@ -283,6 +284,45 @@ static void close_store(void *st)
     store_close(st);
 }
 
+/* ---- GET /admin/deadLetters ---- */
+
+static void add_dead_letter(const bus_dead_letter *dl, void *arg)
+{
+    const char *payload = dl->payload;
+    json_t *event = payload ? json_loads(payload, 0, NULL) : NULL;
+    if (!event) event = json_string(payload ? payload : "");
+    json_t *item = json_pack("{s:I, s:s, s:s, s:s, s:o, s:s?, s:I, s:s, s:I, s:s}",
+                             "id", (json_int_t)dl->id, "eventId", dl->event_id,
+                             "eventType", dl->event_type, "subject", dl->subject,
+                             "event", event, "requestId", dl->request_id,
+                             "deliveries", (json_int_t)dl->deliveries, "error", dl->error,
+                             "streamSequence", (json_int_t)dl->stream_seq,
+                             "createdAt", dl->created_at);
+    json_array_append_new(arg, item);
+}
+
+static void dead_letters(http_req *req, void *arg)
+{
+    long page, size;
+    if (!rep_page_query(req, &page, &size))
+        return;
+    char err[256];
+    json_t *items = json_array();
+    long long total = bus_dead_letters(arg, page * size, size, add_dead_letter, items, err,
+                                       sizeof err);
+    if (total < 0) {
+        json_decref(items);
+        http_reply_error(req, 500, "cannot read the dead letters: %s", err);
+        return;
+    }
+    rep_reply_collection(req, "deadLetters", items, page, size, total);
+}
+
+void service_dead_letters_route(http_server *s, bus *b)
+{
+    http_server_route(s, "GET", "/admin/deadLetters", dead_letters, b);
+}
+
 int service_start_bus(service *svc, store *st, bus *b)
 {
     /* STORE_GROUP_COMMIT=0 (for measurements) syncs at every commit. */
@@ -295,7 +335,7 @@ int service_start_bus(service *svc, store *st, bus *b)
         store_close(st);
         return -1;
     }
-    bus_register_routes(b, svc->http);
+    service_dead_letters_route(svc->http, b);
     service_ready_check(svc, "store_ready", store_ready, st);
     service_ready_check(svc, "bus_connected", bus_connected, b);
     service_on_stop(svc, stop_bus, b);

@@ -52,6 +52,10 @@ void service_on_stop(service *svc, void (*fn)(void *arg), void *arg);
  * logged) they are freed and -1 is returned, else 0. */
 int service_start_bus(service *svc, store *st, bus *b);
 
+/* GET /admin/deadLetters on s: the bus's dead letters (bus_dead_letters)
+ * as a collection. service_start_bus registers it. */
+void service_dead_letters_route(http_server *s, bus *b);
+
 /* Listens and runs the loop until shutdown. Returns the exit code. */
 int service_run(service *svc);
 

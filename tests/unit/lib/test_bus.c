@@ -45,6 +45,7 @@
 #include <nats/nats.h>
 
 #include "bus.h"
+#include "service.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -413,7 +414,7 @@ static double metric_value(const char *name)
 static void check_dead_letter_route(bus *b, const char *poison_id)
 {
     http_server *srv = http_server_new(base, "test_bus");
-    bus_register_routes(b, srv);
+    service_dead_letters_route(srv, b);
     int port = http_server_listen(srv, "127.0.0.1", 0);
     CHECK(port > 0);
 
