@@ -45,6 +45,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
+#include <strings.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 
@@ -119,6 +121,28 @@ static void deliver(http_server *s, http_req *r, const destination *d)
 }
 
 /* evhttp's generic callback: every request that parsed comes here. */
+/* A body sent with POST, PUT, PATCH or DELETE must say it is JSON
+ * (parameters such as "; charset=utf-8" allowed). A browser sends a
+ * cross-site form (text/plain, form-urlencoded) without asking first; this
+ * refuses it before any handler sees it. */
+static bool body_type_acceptable(struct evhttp_request *ev)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(ev);
+    if (cmd != EVHTTP_REQ_POST && cmd != EVHTTP_REQ_PUT && cmd != EVHTTP_REQ_PATCH &&
+        cmd != EVHTTP_REQ_DELETE)
+        return true;
+    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(ev), "Content-Type");
+    static const char json[] = "application/json";
+    if (!ct)
+        return false;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    if (strncasecmp(ct, json, sizeof json - 1) != 0)
+        return false;
+    ct += sizeof json - 1;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    return *ct == '\0' || *ct == ';';
+}
+
 static void on_request(struct evhttp_request *ev, void *arg)
 {
     http_server *s = arg;
@@ -146,6 +170,10 @@ static void on_request(struct evhttp_request *ev, void *arg)
     if (body_len > s->max_body) {
         http_refuse(r, 413, "the request body has %zu bytes; the limit is %zu bytes", body_len,
                s->max_body);
+        return;
+    }
+    if (body_len > 0 && !body_type_acceptable(ev)) {
+        http_refuse(r, 415, "the request body must be JSON, sent with Content-Type: application/json");
         return;
     }
     if (body_len > 0) {
@@ -192,6 +220,7 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
         s->read_deadline_tv = &s->read_deadline;
     s->drain_event = mem_must(event_new(base, -1, 0, on_drained, s));
     s->adopt_event = mem_must(event_new(base, -1, 0, http_conn_adopt, s));
+    TAILQ_INIT(&s->answer_headers);
 
     s->evhttp = evhttp_new(base);
     if (!s->evhttp) {
@@ -330,5 +359,39 @@ void http_server_free(http_server *s)
     http_route_free(s->root);
     free(s->fallback_label);
     free(s->fallback_metric_label);
+    free(s->public_base_url);
+    evhttp_clear_headers(&s->answer_headers);
     free(s);
+}
+
+int http_server_set_public_base_url(http_server *s, const char *url)
+{
+    size_t len = strlen(url);
+    while (len > 0 && url[len - 1] == '/')
+        len--;
+    size_t scheme = strncmp(url, "https://", 8) == 0 ? 8 : strncmp(url, "http://", 7) == 0 ? 7 : 0;
+    if (scheme == 0 || len <= scheme || len > 255)
+        return -1;
+    for (size_t i = scheme; i < len; i++) {
+        unsigned char c = (unsigned char)url[i];
+        /* It is written into JSON and headers as it is: no quotes, no
+         * spaces, nothing a client could mistake for the end of a value. */
+        if (c <= ' ' || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '?' ||
+            c == '#')
+            return -1;
+    }
+    free(s->public_base_url);
+    s->public_base_url = mem_must(strndup(url, len));
+    return 0;
+}
+
+void http_server_add_answer_header(http_server *s, const char *name, const char *value)
+{
+    evhttp_add_header(&s->answer_headers, name, value);
+}
+
+void http_server_set_connection_factory(http_server *s, http_connection_factory fn, void *arg)
+{
+    s->make_bev = fn;
+    s->make_bev_arg = arg;
 }

@@ -62,6 +62,21 @@ int http_server_listen(http_server *s, const char *host, int port);
 void http_server_drain(http_server *s, void (*done)(void *arg), void *arg);
 int http_server_inflight(const http_server *s);
 
+/* Links' base (see http_req_base_url): http:// or https://, a host, an
+ * optional port and path; trailing slashes dropped. -1 if malformed. */
+int http_server_set_public_base_url(http_server *s, const char *url);
+
+/* A header every answer of this server carries (replacing one of the same
+ * name that a handler or a proxied upstream set): the gateway's security
+ * headers. */
+void http_server_add_answer_header(http_server *s, const char *name, const char *value);
+
+/* Makes the bufferevent of each accepted connection (fd -1, set by evhttp),
+ * instead of a plain socket one: the gateway's TLS. Answers then leave
+ * through the bufferevent only (no http_write_now). Before listening. */
+typedef struct bufferevent *(*http_connection_factory)(struct event_base *base, void *arg);
+void http_server_set_connection_factory(http_server *s, http_connection_factory fn, void *arg);
+
 /* ---- the request ---- */
 const char *http_req_method(const http_req *r);
 const char *http_req_path(const http_req *r);       /* decoded path, no query */
@@ -72,8 +87,9 @@ const char *http_req_query(const http_req *r, const char *name);  /* decoded, or
 const char *http_req_header(const http_req *r, const char *name); /* or NULL */
 const char *http_req_id(const http_req *r);         /* X-Request-Id */
 const char *http_req_peer(const http_req *r);       /* client address */
-/* "http://host:port" as the client addressed us (X-Forwarded-Host/Proto
- * first, then Host), for HAL links. */
+/* The public base URL for HAL links and Location ("http://host:port", no
+ * trailing slash): the server's configured one (service.c sets it from
+ * PUBLIC_BASE_URL), else the listening address. Never the client's Host. */
 const char *http_req_base_url(const http_req *r);
 const char *http_req_body(const http_req *r, size_t *len);  /* NUL-terminated copy */
 bool http_req_alive(const http_req *r);             /* client still connected */

@@ -28,6 +28,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
 
 #include "durable.h"
 #include "jtext.h"
@@ -288,7 +289,8 @@ void http_send_held_answer(void *arg)
     struct evhttp_request *ev = c->held;
     c->held = NULL;
     evhttp_send_reply(ev, c->held_status, http_reason(c->held_status), NULL);
-    http_write_now(c->bev);     /* may free c (Connection: close) */
+    if (!c->server->make_bev)   /* TLS: only the bufferevent may write its socket */
+        http_write_now(c->bev);     /* may free c (Connection: close) */
 }
 
 /* True when the answer is held; false: send it now. */
@@ -299,6 +301,17 @@ static bool hold_answer(http_conn *c, struct evhttp_request *ev, int status)
     c->held = ev;
     c->held_status = status;
     return true;
+}
+
+/* The server's own headers (the gateway's security headers), replacing any
+ * of the same name the handler or an upstream set. */
+static void add_answer_headers(http_server *s, struct evkeyvalq *h)
+{
+    const struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &s->answer_headers, next) {
+        evhttp_remove_header(h, kv->key);
+        evhttp_add_header(h, kv->key, kv->value);
+    }
 }
 
 /* Sends the answer whose body (body_len bytes) is already in ev's output
@@ -314,6 +327,8 @@ void http_send_answer(http_req *r, struct evhttp_request *ev, int status,
             evhttp_add_header(h, "Content-Type", content_type);
         }
         evhttp_add_header(h, "X-Request-Id", r->id);
+        if (r->server)
+            add_answer_headers(r->server, h);
         if (r->head) {
             /* The body was measured and dropped: say how long it is, as the
              * GET would, since evhttp adds no Content-Length to HEAD. A
@@ -338,7 +353,7 @@ void http_send_answer(http_req *r, struct evhttp_request *ev, int status,
         r->conn = NULL;   /* the connection is done with this request */
         if (!hold_answer(r->server ? c : NULL, ev, status)) {
             evhttp_send_reply(ev, status, http_reason(status), NULL);
-            bev = c && c->evcon ? c->bev : NULL;
+            bev = c && c->evcon && !r->server->make_bev ? c->bev : NULL;
         }
         r->ev = NULL;
     }

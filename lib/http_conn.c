@@ -43,7 +43,8 @@
 struct bufferevent *http_conn_new_bev(struct event_base *base, void *arg)
 {
     http_server *s = arg;
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    struct bufferevent *bev = s->make_bev ? s->make_bev(base, s->make_bev_arg)
+                                          : bufferevent_socket_new(base, -1, 0);
     if (!bev)
         return NULL;   /* evhttp tries to make one, and drops the connection if it cannot */
     http_conn *c = mem_must(calloc(1, sizeof *c));

@@ -26,6 +26,7 @@
 
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #define REQ_ARENA_SIZE 4096    /* per-request scratch: fits typical requests */
 #define REQ_POOL_MAX 1024      /* idle http_req kept for reuse */
@@ -152,6 +153,11 @@ struct http_server {
     http_req *live;                /* every request not released yet */
     http_req *pool;
     size_t pool_count;
+
+    char *public_base_url;         /* links' base: http_server_set_public_base_url */
+    struct evkeyvalq answer_headers;   /* added to every answer: http_server_add_answer_header */
+    http_connection_factory make_bev;  /* NULL: plain sockets; else e.g. TLS (the gateway's) */
+    void *make_bev_arg;
 };
 
 typedef struct segments {

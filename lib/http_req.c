@@ -317,63 +317,21 @@ bool http_req_alive(const http_req *r)
     return true;
 }
 
-/* The first comma-separated element of a header value, trimmed. */
-static const char *first_element(const char *value, size_t *len)
-{
-    while (*value == ' ' || *value == '\t') value++;
-    size_t n = strcspn(value, ",");
-    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t')) n--;
-    *len = n;
-    return value;
-}
-
-static bool host_acceptable(const char *host, size_t len)
-{
-    if (len == 0 || len > 255)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = host[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '-' || c == ':' || c == '[' || c == ']' || c == '_';
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
+/* Links never come from the request: a client-chosen Host or
+ * X-Forwarded-Host would put its own address into answers that caches,
+ * logs and other customers' pages may keep. */
 const char *http_req_base_url(const http_req *cr)
 {
     http_req *r = (http_req *)cr;   /* computed lazily: the cache is ours */
     if (r->base_url)
         return r->base_url;
-    const char *proto = "http";
-    const char *host = NULL;
-    size_t host_len = 0;
-    const char *fwd_proto = http_req_header(r, "X-Forwarded-Proto");
-    if (fwd_proto) {
-        size_t n;
-        const char *p = first_element(fwd_proto, &n);
-        if (n == 5 && !strncasecmp(p, "https", 5)) proto = "https";
-    }
-    const char *candidates[] = {http_req_header(r, "X-Forwarded-Host"), http_req_header(r, "Host")};
-    for (size_t i = 0; i < 2 && !host; i++) {
-        if (!candidates[i]) continue;
-        size_t n;
-        const char *h = first_element(candidates[i], &n);
-        if (host_acceptable(h, n)) {
-            host = h;
-            host_len = n;
-        }
-    }
+    if (r->server && r->server->public_base_url)   /* copied: a request may outlive its server */
+        return r->base_url = http_req_strdup(r, r->server->public_base_url);
     char buf[300];
-    if (host) {
-        snprintf(buf, sizeof buf, "%s://%.*s", proto, (int)host_len, host);
-    } else {
-        const char *listen = r->server ? r->server->listen_host : "";
-        if (!*listen || !strcmp(listen, "0.0.0.0") || !strcmp(listen, "::"))
-            listen = "localhost";
-        snprintf(buf, sizeof buf, "%s://%s:%d", proto, listen, r->server ? r->server->listen_port : 0);
-    }
+    const char *listen = r->server ? r->server->listen_host : "";
+    if (!*listen || !strcmp(listen, "0.0.0.0") || !strcmp(listen, "::"))
+        listen = "localhost";
+    snprintf(buf, sizeof buf, "http://%s:%d", listen, r->server ? r->server->listen_port : 0);
     r->base_url = http_req_strdup(r, buf);
     return r->base_url;
 }

@@ -61,6 +61,7 @@ typedef struct {
     size_t nhooks;
     bool hooks_ran;
     bool stopping;
+    char *public_base_url;
     struct event *sigterm_event, *sigint_event;
     unsigned long long started_ms;
 } service_impl;
@@ -248,12 +249,39 @@ service *service_new(const char *name, int default_port)
     svc->pub.http = http_server_new(svc->pub.base, name);
     if (!svc->pub.http)
         exit(1);
+    service_set_public_base_url(&svc->pub, "http");
     http_server_route(svc->pub.http, "GET", "/health/live", health_live, svc);
     http_server_route(svc->pub.http, "GET", "/health/ready", health_ready, svc);
     http_server_route(svc->pub.http, "GET", "/metrics", metrics_page, svc);
     metrics_add_collector(collect_process, NULL);
     the_service = svc;
     return &svc->pub;
+}
+
+const char *service_set_public_base_url(service *pub, const char *scheme)
+{
+    service_impl *svc = (service_impl *)pub;
+    const char *configured = config_str("PUBLIC_BASE_URL", NULL);
+    char url[300];
+    if (configured) {
+        snprintf(url, sizeof url, "%s", configured);
+    } else {
+        const char *host = pub->host;
+        if (!strcmp(host, "0.0.0.0") || !strcmp(host, "::") || !*host)
+            host = "localhost";
+        bool v6 = strchr(host, ':') != NULL;
+        int port = !strcmp(pub->name, "gateway") ? pub->port : 8088;
+        snprintf(url, sizeof url, "%s://%s%s%s:%d", scheme, v6 ? "[" : "", host, v6 ? "]" : "",
+                 port);
+    }
+    if (http_server_set_public_base_url(pub->http, url) != 0) {
+        fprintf(stderr, "configuration error: PUBLIC_BASE_URL=%s is not an http:// or https:// "
+                        "URL without query or fragment\n", url);
+        exit(2);
+    }
+    free(svc->public_base_url);
+    svc->public_base_url = mem_must(strdup(url));
+    return svc->public_base_url;
 }
 
 void service_ready_check(service *pub, const char *what, service_check fn, void *arg)

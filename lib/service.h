@@ -35,6 +35,14 @@ typedef struct service {
 
 service *service_new(const char *name, int default_port);
 
+/* Links and Location use the public base URL, never the client's Host:
+ * PUBLIC_BASE_URL (exit 2 if malformed), else the gateway's address, the
+ * one public entry: "<scheme>://HOST:<gateway port>", the gateway's own
+ * PORT in the gateway, the contract's 8088 elsewhere (0.0.0.0 or :: as
+ * localhost). service_new sets it with "http"; the gateway serving TLS sets
+ * it again with "https". Returns the URL (owned by the service). */
+const char *service_set_public_base_url(service *svc, const char *scheme);
+
 /* A readiness condition: /health/ready is 200 only when every check returns
  * true; otherwise 503 naming the failing checks. */
 typedef bool (*service_check)(void *arg);

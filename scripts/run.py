@@ -20,6 +20,7 @@ and the logs written here are 0600 too.
 """
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -91,9 +92,18 @@ class Supervised:
             self.proc.wait()
 
 
-def ready(port):
+TLS = bool(os.environ.get("GATEWAY_TLS_CERT"))
+
+
+def ready(name):
+    """/health/ready of one process; the gateway's over HTTPS when it serves TLS (its certificate
+    is the operator's, maybe self-signed: readiness is all that is asked here)."""
+    scheme, ctx = "http", None
+    if name == "gateway" and TLS:
+        scheme, ctx = "https", ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen("http://%s:%d/health/ready" % (HOST, port), timeout=1) as r:
+        with urllib.request.urlopen("%s://%s:%d/health/ready" % (scheme, HOST, port_of(name)),
+                                    timeout=1, context=ctx) as r:
             return r.status == 200
     except OSError:
         return False
@@ -114,6 +124,10 @@ def main():
     env.setdefault("DATA_DIR", DATA_DIR)
     env.setdefault("NATS_URL", "nats://%s:%d" % (HOST, nats_port))
     env.setdefault("WEB_DIR", os.path.join(ROOT, "web"))
+    # Links and Location in every service name the gateway, the one public entry.
+    public = "%s://%s:%d" % ("https" if TLS else "http",
+                             "localhost" if HOST in ("0.0.0.0", "::") else HOST, port_of("gateway"))
+    env.setdefault("PUBLIC_BASE_URL", public)
     for name in PORTS:
         if name != "gateway":
             env.setdefault(name.upper() + "_URL", "http://%s:%d" % (HOST, port_of(name)))
@@ -140,7 +154,7 @@ def main():
         p.start()
     pending = set(ORDER)
     while pending and not stopping and time.monotonic() - t0 < 30:
-        pending = {n for n in pending if not ready(port_of(n))}
+        pending = {n for n in pending if not ready(n)}
         time.sleep(0.05)
     if pending:
         log("not ready after 30s: %s (logs in %s)" % (", ".join(sorted(pending)),
@@ -148,7 +162,7 @@ def main():
     else:
         log("all services ready in %d ms; data in %s, logs in %s" % (
             (time.monotonic() - t0) * 1000, DATA_DIR, os.path.join(DATA_DIR, "logs")))
-        log("open http://%s:%d/ in a browser (Ctrl-C stops everything)" % (HOST, port_of("gateway")))
+        log("open %s/ in a browser (Ctrl-C stops everything)" % env["PUBLIC_BASE_URL"])
 
     while not stopping:
         for p in procs:

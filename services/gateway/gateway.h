@@ -178,7 +178,17 @@ struct gateway {
     struct event *sighup;
     int probe_interval_ms;
     bool stopping;
+    struct ssl_ctx_st *tls;     /* NULL: plain HTTP (edge.c) */
+    const char *scheme;         /* "http" or "https": X-Forwarded-Proto */
+    char public_host[256];      /* the public base URL's host[:port]: X-Forwarded-Host */
 };
+
+/* ---- edge.c: security headers, TLS, the public address ---- */
+
+/* Reads GATEWAY_TLS_CERT/KEY (exit 2 when unusable), sets the server's
+ * security headers and the public base URL. Before listening. */
+void gw_edge_setup(gateway *gw);
+void gw_edge_free(gateway *gw);
 
 /* Sets up the upstream's client and, for a required upstream, starts
  * probing it: the first probe leaves on the loop's next turn. False when the

@@ -36,6 +36,8 @@
  *   WEB_RELOAD_MS      how often WEB_DIR is checked for changed files
  *                      (default 1000; 0 = only on SIGHUP, which always
  *                      reloads)
+ *   GATEWAY_TLS_CERT, GATEWAY_TLS_KEY  PEM files: serve HTTPS (edge.c)
+ *   PUBLIC_BASE_URL    links' base (default: this gateway's own address)
  */
 #include <signal.h>
 #include <stdio.h>
@@ -98,6 +100,7 @@ static gateway *gateway_new(service *svc)
     if (gw == NULL)
         return NULL;
     gw->svc = svc;
+    gw_edge_setup(gw);
     gw->probe_interval_ms = (int)config_int("GATEWAY_PROBE_INTERVAL_MS", 1000, 50, 600000);
     const char *ready_list = config_str("GATEWAY_READY_UPSTREAMS",
                                         "order,delivery,customerpage,payment");
@@ -135,6 +138,7 @@ static void gateway_stop(void *arg)
     for (int i = 0; i < GW_UPSTREAM_COUNT; i++)
         gw_upstream_close(&gw->upstreams[i]);
     gw_web_free(gw->web);
+    gw_edge_free(gw);
     free(gw);
 }
 

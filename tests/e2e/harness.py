@@ -169,6 +169,9 @@ class System:
             env[var] = "http://127.0.0.1:%d" % port
         # The gateway is ready when the upstreams this System runs are ready (a test that wants
         # the gateway to wait for a service it stopped says so in service_env).
+        # Links name the gateway, as under make run (PUBLIC_BASE_URL); "gateway" gets a port
+        # even when this System does not run one.
+        env["PUBLIC_BASE_URL"] = "http://127.0.0.1:%d" % self.ports.setdefault("gateway", free_port())
         upstreams = [s for s in self.services if s != "gateway"]
         env["GATEWAY_READY_UPSTREAMS"] = ",".join(upstreams) or "none"
         env.update(natsauth.service_env(name, self.nats_passwords))
@@ -249,7 +252,8 @@ class System:
         data = raw
         if body is not None:
             data = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
+        if data is not None and not any(k.lower() == "content-type" for k in hdrs):
+            hdrs["Content-Type"] = "application/json"   # pass headers to send another
         if isinstance(data, str):
             data = data.encode()
         try:

@@ -223,8 +223,8 @@ static bool post(int port, const char *path, const char *extra, const char *body
     size_t blen = strlen(body);
     size_t cap = strlen(path) + strlen(extra) + blen + 256;
     char *req = malloc(cap);
-    snprintf(req, cap, "POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %zu\r\n\r\n%s", path,
-             extra, blen, body);
+    snprintf(req, cap, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "%sContent-Length: %zu\r\n\r\n%s", path, extra, blen, body);
     bool ok = roundtrip(port, req, res);
     free(req);
     return ok;
@@ -421,7 +421,8 @@ static void test_method_not_allowed(int port)
     CHECK(roundtrip(port, "DELETE /orders/42 HTTP/1.1\r\nHost: x\r\n\r\n", &res));
     check_error_body(&res, 405, "Method Not Allowed", "/orders/42");
     CHECK_STR(header(&res, "Allow"), "GET, HEAD, OPTIONS");
-    CHECK(roundtrip(port, "PATCH /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", &res));
+    CHECK(roundtrip(port, "PATCH /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: 2\r\n\r\n{}", &res));
     check_error_body(&res, 405, "Method Not Allowed", "/echo");
     CHECK_STR(header(&res, "Allow"), "POST, OPTIONS");
     /* TRACE reaches us too, so even it gets the contract's answer. */
@@ -519,14 +520,16 @@ static void test_body_limit(int port)
     payload[n - 2] = '"';
     payload[n - 1] = '}';
     payload[n] = '\0';
-    snprintf(req, 8192, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s", n, payload);
+    snprintf(req, 8192, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", n, payload);
     CHECK(roundtrip(port, req, &res));
     CHECK_INT(res.status, 201);
 
     n = 2000;
     memset(payload, 'b', n);
     payload[n] = '\0';
-    snprintf(req, 8192, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s", n, payload);
+    snprintf(req, 8192, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", n, payload);
     CHECK(roundtrip(port, req, &res));
     check_error_body(&res, 413, "Payload Too Large", "/echo");
     json_t *j = body_json(&res);
@@ -535,7 +538,8 @@ static void test_body_limit(int port)
 
     /* Far beyond the limit, evhttp refuses before reading the body: the
      * status still holds, though the page is evhttp's own. */
-    CHECK(roundtrip(port, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n", &res));
+    CHECK(roundtrip(port, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 50000000\r\n\r\n", &res));
     CHECK_INT(res.status, 413);
     free(req);
     free(payload);
@@ -579,23 +583,40 @@ static void test_json_body(int port)
 
     CHECK(post(port, "/echo", "", "{\"qty\": \"1\", \"a\"", &res));
     CHECK_INT(res.status, 400);
-    /* Host as the client addressed us, for links. */
+    /* Links come from the configured public base URL, never from the
+     * client's Host or X-Forwarded-Host/Proto. */
     CHECK(roundtrip(port,
-                    "POST /echo HTTP/1.1\r\nHost: shop.example:8088\r\nContent-Length: 12\r\n\r\n"
+                    "POST /echo HTTP/1.1\r\nHost: evil.example:8088\r\n"
+                    "Content-Type: Application/JSON; charset=utf-8\r\nContent-Length: 12\r\n\r\n"
                     "{\"qty\": \"1\"}", &res));
     CHECK_INT(res.status, 201);
     CHECK_STR(header(&res, "Location"), "/echo/1");
     j = body_json(&res);
     CHECK_STR(json_string_value(json_object_get(json_object_get(j, "got"), "qty")), "1");
-    CHECK_STR(jstr(j, "base"), "http://shop.example:8088");
+    CHECK_STR(jstr(j, "base"), "https://shop.example");
     json_decref(j);
-
-    /* The forwarded host and proto win, for links behind the gateway. */
-    CHECK(post(port, "/echo", "X-Forwarded-Host: gw.example:8088, inner:1\r\nX-Forwarded-Proto: https\r\n",
+    CHECK(post(port, "/echo", "X-Forwarded-Host: gw.example:8088, inner:1\r\nX-Forwarded-Proto: http\r\n",
                "{}", &res));
     j = body_json(&res);
-    CHECK_STR(jstr(j, "base"), "https://gw.example:8088");
+    CHECK_STR(jstr(j, "base"), "https://shop.example");
     json_decref(j);
+
+    /* A body must say it is JSON (415 in the contract's shape, no handler
+     * run); without a body no Content-Type is needed. */
+    static const char *const refused[] = {
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=1",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/jsonx\r\nContent-Length: 2\r\n\r\n{}",
+        "DELETE /things/1 HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        CHECK(roundtrip(port, refused[i], &res));
+        check_error_body(&res, 415, "Unsupported Media Type", i == 4 ? "/things/1" : "/echo");
+        CHECK_STR(header(&res, "X-Content-Type-Options"), "nosniff");   /* on refusals too */
+    }
+    CHECK(roundtrip(port, "DELETE /things/1 HTTP/1.1\r\nHost: x\r\n\r\n", &res));
+    CHECK_INT(res.status, 204);
 }
 
 static void test_async_reply_after_timer(int port)
@@ -875,6 +896,11 @@ int main(void)
     unsetenv("HTTP_MAX_BODY");
     unsetenv("HTTP_MAX_HEADERS");
     CHECK(s != NULL);
+    CHECK_INT(http_server_set_public_base_url(s, "ftp://x"), -1);
+    CHECK_INT(http_server_set_public_base_url(s, "https://a b"), -1);
+    CHECK_INT(http_server_set_public_base_url(s, "https://x\"><script>"), -1);
+    CHECK_INT(http_server_set_public_base_url(s, "https://shop.example/"), 0);
+    http_server_add_answer_header(s, "X-Content-Type-Options", "nosniff");
     http_server_route(s, "GET", "/orders/{id}", h_order, NULL);
     http_server_route(s, "GET", "/orders/{id}/items/{item}", h_item_of_order, NULL);
     http_server_route(s, "GET", "/orders/search/findByCustomerId", h_search, NULL);
