@@ -189,6 +189,16 @@ int car_store_list(store *st, long from, long to, long offset, long limit,
 
 /* ---- bookings ---- */
 
+/* The parameters every booking statement takes: ?1 model, [?2, ?3) the
+ * days, ?4 the number of cars. */
+static void bind_booking(sqlite3_stmt *s, const char *id, long from, long to, long long qty)
+{
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, from);
+    sqlite3_bind_int64(s, 3, to);
+    sqlite3_bind_int64(s, 4, qty);
+}
+
 int booking_store_book(store *st, const char *id, long from, long to, long long qty)
 {
     /* The days of the period as a recursive CTE (SQLite has no
@@ -205,10 +215,7 @@ int booking_store_book(store *st, const char *id, long from, long to, long long 
         " WHERE booked + excluded.booked <= (SELECT total FROM cars WHERE id = ?1)");
     if (!s || to <= from || to - from > ORDER_MAX_DAYS)
         return -1;
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(s, 2, from);
-    sqlite3_bind_int64(s, 3, to);
-    sqlite3_bind_int64(s, 4, qty);
+    bind_booking(s, id, from, to, qty);
     int changed = run_write(st, s, "booking");
     if (changed < 0)
         return -1;
@@ -224,10 +231,7 @@ int booking_store_release(store *st, const char *id, long from, long to, long lo
                                         " WHERE product_id = ?1 AND day >= ?2 AND day < ?3");
     if (!s)
         return -1;
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(s, 2, from);
-    sqlite3_bind_int64(s, 3, to);
-    sqlite3_bind_int64(s, 4, qty);
+    bind_booking(s, id, from, to, qty);
     return run_write(st, s, "booking release") < 0 ? -1 : 0;
 }
 
@@ -258,10 +262,7 @@ int booking_store_first_full(store *st, const char *id, long from, long to, long
         " ORDER BY day LIMIT 1");
     if (!s)
         return -1;
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(s, 2, from);
-    sqlite3_bind_int64(s, 3, to);
-    sqlite3_bind_int64(s, 4, qty);
+    bind_booking(s, id, from, to, qty);
     full_day f;
     int found = store_one_row(st, s, read_full_day, &f, "first full day");
     if (found == 1) {
