@@ -3,7 +3,7 @@
  * order (접수관리) is the rental intake and the fleet. A rental goes through
  * an INTAKE before it is an ORDER (docs/DESIGN.md):
  *
- *   reserve cars + intake "pending"  --payment 201/200 Paid-->  "approved" + order + Ordered
+ *   book days + intake "pending"     --payment 201/200 Paid-->  "approved" + order + Ordered
  *        (one short transaction)     --payment 402--------->  "declined", cars released
  *                                    --bulkhead refused---->  "voided", cars released (never sent)
  *                                    --anything else------->  "voiding" (customer got 503)
@@ -11,16 +11,21 @@
  *   the reconciler: "voiding" -> POST /paymentCancellations -> "voided", cars released
  *                   "in_doubt" -> ask payment by orderId -> paid ? "approved" : "voiding"
  *
- * No lock is held across the payment call: the reservation is an
- * `available >= qty` guarded UPDATE, committed before the call. The intake's
- * id is the order's id, so payment's one-payment-per-orderId makes every
- * retry safe. Only approved intakes are orders; ids of the others are gaps.
+ * No lock is held across the payment call: the booking of every day of the
+ * rental's period is one guarded UPSERT (store.c), committed before the
+ * call. The intake's id is the order's id, so payment's
+ * one-payment-per-orderId makes every retry safe. Only approved intakes
+ * are orders; ids of the others are gaps. An order then ends as
+ * "Returned" (by the customer, staff, or the return timer at the end of
+ * its period: its days from the next one on are free again) or
+ * "OrderCancelled" (all its days free again).
  *
  * Files: domain.c (rules and transactions), store.c (all SQL), fleet.c
- * (demo fleet, FLEET_FILE), api.c (HTTP: the fleet, reads, cancel),
+ * (demo fleet, FLEET_FILE), api.c (HTTP: the fleet, reads, cancel, return),
  * rental.c (POST /orders and the payment call), reconcile.c
- * (settles intakes whose payment outcome is unknown), policy.c (events),
- * main.c (wiring). */
+ * (settles intakes whose payment outcome is unknown), returns.c (the
+ * automatic return), calendar.c (days in TIME_ZONE, the test clock),
+ * policy.c (events), main.c (wiring). */
 #ifndef CARSHARE_ORDER_H
 #define CARSHARE_ORDER_H
 
