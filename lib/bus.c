@@ -60,7 +60,6 @@
 #include "log.h"
 #include "metrics.h"
 
-#define ACK_WAIT_S        30
 #define MAX_ACK_PENDING   1000
 #define DUPLICATE_WINDOW_S 120
 
@@ -224,7 +223,7 @@ static void consumer_config(const bus *b, jsConsumerConfig *cc, const char *filt
     cc->Durable = b->durable;
     cc->DeliverPolicy = js_DeliverAll;
     cc->AckPolicy = js_AckExplicit;
-    cc->AckWait = ACK_WAIT_S * NS_PER_S;
+    cc->AckWait = BUS_ACK_WAIT_MS * 1000000LL;
     cc->FilterSubject = filter;
     cc->MaxAckPending = MAX_ACK_PENDING;
 }

@@ -26,6 +26,13 @@
 #define RELAY_BATCH       256       /* outbox rows published per round trip */
 #define MAX_RETRY_DELAY_MS 30000
 #define NS_PER_S          1000000000LL
+/* How long nats-server waits for a delivered message's ack before giving
+ * it to the consumer again. Short, so that the messages a killed process
+ * had fetched are handled again within seconds (was 30 s); a batch that
+ * takes longer on the loop is kept with in-progress acks every
+ * BUS_PROGRESS_MS (consumer.c), so a slow batch is not redelivered. */
+#define BUS_ACK_WAIT_MS   4000
+#define BUS_PROGRESS_MS   1000
 
 struct handler {
     char *event_type;

@@ -28,6 +28,7 @@
 #include "processed.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -104,9 +105,20 @@ void consumer_enqueue_locked(bus *b, struct batch *batch)
     b->queue_tail = batch;
 }
 
+/* Tells nats-server that the batch's messages are being worked on, so it
+ * does not redeliver them after BUS_ACK_WAIT_MS. Called without b->mu:
+ * nats.c only buffers the in-progress messages, and the batch's items are
+ * the worker's (the loop only sets their settle fields, read after). */
+static void mark_in_progress(struct batch *batch)
+{
+    if (batch->kind != BATCH_CONSUME) return;
+    for (int i = 0; i < batch->n; i++) natsMsg_InProgress(batch->items[i].msg, NULL);
+}
+
 /* Worker side: hands batch to the loop and waits until it is applied, or
  * until stop, in which case the batch is taken back (batch->next tells how
- * far the loop got). Returns true when complete. */
+ * far the loop got). While it waits, its messages are marked in progress
+ * every BUS_PROGRESS_MS. Returns true when complete. */
 bool consumer_run_on_loop(bus *b, struct batch *batch)
 {
     pthread_mutex_lock(&b->mu);
@@ -119,7 +131,15 @@ bool consumer_run_on_loop(bus *b, struct batch *batch)
     event_active(b->inbox, EV_READ, 0);
 
     pthread_mutex_lock(&b->mu);
-    while (!batch->complete && !b->stopping) pthread_cond_wait(&b->cond, &b->mu);
+    struct timespec progress = bus_deadline_in(BUS_PROGRESS_MS);
+    while (!batch->complete && !b->stopping) {
+        if (pthread_cond_timedwait(&b->cond, &b->mu, &progress) == ETIMEDOUT) {
+            pthread_mutex_unlock(&b->mu);
+            mark_in_progress(batch);
+            pthread_mutex_lock(&b->mu);
+            progress = bus_deadline_in(BUS_PROGRESS_MS);
+        }
+    }
     while (batch->busy) pthread_cond_wait(&b->cond, &b->mu);
     if (!batch->complete) consumer_unlink_batch(b, batch);
     bool complete = batch->complete;
@@ -511,7 +531,7 @@ struct pull {
 
 /* Moves the messages of list into p and destroys list. On a failed
  * allocation the messages are dropped unacknowledged: the server delivers
- * them again after ACK_WAIT_S. */
+ * them again after BUS_ACK_WAIT_MS. */
 static void keep_messages(struct pull *p, natsMsgList *list)
 {
     if (list->Count > p->cap - p->n) {

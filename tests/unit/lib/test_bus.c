@@ -351,6 +351,29 @@ static long long stream_messages(void)
     return n;
 }
 
+/* What a consumer killed by SIGKILL right after a fetch leaves: its
+ * messages delivered and neither acked nor nak'ed. */
+static void fetch_and_die(void)
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "carshare";
+    so.Consumer = "receiver";
+    natsMsgList list = {0};
+    CHECK_INT(natsConnection_ConnectTo(&nc, nats_url), NATS_OK);
+    CHECK_INT(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    CHECK_INT(js_PullSubscribe(&sub, js, "carshare.>", "receiver", NULL, &so, NULL), NATS_OK);
+    CHECK_INT(natsSubscription_Fetch(&list, sub, 10, 5000, NULL), NATS_OK);
+    CHECK(list.Count >= 1);
+    natsMsgList_Destroy(&list);
+    natsSubscription_Destroy(sub);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+}
+
 static bus *new_receiver(void)
 {
     bus *b = bus_new(base, receiver_db, "receiver");
@@ -750,6 +773,18 @@ int main(void)
     both[1] = receiver;
     CHECK_INT(bus_start(receiver), 0);
     CHECK(run_until(applied, ids[rentals - 1], WAIT_MS, "event sent while the receiver was down"));
+
+    /* A consumer killed after fetching (kill -9: no ack, no nak): its
+     * messages are handled again within seconds (BUS_ACK_WAIT_MS, 4 s),
+     * not after the 30 s AckWait it had before. */
+    bus_free(receiver);
+    commit_rental(301, "req-fetched-by-the-dead", ids[rentals++]);
+    CHECK(run_until(outbox_empty, sender_db, WAIT_MS, "event for the dead consumer relayed"));
+    fetch_and_die();
+    receiver = new_receiver();
+    both[1] = receiver;
+    CHECK_INT(bus_start(receiver), 0);
+    CHECK(run_until(applied, ids[rentals - 1], 15000, "event a killed consumer had fetched"));
     for (int i = 0; i < rentals; i++) CHECK_INT(applied_count(ids[i]), 1);
     CHECK_INT(rental_calls, rentals);
     CHECK_INT(count(receiver_db, "SELECT count(*) FROM applied", NULL), rentals);
