@@ -16,7 +16,9 @@
  *   7. settle the intake from the answer: Paid -> order + Ordered, 201;
  *      402 -> declined, cars released, 402; refused by the bulkhead before
  *      it left -> voided, cars released, 503; anything else -> voiding (the
- *      reconciler cancels it at payment and releases the cars), 503.
+ *      reconciler cancels it at payment and releases the cars), 503, once
+ *      the voiding is on record (500 "outcome unknown" if it cannot be:
+ *      answer_not_booked).
  * Between 5 and 7 nothing is locked: the event loop serves other requests.
  *
  * ORDER_TEST_CRASH_AFTER_PAYMENT (test only) makes the process _exit() the
@@ -26,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <event2/event.h>
 
 #include "httpc.h"
 #include "jtext.h"
@@ -38,6 +42,7 @@
 #define CARD_TEXT_MAX 40
 
 typedef struct rental_api {
+    struct event_base *base;
     store *st;
     http_client *payment;
     reconciler *reconciler;
@@ -77,6 +82,78 @@ static void reply_fallback(http_req *r, unsigned long long retry_after_ms)
 
 /* ---- POST /orders: settling from payment's answer ---- */
 
+/* The customer is about to be told 503 "not booked, not charged" for an
+ * intake payment may have charged. That is true only once the intake is on
+ * record as voiding (the reconciler then refunds it): if the database
+ * refused that write too, the intake would stay pending, and the next
+ * start would settle it with payment and accept the rental the customer
+ * was told was not booked (the double failure of the earlier notes). So
+ * the write is tried again for a moment (a busy, locked or briefly full
+ * database), the answer waiting meanwhile; if it never lands, the customer
+ * is told what is true: the outcome is not known yet (500), and the
+ * rental may still be accepted. */
+typedef struct void_attempt {
+    rental_api *api;
+    http_req *req;
+    long long intake_id;
+    unsigned long long retry_after_ms;
+    int tries;
+    struct event *timer;
+} void_attempt;
+
+#define VOID_TRIES 6            /* now, then after 50, 100, 200, 400, 800 ms */
+
+static void finish_void(void_attempt *v, bool recorded, bool changed)
+{
+    if (recorded) {
+        if (changed)
+            reconciler_kick(v->api->reconciler);
+        reply_fallback(v->req, v->retry_after_ms);
+    } else {
+        log_error("req=%s msg=\"intake could not be marked voiding: answering that the outcome "
+                  "is unknown; it will be settled at the next start\" intake=%lld",
+                  http_req_id(v->req), v->intake_id);
+        count_rental("unknown");
+        http_reply_error(v->req, 500, "The outcome of this rental could not be recorded: it may "
+                         "still be accepted. Check your rentals before trying again.");
+    }
+    if (v->timer)
+        event_free(v->timer);
+    free(v);
+}
+
+static void try_void(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    void_attempt *v = arg;
+    int rc = rental_start_void(v->api->st, v->intake_id);
+    if (rc >= 0 || ++v->tries >= VOID_TRIES) {
+        finish_void(v, rc >= 0, rc == 1);
+        return;
+    }
+    if (!v->timer && !(v->timer = evtimer_new(v->api->base, try_void, v))) {
+        finish_void(v, false, false);
+        return;
+    }
+    struct timeval tv = { 0, 50000L << (v->tries - 1) };
+    evtimer_add(v->timer, &tv);
+}
+
+/* Marks the intake voiding, then answers 503 (or 500 when it cannot). */
+static void answer_not_booked(rental_api *api, http_req *r, long long intake_id,
+                              unsigned long long retry_after_ms)
+{
+    void_attempt *v = calloc(1, sizeof *v);
+    if (!v) {
+        http_reply_error(r, 500, "out of memory");
+        return;
+    }
+    *v = (void_attempt){ .api = api, .req = r, .intake_id = intake_id,
+                         .retry_after_ms = retry_after_ms };
+    try_void(-1, 0, v);
+}
+
 static void settle_paid(rental_call *call, long long payment_id)
 {
     rental_api *api = call->api;
@@ -94,9 +171,7 @@ static void settle_paid(rental_call *call, long long payment_id)
      * must not stand. Voiding makes the reconciler refund it. */
     log_error("req=%s msg=\"paid rental could not be recorded, voiding it\" intake=%lld "
               "payment=%lld", http_req_id(r), call->in.id, payment_id);
-    if (rental_start_void(api->st, call->in.id) == 1)
-        reconciler_kick(api->reconciler);
-    reply_fallback(r, 1000);
+    answer_not_booked(api, r, call->in.id, 1000);
 }
 
 static void settle_declined(rental_call *call, const http_response *resp)
@@ -145,15 +220,10 @@ static void settle_unknown(rental_call *call, const http_response *resp)
     log_warn("req=%s msg=\"payment outcome unknown, voiding the rental\" intake=%lld result=%s "
              "status=%d elapsed_ms=%llu", http_req_id(r), call->in.id,
              httpc_result_name(resp->result), resp->status, resp->elapsed_ms);
-    if (rental_start_void(api->st, call->in.id) < 0)
-        log_error("req=%s msg=\"intake could not be marked voiding; it will be settled at the "
-                  "next start\" intake=%lld", http_req_id(r), call->in.id);
-    reconciler_kick(api->reconciler);
-
     unsigned long long retry_ms = resp->result == HTTPC_OPEN ? resp->retry_after_ms : 0;
     if (!retry_ms)
         http_client_refusal(api->payment, &retry_ms);
-    reply_fallback(r, retry_ms ? retry_ms : 1000);
+    answer_not_booked(api, r, call->in.id, retry_ms ? retry_ms : 1000);
 }
 
 static void rental_call_free(rental_call *call)
@@ -478,6 +548,7 @@ void order_rental_register(service *svc, store *st, const order_api_config *cfg)
         log_error("msg=\"out of memory\"");
         exit(1);
     }
+    api->base = svc->base;
     api->st = st;
     api->payment = cfg->payment;
     api->reconciler = cfg->reconciler;
