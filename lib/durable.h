@@ -22,8 +22,9 @@
  * giving up durability.
  *
  * One durability domain per process (a service has one database): the
- * functions below need no handle, so the HTTP layer can ask without
- * knowing about stores. With no domain started (the gateway, tests),
+ * functions below need no handle; the service layer hands durable_defer
+ * and durable_cancel to HTTP as its deferral (http.h), so HTTP knows
+ * nothing of stores or of this file. With no domain started (the gateway, tests),
  * nothing is ever pending and every function is a no-op. The files to
  * sync are the caller's business: durable_start takes a sync function,
  * run on the sync thread (store.c fdatasyncs its WAL there). Except where

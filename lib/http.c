@@ -54,6 +54,26 @@
 #include "log.h"
 #include "mem.h"
 
+/* ---- the deferral (http.h) ---- */
+
+static const http_deferral *deferral;
+
+void http_set_deferral(const http_deferral *d)
+{
+    deferral = d;
+}
+
+bool http_defer(void (*fn)(void *arg), void *arg)
+{
+    return deferral && deferral->defer(fn, arg);
+}
+
+void http_defer_cancel(void (*fn)(void *arg), void *arg)
+{
+    if (deferral)
+        deferral->cancel(fn, arg);
+}
+
 void http_drain_check(http_server *s)
 {
     if (s->draining && s->inflight == 0 && s->unflushed == 0 && s->drain_done)

@@ -118,4 +118,26 @@ const char *http_reason(int status);
 struct bufferevent;
 void http_write_now(struct bufferevent *bev);
 
+/* ---- group commit, as HTTP sees it ----
+ *
+ * An answer, and an outgoing call (httpc.h), may tell the outside world of
+ * a commit that is not on disk yet: they wait until it is. HTTP does not
+ * know how commits become durable; the service layer hands it a deferral
+ * (service.c gives lib/durable.c's). defer(fn, arg): returns true when
+ * something committed is not durable yet, and fn(arg) then runs on the
+ * loop once it is, waiters in the order deferred; false: nothing waits, go
+ * on at once (fn is not called). cancel(fn, arg) forgets a waiter whose
+ * owner is going away. */
+typedef struct http_deferral {
+    bool (*defer)(void (*fn)(void *arg), void *arg);
+    void (*cancel)(void (*fn)(void *arg), void *arg);
+} http_deferral;
+
+/* For every server and client of the process (loop thread; d must outlive
+ * them; NULL: nothing ever waits, the default). */
+void http_set_deferral(const http_deferral *d);
+/* What servers and clients call: d->defer, or false without a deferral. */
+bool http_defer(void (*fn)(void *arg), void *arg);
+void http_defer_cancel(void (*fn)(void *arg), void *arg);
+
 #endif

@@ -30,7 +30,6 @@
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 
-#include "durable.h"
 #include "jtext.h"
 #include "log.h"
 #include "mem.h"
@@ -277,7 +276,7 @@ static void req_answered(http_req *r, int status, size_t bytes, bool client_gone
     }
 }
 
-/* Group commit (durable.h): while a commit is not on disk, answers wait
+/* Group commit (http_defer): while a commit is not on disk, answers wait
  * for the sync, complete (headers and body in ev) and counted as
  * unflushed, so a drain waits for them too. At most one per connection
  * (evhttp reads a connection's next request only after its answer), so
@@ -296,7 +295,7 @@ void http_send_held_answer(void *arg)
 /* True when the answer is held; false: send it now. */
 static bool hold_answer(http_conn *c, struct evhttp_request *ev, int status)
 {
-    if (!c || !durable_defer(http_send_held_answer, c))
+    if (!c || !http_defer(http_send_held_answer, c))
         return false;
     c->held = ev;
     c->held_status = status;

@@ -31,7 +31,6 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "durable.h"
 #include "mem.h"
 
 /* evhttp creates the bufferevent of each accepted connection through this
@@ -167,7 +166,7 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
     if (c->unflushed)
         s->unflushed--;
     if (c->held)    /* libevent frees the request with the connection */
-        durable_cancel(http_send_held_answer, c);
+        http_defer_cancel(http_send_held_answer, c);
     if (c->prev) c->prev->next = c->next;
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;

@@ -93,7 +93,6 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "durable.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -829,11 +828,11 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
         return 0;
     }
     hc->admitted = true;
-    /* Group commit (durable.h): a call may act on what the caller just
+    /* Group commit (http_defer): a call may act on what the caller just
      * committed (payment charges for order's reservation), so it leaves
      * only once that is on disk. Retries need not wait again. */
     hc->phase = CALL_DURABLE;
-    if (durable_defer(dispatch_when_durable, hc))
+    if (http_defer(dispatch_when_durable, hc))
         c->deferred++;
     else
         call_dispatch(hc);
@@ -872,7 +871,7 @@ void http_client_free(http_client *c)
         if (hc->phase == CALL_QUEUED)
             queue_remove(c, hc);
         if (hc->phase == CALL_DURABLE) {
-            durable_cancel(dispatch_when_durable, hc);
+            http_defer_cancel(dispatch_when_durable, hc);
             c->deferred--;
         }
         if (hc->slot) {

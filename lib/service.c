@@ -23,6 +23,7 @@
  * modules may still reference (the event base). */
 #include "service.h"
 #include "config.h"
+#include "durable.h"
 #include "log.h"
 #include "mem.h"
 #include "rep.h"
@@ -351,12 +352,16 @@ void service_dead_letters_route(http_server *s, bus *b)
     http_server_route(s, "GET", "/admin/deadLetters", dead_letters, b);
 }
 
+/* HTTP answers and calls wait for group commit (http.h): durable.h's. */
+static const http_deferral group_commit = { durable_defer, durable_cancel };
+
 int service_start_bus(service *svc, store *st, bus *b)
 {
     /* STORE_GROUP_COMMIT=0 (for measurements) syncs at every commit. */
     if (config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
         store_group_commit(st, svc->base) != 0)
         log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
+    http_set_deferral(&group_commit);   /* nothing waits while no commit is pending */
     if (bus_start(b) != 0) {
         log_error("msg=\"cannot start the event bus\"");
         bus_free(b);
