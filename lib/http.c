@@ -137,6 +137,9 @@ static void deliver(http_server *s, http_req *r, const destination *d)
         r->param_names[i] = d->route->param_names[i];
         r->param_values[i] = d->captured[i];
     }
+    /* A refusing guard has answered, and the answer released the request. */
+    if (d->route->roles != HTTP_OPEN && s->guard && !s->guard(r, d->route->roles, s->guard_arg))
+        return;
     dispatch(r, d->route->handler, d->route->arg);
 }
 

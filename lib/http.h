@@ -45,9 +45,30 @@ http_server *http_server_new(struct event_base *base, const char *service_name);
 void http_server_free(http_server *s);
 
 /* method is "GET", "POST", "PUT", "PATCH" or "DELETE". HEAD is answered for
- * every GET route. Patterns are copied. */
+ * every GET route. Patterns are copied.
+ *
+ * Who may call a route: `roles` is a set of caller roles (the bits of
+ * lib/token.h's TOKEN_ROLE_*), or HTTP_OPEN for a route that needs no
+ * token (GET /cars, POST /sessions, /health/...). http_server_route
+ * registers with HTTP_ROUTE_DEFAULT_ROLES, staff only: a route nobody
+ * thought about is closed, not open. The server's guard (below) enforces
+ * it before the handler runs. */
+#define HTTP_OPEN 0u
+#define HTTP_ROUTE_DEFAULT_ROLES 2u      /* TOKEN_ROLE_STAFF */
 void http_server_route(http_server *s, const char *method, const char *pattern,
                        http_handler handler, void *arg);
+void http_server_route_for(http_server *s, const char *method, const char *pattern,
+                           unsigned roles, http_handler handler, void *arg);
+
+/* The guard runs before the handler of every route that is not HTTP_OPEN
+ * (lib/auth.c checks the token and the caller's role). It returns true to
+ * let the request through, having named the caller (http_req_set_caller);
+ * or it answers (401, 403) and returns false, and the request is then
+ * over. A server without a guard (unit tests of this file) lets every
+ * request through: every process gets one from service_new. The fallback
+ * handler is not guarded: it checks for itself (the gateway). */
+typedef bool (*http_guard)(http_req *req, unsigned roles, void *arg);
+void http_server_guard(http_server *s, http_guard guard, void *arg);
 
 /* Handler for requests that match no route (any method). Without one they
  * get 404. Its metrics/log route label is `fallback_label`. */
@@ -93,6 +114,13 @@ const char *http_req_peer(const http_req *r);       /* client address */
 const char *http_req_base_url(const http_req *r);
 const char *http_req_body(const http_req *r, size_t *len);  /* NUL-terminated copy */
 bool http_req_alive(const http_req *r);             /* client still connected */
+/* Who is calling, as the guard verified it from the token (never from a
+ * header a client could write): the role bit (0: nobody, on an open
+ * route) and the subject ("kim", "order"; "" for nobody). */
+#define HTTP_CALLER_MAX 64
+void http_req_set_caller(http_req *r, unsigned role, const char *subject);
+unsigned http_req_caller_role(const http_req *r);
+const char *http_req_caller(const http_req *r);
 struct evhttp_request *http_req_raw(http_req *r);   /* for the gateway's proxy */
 
 /* Parses the body as a JSON object. On failure (empty, not JSON, not an

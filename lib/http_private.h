@@ -45,6 +45,7 @@ static const char *const slot_names[ROUTE_SLOTS] = {"GET", "POST", "PUT", "PATCH
 typedef struct route {
     http_handler handler;
     void *arg;
+    unsigned roles;         /* who may call it: HTTP_OPEN, or role bits for the guard */
     char *pattern;          /* as registered: http_req_route() */
     char *label;            /* pattern escaped for a Prometheus label */
     int nparams;
@@ -111,6 +112,8 @@ struct http_req {
     query_pair *query;
     const char *body;
     size_t body_len;
+    unsigned caller_role;          /* set by the guard: http_req_caller_role */
+    char caller[HTTP_CALLER_MAX + 1];
 
     size_t arena_used;
     spill *spills;
@@ -125,6 +128,8 @@ struct http_server {
     http_handler fallback;
     void *fallback_arg;
     char *fallback_label, *fallback_metric_label;
+    http_guard guard;              /* checks the caller of guarded routes (lib/auth.c) */
+    void *guard_arg;
 
     struct evhttp_bound_socket *bound[MAX_LISTENERS];
     int nbound;

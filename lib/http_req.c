@@ -296,6 +296,15 @@ const char *http_req_body(const http_req *r, size_t *len)
     return r->body ? r->body : "";
 }
 
+void http_req_set_caller(http_req *r, unsigned role, const char *subject)
+{
+    r->caller_role = role;
+    snprintf(r->caller, sizeof r->caller, "%s", subject ? subject : "");
+}
+
+unsigned http_req_caller_role(const http_req *r) { return r->caller_role; }
+const char *http_req_caller(const http_req *r) { return r->caller; }
+
 bool http_req_alive(const http_req *r)
 {
     if (r->answered || !r->ev)

@@ -128,6 +128,18 @@ void http_route_free(node *n)
 void http_server_route(http_server *s, const char *method, const char *pattern,
                        http_handler handler, void *arg)
 {
+    http_server_route_for(s, method, pattern, HTTP_ROUTE_DEFAULT_ROLES, handler, arg);
+}
+
+void http_server_guard(http_server *s, http_guard guard, void *arg)
+{
+    s->guard = guard;
+    s->guard_arg = arg;
+}
+
+void http_server_route_for(http_server *s, const char *method, const char *pattern,
+                           unsigned roles, http_handler handler, void *arg)
+{
     int slot = method ? slot_of_name(method) : -1;
     if (slot < 0)
         route_table_misuse("unknown method", method, pattern);
@@ -165,6 +177,7 @@ void http_server_route(http_server *s, const char *method, const char *pattern,
         route_table_misuse("registered twice", method, pattern);
     rt->handler = handler;
     rt->arg = arg;
+    rt->roles = roles;
     rt->pattern = mem_must(strdup(pattern));
     rt->label = label_escape(pattern);
     n->routes[slot] = rt;

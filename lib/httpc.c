@@ -137,6 +137,12 @@ const char *httpc_result_name(httpc_result r)
     return "unknown";
 }
 
+void http_client_set_auth(http_client *c, http_client_auth fn, void *arg)
+{
+    c->auth = fn;
+    c->auth_arg = arg;
+}
+
 const breaker *http_client_breaker(const http_client *c)
 {
     return &c->breaker;
@@ -598,6 +604,9 @@ static struct evhttp_request *attempt_build_request(httpc_call *hc, httpc_slot *
     evhttp_add_header(out, "Connection", slot->keep_alive ? "keep-alive" : "close");
     if (hc->has_rid)
         evhttp_add_header(out, "X-Request-Id", hc->mem + hc->rid_off);
+    const char *credentials = c->auth ? c->auth(c->auth_arg) : NULL;
+    if (credentials)
+        evhttp_add_header(out, "Authorization", credentials);
 
     const char *p = hc->mem + hc->hdr_off;
     for (int i = 0; i < hc->hdr_count; i++) {

@@ -102,6 +102,13 @@ int http_client_json(http_client *c, const char *method, const char *uri,
                      const char *request_id, const char *json_body, bool idempotent,
                      http_client_cb cb, void *arg);
 
+/* Credentials: fn(arg) is asked for the Authorization header's value
+ * ("Bearer ...") of every attempt -- retries included, so a token renewed
+ * meanwhile is used -- and NULL sends none. Order's payment clients send
+ * order's own service token this way (token_minter, lib/token.h). */
+typedef const char *(*http_client_auth)(void *arg);
+void http_client_set_auth(http_client *c, http_client_auth fn, void *arg);
+
 const breaker *http_client_breaker(const http_client *c);
 
 /* Would a call sent now be refused at once, and for how long? HTTPC_OK

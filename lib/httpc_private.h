@@ -121,6 +121,8 @@ struct http_client {
 
     uint64_t rng;
     bool closing;
+    http_client_auth auth;             /* Authorization of every attempt, or NULL */
+    void *auth_arg;
 };
 
 static inline unsigned long long httpc_now_ms(void)

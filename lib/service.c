@@ -22,6 +22,7 @@
  * (for LeakSanitizer) after service_run, which does not free what other
  * modules may still reference (the event base). */
 #include "service.h"
+#include "auth.h"
 #include "config.h"
 #include "durable.h"
 #include "log.h"
@@ -63,6 +64,7 @@ typedef struct {
     bool hooks_ran;
     bool stopping;
     char *public_base_url;
+    auth *auth;                 /* the token check of every guarded route */
     struct event *sigterm_event, *sigint_event;
     unsigned long long started_ms;
 } service_impl;
@@ -251,9 +253,12 @@ service *service_new(const char *name, int default_port)
     if (!svc->pub.http)
         exit(1);
     service_set_public_base_url(&svc->pub, "http");
-    http_server_route(svc->pub.http, "GET", "/health/live", health_live, svc);
-    http_server_route(svc->pub.http, "GET", "/health/ready", health_ready, svc);
-    http_server_route(svc->pub.http, "GET", "/metrics", metrics_page, svc);
+    svc->auth = auth_from_env();
+    http_server_guard(svc->pub.http, auth_guard, svc->auth);
+    http_server_route_for(svc->pub.http, "GET", "/health/live", HTTP_OPEN, health_live, svc);
+    http_server_route_for(svc->pub.http, "GET", "/health/ready", HTTP_OPEN, health_ready, svc);
+    /* Staff only: the figures tell an outsider too much (load, backlog). */
+    http_server_route_for(svc->pub.http, "GET", "/metrics", TOKEN_ROLE_STAFF, metrics_page, svc);
     metrics_add_collector(collect_process, NULL);
     the_service = svc;
     return &svc->pub;
@@ -283,6 +288,11 @@ const char *service_set_public_base_url(service *pub, const char *scheme)
     free(svc->public_base_url);
     svc->public_base_url = mem_must(strdup(url));
     return svc->public_base_url;
+}
+
+auth *service_auth(service *pub)
+{
+    return ((service_impl *)pub)->auth;
 }
 
 void service_ready_check(service *pub, const char *what, service_check fn, void *arg)
@@ -403,6 +413,8 @@ int service_run(service *pub)
     svc->sigterm_event = svc->sigint_event = NULL;
     http_server_free(pub->http);
     pub->http = NULL;
+    auth_free(svc->auth);
+    svc->auth = NULL;
     log_info("msg=stopped uptime_s=%.1f", (double)(service_now_ms() - svc->started_ms) / 1000.0);
     return rc < 0 ? 1 : 0;
 }

@@ -43,6 +43,11 @@ service *service_new(const char *name, int default_port);
  * it again with "https". Returns the URL (owned by the service). */
 const char *service_set_public_base_url(service *svc, const char *scheme);
 
+/* The process's token check (lib/auth.h), made by service_new from the
+ * environment and guarding every route registered with roles. */
+struct auth;
+struct auth *service_auth(service *svc);
+
 /* A readiness condition: /health/ready is 200 only when every check returns
  * true; otherwise 503 naming the failing checks. */
 typedef bool (*service_check)(void *arg);

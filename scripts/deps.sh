@@ -14,7 +14,7 @@
 set -euo pipefail
 
 need=(build-essential cmake pkg-config libevent-dev libjansson-dev libsqlite3-dev sqlite3
-      libnats-dev nats-server uuid-dev libpq-dev libssl-dev openssl curl python3 ca-certificates tzdata)
+      libnats-dev nats-server uuid-dev libpq-dev libsodium-dev libssl-dev openssl curl python3 ca-certificates tzdata)
 case "${1:-build}" in
   # libclang-rt-dev: the libFuzzer and sanitizer runtimes of Debian's default clang.
   test)  need+=(clang libclang-rt-dev chromium fonts-noto-cjk postgresql postgresql-client) ;;

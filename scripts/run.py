@@ -17,6 +17,11 @@ set, nats-server is the operator's, and so are the NATS_USER / NATS_PASSWORD giv
 
 Files: the data directory and secrets/ are 0700; the services create theirs 0600 (umask 077),
 and the logs written here are 0600 too.
+
+Identity: before anything starts, `carshare-account keygen` makes account's token key and order's
+service key in DATA_DIR/keys (once; 0600), so every process finds the public keys it verifies
+with. At the first start account creates the staff account `admin` with a random password in
+DATA_DIR/secrets/admin-password (0600); this script prints it that once.
 """
 import os
 import signal
@@ -32,8 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("CARSHARE_BIN", os.path.join(ROOT, "build", "bin"))
 HOST = os.environ.get("HOST", "127.0.0.1")
 DATA_DIR = os.path.abspath(os.environ.get("DATA_DIR", os.path.join(ROOT, "data")))
-PORTS = {"order": 8081, "delivery": 8082, "customerpage": 8083, "payment": 8084, "gateway": 8088}
-ORDER = ["payment", "order", "delivery", "customerpage", "gateway"]
+PORTS = {"order": 8081, "delivery": 8082, "customerpage": 8083, "payment": 8084, "account": 8085,
+         "gateway": 8088}
+ORDER = ["account", "payment", "order", "delivery", "customerpage", "gateway"]
 
 
 def port_of(name):
@@ -117,8 +123,29 @@ def private_dirs():
         os.chmod(d, 0o700)
 
 
+def make_keys():
+    """account's token signing key and order's service key (private 0600, .pub beside)."""
+    keys = os.path.join(DATA_DIR, "keys")
+    subprocess.run([os.path.join(BIN, "carshare-account"), "keygen",
+                    os.environ.get("TOKEN_PRIVATE_KEY", os.path.join(keys, "account.key")),
+                    os.environ.get("SERVICE_TOKEN_KEY", os.path.join(keys, "order.key"))],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def print_admin_password_once(existed_before):
+    """The staff password, printed at the first start only (account wrote it)."""
+    path = os.path.join(DATA_DIR, "secrets", "admin-password")
+    if existed_before or not os.path.exists(path):
+        return
+    with open(path) as f:
+        log("staff account created: sign in as admin with password %s" % f.read().strip())
+    log("(printed this once; it stays in %s, readable by you only)" % path)
+
+
 def main():
     private_dirs()
+    make_keys()
+    admin_existed = os.path.exists(os.path.join(DATA_DIR, "secrets", "admin-password"))
     nats_port = int(os.environ.get("NATS_PORT", 4222))
     env = dict(os.environ)
     env.setdefault("DATA_DIR", DATA_DIR)
@@ -162,6 +189,7 @@ def main():
     else:
         log("all services ready in %d ms; data in %s, logs in %s" % (
             (time.monotonic() - t0) * 1000, DATA_DIR, os.path.join(DATA_DIR, "logs")))
+        print_admin_password_once(admin_existed)
         log("open %s/ in a browser (Ctrl-C stops everything)" % env["PUBLIC_BASE_URL"])
 
     while not stopping:

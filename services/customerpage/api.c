@@ -9,11 +9,18 @@
  *   GET  /admin/rebuild     its state: {"state", "events", "rows",
  *                           "differences", "startedAt", "finishedAt", "error"}
  *
- * Only rows whose Ordered event was seen are shown (customerpage.h). */
+ * Only rows whose Ordered event was seen are shown (customerpage.h).
+ *
+ * Who sees what (the contract's access table): staff see every row; a
+ * customer sees only their own -- lists and searches hold only theirs
+ * (a search for another customerId is empty), another's row is a 404, as
+ * if it did not exist. The caller comes from the token (lib/auth.h). */
 #include "customerpage.h"
 
 #include <limits.h>
 #include <stdio.h>
+#include <string.h>
+#include "auth.h"
 #include "http.h"
 #include "rep.h"
 
@@ -105,15 +112,27 @@ static void reply_pages(http_req *r, store *st, const char *customer_id)
 static void get_pages(http_req *r, void *arg)
 {
     customerpage_app *app = arg;
-    reply_pages(r, app->st, NULL);
+    reply_pages(r, app->st, auth_owner_filter(r));
+}
+
+/* A customer's search for someone else: an empty page, like no rows. */
+static void reply_no_pages(http_req *r)
+{
+    long page, size;
+    if (rep_page_query(r, &page, &size))
+        rep_reply_collection(r, "customerpages", json_array(), page, size, 0);
 }
 
 static void find_pages_by_customer(http_req *r, void *arg)
 {
     customerpage_app *app = arg;
     char customer_id[160];
-    if (query_text(r, "customerId", customer_id, sizeof customer_id))
+    if (!query_text(r, "customerId", customer_id, sizeof customer_id))
+        return;
+    if (auth_may_see(r, customer_id))
         reply_pages(r, app->st, customer_id);
+    else
+        reply_no_pages(r);
 }
 
 static void get_page(http_req *r, void *arg)
@@ -123,6 +142,8 @@ static void get_page(http_req *r, void *arg)
     long long id;
     customer_page p = { 0 };
     int found = rep_path_id(raw, &id) ? page_store_get(app->st, id, &p) : 0;
+    if (found > 0 && !auth_may_see(r, p.customer_id))
+        found = 0;   /* another customer's rental: as unknown as a missing one */
     rep_reply_found(r, found, found > 0 ? page_item(&p, http_req_base_url(r)) : NULL,
                     "customer page", raw);
     customer_page_clear(&p);
@@ -138,6 +159,8 @@ static void find_pages_by_order(http_req *r, void *arg)
         return;
     customer_page p = { 0 };
     int found = page_store_get(app->st, order_id, &p);
+    if (found > 0 && !auth_may_see(r, p.customer_id))
+        found = 0;
     if (found < 0) {
         http_reply_error(r, 500, "could not read the customer page of order %lld: %s", order_id,
                          store_error(app->st));
@@ -185,12 +208,14 @@ static void get_rebuild(http_req *r, void *arg)
 
 void customerpage_api_register(service *svc, customerpage_app *app)
 {
-    http_server_route(svc->http, "GET", "/customerpages", get_pages, app);
-    http_server_route(svc->http, "GET", "/customerpages/search/findByOrderId",
-                      find_pages_by_order, app);
-    http_server_route(svc->http, "GET", "/customerpages/search/findByCustomerId",
-                      find_pages_by_customer, app);
-    http_server_route(svc->http, "GET", "/customerpages/{id}", get_page, app);
+    const unsigned people = TOKEN_ROLE_CUSTOMER | TOKEN_ROLE_STAFF;
+    http_server_route_for(svc->http, "GET", "/customerpages", people, get_pages, app);
+    http_server_route_for(svc->http, "GET", "/customerpages/search/findByOrderId", people,
+                          find_pages_by_order, app);
+    http_server_route_for(svc->http, "GET", "/customerpages/search/findByCustomerId", people,
+                          find_pages_by_customer, app);
+    http_server_route_for(svc->http, "GET", "/customerpages/{id}", people, get_page, app);
+    /* Staff only (http_server_route's default). */
     http_server_route(svc->http, "POST", "/admin/rebuild", post_rebuild, app);
     http_server_route(svc->http, "GET", "/admin/rebuild", get_rebuild, app);
 }

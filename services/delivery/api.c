@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include "http.h"
+#include "token.h"
 #include "rep.h"
 
 /* ---- representations ---- */
@@ -176,6 +177,9 @@ void delivery_api_register(service *svc, store *st)
                       find_deliveries_by_order, st);
     http_server_route(svc->http, "GET", "/deliveries/{id}", get_delivery, st);
     http_server_route(svc->http, "GET", "/cancellations", get_cancellations, st);
-    http_server_route(svc->http, "POST", "/cancellations", post_cancellation, st);
+    /* Between services only: never a person's call (the gateway does not
+     * route it either). The reads are staff only (the default). */
+    http_server_route_for(svc->http, "POST", "/cancellations", TOKEN_ROLE_SERVICE,
+                          post_cancellation, st);
     http_server_route(svc->http, "GET", "/cancellations/{id}", get_cancellation, st);
 }

@@ -5,7 +5,15 @@
  * checked once for a refused path, then goes either to the upstream owning
  * its prefix (proxy.c) or to the web page (web.c). Refusing ".." here, before
  * the split, means neither the web root nor an upstream's other routes can
- * be reached by a crafted path. */
+ * be reached by a crafted path.
+ *
+ * Before proxying, the gateway checks the caller itself (gw_access, the
+ * contract's table; lib/auth.c for the token): internal calls are 404,
+ * a missing or bad token 401, a role the table refuses 403 -- the same
+ * answers the service would give, without the trip. The token travels on
+ * to the service in its Authorization header, and the service checks it
+ * again: the gateway adds no identity header, and none from a client is
+ * believed anywhere. */
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -15,6 +23,7 @@
 #include <event2/bufferevent.h>
 #include <event2/http.h>
 
+#include "auth.h"
 #include "gateway.h"
 
 /* bufferevent writes at most 16 KiB per call. With Nagle's algorithm on, the
@@ -88,6 +97,14 @@ static void gw_dispatch(http_req *req, void *arg)
                          method, GW_FORWARDED_METHODS);
         return;
     }
+    int access = gw_access(method, path);
+    if (access == GW_HIDDEN) {
+        http_reply_error(req, 404, "no route for %s %s: it is not reachable from outside",
+                         method, path);
+        return;
+    }
+    if (access != 0 && !auth_check(service_auth(gw->svc), req, (unsigned)access))
+        return;
     gw_proxy(&gw->upstreams[upstream], req);
 }
 

@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "gateway.h"
+#include "token.h"
 
 /* ---- routes ---- */
 
@@ -31,6 +32,8 @@ static const struct {
     ROUTE("/customerpages", GW_CUSTOMERPAGE),
     ROUTE("/payments", GW_PAYMENT),
     ROUTE("/paymentCancellations", GW_PAYMENT),
+    ROUTE("/accounts", GW_ACCOUNT),
+    ROUTE("/sessions", GW_ACCOUNT),
 };
 
 static const char *const gw_upstream_names[GW_UPSTREAM_COUNT] = {
@@ -38,6 +41,7 @@ static const char *const gw_upstream_names[GW_UPSTREAM_COUNT] = {
     [GW_DELIVERY] = "delivery",
     [GW_CUSTOMERPAGE] = "customerpage",
     [GW_PAYMENT] = "payment",
+    [GW_ACCOUNT] = "account",
 };
 
 const char *gw_upstream_name(gw_upstream_id id)
@@ -62,6 +66,37 @@ int gw_route_match(const char *path)
         if (gw_route_prefix_matches(path, gw_routes[i].prefix, gw_routes[i].len))
             return (int)gw_routes[i].upstream;
     return -1;
+}
+
+/* ---- access ---- */
+
+#define GW_PEOPLE (TOKEN_ROLE_CUSTOMER | TOKEN_ROLE_STAFF)
+
+static bool path_is(const char *path, const char *exact)
+{
+    size_t n = strlen(exact);
+    return strncmp(path, exact, n) == 0 && (path[n] == '\0' || (path[n] == '/' && !path[n + 1]));
+}
+
+static bool under(const char *path, const char *prefix)
+{
+    return gw_route_prefix_matches(path, prefix, strlen(prefix));
+}
+
+int gw_access(const char *method, const char *path)
+{
+    bool read = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    bool post = strcmp(method, "POST") == 0;
+    if (under(path, "/cars"))
+        return read ? 0 : GW_PEOPLE;
+    if (post && (path_is(path, "/accounts") || path_is(path, "/sessions")))
+        return 0;
+    if (under(path, "/payments") || under(path, "/paymentCancellations")
+        || under(path, "/deliveries") || under(path, "/cancellations"))
+        return read ? TOKEN_ROLE_STAFF : GW_HIDDEN;
+    if (post && path_is(path, "/orders"))
+        return TOKEN_ROLE_CUSTOMER;
+    return GW_PEOPLE;
 }
 
 bool gw_method_forwarded(const char *method)

@@ -31,6 +31,7 @@ typedef enum {
     GW_DELIVERY,
     GW_CUSTOMERPAGE,
     GW_PAYMENT,
+    GW_ACCOUNT,
     GW_UPSTREAM_COUNT
 } gw_upstream_id;
 
@@ -40,6 +41,21 @@ typedef enum {
 int gw_route_match(const char *path);
 /* Whether `path` is `prefix` or lies under it, in the sense above. */
 bool gw_route_prefix_matches(const char *path, const char *prefix, size_t prefix_len);
+/* Who may make a call through the gateway (the contract's access table):
+ *   GW_HIDDEN  never routed: the internal calls (POST /payments, POST
+ *              /paymentCancellations, POST /cancellations -- every method
+ *              but GET and HEAD on the read-only-from-outside prefixes
+ *              /payments, /paymentCancellations, /deliveries, /cancellations):
+ *              404, as for a path the gateway does not know, whatever the
+ *              token -- "never reachable from outside";
+ *   0          open, no token: GET/HEAD /cars..., POST /accounts, POST /sessions;
+ *   role bits  a valid token of one of these roles (token.h), else 401/403.
+ * Each service checks again, with ownership; the gateway refuses early
+ * what the table refuses outright, with the same words. A service token
+ * never passes: no route here admits the service role. */
+#define GW_HIDDEN (-1)
+int gw_access(const char *method, const char *path);
+
 /* Methods passed on to the services; others (TRACE, CONNECT) are refused
  * with 405 and this list in Allow. */
 #define GW_FORWARDED_METHODS "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"

@@ -12,8 +12,11 @@
  *                      (default http://127.0.0.1:8083)
  *   PAYMENT_URL        payment service, /payments/... and /paymentCancellations/...
  *                      (default http://127.0.0.1:8084)
+ *   ACCOUNT_URL        account service, /accounts/... and /sessions/...
+ *                      (default http://127.0.0.1:8085)
+ *   TOKEN_PUBLIC_KEYS  the keys tokens are checked with (lib/auth.h)
  *   GATEWAY_<NAME>_*   per upstream (NAME = ORDER, DELIVERY, CUSTOMERPAGE,
- *                      PAYMENT), the http client settings of httpc.h:
+ *                      PAYMENT, ACCOUNT), the http client settings of httpc.h:
  *                      _CONNECT_TIMEOUT_MS (1000), _TIMEOUT_MS (5000),
  *                      _POOL_SIZE (32 here), _MAX_INFLIGHT (= pool size),
  *                      _MAX_QUEUE (1024 here), _MAX_QUEUE_WAIT_MS (1000
@@ -24,7 +27,7 @@
  *                      _BREAKER_WINDOW_MS (10000), _BREAKER_OPEN_MS (5000)
  *   GATEWAY_READY_UPSTREAMS  comma-separated upstreams that must be ready for
  *                      the gateway's /health/ready to be 200 (default: all
- *                      four, "order,delivery,customerpage,payment"; "none"
+ *                      five, "order,delivery,customerpage,payment,account"; "none"
  *                      makes readiness independent of the upstreams)
  *   GATEWAY_PROBE_INTERVAL_MS  how often each ready upstream's /health/ready
  *                      is polled (default 1000, 50..600000); one that is not
@@ -60,6 +63,7 @@ static const struct {
     {GW_DELIVERY, "DELIVERY_URL", "http://127.0.0.1:8082"},
     {GW_CUSTOMERPAGE, "CUSTOMERPAGE_URL", "http://127.0.0.1:8083"},
     {GW_PAYMENT, "PAYMENT_URL", "http://127.0.0.1:8084"},
+    {GW_ACCOUNT, "ACCOUNT_URL", "http://127.0.0.1:8085"},
 };
 
 /* Whether GATEWAY_READY_UPSTREAMS names `name`. Exits on an unknown name:
@@ -76,7 +80,7 @@ static bool gw_ready_list_names(const char *list, const char *name)
             known = known || strcmp(tok, gw_upstream_name((gw_upstream_id)i)) == 0;
         if (!known) {
             fprintf(stderr, "gateway: GATEWAY_READY_UPSTREAMS names an unknown upstream "
-                            "\"%s\" (known: order, delivery, customerpage, payment, none)\n", tok);
+                            "\"%s\" (known: order, delivery, customerpage, payment, account, none)\n", tok);
             exit(2);
         }
         if (strcmp(tok, name) == 0)
@@ -103,7 +107,7 @@ static gateway *gateway_new(service *svc)
     gw_edge_setup(gw);
     gw->probe_interval_ms = (int)config_int("GATEWAY_PROBE_INTERVAL_MS", 1000, 50, 600000);
     const char *ready_list = config_str("GATEWAY_READY_UPSTREAMS",
-                                        "order,delivery,customerpage,payment");
+                                        "order,delivery,customerpage,payment,account");
     for (int i = 0; i < GW_UPSTREAM_COUNT; i++) {
         const char *url = config_str(gw_upstream_config[i].url_var,
                                      gw_upstream_config[i].default_url);

@@ -9,11 +9,17 @@
  *   POST   /orders/{id}/return      end the rental (200; again 200; cancelled 409)
  *
  * The representations of a car and of an order live here; rental.c
- * answers with order_json too. */
+ * answers with order_json too.
+ *
+ * Who may do what (the contract's access table, the caller from the token,
+ * lib/auth.h): GET /cars is open; reads, searches and DELETE are a
+ * customer's own rentals (another's id is a 404, lists and searches hold
+ * only theirs) or anyone's for staff. POST /orders: rental.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "log.h"
 #include "metrics.h"
 #include "order.h"
@@ -139,7 +145,7 @@ static void list_orders_of(http_req *r, order_api *api, const char *customer_id)
 
 static void list_orders(http_req *r, void *arg)
 {
-    list_orders_of(r, arg, NULL);
+    list_orders_of(r, arg, auth_owner_filter(r));
 }
 
 static void find_orders_by_customer(http_req *r, void *arg)
@@ -154,6 +160,13 @@ static void find_orders_by_customer(http_req *r, void *arg)
                          ORDER_CUSTOMER_MAX);
         return;
     }
+    long page, size;
+    /* A customer's search for someone else holds nothing. */
+    if (!auth_may_see(r, customer)) {
+        if (rep_page_query(r, &page, &size))
+            rep_reply_collection(r, "orders", json_array(), page, size, 0);
+        return;
+    }
     list_orders_of(r, arg, customer);
 }
 
@@ -165,8 +178,27 @@ static void get_order(http_req *r, void *arg)
         return;
     order o;
     int found = order_store_get(api->st, id, &o);
+    if (found > 0 && !auth_may_see(r, o.customer_id))
+        found = 0;   /* another customer's rental: as unknown as a missing one */
     rep_reply_found(r, found, found > 0 ? order_json(&o, http_req_base_url(r)) : NULL, "order",
                     http_req_param(r, "id"));
+}
+
+/* Before a cancel or a return: the order exists and is the caller's (or
+ * the caller is staff). Another customer's order is a 404, as if it did
+ * not exist. False when it answered. */
+static bool caller_may_change(http_req *r, order_api *api, long long id, order *o)
+{
+    int found = order_store_get(api->st, id, o);
+    if (found < 0) {
+        http_reply_error(r, 500, "order %lld could not be read; please retry", id);
+        return false;
+    }
+    if (found == 0 || !auth_may_see(r, o->customer_id)) {
+        http_reply_error(r, 404, "order %lld not found", id);
+        return false;
+    }
+    return true;
 }
 
 /* ---- DELETE /orders/{id} ---- */
@@ -178,6 +210,8 @@ static void cancel_order(http_req *r, void *arg)
     if (!order_id_param(r, &id))
         return;
     order o;
+    if (!caller_may_change(r, api, id, &o))
+        return;
     switch (order_cancel(api->st, id, http_req_id(r), &o)) {
     case CANCEL_DONE:
         log_info("req=%s msg=\"order cancelled\" order=%lld product=%s qty=%lld", http_req_id(r),
@@ -208,6 +242,8 @@ static void return_order(http_req *r, void *arg)
     if (!order_id_param(r, &id))
         return;
     order o;
+    if (!caller_may_change(r, api, id, &o))
+        return;
     return_outcome outcome = order_return(api->st, id, cal_today(), cal_now(), http_req_id(r),
                                           &o);
     if (outcome == RETURN_DONE) {
@@ -247,13 +283,15 @@ void order_api_register(service *svc, store *st, const order_api_config *cfg)
     api->st = st;
 
     http_server *h = svc->http;
-    http_server_route(h, "GET", "/cars", list_cars, api);
-    http_server_route(h, "GET", "/cars/{id}", get_car, api);
+    const unsigned people = TOKEN_ROLE_CUSTOMER | TOKEN_ROLE_STAFF;
+    http_server_route_for(h, "GET", "/cars", HTTP_OPEN, list_cars, api);
+    http_server_route_for(h, "GET", "/cars/{id}", HTTP_OPEN, get_car, api);
     order_rental_register(svc, st, cfg);
-    http_server_route(h, "GET", "/orders", list_orders, api);
-    http_server_route(h, "GET", "/orders/search/findByCustomerId", find_orders_by_customer, api);
-    http_server_route(h, "GET", "/orders/{id}", get_order, api);
-    http_server_route(h, "DELETE", "/orders/{id}", cancel_order, api);
-    http_server_route(h, "POST", "/orders/{id}/return", return_order, api);
+    http_server_route_for(h, "GET", "/orders", people, list_orders, api);
+    http_server_route_for(h, "GET", "/orders/search/findByCustomerId", people,
+                          find_orders_by_customer, api);
+    http_server_route_for(h, "GET", "/orders/{id}", people, get_order, api);
+    http_server_route_for(h, "DELETE", "/orders/{id}", people, cancel_order, api);
+    http_server_route_for(h, "POST", "/orders/{id}/return", people, return_order, api);
     service_on_stop(svc, free_api, api);
 }

@@ -46,10 +46,25 @@ bool intake_state_parse(const char *name, intake_state *out)
 
 /* ---- pure rules ---- */
 
-payment_verdict rental_payment_verdict(int http_status, const char *body, long long *payment_id)
+bool rental_payment_matches(const json_t *p, const intake *asked)
+{
+    const char *product = json_string_value(json_object_get(p, "productId"));
+    const json_t *order_id = json_object_get(p, "orderId");
+    const json_t *amount = json_object_get(p, "amount");
+    const json_t *qty = json_object_get(p, "qty");
+    return json_is_integer(order_id) && json_integer_value(order_id) == asked->id
+           && json_is_integer(amount) && json_integer_value(amount) == asked->amount
+           && json_is_integer(qty) && json_integer_value(qty) == asked->qty
+           && product && strcmp(product, asked->product_id) == 0;
+}
+
+payment_verdict rental_payment_verdict(int http_status, const char *body, const intake *asked,
+                                       long long *payment_id)
 {
     if (http_status == 402)
         return PAYMENT_VERDICT_DECLINED;
+    if (http_status == 409)
+        return PAYMENT_VERDICT_REFUSED;
     if (http_status != 200 && http_status != 201)
         return PAYMENT_VERDICT_UNKNOWN;
 
@@ -63,7 +78,7 @@ payment_verdict rental_payment_verdict(int http_status, const char *body, long l
     payment_verdict v = PAYMENT_VERDICT_UNKNOWN;
     if (json_is_integer(id) && json_integer_value(id) > 0 && status && strcmp(status, "Paid") == 0) {
         *payment_id = json_integer_value(id);
-        v = PAYMENT_VERDICT_PAID;
+        v = rental_payment_matches(doc, asked) ? PAYMENT_VERDICT_PAID : PAYMENT_VERDICT_MISMATCH;
     }
     json_decref(doc);
     return v;
@@ -134,6 +149,11 @@ bool rental_same_request(const intake *in, const rental_request *rq)
     return strcmp(in->product_id, rq->product_id) == 0 && in->qty == rq->qty
            && strcmp(in->customer_id, rq->customer_id) == 0 && in->from_day == rq->from_day
            && in->to_day == rq->to_day;
+}
+
+void rental_scoped_key(const char *customer_id, const char *key, char *out, size_t size)
+{
+    snprintf(out, size, "%s:%s", customer_id, key);
 }
 
 bool rental_key_valid(const char *key)

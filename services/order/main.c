@@ -20,6 +20,11 @@
  *   ORDER_TEST_CLOCK_OFFSET_S  TEST ONLY, default 0: seconds (0 .. 400 days) added to the
  *                           real time wherever order asks for "now" (calendar.c); it shifts
  *                           time forward, every rule still applies
+ *   SERVICE_TOKEN_KEY       order's own signing key (PEM), default $DATA_DIR/keys/order.key,
+ *                           created on first start (0600) with its .pub beside it: order
+ *                           signs short-lived `service` tokens (sub "order", 5 minutes)
+ *                           for its calls to payment, which trusts that public key
+ *                           (TOKEN_SERVICE_KEYS, lib/auth.h). No person holds it.
  *   ORDER_TEST_CRASH_AFTER_PAYMENT  TEST ONLY, default 0 (off): 1 = _exit() as soon as a
  *                           successful payment answer arrives, before it is committed
  *   HTTP_* limits           see lib/http.h
@@ -28,7 +33,9 @@
  * "pending" by a previous run is marked "in_doubt" BEFORE the server
  * listens, so the reconciler can tell a dead process's calls from the
  * live ones. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "bus.h"
 #include "config.h"
@@ -36,9 +43,37 @@
 #include "log.h"
 #include "order.h"
 #include "service.h"
+#include "token.h"
+
+#define SERVICE_TOKEN_TTL_S 300
 
 static http_client *payment_client;
 static http_client *reconcile_client;
+static token_key *service_key;
+static token_minter *service_minter;
+
+/* http_client_auth: order's service token for every payment call. */
+static const char *service_credentials(void *arg)
+{
+    (void)arg;
+    return token_minter_bearer(service_minter, (long long)time(NULL));
+}
+
+static bool load_service_key(void)
+{
+    char *fallback = config_data_path("keys/order.key");
+    const char *path = config_str("SERVICE_TOKEN_KEY", fallback);
+    char err[512];
+    service_key = token_key_load_or_create(path, err, sizeof err);
+    if (!service_key)
+        log_error("msg=\"cannot load or create order's service key\" reason=\"%s\"", err);
+    else
+        log_info("msg=\"service key\" kid=%s path=%s", token_key_id(service_key), path);
+    free(fallback);
+    service_minter = service_key ? token_minter_new(service_key, "order", TOKEN_ROLE_SERVICE,
+                                                    SERVICE_TOKEN_TTL_S) : NULL;
+    return service_minter != NULL;
+}
 
 static void stop_reconciler(void *arg)
 {
@@ -76,6 +111,8 @@ static void free_clients(void *arg)
     (void)arg;
     http_client_free(payment_client);
     http_client_free(reconcile_client);
+    token_minter_free(service_minter);
+    token_key_free(service_key);
 }
 
 /* Defaults for a payment call on the customer's path, then the
@@ -144,11 +181,13 @@ int main(void)
     reconciler *rec = reconcile_client
         ? reconciler_new(svc->base, st, reconcile_client, interval_ms) : NULL;
     return_timer *returns = return_timer_new(svc->base, st, return_ms);
-    if (!payment_client || !reconcile_client || !b || !rec || !returns) {
-        log_error("msg=\"cannot set up the payment client, the bus, the reconciler or the "
-                  "return timer\"");
+    if (!payment_client || !reconcile_client || !b || !rec || !returns || !load_service_key()) {
+        log_error("msg=\"cannot set up the payment client, the bus, the reconciler, the "
+                  "return timer or the service key\"");
         return 1;
     }
+    http_client_set_auth(payment_client, service_credentials, NULL);
+    http_client_set_auth(reconcile_client, service_credentials, NULL);
 
     order_policy_register(b);
     order_api_config cfg = {

@@ -47,6 +47,8 @@ struct http_client;
 #define ORDER_MAX_DAILY_PRICE 100000000LL   /* KRW */
 #define ORDER_MAX_FLEET_TOTAL 100000000LL   /* cars of one model */
 #define ORDER_IDEMPOTENCY_KEY_MAX 128
+/* A key as stored: "<customerId>:<Idempotency-Key>" (rental_scoped_key). */
+#define ORDER_SCOPED_KEY_MAX (ORDER_CUSTOMER_MAX + 1 + ORDER_IDEMPOTENCY_KEY_MAX)
 #define ORDER_MESSAGE_MAX 256
 
 #define ORDER_STATUS_APPROVED "OrderApproved"
@@ -99,7 +101,7 @@ typedef enum {
 
 typedef struct intake {
     long long id;               /* = the order id */
-    char idempotency_key[ORDER_IDEMPOTENCY_KEY_MAX + 1];   /* "" when none */
+    char idempotency_key[ORDER_SCOPED_KEY_MAX + 1];   /* scoped; "" when none */
     char product_id[ORDER_PRODUCT_MAX + 1];
     long long qty;
     char customer_id[ORDER_CUSTOMER_MAX + 1];
@@ -130,12 +132,23 @@ bool intake_state_parse(const char *name, intake_state *out);
 
 /* What payment's answer means for the rental. */
 typedef enum {
-    PAYMENT_VERDICT_PAID,       /* 200/201 with status Paid and an id */
+    PAYMENT_VERDICT_PAID,       /* 200/201 with status Paid, an id, and what we asked */
     PAYMENT_VERDICT_DECLINED,   /* 402 */
+    PAYMENT_VERDICT_REFUSED,    /* 409: payment refuses this orderId (voided before, or
+                                   paid before with other fields): not charged by us */
+    PAYMENT_VERDICT_MISMATCH,   /* a Paid answer for another orderId, amount, qty or
+                                   product than asked: never accepted, voided */
     PAYMENT_VERDICT_UNKNOWN,    /* anything else: maybe charged, maybe not */
 } payment_verdict;
 
-payment_verdict rental_payment_verdict(int http_status, const char *body, long long *payment_id);
+/* What payment's answer to POST /payments for the intake `asked` means. */
+payment_verdict rental_payment_verdict(int http_status, const char *body, const intake *asked,
+                                       long long *payment_id);
+/* Whether a payment item (payment's JSON) is for exactly what `asked`
+ * asked: its orderId, amount, qty and productId. Order accepts no other:
+ * a payment made beforehand for a future order id, by anyone, with
+ * another amount or car, never approves a rental. */
+bool rental_payment_matches(const json_t *payment, const intake *asked);
 
 /* amount = qty x days x dailyPrice, or -1 when it would overflow. */
 long long rental_amount(long long qty, long long days, long long daily_price);
@@ -160,7 +173,7 @@ typedef struct rental_request {
     long long qty;
     long from_day, to_day;
     const char *customer_id;
-    const char *idempotency_key;   /* NULL when none */
+    const char *idempotency_key;   /* scoped (rental_scoped_key); NULL when none */
     const char *request_id;
 } rental_request;
 
@@ -170,6 +183,12 @@ bool rental_same_request(const intake *in, const rental_request *rq);
 
 /* Whether an Idempotency-Key header value is acceptable (1..128 printable ASCII). */
 bool rental_key_valid(const char *key);
+
+/* The contract scopes Idempotency-Key to the customer: another customer's
+ * key is unknown to you. Keys are stored as "<customerId>:<key>" (':' is
+ * not in the customerId alphabet, so no two pairs collide). out must hold
+ * ORDER_SCOPED_KEY_MAX + 1 bytes. */
+void rental_scoped_key(const char *customer_id, const char *key, char *out, size_t size);
 
 /* ---- domain.c: transactions (each one commits or rolls back) ---- */
 

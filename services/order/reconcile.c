@@ -139,7 +139,10 @@ static void settle_in_doubt(reconciler *r, const intake *in, const json_t *doc)
     const char *status = json_string_value(json_object_get(p, "status"));
     json_int_t payment_id = json_integer_value(json_object_get(p, "id"));
 
-    if (p && status && strcmp(status, "Paid") == 0 && payment_id > 0) {
+    /* Only the payment order asked for approves the rental: one made for
+     * this id with another amount, qty or car is cancelled like no payment. */
+    if (p && status && strcmp(status, "Paid") == 0 && payment_id > 0
+        && rental_payment_matches(p, in)) {
         order o;
         int rc = rental_approve(r->st, in->id, payment_id, &o);
         if (rc == 1) {

@@ -21,6 +21,13 @@
  *      answer_not_booked).
  * Between 5 and 7 nothing is locked: the event loop serves other requests.
  *
+ * Who rents: the signed-in customer (the route admits customers only, so
+ * staff get 403); customerId comes from the token, and a body naming
+ * another customer is a 403. Idempotency-Key is scoped to the customer
+ * (rental_scoped_key): another customer's key is unknown to you. Only the
+ * payment asked for approves a rental (rental_payment_verdict); a 409 from
+ * payment is a refusal, never shown as "busy, try again".
+ *
  * ORDER_TEST_CRASH_AFTER_PAYMENT (test only) makes the process _exit() the
  * moment a successful payment answer arrives, before step 7 commits: the
  * crash the end-to-end tests use to check recovery. */
@@ -38,6 +45,7 @@
 #include "order.h"
 #include "rep.h"
 #include "service.h"
+#include "token.h"
 
 #define CARD_TEXT_MAX 40
 
@@ -226,6 +234,27 @@ static void settle_unknown(rental_call *call, const http_response *resp)
     answer_not_booked(api, r, call->in.id, retry_ms ? retry_ms : 1000);
 }
 
+/* Payment refused this order id (409), or answered a payment that is not
+ * the one asked for. Either way no payment of ours stands for it: the
+ * intake is voided (the reconciler cancels whatever payment holds that
+ * order id, then releases the cars). This is no overload, so the customer
+ * is not told "busy, try again shortly" (503): it is a 502 saying the
+ * rental was not made and nothing stays charged. */
+static void settle_refused(rental_call *call, payment_verdict v)
+{
+    rental_api *api = call->api;
+    http_req *r = call->req;
+    log_warn("req=%s msg=\"payment %s, voiding the rental\" intake=%lld", http_req_id(r),
+             v == PAYMENT_VERDICT_REFUSED ? "refused this order id (409)"
+                                          : "answered another payment than asked",
+             call->in.id);
+    if (rental_start_void(api->st, call->in.id) == 1)
+        reconciler_kick(api->reconciler);
+    count_rental("payment_refused");
+    http_reply_error(r, 502, "the payment service refused this rental, so it was not made and "
+                     "nothing stays charged; please place it again");
+}
+
 static void rental_call_free(rental_call *call)
 {
     if (call->body) {
@@ -240,7 +269,7 @@ static void on_payment_answer(const http_response *resp, void *arg)
     rental_call *call = arg;
     long long payment_id = 0;
     payment_verdict v = resp->result == HTTPC_OK
-        ? rental_payment_verdict(resp->status, resp->body, &payment_id)
+        ? rental_payment_verdict(resp->status, resp->body, &call->in, &payment_id)
         : PAYMENT_VERDICT_UNKNOWN;
 
     if (call->api->test_crash_after_payment && v == PAYMENT_VERDICT_PAID) {
@@ -256,6 +285,10 @@ static void on_payment_answer(const http_response *resp, void *arg)
         break;
     case PAYMENT_VERDICT_DECLINED:
         settle_declined(call, resp);
+        break;
+    case PAYMENT_VERDICT_REFUSED:
+    case PAYMENT_VERDICT_MISMATCH:
+        settle_refused(call, v);
         break;
     case PAYMENT_VERDICT_UNKNOWN:
         settle_unknown(call, resp);
@@ -314,6 +347,7 @@ typedef struct rental_input {
     rental_request rq;
     char product_buf[ORDER_PRODUCT_MAX + 1];
     char customer_buf[ORDER_CUSTOMER_MAX + 1];
+    char scoped_key[ORDER_SCOPED_KEY_MAX + 1];
     char card_digits[24];       /* "" when no card */
 } rental_input;
 
@@ -386,12 +420,16 @@ static bool read_rental(http_req *r, const json_t *body, rental_input *ri)
         snprintf(ri->product_buf, sizeof ri->product_buf, "%s", ri->rq.product_id);
         ri->rq.product_id = ri->product_buf;
     }
-    if (ri->rq.customer_id && ri->rq.customer_id != ri->customer_buf) {
-        snprintf(ri->customer_buf, sizeof ri->customer_buf, "%s", ri->rq.customer_id);
-        ri->rq.customer_id = ri->customer_buf;
+    /* The customer is the caller; a body may name them, but nobody else. */
+    const char *caller = http_req_caller(r);
+    if (ri->rq.customer_id && strcmp(ri->rq.customer_id, caller) != 0) {
+        explicit_bzero(card_buf, sizeof card_buf);
+        http_reply_error(r, 403, "customerId %s is not you: rentals are made for the signed-in "
+                         "customer (%s); leave customerId out", ri->rq.customer_id, caller);
+        return false;
     }
-    if (!ri->rq.customer_id)
-        ri->rq.customer_id = "guest";
+    snprintf(ri->customer_buf, sizeof ri->customer_buf, "%s", caller);
+    ri->rq.customer_id = ri->customer_buf;
     if (card && !card_digits(card, ri->card_digits, sizeof ri->card_digits)) {
         explicit_bzero(card_buf, sizeof card_buf);
         explicit_bzero(ri->card_digits, sizeof ri->card_digits);
@@ -487,7 +525,10 @@ static void post_order(http_req *r, void *arg)
     if (!ok)
         return;
     rental_request *rq = &ri.rq;
-    rq->idempotency_key = key;
+    if (key) {
+        rental_scoped_key(rq->customer_id, key, ri.scoped_key, sizeof ri.scoped_key);
+        rq->idempotency_key = key = ri.scoped_key;
+    }
 
     intake prev;
     int found = key ? intake_store_find_by_key(api->st, key, &prev) : 0;
@@ -553,6 +594,6 @@ void order_rental_register(service *svc, store *st, const order_api_config *cfg)
     api->payment = cfg->payment;
     api->reconciler = cfg->reconciler;
     api->test_crash_after_payment = cfg->test_crash_after_payment;
-    http_server_route(svc->http, "POST", "/orders", post_order, api);
+    http_server_route_for(svc->http, "POST", "/orders", TOKEN_ROLE_CUSTOMER, post_order, api);
     service_on_stop(svc, free_rental_api, api);
 }

@@ -11,7 +11,8 @@
  * Answers worth knowing:
  *  - POST /payments: 201 new payment (status "Paid"); 200 the existing
  *    payment of that orderId (nothing charged); 402 card 4000000000000002
- *    (nothing stored); 409 the order was cancelled or voided first.
+ *    (nothing stored); 409 the order was cancelled or voided first, or was
+ *    paid already with another amount, qty, product or card.
  *  - POST /paymentCancellations: 201 with the new cancellation, 200 with
  *    the existing one. Its status is "PaymentCancelled" when a payment was
  *    refunded (the payment's own status becomes "PaymentCancelled" too and
@@ -41,6 +42,7 @@
 #include "payment.h"
 #include "rep.h"
 #include "service.h"
+#include "token.h"
 
 #define MAX_QTY 1000000LL
 #define MAX_AMOUNT 1000000000000000LL   /* 10^15 KRW: beyond any rental */
@@ -219,6 +221,13 @@ static void post_payment(http_req *r, void *arg)
                  rq.order_id);
         answer_charge(api, r, 409, rep_error(409, msg, path));
         return;
+    case CHARGE_CONFLICT:
+        log_warn("req=%s msg=\"payment refused: order already paid with other fields\" "
+                 "order=%lld", http_req_id(r), rq.order_id);
+        snprintf(msg, sizeof msg, "order %lld is already paid with another amount, qty, product "
+                 "or card; nothing was charged", rq.order_id);
+        answer_charge(api, r, 409, rep_error(409, msg, path));
+        return;
     case CHARGE_FAILED:
         break;
     }
@@ -366,11 +375,17 @@ void payment_api_register(service *svc, store *st, const payment_api_config *cfg
     api->test_delay_ms = cfg ? cfg->test_delay_ms : 0;
 
     http_server *h = svc->http;
-    http_server_route(h, "POST", "/payments", post_payment, api);
+    /* Charges and refunds are asked by order only (a service token);
+     * customers get refunds by cancelling the rental. Reads: staff only
+     * (the default). */
+    http_server_route_for(h, "POST", "/payments", TOKEN_ROLE_SERVICE, post_payment, api);
     http_server_route(h, "GET", "/payments", list_payments, api);
-    http_server_route(h, "GET", "/payments/search/findByOrderId", find_payment_by_order, api);
+    /* order's reconciler asks this for an order whose outcome it lost. */
+    http_server_route_for(h, "GET", "/payments/search/findByOrderId",
+                          TOKEN_ROLE_STAFF | TOKEN_ROLE_SERVICE, find_payment_by_order, api);
     http_server_route(h, "GET", "/payments/{id}", get_payment, api);
-    http_server_route(h, "POST", "/paymentCancellations", post_cancellation, api);
+    http_server_route_for(h, "POST", "/paymentCancellations", TOKEN_ROLE_SERVICE,
+                          post_cancellation, api);
     http_server_route(h, "GET", "/paymentCancellations", list_cancellations, api);
     http_server_route(h, "GET", "/paymentCancellations/{id}", get_cancellation, api);
     service_on_stop(svc, free_api, api);

@@ -72,6 +72,24 @@ static int add_pay_cancelled(store *st, const payment_cancellation *c, const cha
     return event_pay_cancelled_add(st, &e, request_id);
 }
 
+/* The last four digits of a card, "" without one. */
+static void card_last4(const char *digits, char *out, size_t size)
+{
+    size_t n = digits ? strlen(digits) : 0;
+    snprintf(out, size, "%s", n >= 4 ? digits + (n - 4) : "");
+}
+
+bool payment_same_charge(const payment *p, const charge_request *rq)
+{
+    /* The card is compared by what is kept of it, its last four digits
+     * (full numbers are never stored): a repeat with another card of the
+     * same last four is taken as the same, which order never sends. */
+    char last4[5];
+    card_last4(rq->card_digits, last4, sizeof last4);
+    return p->amount == rq->amount && p->qty == rq->qty
+           && strcmp(p->product_id, rq->product_id) == 0 && strcmp(p->card_last4, last4) == 0;
+}
+
 /* Inside a transaction: the part of a charge that reads and decides. */
 static charge_outcome charge_locked(store *st, const charge_request *rq, const char *request_id,
                                     payment *out)
@@ -86,8 +104,11 @@ static charge_outcome charge_locked(store *st, const charge_request *rq, const c
     found = payment_store_find_by_order(st, rq->order_id, out);
     if (found < 0)
         return CHARGE_FAILED;
-    if (found)   /* a refunded payment also has a cancellation: handled above */
-        return CHARGE_EXISTING;
+    /* A refunded payment also has a cancellation: handled above. A repeat
+     * is only a repeat with the same fields: anything else is a different
+     * charge claiming the same order id, refused. */
+    if (found)
+        return payment_same_charge(out, rq) ? CHARGE_EXISTING : CHARGE_CONFLICT;
 
     if (payment_card_declined(rq->card_digits))
         return CHARGE_DECLINED;
@@ -97,10 +118,7 @@ static charge_outcome charge_locked(store *st, const charge_request *rq, const c
     snprintf(out->product_id, sizeof out->product_id, "%s", rq->product_id);
     out->qty = rq->qty;
     out->amount = rq->amount;
-    if (rq->card_digits) {
-        size_t n = strlen(rq->card_digits);
-        snprintf(out->card_last4, sizeof out->card_last4, "%s", rq->card_digits + (n - 4));
-    }
+    card_last4(rq->card_digits, out->card_last4, sizeof out->card_last4);
     snprintf(out->status, sizeof out->status, "%s", PAYMENT_STATUS_PAID);
     if (payment_store_insert(st, out) != 0)
         return CHARGE_FAILED;

@@ -80,8 +80,13 @@ typedef enum {
     CHARGE_EXISTING,             /* the order was already paid: 200 */
     CHARGE_DECLINED,             /* the card was declined: 402, nothing stored */
     CHARGE_ORDER_CANCELLED,      /* the order was cancelled or voided first: 409 */
+    CHARGE_CONFLICT,             /* the order was paid with other fields: 409 */
     CHARGE_FAILED,               /* the database failed: 500 */
 } charge_outcome;
+
+/* Whether an existing payment is what rq asks again (amount, qty,
+ * productId, card's last four): a repeat, answered with it. */
+bool payment_same_charge(const payment *p, const charge_request *rq);
 
 /* Charges once per order: in one transaction, refuses a cancelled order,
  * returns an existing payment, or stores a new one with its Paid event. */

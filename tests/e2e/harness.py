@@ -8,6 +8,20 @@ stopped by PID (SIGTERM, then SIGKILL after a grace period), never by name.
     with System(["payment", "order", "gateway"]) as sys:
         status, body, headers = sys.call("POST", "gateway", "/orders", {"productId": "1001", "qty": 1})
 
+Identity (the contract's "Identity and access"): every call needs a token but a few open ones, so
+call() signs each call by itself unless told otherwise -- as the role the contract's access table
+gives that call: POST /orders as the customer named in the body's customerId (default "kim"),
+the internal calls (POST /payments, /paymentCancellations, /cancellations, and payment's
+findByOrderId) as order's service credential, everything else as staff. Customers and staff are
+signed in for real through account (POST /accounts, POST /sessions; staff is `admin` with the
+password account wrote into secrets/admin-password) when the System runs account; otherwise their
+tokens are signed with account's key by `carshare-account token`, as service tokens always are.
+A test of access says who calls: as_="kim" (a customer), as_=STAFF, as_=SERVICE, as_=None (no
+token), or passes its own Authorization header.
+
+    sys.call("GET", "gateway", "/orders/7", as_="lee")        # another customer: 404
+    sys.token("kim")                                          # the token itself
+
 A test file defines test_* functions and ends with `run(globals())`, which runs them in order,
 prints one line per test and a closing 'N passed, N failed' line, and exits non-zero on failure.
 """
@@ -32,9 +46,32 @@ BIN = os.environ.get("CARSHARE_BIN", os.path.join(os.path.dirname(__file__), "..
 WEB = os.environ.get("CARSHARE_WEB", os.path.join(os.path.dirname(__file__), "..", "..", "web"))
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
-SERVICES = ["payment", "order", "delivery", "customerpage", "gateway"]
+SERVICES = ["account", "payment", "order", "delivery", "customerpage", "gateway"]
 URL_VARS = {"order": "ORDER_URL", "payment": "PAYMENT_URL", "delivery": "DELIVERY_URL",
-            "customerpage": "CUSTOMERPAGE_URL"}
+            "customerpage": "CUSTOMERPAGE_URL", "account": "ACCOUNT_URL"}
+
+# Who calls: call(..., as_=AUTO) picks by the access table (see above).
+AUTO, STAFF, SERVICE = object(), "<staff>", "<service>"
+PASSWORD = "correct horse battery staple"   # every test customer's password
+SERVICE_ONLY = (("POST", "/payments"), ("POST", "/paymentCancellations"), ("POST", "/cancellations"),
+                ("GET", "/payments/search/findByOrderId"))
+
+
+def caller_for(method, path, body, target):
+    """The identity the access table gives a call to `target` (a process name): a customer id,
+    STAFF, SERVICE, or None for the open calls. Through the gateway nothing is SERVICE's (it
+    admits no service token): payment's lookup by order is staff's there."""
+    bare = path.split("?", 1)[0].rstrip("/") or "/"
+    if bare.startswith("/health/") or (method in ("GET", "HEAD") and (bare == "/cars" or bare.startswith("/cars/"))):
+        return None
+    if method == "POST" and bare in ("/accounts", "/sessions"):
+        return None
+    if (method, bare) in SERVICE_ONLY:
+        return STAFF if target == "gateway" and method == "GET" else SERVICE
+    if method == "POST" and bare == "/orders":
+        named = body.get("customerId") if isinstance(body, dict) else None
+        return named if isinstance(named, str) and named else "kim"
+    return STAFF
 
 
 def free_port():
@@ -111,10 +148,12 @@ class System:
         self.keep = keep or os.environ.get("CARSHARE_KEEP") == "1"
         self.failed = False
         self.closing_after_error = False
+        self.tokens = {}                 # (subject, role) -> token
 
     # ---- lifecycle ----
     def __enter__(self):
         try:
+            self.make_keys()
             if self.want_nats:
                 self.start_nats()
             for name in self.services:
@@ -131,6 +170,65 @@ class System:
         self.closing_after_error = exc_type is not None
         self.close()
         return False
+
+    # ---- identity ----
+    def data(self, *parts):
+        return os.path.join(self.dir, "data", *parts)
+
+    def make_keys(self):
+        """account's token key and order's service key, before any process starts (as make run
+        does): every verifier finds the public keys at start."""
+        os.makedirs(self.data(), exist_ok=True)
+        subprocess.run([os.path.join(BIN, "carshare-account"), "keygen", self.data("keys", "account.key"),
+                        self.data("keys", "order.key")], check=True, stdout=subprocess.DEVNULL)
+
+    def mint(self, subject, role, key="account", ttl=3600, iat=None):
+        """A token signed by `carshare-account token` with a key of data/keys (or a path)."""
+        path = key if os.path.isabs(key) else self.data("keys", key + ".key")
+        argv = [os.path.join(BIN, "carshare-account"), "token", path, subject, role, str(ttl)]
+        if iat is not None:
+            argv.append(str(int(iat)))
+        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+    def sign_up(self, customer, password=PASSWORD, name=None):
+        """POST /accounts straight to account. Returns (status, body, headers)."""
+        return self.call("POST", "account", "/accounts",
+                         {"customerId": customer, "password": password, "name": name or customer},
+                         as_=None)
+
+    def sign_in(self, customer, password=PASSWORD):
+        """POST /sessions straight to account. Returns (status, body, headers)."""
+        return self.call("POST", "account", "/sessions", {"customerId": customer, "password": password},
+                         as_=None)
+
+    def admin_password(self):
+        with open(self.data("secrets", "admin-password")) as f:
+            return f.read().strip()
+
+    def token(self, who=STAFF):
+        """A valid token: for a customer id (signed up and in through account when it runs), for
+        STAFF (admin), or for SERVICE (order's credential). Cached per System."""
+        if who in self.tokens:
+            return self.tokens[who]
+        running = "account" in self.procs and self.procs["account"].running()
+        if who == SERVICE:
+            tok = self.mint("order", "service", key="order")
+        elif not running:
+            tok = self.mint("admin", "staff") if who == STAFF else self.mint(who, "customer")
+        else:
+            if who == STAFF:
+                code, body, _ = self.sign_in("admin", self.admin_password())
+            else:
+                self.sign_up(who)     # 201, or 409 when it exists already
+                code, body, _ = self.sign_in(who)
+            check(code == 201, "sign-in of %s failed: %d %r" % (who, code, body))
+            tok = body["token"]
+        self.tokens[who] = tok
+        return tok
+
+    def auth(self, who=STAFF):
+        """The Authorization header of `who`, for a request's headers."""
+        return {"Authorization": "Bearer " + self.token(who)}
 
     def nats_url(self):
         return "nats://127.0.0.1:%d" % self.nats_port
@@ -180,7 +278,8 @@ class System:
         return env
 
     def start(self, name, wait_ready=True):
-        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        if not os.path.exists(self.data("keys", "account.pub")):
+            self.make_keys()
         p = Proc(name, [os.path.join(BIN, "carshare-" + name)], self.env_for(name),
                  os.path.join(self.dir, name + ".log"))
         p.start()
@@ -245,10 +344,15 @@ class System:
     def url(self, name, path=""):
         return "http://127.0.0.1:%d%s" % (self.ports[name], path)
 
-    def call(self, method, name, path, body=None, headers=None, timeout=10, raw=None):
-        """One request. Returns (status, parsed JSON or text or None, headers dict lowercased)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports[name], timeout=timeout)
+    def call(self, method, name, path, body=None, headers=None, timeout=10, raw=None, as_=AUTO):
+        """One request. Returns (status, parsed JSON or text or None, headers dict lowercased).
+        as_: who calls (module docstring); AUTO unless the headers carry an Authorization."""
         hdrs = dict(headers or {})
+        if as_ is AUTO and not any(k.lower() == "authorization" for k in hdrs):
+            as_ = caller_for(method, path, body, name)
+        if as_ is not AUTO and as_ is not None:
+            hdrs["Authorization"] = "Bearer " + self.token(as_)
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[name], timeout=timeout)
         data = raw
         if body is not None:
             data = json.dumps(body).encode()

@@ -102,7 +102,8 @@ def test_httpie_form_numeric_strings():
     with system() as s:
         code, o, _ = s.call("POST", "order", "/orders", {"productId": "1001", "qty": "1"})
         check(code == 201, "httpie form: %d %r" % (code, o))
-        check(o["qty"] == 1 and o["customerId"] == "guest" and o["status"] == "OrderApproved", "%r" % o)
+        # The customer is the signed-in one (the harness signs POST /orders in as kim).
+        check(o["qty"] == 1 and o["customerId"] == "kim" and o["status"] == "OrderApproved", "%r" % o)
         # A number for productId is its decimal text; fields the server owns are ignored.
         code, o2, _ = s.call("POST", "order", "/orders",
                              {"productId": 1003, "qty": 1, "id": 99, "status": "Shipped",
@@ -275,8 +276,13 @@ def test_payment_idempotent_per_order():
         check(code == 201 and p["status"] == "Paid" and p["orderId"] == 5000, "first: %d %r" % (code, p))
         check(h.get("location", "").endswith("/payments/%d" % p["id"]), "Location %r" % h)
         check(p["cardLast4"] == "0004", "last four %r" % p)
-        code, again, _ = s.call("POST", "payment", "/payments", dict(req, amount=1))
+        code, again, _ = s.call("POST", "payment", "/payments", req)
         check(code == 200 and again["id"] == p["id"] and again["amount"] == 90000, "repeat: %d %r" % (code, again))
+        # A repeat with any other field is another charge claiming the same order: 409, nothing charged.
+        for change in ({"amount": 1}, {"qty": 1}, {"productId": "1002"}, {"cardNumber": "4111111111111111"},
+                       {"cardNumber": None}):
+            other = {k: v for k, v in dict(req, **change).items() if v is not None}
+            check_error(s.call("POST", "payment", "/payments", other), 409, "already paid")
         check(len(payments(s)) == 1, "one payment for order 5000")
 
         # Refund: 201 once, then 200 with the same refund.

@@ -7,6 +7,11 @@
  * (Connection: close) that keeps the status, the Location header and the
  * body parsed as JSON. check_error() checks the contract's error shape.
  *
+ * The server checks tokens as every process does (lib/auth.c's guard), with
+ * a key pair made for the test: call() sends the token of the caller set by
+ * call_as(role, subject) -- staff "ops" after server_open -- and
+ * call_as(0, NULL) sends none.
+ *
  * One server per test: the port and the loop are kept here. Include after
  * testing.h. */
 #ifndef CARSHARE_TESTING_HTTP_H
@@ -21,11 +26,61 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+#include "auth.h"
 #include "http.h"
 #include "service.h"
+#include "token.h"
 
 static int server_port;
+static token_key *test_key;
+static auth *test_auth;
+static char test_key_dir[128];
+static char test_bearer[TOKEN_MAX_LEN];    /* the token call() sends; "" none */
+
+/* From now on call() is made by `subject` with `role` (0: no token). */
+static inline void call_as(unsigned role, const char *subject)
+{
+    test_bearer[0] = '\0';
+    if (role && token_sign(test_key, subject, (token_role)role, (long long)time(NULL), 600,
+                           test_bearer, sizeof test_bearer) < 0)
+        fprintf(stderr, "cannot sign a test token for %s\n", subject);
+}
+
+/* A key pair for the test, trusted for every role, and the guard. */
+static inline bool test_auth_open(http_server *h)
+{
+    char path[192], err[256];
+    snprintf(test_key_dir, sizeof test_key_dir, "/tmp/carshare-unit-keys-XXXXXX");
+    if (token_init() != 0 || !mkdtemp(test_key_dir))
+        return false;
+    snprintf(path, sizeof path, "%s/test.key", test_key_dir);
+    test_key = token_key_load_or_create(path, err, sizeof err);
+    token_verifier *v = test_key ? token_verifier_new() : NULL;
+    if (!v || token_verifier_add(v, token_key_public(test_key), TOKEN_ROLES_ALL) != 0) {
+        fprintf(stderr, "test keys: %s\n", test_key ? "out of memory" : err);
+        return false;
+    }
+    test_auth = auth_new(v);
+    http_server_guard(h, auth_guard, test_auth);
+    call_as(TOKEN_ROLE_STAFF, "ops");
+    return true;
+}
+
+static inline void test_auth_close(void)
+{
+    char path[192];
+    snprintf(path, sizeof path, "%s/test.key", test_key_dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/test.pub", test_key_dir);
+    unlink(path);
+    rmdir(test_key_dir);
+    auth_free(test_auth);
+    token_key_free(test_key);
+    test_auth = NULL;
+    test_key = NULL;
+}
 static struct event_base *server_base;
 static pthread_t server_loop_thread;
 
@@ -41,7 +96,7 @@ static inline bool server_open(service *svc, const char *name)
     svc->base = server_base = event_base_new();
     svc->http = svc->base ? http_server_new(svc->base, name) : NULL;
     svc->port = server_port = svc->http ? http_server_listen(svc->http, svc->host, 0) : -1;
-    if (svc->port > 0)
+    if (svc->port > 0 && test_auth_open(svc->http))
         return true;
     fprintf(stderr, "cannot set up the %s test server\n", name);
     return false;
@@ -51,6 +106,7 @@ static inline void server_close(service *svc)
 {
     http_server_free(svc->http);
     event_base_free(svc->base);
+    test_auth_close();
 }
 
 static inline void *server_loop(void *arg)
@@ -91,11 +147,13 @@ static inline reply call(const char *method, const char *path, const char *body)
         if (fd >= 0) close(fd);
         return r;
     }
-    char req[4096];
+    char req[8192], authorization[TOKEN_MAX_LEN + 32] = "";
+    if (test_bearer[0])
+        snprintf(authorization, sizeof authorization, "Authorization: Bearer %s\r\n", test_bearer);
     int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+                     "%s %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n%s"
                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     method, path, body ? strlen(body) : 0, body ? body : "");
+                     method, path, authorization, body ? strlen(body) : 0, body ? body : "");
     if (write(fd, req, (size_t)n) != n) fprintf(stderr, "short write\n");
     size_t cap = 65536, len = 0;
     char *buf = malloc(cap);

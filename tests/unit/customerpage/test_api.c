@@ -113,6 +113,35 @@ static void test_reads(void)
     check_error(call("DELETE", "/customerpages/1", NULL), 405, NULL);
 }
 
+/* A customer sees only their own rows: another's is a 404, lists and
+ * searches hold only theirs. Staff see all (test_reads). */
+static void test_ownership(void)
+{
+    call_as(TOKEN_ROLE_CUSTOMER, "lee");
+    reply r = call("GET", "/customerpages", NULL);
+    CHECK_INT(r.status, 200);
+    CHECK_INT(json_array_size(embedded(&r, "customerpages")), 1);
+    CHECK_INT(num(json_array_get(embedded(&r, "customerpages"), 0), "orderId"), 2);
+    CHECK_INT(num(json_object_get(r.body, "page"), "totalElements"), 1);
+    json_decref(r.body);
+    r = call("GET", "/customerpages/2", NULL);
+    CHECK_INT(r.status, 200);
+    json_decref(r.body);
+    check_error(call("GET", "/customerpages/1", NULL), 404, "1");   /* kim's */
+    r = call("GET", "/customerpages/search/findByCustomerId?customerId=kim", NULL);
+    CHECK_INT(r.status, 200);
+    CHECK_INT(num(json_object_get(r.body, "page"), "totalElements"), 0);
+    json_decref(r.body);
+    r = call("GET", "/customerpages/search/findByOrderId?orderId=1", NULL);
+    CHECK_INT(r.status, 200);
+    CHECK_INT(json_array_size(embedded(&r, "customerpages")), 0);
+    json_decref(r.body);
+    check_error(call("POST", "/admin/rebuild", NULL), 403, "customer");
+    call_as(0, NULL);
+    check_error(call("GET", "/customerpages", NULL), 401, "Bearer");
+    call_as(TOKEN_ROLE_STAFF, "ops");
+}
+
 int main(void)
 {
     setenv("LOG_LEVEL", "warn", 1);
@@ -150,6 +179,7 @@ int main(void)
     CHECK(text(r.body, "error") != NULL);
     json_decref(r.body);
     test_reads();
+    test_ownership();
     loop_stop();
 
     bus_free(app.bus);

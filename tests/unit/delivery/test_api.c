@@ -25,8 +25,26 @@ static void feed(store *st, bus_handler h, json_t *event)
     json_decref(event);
 }
 
+/* POST /cancellations is between services only; the reads are staff's. */
+static void test_access(void)
+{
+    call_as(TOKEN_ROLE_CUSTOMER, "kim");
+    check_error(call("POST", "/cancellations", "{\"orderId\": 8}"), 403, "service");
+    check_error(call("GET", "/deliveries", NULL), 403, "customer");
+    check_error(call("GET", "/cancellations", NULL), 403, "customer");
+    call_as(TOKEN_ROLE_STAFF, "ops");
+    check_error(call("POST", "/cancellations", "{\"orderId\": 8}"), 403, "staff");
+    call_as(0, NULL);
+    check_error(call("POST", "/cancellations", "{\"orderId\": 8}"), 401, "Bearer");
+    check_error(call("GET", "/deliveries/1", NULL), 401, "Bearer");
+    call_as(TOKEN_ROLE_SERVICE, "order");
+    check_error(call("GET", "/deliveries", NULL), 403, "service");
+    call_as(TOKEN_ROLE_STAFF, "ops");
+}
+
 static void test_cancellations(void)
 {
+    call_as(TOKEN_ROLE_SERVICE, "order");
     reply r = call("POST", "/cancellations", "{\"orderId\": 7, \"id\": 99, \"status\": \"x\"}");
     CHECK_INT(r.status, 201);
     long long id = num(r.body, "id");
@@ -53,6 +71,7 @@ static void test_cancellations(void)
     check_error(call("POST", "/cancellations", "[7]"), 400, NULL);
     check_error(call("POST", "/cancellations", "nope"), 400, NULL);
 
+    call_as(TOKEN_ROLE_STAFF, "ops");
     r = call("GET", "/cancellations", NULL);
     CHECK_INT(r.status, 200);
     CHECK_INT(json_array_size(embedded(&r, "cancellations")), 1);
@@ -128,6 +147,7 @@ int main(void)
          "eventId", "e2", "timestamp", "20261124015039", "id", 1));
 
     loop_start();
+    test_access();
     test_cancellations();
     test_deliveries();
     loop_stop();

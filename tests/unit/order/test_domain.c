@@ -9,32 +9,53 @@
 
 static void test_payment_verdict(void)
 {
+    /* What order asked payment for: order 12, 2 cars of model 1001, 90,000 KRW. */
+    intake asked = {.id = 12, .product_id = "1001", .qty = 2, .amount = 90000};
     long long id = 0;
-    CHECK_INT(rental_payment_verdict(201, "{\"id\": 12, \"status\": \"Paid\"}", &id),
+    CHECK_INT(rental_payment_verdict(201, "{\"id\": 7, \"status\": \"Paid\", \"orderId\": 12, "
+              "\"productId\": \"1001\", \"qty\": 2, \"amount\": 90000}", &asked, &id),
               PAYMENT_VERDICT_PAID);
-    CHECK_INT(id, 12);
+    CHECK_INT(id, 7);
     id = 0;
-    CHECK_INT(rental_payment_verdict(200, "{\"id\": 3, \"status\": \"Paid\", \"orderId\": 9}", &id),
+    CHECK_INT(rental_payment_verdict(200, "{\"id\": 3, \"status\": \"Paid\", \"orderId\": 12, "
+              "\"productId\": \"1001\", \"qty\": 2, \"amount\": 90000}", &asked, &id),
               PAYMENT_VERDICT_PAID);
     CHECK_INT(id, 3);
-    CHECK_INT(rental_payment_verdict(402, "{\"status\": 402}", &id), PAYMENT_VERDICT_DECLINED);
-    CHECK_INT(rental_payment_verdict(402, "", &id), PAYMENT_VERDICT_DECLINED);
+    CHECK_INT(rental_payment_verdict(402, "{\"status\": 402}", &asked, &id), PAYMENT_VERDICT_DECLINED);
+    CHECK_INT(rental_payment_verdict(402, "", &asked, &id), PAYMENT_VERDICT_DECLINED);
+
+    /* A Paid answer for anything but what was asked is never accepted. */
+    CHECK_INT(rental_payment_verdict(200, "{\"id\": 3, \"status\": \"Paid\", \"orderId\": 13, "
+              "\"productId\": \"1001\", \"qty\": 2, \"amount\": 90000}", &asked, &id),
+              PAYMENT_VERDICT_MISMATCH);
+    CHECK_INT(rental_payment_verdict(200, "{\"id\": 3, \"status\": \"Paid\", \"orderId\": 12, "
+              "\"productId\": \"1001\", \"qty\": 2, \"amount\": 1}", &asked, &id),
+              PAYMENT_VERDICT_MISMATCH);
+    CHECK_INT(rental_payment_verdict(200, "{\"id\": 3, \"status\": \"Paid\", \"orderId\": 12, "
+              "\"productId\": \"1001\", \"qty\": 1, \"amount\": 90000}", &asked, &id),
+              PAYMENT_VERDICT_MISMATCH);
+    CHECK_INT(rental_payment_verdict(200, "{\"id\": 3, \"status\": \"Paid\", \"orderId\": 12, "
+              "\"productId\": \"1002\", \"qty\": 2, \"amount\": 90000}", &asked, &id),
+              PAYMENT_VERDICT_MISMATCH);
+    CHECK_INT(rental_payment_verdict(201, "{\"id\": 12, \"status\": \"Paid\"}", &asked, &id),
+              PAYMENT_VERDICT_MISMATCH);
 
     /* A success status without a believable body is not a payment. */
-    CHECK_INT(rental_payment_verdict(201, "<html>ok</html>", &id), PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(201, "{\"id\": 5, \"status\": \"PaymentCancelled\"}", &id),
+    CHECK_INT(rental_payment_verdict(201, "<html>ok</html>", &asked, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(201, "{\"id\": 5, \"status\": \"PaymentCancelled\"}", &asked, &id),
               PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(201, "{\"id\": \"5\", \"status\": \"Paid\"}", &id),
+    CHECK_INT(rental_payment_verdict(201, "{\"id\": \"5\", \"status\": \"Paid\"}", &asked, &id),
               PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(201, "{\"status\": \"Paid\"}", &id), PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(200, NULL, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(201, "{\"status\": \"Paid\"}", &asked, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(200, NULL, &asked, &id), PAYMENT_VERDICT_UNKNOWN);
 
+    /* 409: payment refuses this order id; nothing of ours was charged. */
+    CHECK_INT(rental_payment_verdict(409, "{}", &asked, &id), PAYMENT_VERDICT_REFUSED);
     /* Everything else is unknown: maybe charged, maybe not. */
-    CHECK_INT(rental_payment_verdict(409, "{}", &id), PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(500, "{}", &id), PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(503, "{}", &id), PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(400, "{}", &id), PAYMENT_VERDICT_UNKNOWN);
-    CHECK_INT(rental_payment_verdict(0, NULL, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(500, "{}", &asked, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(503, "{}", &asked, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(400, "{}", &asked, &id), PAYMENT_VERDICT_UNKNOWN);
+    CHECK_INT(rental_payment_verdict(0, NULL, &asked, &id), PAYMENT_VERDICT_UNKNOWN);
 }
 
 static void test_amount(void)

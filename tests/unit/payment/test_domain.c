@@ -71,11 +71,27 @@ static void test_charge_once(store *st)
     CHECK_STR(p.card_last4, "1111");
     CHECK_STR(p.status, "Paid");
 
-    /* The same order again, even with other figures: the first payment. */
-    rq.amount = 1;
+    /* The same order again with the same fields: the first payment. */
     CHECK_INT(payment_charge(st, &rq, "req-2", &again), CHARGE_EXISTING);
     CHECK_INT(again.id, p.id);
     CHECK_INT(again.amount, 90000);
+
+    /* The same order with any other amount, qty, product or card: refused,
+     * nothing charged (a payment made beforehand cannot be re-used). */
+    charge_request other = rq;
+    other.amount = 1;
+    CHECK_INT(payment_charge(st, &other, "req-3", &again), CHARGE_CONFLICT);
+    other = rq;
+    other.qty = 3;
+    CHECK_INT(payment_charge(st, &other, "req-4", &again), CHARGE_CONFLICT);
+    other = rq;
+    other.product_id = "1002";
+    CHECK_INT(payment_charge(st, &other, "req-5", &again), CHARGE_CONFLICT);
+    other = rq;
+    other.card_digits = "4000000000009995";
+    CHECK_INT(payment_charge(st, &other, "req-6", &again), CHARGE_CONFLICT);
+    other.card_digits = NULL;
+    CHECK_INT(payment_charge(st, &other, "req-7", &again), CHARGE_CONFLICT);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM payments WHERE order_id = 7"), 1);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Paid'"), 1);
 
