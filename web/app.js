@@ -532,6 +532,12 @@
   // One request to the gateway. Resolves with {status, data, headers} for
   // every HTTP answer (data: parsed JSON, text, or null); rejects only when
   // there was no answer (network, timeout, abort).
+  // The signed-in customer's token: kept in sessionStorage (gone with the tab), never in
+  // localStorage; sent as Authorization: Bearer on every call.
+  function sessionToken() {
+    try { return window.sessionStorage.getItem('carshare.token'); } catch (e) { return null; }
+  }
+
   async function request(method, path, options) {
     const opts = options || {};
     const controller = new AbortController();
@@ -551,6 +557,8 @@
       init.body = JSON.stringify(opts.body);
       init.headers['Content-Type'] = 'application/json';
     }
+    const token = sessionToken();
+    if (token) init.headers.Authorization = 'Bearer ' + token;
     try {
       const res = await fetch(path, init);
       const text = await res.text();

@@ -144,11 +144,34 @@ def start_system(workdir, ready_ms=None):
                     "\n".join("-- %s --\n%s" % (n, system.log(n)[-1500:]) for n in sorted(waiting))))
             if waiting:
                 time.sleep(0.005)
+        prepare_auth(system)
     except BaseException:
         system.failed = True
         system.close()
         raise
     return system, (time.monotonic() - t0) * 1000.0
+
+
+# Tokens (the contract's identity): a staff token for reads and /metrics, signed in through
+# account like any operator; the rental load's customers bench-0 .. bench-96 get theirs signed
+# with account's key by `carshare-account token` (97 sign-ups would spend ~10 s of Argon2id,
+# and the bench measures rentals, not sign-ups). The wrk script reads them from a file.
+AUTH = {"staff": None, "customer_file": None, "lag": None, "customers": []}
+BENCH_CUSTOMERS = 97
+
+
+def prepare_auth(system):
+    AUTH["staff"] = system.token(harness.STAFF)
+    path = os.path.join(system.dir, "bench-tokens.txt")
+    AUTH["customers"] = [system.mint("bench-%d" % i, "customer") for i in range(BENCH_CUSTOMERS)]
+    with open(path, "w") as f:
+        f.write("".join(t + "\n" for t in AUTH["customers"]))
+    AUTH["customer_file"] = path
+    AUTH["lag"] = system.mint("lag", "customer")
+
+
+def bearer(token):
+    return {"Authorization": "Bearer " + token} if token else {}
 
 
 def start_proc(name, argv, env, workdir, port):
@@ -255,9 +278,10 @@ def stop_nginx(proc):
 # ---------------------------------------------------------------- HTTP
 
 def http_get(port, path, timeout=2):
+    """A GET as staff (once prepare_auth ran): reads of every customer's data and /metrics."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=bearer(AUTH["staff"]))
         resp = conn.getresponse()
         return resp.status, resp.read()
     except (OSError, http.client.HTTPException) as e:
@@ -269,9 +293,10 @@ def http_get(port, path, timeout=2):
 class Client:
     """One persistent HTTP/1.1 connection, reopened when the server closes it."""
 
-    def __init__(self, port):
+    def __init__(self, port, token=None):
         self.port = port
         self.conn = None
+        self.token = token
 
     def request(self, method, path, body=None):
         for attempt in (1, 2):
@@ -279,6 +304,7 @@ class Client:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             try:
                 headers = {"Content-Type": "application/json"} if body is not None else {}
+                headers.update(bearer(self.token))
                 self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
                 data = resp.read()
@@ -305,6 +331,10 @@ def wrk_argv(port, path, seconds):
 
 def wrk_env(mode, expect, delay_ms=None):
     env = dict(os.environ, BENCH_MODE=mode, BENCH_EXPECT=str(expect), BENCH_MODELS=str(MODELS))
+    if AUTH["customer_file"]:
+        env["BENCH_TOKEN_FILE"] = AUTH["customer_file"]
+    if AUTH["staff"]:
+        env["BENCH_TOKEN"] = AUTH["staff"]
     env.pop("BENCH_DELAY_MS", None)
     if delay_ms:
         env["BENCH_DELAY_MS"] = str(delay_ms)
@@ -404,13 +434,12 @@ def shipped(body):
 def sample_lag(gateway_port, deadline):
     """Rents one car after another and times each from its 201 to the customer page showing
     Shipped, polling every ~5 ms on a persistent connection. Returns (lags_ms, lost, refused)."""
-    renter, watcher = Client(gateway_port), Client(gateway_port)
+    renter, watcher = Client(gateway_port, AUTH["lag"]), Client(gateway_port, AUTH["lag"])
     lags, lost, refused = [], 0, 0
     n = 0
     while len(lags) + lost < LAG_SAMPLES and time.monotonic() < deadline:
         n += 1
-        body = json.dumps({"productId": str(1001 + n % MODELS), "qty": 1,
-                           "customerId": "lag-%d" % n, "cardNumber": CARD})
+        body = json.dumps({"productId": str(1001 + n % MODELS), "qty": 1, "cardNumber": CARD})
         status, data = renter.request("POST", "/orders", body)
         accepted = time.monotonic()
         if status != 201:

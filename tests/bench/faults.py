@@ -141,7 +141,9 @@ def start_system(service_env):
     system = harness.System(harness.SERVICES, env={"LOG_LEVEL": LOG_LEVEL},
                             service_env=service_env)
     try:
-        return system.__enter__()
+        system.__enter__()
+        bench.prepare_auth(system)   # staff and customer tokens (bench.AUTH)
+        return system
     except (AssertionError, OSError) as e:
         raise bench.StartFailure(str(e))
 
@@ -170,6 +172,7 @@ def since_ms(t0):
 
 
 def rental_body(tag, n):
+    # customerId names the customer the harness signs the call in as (its token decides).
     return {"productId": str(1001 + n % bench.MODELS), "qty": 1, "customerId": tag,
             "cardNumber": CARD}
 
@@ -351,9 +354,13 @@ async def one_request(port, payload, timeout):
 
 
 def burst_payload(port, n):
-    body = json.dumps(rental_body("burst-%d" % n, n)).encode()
+    """Rental n of a burst, by customer bench-(n % 97) with that customer's token."""
+    customers = bench.AUTH["customers"]
+    body = json.dumps(rental_body("bench-%d" % (n % len(customers)), n)).encode()
+    token = customers[n % len(customers)].encode()
     return (b"POST /orders HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (port, len(body), body))
+            b"Authorization: Bearer %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (port, token, len(body), body))
 
 
 def send_burst(port, count):
@@ -419,7 +426,8 @@ def page_shipped(system, order_id, client):
 
 def measure_lag(system):
     """Sequential rentals on an idle system: from each 201 to the page showing Shipped."""
-    renter, watcher = bench.Client(system.ports["gateway"]), bench.Client(system.ports["gateway"])
+    renter = bench.Client(system.ports["gateway"], bench.AUTH["lag"])
+    watcher = bench.Client(system.ports["gateway"], bench.AUTH["lag"])
     lags, lost, refused = [], 0, collections.Counter()
     note("lag: %d rentals one after another, page polled every %d ms" % (LAG_SAMPLES, LAG_POLL_MS))
     try:

@@ -13,6 +13,10 @@
 --   BENCH_EXPECT     the status every answer should have (201, 200)
 --   BENCH_DELAY_MS   when set: wait that long before each request of a
 --                    connection, to throttle the load (wrk2 is not in Debian)
+--   BENCH_TOKEN_FILE rent: one customer token per line (customers bench-0,
+--                    bench-1, ...): rental n is made by customer n % lines,
+--                    with that customer's Authorization: Bearer
+--   BENCH_TOKEN      get: the token every GET carries (staff)
 --
 -- response() counts every answer whose status is not BENCH_EXPECT, per status,
 -- and keeps the first such body to say what went wrong. done() prints one
@@ -23,6 +27,15 @@ local mode = os.getenv("BENCH_MODE") or "get"
 local expect = tonumber(os.getenv("BENCH_EXPECT") or "200")
 local models = tonumber(os.getenv("BENCH_MODELS") or "10")
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+local token_file = os.getenv("BENCH_TOKEN_FILE")
+local get_token = os.getenv("BENCH_TOKEN")
+
+local tokens = {}
+if token_file then
+   for line in io.lines(token_file) do
+      if #line > 0 then table.insert(tokens, line) end
+   end
+end
 
 local threads = {}
 local thread_count = 0
@@ -33,15 +46,23 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
--- A rental body as a customer sends it; ids vary so rows and events differ.
+-- A rental body as a customer sends it, signed in as that customer (the
+-- token says who; the body need not); ids vary so rows and events differ.
 local function rental_request(n)
-   local body = string.format(
-      '{"productId": "%d", "qty": 1, "customerId": "bench-%d", "cardNumber": "4111111111111111"}',
-      1001 + (n % models), n % 97)
-   return wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
+   local body = string.format('{"productId": "%d", "qty": 1, "cardNumber": "4111111111111111"}',
+      1001 + (n % models))
+   local headers = {["Content-Type"] = "application/json"}
+   if #tokens > 0 then
+      headers["Authorization"] = "Bearer " .. tokens[n % #tokens + 1]
+   end
+   return wrk.format("POST", "/orders", headers, body)
 end
 
 local ring, ring_size, ring_next = {}, 0, 0
+
+if get_token and mode ~= "rent" then
+   wrk.headers["Authorization"] = "Bearer " .. get_token
+end
 
 function init(args)
    unexpected = 0

@@ -98,10 +98,15 @@ async function stopSystem(system, failed) {
 
 // ---- helpers ----
 
+// The customer's token once signed in (every call but GET /cars needs one).
+let token = null;
+
 async function api(base, method, urlPath, body) {
+  const headers = body ? { 'Content-Type': 'application/json' } : {};
+  if (token) headers.Authorization = 'Bearer ' + token;
   const res = await fetch(base + urlPath, {
     method,
-    headers: body ? { 'Content-Type': 'application/json' } : {},
+    headers,
     body: body ? JSON.stringify(body) : undefined,
   });
   const text = await res.text();
@@ -189,6 +194,17 @@ describe('customer web page', () => {
     assert.equal(res.status, 200, `GET /cars through the gateway: ${JSON.stringify(res.data)}`);
     fleet = res.data._embedded.cars;
     assert.ok(fleet.length > 0, 'the demo fleet is empty');
+    // The customer signs up and in through the gateway; the page is handed the token the way
+    // it keeps one (sessionStorage, never localStorage).
+    const password = 'correct horse battery staple';
+    const signup = await api(base, 'POST', '/accounts', { customerId: customer, password, name: customer });
+    assert.equal(signup.status, 201, `POST /accounts: ${JSON.stringify(signup.data)}`);
+    const session = await api(base, 'POST', '/sessions', { customerId: customer, password });
+    assert.equal(session.status, 201, `POST /sessions: ${JSON.stringify(session.data)}`);
+    token = session.data.token;
+    await browser.addInitScript((t) => {
+      try { window.sessionStorage.setItem('carshare.token', t); } catch (e) { /* no storage */ }
+    }, token);
   }, { timeout: 120000 });
 
   after(async () => {
