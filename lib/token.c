@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #define KEY_FILE_MAX 4096
-#define CACHE_SLOTS 1024             /* a power of two */
+#define CACHE_SLOTS 4096             /* a power of two; two ways per set */
 #define CACHE_TOKEN_MAX 1024         /* longer tokens are verified every time */
 #define HEADER_MAX 256               /* decoded header bytes */
 #define CLAIMS_MAX 512               /* decoded claims bytes */
@@ -563,7 +563,9 @@ static bool split_parts(const char *t, size_t len, token_parts *p)
         return false;
     *p = (token_parts){t, dot1 + 1, dot2 + 1, (size_t)(dot1 - t), (size_t)(dot2 - dot1 - 1),
                        len - (size_t)(dot2 + 1 - t)};
-    return p->header_len && p->claims_len && p->sig_len;
+    /* An empty signature is let through to the header check, so that an
+     * unsigned ("alg": "none") token is refused as such. */
+    return p->header_len && p->claims_len;
 }
 
 /* A part decoded and parsed as a JSON object, or NULL. */
@@ -656,7 +658,7 @@ static token_result verify_full(const token_verifier *v, const char *t, size_t l
     if (!key)
         return TOKEN_UNKNOWN_KEY;
     unsigned char sig[crypto_sign_BYTES + 1];
-    if (b64url_decode(sig, sizeof sig, p.sig, p.sig_len) != crypto_sign_BYTES)
+    if (p.sig_len == 0 || b64url_decode(sig, sizeof sig, p.sig, p.sig_len) != crypto_sign_BYTES)
         return TOKEN_MALFORMED;
     if (crypto_sign_verify_detached(sig, (const unsigned char *)t,
                                     p.header_len + 1 + p.claims_len, key->public_key) != 0)
@@ -671,13 +673,31 @@ static token_result verify_full(const token_verifier *v, const char *t, size_t l
 
 /* ---- verifier: the cache ---- */
 
-static cache_entry *cache_slot(token_verifier *v, const char *t, size_t len)
+/* The set of two entries a token may be cached in (entries 2i and 2i+1):
+ * two ways, so that two busy tokens whose hashes collide do not evict each
+ * other at every request. */
+static cache_entry *cache_set(token_verifier *v, const char *t, size_t len)
 {
     unsigned char h[crypto_shorthash_BYTES];
     crypto_shorthash(h, (const unsigned char *)t, len, v->hash_key);
     uint32_t i;
     memcpy(&i, h, sizeof i);
-    return &v->cache[i & (CACHE_SLOTS - 1)];
+    return &v->cache[(i & (CACHE_SLOTS / 2 - 1)) * 2];
+}
+
+static bool cache_holds(const cache_entry *e, const char *t, size_t len)
+{
+    return e->token && e->len == len && memcmp(e->token, t, len) == 0;
+}
+
+/* An empty way of the set, else the one that expires first. */
+static cache_entry *cache_victim(cache_entry *set)
+{
+    if (!set[0].token)
+        return &set[0];
+    if (!set[1].token)
+        return &set[1];
+    return set[0].claims.exp <= set[1].claims.exp ? &set[0] : &set[1];
 }
 
 static void cache_put(cache_entry *e, const char *t, size_t len, const token_claims *c)
@@ -699,15 +719,17 @@ token_result token_verify(token_verifier *v, const char *t, size_t len, long lon
         return TOKEN_MISSING;
     if (len > TOKEN_MAX_LEN)
         return TOKEN_TOO_LARGE;
-    cache_entry *e = len <= CACHE_TOKEN_MAX ? cache_slot(v, t, len) : NULL;
-    if (e && e->token && e->len == len && memcmp(e->token, t, len) == 0) {
-        v->stats.hits++;
-        *out = e->claims;
-        return check_times(out, now);
+    cache_entry *set = len <= CACHE_TOKEN_MAX ? cache_set(v, t, len) : NULL;
+    for (int way = 0; set && way < 2; way++) {
+        if (cache_holds(&set[way], t, len)) {
+            v->stats.hits++;
+            *out = set[way].claims;
+            return check_times(out, now);
+        }
     }
     v->stats.misses++;
     token_result r = verify_full(v, t, len, now, out);
-    if (r == TOKEN_OK && e)
-        cache_put(e, t, len, out);
+    if (r == TOKEN_OK && set)
+        cache_put(cache_victim(set), t, len, out);
     return r;
 }
