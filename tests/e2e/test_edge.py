@@ -152,10 +152,18 @@ def test_gateway_serves_https():
 
 
 def gateway_exit_code(env):
-    full = dict(os.environ, HOST="127.0.0.1", PORT=str(free_port()), **env)
-    p = subprocess.run([os.path.join(BIN, "carshare-gateway")], env=full, timeout=30,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    return p.returncode, p.stdout.decode("utf-8", "replace")
+    """The gateway started alone with `env` (and a data directory holding the token keys, which
+    every process needs): its exit code and output."""
+    data = tempfile.mkdtemp(prefix="carshare-edge-data-")
+    try:
+        subprocess.run([os.path.join(BIN, "carshare-account"), "keygen", os.path.join(data, "keys", "account.key")],
+                       check=True, stdout=subprocess.DEVNULL)
+        full = dict(os.environ, HOST="127.0.0.1", PORT=str(free_port()), DATA_DIR=data, **env)
+        p = subprocess.run([os.path.join(BIN, "carshare-gateway")], env=full, timeout=30,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return p.returncode, p.stdout.decode("utf-8", "replace")
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_tls_misconfiguration_stops_the_gateway():
