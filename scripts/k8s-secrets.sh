@@ -2,7 +2,7 @@
 # k8s-secrets.sh OVERLAY: writes the secret files an overlay's secretGenerator reads, under
 # OVERLAY/secrets/ (git ignores it), keeping every file that already exists. Idempotent.
 #
-#   nats/<service>     the bus password of each service's NATS user (random, 32 characters)
+#   nats/<user>        the bus password of each service's NATS user and of admin (random)
 #   db/<service>       prod: the service's PostgreSQL URL, with its own role and password
 #   db/init.sql        prod: the roles and databases, for the in-cluster PostgreSQL's first start
 #   db/postgres        prod: the superuser password of that PostgreSQL
@@ -20,8 +20,8 @@ random() { head -c 24 /dev/urandom | base64 | tr '+/' '-_'; }
 # put FILE VALUE: writes VALUE (no newline) unless FILE exists.
 put() { [ -e "$1" ] || printf '%s' "$2" > "$1"; }
 
-for svc in order delivery customerpage payment; do
-  put "$dir/nats/$svc" "$(random)"
+for user in order delivery customerpage payment admin; do
+  put "$dir/nats/$user" "$(random)"
 done
 
 if [ "$(basename "$overlay")" = prod ]; then

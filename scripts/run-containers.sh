@@ -13,8 +13,17 @@ port=${GATEWAY_PORT:-8088}
 compose=(podman-compose -p "$project" -f deploy/compose.yaml)
 case "${1:-up}" in
   up)
+    # New bus passwords at each start, as `make run` does: they live only in the containers'
+    # environment (nats-server's and each service's).
+    for user in ORDER PAYMENT DELIVERY CUSTOMERPAGE ADMIN; do
+      export "${user}_PASSWORD=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
+    done
     t0=$(date +%s%N)
-    "${compose[@]}" up -d >/dev/null
+    mkdir -p build
+    log=build/run-containers-$project.log
+    # podman-compose says "no such volume" on stderr before it creates each volume: keep its
+    # output in a log, shown when something fails.
+    "${compose[@]}" up -d > "$log" 2>&1 || { cat "$log" >&2; exit 1; }
     for _ in $(seq 600); do
       if curl -sf -o /dev/null "http://127.0.0.1:$port/health/ready"; then
         echo "run-containers: ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms:" \
@@ -27,7 +36,9 @@ case "${1:-up}" in
     exit 1
     ;;
   down)
-    "${compose[@]}" down >/dev/null
+    # down reads the file too: any value will do for the passwords it does not use.
+    for user in ORDER PAYMENT DELIVERY CUSTOMERPAGE ADMIN; do export "${user}_PASSWORD=-"; done
+    "${compose[@]}" down >/dev/null 2>&1
     podman network rm "${project}_default" >/dev/null 2>&1 || true
     echo "run-containers: stopped"
     ;;

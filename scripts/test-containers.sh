@@ -6,6 +6,7 @@
 #   tests/deploy/test_images.py      each image: size, user, no shell, stops with exit 0
 #   tests/deploy/test_dev_layout.py  the dev overlay under podman kube play: a rental flow
 #                                    through the gateway, containers killed and restarted
+#   tests/deploy/test_compose.py     make run-containers (compose) up, a rental, down
 # The tests use Debian's python3 (/usr/bin/python3): python3-yaml and python3-kubernetes are
 # Debian packages.
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 export CARSHARE_BIN=${CARSHARE_BIN:-$PWD/build/bin} PYTHONDONTWRITEBYTECODE=1
 scripts/podman-setup.sh
 failed=0
-for t in test_manifests test_images test_dev_layout; do
+for t in test_manifests test_images test_dev_layout test_compose; do
   echo "--- tests/deploy/$t.py"
   /usr/bin/python3 "tests/deploy/$t.py" || failed=1
 done

@@ -9,6 +9,9 @@ stay the dev overlay's own, changed only where a one-machine podman differs from
     nats-server's listen ports are rewritten (tests target loopback only);
   - the nats StatefulSet becomes a Deployment with its volume claim template as a claim;
   - Secrets become ConfigMaps with the same keys (their volumes and key references follow);
+    podman shares a ConfigMap's volume between pods and names emptyDir volumes by their
+    name alone, so a secret volume that picks items becomes a ConfigMap of the pod's own,
+    and emptyDir volumes are named after their pod;
   - the preStop `sleep` handler (Kubernetes >= 1.30) is dropped: podman does not know it.
 
 For tests, every object's name takes a suffix (pods, volumes and ConfigMaps of two runs at once
@@ -54,8 +57,10 @@ def _statefulset_to_deployment(doc):
     return out
 
 
-def _rewrite_pod(spec, ports):
+def _rewrite_pod(pod_name, spec, ports, secrets):
+    """Rewrites one pod spec in place; returns the ConfigMaps its secret volumes become."""
     spec["hostNetwork"] = True
+    extra = []
     for c in spec["containers"]:
         c.get("lifecycle", {}).pop("preStop", None)
         if not c.get("lifecycle"):
@@ -76,13 +81,26 @@ def _rewrite_pod(spec, ports):
                 get["port"] = ports["nats-monitor"]
             elif get and name in ports:
                 get["port"] = ports[name]
+    # podman makes one named volume per ConfigMap, shared by every pod that mounts it, and
+    # per emptyDir name: a volume that picks items (order's own bus password) becomes a
+    # ConfigMap of the pod's own, and every volume of the pod gets a name of its own.
+    renamed = {}
     for vol in spec.get("volumes", []):
         secret = vol.pop("secret", None)
         if secret:
-            vol["configMap"] = {"name": secret["secretName"], "items": secret.get("items"),
-                                "defaultMode": secret.get("defaultMode", 0o440)}
-            if vol["configMap"]["items"] is None:
-                del vol["configMap"]["items"]
+            data = secrets[secret["secretName"]]
+            if "items" in secret:
+                data = {i["path"]: data[i["key"]] for i in secret["items"]}
+            cm = "%s-%s" % (secret["secretName"], pod_name)
+            extra.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm},
+                          "data": data})
+            vol["configMap"] = {"name": cm, "defaultMode": secret.get("defaultMode", 0o440)}
+        if "emptyDir" in vol:
+            renamed[vol["name"]] = vol["name"] = "%s-%s" % (pod_name, vol["name"])
+    for c in spec["containers"]:
+        for mount in c.get("volumeMounts", []):
+            mount["name"] = renamed.get(mount["name"], mount["name"])
+    return extra
 
 
 def _rewrite_config(doc, ports):
@@ -120,15 +138,22 @@ def _rename(doc, suffix, tag):
         for key, field in (("configMap", "name"), ("persistentVolumeClaim", "claimName")):
             if key in vol:
                 vol[key][field] += suffix
+        if "emptyDir" in vol:
+            for c in spec["containers"]:
+                for mount in c.get("volumeMounts", []):
+                    if mount["name"] == vol["name"]:
+                        mount["name"] += suffix
+            vol["name"] += suffix
 
 
 def for_podman(rendered, ports, suffix="", tag="dev"):
     """The documents of `rendered` (the dev overlay's YAML text), ready for podman kube play.
     ports: process name -> port, plus nats-client, nats-cluster, nats-monitor."""
     out = []
-    for doc in yaml.safe_load_all(rendered):
-        if not doc:
-            continue
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    secrets = {d["metadata"]["name"]: _secret_to_configmap(d)["data"] for d in docs
+               if d["kind"] == "Secret"}
+    for doc in docs:
         kind = doc["kind"]
         if kind == "Secret":
             doc = _secret_to_configmap(doc)
@@ -138,11 +163,11 @@ def for_podman(rendered, ports, suffix="", tag="dev"):
             out.append(doc)
         elif kind == "StatefulSet":
             for spec in _pod_specs(doc):
-                _rewrite_pod(spec, ports)
+                out += _rewrite_pod(doc["metadata"]["name"], spec, ports, secrets)
             out += _statefulset_to_deployment(doc)
         elif kind == "Deployment":
             for spec in _pod_specs(doc):
-                _rewrite_pod(spec, ports)
+                out += _rewrite_pod(doc["metadata"]["name"], spec, ports, secrets)
             out.append(doc)
         elif kind == "PersistentVolumeClaim":
             out.append(doc)

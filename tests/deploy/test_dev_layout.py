@@ -7,7 +7,9 @@ network on free loopback ports instead of Services, the nats StatefulSet as a De
 Secrets as ConfigMaps). Kubernetes' own behaviours that podman does not have (Services, probes
 acting on pods, NetworkPolicies, autoscaling) are checked by test_manifests.py, not here.
 
-  1. every pod comes up and the gateway is ready; the time it took is printed;
+  1. every pod comes up and the gateway is ready; the time it took is printed; the bus asks
+     for credentials (each service signs in as its own user, from its Secret) and refuses a
+     client without them;
   2. the rental flow through the gateway only: the fleet, a rental (paid, OrderApproved), its
      delivery Shipped, the customer page; a cancellation refunds the payment, cancels the
      delivery, and the customer page ends at PaymentCancelled with its whole history;
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,6 +114,10 @@ class Layout:
                 for doc in yaml.safe_load_all(f):
                     if doc["kind"] in ("ConfigMap", "PersistentVolumeClaim"):
                         pm.podman("volume", "rm", "-f", doc["metadata"]["name"], check=False)
+                    if doc["kind"] == "Deployment":
+                        for vol in doc["spec"]["template"]["spec"].get("volumes", []):
+                            if "emptyDir" in vol:
+                                pm.podman("volume", "rm", "-f", vol["name"], check=False)
         pm.remove_images(self.images)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -152,6 +159,20 @@ def test_dev_layout_starts():
 
 
 STATE = {}
+
+
+def test_bus_refuses_anonymous_clients():
+    """nats-server runs with the users of nats-auth/auth.conf: its INFO asks for credentials,
+    and a client without them is refused."""
+    with socket.create_connection(("127.0.0.1", LAYOUT.ports["nats-client"]), timeout=5) as s:
+        f = s.makefile("rwb")
+        info = f.readline()
+        check(info.startswith(b"INFO ") and json.loads(info[5:])["auth_required"] is True,
+              "INFO %r" % info)
+        f.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        f.flush()
+        answer = f.readline()
+        check(answer.startswith(b"-ERR") and b"Authorization" in answer, "anonymous: %r" % answer)
 
 
 def test_rental_flow_through_the_gateway():

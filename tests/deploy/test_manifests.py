@@ -20,6 +20,8 @@ files scripts/k8s-secrets.sh writes, as the pipeline does), then:
     prod: two replicas or more of each process, autoscaling/v2 HPAs on CPU for gateway, order
     and payment that target existing Deployments with CPU requests, PDBs selecting pods,
     PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster;
+  - the bus users in nats-auth/auth.conf are scripts/natsauth.py's, each password from the
+    Secret, each service mounting only its own;
   - the pipeline (.github/workflows/pipeline.yml) tests, builds images, pushes them on a tag
     only and then deploys, every step through a make target that exists.
 """
@@ -352,6 +354,32 @@ def test_pipeline_steps_are_make_targets():
     check("refs/tags/" in push.get("if", ""), "images pushed on every commit")
     check(flow["jobs"]["deploy"]["needs"] == "images" and flow["jobs"]["images"]["needs"] == "test",
           "the jobs do not wait for each other")
+
+
+def test_bus_users_match_natsauth():
+    """nats-auth/auth.conf is what scripts/natsconf.py makes of scripts/natsauth.py today, and
+    every bus user's password comes from the Secret."""
+    check(subprocess.run([sys.executable, os.path.join(pm.ROOT, "scripts", "natsconf.py"),
+                          "--check"]).returncode == 0, "auth.conf is stale")
+    sys.path.insert(0, os.path.join(pm.ROOT, "scripts"))
+    import natsauth
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        nats = named(docs, "StatefulSet", "nats")
+        env = env_of(docs, pod(nats)["containers"][0])
+        for user in natsauth.BUS_USERS + ["admin"]:
+            ref = env.get(user.upper() + "_PASSWORD")
+            check(isinstance(ref, tuple) and ref[0] == "Secret" and ref[2] == user,
+                  "%s: nats gets %s's password from %r" % (overlay, user, ref))
+        for w, c in each_container(overlay):
+            proc = process_of(c)
+            if proc in natsauth.BUS_USERS:
+                e = env_of(docs, c)
+                check(e.get("NATS_USER") == proc and e.get("NATS_PASSWORD_FILE"),
+                      "%s %s: no bus credentials" % (overlay, proc))
+                vol = [v for v in pod(w)["volumes"] if v.get("secret", {}).get("items")]
+                check(vol and vol[0]["secret"]["items"] == [{"key": proc, "path": "password"}],
+                      "%s %s: mounts another user's password" % (overlay, proc))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""test_compose.py: `make run-containers` (deploy/compose.yaml under podman-compose) brings the
+whole system up, a rental flows through the gateway to the customer page, and `down` stops it.
+
+The project, the gateway's port and the images' tag are this run's own (two runs at once do
+not meet); the volumes are removed at the end. The rental flow itself is tested at length on
+the dev overlay (test_dev_layout.py); here the point is that the compose file is right: names
+on the project's network, the bus's users and passwords, volumes, read-only roots.
+"""
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import podman as pm  # noqa: E402
+from harness import check, free_port, run, wait_for  # noqa: E402
+
+PROJECT = "carshare-" + pm.RUN_ID
+PORT = free_port()
+IMAGES = {}
+
+
+def compose(action):
+    env = dict(os.environ, COMPOSE_PROJECT=PROJECT, GATEWAY_PORT=str(PORT), IMAGE_TAG=pm.TAG)
+    return subprocess.run([os.path.join(pm.ROOT, "scripts", "run-containers.sh"), action],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def call(method, path, body=None):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (PORT, path), method=method,
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        return r.status, json.loads(r.read())
+
+
+def test_up_rent_down():
+    IMAGES.update(pm.build_images())
+    up = compose("up")
+    print("     " + up.stdout.strip())
+    check(up.returncode == 0, "run-containers up: %s %s" % (up.stdout, up.stderr))
+    code, order = call("POST", "/orders", {"productId": "1001", "qty": 1, "customerId": "kim",
+                                           "cardNumber": "4111111111111111"})
+    check(code == 201 and order["status"] == "OrderApproved", "rent: %d %r" % (code, order))
+
+    def shipped():
+        code, page = call("GET", "/customerpages/%d" % order["id"])
+        return page["status"] == "Shipped"
+    wait_for(shipped, 60, "the customer page to show the rental Shipped")
+    down = compose("down")
+    check(down.returncode == 0, "run-containers down: %s" % down.stderr)
+    left = pm.podman("ps", "-a", "--filter", "label=io.podman.compose.project=" + PROJECT,
+                     "--format", "{{.Names}}").split()
+    check(not left, "containers left after down: %s" % left)
+
+
+def cleanup():
+    compose("down")
+    for vol in pm.podman("volume", "ls", "-q", "--filter",
+                         "label=io.podman.compose.project=" + PROJECT).split():
+        pm.podman("volume", "rm", "-f", vol, check=False)
+    pm.remove_images(IMAGES)
+
+
+if __name__ == "__main__":
+    try:
+        run(globals())
+    finally:
+        cleanup()
