@@ -27,6 +27,7 @@ prints one line per test and a closing 'N passed, N failed' line, and exits non-
 """
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -74,12 +75,40 @@ def caller_for(method, path, body, target):
     return STAFF
 
 
+_given_ports = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port nobody listens on, for a server this test starts a moment later.
+    Not bind(0): that draws from the kernel's ephemeral range (ip_local_port_range, 32768-60999
+    here), where every outgoing connection also takes its local port and where another suite's
+    bind(0) is handed the same port as soon as we close ours; a service then fails to listen and
+    the test talks to a stranger. Ports below that range are never given to outgoing connections,
+    a random draw makes two suites picking the same port unlikely, and this process never hands
+    out a port twice."""
+    lo, hi = 20000, 32000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+        hi = min(hi, first)
+        lo = min(lo, hi - 4000)
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(lo, hi)
+        if port in _given_ports:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _given_ports.add(port)
+        return port
+    raise RuntimeError("no free loopback port in %d-%d" % (lo, hi))
 
 
 class Proc:
