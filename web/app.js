@@ -2,11 +2,13 @@
  *
  * The page talks only to the gateway that served it (relative URLs), in the
  * contract's terms:
+ *   POST accounts, POST sessions                create an account, sign in (a JWT)
  *   GET  cars?from&to                           the fleet, free for the chosen dates (refreshed
  *                                               every 15 s and after actions)
  *   POST orders   + Idempotency-Key             rent and pay for a period, answered synchronously
  *   GET  customerpages/search/findByCustomerId  "My rentals", polled every 1.5 s
- *   DELETE orders/{id}                          cancel
+ *   GET  customerpages                          staff: every rental, polled the same way
+ *   DELETE orders/{id}                          cancel (staff: any rental)
  *   POST orders/{id}/return                     give the car back
  *
  * Dates: a rental is a start date and a number of days (1 to 30), in the
@@ -14,6 +16,18 @@
  * "today" is Seoul's today whatever the browser's zone, and `to` (the day
  * the car is due back) is start + days. The price shown before paying is
  * qty x days x the daily price, the server's own rule.
+ *
+ * Signing in. Every call but the fleet and signing in carries the token
+ * (Authorization: Bearer). The token lives in memory and in sessionStorage
+ * (this tab only, gone when it closes; a reload keeps you signed in), never
+ * in localStorage, where every later visitor of this browser profile would
+ * find it. An answer 401 to a call made with a token means it expired or
+ * its key was rotated: the page forgets it and shows the sign-in form with
+ * a message saying so; it also does that by itself when the token's own
+ * expiry (its "exp") passes. Signing out forgets the token (tokens are
+ * stateless: there is nothing to tell the server). The server decides what
+ * a role may do; the page only shows staff the staff view (every rental,
+ * with its payment and delivery, cancel any) instead of the fleet.
  *
  * Why polling and not a stream: the customer page is a read model fed by
  * events, eventually consistent; a short poll through the plain gateway is
@@ -47,7 +61,10 @@
   const PENDING_TTL_MS = 15 * 60 * 1000;
   const PENDING_SLOW_MS = 20000;
   const RETRY_AFTER_CAP_S = 60;
-  const NAME_MAX = 64;
+  const NAME_MAX = 100;
+  const ID_PATTERN = /^[a-z0-9._-]{3,64}$/;
+  const PASSWORD_MIN = 10;
+  const SESSION_KEY = 'carshare.session';
   const MAX_DAYS = 30;                // the contract's longest rental
   const MAX_AHEAD_DAYS = 90;          // how far ahead a rental may start
   const COMPANY_TIME_ZONE = 'Asia/Seoul';
@@ -83,9 +100,39 @@
       skip: 'Skip to content',
       brandSub: 'Car sharing',
       changeName: 'Change',
+      signOut: 'Sign out',
+      staffBadge: 'Staff',
+      authModes: 'Sign in or create an account',
+      signInTab: 'Sign in',
+      signUpTab: 'Create account',
+      signInButton: 'Sign in',
+      signUpButton: 'Create account',
+      signingIn: 'Signing in…',
+      idLabel: 'Customer ID',
+      idHint: '3 to 64 characters: a-z, 0-9, dot, dash, underscore.',
+      idBad: 'Use 3 to 64 characters: lower-case letters, digits, dot, dash or underscore.',
+      passwordLabel: 'Password',
+      passwordHint: 'At least {min} characters; common passwords are refused.',
+      passwordShort: 'The password needs at least {min} characters.',
+      passwordEmpty: 'Please enter your password.',
+      authThrottled: 'Too many attempts. Try again in {s} s.',
+      sessionExpired: 'Your session has expired. Please sign in again.',
+      signedOut: 'You are signed out.',
+      staffTitle: 'All rentals',
+      factCustomer: 'Customer',
+      factPayment: 'Payment',
+      factDelivery: 'Delivery',
+      payPaid: 'paid',
+      payRefunded: 'refunded',
+      payNone: '—',
+      delShipped: 'delivered',
+      delCancelled: 'cancelled',
+      delReturned: 'returned',
+      delPending: 'pending',
+      rentalsEmptyStaff: 'No rentals yet.',
       langHint: 'Switch language',
       welcomeTitle: 'Welcome to carshare',
-      welcomeText: 'Tell us your name to rent a car and follow your rentals. We remember it on this device.',
+      welcomeText: 'Sign in to rent a car and follow your rentals, or create an account in a moment.',
       nameLabel: 'Your name',
       nameSave: 'Continue',
       nameCancel: 'Cancel',
@@ -205,9 +252,39 @@
       skip: '본문으로 건너뛰기',
       brandSub: '카셰어링',
       changeName: '변경',
+      signOut: '로그아웃',
+      staffBadge: '직원',
+      authModes: '로그인 또는 계정 만들기',
+      signInTab: '로그인',
+      signUpTab: '계정 만들기',
+      signInButton: '로그인',
+      signUpButton: '계정 만들기',
+      signingIn: '로그인 중…',
+      idLabel: '고객 ID',
+      idHint: '3~64자: 영문 소문자, 숫자, 점(.), 하이픈(-), 밑줄(_).',
+      idBad: '영문 소문자, 숫자, 점, 하이픈, 밑줄로 3~64자를 입력해 주세요.',
+      passwordLabel: '비밀번호',
+      passwordHint: '{min}자 이상. 흔히 쓰이는 비밀번호는 사용할 수 없습니다.',
+      passwordShort: '비밀번호는 {min}자 이상이어야 합니다.',
+      passwordEmpty: '비밀번호를 입력해 주세요.',
+      authThrottled: '시도가 너무 많습니다. {s}초 후에 다시 시도해 주세요.',
+      sessionExpired: '로그인이 만료되었습니다. 다시 로그인해 주세요.',
+      signedOut: '로그아웃되었습니다.',
+      staffTitle: '전체 대여',
+      factCustomer: '고객',
+      factPayment: '결제',
+      factDelivery: '배송',
+      payPaid: '결제 완료',
+      payRefunded: '환불됨',
+      payNone: '—',
+      delShipped: '배송 완료',
+      delCancelled: '배송 취소',
+      delReturned: '반납 완료',
+      delPending: '대기',
+      rentalsEmptyStaff: '아직 대여가 없습니다.',
       langHint: '언어 전환',
       welcomeTitle: 'carshare에 오신 것을 환영합니다',
-      welcomeText: '이름을 알려 주시면 차를 빌리고 대여 현황을 볼 수 있습니다. 이 기기에 기억해 둡니다.',
+      welcomeText: '로그인하면 차를 빌리고 대여 현황을 볼 수 있습니다. 계정은 바로 만들 수 있습니다.',
       nameLabel: '이름',
       nameSave: '계속',
       nameCancel: '취소',
@@ -329,7 +406,11 @@
   // ---- state ----
   const state = {
     lang: 'en',
-    customer: null,
+    customer: null,           // the signed-in customerId (session.customerId)
+    session: null,            // {token, customerId, role, exp}: memory and sessionStorage only
+    authMode: 'signin',       // or 'signup'
+    authBusy: false,
+    authRetryUntil: 0,
     cars: [],                 // from GET cars, in the server's order
     fleetLoaded: false,
     fleetError: null,
@@ -369,6 +450,15 @@
 
   function storageGet(key) {
     try { return window.localStorage.getItem(key); } catch (e) { return null; }
+  }
+  function sessionGet(key) {
+    try { return window.sessionStorage.getItem(key); } catch (e) { return null; }
+  }
+  function sessionSet(key, value) {
+    try {
+      if (value === null) window.sessionStorage.removeItem(key);
+      else window.sessionStorage.setItem(key, value);
+    } catch (e) { /* private mode: the token stays in memory only */ }
   }
   function storageSet(key, value) {
     try {
@@ -531,13 +621,8 @@
 
   // One request to the gateway. Resolves with {status, data, headers} for
   // every HTTP answer (data: parsed JSON, text, or null); rejects only when
-  // there was no answer (network, timeout, abort).
-  // The signed-in customer's token: kept in sessionStorage (gone with the tab), never in
-  // localStorage; sent as Authorization: Bearer on every call.
-  function sessionToken() {
-    try { return window.sessionStorage.getItem('carshare.token'); } catch (e) { return null; }
-  }
-
+  // there was no answer (network, timeout, abort). Carries the session's
+  // token unless opts.anonymous (signing in and up).
   async function request(method, path, options) {
     const opts = options || {};
     const controller = new AbortController();
@@ -546,9 +631,11 @@
       if (opts.signal.aborted) controller.abort();
       else opts.signal.addEventListener('abort', () => controller.abort(), { once: true });
     }
+    const session = opts.anonymous ? null : state.session;
     const init = {
       method,
-      headers: Object.assign({ Accept: 'application/json' }, opts.headers || {}),
+      headers: Object.assign({ Accept: 'application/json' },
+        session ? { Authorization: 'Bearer ' + session.token } : {}, opts.headers || {}),
       signal: controller.signal,
       cache: 'no-store',
       credentials: 'same-origin',
@@ -557,8 +644,6 @@
       init.body = JSON.stringify(opts.body);
       init.headers['Content-Type'] = 'application/json';
     }
-    const token = sessionToken();
-    if (token) init.headers.Authorization = 'Bearer ' + token;
     try {
       const res = await fetch(path, init);
       const text = await res.text();
@@ -566,6 +651,9 @@
       if (text) {
         try { data = JSON.parse(text); } catch (e) { data = text; }
       }
+      // A token refused is an expired (or rotated-out) one: back to sign-in,
+      // unless another sign-in replaced it meanwhile.
+      if (res.status === 401 && session && state.session === session) sessionExpired();
       return { status: res.status, data, headers: res.headers };
     } finally {
       clearTimeout(timer);
@@ -605,6 +693,11 @@
     el.langLabel.textContent = LANG_NAMES[other];
     el.langLabel.setAttribute('lang', other);
     el.langShort.textContent = LANG_SHORT[other];
+    if (isStaff()) {
+      el.rentalsTitle.textContent = t('staffTitle');
+      el.rentalsEmpty.textContent = t('rentalsEmptyStaff');
+    }
+    renderAuth();
     renderFleet();
     renderCheckout();
     renderOutcome();
@@ -612,26 +705,96 @@
     setLive(el.live.dataset.state);
   }
 
-  // ---- customer name ----
+  // ---- signing in ----
 
-  function validateName(raw) {
-    const name = raw.trim();
-    if (!name) return { error: t('nameEmpty') };
-    if (name.length > NAME_MAX) return { error: t('nameTooLong', { max: NAME_MAX }) };
-    if (/[\u0000-\u001f\u007f]/.test(name)) return { error: t('nameBad') };
-    return { name };
+  function isStaff() { return !!state.session && state.session.role === 'staff'; }
+
+  // The token's own claims, for its expiry: the server checks the signature,
+  // the page only needs to know when to stop using it.
+  function tokenClaims(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+    } catch (e) {
+      return null;
+    }
   }
 
-  function showWelcome(editing) {
+  let expiryTimer = null;
+
+  function setSession(session, remember) {
+    state.session = session;
+    clearTimeout(expiryTimer);
+    expiryTimer = null;
+    if (!session) {
+      sessionSet(SESSION_KEY, null);
+      return;
+    }
+    if (remember) sessionSet(SESSION_KEY, JSON.stringify(session));
+    if (session.exp) {
+      const ms = session.exp * 1000 - Date.now();
+      // setTimeout holds at most ~24.8 days; a token lives an hour.
+      if (ms < 2 ** 31) expiryTimer = setTimeout(sessionExpired, Math.max(0, ms));
+    }
+  }
+
+  function sessionFromAnswer(data) {
+    if (!data || typeof data.token !== 'string' || !data.token) return null;
+    const claims = tokenClaims(data.token) || {};
+    const expiresIn = Number(data.expiresIn);
+    return {
+      token: data.token,
+      customerId: String(data.customerId || claims.sub || ''),
+      role: String(data.role || claims.role || 'customer'),
+      exp: Number(claims.exp) || (expiresIn > 0 ? Math.floor(Date.now() / 1000) + expiresIn : 0),
+    };
+  }
+
+  function restoreSession() {
+    let saved = null;
+    try { saved = JSON.parse(sessionGet(SESSION_KEY) || 'null'); } catch (e) { saved = null; }
+    if (!saved || typeof saved.token !== 'string' || !saved.customerId) return null;
+    if (saved.exp && saved.exp * 1000 <= Date.now()) {
+      sessionSet(SESSION_KEY, null);
+      return 'expired';
+    }
+    return saved;
+  }
+
+  function setAuthMode(mode) {
+    state.authMode = mode === 'signup' ? 'signup' : 'signin';
+    const signup = state.authMode === 'signup';
+    el.modeSignin.setAttribute('aria-pressed', String(!signup));
+    el.modeSignup.setAttribute('aria-pressed', String(signup));
+    el.nameField.hidden = !signup;
+    el.authPassword.setAttribute('autocomplete', signup ? 'new-password' : 'current-password');
+    el.authError.textContent = '';
+    renderAuth();
+  }
+
+  function renderAuth() {
+    const signup = state.authMode === 'signup';
+    el.authIdHint.hidden = !signup;
+    el.authPasswordHint.textContent = signup ? t('passwordHint', { min: PASSWORD_MIN }) : '';
+    el.authPasswordHint.hidden = !signup;
+    el.authSubmit.disabled = state.authBusy;
+    el.authSubmit.setAttribute('aria-busy', String(state.authBusy));
+    el.authSubmitLabel.textContent = state.authBusy ? t('signingIn') : t(signup ? 'signUpButton' : 'signInButton');
+  }
+
+  function showWelcome(notice) {
     el.welcome.hidden = false;
     el.app.hidden = true;
-    el.who.hidden = !state.customer;
-    el.nameCancel.hidden = !editing;
-    el.nameInput.value = editing ? state.customer : '';
-    el.nameError.textContent = '';
-    el.nameInput.removeAttribute('aria-invalid');
+    el.who.hidden = true;
+    document.body.dataset.role = 'none';
+    el.authNotice.textContent = notice || '';
+    if (notice) el.authNotice.dataset.kind = 'error';
+    else el.authNotice.removeAttribute('data-kind');
+    el.authPassword.value = '';
+    el.authError.textContent = '';
+    renderAuth();
     updateContinueBar();
-    el.nameInput.focus();
+    (el.authId.value ? el.authPassword : el.authId).focus();
   }
 
   function showApp() {
@@ -639,42 +802,119 @@
     el.app.hidden = false;
     el.who.hidden = false;
     el.whoName.textContent = state.customer;
+    el.whoRole.hidden = !isStaff();
+    document.body.dataset.role = isStaff() ? 'staff' : 'customer';
+    el.rentalsTitle.textContent = t(isStaff() ? 'staffTitle' : 'rentalsTitle');
+    el.rentalsEmpty.textContent = t(isStaff() ? 'rentalsEmptyStaff' : 'rentalsEmpty');
     updateContinueBar();
-    pollNow();   // polling pauses while the name form is shown
+    pollNow();   // polling pauses while the sign-in form is shown
   }
 
+  // Whoever is on screen now: clears everything that belonged to the last one.
   function setCustomer(name) {
-    const changed = name !== state.customer;
     state.customer = name;
-    storageSet('carshare.customer', name);
-    if (changed) {
-      state.rentals = new Map();
-      state.rentalsLoaded = false;
-      state.cancelling.clear();
-      state.rentalErrors.clear();
-      state.outcome = null;
-      state.retryKey = null;
-      loadPending();
-      renderOutcome();
-      renderRentals(true);
+    state.rentals = new Map();
+    state.rentalsLoaded = false;
+    state.cancelling.clear();
+    state.cancelInFlight.clear();
+    state.returning.clear();
+    state.rentalErrors.clear();
+    state.outcome = null;
+    state.retryKey = null;
+    loadPending();
+    renderOutcome();
+    renderRentals(true);
+    if (name) {
+      showApp();
+      renderCheckout();
     }
-    showApp();
-    renderCheckout();
     restartPolling();
   }
 
-  function onNameSubmit(ev) {
-    ev.preventDefault();
-    const result = validateName(el.nameInput.value);
-    if (result.error) {
-      el.nameError.textContent = result.error;
-      el.nameInput.setAttribute('aria-invalid', 'true');
-      el.nameInput.focus();
-      return;
+  function signedIn(session) {
+    setSession(session, true);
+    el.authPassword.value = '';
+    setCustomer(session.customerId);
+    const heading = isStaff() ? el.rentalsTitle : el.fleetTitle;
+    heading.setAttribute('tabindex', '-1');
+    heading.focus();
+  }
+
+  function signOut(notice) {
+    setSession(null);
+    if (el.cancelDialog.open) el.cancelDialog.close();
+    setCustomer(null);
+    showWelcome(notice);
+  }
+
+  function sessionExpired() {
+    if (!state.session) return;
+    const id = state.session.customerId;
+    signOut(t('sessionExpired'));
+    el.authId.value = id;
+    setAuthMode('signin');
+    el.authPassword.focus();
+  }
+
+  function validateAuth(id, password, name) {
+    if (!ID_PATTERN.test(id)) return { field: el.authId, error: t('idBad') };
+    if (!password) return { field: el.authPassword, error: t('passwordEmpty') };
+    if (state.authMode === 'signup' && password.length < PASSWORD_MIN) {
+      return { field: el.authPassword, error: t('passwordShort', { min: PASSWORD_MIN }) };
     }
-    setCustomer(result.name);
-    el.fleetTitle.setAttribute('tabindex', '-1');
-    el.fleetTitle.focus();
+    if (name.length > NAME_MAX || /[\u0000-\u001f\u007f]/.test(name)) return { field: el.authName, error: t('nameBad') };
+    return null;
+  }
+
+  function authError(field, message) {
+    el.authError.textContent = message;
+    if (field) {
+      field.setAttribute('aria-invalid', 'true');
+      field.focus();
+    }
+  }
+
+  async function onAuthSubmit(ev) {
+    ev.preventDefault();
+    if (state.authBusy) return;
+    const id = el.authId.value.trim().toLowerCase();
+    const password = el.authPassword.value;
+    const name = el.authName.value.trim();
+    for (const f of [el.authId, el.authPassword, el.authName]) f.removeAttribute('aria-invalid');
+    const wait = Math.ceil((state.authRetryUntil - Date.now()) / 1000);
+    if (wait > 0) return authError(null, t('authThrottled', { s: wait }));
+    const invalid = validateAuth(id, password, name);
+    if (invalid) return authError(invalid.field, invalid.error);
+    el.authId.value = id;
+    state.authBusy = true;
+    el.authError.textContent = '';
+    el.authNotice.textContent = '';
+    renderAuth();
+    try {
+      if (state.authMode === 'signup') {
+        const created = await request('POST', 'accounts', { anonymous: true, body: { customerId: id, password, name: name || id } });
+        if (created.status !== 201) {
+          authError(created.status === 409 ? el.authId : null, serverMessage(created));
+          return;
+        }
+      }
+      const res = await request('POST', 'sessions', { anonymous: true, body: { customerId: id, password } });
+      const session = res.status === 201 || res.status === 200 ? sessionFromAnswer(res.data) : null;
+      if (session) {
+        signedIn(session);
+      } else if (res.status === 429) {
+        const s = retryAfterSeconds(res.headers) || 60;
+        state.authRetryUntil = Date.now() + s * 1000;
+        authError(null, t('authThrottled', { s }));
+      } else {
+        authError(el.authPassword, serverMessage(res));
+      }
+    } catch (e) {
+      authError(null, t('outNetworkTitle') + ' (' + t('netError') + ')');
+    } finally {
+      state.authBusy = false;
+      renderAuth();
+    }
   }
 
   // ---- fleet ----
@@ -949,7 +1189,8 @@
       el.card.focus();
       return;
     }
-    const body = { productId: car.id, qty, customerId: state.customer, from: period.from, to: period.to };
+    const body = { productId: car.id, qty, customerId: state.session ? state.session.customerId : state.customer,
+      from: period.from, to: period.to };
     if (card) body.cardNumber = card;
     const signature = JSON.stringify(body);
     const key = state.retryKey && state.retryKey.signature === signature ? state.retryKey.key : newIdempotencyKey();
@@ -1168,7 +1409,7 @@
 
   async function pollOnce() {
     poll.timer = null;
-    if (!state.customer || el.app.hidden) return;          // restarted when the app shows
+    if (!state.session || el.app.hidden) return;           // restarted when the app shows
     if (document.hidden) { setLive('paused'); return; }     // resumed on visibilitychange
     if (poll.controller) return;                            // one at a time
     const gen = poll.gen;
@@ -1176,9 +1417,11 @@
     poll.controller = controller;
     let delay = POLL_MS;
     try {
-      const path = 'customerpages/search/findByCustomerId?customerId=' + encodeURIComponent(state.customer) + '&size=200';
+      const path = isStaff() ? 'customerpages?size=200'
+        : 'customerpages/search/findByCustomerId?customerId=' + encodeURIComponent(state.customer) + '&size=200';
       const res = await request('GET', path, { signal: controller.signal });
       if (gen !== poll.gen) return;
+      if (res.status === 401) return;                       // signed out by request()
       if (res.status !== 200) throw new Error(serverMessage(res));
       const embedded = res.data && res.data._embedded;
       const items = embedded && Array.isArray(embedded.customerpages) ? embedded.customerpages : [];
@@ -1369,6 +1612,7 @@
         ]);
       }));
 
+    const facts = isStaff() ? rentalFacts(d, status) : null;
     // Active (confirmed or delivered) rentals can be returned or cancelled;
     // a returned one has ended, a cancelled one never happened.
     const active = info && info.rank < RETURNED_RANK && !cancelling && !returning;
@@ -1382,6 +1626,7 @@
         h('div', { className: 'rental-title' }, [title, h('span', { className: 'rental-meta', text: meta.join(' · ') })]),
         badge,
       ]),
+      facts,
       d.from && d.to ? h('p', { className: 'rental-period', text: periodText(d.from, d.to, d.days) }) : null,
       history.length ? historyList : null,
       h('div', { className: 'rental-foot' }, [
@@ -1401,6 +1646,23 @@
       ]),
       error ? h('p', { className: 'rental-error', role: 'alert', text: error }) : null,
     );
+  }
+
+  // Staff see whose rental it is and where its payment and delivery stand,
+  // from the read model's status and history (the contract's steps).
+  function rentalFacts(d, status) {
+    const steps = new Set((Array.isArray(d.history) ? d.history : []).map((x) => x.eventType || x.status));
+    const refunded = status === 'PaymentCancelled' || steps.has('PayCancelled');
+    const payment = refunded ? t('payRefunded') : d.paymentId ? t('payPaid') : t('payNone');
+    const cancelled = status === 'DeliveryCancelled' || status === 'PaymentCancelled' || steps.has('DeliveryCanceled');
+    const delivery = cancelled ? t('delCancelled') : (status === 'Returned' || steps.has('Returned')) ? t('delReturned')
+      : (status === 'Shipped' || steps.has('Shipped') || d.deliveryId) ? t('delShipped') : t('delPending');
+    const fact = (label, value, key) => h('div', { 'data-fact': key }, [h('dt', { text: label }), h('dd', { text: value })]);
+    return h('dl', { className: 'rental-facts' }, [
+      fact(t('factCustomer'), String(d.customerId || '—'), 'customer'),
+      fact(t('factPayment'), payment, 'payment'),
+      fact(t('factDelivery'), delivery, 'delivery'),
+    ]);
   }
 
   // ---- cancel ----
@@ -1519,8 +1781,11 @@
 
   function bind() {
     const ids = {
-      welcome: 'welcome', app: 'app', who: 'who', whoName: 'who-name', changeName: 'change-name',
-      nameForm: 'name-form', nameInput: 'name-input', nameError: 'name-error', nameCancel: 'name-cancel',
+      welcome: 'welcome', app: 'app', who: 'who', whoName: 'who-name', whoRole: 'who-role', signOut: 'sign-out',
+      authNotice: 'auth-notice', modeSignin: 'mode-signin', modeSignup: 'mode-signup', authForm: 'auth-form',
+      authId: 'auth-id', authIdHint: 'auth-id-hint', nameField: 'name-field', authName: 'auth-name',
+      authPassword: 'auth-password', authPasswordHint: 'auth-password-hint', authError: 'auth-error',
+      authSubmit: 'auth-submit', authSubmitLabel: 'auth-submit-label',
       langToggle: 'lang-toggle', langLabel: 'lang-toggle-label', langShort: 'lang-toggle-short',
       fleet: 'fleet', fleetSection: 'fleet-section', fleetTitle: 'fleet-title', rentForm: 'rent-form',
       checkout: 'checkout', selected: 'selected-summary', qty: 'qty', qtyMinus: 'qty-minus', qtyPlus: 'qty-plus',
@@ -1535,16 +1800,16 @@
     };
     for (const [name, id] of Object.entries(ids)) el[name] = $(id);
 
-    el.nameForm.addEventListener('submit', onNameSubmit);
-    el.nameInput.addEventListener('input', () => {
-      el.nameError.textContent = '';
-      el.nameInput.removeAttribute('aria-invalid');
-    });
-    el.nameCancel.addEventListener('click', () => {
-      showApp();
-      el.changeName.focus();
-    });
-    el.changeName.addEventListener('click', () => showWelcome(true));
+    el.authForm.addEventListener('submit', onAuthSubmit);
+    for (const f of [el.authId, el.authPassword, el.authName]) {
+      f.addEventListener('input', () => {
+        el.authError.textContent = '';
+        f.removeAttribute('aria-invalid');
+      });
+    }
+    el.modeSignin.addEventListener('click', () => setAuthMode('signin'));
+    el.modeSignup.addEventListener('click', () => setAuthMode('signup'));
+    el.signOut.addEventListener('click', () => signOut(t('signedOut')));
     el.langToggle.addEventListener('click', () => applyLanguage(state.lang === 'ko' ? 'en' : 'ko'));
 
     el.rentForm.addEventListener('submit', onRentSubmit);
@@ -1594,16 +1859,16 @@
     initPeriod();
     const savedLang = storageGet('carshare.lang');
     const browserLang = (navigator.language || 'en').toLowerCase().startsWith('ko') ? 'ko' : 'en';
-    state.customer = storageGet('carshare.customer') || null;
-    if (state.customer && validateName(state.customer).error) state.customer = null;
-    loadPending();
+    storageSet('carshare.customer', null);   // an earlier version kept a name here
+    const saved = restoreSession();
     applyLanguage(savedLang && STRINGS[savedLang] ? savedLang : browserLang);
+    setAuthMode('signin');
     watchSections();
-    if (state.customer) {
-      showApp();
-      restartPolling();
+    if (saved && saved !== 'expired') {
+      setSession(saved, false);
+      setCustomer(saved.customerId);
     } else {
-      showWelcome(false);
+      showWelcome(saved === 'expired' ? t('sessionExpired') : '');
     }
     loadFleet();
     scheduleFleetRefresh();

@@ -2,15 +2,21 @@
 //
 // Starts nats-server and the five carshare binaries on free ports (through
 // launch_system.py, which reuses tests/e2e/harness.py), drives Debian's
-// chromium with playwright-core, and does what a customer does: gives a
-// name, rents a car, sees it approved and then delivered ("Shipped") in My
-// rentals, cancels it through the confirmation dialog, sees it cancelled and
-// refunded with its history, and sees a declined card's message. Then the
-// same page at phone width: the name is remembered, nothing overflows, a
-// double press of "Rent" rents once, the Korean labels work and are
-// remembered. Last, a rental for a period: a start date two days ahead and
-// three days, availability and the price for those dates before paying,
-// the period in My rentals, and "Return the car" through its dialog.
+// chromium with playwright-core, and does what a customer does: creates an
+// account and is signed in (the token in sessionStorage, never in
+// localStorage), rents a car, sees it approved and then delivered ("Shipped")
+// in My rentals, cancels it through the confirmation dialog, sees it
+// cancelled and refunded with its history, sees a declined card's message,
+// signs out; a second customer signs up and sees none of the first one's
+// rentals; a token that stops being valid leads back to the sign-in form with
+// a message saying so. Then the same page at phone width in a new tab: the
+// first customer signs in again, nothing overflows, a double press of "Rent"
+// rents once, the Korean labels work and are remembered. Last, staff (admin,
+// whose password make run keeps in <data>/secrets/admin-password) see every
+// rental with its payment and delivery and cancel one of the customer's. In
+// between, a rental for a period: a start date two days ahead and three days,
+// availability and the price for those dates before paying, the period in My
+// rentals, and "Return the car" through its dialog.
 //
 // A screenshot of each step goes to $BROWSER_OUT (default:
 // <build>/browser-out next to $CARSHARE_BIN, else a temporary directory);
@@ -98,12 +104,12 @@ async function stopSystem(system, failed) {
 
 // ---- helpers ----
 
-// The customer's token once signed in (every call but GET /cars needs one).
+// The first customer's token once signed in, for the checks made through the API.
 let token = null;
 
-async function api(base, method, urlPath, body) {
+async function api(base, method, urlPath, body, asToken) {
   const headers = body ? { 'Content-Type': 'application/json' } : {};
-  if (token) headers.Authorization = 'Bearer ' + token;
+  if (asToken || token) headers.Authorization = 'Bearer ' + (asToken || token);
   const res = await fetch(base + urlPath, {
     method,
     headers,
@@ -113,6 +119,41 @@ async function api(base, method, urlPath, body) {
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
   return { status: res.status, data };
+}
+
+async function signIn(base, customerId, password) {
+  const res = await api(base, 'POST', '/sessions', { customerId, password });
+  assert.equal(res.status, 201, `sign-in of ${customerId}: ${JSON.stringify(res.data)}`);
+  return res.data.token;
+}
+
+// Through the page's own form.
+async function signUpOnPage(page, customerId, name, password) {
+  await page.locator('#auth-form').waitFor();
+  await page.locator('#mode-signup').click();
+  await page.getByLabel('Customer ID').fill(customerId);
+  await page.getByLabel('Your name').fill(name);
+  await page.getByLabel('Password').fill(password);
+  await page.locator('#auth-submit').click();
+  await page.locator('#who-name', { hasText: customerId }).waitFor();
+}
+
+async function signInOnPage(page, customerId, password) {
+  await page.locator('#auth-form').waitFor();
+  await page.locator('#mode-signin').click();
+  await page.getByLabel('Customer ID').fill(customerId);
+  await page.getByLabel('Password').fill(password);
+  await page.locator('#auth-submit').click();
+  await page.locator('#who-name', { hasText: customerId }).waitFor();
+}
+
+async function storedValues(page, which) {
+  return page.evaluate((w) => {
+    const store = window[w];
+    const out = [];
+    for (let i = 0; i < store.length; i++) out.push(store.key(i) + '=' + store.getItem(store.key(i)));
+    return out.join('\n');
+  }, which);
 }
 
 function rentalCard(page, orderId) {
@@ -135,7 +176,10 @@ describe('customer web page', () => {
   const problems = [];         // console errors, page errors, requests leaving the gateway
   let failed = false;
   const customer = 'kim-' + Math.random().toString(36).slice(2, 8);
+  const other = 'lee-' + Math.random().toString(36).slice(2, 8);
+  const password = 'correct-horse-' + Math.random().toString(36).slice(2, 8);
   let fleet = [];
+  let phoneOrderId = null;
 
   // Desktop steps: the whole page, from the top (so the sticky top bar is
   // where a customer sees it). Phone steps: the screen as it is scrolled.
@@ -194,17 +238,6 @@ describe('customer web page', () => {
     assert.equal(res.status, 200, `GET /cars through the gateway: ${JSON.stringify(res.data)}`);
     fleet = res.data._embedded.cars;
     assert.ok(fleet.length > 0, 'the demo fleet is empty');
-    // The customer signs up and in through the gateway; the page is handed the token the way
-    // it keeps one (sessionStorage, never localStorage).
-    const password = 'correct horse battery staple';
-    const signup = await api(base, 'POST', '/accounts', { customerId: customer, password, name: customer });
-    assert.equal(signup.status, 201, `POST /accounts: ${JSON.stringify(signup.data)}`);
-    const session = await api(base, 'POST', '/sessions', { customerId: customer, password });
-    assert.equal(session.status, 201, `POST /sessions: ${JSON.stringify(session.data)}`);
-    token = session.data.token;
-    await browser.addInitScript((t) => {
-      try { window.sessionStorage.setItem('carshare.token', t); } catch (e) { /* no storage */ }
-    }, token);
   }, { timeout: 120000 });
 
   after(async () => {
@@ -219,13 +252,22 @@ describe('customer web page', () => {
     watch(page);
     await page.goto(base + '/');
 
-    // 1. First visit: asked for a name.
-    await page.getByLabel('Your name').waitFor();
-    assert.equal(await page.locator('#app').isHidden(), true, 'the rental app shows before the customer has a name');
+    // 1. First visit: asked to sign in; a wrong password is refused on the page.
+    await page.locator('#auth-form').waitFor();
+    assert.equal(await page.locator('#app').isHidden(), true, 'the rental app shows before anyone signed in');
     await shot(page, '01-desktop-welcome');
-    await page.getByLabel('Your name').fill(customer);
-    await page.getByRole('button', { name: 'Continue' }).click();
-    await page.locator('#who-name', { hasText: customer }).waitFor();
+    await page.getByLabel('Customer ID').fill(customer);
+    await page.getByLabel('Password').fill('not-the-password');
+    await page.locator('#auth-submit').click();
+    await page.locator('#auth-error:not(:empty)').waitFor();
+    assert.equal(await page.locator('#app').isHidden(), true, 'an unknown account was let in');
+    await signUpOnPage(page, customer, 'Kim Minji', password);
+    const session = await storedValues(page, 'sessionStorage');
+    assert.ok(/carshare\.session=.*"token":"ey/.test(session), 'the token is not kept for this tab');
+    const pageToken = JSON.parse(session.split('carshare.session=')[1].split('\n')[0]).token;
+    assert.ok(!(await storedValues(page, 'localStorage')).includes(pageToken), 'the token is in localStorage');
+    const mine = await signIn(base, customer, password);
+    token = mine;   // for the checks of the later tests
 
     // 2. The fleet: every model with its name, location, price and availability.
     const car = fleet.find((c) => Number(c.available) >= 2) || fleet.find((c) => Number(c.available) >= 1);
@@ -257,7 +299,7 @@ describe('customer web page', () => {
     await shot(page, '03-desktop-approved');
 
     // The order exists in the service with the status the page showed.
-    const order = await api(base, 'GET', `/orders/${orderId}`);
+    const order = await api(base, 'GET', `/orders/${orderId}`, null, mine);
     assert.equal(order.status, 200);
     assert.equal(order.data.customerId, customer);
     assert.equal(Number(order.data.amount), Number(car.dailyPrice));
@@ -279,7 +321,7 @@ describe('customer web page', () => {
     await shot(page, '05-desktop-cancel-dialog', { fullPage: false });   // a modal covers the screen, not the page
     await dialog.getByRole('button', { name: 'Keep rental' }).click();
     await dialog.waitFor({ state: 'hidden' });
-    assert.notEqual((await api(base, 'GET', `/orders/${orderId}`)).data.status, 'OrderCancelled', 'Keep rental cancelled it');
+    assert.notEqual((await api(base, 'GET', `/orders/${orderId}`, null, mine)).data.status, 'OrderCancelled', 'Keep rental cancelled it');
     await rental.getByRole('button', { name: 'Cancel rental' }).click();
     await dialog.waitFor();
     await dialog.getByRole('button', { name: 'Cancel rental' }).click();
@@ -295,7 +337,7 @@ describe('customer web page', () => {
     assert.equal(new Set(history).size, history.length, `a step shows twice in the history: ${history}`);
     assert.ok((await rental.locator('.badge').innerText()).includes('refunded'), 'badge does not say refunded');
     assert.equal(await rental.getByRole('button', { name: 'Cancel rental' }).count(), 0, 'a refunded rental still offers Cancel');
-    assert.equal((await api(base, 'GET', `/orders/${orderId}`)).data.status, 'OrderCancelled');
+    assert.equal((await api(base, 'GET', `/orders/${orderId}`, null, mine)).data.status, 'OrderCancelled');
     await shot(page, '06-desktop-refunded');
 
     // 7. The declined test card: the server's message, and no rental.
@@ -311,25 +353,53 @@ describe('customer web page', () => {
     await shot(page, '07-desktop-declined');
     await page.waitForTimeout(2000);   // time enough for a wrongly created rental to show up
     assert.equal(await page.locator('#rentals li.rental').count(), before, 'a declined card added a rental');
-    const orders = await api(base, 'GET', `/orders/search/findByCustomerId?customerId=${encodeURIComponent(customer)}`);
+    const orders = await api(base, 'GET', `/orders/search/findByCustomerId?customerId=${encodeURIComponent(customer)}`, null, mine);
     assert.equal(orders.status, 200);
     assert.equal(orders.data._embedded.orders.length, 1, 'the declined card created an order');
+
+    // 8. Sign out: back to the form, the token forgotten.
+    await page.locator('#sign-out').click();
+    await page.locator('#auth-form').waitFor();
+    assert.equal(await page.locator('#app').isHidden(), true, 'the rentals stay on screen after signing out');
+    assert.ok(!(await storedValues(page, 'sessionStorage')).includes(pageToken), 'signing out kept the token');
+    await shot(page, '08-desktop-signed-out');
+
+    // 9. A second customer sees none of the first one's rentals.
+    await signUpOnPage(page, other, 'Lee Jiho', password);
+    await page.locator('#rentals-empty').waitFor();
+    assert.equal(await page.locator('#rentals li.rental').count(), 0, "the second customer sees the first one's rentals");
+    assert.equal(await rentalCard(page, orderId).count(), 0);
+    await shot(page, '09-desktop-second-customer');
+
+    // 10. A token the server no longer accepts: back to sign-in, saying why.
+    await page.evaluate(() => {
+      const s = JSON.parse(sessionStorage.getItem('carshare.session'));
+      s.token = s.token.slice(0, -4) + (s.token.endsWith('AAAA') ? 'BBBB' : 'AAAA');   // a broken signature
+      sessionStorage.setItem('carshare.session', JSON.stringify(s));
+    });
+    await page.reload();
+    await page.locator('#auth-notice', { hasText: 'session has expired' }).waitFor();
+    assert.equal(await page.locator('#app').isHidden(), true, 'a refused token kept the app on screen');
+    assert.equal(await page.getByLabel('Customer ID').inputValue(), other, 'the form forgot who was signed in');
+    await shot(page, '10-desktop-expired');
 
     assert.deepEqual(problems, [], 'the page had errors or left the gateway');
   }));
 
-  test('phone: remembered name, no overflow, double press rents once, Korean', { timeout: 180000 }, () => step(async () => {
+  test('phone: signing in again, no overflow, double press rents once, Korean', { timeout: 180000 }, () => step(async () => {
     const page = await browser.newPage();
     watch(page);
     await page.setViewportSize(PHONE);
     await page.goto(base + '/');
 
-    // The name was remembered: straight to the app, with the earlier rental.
-    await page.locator('#who-name', { hasText: customer }).waitFor();
+    // A new tab does not share the token: sign in, then the earlier rental is there.
+    await page.locator('#auth-form').waitFor();
+    await signInOnPage(page, customer, password);
+    const mine = await signIn(base, customer, password);
     await page.locator('#rentals li.rental[data-status="PaymentCancelled"]').waitFor();
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
-    await shot(page, '08-phone-fleet', { fullPage: false });
+    await shot(page, '11-phone-fleet', { fullPage: false });
 
     // A double press of Rent: one rental.
     const car = fleet.find((c) => Number(c.available) >= 1);
@@ -340,11 +410,12 @@ describe('customer web page', () => {
     await approved.waitFor();
     const orderId = await approved.locator('[data-order-id]').getAttribute('data-order-id');
     await page.locator(`#rentals li.rental[data-order-id="${orderId}"][data-status="Shipped"]`).waitFor();
-    await shot(page, '09-phone-approved', { fullPage: false });
+    await shot(page, '12-phone-approved', { fullPage: false });
     await page.locator('#rentals-section').evaluate((node) => node.scrollIntoView({ block: 'start' }));
-    await shot(page, '10-phone-rentals', { fullPage: false });
-    const orders = await api(base, 'GET', `/orders/search/findByCustomerId?customerId=${encodeURIComponent(customer)}`);
+    await shot(page, '13-phone-rentals', { fullPage: false });
+    const orders = await api(base, 'GET', `/orders/search/findByCustomerId?customerId=${encodeURIComponent(customer)}`, null, mine);
     assert.equal(orders.data._embedded.orders.length, 2, 'a double press rented twice (or not at all)');
+    phoneOrderId = orderId;
     assert.equal(await page.locator('#rentals li.rental').count(), 2);
 
     // Korean labels, remembered across a reload.
@@ -356,7 +427,7 @@ describe('customer web page', () => {
     assert.equal((await page.locator('#rentals-title').innerText()).trim(), '내 대여');
     assert.ok((await rentalCard(page, orderId).locator('.badge').innerText()).includes('배송 완료'));
     await page.locator('#rentals-section').evaluate((node) => node.scrollIntoView({ block: 'start' }));
-    await shot(page, '11-phone-korean', { fullPage: false });
+    await shot(page, '14-phone-korean', { fullPage: false });
 
     // Back to English for whoever opens the page next with this profile.
     await page.locator('#lang-toggle').click();
@@ -369,7 +440,7 @@ describe('customer web page', () => {
     watch(page);
     await page.setViewportSize(DESKTOP);
     await page.goto(base + '/');
-    await page.locator('#who-name', { hasText: customer }).waitFor();
+    await signInOnPage(page, customer, password);   // a new tab: the token is per tab
 
     // Seoul's today (the browser runs in Asia/Seoul, like the company).
     const today = new Intl.DateTimeFormat('en-CA', { timeZone: 'Asia/Seoul' }).format(new Date());
@@ -392,7 +463,7 @@ describe('customer web page', () => {
     assert.equal((await page.locator('#total-label').innerText()).trim(), 'Total for 3 days');
     assert.ok((await page.locator('#dates-hint').innerText()).includes('3 days'), 'the hint does not say 3 days');
     assert.ok((await page.locator('#rent-button').innerText()).includes(price), 'the button does not show the price');
-    await shot(page, '12-desktop-period-checkout');
+    await shot(page, '15-desktop-period-checkout');
 
     await page.locator('#rent-button').click();
     const approved = page.locator('#outcome [data-outcome="approved"]');
@@ -413,7 +484,7 @@ describe('customer web page', () => {
     const dialog = page.getByRole('dialog', { name: 'Return the car?' });
     await dialog.waitFor();
     assert.ok((await dialog.innerText()).includes(`#${orderId}`), 'the dialog does not name the order');
-    await shot(page, '13-desktop-return-dialog', { fullPage: false });
+    await shot(page, '16-desktop-return-dialog', { fullPage: false });
     await dialog.getByRole('button', { name: 'Not yet' }).click();
     await dialog.waitFor({ state: 'hidden' });
     assert.notEqual((await api(base, 'GET', `/orders/${orderId}`)).data.status, 'Returned', 'Not yet returned it');
@@ -430,7 +501,44 @@ describe('customer web page', () => {
     // Its days are free again (it was returned before it started).
     const after = await api(base, 'GET', `/cars/${car.id}?from=${start}&to=${due}`);
     assert.equal(after.data.available, free.data.available);
-    await shot(page, '14-desktop-returned');
+    await shot(page, '17-desktop-returned');
+    assert.deepEqual(problems, [], 'the page had errors or left the gateway');
+  }));
+
+  test('staff: every rental with payment and delivery, cancel any', { timeout: 180000 }, () => step(async () => {
+    let adminPassword = process.env.CARSHARE_ADMIN_PASSWORD;
+    if (!adminPassword && system) {
+      adminPassword = fs.readFileSync(path.join(system.info.dir, 'data', 'secrets', 'admin-password'), 'utf8').trim();
+    }
+    assert.ok(adminPassword, 'no admin password (set CARSHARE_ADMIN_PASSWORD with CARSHARE_URL)');
+    assert.ok(phoneOrderId, 'the phone test made no rental to cancel');
+    const page = await browser.newPage();
+    watch(page);
+    await page.goto(base + '/');
+    await signInOnPage(page, 'admin', adminPassword);
+    await page.locator('#who-role', { hasText: 'Staff' }).waitFor();
+    assert.equal(await page.locator('#fleet-section').isVisible(), false, 'staff are offered the fleet');
+    assert.equal((await page.locator('#rentals-title').innerText()).trim(), 'All rentals');
+
+    // The customer's rental, with whose it is and where payment and delivery stand.
+    const rental = rentalCard(page, phoneOrderId);
+    await page.locator(`#rentals li.rental[data-order-id="${phoneOrderId}"][data-status="Shipped"]`).waitFor();
+    assert.equal((await rental.locator('[data-fact="customer"] dd').innerText()).trim(), customer);
+    assert.equal((await rental.locator('[data-fact="payment"] dd').innerText()).trim(), 'paid');
+    assert.equal((await rental.locator('[data-fact="delivery"] dd').innerText()).trim(), 'delivered');
+    await shot(page, '18-staff-view');
+
+    // Staff cancel it: refunded, and the customer's own view says so.
+    await rental.getByRole('button', { name: 'Cancel rental' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Cancel this rental?' });
+    await dialog.waitFor();
+    await dialog.getByRole('button', { name: 'Cancel rental' }).click();
+    await page.locator(`#rentals li.rental[data-order-id="${phoneOrderId}"][data-status="PaymentCancelled"]`).waitFor();
+    await rental.locator('[data-fact="payment"] dd', { hasText: 'refunded' }).waitFor();
+    await rental.locator('[data-fact="delivery"] dd', { hasText: 'cancelled' }).waitFor();
+    const mine = await signIn(base, customer, password);
+    assert.equal((await api(base, 'GET', `/orders/${phoneOrderId}`, null, mine)).data.status, 'OrderCancelled');
+    await shot(page, '19-staff-cancelled');
     assert.deepEqual(problems, [], 'the page had errors or left the gateway');
   }));
 });
