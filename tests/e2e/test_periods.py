@@ -9,8 +9,9 @@ Real binaries and a real nats-server on free loopback ports. Covers:
   - overlapping and adjacent periods racing for the last car: overlapping ones never overbook a
     day (the loser's 409 names the first full day), adjacent ones do not compete;
   - a 30-day rental books exactly its 30 days; availability for a period (GET /cars?from&to);
-  - return by the customer: 200 Returned, cars free again from the next day, again 200 with no
-    new effect, a returned rental cannot be cancelled, a cancelled one cannot be returned;
+  - return by the customer who rented (another customer's is a 404, no token a 401) and by
+    staff: 200 Returned, cars free again from the next day, again 200 with no new effect, a
+    returned rental cannot be cancelled, a cancelled one cannot be returned;
   - a return racing a cancel: exactly one of them wins, and the cars and payment agree;
   - the automatic return at the end of the period, with the test clock, across a restart;
   - the customer page shows the period and Returned, and its rebuild gives the same view.
@@ -24,7 +25,7 @@ import tempfile
 import zoneinfo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import System, check, check_error, run, wait_for  # noqa: E402
+from harness import AUTO, STAFF, System, check, check_error, run, wait_for  # noqa: E402
 from rental_checks import all_items, concurrently, orders, payments, wait_settled  # noqa: E402
 
 SEOUL = zoneinfo.ZoneInfo("Asia/Seoul")
@@ -90,8 +91,8 @@ def order(s, oid):
     return body
 
 
-def give_back(s, oid, expect=200):
-    code, body, _ = s.call("POST", "order", "/orders/%d/return" % oid)
+def give_back(s, oid, expect=200, as_=AUTO):
+    code, body, _ = s.call("POST", "order", "/orders/%d/return" % oid, as_=as_)
     check(code == expect, "return of %d: %d %r" % (oid, code, body))
     return body
 
@@ -233,7 +234,13 @@ def test_return_by_customer():
         d = today()
         o = rent(s, "9002", 2, **{"from": iso(d), "to": iso(d, 3)})
         check(free(s, "9002", iso(d, 1), iso(d, 3)) == 1, "booked for three days")
-        r = give_back(s, o["id"])
+        # Only the customer who rented (or staff) may return it: another customer's is a 404,
+        # no token a 401, and neither changes anything.
+        check_error(s.call("POST", "order", "/orders/%d/return" % o["id"], as_="lee"), 404)
+        check_error(s.call("POST", "order", "/orders/%d/return" % o["id"], as_=None), 401)
+        check(order(s, o["id"])["status"] == "OrderApproved", "a refused return changed the rental")
+        check(free(s, "9002", iso(d, 1), iso(d, 3)) == 1, "a refused return freed cars")
+        r = give_back(s, o["id"], as_="kim")
         check(r["status"] == "Returned" and r["returnedAt"] and r["id"] == o["id"], "return: %r" % r)
         check(free(s, "9002", iso(d), iso(d, 1)) == 1, "still out today (back from tomorrow)")
         check(free(s, "9002", iso(d, 1), iso(d, 3)) == 3, "free again from the next day")
@@ -251,6 +258,12 @@ def test_return_by_customer():
         check_error(s.call("POST", "order", "/orders/%d/return" % c["id"]), 409, "cancelled")
         check(order(s, c["id"])["status"] == "OrderCancelled", "return after cancel changed it")
         check_error(s.call("POST", "order", "/orders/424242/return"), 404, "424242")
+
+        # Staff may return any customer's rental.
+        other = rent(s, "9002", 1, **{"from": iso(d, 7), "to": iso(d, 9), "customerId": "lee"})
+        r = give_back(s, other["id"], as_=STAFF)
+        check(r["status"] == "Returned" and r["customerId"] == "lee", "staff return: %r" % r)
+        check(free(s, "9002", iso(d, 7), iso(d, 9)) == 3, "the staff return freed its days")
         check_error(s.call("POST", "order", "/orders/abc/return"), 400, "order id")
         check_error(s.call("POST", "order", "/orders/0/return"), 400, "order id")
 
