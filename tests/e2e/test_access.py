@@ -20,12 +20,13 @@ import hmac
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (PASSWORD, SERVICE, SERVICES, STAFF, System, check, check_error, run,  # noqa: E402
-                     wait_for)
+from harness import (BIN, PASSWORD, SERVICE, SERVICES, STAFF, System, check, check_error,  # noqa: E402
+                     run, wait_for)
 
 WAIT = 30
 CARD = "4111111111111111"
@@ -411,6 +412,35 @@ def test_payment_integrity():
         # A refund comes from cancelling the rental.
         check(s.call("DELETE", "gateway", "/orders/%d" % n, as_="kim")[0] == 204, "cancel")
         wait_for(lambda: payment_of(s, n)["status"] == "PaymentCancelled", WAIT, "the refund of order %d" % n)
+
+
+def test_key_rotation():
+    """The README's rotation: every process trusts the old and the new public key while account
+    signs with the new one; once the old key is dropped, its tokens are refused."""
+    s = System(SERVICES)
+    s.make_keys()
+    subprocess.run([os.path.join(BIN, "carshare-account"), "keygen", s.data("keys", "account-2.key")],
+                   check=True, stdout=subprocess.DEVNULL)
+    both_keys = "%s,%s" % (s.data("keys", "account.pub"), s.data("keys", "account-2.pub"))
+    s.extra_env["TOKEN_PUBLIC_KEYS"] = both_keys
+    s.service_env["account"] = {"TOKEN_PRIVATE_KEY": s.data("keys", "account-2.key")}
+    with s:
+        old = s.mint("kim", "customer", key="account")
+        new = s.token("kim")                      # signed in: account's new key
+        kid = lambda t: json.loads(base64.urlsafe_b64decode(t.split(".")[0] + "=="))["kid"]
+        check(kid(old) != kid(new), "the same kid for both keys")
+        for tok in (old, new):
+            for target in ("gateway", "order"):
+                code, body, _ = s.call("GET", target, "/orders", headers={"Authorization": "Bearer " + tok})
+                check(code == 200, "during the rotation via %s: %d %r" % (target, code, body))
+        # The old key is dropped from order (restarted): its tokens are refused, the new ones not.
+        s.stop("order")
+        s.service_env["order"] = {"TOKEN_PUBLIC_KEYS": s.data("keys", "account-2.pub")}
+        s.start("order")
+        check_error(s.call("GET", "order", "/orders", headers={"Authorization": "Bearer " + old}), 401,
+                    "unknown key")
+        check(s.call("GET", "order", "/orders", headers={"Authorization": "Bearer " + new})[0] == 200,
+              "the new key after the rotation")
 
 
 def test_idempotency_key_per_customer():
