@@ -125,6 +125,18 @@ def wait_settled(system, timeout=30):
         raise AssertionError("not settled after %ss: %s" % (timeout, "; ".join(last[:10])))
 
 
+def stream_count(s, event_type):
+    """How many events of this type the stream `carshare` holds."""
+    nc = s.nats_client()
+    try:
+        info = nc.request("$JS.API.STREAM.INFO.carshare",
+                          json.dumps({"subjects_filter": "carshare." + event_type}).encode())
+    finally:
+        nc.close()
+    check("state" in info, "stream info without state: %r" % (info,))
+    return (info["state"].get("subjects") or {}).get("carshare." + event_type, 0)
+
+
 def concurrently(n, fn):
     """Runs fn(i) for i in 0..n-1 on n threads started together; returns the results in order.
     An exception in fn is returned as the result."""

@@ -28,6 +28,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import System, check, check_error, run, wait_for  # noqa: E402
+from rental_checks import stream_count  # noqa: E402
 
 SERVICES = ["payment", "order", "delivery", "customerpage"]
 WAIT = 30          # seconds: an upper bound for anything to propagate, not an expectation
@@ -54,18 +55,6 @@ def system(**kw):
     env = {"BUS_RETRY_MS": "50"}
     env.update(kw.pop("env", {}))
     return System(SERVICES, env=env, service_env={"order": {"FLEET_FILE": FLEET}}, **kw)
-
-
-def stream_count(s, event_type):
-    """How many events of this type the stream `carshare` holds."""
-    nc = s.nats_client()
-    try:
-        info = nc.request("$JS.API.STREAM.INFO.carshare",
-                          json.dumps({"subjects_filter": "carshare." + event_type}).encode())
-    finally:
-        nc.close()
-    check("state" in info, "stream info without state: %r" % (info,))
-    return (info["state"].get("subjects") or {}).get("carshare." + event_type, 0)
 
 
 def publish_raw(s, event_type, event):

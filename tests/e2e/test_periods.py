@@ -12,9 +12,11 @@ Real binaries and a real nats-server on free loopback ports. Covers:
   - return by the customer who rented (another customer's is a 404, no token a 401) and by
     staff: 200 Returned, cars free again from the next day, again 200 with no new effect, a
     returned rental cannot be cancelled, a cancelled one cannot be returned;
-  - a return racing a cancel: exactly one of them wins, and the cars and payment agree;
+  - a return racing a cancel: exactly one of them wins, only the winner's event is published, and
+    the cars and payment agree;
   - the automatic return at the end of the period, with the test clock, across a restart;
-  - the customer page shows the period and Returned, and its rebuild gives the same view.
+  - the customer page shows the period and Returned, and its rebuild gives the same view; the
+    stream holds one Returned per returned rental however often it was returned.
 Time moves only through ORDER_TEST_CLOCK_OFFSET_S (order's test clock); nothing waits for days.
 """
 import datetime
@@ -26,7 +28,8 @@ import zoneinfo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import AUTO, STAFF, System, check, check_error, run, wait_for  # noqa: E402
-from rental_checks import all_items, concurrently, orders, payments, wait_settled  # noqa: E402
+from rental_checks import (all_items, concurrently, orders, payments,  # noqa: E402
+                           stream_count)
 
 SEOUL = zoneinfo.ZoneInfo("Asia/Seoul")
 DAY = 86400
@@ -294,6 +297,11 @@ def test_return_races_cancel():
         # Cars: a cancelled rental frees every day, a returned one from tomorrow.
         check(free(s, "9003", iso(d), iso(d, 1)) == 40 - returned, "today")
         check(free(s, "9003", iso(d, 1), iso(d, 4)) == 40, "later days")
+        # One Returned per returned rental, one OrderCancelled per cancelled one: the loser of
+        # each race published nothing.
+        wait_for(lambda: stream_count(s, "Returned") == returned
+                 and stream_count(s, "OrderCancelled") == cancelled, WAIT,
+                 "one event per race winner (Returned %d, OrderCancelled %d)" % (returned, cancelled))
         wait_for(lambda: all(p["status"] == ("PaymentCancelled" if order(s, p["orderId"])["status"]
                                              == "OrderCancelled" else "Paid")
                              for p in payments(s)), WAIT, "refunds of the cancelled rentals only")
@@ -377,6 +385,9 @@ def test_customer_page_with_returned_and_rebuild():
             s.call("GET", "customerpage", "/admin/rebuild")[1]), WAIT, "the rebuild to end")
         check(result["state"] == "done" and result["differences"] == 0, "rebuild %r" % result)
         check(all_pages(s) == live, "the rebuilt view differs from the live one")
+        # Returned once per returned rental, however often it was asked for (two returns of the
+        # first, the timer for the other).
+        check(stream_count(s, "Returned") == 2, "Returned events: %d" % stream_count(s, "Returned"))
 
 
 run(globals())
