@@ -5,10 +5,12 @@
     already exists with mode 0755 and an old log readable by all): the data directory, logs/ and
     secrets/ are 0700; every file under it (databases and their WAL, nats-server's configuration
     with the bus passwords, logs, keys, secrets) is 0600 or stricter; the bus works with the
-    credentials run.py wrote (every service reaches /health/ready, which needs its bus).
+    credentials run.py wrote (every service reaches /health/ready, which needs its bus); links
+    name the gateway, straight from a service too (run.py's PUBLIC_BASE_URL).
   - the services themselves, started by the e2e harness: the data directory they are given is
     made 0700 and their databases 0600, whoever created the directory.
 """
+import json
 import os
 import signal
 import stat
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import shutil
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import BIN, System, check, free_port, run, wait_for  # noqa: E402
@@ -70,6 +73,13 @@ def test_make_run_keeps_its_files_private():
             check("not ready" not in text, "run.py: %s" % text[-3000:])
             return "all services ready" in text
         wait_for(ready, 60, "run.py to bring the system up")
+        # run.py gives every service the gateway's address as the public base URL.
+        gw = "http://127.0.0.1:%s" % env["GATEWAY_PORT"]
+        for name in ("gateway", "order"):
+            with urllib.request.urlopen("http://127.0.0.1:%s/cars" % env[name.upper() + "_PORT"],
+                                        timeout=10) as r:
+                href = json.loads(r.read())["_links"]["self"]["href"]
+            check(href.startswith(gw + "/"), "%s's link %r does not name the gateway %s" % (name, href, gw))
         check_private(data, ["logs", "secrets", "secrets/nats.conf", "order.db", "payment.db",
                              "delivery.db", "customerpage.db", "logs/order.log",
                              "logs/gateway.log", "logs/nats-server.log"])
