@@ -17,7 +17,9 @@ need=(build-essential cmake pkg-config libevent-dev libjansson-dev libsqlite3-de
       libnats-dev nats-server uuid-dev libpq-dev libsodium-dev libssl-dev openssl curl python3 ca-certificates tzdata)
 case "${1:-build}" in
   # libclang-rt-dev: the libFuzzer and sanitizer runtimes of Debian's default clang.
-  test)  need+=(clang libclang-rt-dev chromium fonts-noto-cjk postgresql postgresql-client) ;;
+  # python3-jsonschema, python3-yaml: the e2e suite checks every answer against docs/openapi.yaml.
+  test)  need+=(clang libclang-rt-dev chromium fonts-noto-cjk postgresql postgresql-client
+               python3-jsonschema python3-yaml) ;;
   bench) need+=(wrk nginx-light) ;;
   containers) need+=(podman runc conmon containernetworking-plugins catatonit iptables uidmap
                      golang-github-containernetworking-plugin-dnsname podman-compose

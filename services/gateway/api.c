@@ -111,4 +111,5 @@ static void gw_dispatch(http_req *req, void *arg)
 void gateway_register(gateway *gw)
 {
     http_server_fallback(gw->svc->http, "/**", gw_dispatch, gw);
+    gw_openapi_register(gw->svc->http);
 }

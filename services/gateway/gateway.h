@@ -219,6 +219,11 @@ void gw_upstreams_collect(void *gateway);
 
 /* ---- api.c: the one handler behind every non-own path ---- */
 void gateway_register(gateway *gw);
+
+/* ---- openapi.c ---- */
+
+/* GET /openapi.yaml: docs/openapi.yaml, compiled in. */
+void gw_openapi_register(http_server *s);
 /* Before replying with body_len bytes: makes sure a large answer is not
  * held back by Nagle's algorithm (see api.c). */
 void gw_send_promptly(http_req *req, size_t body_len);

@@ -42,12 +42,23 @@ import http.client
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
 import natsauth  # noqa: E402  (scripts/natsauth.py: the bus's users, as make run writes them)
+from schema_check import Contract  # noqa: E402  (every answer against docs/openapi.yaml)
 
 BIN = os.environ.get("CARSHARE_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build", "bin"))
 WEB = os.environ.get("CARSHARE_WEB", os.path.join(os.path.dirname(__file__), "..", "..", "web"))
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 SERVICES = ["account", "payment", "order", "delivery", "customerpage", "gateway"]
+
+# The schema hook: System.call checks every answer against docs/openapi.yaml. A mismatch raises
+# in the caller and is also kept here, so that one seen in a thread fails its test too (run).
+CONTRACT = Contract()
+CONTRACT_PROBLEMS = []
+# A test may put its own stub behind the gateway (ORDER_URL=...): what the stub answers is the
+# test's, not carshare's, and is not checked.
+UPSTREAM_PATHS = {"ORDER_URL": ("/orders", "/cars"), "PAYMENT_URL": ("/payments", "/paymentCancellations"),
+                  "DELIVERY_URL": ("/deliveries", "/cancellations"),
+                  "CUSTOMERPAGE_URL": ("/customerpages",), "ACCOUNT_URL": ("/accounts", "/sessions")}
 URL_VARS = {"order": "ORDER_URL", "payment": "PAYMENT_URL", "delivery": "DELIVERY_URL",
             "customerpage": "CUSTOMERPAGE_URL", "account": "ACCOUNT_URL"}
 
@@ -403,7 +414,29 @@ class System:
                 parsed = json.loads(text)
             except ValueError:
                 parsed = text
+        self.check_contract(method, path, resp.status, rh, parsed, name)
         return resp.status, parsed, rh
+
+    def stubbed(self, path):
+        """True when the gateway sends this path to a stub of the test's (UPSTREAM_PATHS)."""
+        env = dict(self.extra_env)
+        env.update(self.service_env.get("gateway", {}))
+        for var, prefixes in UPSTREAM_PATHS.items():
+            if var in env and var.split("_")[0].lower() not in self.services:
+                if any(path == p or path.startswith(p + "/") or path.startswith(p + "?")
+                       for p in prefixes):
+                    return True
+        return False
+
+    def check_contract(self, method, path, status, headers, body, name="gateway"):
+        """The schema hook (schema_check.py): raises when the answer is not what
+        docs/openapi.yaml says. Tests that talk HTTP without call() may use it too."""
+        if name == "gateway" and self.stubbed(path):
+            return
+        problems = CONTRACT.check(method, path, status, headers, body)
+        if problems:
+            CONTRACT_PROBLEMS.extend(problems)
+            raise AssertionError("answer does not match docs/openapi.yaml: " + "; ".join(problems))
 
 
 class Nats:
@@ -529,8 +562,12 @@ def run(namespace):
         if only and only not in name:
             continue
         t0 = time.monotonic()
+        del CONTRACT_PROBLEMS[:]
         try:
             fn()
+            if CONTRACT_PROBLEMS:
+                raise AssertionError("answers that do not match docs/openapi.yaml: "
+                                     + "; ".join(CONTRACT_PROBLEMS[:5]))
             passed += 1
             print("ok   %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
         except Exception:
