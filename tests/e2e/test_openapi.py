@@ -20,7 +20,7 @@ from harness import CONTRACT, System, check, run
 from schema_check import DOC
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-ROUTE = re.compile(r'http_server_route\(\s*[^,]+,\s*"([A-Z]+)",\s*"([^"]+)"', re.S)
+ROUTE = re.compile(r'http_server_route(?:_for)?\(\s*[^,]+,\s*"([A-Z]+)",\s*"([^"]+)"', re.S)
 
 
 def registered_routes():
