@@ -3,6 +3,8 @@
 # OVERLAY/secrets/ (git ignores it), keeping every file that already exists. Idempotent.
 #
 #   nats/<user>        the bus password of each service's NATS user and of admin (random)
+#   tokens/account.key account's token signing key (Ed25519, PKCS#8 PEM) and .pub beside it
+#   tokens/order.key   order's service-token key, and .pub (lib/token.h; rotation: README)
 #   db/<service>       prod: the service's PostgreSQL URL, with its own role and password
 #   db/init.sql        prod: the roles and databases, for the in-cluster PostgreSQL's first start
 #   db/postgres        prod: the superuser password of that PostgreSQL
@@ -24,19 +26,31 @@ for user in order delivery customerpage payment admin; do
   put "$dir/nats/$user" "$(random)"
 done
 
+# keypair NAME: an Ed25519 pair as `carshare-account keygen` makes it (openssl writes the same
+# PEM forms), unless the private key exists.
+keypair() {
+  mkdir -p "$dir/tokens"
+  [ -e "$dir/tokens/$1.key" ] && return 0
+  openssl genpkey -algorithm ed25519 -out "$dir/tokens/$1.key"
+  openssl pkey -in "$dir/tokens/$1.key" -pubout -out "$dir/tokens/$1.pub"
+}
+keypair account
+keypair order
+
 if [ "$(basename "$overlay")" = prod ]; then
   mkdir -p "$dir/db"
   put "$dir/db/postgres" "$(random)"
-  for svc in order delivery customerpage payment; do
+  for svc in order delivery customerpage payment account; do
     put "$dir/db/$svc" "postgresql://$svc:$(random)@postgres:5432/$svc?sslmode=disable"
   done
   # The init script is derived from the URLs, so the two cannot disagree.
   if [ ! -e "$dir/db/init.sql" ]; then
-    for svc in order delivery customerpage payment; do
+    for svc in order delivery customerpage payment account; do
       pw=$(sed -E 's|^postgresql://[^:]+:([^@]+)@.*|\1|' "$dir/db/$svc")
-      printf "CREATE ROLE %s LOGIN PASSWORD '%s';\nCREATE DATABASE %s OWNER %s;\n" \
+      # Quoted names: "order" is an SQL keyword.
+      printf 'CREATE ROLE "%s" LOGIN PASSWORD '"'%s'"';\nCREATE DATABASE "%s" OWNER "%s";\n' \
         "$svc" "$pw" "$svc" "$svc"
-      printf "REVOKE ALL ON DATABASE %s FROM PUBLIC;\n" "$svc"
+      printf 'REVOKE ALL ON DATABASE "%s" FROM PUBLIC;\n' "$svc"
     done > "$dir/db/init.sql"
   fi
 fi

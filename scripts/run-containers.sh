@@ -3,14 +3,31 @@
 # `make run-containers` and `make stop-containers` run it. `up` starts every container in the
 # background, waits until the gateway is ready and prints where to point a browser; the
 # containers restart by themselves (restart: unless-stopped) until `down`, which stops them
-# (SIGTERM, then the grace period) and removes them and their network; the data volumes stay
-# (`down -v` by hand removes them too).
+# (SIGTERM, then the grace period) and removes them and their network; the data volumes and the
+# token keys (build/compose-keys-<project>) stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/podman-setup.sh
 project=${COMPOSE_PROJECT:-carshare}
 port=${GATEWAY_PORT:-8088}
 compose=(podman-compose -p "$project" -f deploy/compose.yaml)
+export CARSHARE_KEYS=$PWD/build/compose-keys-$project
+
+# keys: account's signing key and order's service key, made once (kept across restarts, so that
+# tokens stay valid), readable by the containers' user 10001 only.
+keys() {
+  local name
+  for name in account order; do
+    if [ ! -e "$CARSHARE_KEYS/$name/$name.key" ]; then
+      mkdir -p "$CARSHARE_KEYS/$name" "$CARSHARE_KEYS/public"
+      openssl genpkey -algorithm ed25519 -out "$CARSHARE_KEYS/$name/$name.key"
+      openssl pkey -in "$CARSHARE_KEYS/$name/$name.key" -pubout -out "$CARSHARE_KEYS/$name/$name.pub"
+      cp "$CARSHARE_KEYS/$name/$name.pub" "$CARSHARE_KEYS/public/"
+    fi
+  done
+  chown -R 10001:10001 "$CARSHARE_KEYS"
+  chmod -R go-rwx "$CARSHARE_KEYS"
+}
 case "${1:-up}" in
   up)
     # New bus passwords at each start, as `make run` does: they live only in the containers'
@@ -18,6 +35,7 @@ case "${1:-up}" in
     for user in ORDER PAYMENT DELIVERY CUSTOMERPAGE ADMIN; do
       export "${user}_PASSWORD=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
     done
+    keys
     t0=$(date +%s%N)
     mkdir -p build
     log=build/run-containers-$project.log

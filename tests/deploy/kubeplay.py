@@ -91,7 +91,7 @@ def _rewrite_pod(pod_name, spec, ports, secrets):
             data = secrets[secret["secretName"]]
             if "items" in secret:
                 data = {i["path"]: data[i["key"]] for i in secret["items"]}
-            cm = "%s-%s" % (secret["secretName"], pod_name)
+            cm = "%s-%s-%s" % (secret["secretName"], pod_name, vol["name"])
             extra.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm},
                           "data": data})
             vol["configMap"] = {"name": cm, "defaultMode": secret.get("defaultMode", 0o440)}

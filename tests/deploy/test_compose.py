@@ -1,10 +1,12 @@
 """test_compose.py: `make run-containers` (deploy/compose.yaml under podman-compose) brings the
-whole system up, a rental flows through the gateway to the customer page, and `down` stops it.
+whole system up, a customer signs up and in through account, a rental flows through the
+gateway to the customer page, and `down` stops it.
 
 The project, the gateway's port and the images' tag are this run's own (two runs at once do
 not meet); the volumes are removed at the end. The rental flow itself is tested at length on
 the dev overlay (test_dev_layout.py); here the point is that the compose file is right: names
-on the project's network, the bus's users and passwords, volumes, read-only roots.
+on the project's network, the bus's users and passwords, the token keys, volumes, read-only
+roots.
 """
 import json
 import os
@@ -27,10 +29,12 @@ def compose(action):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def call(method, path, body=None):
+def call(method, path, body=None, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
     req = urllib.request.Request("http://127.0.0.1:%d%s" % (PORT, path), method=method,
-                                 data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"})
+                                 data=json.dumps(body).encode() if body else None, headers=headers)
     with urllib.request.urlopen(req, timeout=15) as r:
         return r.status, json.loads(r.read())
 
@@ -40,12 +44,17 @@ def test_up_rent_down():
     up = compose("up")
     print("     " + up.stdout.strip())
     check(up.returncode == 0, "run-containers up: %s %s" % (up.stdout, up.stderr))
-    code, order = call("POST", "/orders", {"productId": "1001", "qty": 1, "customerId": "kim",
-                                           "cardNumber": "4111111111111111"})
+    who = {"customerId": "kim", "password": "correct horse battery"}
+    code, _ = call("POST", "/accounts", dict(who, name="Kim Minji"))
+    check(code == 201, "sign up: %d" % code)
+    code, session = call("POST", "/sessions", who)
+    token = session["token"]
+    code, order = call("POST", "/orders", {"productId": "1001", "qty": 1,
+                                           "cardNumber": "4111111111111111"}, token)
     check(code == 201 and order["status"] == "OrderApproved", "rent: %d %r" % (code, order))
 
     def shipped():
-        code, page = call("GET", "/customerpages/%d" % order["id"])
+        code, page = call("GET", "/customerpages/%d" % order["id"], token=token)
         return page["status"] == "Shipped"
     wait_for(shipped, 60, "the customer page to show the rental Shipped")
     down = compose("down")
@@ -61,6 +70,7 @@ def cleanup():
                          "label=io.podman.compose.project=" + PROJECT).split():
         pm.podman("volume", "rm", "-f", vol, check=False)
     pm.remove_images(IMAGES)
+    subprocess.run(["rm", "-rf", os.path.join(pm.ROOT, "build", "compose-keys-" + PROJECT)])
 
 
 if __name__ == "__main__":

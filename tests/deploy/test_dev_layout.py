@@ -10,12 +10,14 @@ acting on pods, NetworkPolicies, autoscaling) are checked by test_manifests.py, 
   1. every pod comes up and the gateway is ready; the time it took is printed; the bus asks
      for credentials (each service signs in as its own user, from its Secret) and refuses a
      client without them;
-  2. the rental flow through the gateway only: the fleet, a rental (paid, OrderApproved), its
+  2. the rental flow through the gateway only, signed in through account (a staff token made
+     with the overlay's key for the deliveries): the fleet, a rental (paid, OrderApproved), its
      delivery Shipped, the customer page; a cancellation refunds the payment, cancels the
      delivery, and the customer page ends at PaymentCancelled with its whole history;
-  3. order's and customerpage's processes are killed (SIGKILL, by PID): podman restarts each
-     container (restartPolicy Always, from the Deployment), and every rental, payment and page
-     from before is still there (SQLite on the claim's volume), and a new rental flows.
+  3. order's, customerpage's and account's processes are killed (SIGKILL, by PID): podman
+     restarts each container (restartPolicy Always, from the Deployment), every rental,
+     payment and page from before is still there (SQLite on the claim's volume), the tokens
+     signed before still open them, and a new rental flows.
 """
 import json
 import os
@@ -35,7 +37,7 @@ import podman as pm  # noqa: E402
 from harness import check, free_port, run, wait_for  # noqa: E402
 
 WAIT = 60
-SERVICES = ["order", "delivery", "customerpage", "payment", "gateway"]
+SERVICES = ["order", "delivery", "customerpage", "payment", "account", "gateway"]
 
 
 class Layout:
@@ -43,7 +45,8 @@ class Layout:
 
     def __init__(self):
         self.images = {}
-        self.ports = {name: free_port() for name in SERVICES + ["account"]}
+        self.ready_at = {}
+        self.ports = {name: free_port() for name in SERVICES}
         self.ports.update({"nats-client": free_port(), "nats-cluster": free_port(),
                            "nats-monitor": free_port()})
         self.suffix = "-" + pm.RUN_ID
@@ -57,6 +60,7 @@ class Layout:
                         ignore=shutil.ignore_patterns("secrets"))
         overlay = os.path.join(k8s, "overlays", "dev")
         subprocess.run([os.path.join(pm.ROOT, "scripts", "k8s-secrets.sh"), overlay], check=True)
+        self.account_key = os.path.join(overlay, "secrets", "tokens", "account.key")
         out = subprocess.run(["kubectl", "kustomize", overlay], check=True, capture_output=True,
                              text=True).stdout
         with open(self.play, "w") as f:
@@ -68,9 +72,15 @@ class Layout:
         t0 = time.monotonic()
         pm.podman("kube", "play", self.play)
         for name in SERVICES:
-            wait_for(lambda: self.ready(name), WAIT, name + " ready")
+            try:
+                wait_for(lambda: self.ready(name), WAIT, name + " ready")
+            except AssertionError:
+                print(pm.podman("logs", "--tail", "15", self.container(name), check=False))
+                raise
+            self.ready_at[name] = time.monotonic() - t0
         self.started_s = time.monotonic() - t0
-        print("     the dev layout was ready %.1f s after podman kube play" % self.started_s)
+        print("     the dev layout was ready %.1f s after podman kube play (%s)" % (
+            self.started_s, ", ".join("%s %.1f" % kv for kv in self.ready_at.items())))
 
     def ready(self, name):
         try:
@@ -80,12 +90,14 @@ class Layout:
         except (urllib.error.URLError, OSError):
             return False
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, token=None):
         """One request through the gateway; returns (status, JSON body)."""
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = "Bearer " + token
         req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ports["gateway"], path),
-                                     data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=15) as r:
                 text = r.read()
@@ -93,6 +105,23 @@ class Layout:
         except urllib.error.HTTPError as e:
             text = e.read()
             return e.code, json.loads(text) if text else None
+
+    def sign_in(self, customer):
+        """A customer's token, signed up and in through the gateway and account."""
+        body = {"customerId": customer, "password": "correct horse battery " + customer}
+        code, _ = self.call("POST", "/accounts", dict(body, name=customer.title()))
+        check(code == 201, "sign up %s: %d" % (customer, code))
+        code, answer = self.call("POST", "/sessions", body)
+        check(code in (200, 201) and answer.get("token"), "sign in %s: %d %r" % (customer, code, answer))
+        return answer["token"]
+
+    def staff(self):
+        """A staff token, signed with the overlay's account key as an operator would make one
+        (`carshare-account token KEY admin staff`): the images hold no shell to read the staff
+        password account writes at its first start."""
+        out = subprocess.run([os.path.join(pm.BIN, "carshare-account"), "token", self.account_key,
+                              "admin", "staff", "600"], check=True, capture_output=True, text=True)
+        return out.stdout.strip()
 
     def container(self, name):
         return "%s%s-pod-0-%s" % (name, self.suffix, name)
@@ -129,17 +158,26 @@ def items(body, name):
     return body["_embedded"][name]
 
 
+TOKENS = {}
+
+
+def token(customer):
+    if customer not in TOKENS:
+        TOKENS[customer] = LAYOUT.staff() if customer == "staff" else LAYOUT.sign_in(customer)
+    return TOKENS[customer]
+
+
 def rent(customer):
     code, body = LAYOUT.call("POST", "/orders", {"productId": "1001", "qty": 1,
-                                                 "customerId": customer,
-                                                 "cardNumber": "4111111111111111"})
+                                                 "cardNumber": "4111111111111111"},
+                             token(customer))
     check(code == 201 and body["status"] == "OrderApproved", "rent: %d %r" % (code, body))
     return body
 
 
-def page(order_id, status, history):
+def page(customer, order_id, status, history):
     def at():
-        code, body = LAYOUT.call("GET", "/customerpages/%d" % order_id)
+        code, body = LAYOUT.call("GET", "/customerpages/%d" % order_id, token=token(customer))
         if code == 200 and body["status"] == status and len(body["history"]) == history:
             return body
         return None
@@ -148,7 +186,8 @@ def page(order_id, status, history):
 
 def delivery(order_id, status):
     def at():
-        code, body = LAYOUT.call("GET", "/deliveries/search/findByOrderId?orderId=%d" % order_id)
+        code, body = LAYOUT.call("GET", "/deliveries/search/findByOrderId?orderId=%d" % order_id,
+                                 token=token("staff"))
         found = items(body, "deliveries") if code == 200 else []
         return found[0] if len(found) == 1 and found[0]["status"] == status else None
     return wait_for(at, WAIT, "delivery of %d %s" % (order_id, status))
@@ -180,39 +219,43 @@ def test_rental_flow_through_the_gateway():
     check(code == 200 and any(c["id"] == "1001" for c in items(body, "cars")), "cars %r" % body)
     kept = rent("kim")
     delivery(kept["id"], "Shipped")
-    page(kept["id"], "Shipped", 3)
-    code, mine = LAYOUT.call("GET", "/customerpages/search/findByCustomerId?customerId=kim")
+    page("kim", kept["id"], "Shipped", 3)
+    code, mine = LAYOUT.call("GET", "/customerpages/search/findByCustomerId?customerId=kim",
+                             token=token("kim"))
     check(code == 200 and [p["orderId"] for p in items(mine, "customerpages")] == [kept["id"]],
           "kim's pages %r" % (mine,))
 
     cancelled = rent("lee")
     delivery(cancelled["id"], "Shipped")
-    code, _ = LAYOUT.call("DELETE", "/orders/%d" % cancelled["id"])
+    code, _ = LAYOUT.call("DELETE", "/orders/%d" % cancelled["id"], token=token("kim"))
+    check(code == 404, "kim cancelled lee's rental: %d" % code)
+    code, _ = LAYOUT.call("DELETE", "/orders/%d" % cancelled["id"], token=token("lee"))
     check(code in (200, 204), "cancel: %d" % code)
-    page(cancelled["id"], "PaymentCancelled", 6)
+    page("lee", cancelled["id"], "PaymentCancelled", 6)
     delivery(cancelled["id"], "DeliveryCancelled")
-    code, body = LAYOUT.call("GET", "/orders/%d" % cancelled["id"])
+    code, body = LAYOUT.call("GET", "/orders/%d" % cancelled["id"], token=token("lee"))
     check(code == 200 and body["status"] == "OrderCancelled", "cancelled order %r" % (body,))
     STATE.update(kept=kept, cancelled=cancelled)
 
 
 def test_killed_containers_restart_and_lose_nothing():
     check(STATE, "needs the rental flow's rentals")
-    before = {name: LAYOUT.kill(name) for name in ("order", "customerpage")}
+    before = {name: LAYOUT.kill(name) for name in ("order", "customerpage", "account")}
     for name, count in before.items():
         wait_for(lambda: LAYOUT.restarts(name) > count, WAIT, name + " restarted by podman")
         wait_for(lambda: LAYOUT.ready(name), WAIT, name + " ready again")
     wait_for(lambda: LAYOUT.ready("gateway"), WAIT, "gateway ready again")
 
     kept, cancelled = STATE["kept"], STATE["cancelled"]
-    for order, status, history in ((kept, "Shipped", 3), (cancelled, "PaymentCancelled", 6)):
-        code, body = LAYOUT.call("GET", "/orders/%d" % order["id"])
+    for who, order, status, history in (("kim", kept, "Shipped", 3),
+                                        ("lee", cancelled, "PaymentCancelled", 6)):
+        code, body = LAYOUT.call("GET", "/orders/%d" % order["id"], token=token(who))
         check(code == 200 and body["paymentId"] == order["paymentId"],
               "order %d after the restart: %d %r" % (order["id"], code, body))
-        page(order["id"], status, history)
+        page(who, order["id"], status, history)
     later = rent("kim")
     check(later["id"] > cancelled["id"], "ids went back: %r" % later)
-    page(later["id"], "Shipped", 3)
+    page("kim", later["id"], "Shipped", 3)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def images():
 
 def test_every_process_has_an_image():
     built = set(images())
-    check({"order", "payment", "delivery", "customerpage", "gateway", "nats"} <= built,
+    check({"order", "payment", "delivery", "customerpage", "account", "gateway", "nats"} <= built,
           "images built: %s" % sorted(built))
 
 

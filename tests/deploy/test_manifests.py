@@ -20,6 +20,8 @@ files scripts/k8s-secrets.sh writes, as the pipeline does), then:
     prod: two replicas or more of each process, autoscaling/v2 HPAs on CPU for gateway, order
     and payment that target existing Deployments with CPU requests, PDBs selecting pods,
     PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster;
+  - tokens: every process verifies with account's and order's public keys; only account holds
+    account's private key and only order its own;
   - the bus users in nats-auth/auth.conf are scripts/natsauth.py's, each password from the
     Secret, each service mounting only its own;
   - the pipeline (.github/workflows/pipeline.yml) tests, builds images, pushes them on a tag
@@ -283,7 +285,7 @@ def test_services_ingress_network_policies():
             return sources
 
         check(allowed_from("gateway") is None, overlay + ": the gateway is not open")
-        for svc in ("order", "delivery", "customerpage"):
+        for svc in ("order", "delivery", "customerpage", "account"):
             check(allowed_from(svc) == {"gateway"}, "%s: %s reached from %s" % (overlay, svc, allowed_from(svc)))
         check(allowed_from("payment") == {"gateway", "order"},
               "%s: payment reached from %s" % (overlay, allowed_from("payment")))
@@ -296,7 +298,7 @@ def test_dev_layout():
         check(w["spec"].get("replicas", 1) == 1, "dev %s has replicas" % w["metadata"]["name"])
     for w, c in each_container("dev"):
         proc = process_of(c)
-        if proc in ("order", "delivery", "customerpage", "payment"):
+        if proc in ("order", "delivery", "customerpage", "payment", "account"):
             data = [v for v in pod(w)["volumes"] if v["name"] == "data"][0]
             check("persistentVolumeClaim" in data, "dev %s: data not on a claim" % proc)
             check(w["spec"]["strategy"]["type"] == "Recreate", "dev %s: two writers at once" % proc)
@@ -325,7 +327,7 @@ def test_prod_layout():
         check(w["spec"].get("replicas", 0) >= 2 or name in hpas, "prod %s: one replica" % name)
         check(any(pods_selected(docs, p["spec"]["selector"]) == [w] for p in pdbs), "prod %s: no PDB" % name)
     for w, c in each_container("prod"):
-        if process_of(c) in ("order", "delivery", "customerpage", "payment"):
+        if process_of(c) in ("order", "delivery", "customerpage", "payment", "account"):
             url = env_of(docs, c).get("DATABASE_URL")
             check(isinstance(url, tuple) and url[0] == "Secret", "prod %s: DATABASE_URL %r" % (w["metadata"]["name"], url))
     nats = named(docs, "StatefulSet", "nats")
@@ -377,9 +379,39 @@ def test_bus_users_match_natsauth():
                 e = env_of(docs, c)
                 check(e.get("NATS_USER") == proc and e.get("NATS_PASSWORD_FILE"),
                       "%s %s: no bus credentials" % (overlay, proc))
-                vol = [v for v in pod(w)["volumes"] if v.get("secret", {}).get("items")]
+                vol = [v for v in pod(w)["volumes"]
+                       if v.get("secret", {}).get("secretName", "").startswith("carshare-nats")]
                 check(vol and vol[0]["secret"]["items"] == [{"key": proc, "path": "password"}],
                       "%s %s: mounts another user's password" % (overlay, proc))
+
+
+def test_token_keys():
+    """Every process checks tokens with account's and order's public keys from the Secret
+    carshare-tokens; only account mounts account's private key, only order its own."""
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        for w, c in each_container(overlay):
+            proc = process_of(c)
+            if proc in (None, "nats"):
+                continue
+            where = "%s %s" % (overlay, proc)
+            env = env_of(docs, c)
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            files = {}
+            for v in pod(w)["volumes"]:
+                if v.get("secret", {}).get("secretName", "").startswith("carshare-tokens"):
+                    path = [p for p, n in mounts.items() if n == v["name"]][0]
+                    for item in v["secret"]["items"]:
+                        files[path + "/" + item["path"]] = item["key"]
+            check(files.get(env.get("TOKEN_PUBLIC_KEYS")) == "account.pub", where + ": people's key")
+            check(files.get(env.get("TOKEN_SERVICE_KEYS")) == "order.pub", where + ": service key")
+            private = sorted(k for k in files.values() if k.endswith(".key"))
+            want = {"account": ["account.key"], "order": ["order.key"]}.get(proc, [])
+            check(private == want, "%s mounts private keys %s" % (where, private))
+            if proc == "account":
+                check(files.get(env.get("TOKEN_PRIVATE_KEY")) == "account.key", where + ": signing key")
+            if proc == "order":
+                check(files.get(env.get("SERVICE_TOKEN_KEY")) == "order.key", where + ": service key")
 
 
 if __name__ == "__main__":
