@@ -12,6 +12,8 @@ For every process (the carshare services and nats-server):
     which podman and the CRI runtimes send, and that is what is checked for it.
 """
 import os
+import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -81,6 +83,24 @@ def health_path(proc):
     return "/healthz" if proc == "nats" else "/health/live"
 
 
+KEYS = {}
+
+
+def token_keys():
+    """A directory with account's and order's key pairs (openssl, as k8s-secrets.sh makes them),
+    readable by the images' user: every service needs the public keys to start."""
+    if not KEYS:
+        d = tempfile.mkdtemp(prefix="carshare-keys-")
+        for name in ("account", "order"):
+            key = os.path.join(d, name + ".key")
+            subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key], check=True)
+            subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out",
+                            os.path.join(d, name + ".pub")], check=True)
+        subprocess.run(["chown", "-R", "10001:10001", d], check=True)
+        KEYS["dir"] = d
+    return KEYS["dir"]
+
+
 def start_read_only(proc, image, port):
     """Starts the image as the manifests do (read-only root, tmpfs /tmp, a volume on /data) on
     the host's network at a free loopback port; returns the container's name. The anonymous
@@ -94,7 +114,11 @@ def start_read_only(proc, image, port):
                  "-sd", "/data/jetstream"]
     else:
         args += ["-e", "HOST=127.0.0.1", "-e", "PORT=%d" % port,
-                 "-e", "NATS_URL=nats://127.0.0.1:%d" % free_port(), image]
+                 "-e", "NATS_URL=nats://127.0.0.1:%d" % free_port(),
+                 "-v", "%s:/keys:ro" % token_keys(), "-e", "TOKEN_PUBLIC_KEYS=/keys/account.pub",
+                 "-e", "TOKEN_SERVICE_KEYS=/keys/order.pub",
+                 "-e", "TOKEN_PRIVATE_KEY=/keys/account.key", "-e", "SERVICE_TOKEN_KEY=/keys/order.key",
+                 image]
     pm.podman(*args)
     return name
 
@@ -130,3 +154,5 @@ if __name__ == "__main__":
         run(globals())
     finally:
         pm.remove_images(IMAGES)
+        if KEYS:
+            shutil.rmtree(KEYS["dir"], ignore_errors=True)
