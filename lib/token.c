@@ -628,7 +628,8 @@ static token_result read_claims(const token_parts *p, token_claims *out)
     const char *role = json_string_value(json_object_get(c, "role"));
     bool ok = sub && token_subject_valid(sub) && token_role_parse(role, &out->role)
               && claim_int(c, "iat", &out->iat) && claim_int(c, "exp", &out->exp)
-              && out->exp > out->iat && out->exp - out->iat <= TOKEN_MAX_LIFETIME_S;
+              && out->iat > 0 && out->exp > out->iat   /* both positive: no overflow below */
+              && out->exp - out->iat <= TOKEN_MAX_LIFETIME_S;
     if (ok)
         snprintf(out->sub, sizeof out->sub, "%s", sub);
     json_decref(c);
