@@ -10,12 +10,15 @@
  * the answer path (http_answer.c); a request's memory and accessors
  * (http_req.c).
  *
- * Limits. evhttp refuses oversized bodies and headers itself with HTML
- * pages and has no hook to change them (evhttp_set_errorcb is 2.2 only).
- * So evhttp's own limits are set to a multiple of ours (a memory bound),
- * and ours are checked here on each complete request, answering 413/431 in
- * the contract's shape. Only requests beyond evhttp's bound, and request
- * lines evhttp cannot parse, get evhttp's HTML 413/400.
+ * Limits and framing. evhttp refuses oversized bodies and headers itself
+ * with HTML pages and has no hook to change them (evhttp_set_errorcb is
+ * 2.2 only), and is lenient where leniency is a smuggling risk. So every
+ * byte first passes the RFC 9112 check of http_frame.h (http_conn.c),
+ * which refuses in the contract's JSON shape, before evhttp reads it:
+ * malformed framing, a declared body over HTTP_MAX_BODY (413 before the
+ * body is read), a head over HTTP_MAX_HEADERS (431), unknown methods
+ * (501), other major versions (505). evhttp's own limits are set above
+ * ours and are never reached.
  *
  * Listening. evhttp_bind_socket listens with a backlog of 128: a burst of
  * connections beyond it has SYNs dropped, and each client then loses a
@@ -34,6 +37,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -44,6 +48,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>    /* the request's version, for answer_as_http11 */
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 #include <strings.h>
@@ -53,6 +58,7 @@
 #include "config.h"
 #include "log.h"
 #include "mem.h"
+#include "metrics.h"
 
 /* ---- the deferral (http.h) ---- */
 
@@ -166,9 +172,26 @@ static bool body_type_acceptable(struct evhttp_request *ev)
     return *ct == '\0' || *ct == ';';
 }
 
+/* Answers carry the server's own version, HTTP/1.1 (RFC 9110 6.2), where
+ * evhttp would echo the request's ("HTTP/1.7 200", "HTTP/1.0 200"); only
+ * major version 1 gets this far (http_frame.h). An HTTP/1.0 client that
+ * did not ask to keep the connection gets Connection: close, as it
+ * expects. evhttp writes the status line from these two fields. */
+static void answer_as_http11(struct evhttp_request *ev)
+{
+    if (ev->minor == 0) {
+        const char *conn = evhttp_find_header(evhttp_request_get_input_headers(ev), "Connection");
+        if (!conn || strcasecmp(conn, "keep-alive") != 0)
+            evhttp_add_header(evhttp_request_get_output_headers(ev), "Connection", "close");
+    }
+    ev->major = 1;
+    ev->minor = 1;
+}
+
 static void on_request(struct evhttp_request *ev, void *arg)
 {
     http_server *s = arg;
+    answer_as_http11(ev);
     http_req *r = http_req_acquire(s);
     const char *raw_path = "/";
     http_req_begin(r, ev, &raw_path);
@@ -211,6 +234,58 @@ static void on_request(struct evhttp_request *ev, void *arg)
 
 /* ---- the server ---- */
 
+/* accept() failing for lack of descriptors (EMFILE, ENFILE) or memory
+ * leaves the connection in the backlog, and the listener would fire again
+ * at once: the loop would spin. So accepting pauses instead, 100 ms at
+ * first, doubling to 1 s while it lasts (the next accepted connection
+ * resets it); meanwhile connections wait in the backlog. libevent gives
+ * the error callback evhttp's argument, not ours: the server is found in
+ * this short list (a process runs one or two servers). */
+#define MAX_SERVERS 8
+static http_server *servers[MAX_SERVERS];
+
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *s = arg;
+    for (int i = 0; i < s->nbound; i++)
+        evconnlistener_enable(evhttp_bound_socket_get_listener(s->bound[i]));
+}
+
+static void on_accept_error(struct evconnlistener *l, void *evhttp_arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    http_server *s = NULL;
+    for (int i = 0; i < MAX_SERVERS && !s; i++)
+        if (servers[i] && (void *)servers[i]->evhttp == evhttp_arg) s = servers[i];
+    if (!s || (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)) {
+        log_warn("msg=\"accept failed\" error=\"%s\"", strerror(err));
+        return;
+    }
+    s->accept_backoff_ms = s->accept_backoff_ms ? s->accept_backoff_ms * 2 : 100;
+    if (s->accept_backoff_ms > 1000) s->accept_backoff_ms = 1000;
+    if (s->accept_backoff_ms == 100)
+        log_warn("msg=\"out of descriptors: accepting paused\" error=\"%s\" connections=%ld",
+                 strerror(err), s->nconns);
+    metrics_counter_add("carshare_http_accept_paused_total", "", 1);
+    for (int i = 0; i < s->nbound; i++)
+        evconnlistener_disable(evhttp_bound_socket_get_listener(s->bound[i]));
+    (void)l;
+    struct timeval tv = { s->accept_backoff_ms / 1000, (s->accept_backoff_ms % 1000) * 1000 };
+    evtimer_add(s->accept_resume, &tv);
+}
+
+/* HTTP_MAX_CONNECTIONS by default: what the descriptor limit leaves after
+ * 64 for the process's own files, databases and outgoing connections. */
+static long default_max_connections(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 10064)
+        return 10000;
+    return rl.rlim_cur > 80 ? (long)rl.rlim_cur - 64 : 16;
+}
+
 static void on_drained(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -243,6 +318,8 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
         s->read_deadline_tv = &s->read_deadline;
     s->drain_event = mem_must(event_new(base, -1, 0, on_drained, s));
     s->adopt_event = mem_must(event_new(base, -1, 0, http_conn_adopt, s));
+    s->accept_resume = mem_must(evtimer_new(base, resume_accepting, s));
+    s->max_conns = config_int("HTTP_MAX_CONNECTIONS", default_max_connections(), 1, 1000000);
     TAILQ_INIT(&s->answer_headers);
 
     s->evhttp = evhttp_new(base);
@@ -250,6 +327,7 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
         log_error("msg=\"cannot create the HTTP server\"");
         event_free(s->drain_event);
         event_free(s->adopt_event);
+        event_free(s->accept_resume);
         free(s->root);
         free(s);
         return NULL;
@@ -267,6 +345,11 @@ http_server *http_server_new(struct event_base *base, const char *service_name)
     evhttp_set_bevcb(s->evhttp, http_conn_new_bev, s);
     evhttp_set_default_content_type(s->evhttp, NULL);
     evhttp_set_gencb(s->evhttp, on_request, s);
+    for (int i = 0; i < MAX_SERVERS; i++)
+        if (!servers[i]) {
+            servers[i] = s;
+            break;
+        }
     return s;
 }
 
@@ -325,6 +408,7 @@ int http_server_listen(http_server *s, const char *host, int port)
             bound_port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
     }
     s->bound[s->nbound++] = b;
+    evconnlistener_set_error_cb(listener, on_accept_error);
     if (s->listen_port == 0) {
         snprintf(s->listen_host, sizeof s->listen_host, "%s", host);
         s->listen_port = bound_port;
@@ -373,6 +457,9 @@ void http_server_free(http_server *s)
     }
     free(s->conn_by_fd);
     event_free(s->adopt_event);
+    event_free(s->accept_resume);
+    for (int i = 0; i < MAX_SERVERS; i++)
+        if (servers[i] == s) servers[i] = NULL;
     while (s->pool) {
         http_req *next = s->pool->next;
         http_req_destroy(s->pool);

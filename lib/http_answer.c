@@ -361,8 +361,8 @@ void http_send_answer(http_req *r, struct evhttp_request *ev, int status,
 }
 
 /* The contract's error body, written into out; returns its length. */
-static size_t write_error_body(struct evbuffer *out, int status, const char *message,
-                               const char *path)
+size_t http_write_error_body(struct evbuffer *out, int status, const char *message,
+                             const char *path)
 {
     size_t before = evbuffer_get_length(out);
     evbuffer_add_printf(out, "{\"status\":%d,\"error\":", status);
@@ -380,7 +380,7 @@ static void answer_error(http_req *r, int status, const char *message)
     struct evhttp_request *ev = http_req_client(r);
     size_t len = 0;
     if (ev)
-        len = write_error_body(evhttp_request_get_output_buffer(ev), status, message, r->path);
+        len = http_write_error_body(evhttp_request_get_output_buffer(ev), status, message, r->path);
     http_send_answer(r, ev, status, "application/json", len);
 }
 

@@ -19,6 +19,7 @@
 #define CARSHARE_HTTP_PRIVATE_H
 
 #include "http.h"
+#include "http_frame.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -84,6 +85,9 @@ typedef struct http_conn {
     struct evhttp_request *held;   /* its answer, waiting for the disk (hold_answer) */
     int held_status;
     struct event *deadline;        /* the next request must be in by then */
+    http_frame frame;              /* RFC 9112 framing of what it sent (http_frame.h) */
+    bool refused;                  /* its bytes broke the framing: being closed */
+    bool rewriting;                /* putting bytes back without chunk extensions */
     struct http_conn *prev, *next; /* server's adopted list, or its unadopted list */
 } http_conn;
 
@@ -145,6 +149,9 @@ struct http_server {
 
     struct event *adopt_event;     /* adopts the connections accepted this turn */
     http_conn *unadopted, *conns;
+    long nconns, max_conns;        /* adopted connections; HTTP_MAX_CONNECTIONS */
+    struct event *accept_resume;   /* re-enables accepting after EMFILE (http.c) */
+    long accept_backoff_ms;        /* 0 while accept() works */
     http_conn **conn_by_fd;        /* adopted connections by socket */
     size_t conn_by_fd_cap;
 
@@ -200,6 +207,8 @@ const char *http_method_name(enum evhttp_cmd_type cmd);
 
 /* ---- http_conn.c ---- */
 
+size_t http_write_error_body(struct evbuffer *out, int status, const char *message,
+                             const char *path);
 struct bufferevent *http_conn_new_bev(struct event_base *base, void *arg);
 void http_conn_adopt(evutil_socket_t fd, short what, void *arg);
 /* The connection a request came on (adopting it if needed), or NULL. */

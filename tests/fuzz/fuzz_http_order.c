@@ -10,7 +10,8 @@
  * read until it closes the connection.
  *
  * Checked beyond "no crash, no sanitizer report, no leak": every answer
- * starts with a status line (HTTP/ and a three-digit status), and the
+ * starts with HTTP/1.1 and a three-digit status, none is an HTML page
+ * (lib/http_frame.h: every refusal is JSON), and the
  * server never stays silent past the read timeout on a request it has
  * fully received (it closes the connection or answers). */
 #include <arpa/inet.h>
@@ -102,15 +103,18 @@ static int fz_connect(void)
 
 static void fz_check_answers(const char *buf, size_t n)
 {
-    /* The first answer's status line; pipelined ones follow it. */
+    /* The first answer's status line (pipelined ones follow it): always
+     * the server's own HTTP/1.1 and a three-digit status; and no answer
+     * is a library's HTML page. */
     if (n == 0)
         return;
-    const char *sp = memchr(buf, ' ', n < 16 ? n : 16);
-    size_t at = sp ? (size_t)(sp - buf) + 1 : n;
-    if (memcmp(buf, "HTTP/", n < 5 ? n : 5) != 0 || n < at + 3 ||
-        buf[at] < '1' || buf[at] > '5' || buf[at + 1] < '0' || buf[at + 1] > '9' ||
-        buf[at + 2] < '0' || buf[at + 2] > '9') {
-        fprintf(stderr, "fuzz_http_order: not an HTTP answer: %.*s\n", (int)(n > 80 ? 80 : n), buf);
+    if (n < 12 || memcmp(buf, "HTTP/1.1 ", 9) != 0 || buf[9] < '1' || buf[9] > '5' ||
+        buf[10] < '0' || buf[10] > '9' || buf[11] < '0' || buf[11] > '9') {
+        fprintf(stderr, "fuzz_http_order: not an HTTP/1.1 answer: %.*s\n", (int)(n > 80 ? 80 : n), buf);
+        abort();
+    }
+    if (memmem(buf, n, "Content-Type: text/html", 23)) {
+        fprintf(stderr, "fuzz_http_order: an HTML answer: %.*s\n", (int)(n > 300 ? 300 : n), buf);
         abort();
     }
 }

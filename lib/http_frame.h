@@ -1,0 +1,86 @@
+/* http_frame.h: HTTP/1.1 request framing by RFC 9112, checked on the bytes
+ * as they arrive, before evhttp parses them.
+ *
+ * evhttp is lenient where leniency is a request-smuggling risk: it takes
+ * the first of two Content-Length headers, "Transfer-Encoding : chunked"
+ * (a space before the colon), "identity, chunked" as no body, "+2" as a
+ * length, HTTP/1.1 without Host, spaces inside the target; it answers
+ * "HTTP/1.7" in kind and refuses some requests with HTML pages. So every
+ * byte a client sends goes through this state machine first (lib/http_conn.c
+ * feeds it from the connection's input buffer); evhttp only ever parses
+ * what passed it. A refusal carries the status and a reason, and the
+ * connection is answered in the contract's JSON shape and closed.
+ *
+ *   400  malformed request line, target (a byte outside RFC 3986, a % not
+ *        before two hex digits) or header line; whitespace before
+ *        a colon; obs-fold; bare CR or LF; NUL or another control byte;
+ *        Content-Length duplicated, conflicting, signed or not digits;
+ *        Transfer-Encoding other than exactly "chunked", or repeated, or
+ *        with Content-Length, or in an HTTP/1.0 request; HTTP/1.1 without
+ *        exactly one Host; an invalid chunk size or chunk framing (chunk
+ *        extensions are accepted); a body with HEAD or TRACE (evhttp
+ *        would read it as the next request); an empty line before the
+ *        request line
+ *   413  a declared Content-Length, or the chunks so far, over the body
+ *        limit: refused before the body is read
+ *   417  an Expect other than 100-continue
+ *   431  a request line and headers over the head limit
+ *   501  a method evhttp does not know (it would answer HTML)
+ *   505  an HTTP major version other than 1
+ *
+ * Pure: no I/O, no allocation; each connection holds one http_frame. The
+ * fuzz target tests/fuzz/fuzz_http_frame.c drives it on its own. */
+#ifndef CARSHARE_HTTP_FRAME_H
+#define CARSHARE_HTTP_FRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define HTTP_FRAME_VALUE_MAX 64     /* bytes kept of a header value we read */
+
+typedef struct http_frame {
+    /* limits, set by the caller */
+    size_t max_head, max_body;
+
+    /* verdict: 0 while the bytes are acceptable */
+    int status;
+    const char *why;
+
+    /* machine state (http_frame.c) */
+    int state;
+    size_t head_len;                /* bytes of the current head so far */
+    size_t token_len;               /* method, name or value bytes so far */
+    char method[16];
+    char path[128];                 /* the target up to '?', cut: for the error's "path" */
+    size_t path_len;
+    size_t target_len;
+    int pct;                        /* hex digits still due after a '%' in the target */
+    char name[32];                  /* the header being read, lowercased (cut) */
+    char value[HTTP_FRAME_VALUE_MAX + 1];
+    size_t value_len;
+    bool value_long;                /* more than HTTP_FRAME_VALUE_MAX bytes */
+    int minor;                      /* HTTP/1.<minor> */
+    int lengths, encodings, hosts;
+    bool chunked, expect_continue;
+    unsigned long long length;      /* Content-Length, or the chunk being read */
+    unsigned long long body_seen;   /* chunked: data bytes so far */
+    int digits;
+    unsigned long requests;         /* complete requests so far */
+} http_frame;
+
+void http_frame_init(http_frame *f, size_t max_head, size_t max_body);
+
+/* Feeds n more bytes of the connection. Returns how many were consumed:
+ * n while f->status is 0, fewer when a byte was refused (f->status and
+ * f->why then say why; nothing more is accepted). */
+size_t http_frame_feed(http_frame *f, const char *p, size_t n);
+
+/* The same, also copying the bytes to out (room for n) without the chunk
+ * extensions, which evhttp 2.1 cannot parse (they are valid, and carry
+ * nothing we use); *kept is how many were copied. */
+size_t http_frame_feed_copy(http_frame *f, const char *p, size_t n, char *out, size_t *kept);
+
+/* True between two requests (nothing of a next one received yet). */
+bool http_frame_idle(const http_frame *f);
+
+#endif

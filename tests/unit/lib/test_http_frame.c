@@ -1,0 +1,89 @@
+/* test_http_frame: the RFC 9112 framing check on its own (lib/http_frame.c):
+ * requests that must pass, pipelined, split anywhere; chunk extensions
+ * stripped exactly; and one refusal of each kind with its status. The
+ * end-to-end cases (JSON answers, connections closed) are in
+ * tests/e2e/test_http_framing.py. */
+#include "testing.h"
+#include "http_frame.h"
+
+static http_frame run(const char *text, size_t max_body)
+{
+    http_frame f;
+    http_frame_init(&f, 1024, max_body);
+    http_frame_feed(&f, text, strlen(text));
+    return f;
+}
+
+static void passes(const char *text, unsigned long requests)
+{
+    http_frame f = run(text, 100);
+    if (f.status) fprintf(stderr, "refused (%d %s): %s\n", f.status, f.why, text);
+    CHECK_INT(f.status, 0);
+    CHECK_INT(f.requests, requests);
+    /* Byte by byte: the same. */
+    http_frame g;
+    http_frame_init(&g, 1024, 100);
+    for (size_t i = 0; text[i]; i++) CHECK_INT(http_frame_feed(&g, text + i, 1), 1);
+    CHECK_INT(g.requests, requests);
+}
+
+static void refused(const char *text, int status)
+{
+    http_frame f = run(text, 100);
+    if (f.status != status) fprintf(stderr, "expected %d, got %d: %s\n", status, f.status, text);
+    CHECK_INT(f.status, status);
+    CHECK(status == 0 || (f.why && *f.why));
+}
+
+int main(void)
+{
+    passes("GET /cars HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    passes("GET /cars?a=%20b HTTP/1.0\r\n\r\n", 1);
+    passes("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+           "GET / HTTP/1.1\r\nhost:y\r\nX-Empty:\r\n\r\n", 2);
+    passes("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"
+           "2;a=b\r\n{}\r\n0\r\nTrailer: t\r\n\r\n", 1);
+    passes("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    passes("GET http://x/cars HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    passes("POST /o HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 100\r\n\r\n", 0);
+
+    /* Chunk extensions are taken out, nothing else. */
+    const char *ext = "POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "2 ;a=\"b;c\"\r\n{}\r\n0;z\r\n\r\n";
+    char out[256];
+    size_t kept = 0;
+    http_frame f;
+    http_frame_init(&f, 1024, 100);
+    CHECK_INT(http_frame_feed_copy(&f, ext, strlen(ext), out, &kept), strlen(ext));
+    out[kept] = '\0';
+    CHECK_STR(out, "POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "2\r\n{}\r\n0\r\n\r\n");
+
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\n\r\n", 400);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", 400);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n", 400);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
+    refused("GET / HTTP/1.1\r\n\r\n", 400);
+    refused("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400);
+    refused("GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400);
+    refused("GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n", 400);
+    refused("GET / HTTP/1.1\nHost: x\n\n", 400);
+    refused("GET / HTTP/1.1\r\nHost: x\r\nA: b\rc\r\n\r\n", 400);
+    refused("GET / HTTP/1.1\r\nHost: x\r\nA: \x01\r\n\r\n", 400);
+    refused("HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n", 400);
+    refused("\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nx\r\n", 400);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", 400);
+    refused("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505);
+    refused("GET / HTTP/11.1\r\nHost: x\r\n\r\n", 505);
+    refused("BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nExpect: tea\r\n\r\n", 417);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n", 413);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 413);
+    refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n", 413);
+    char big[2048];
+    snprintf(big, sizeof big, "GET / HTTP/1.1\r\nHost: x\r\nX: %01100d\r\n\r\n", 0);
+    refused(big, 431);
+    return test_done("test_http_frame");
+}
