@@ -174,7 +174,8 @@ def test_answers_are_http11_whatever_the_minor_version():
         check(closed, "an HTTP/1.0 request without keep-alive left the connection open")
         # Chunk extensions are valid and accepted.
         body = b'{"productId":"nope","qty":1}'
-        chunked = (b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        auth = ("Authorization: Bearer %s\r\n" % s.token("kim")).encode()
+        chunked = (b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
                    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                    + b"%x;name=value\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
         answers, _ = exchange(port, chunked, read_timeout=3.0)
@@ -185,7 +186,8 @@ def test_expect_100_continue_for_an_acceptable_body():
     with System(["order"]) as s:
         body = b'{"productId":"nope","qty":1}'
         head = ("POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                "Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+                "Authorization: Bearer %s\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                "Content-Length: %d\r\n\r\n" % (s.token("kim"), len(body)))
         answers, _ = exchange(s.ports["order"], head, read_timeout=3.0, send_after=body)
         check([a[0].split(" ")[1] for a in answers] == ["100", "404"], "answers: %r" % answers)
 
