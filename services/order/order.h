@@ -263,6 +263,9 @@ int car_store_list(store *st, long from, long to, long offset, long limit,
 int booking_store_book(store *st, const char *id, long from, long to, long long qty);
 /* Gives qty cars back on every day of [from, to) (none if from >= to). */
 int booking_store_release(store *st, const char *id, long from, long to, long long qty);
+/* Deletes the rows of days before `day` (no rule reads them: a period never
+ * starts in the past, a return frees days after it): rows deleted, or -1. */
+int booking_store_forget_before(store *st, long day);
 /* The first day of [from, to) where qty more cars of model id do not fit,
  * and how many are free that day: 1 found, 0 none, -1 error. */
 int booking_store_first_full(store *st, const char *id, long from, long to, long long qty,

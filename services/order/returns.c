@@ -20,6 +20,10 @@
  *  - under load: a pass returns at most RETURN_BATCH rentals, each in its
  *    own short local transaction (no network call), then yields the loop;
  *    a full batch schedules the next pass at once.
+ * Once a day the timer also deletes the bookings of days before yesterday:
+ * nothing reads them (no period starts in the past, a return frees days
+ * after it, a cancel's release of a deleted day has nothing to do), and
+ * without it the table would grow by a row per model and day forever.
  * With the PostgreSQL backend these transactions leave the loop like the
  * others (docs/DESIGN.md); the rule does not change. */
 #include <event2/event.h>
@@ -36,6 +40,7 @@ struct return_timer {
     store *st;
     int interval_ms;
     struct event *timer;
+    long swept_day;          /* the last day whose old bookings were deleted */
 };
 
 static void schedule(return_timer *t, int delay_ms)
@@ -70,11 +75,29 @@ static int return_batch(return_timer *t, long today, time_t now)
     return n;
 }
 
+/* At most once a day: the bookings of days before yesterday go. */
+static void sweep_bookings(return_timer *t, long today)
+{
+    if (t->swept_day == today)
+        return;
+    if (store_begin(t->st) != SQLITE_OK)
+        return;
+    int n = booking_store_forget_before(t->st, today - 1);
+    if (n < 0 || store_commit(t->st) != SQLITE_OK) {
+        store_rollback(t->st);
+        return;   /* tried again at the next pass */
+    }
+    t->swept_day = today;
+    if (n > 0)
+        log_info("msg=\"bookings of past days deleted\" rows=%d", n);
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     return_timer *t = arg;
+    sweep_bookings(t, cal_today());
     int n = return_batch(t, cal_today(), cal_now());
     schedule(t, n == RETURN_BATCH ? 0 : t->interval_ms);
 }

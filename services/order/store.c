@@ -235,6 +235,15 @@ int booking_store_release(store *st, const char *id, long from, long to, long lo
     return run_write(st, s, "booking release") < 0 ? -1 : 0;
 }
 
+int booking_store_forget_before(store *st, long day)
+{
+    sqlite3_stmt *s = store_prepare(st, "DELETE FROM bookings WHERE day < ?1");
+    if (!s)
+        return -1;
+    sqlite3_bind_int64(s, 1, day);
+    return run_write(st, s, "old bookings");
+}
+
 typedef struct full_day {
     long day;
     long long free_cars;

@@ -340,6 +340,16 @@ static void test_returns(store *st)
     CHECK_INT(free_on(st, "1009", d + 1, d + 2), 1);      /* the first rental's day */
     CHECK_INT(free_on(st, "1009", d + 2, d + 3), 3);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Returned'"), events + 2);
+
+    /* Old days' rows can go: availability from today on is unchanged, and
+     * a release over deleted days has nothing to do. */
+    long long later = free_on(st, "1009", d + 1, d + 4);
+    CHECK(count(st, "SELECT COUNT(*) FROM bookings WHERE day < 20801") > 0);
+    CHECK(booking_store_forget_before(st, d + 1) > 0);
+    CHECK_INT(count(st, "SELECT COUNT(*) FROM bookings WHERE day < 20801"), 0);
+    CHECK_INT(free_on(st, "1009", d + 1, d + 4), later);
+    CHECK_INT(booking_store_release(st, "1009", d - 5, d + 1, 1), 0);
+    CHECK_INT(free_on(st, "1009", d + 1, d + 4), later);
 }
 
 static void test_events_payloads(store *st)
