@@ -7,6 +7,7 @@
 #   tests/deploy/test_dev_layout.py  the dev overlay under podman kube play: a rental flow
 #                                    through the gateway, containers killed and restarted
 #   tests/deploy/test_compose.py     make run-containers (compose) up, a rental, down
+#   tests/deploy/test_jetstream_cluster.py  prod's nats.conf: 3 servers, an R3 stream, one stopped
 # The tests use Debian's python3 (/usr/bin/python3): python3-yaml and python3-kubernetes are
 # Debian packages.
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 export CARSHARE_BIN=${CARSHARE_BIN:-$PWD/build/bin} PYTHONDONTWRITEBYTECODE=1
 scripts/podman-setup.sh
 failed=0
-for t in test_manifests test_images test_dev_layout test_compose; do
+for t in test_manifests test_images test_dev_layout test_compose test_jetstream_cluster; do
   echo "--- tests/deploy/$t.py"
   /usr/bin/python3 "tests/deploy/$t.py" || failed=1
 done

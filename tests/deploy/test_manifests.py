@@ -19,7 +19,8 @@ files scripts/k8s-secrets.sh writes, as the pipeline does), then:
   - dev: one replica each, SQLite on claims, one nats-server, no autoscaler;
     prod: two replicas or more of each process, autoscaling/v2 HPAs on CPU for gateway, order
     and payment that target existing Deployments with CPU requests, PDBs selecting pods,
-    PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster;
+    PostgreSQL URLs from a Secret, a 3-server nats StatefulSet in one JetStream cluster; the
+    prod database secrets open each service's database, and only it, on a real PostgreSQL;
   - tokens: every process verifies with account's and order's public keys; only account holds
     account's private key and only order its own;
   - the bus users in nats-auth/auth.conf are scripts/natsauth.py's, each password from the
@@ -412,6 +413,46 @@ def test_token_keys():
                 check(files.get(env.get("TOKEN_PRIVATE_KEY")) == "account.key", where + ": signing key")
             if proc == "order":
                 check(files.get(env.get("SERVICE_TOKEN_KEY")) == "order.key", where + ": service key")
+
+
+def test_prod_database_secrets_open_each_database():
+    """The prod secrets as scripts/k8s-secrets.sh makes them, against a real PostgreSQL: its
+    init.sql (what the in-cluster server runs at its first start) creates a role and database
+    per service, each service's URL signs in to its own database, and to no other."""
+    sys.path.insert(0, os.path.join(pm.ROOT, "scripts"))
+    import pglocal
+    from harness import free_port
+    tmp = tempfile.mkdtemp(prefix="carshare-pg-")
+    os.chmod(tmp, 0o755)   # the server runs as the postgres user
+    pg = pglocal.LocalPostgres(os.path.join(tmp, "pg"), free_port())
+    try:
+        overlay = os.path.join(tmp, "prod")
+        subprocess.run([os.path.join(pm.ROOT, "scripts", "k8s-secrets.sh"), overlay], check=True)
+        pg.start()
+        with open(os.path.join(overlay, "secrets", "db", "init.sql")) as f:
+            for statement in f.read().split(";\n"):
+                if statement.strip():
+                    pg.psql(statement)
+        services = ("order", "delivery", "customerpage", "payment", "account")
+        urls = {}
+        for svc in services:
+            with open(os.path.join(overlay, "secrets", "db", svc)) as f:
+                url = f.read()
+            check(url.startswith("postgresql://%s:" % svc) and "@postgres:5432/%s?" % svc in url,
+                  "%s's URL %r" % (svc, url.split("@")[-1]))
+            urls[svc] = url.replace("@postgres:5432/", "@127.0.0.1:%d/" % pg.port)
+
+        def whoami(url, database):
+            r = subprocess.run(["psql", "-X", "-At", "-c", "select current_user",
+                                url.rsplit("/", 1)[0] + "/" + database + "?sslmode=disable"],
+                               capture_output=True, text=True, timeout=30)
+            return r.stdout.strip() if r.returncode == 0 else None
+        for svc in services:
+            check(whoami(urls[svc], svc) == svc, "%s cannot open its database" % svc)
+        check(whoami(urls["payment"], "order") is None, "payment opened order's database")
+    finally:
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
