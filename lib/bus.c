@@ -368,7 +368,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->stream_replicas = config_int("BUS_STREAM_REPLICAS", 1, 1, 5);
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, consumer_on_inbox, b);
-    b->trim = evtimer_new(base, bus_on_trim, b);
+    b->trim = evtimer_new(base, outbox_on_trim, b);
     b->upkeep = evtimer_new(base, consumer_on_upkeep, b);
     b->processed_keep_s = config_int("BUS_PROCESSED_KEEP_S", 7 * 24 * 3600, 1, 10L * 365 * 24 * 3600);
     b->dead_letters_max = config_int("BUS_DEAD_LETTERS_MAX", 10000, 1, 100000000);
@@ -411,7 +411,7 @@ int bus_start(bus *b)
 {
     if (b->stopped) return -1;
     if (b->started) return 0;
-    if (pthread_create(&b->relay_thread, NULL, bus_relay_main, b) != 0) {
+    if (pthread_create(&b->relay_thread, NULL, outbox_relay_main, b) != 0) {
         log_error("msg=\"cannot start the outbox relay thread\"");
         return -1;
     }
@@ -452,7 +452,7 @@ void bus_stop(bus *b)
     b->fetch_started = b->relay_started = false;
     event_del(b->trim);
     event_del(b->upkeep);
-    bus_trim_now(b);
+    outbox_trim_now(b);
 
     /* Only finished replays can be left on the queue now. */
     pthread_mutex_lock(&b->mu);

@@ -151,13 +151,13 @@ natsConnection *bus_connect(bus *b);
 bool bus_setup_stream(bus *b, jsCtx *js);
 /* outbox.c: the loop's deletion of published rows (the trim event's
  * callback), and the same at once (bus_stop, after the relay stopped). */
-void bus_on_trim(evutil_socket_t fd, short what, void *arg);
-void bus_trim_now(bus *b);
+void outbox_on_trim(evutil_socket_t fd, short what, void *arg);
+void outbox_trim_now(bus *b);
 /* The subject filter of the service's consumer, in buf or a constant. */
 const char *bus_filter_subject(const bus *b, char *buf, size_t len);
 
 /* outbox.c: the relay thread. */
-void *bus_relay_main(void *arg);
+void *outbox_relay_main(void *arg);
 
 /* consumer.c: the fetch thread, the loop side of the hand-off. */
 void *consumer_fetch_main(void *arg);

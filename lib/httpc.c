@@ -15,7 +15,7 @@
  * LIFO stack: the most recently used (warmest) connection is reused first
  * and the ones at the bottom age out.
  *
- * A call. Each http_client_send takes a call object from a per-client free
+ * A call. Each httpc_send takes a call object from a per-client free
  * list (no allocation once the pool is warm) and copies what it needs (uri,
  * headers, body) into the call's own reusable buffer, because a retry must
  * rebuild the request after the caller's memory is gone. Every call has one
@@ -72,7 +72,7 @@
  * Re-entrancy. Completions normally run inside evhttp's callbacks, which is
  * where evhttp allows starting the next request on the same connection: a
  * freed slot is handed at once to the first queued call. The user callback
- * may call http_client_send again, but must not free the client.
+ * may call httpc_send again, but must not free the client.
  *
  * Options: zero means default; retries < 0 and max_queue < 0 mean none
  * (from the environment, RETRIES=0 and MAX_QUEUE=0 mean none). */
@@ -113,7 +113,7 @@ static void timer_arm_until(httpc_call *hc, unsigned long long when_ms)
     timer_arm(hc, when_ms > now ? when_ms - now : 0);
 }
 
-static uint64_t rng_next(http_client *c)
+static uint64_t rng_next(httpc *c)
 {
     /* xorshift64*: plenty for jitter, no locking, no libc state */
     uint64_t x = c->rng;
@@ -137,13 +137,13 @@ const char *httpc_result_name(httpc_result r)
     return "unknown";
 }
 
-void http_client_set_auth(http_client *c, http_client_auth fn, void *arg)
+void http_client_set_auth(httpc *c, http_client_auth fn, void *arg)
 {
     c->auth = fn;
     c->auth_arg = arg;
 }
 
-const breaker *http_client_breaker(const http_client *c)
+const breaker *httpc_breaker(const httpc *c)
 {
     return &c->breaker;
 }
@@ -151,13 +151,13 @@ const breaker *http_client_breaker(const http_client *c)
 /* The bulkhead: calls waiting for a slot (queued, or admitted and waiting
  * for group commit, which will want a slot the moment the disk catches
  * up) beyond the idle slots may not exceed max_queue. */
-static bool bulkhead_full(const http_client *c)
+static bool bulkhead_full(const httpc *c)
 {
     int idle = c->n_idle_keep + c->n_idle_extra;
     return c->queued + c->deferred >= idle + c->opts.max_queue;
 }
 
-httpc_result http_client_refusal(const http_client *c, unsigned long long *retry_ms)
+httpc_result httpc_refusal(const httpc *c, unsigned long long *retry_ms)
 {
     unsigned long long ms = breaker_retry_in_ms(&c->breaker, httpc_now_ms());
     if (ms > 0) {
@@ -214,7 +214,7 @@ static bool header_is_ours(const char *key)
     return false;
 }
 
-static void export_outcome(http_client *c, httpc_call *hc, httpc_result result, int status,
+static void export_outcome(httpc *c, httpc_call *hc, httpc_result result, int status,
                            unsigned long long elapsed_ms)
 {
     /* Nearly every call ends like the one before it (ok, 200): its labels
@@ -234,7 +234,7 @@ static void export_outcome(http_client *c, httpc_call *hc, httpc_result result, 
 
 /* ---- call objects ---- */
 
-static httpc_call *call_alloc(http_client *c)
+static httpc_call *call_alloc(httpc *c)
 {
     httpc_call *hc = c->free_calls;
     if (hc) {
@@ -261,7 +261,7 @@ static httpc_call *call_alloc(http_client *c)
 
 static void call_release(httpc_call *hc)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     hc->phase = CALL_FREE;
     hc->cb = NULL;
     hc->cb_arg = NULL;
@@ -285,9 +285,9 @@ static char *call_reserve(httpc_call *hc, size_t need)
 }
 
 /* Copies what a retry needs into the call's own buffer. */
-static bool call_copy_request(httpc_call *hc, const http_call *call)
+static bool call_copy_request(httpc_call *hc, const httpc_request *call)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     const char *uri = call->uri && *call->uri ? call->uri : "/";
     const char *ctype = call->content_type;
     bool has_rid = call->request_id && *call->request_id;
@@ -364,9 +364,9 @@ static bool call_copy_request(httpc_call *hc, const http_call *call)
 static void call_finish(httpc_call *hc, httpc_result result, int status,
                         struct evhttp_request *req)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     unsigned long long now = httpc_now_ms();
-    http_response resp = {
+    httpc_response resp = {
         .result = result,
         .status = result == HTTPC_OK ? status : 0,
         .headers = NULL,
@@ -402,7 +402,7 @@ static void call_refuse(httpc_call *hc, httpc_result result)
 
 static void log_failure(httpc_call *hc, httpc_result result, int status, const char *what)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     char uri[256];
     log_warn("upstream=%s req=%s method=%s uri=%s attempt=%d result=%s status=%d "
              "elapsed_ms=%llu msg=\"%s\"",
@@ -413,7 +413,7 @@ static void log_failure(httpc_call *hc, httpc_result result, int status, const c
 
 /* ---- the wait queue ---- */
 
-static void queue_push(http_client *c, httpc_call *hc)
+static void queue_push(httpc *c, httpc_call *hc)
 {
     hc->next = NULL;
     hc->prev = c->queue_tail;
@@ -425,7 +425,7 @@ static void queue_push(http_client *c, httpc_call *hc)
     c->queued++;
 }
 
-static void queue_remove(http_client *c, httpc_call *hc)
+static void queue_remove(httpc *c, httpc_call *hc)
 {
     if (hc->prev)
         hc->prev->next = hc->next;
@@ -444,7 +444,7 @@ static void queue_remove(http_client *c, httpc_call *hc)
  * first attempt. */
 static void call_enqueue(httpc_call *hc)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     int wait_ms = c->opts.max_queue_wait_ms < hc->timeout_ms ? c->opts.max_queue_wait_ms
                                                              : hc->timeout_ms;
     hc->phase = CALL_QUEUED;
@@ -462,7 +462,7 @@ static void call_enqueue(httpc_call *hc)
  * gets. A retry's earlier failure was recorded when it happened. */
 static void queued_call_expire(httpc_call *hc)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     httpc_result result = hc->attempts == 0 ? HTTPC_BUSY : HTTPC_TIMEOUT;
     queue_remove(c, hc);
     log_failure(hc, result, 0, hc->attempts == 0
@@ -473,7 +473,7 @@ static void queued_call_expire(httpc_call *hc)
 
 /* Hands a slot that just became free to the first queued call whose budget
  * is not spent, or puts it back on its idle stack. */
-static void slot_release(http_client *c, httpc_slot *slot)
+static void slot_release(httpc *c, httpc_slot *slot)
 {
     unsigned long long now = httpc_now_ms();
     slot->idle_since_ms = now;   /* its connection was in use until now */
@@ -498,7 +498,7 @@ static void slot_release(http_client *c, httpc_slot *slot)
 
 /* ---- attempts ---- */
 
-static bool answer_is_success(const http_client *c, httpc_result result, int status)
+static bool answer_is_success(const httpc *c, httpc_result result, int status)
 {
     return result == HTTPC_OK && (status < 500 || c->opts.breaker_ignores_5xx);
 }
@@ -506,7 +506,7 @@ static bool answer_is_success(const http_client *c, httpc_result result, int sta
 static bool attempt_should_retry(httpc_call *hc, httpc_result result, int status,
                                  unsigned long long now, unsigned long long *delay_ms)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     if (!hc->idempotent || hc->attempts > c->opts.retries)
         return false;
     /* a malformed or oversized answer would only come back the same */
@@ -529,7 +529,7 @@ static bool attempt_should_retry(httpc_call *hc, httpc_result result, int status
 static void attempt_done(httpc_call *hc, httpc_result result, int status,
                          struct evhttp_request *req)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     httpc_slot *slot = hc->slot;
     unsigned long long now = httpc_now_ms();
     unsigned long long delay;
@@ -594,7 +594,7 @@ static void on_response(struct evhttp_request *req, void *arg)
 
 static struct evhttp_request *attempt_build_request(httpc_call *hc, httpc_slot *slot)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     struct evhttp_request *req = evhttp_request_new(on_response, hc);
     if (!req)
         return NULL;
@@ -634,7 +634,7 @@ static struct evhttp_request *attempt_build_request(httpc_call *hc, httpc_slot *
 /* Puts one attempt of an admitted call on the wire, through `slot`. */
 static void attempt_start(httpc_call *hc, httpc_slot *slot)
 {
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     unsigned long long now = httpc_now_ms();
 
     if (hc->attempts == 0)     /* the budget starts on the wire, not in our queue */
@@ -738,7 +738,7 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     httpc_call *hc = arg;
-    http_client *c = hc->client;
+    httpc *c = hc->client;
     unsigned long long now = httpc_now_ms();
 
     switch (hc->phase) {
@@ -785,14 +785,14 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the public interface ---- */
 
-static void deliver_now(http_client_cb cb, void *arg, httpc_result result)
+static void deliver_now(httpc_cb cb, void *arg, httpc_result result)
 {
-    http_response resp = { .result = result, .body = "" };
+    httpc_response resp = { .result = result, .body = "" };
     if (cb)
         cb(&resp, arg);
 }
 
-int http_client_send(http_client *c, const http_call *call, http_client_cb cb, void *arg)
+int httpc_send(httpc *c, const httpc_request *call, httpc_cb cb, void *arg)
 {
     if (c->closing) {
         /* the loop may be gone: the one synchronous completion */
@@ -848,11 +848,11 @@ int http_client_send(http_client *c, const http_call *call, http_client_cb cb, v
     return 0;
 }
 
-int http_client_json(http_client *c, const char *method, const char *uri,
+int httpc_json(httpc *c, const char *method, const char *uri,
                      const char *request_id, const char *json_body, bool idempotent,
-                     http_client_cb cb, void *arg)
+                     httpc_cb cb, void *arg)
 {
-    http_call call = {
+    httpc_request call = {
         .method = method,
         .uri = uri,
         .request_id = request_id,
@@ -861,10 +861,10 @@ int http_client_json(http_client *c, const char *method, const char *uri,
         .body_len = json_body ? strlen(json_body) : 0,
         .idempotent = idempotent,
     };
-    return http_client_send(c, &call, cb, arg);
+    return httpc_send(c, &call, cb, arg);
 }
 
-void http_client_free(http_client *c)
+void httpc_free(httpc *c)
 {
     if (!c)
         return;

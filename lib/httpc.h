@@ -1,9 +1,9 @@
 /* httpc.h: the non-blocking HTTP client, on the same event loop as the server.
  *
- * One http_client per upstream (a base URL such as http://127.0.0.1:8084).
+ * One httpc per upstream (a base URL such as http://127.0.0.1:8084).
  * It keeps a pool of keep-alive connections, and guards the upstream with:
  *  - a connect timeout and a total timeout per call, which runs from when
- *    the call is put on the wire (not from http_client_send);
+ *    the call is put on the wire (not from httpc_send);
  *  - a bulkhead: at most `max_inflight` calls on the wire and `max_queue`
  *    waiting for a connection; beyond that a call is refused at once, and a
  *    call that waited max_queue_wait_ms without getting a connection ends
@@ -16,7 +16,7 @@
  *    and never while the breaker is open (so an outage is not multiplied).
  *
  * Completion is always reported through the callback, from the loop, never
- * from inside http_client_send: a refused call (breaker open, bulkhead full)
+ * from inside httpc_send: a refused call (breaker open, bulkhead full)
  * completes on the next loop turn with status 0 and its reason. */
 #ifndef CARSHARE_HTTPC_H
 #define CARSHARE_HTTPC_H
@@ -28,9 +28,9 @@
 struct event_base;
 struct evkeyvalq;
 
-typedef struct http_client http_client;
+typedef struct httpc httpc;
 
-typedef struct http_client_opts {
+typedef struct httpc_opts {
     int connect_timeout_ms;   /* default 1000 */
     int timeout_ms;           /* default 5000: from putting the call on the wire
                                  to the complete answer (retries included) */
@@ -50,7 +50,7 @@ typedef struct http_client_opts {
      * (e.g. order's 503 when payment hangs) and must not close every route
      * of that upstream. */
     bool breaker_ignores_5xx;
-} http_client_opts;
+} httpc_opts;
 
 typedef enum {
     HTTPC_OK = 0,        /* an HTTP answer arrived (any status) */
@@ -62,7 +62,7 @@ typedef enum {
                             max_queue_wait_ms (never sent) */
 } httpc_result;
 
-typedef struct http_response {
+typedef struct httpc_response {
     httpc_result result;
     int status;                        /* HTTP status, 0 unless HTTPC_OK */
     const struct evkeyvalq *headers;   /* answer headers, NULL unless HTTPC_OK */
@@ -70,12 +70,12 @@ typedef struct http_response {
     size_t body_len;
     unsigned long long elapsed_ms;
     unsigned long long retry_after_ms; /* for HTTPC_OPEN: breaker cool-down left */
-} http_response;
+} httpc_response;
 
 /* The response and everything in it is valid only during the callback. */
-typedef void (*http_client_cb)(const http_response *resp, void *arg);
+typedef void (*httpc_cb)(const httpc_response *resp, void *arg);
 
-typedef struct http_call {
+typedef struct httpc_request {
     const char *method;                 /* "GET", "POST", ... */
     const char *uri;                    /* path and query, e.g. "/payments?x=1" */
     const char *request_id;             /* sent as X-Request-Id (may be NULL) */
@@ -85,31 +85,31 @@ typedef struct http_call {
     size_t body_len;
     bool idempotent;                    /* may be retried */
     int timeout_ms;                     /* 0 = client default */
-} http_call;
+} httpc_request;
 
 /* name labels logs and metrics ("payment"). base_url is http://host:port. */
-http_client *http_client_new(struct event_base *base, const char *name,
-                             const char *base_url, const http_client_opts *opts);
-void http_client_free(http_client *c);
+httpc *httpc_new(struct event_base *base, const char *name,
+                             const char *base_url, const httpc_opts *opts);
+void httpc_free(httpc *c);
 
 /* Always completes through cb exactly once. Returns 0. Everything `call`
  * points to (uri, headers, body) is copied before it returns, so the caller
  * may reuse or free it at once (retries use the copy). */
-int http_client_send(http_client *c, const http_call *call, http_client_cb cb, void *arg);
+int httpc_send(httpc *c, const httpc_request *call, httpc_cb cb, void *arg);
 
 /* Convenience: JSON body (may be NULL), not idempotent unless said. */
-int http_client_json(http_client *c, const char *method, const char *uri,
+int httpc_json(httpc *c, const char *method, const char *uri,
                      const char *request_id, const char *json_body, bool idempotent,
-                     http_client_cb cb, void *arg);
+                     httpc_cb cb, void *arg);
 
 /* Credentials: fn(arg) is asked for the Authorization header's value
  * ("Bearer ...") of every attempt -- retries included, so a token renewed
  * meanwhile is used -- and NULL sends none. Order's payment clients send
  * order's own service token this way (token_minter, lib/token.h). */
 typedef const char *(*http_client_auth)(void *arg);
-void http_client_set_auth(http_client *c, http_client_auth fn, void *arg);
+void http_client_set_auth(httpc *c, http_client_auth fn, void *arg);
 
-const breaker *http_client_breaker(const http_client *c);
+const breaker *httpc_breaker(const httpc *c);
 
 /* Would a call sent now be refused at once, and for how long? HTTPC_OK
  * when it would be admitted; HTTPC_OPEN while the breaker refuses (*retry_ms:
@@ -117,13 +117,13 @@ const breaker *http_client_breaker(const http_client *c);
  * HTTPC_BUSY when the bulkhead is full (*retry_ms: a 1 s hint). Reads
  * only: it reserves nothing, so a caller that asks before writing anything
  * (order, before reserving cars) may still be refused by the send. */
-httpc_result http_client_refusal(const http_client *c, unsigned long long *retry_ms);
+httpc_result httpc_refusal(const httpc *c, unsigned long long *retry_ms);
 const char *httpc_result_name(httpc_result r);
 
-/* Reads http_client_opts from the environment with the given prefix:
+/* Reads httpc_opts from the environment with the given prefix:
  * <PREFIX>_CONNECT_TIMEOUT_MS, _TIMEOUT_MS, _POOL_SIZE, _MAX_INFLIGHT,
  * _MAX_QUEUE, _MAX_QUEUE_WAIT_MS, _RETRIES, _BACKOFF_MS, _BREAKER_FAILURES, _BREAKER_RATIO_PCT,
  * _BREAKER_MIN_CALLS, _BREAKER_WINDOW_MS, _BREAKER_OPEN_MS. */
-void http_client_opts_from_env(http_client_opts *o, const char *prefix);
+void httpc_opts_from_env(httpc_opts *o, const char *prefix);
 
 #endif

@@ -35,14 +35,14 @@
 
 /* ---- metrics ---- */
 
-void httpc_export_inflight(http_client *c)
+void httpc_export_inflight(httpc *c)
 {
     metrics_gauge_set("carshare_upstream_inflight", c->labels, (double)c->inflight);
 }
 
 /* ---- slots ---- */
 
-httpc_slot *httpc_slot_acquire(http_client *c)
+httpc_slot *httpc_slot_acquire(httpc *c)
 {
     if (c->n_idle_keep > 0)
         return &c->slots[c->idle_keep[--c->n_idle_keep]];
@@ -60,7 +60,7 @@ static void on_connection_close(struct evhttp_connection *evcon, void *arg)
 
 bool httpc_slot_connect(httpc_slot *slot)
 {
-    http_client *c = slot->client;
+    httpc *c = slot->client;
     struct evhttp_connection *evcon = evhttp_connection_base_new(c->base, c->dns, c->host,
                                                                  (unsigned short)c->port);
     if (!evcon)
@@ -146,9 +146,9 @@ bool httpc_socket_connected(int fd)
     return fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &len) == 0;
 }
 
-static void opts_resolve(http_client_opts *o, const http_client_opts *in)
+static void opts_resolve(httpc_opts *o, const httpc_opts *in)
 {
-    http_client_opts d = in ? *in : (http_client_opts){ 0 };
+    httpc_opts d = in ? *in : (httpc_opts){ 0 };
     if (d.connect_timeout_ms <= 0) d.connect_timeout_ms = 1000;
     if (d.timeout_ms <= 0) d.timeout_ms = 5000;
     if (d.timeout_ms > 86400000) d.timeout_ms = 86400000;
@@ -166,7 +166,7 @@ static void opts_resolve(http_client_opts *o, const http_client_opts *in)
 
 /* Splits http://host:port/prefix. Returns false, with a log line, if the
  * URL is not a plain http URL with a host. */
-static bool client_parse_url(http_client *c, const char *base_url)
+static bool client_parse_url(httpc *c, const char *base_url)
 {
     struct evhttp_uri *uri = base_url ? evhttp_uri_parse(base_url) : NULL;
     const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
@@ -211,7 +211,7 @@ static bool client_parse_url(http_client *c, const char *base_url)
  * every request of the process. libevent's own resolver is asynchronous
  * (it reads /etc/resolv.conf and /etc/hosts once, here). An address needs
  * no resolver at all. */
-static void client_resolver(http_client *c)
+static void client_resolver(httpc *c)
 {
     unsigned char addr[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, c->host, addr) == 1 || inet_pton(AF_INET6, c->host, addr) == 1)
@@ -222,9 +222,9 @@ static void client_resolver(http_client *c)
                  "with getaddrinfo on the loop\"", c->name, c->host);
 }
 
-/* The pool's part of http_client_free, once no call is left: frees the
+/* The pool's part of httpc_free, once no call is left: frees the
  * client itself. */
-void httpc_pool_free(http_client *c)
+void httpc_pool_free(httpc *c)
 {
     for (int i = 0; c->slots && i < c->nslots; i++)
         httpc_slot_kill(&c->slots[i]);
@@ -240,10 +240,10 @@ void httpc_pool_free(http_client *c)
     free(c);
 }
 
-http_client *http_client_new(struct event_base *base, const char *name,
-                             const char *base_url, const http_client_opts *opts)
+httpc *httpc_new(struct event_base *base, const char *name,
+                             const char *base_url, const httpc_opts *opts)
 {
-    http_client *c = calloc(1, sizeof *c);
+    httpc *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->base = base;
@@ -299,7 +299,7 @@ http_client *http_client_new(struct event_base *base, const char *name,
     return c;
 }
 
-void http_client_opts_from_env(http_client_opts *o, const char *prefix)
+void httpc_opts_from_env(httpc_opts *o, const char *prefix)
 {
     char name[128];
 #define OPT_INT(suffix, field, min, max)                                        \

@@ -45,7 +45,7 @@ typedef struct httpc_slot httpc_slot;
 typedef struct httpc_call httpc_call;
 
 struct httpc_slot {
-    http_client *client;
+    httpc *client;
     struct evhttp_connection *evcon;   /* NULL until first use or after a kill */
     httpc_call *call;                  /* the call on the wire, or NULL */
     unsigned long long idle_since_ms;
@@ -55,13 +55,13 @@ struct httpc_slot {
 };
 
 struct httpc_call {
-    http_client *client;
-    http_client_cb cb;
+    httpc *client;
+    httpc_cb cb;
     void *cb_arg;
     call_phase phase;
     struct event timer;
     httpc_call *prev, *next;           /* the wait queue, or the free list */
-    httpc_call *all_next;              /* every call object, for http_client_free */
+    httpc_call *all_next;              /* every call object, for httpc_free */
     httpc_slot *slot;                  /* while an attempt is on the wire */
 
     enum evhttp_cmd_type method;
@@ -89,7 +89,7 @@ struct httpc_call {
     bool has_rid;
 };
 
-struct http_client {
+struct httpc {
     struct event_base *base;
     char name[64];
     char labels[96];                   /* upstream="name" */
@@ -104,7 +104,7 @@ struct http_client {
     size_t prefix_len;
     int port;
     int family;
-    http_client_opts opts;             /* resolved: no zero fields left */
+    httpc_opts opts;             /* resolved: no zero fields left */
     breaker breaker;
 
     httpc_slot *slots;
@@ -135,7 +135,7 @@ static inline unsigned long long httpc_now_ms(void)
 /* ---- httpc_pool.c ---- */
 
 /* An idle slot, warmest first, or NULL when all are busy. */
-httpc_slot *httpc_slot_acquire(http_client *c);
+httpc_slot *httpc_slot_acquire(httpc *c);
 /* Gives the slot a new evhttp connection (not connected yet). */
 bool httpc_slot_connect(httpc_slot *slot);
 /* Drops the slot's connection with whatever request is on it, at once. */
@@ -146,8 +146,8 @@ int httpc_slot_fd(const httpc_slot *slot);
 void httpc_slot_set_nodelay(const httpc_slot *slot);
 bool httpc_idle_socket_alive(int fd);
 bool httpc_socket_connected(int fd);
-void httpc_export_inflight(http_client *c);
+void httpc_export_inflight(httpc *c);
 /* Frees the connections, the resolver and the client (no call left). */
-void httpc_pool_free(http_client *c);
+void httpc_pool_free(httpc *c);
 
 #endif

@@ -147,7 +147,7 @@ struct relay_marks {
 /* ---- deleting published rows (loop thread) ---- */
 
 /* Deletes the rows up to the relay's mark in one transaction. */
-void bus_trim_now(bus *b)
+void outbox_trim_now(bus *b)
 {
     long long mark = atomic_load(&b->published_seq);
     if (mark <= b->trimmed_seq) return;
@@ -168,13 +168,13 @@ void bus_trim_now(bus *b)
               log_quote(e, sizeof e, store_error(b->st)));
 }
 
-void bus_on_trim(evutil_socket_t fd, short what, void *arg)
+void outbox_on_trim(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     bus *b = arg;
     atomic_store(&b->trim_scheduled, false);
-    bus_trim_now(b);
+    outbox_trim_now(b);
 }
 
 /* Relay thread: rows up to seq are in JetStream; the loop deletes them
@@ -285,7 +285,7 @@ static void update_backlog(store *rs, const struct relay_marks *marks)
     if (s) sqlite3_reset(s);
 }
 
-void *bus_relay_main(void *arg)
+void *outbox_relay_main(void *arg)
 {
     bus *b = arg;
     store *rs = NULL;

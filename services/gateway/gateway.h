@@ -3,7 +3,7 @@
  * The gateway is the one public entry of carshare. Every request that is not
  * one of its own (/health/live, /health/ready, /metrics) reaches one fallback
  * handler (api.c), which either proxies it to the service owning the path
- * (proxy.c, one http_client per upstream from upstream.c) or serves a file of
+ * (proxy.c, one httpc per upstream from upstream.c) or serves a file of
  * the web page from memory (web.c). The rules deciding all of this -- which
  * path goes where, which paths are refused, which headers cross the proxy,
  * what a failed upstream call answers -- are pure functions in domain.c, so
@@ -169,7 +169,7 @@ typedef struct gw_upstream {
     gw_upstream_id id;
     const char *name;           /* "order" */
     char *base_url;             /* ORDER_URL */
-    http_client *client;        /* the proxied calls */
+    httpc *client;        /* the proxied calls */
     int timeout_ms;             /* the client's total timeout, for messages */
     bool required;              /* counts for the gateway's readiness */
     gateway *gw;

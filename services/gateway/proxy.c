@@ -93,7 +93,7 @@ static void gw_append(struct evkeyvalq *out, struct evkeyval *slot, const char *
     TAILQ_INSERT_TAIL(out, slot, next);
 }
 
-static void gw_reply_failure(gw_exchange *x, const http_response *resp)
+static void gw_reply_failure(gw_exchange *x, const httpc_response *resp)
 {
     gw_upstream *up = x->up;
     int status = gw_failure_status(resp->result);
@@ -115,7 +115,7 @@ static void gw_reply_failure(gw_exchange *x, const http_response *resp)
     http_reply_error(x->req, status, "%s", msg);
 }
 
-static void gw_reply_answer(gw_exchange *x, const http_response *resp)
+static void gw_reply_answer(gw_exchange *x, const httpc_response *resp)
 {
     http_req *req = x->req;
     const struct evkeyvalq *headers = resp->headers;
@@ -137,7 +137,7 @@ static void gw_reply_answer(gw_exchange *x, const http_response *resp)
                    resp->body, resp->body_len);
 }
 
-static void gw_proxy_done(const http_response *resp, void *arg)
+static void gw_proxy_done(const httpc_response *resp, void *arg)
 {
     gw_exchange *x = arg;
     if (resp->result == HTTPC_OK)
@@ -191,7 +191,7 @@ void gw_proxy(gw_upstream *up, http_req *req)
 
     size_t body_len = 0;
     const char *body = http_req_body(req, &body_len);
-    http_call call = {
+    httpc_request call = {
         .method = method,
         .uri = http_req_uri(req),
         .request_id = http_req_id(req),
@@ -201,7 +201,7 @@ void gw_proxy(gw_upstream *up, http_req *req)
         .body_len = body_len,
         .idempotent = x->head || gw_method_is(method, "GET"),
     };
-    http_client_send(up->client, &call, gw_proxy_done, x);
+    httpc_send(up->client, &call, gw_proxy_done, x);
 
     if (slots != stack_slots)
         free(slots);

@@ -1,6 +1,6 @@
 /* upstream.c: the services behind the gateway, and whether they can serve.
  *
- * Each upstream has an http_client on the loop for the proxied calls:
+ * Each upstream has an httpc on the loop for the proxied calls:
  * keep-alive pool, timeouts, breaker and bulkhead, all configured from
  * GATEWAY_<NAME>_* (httpc.h lists the variables), so one slow service never
  * takes the others' capacity.
@@ -18,7 +18,7 @@
  * recovery. Each upstream paces itself: a ready one is not probed faster
  * because another one is down.
  *
- * The probe is a bare evhttp connection rather than an http_client. It needs
+ * The probe is a bare evhttp connection rather than an httpc. It needs
  * none of the client's machinery (pool, breaker, retries: the next probe is
  * the retry), and the client logs a warning per failed call, which for a
  * down upstream would be a line per probe. Instead each change of an
@@ -162,7 +162,7 @@ static void gw_on_probe_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The probe's connection, Host header and URI from the base URL (already
- * accepted by http_client_new, which prefixes calls with its path the same
+ * accepted by httpc_new, which prefixes calls with its path the same
  * way). */
 static bool gw_probe_open(gw_upstream *up, struct event_base *base, const char *base_url,
                           int interval_ms)
@@ -242,7 +242,7 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
     /* httpc_opts_from_env keeps what is already set where the variable is
      * unset, so the gateway's defaults go in first; zero fields mean httpc's
      * own defaults (max_inflight = pool size). */
-    http_client_opts o;
+    httpc_opts o;
     memset(&o, 0, sizeof o);
     o.pool_size = GW_DEFAULT_POOL;
     o.max_queue = GW_DEFAULT_QUEUE;
@@ -251,9 +251,9 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
      * hangs), passed on as is: only transport failures and timeouts say
      * the upstream itself is failing and should close all its routes. */
     o.breaker_ignores_5xx = true;
-    http_client_opts_from_env(&o, prefix);
+    httpc_opts_from_env(&o, prefix);
     up->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : 5000;
-    up->client = http_client_new(base, up->name, base_url, &o);
+    up->client = httpc_new(base, up->name, base_url, &o);
     if (up->client == NULL)
         return false;
     log_info("msg=\"upstream routed\" upstream=%s url=%s required_for_ready=%s", up->name,
@@ -266,7 +266,7 @@ bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const cha
 void gw_upstream_close(gw_upstream *up)
 {
     if (up->client)
-        http_client_free(up->client);
+        httpc_free(up->client);
     up->client = NULL;
     /* Freeing the connection drops a probe in flight without calling
      * gw_probe_done. */

@@ -47,8 +47,8 @@
 
 #define SERVICE_TOKEN_TTL_S 300
 
-static http_client *payment_client;
-static http_client *reconcile_client;
+static httpc *payment_client;
+static httpc *reconcile_client;
 static token_key *service_key;
 static token_minter *service_minter;
 
@@ -109,17 +109,17 @@ static int calendar_setup(void)
 static void free_clients(void *arg)
 {
     (void)arg;
-    http_client_free(payment_client);
-    http_client_free(reconcile_client);
+    httpc_free(payment_client);
+    httpc_free(reconcile_client);
     token_minter_free(service_minter);
     token_key_free(service_key);
 }
 
 /* Defaults for a payment call on the customer's path, then the
  * environment. */
-static void payment_opts(http_client_opts *o)
+static void payment_opts(httpc_opts *o)
 {
-    *o = (http_client_opts){
+    *o = (httpc_opts){
         .connect_timeout_ms = 500,
         .timeout_ms = 3000,
         .pool_size = 64,
@@ -128,7 +128,7 @@ static void payment_opts(http_client_opts *o)
         .retries = 1,
         .backoff_ms = 50,
     };
-    http_client_opts_from_env(o, "PAYMENT");
+    httpc_opts_from_env(o, "PAYMENT");
 }
 
 int main(void)
@@ -166,17 +166,17 @@ int main(void)
         log_warn("msg=\"rentals interrupted by the previous run will be settled with payment\" "
                  "intakes=%d", in_doubt);
 
-    http_client_opts opts;
+    httpc_opts opts;
     payment_opts(&opts);
-    payment_client = http_client_new(svc->base, "payment", payment_url, &opts);
+    payment_client = httpc_new(svc->base, "payment", payment_url, &opts);
     /* The reconciler's own lane: a few connections, no retries (it
      * retries whole passes with backoff), its own breaker. */
-    http_client_opts ropts = opts;
+    httpc_opts ropts = opts;
     ropts.pool_size = 4;
     ropts.max_inflight = 8;
     ropts.max_queue = 64;
     ropts.retries = 0;
-    reconcile_client = http_client_new(svc->base, "payment-reconciler", payment_url, &ropts);
+    reconcile_client = httpc_new(svc->base, "payment-reconciler", payment_url, &ropts);
     bus *b = bus_new(svc->base, st, "order");
     reconciler *rec = reconcile_client
         ? reconciler_new(svc->base, st, reconcile_client, interval_ms) : NULL;

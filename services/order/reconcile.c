@@ -12,7 +12,7 @@
  *    not paid -> voiding, as above.
  *
  * A pass takes up to RECONCILE_BATCH intakes, oldest first, and calls
- * payment for all of them at once (through its own small http_client, so
+ * payment for all of them at once (through its own small httpc, so
  * background work never takes the customers' bulkhead slots); when every
  * answer is in, the next pass is scheduled: at once if the pass settled
  * something (more may wait), after RECONCILE_INTERVAL_MS if there was
@@ -35,7 +35,7 @@
 struct reconciler {
     struct event_base *base;
     store *st;
-    http_client *payment;
+    httpc *payment;
     int interval_ms;
     int backoff_ms;          /* 0 while payment answers */
     struct event *timer;
@@ -99,7 +99,7 @@ static const char *req_of(const intake *in)
 }
 
 /* Answer to POST /paymentCancellations for a voiding intake. */
-static void on_cancellation(const http_response *resp, void *arg)
+static void on_cancellation(const httpc_response *resp, void *arg)
 {
     settle_call *c = arg;
     reconciler *r = c->r;
@@ -168,7 +168,7 @@ static void settle_in_doubt(reconciler *r, const intake *in, const json_t *doc)
 }
 
 /* Answer to GET /payments/search/findByOrderId for an in-doubt intake. */
-static void on_payment_lookup(const http_response *resp, void *arg)
+static void on_payment_lookup(const httpc_response *resp, void *arg)
 {
     settle_call *c = arg;
     reconciler *r = c->r;
@@ -204,11 +204,11 @@ static void settle_one(const intake *in, void *arg)
     char buf[128];
     if (in->state == INTAKE_VOIDING) {
         snprintf(buf, sizeof buf, "{\"orderId\":%lld}", in->id);
-        http_client_json(r->payment, "POST", "/paymentCancellations", req, buf, true,
+        httpc_json(r->payment, "POST", "/paymentCancellations", req, buf, true,
                          on_cancellation, c);
     } else {
         snprintf(buf, sizeof buf, "/payments/search/findByOrderId?orderId=%lld", in->id);
-        http_client_json(r->payment, "GET", buf, req, NULL, true, on_payment_lookup, c);
+        httpc_json(r->payment, "GET", buf, req, NULL, true, on_payment_lookup, c);
     }
 }
 
@@ -228,7 +228,7 @@ static void run_pass(evutil_socket_t fd, short what, void *arg)
     call_done(r);
 }
 
-reconciler *reconciler_new(struct event_base *base, store *st, http_client *payment,
+reconciler *reconciler_new(struct event_base *base, store *st, httpc *payment,
                            int interval_ms)
 {
     reconciler *r = calloc(1, sizeof *r);

@@ -7,7 +7,7 @@
  *   2. a key seen before answers with the outcome of its first request;
  *   3. an unknown model is a 404 whatever the state of payment;
  *   4. while the payment client would refuse the call (its breaker is
- *      open, its bulkhead full: http_client_refusal), answer the fallback
+ *      open, its bulkhead full: httpc_refusal), answer the fallback
  *      503 at once, before anything is reserved;
  *   5. book the cars on every day of the period and write a pending intake
  *      (one transaction; 409 naming the first day without enough cars);
@@ -52,7 +52,7 @@
 typedef struct rental_api {
     struct event_base *base;
     store *st;
-    http_client *payment;
+    httpc *payment;
     reconciler *reconciler;
     bool test_crash_after_payment;
 } rental_api;
@@ -182,7 +182,7 @@ static void settle_paid(rental_call *call, long long payment_id)
     answer_not_booked(api, r, call->in.id, 1000);
 }
 
-static void settle_declined(rental_call *call, const http_response *resp)
+static void settle_declined(rental_call *call, const httpc_response *resp)
 {
     rental_api *api = call->api;
     http_req *r = call->req;
@@ -217,7 +217,7 @@ static void settle_unsent(rental_call *call)
     reply_fallback(r, 1000);
 }
 
-static void settle_unknown(rental_call *call, const http_response *resp)
+static void settle_unknown(rental_call *call, const httpc_response *resp)
 {
     rental_api *api = call->api;
     http_req *r = call->req;
@@ -230,7 +230,7 @@ static void settle_unknown(rental_call *call, const http_response *resp)
              httpc_result_name(resp->result), resp->status, resp->elapsed_ms);
     unsigned long long retry_ms = resp->result == HTTPC_OPEN ? resp->retry_after_ms : 0;
     if (!retry_ms)
-        http_client_refusal(api->payment, &retry_ms);
+        httpc_refusal(api->payment, &retry_ms);
     answer_not_booked(api, r, call->in.id, retry_ms ? retry_ms : 1000);
 }
 
@@ -264,7 +264,7 @@ static void rental_call_free(rental_call *call)
     free(call);
 }
 
-static void on_payment_answer(const http_response *resp, void *arg)
+static void on_payment_answer(const httpc_response *resp, void *arg)
 {
     rental_call *call = arg;
     long long payment_id = 0;
@@ -337,7 +337,7 @@ static void call_payment(rental_api *api, http_req *r, const intake *in, const c
     call->in = *in;
     /* Idempotent: payment charges at most once per orderId, so the client
      * may retry a lost attempt. */
-    http_client_json(api->payment, "POST", "/payments", http_req_id(r), call->body, true,
+    httpc_json(api->payment, "POST", "/payments", http_req_id(r), call->body, true,
                      on_payment_answer, call);
 }
 
@@ -551,7 +551,7 @@ static void post_order(http_req *r, void *arg)
     /* The breaker is open or the bulkhead full: shed now, before writing
      * anything, rather than reserve cars only to have the call refused. */
     unsigned long long refusing;
-    if (http_client_refusal(api->payment, &refusing) != HTTPC_OK) {
+    if (httpc_refusal(api->payment, &refusing) != HTTPC_OK) {
         reply_fallback(r, refusing);
         goto done;
     }

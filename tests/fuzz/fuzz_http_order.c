@@ -59,8 +59,8 @@ static void fz_setup(void)
     atexit(fz_remove_files);
     service *svc = service_new("order", 0);
     store *st = order_store_open_path(fz_path);
-    http_client_opts opts = { .timeout_ms = 500, .connect_timeout_ms = 200 };
-    struct http_client *payment = http_client_new(svc->base, "payment", "http://127.0.0.1:1", &opts);
+    httpc_opts opts = { .timeout_ms = 500, .connect_timeout_ms = 200 };
+    struct httpc *payment = httpc_new(svc->base, "payment", "http://127.0.0.1:1", &opts);
     reconciler *rec = st && payment ? reconciler_new(svc->base, st, payment, 3600000) : NULL;
     if (!rec) {
         fprintf(stderr, "fuzz_http_order: cannot set up order\n");

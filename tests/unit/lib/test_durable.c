@@ -214,7 +214,7 @@ static void *raw_client_main(void *arg)
 static atomic_int call_done;
 static int call_status;
 
-static void on_call_done(const http_response *resp, void *arg)
+static void on_call_done(const httpc_response *resp, void *arg)
 {
     (void)arg;
     call_status = resp->status;
@@ -264,10 +264,10 @@ static void test_http(void)
     /* A call made after a commit leaves only once the commit is synced. */
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    http_client *c = http_client_new(base, "self", url, NULL);
+    httpc *c = httpc_new(base, "self", url, NULL);
     gate_set(false);
     durable_committed();
-    http_client_json(c, "GET", "/upstream", NULL, NULL, true, on_call_done, NULL);
+    httpc_json(c, "GET", "/upstream", NULL, NULL, true, on_call_done, NULL);
     run_loop(0.3, NULL);
     CHECK_INT(atomic_load(&upstream_hits), 0);
     CHECK_INT(atomic_load(&call_done), 0);
@@ -281,8 +281,8 @@ static void test_http(void)
     durable_committed();
     atomic_store(&call_done, 0);
     call_status = -1;
-    http_client_json(c, "GET", "/upstream", NULL, NULL, true, on_call_done, NULL);
-    http_client_free(c);
+    httpc_json(c, "GET", "/upstream", NULL, NULL, true, on_call_done, NULL);
+    httpc_free(c);
     CHECK_INT(atomic_load(&call_done), 1);
     CHECK_INT(call_status, 0);
     gate_set(true);

@@ -348,15 +348,15 @@ static void raw_server_stop(raw_server *rs)
     rs->listener = NULL;
 }
 
-static http_client *client_named(const char *name, int port, const char *path,
-                                 const http_client_opts *opts)
+static httpc *client_named(const char *name, int port, const char *path,
+                                 const httpc_opts *opts)
 {
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    return http_client_new(base, name, url, opts);
+    return httpc_new(base, name, url, opts);
 }
 
-static http_client *client_for(int port, const char *path, const http_client_opts *opts)
+static httpc *client_for(int port, const char *path, const httpc_opts *opts)
 {
     return client_named("test", port, path, opts);
 }
@@ -394,7 +394,7 @@ typedef struct answer {
 typedef struct collector {
     answer a[MAX_ANSWERS];
     int done;
-    bool in_send;        /* set while http_client_send runs: no sync completion */
+    bool in_send;        /* set while httpc_send runs: no sync completion */
     int sync_calls;
 } collector;
 
@@ -405,7 +405,7 @@ typedef struct slot_arg {
 
 static slot_arg args[MAX_ANSWERS];
 
-static void on_answer(const http_response *r, void *arg)
+static void on_answer(const httpc_response *r, void *arg)
 {
     slot_arg *sa = arg;
     collector *col = sa->col;
@@ -424,18 +424,18 @@ static void on_answer(const http_response *r, void *arg)
     a->order = col->done++;
 }
 
-static void send_call(http_client *c, collector *col, int index, const http_call *call)
+static void send_call(httpc *c, collector *col, int index, const httpc_request *call)
 {
     args[index].col = col;
     args[index].index = index;
     col->in_send = true;
-    http_client_send(c, call, on_answer, &args[index]);
+    httpc_send(c, call, on_answer, &args[index]);
     col->in_send = false;
 }
 
-static void get(http_client *c, collector *col, int index, const char *uri, bool idempotent)
+static void get(httpc *c, collector *col, int index, const char *uri, bool idempotent)
 {
-    http_call call = { .method = "GET", .uri = uri, .idempotent = idempotent };
+    httpc_request call = { .method = "GET", .uri = uri, .idempotent = idempotent };
     send_call(c, col, index, &call);
 }
 
@@ -444,12 +444,12 @@ static void get(http_client *c, collector *col, int index, const char *uri, bool
 static void test_answers_and_headers(upstream *u)
 {
     collector col = { 0 };
-    http_client *c = client_for(u->port, "", NULL);
+    httpc *c = client_for(u->port, "", NULL);
     CHECK(c != NULL);
 
-    http_call call = { .method = "GET", .uri = "/hello", .request_id = "req-42", .idempotent = true };
+    httpc_request call = { .method = "GET", .uri = "/hello", .request_id = "req-42", .idempotent = true };
     send_call(c, &col, 0, &call);
-    CHECK_INT(col.done, 0);   /* never completes inside http_client_send */
+    CHECK_INT(col.done, 0);   /* never completes inside httpc_send */
     get(c, &col, 1, "/missing", true);
     CHECK(wait_for(&col.done, 2, 5000));
     CHECK_INT(col.sync_calls, 0);
@@ -472,7 +472,7 @@ static void test_answers_and_headers(upstream *u)
 
     /* a JSON POST: body, Content-Type and Content-Length arrive */
     const char *json = "{\"orderId\": 7, \"amount\": 120000}";
-    CHECK_INT(http_client_json(c, "POST", "/echo", "req-43", json, false, on_answer,
+    CHECK_INT(httpc_json(c, "POST", "/echo", "req-43", json, false, on_answer,
                                (args[2] = (slot_arg){ &col, 2 }, &args[2])), 0);
     CHECK(wait_for(&col.done, 3, 5000));
     CHECK_INT(col.a[2].result, HTTPC_OK);
@@ -485,7 +485,7 @@ static void test_answers_and_headers(upstream *u)
     CHECK_STR(u->last_request_id, "req-43");
 
     /* an empty answer body is "" with length 0 */
-    http_call empty = { .method = "POST", .uri = "/echo", .idempotent = false };
+    httpc_request empty = { .method = "POST", .uri = "/echo", .idempotent = false };
     send_call(c, &col, 3, &empty);
     CHECK(wait_for(&col.done, 4, 5000));
     CHECK_INT(col.a[3].status, 201);
@@ -500,7 +500,7 @@ static void test_answers_and_headers(upstream *u)
     evhttp_add_header(&extra, "X-Custom", "carshare");
     evhttp_add_header(&extra, "Host", "evil.example");
     evhttp_add_header(&extra, "Connection", "close");
-    http_call with_headers = { .method = "GET", .uri = "/hello", .headers = &extra,
+    httpc_request with_headers = { .method = "GET", .uri = "/hello", .headers = &extra,
                                .idempotent = true };
     int peers = u->npeers;
     send_call(c, &col, 5, &with_headers);
@@ -513,7 +513,7 @@ static void test_answers_and_headers(upstream *u)
     get(c, &col, 6, "/hello", true);
     CHECK(wait_for(&col.done, 6, 5000));
     CHECK_INT(u->npeers, peers);    /* the connection was kept */
-    http_client_free(c);
+    httpc_free(c);
 
     /* a base URL with a path prefix */
     c = client_for(u->port, "/api/v1/", NULL);
@@ -522,12 +522,12 @@ static void test_answers_and_headers(upstream *u)
     CHECK(wait_for(&col.done, 7, 5000));
     CHECK_INT(col.a[4].status, 200);
     CHECK_STR(col.a[4].body, "prefixed");
-    http_client_free(c);
+    httpc_free(c);
 
     /* unusable base URLs are refused at creation */
-    CHECK(http_client_new(base, "bad", "https://127.0.0.1:1", NULL) == NULL);
-    CHECK(http_client_new(base, "bad", "not a url", NULL) == NULL);
-    CHECK(http_client_new(base, "bad", NULL, NULL) == NULL);
+    CHECK(httpc_new(base, "bad", "https://127.0.0.1:1", NULL) == NULL);
+    CHECK(httpc_new(base, "bad", "not a url", NULL) == NULL);
+    CHECK(httpc_new(base, "bad", NULL, NULL) == NULL);
 }
 
 static void test_timeout(void)
@@ -536,11 +536,11 @@ static void test_timeout(void)
     int silent = raw_socket(16, &port);
     CHECK(silent >= 0);
     collector col = { 0 };
-    http_client_opts o = { .timeout_ms = 300, .retries = -1 };
-    http_client *c = client_for(port, "", &o);
+    httpc_opts o = { .timeout_ms = 300, .retries = -1 };
+    httpc *c = client_for(port, "", &o);
     get(c, &col, 0, "/hello", true);
     /* per-call timeout overrides the client's */
-    http_call call = { .method = "GET", .uri = "/x", .idempotent = true, .timeout_ms = 150 };
+    httpc_request call = { .method = "GET", .uri = "/x", .idempotent = true, .timeout_ms = 150 };
     send_call(c, &col, 1, &call);
     CHECK(wait_for(&col.done, 2, 10000));
     CHECK_INT(col.a[0].result, HTTPC_TIMEOUT);
@@ -549,27 +549,27 @@ static void test_timeout(void)
     CHECK_INT(col.a[1].result, HTTPC_TIMEOUT);
     CHECK(col.a[1].elapsed_ms >= 140);
     CHECK(col.a[1].order == 0);             /* the shorter budget ended first */
-    http_client_free(c);
+    httpc_free(c);
     close(silent);
 }
 
 static void test_connect_failures(void)
 {
     collector col = { 0 };
-    http_client_opts o = { .retries = -1, .connect_timeout_ms = 200, .timeout_ms = 10000 };
+    httpc_opts o = { .retries = -1, .connect_timeout_ms = 200, .timeout_ms = 10000 };
 
     /* refused */
-    http_client *c = client_for(closed_port(), "", &o);
+    httpc *c = client_for(closed_port(), "", &o);
     get(c, &col, 0, "/hello", true);
     CHECK(wait_for(&col.done, 1, 5000));
     CHECK_INT(col.a[0].result, HTTPC_CONNECT);
     CHECK_INT(col.a[0].status, 0);
     CHECK_STR(col.a[0].body, "");
-    http_client_free(c);
+    httpc_free(c);
 
     /* refused, idempotent: retried twice (then gives up with CONNECT);
      * not idempotent: never retried */
-    http_client_opts r = { .retries = 2, .backoff_ms = 5,
+    httpc_opts r = { .retries = 2, .backoff_ms = 5,
                            .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
     c = client_named("refused", closed_port(), "", &r);
     get(c, &col, 2, "/hello", true);
@@ -580,7 +580,7 @@ static void test_connect_failures(void)
     CHECK(wait_for(&col.done, 3, 5000));
     CHECK_INT(col.a[3].result, HTTPC_CONNECT);
     CHECK(metric_value("carshare_upstream_retries_total", "upstream=\"refused\"") == 2);
-    http_client_free(c);
+    httpc_free(c);
 
     /* never accepted: a listener with a full accept queue drops our SYN */
     int port;
@@ -594,7 +594,7 @@ static void test_connect_failures(void)
     CHECK(wait_for(&col.done, 4, 8000));
     /* CONNECT, not TIMEOUT: the 200 ms connect limit ended it, not the 10 s budget */
     CHECK_INT(col.a[1].result, HTTPC_CONNECT);
-    http_client_free(c);
+    httpc_free(c);
     close(filler);
     close(full);
 }
@@ -603,19 +603,19 @@ static void test_breaker_opens_and_recovers(void)
 {
     collector col = { 0 };
     int port = closed_port();
-    http_client_opts o = { .retries = -1,
+    httpc_opts o = { .retries = -1,
                            .breaker = { .consecutive_failures = 3, .open_ms = 1000 } };
-    http_client *c = client_named("brk", port, "", &o);
+    httpc *c = client_named("brk", port, "", &o);
 
     for (int i = 0; i < 3; i++) {
         get(c, &col, i, "/hello", true);
         CHECK(wait_for(&col.done, i + 1, 5000));
         CHECK_INT(col.a[i].result, HTTPC_CONNECT);
     }
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_OPEN);
     CHECK(metric_value("carshare_breaker_state", "upstream=\"brk\"") == 1);
     unsigned long long retry_ms = 0;
-    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OPEN);
+    CHECK_INT(httpc_refusal(c, &retry_ms), HTTPC_OPEN);
     CHECK(retry_ms > 0 && retry_ms <= 1000);
 
     /* open: refused at once (on the next loop turn), with the cool-down left */
@@ -639,16 +639,16 @@ static void test_breaker_opens_and_recovers(void)
     CHECK(wait_for(&col.done, 5, 5000));
     CHECK_INT(col.a[4].result, HTTPC_OK);
     CHECK_INT(col.a[4].status, 200);
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_CLOSED);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_CLOSED);
     get(c, &col, 5, "/hello", true);
     CHECK(wait_for(&col.done, 6, 5000));
     CHECK_INT(col.a[5].result, HTTPC_OK);
     CHECK(metric_value("carshare_breaker_state", "upstream=\"brk\"") == 0);
-    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OK);
+    CHECK_INT(httpc_refusal(c, &retry_ms), HTTPC_OK);
     CHECK(metric_value("carshare_upstream_requests_total",
                        "upstream=\"brk\",result=\"ok\",status=\"200\"") == 2);
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"brk\"") == 0);
-    http_client_free(c);
+    httpc_free(c);
     upstream_stop(&back);
 }
 
@@ -656,12 +656,12 @@ static void test_half_open_trial_failure_reopens(void)
 {
     collector col = { 0 };
     int port = closed_port();
-    http_client_opts o = { .retries = -1,
+    httpc_opts o = { .retries = -1,
                            .breaker = { .consecutive_failures = 1, .open_ms = 200 } };
-    http_client *c = client_for(port, "", &o);
+    httpc *c = client_for(port, "", &o);
     get(c, &col, 0, "/hello", true);
     CHECK(wait_for(&col.done, 1, 5000));
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_OPEN);
     run_for(250);
     /* two calls at once in half-open: one trial goes out, the other is refused */
     get(c, &col, 1, "/hello", true);
@@ -669,8 +669,8 @@ static void test_half_open_trial_failure_reopens(void)
     CHECK(wait_for(&col.done, 3, 5000));
     CHECK_INT(col.a[1].result, HTTPC_CONNECT);
     CHECK_INT(col.a[2].result, HTTPC_OPEN);
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
-    http_client_free(c);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_OPEN);
+    httpc_free(c);
 }
 
 static void test_bulkhead(void)
@@ -681,19 +681,19 @@ static void test_bulkhead(void)
     /* The queued call's wait (100 ms) ends before the calls on the wire time
      * out (300 ms): timers fire in deadline order however late the loop
      * runs, so the queued call never gets a freed slot. */
-    http_client_opts o = { .pool_size = 2, .max_inflight = 2, .max_queue = 1,
+    httpc_opts o = { .pool_size = 2, .max_inflight = 2, .max_queue = 1,
                            .timeout_ms = 300, .max_queue_wait_ms = 100, .retries = -1,
                            .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
-    http_client *c = client_named("bulk", port, "", &o);
+    httpc *c = client_named("bulk", port, "", &o);
     unsigned long long retry_ms = 7;
-    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OK);
+    CHECK_INT(httpc_refusal(c, &retry_ms), HTTPC_OK);
     CHECK(retry_ms == 0);
     for (int i = 0; i < 5; i++)
         get(c, &col, i, "/hello", true);
     CHECK_INT(col.done, 0);
     /* two on the wire, one queued: the next would be refused, and the
      * question says so without sending anything */
-    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_BUSY);
+    CHECK_INT(httpc_refusal(c, &retry_ms), HTTPC_BUSY);
     CHECK(retry_ms == 1000);
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 2);
     CHECK(wait_for(&col.done, 5, 10000));
@@ -714,8 +714,8 @@ static void test_bulkhead(void)
     CHECK(metric_value("carshare_upstream_inflight", "upstream=\"bulk\"") == 0);
     /* latency is observed for the calls that went out, not for refusals */
     CHECK(metric_value("carshare_upstream_duration_seconds_count", "upstream=\"bulk\"") == 3);
-    CHECK_INT(http_client_refusal(c, &retry_ms), HTTPC_OK);
-    http_client_free(c);
+    CHECK_INT(httpc_refusal(c, &retry_ms), HTTPC_OK);
+    httpc_free(c);
     close(silent);
 }
 
@@ -725,10 +725,10 @@ static void test_bulkhead(void)
 static void test_timeout_starts_on_the_wire(upstream *u)
 {
     collector col = { 0 };
-    http_client_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = SLOW_MS + 150,
+    httpc_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = SLOW_MS + 150,
                            .retries = -1 };
-    http_client *c = client_named("wire", u->port, "", &o);
-    http_call call = { .method = "POST", .uri = "/slow", .body = "{}", .body_len = 2 };
+    httpc *c = client_named("wire", u->port, "", &o);
+    httpc_request call = { .method = "POST", .uri = "/slow", .body = "{}", .body_len = 2 };
     send_call(c, &col, 0, &call);
     send_call(c, &col, 1, &call);   /* waits SLOW_MS for the connection */
     CHECK(wait_for(&col.done, 2, 10000));
@@ -737,7 +737,7 @@ static void test_timeout_starts_on_the_wire(upstream *u)
         CHECK_INT(col.a[i].status, 200);
     }
     CHECK(col.a[1].elapsed_ms >= 2 * SLOW_MS - 10);  /* it did wait behind the first */
-    http_client_free(c);
+    httpc_free(c);
 }
 
 /* A call that cannot get a connection within max_queue_wait_ms ends BUSY,
@@ -749,21 +749,21 @@ static void test_queue_wait_bound(void)
     collector col = { 0 };
     /* a breaker that opens on the first failure: the queued call's expiry
      * must not open it (it never reached the upstream); the timeout does */
-    http_client_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = 600,
+    httpc_opts o = { .pool_size = 1, .max_inflight = 1, .timeout_ms = 600,
                            .max_queue_wait_ms = 100, .retries = -1,
                            .breaker = { .consecutive_failures = 1, .min_calls = 100 } };
-    http_client *c = client_named("qwait", port, "", &o);
+    httpc *c = client_named("qwait", port, "", &o);
     get(c, &col, 0, "/hello", true);   /* on the wire, never answered */
     get(c, &col, 1, "/hello", true);   /* queued */
     CHECK(wait_for(&col.done, 1, 10000));
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_CLOSED);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_CLOSED);
     CHECK(wait_for(&col.done, 2, 10000));
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_OPEN);
     CHECK_INT(col.a[1].result, HTTPC_BUSY);
     CHECK_INT(col.a[1].order, 0);      /* gave up waiting long before the timeout */
     CHECK_INT(col.a[0].result, HTTPC_TIMEOUT);
     CHECK(col.a[0].elapsed_ms >= 590);
-    http_client_free(c);
+    httpc_free(c);
     close(silent);
 }
 
@@ -773,16 +773,16 @@ static void test_queue_wait_bound(void)
 static void test_breaker_and_5xx(upstream *u)
 {
     collector col = { 0 };
-    http_client_opts o = { .retries = -1, .breaker = { .consecutive_failures = 3, .open_ms = 5000 } };
-    http_client *c = client_named("b5xx", u->port, "", &o);
+    httpc_opts o = { .retries = -1, .breaker = { .consecutive_failures = 3, .open_ms = 5000 } };
+    httpc *c = client_named("b5xx", u->port, "", &o);
     for (int i = 0; i < 4; i++) {
         get(c, &col, i, "/fail", true);
         CHECK(wait_for(&col.done, i + 1, 5000));
     }
     CHECK_INT(col.a[2].status, 503);
     CHECK_INT(col.a[3].result, HTTPC_OPEN);
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
-    http_client_free(c);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_OPEN);
+    httpc_free(c);
 
     collector spoken = { 0 };
     o.breaker_ignores_5xx = true;
@@ -793,8 +793,8 @@ static void test_breaker_and_5xx(upstream *u)
         CHECK_INT(spoken.a[i].result, HTTPC_OK);
         CHECK_INT(spoken.a[i].status, 503);
     }
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_CLOSED);
-    http_client_free(c);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_CLOSED);
+    httpc_free(c);
 
     collector down = { 0 };
     c = client_named("b5xx_down", closed_port(), "", &o);
@@ -804,15 +804,15 @@ static void test_breaker_and_5xx(upstream *u)
     }
     CHECK_INT(down.a[2].result, HTTPC_CONNECT);
     CHECK_INT(down.a[3].result, HTTPC_OPEN);
-    http_client_free(c);
+    httpc_free(c);
 }
 
 static void test_queue_drains_in_order(upstream *u)
 {
     /* more calls than connections: the queue feeds freed connections */
     collector col = { 0 };
-    http_client_opts o = { .pool_size = 2, .max_queue = 30 };
-    http_client *c = client_for(u->port, "", &o);
+    httpc_opts o = { .pool_size = 2, .max_queue = 30 };
+    httpc *c = client_for(u->port, "", &o);
     for (int i = 0; i < 30; i++)
         get(c, &col, i, "/hello", true);
     CHECK(wait_for(&col.done, 30, 10000));
@@ -820,15 +820,15 @@ static void test_queue_drains_in_order(upstream *u)
     for (int i = 0; i < 30; i++)
         ok += col.a[i].result == HTTPC_OK && col.a[i].status == 200;
     CHECK_INT(ok, 30);
-    http_client_free(c);
+    httpc_free(c);
 }
 
 static void test_retries(upstream *u)
 {
     collector col = { 0 };
-    http_client_opts o = { .retries = 2, .backoff_ms = 5,
+    httpc_opts o = { .retries = 2, .backoff_ms = 5,
                            .breaker = { .consecutive_failures = 100, .min_calls = 100 } };
-    http_client *c = client_for(u->port, "", &o);
+    httpc *c = client_for(u->port, "", &o);
 
     /* idempotent: 503, 503, then 200 */
     u->hits_flaky = 0;
@@ -850,7 +850,7 @@ static void test_retries(upstream *u)
 
     /* not idempotent: exactly one attempt */
     u->hits_fail = 0;
-    http_call post = { .method = "POST", .uri = "/fail", .body = "{}", .body_len = 2 };
+    httpc_request post = { .method = "POST", .uri = "/fail", .body = "{}", .body_len = 2 };
     send_call(c, &col, 2, &post);
     CHECK(wait_for(&col.done, 3, 5000));
     CHECK_INT(col.a[2].status, 503);
@@ -862,10 +862,10 @@ static void test_retries(upstream *u)
     CHECK(wait_for(&col.done, 4, 5000));
     CHECK_INT(col.a[3].status, 404);
     CHECK_INT(u->hits_total - before, 1);
-    http_client_free(c);
+    httpc_free(c);
 
     /* no retry while the breaker is open: the 2nd failure opens it */
-    http_client_opts o2 = { .retries = 5, .backoff_ms = 5,
+    httpc_opts o2 = { .retries = 5, .backoff_ms = 5,
                             .breaker = { .consecutive_failures = 2, .open_ms = 60000 } };
     c = client_for(u->port, "", &o2);
     u->hits_fail = 0;
@@ -873,20 +873,20 @@ static void test_retries(upstream *u)
     CHECK(wait_for(&col.done, 5, 5000));
     CHECK_INT(u->hits_fail, 2);
     CHECK_INT(col.a[4].status, 503);
-    CHECK_INT(http_client_breaker(c)->state, BREAKER_OPEN);
-    http_client_free(c);
+    CHECK_INT(httpc_breaker(c)->state, BREAKER_OPEN);
+    httpc_free(c);
 }
 
 /* Chains `left` sequential calls, each sent from the previous callback. */
 typedef struct chain {
-    http_client *c;
+    httpc *c;
     int left, ok, done;
     bool post;
 } chain;
 
 static void chain_next(chain *ch);
 
-static void chain_answer(const http_response *r, void *arg)
+static void chain_answer(const httpc_response *r, void *arg)
 {
     chain *ch = arg;
     ch->ok += r->result == HTTPC_OK && r->status < 300;
@@ -898,18 +898,18 @@ static void chain_answer(const http_response *r, void *arg)
 
 static void chain_next(chain *ch)
 {
-    http_call call = { .method = ch->post ? "POST" : "GET", .uri = ch->post ? "/echo" : "/hello",
+    httpc_request call = { .method = ch->post ? "POST" : "GET", .uri = ch->post ? "/echo" : "/hello",
                        .body = ch->post ? "{}" : NULL, .body_len = ch->post ? 2 : 0,
                        .idempotent = !ch->post };
-    http_client_send(ch->c, &call, chain_answer, ch);
+    httpc_send(ch->c, &call, chain_answer, ch);
 }
 
 static void test_keep_alive(void)
 {
     upstream u;
     CHECK(upstream_start(&u, 0));
-    http_client_opts o = { .pool_size = 4, .max_queue = 64 };
-    http_client *c = client_for(u.port, "", &o);
+    httpc_opts o = { .pool_size = 4, .max_queue = 64 };
+    httpc *c = client_for(u.port, "", &o);
 
     /* 50 calls one after the other: one connection */
     chain ch = { .c = c, .left = 50 };
@@ -929,7 +929,7 @@ static void test_keep_alive(void)
         ok += col.a[i].status == 200;
     CHECK_INT(ok, 40);
     CHECK(u.npeers <= 4);
-    http_client_free(c);
+    httpc_free(c);
     upstream_stop(&u);
 }
 
@@ -938,7 +938,7 @@ static void test_server_closes_connections(void)
     upstream u;
     CHECK(upstream_start(&u, 0));
     evhttp_set_timeout(u.http, 1);   /* the server drops idle connections after 1 s */
-    http_client *c = client_for(u.port, "", NULL);
+    httpc *c = client_for(u.port, "", NULL);
 
     chain ch = { .c = c, .left = 2, .post = true };
     chain_next(&ch);
@@ -965,7 +965,7 @@ static void test_server_closes_connections(void)
         CHECK_STR(col.a[i].body, "bye");
     }
     CHECK_INT(u.npeers, 4);
-    http_client_free(c);
+    httpc_free(c);
     upstream_stop(&u);
 }
 
@@ -973,14 +973,14 @@ static void test_server_closes_connections(void)
  * right after the server closed that call's connection, so the client's
  * loop has not processed the close when the next call picks the connection. */
 typedef struct stale_ctx {
-    http_client *c;
+    httpc *c;
     raw_server *rs;
     int step, done;
     httpc_result result[3];
     int status[3];
 } stale_ctx;
 
-static void stale_step(const http_response *r, void *arg)
+static void stale_step(const httpc_response *r, void *arg)
 {
     stale_ctx *s = arg;
     s->result[s->step] = r->result;
@@ -991,21 +991,21 @@ static void stale_step(const http_response *r, void *arg)
         return;
     }
     raw_server_drop_latest(s->rs);
-    http_call call = { .method = s->step == 1 ? "POST" : "GET", .uri = "/x",
+    httpc_request call = { .method = s->step == 1 ? "POST" : "GET", .uri = "/x",
                        .body = "{}", .body_len = s->step == 1 ? 2 : 0,
                        .idempotent = s->step == 2 };
-    http_client_send(s->c, &call, stale_step, s);
+    httpc_send(s->c, &call, stale_step, s);
 }
 
 static void test_stale_pooled_connection(void)
 {
     raw_server rs;
     CHECK(raw_server_start(&rs));
-    http_client_opts o = { .backoff_ms = 5 };
+    httpc_opts o = { .backoff_ms = 5 };
     stale_ctx s = { .rs = &rs };
     s.c = client_for(rs.port, "", &o);
-    http_call first = { .method = "GET", .uri = "/x", .idempotent = true };
-    http_client_send(s.c, &first, stale_step, &s);
+    httpc_request first = { .method = "GET", .uri = "/x", .idempotent = true };
+    httpc_send(s.c, &first, stale_step, &s);
     CHECK(wait_for(&s.done, 1, 5000));
     CHECK_INT(s.result[0], HTTPC_OK);
     /* the POST must not be written on the closed connection (it could not
@@ -1017,7 +1017,7 @@ static void test_stale_pooled_connection(void)
     CHECK_INT(s.status[2], 200);
     CHECK_INT(rs.requests, 3);
     CHECK_INT(rs.connections, 3);
-    http_client_free(s.c);
+    httpc_free(s.c);
     raw_server_stop(&rs);
 }
 
@@ -1026,13 +1026,13 @@ static void test_free_with_calls_outstanding(void)
     int port;
     int silent = raw_socket(16, &port);
     collector col = { 0 };
-    http_client_opts o = { .pool_size = 1, .max_queue = 2, .timeout_ms = 5000 };
-    http_client *c = client_for(port, "", &o);
+    httpc_opts o = { .pool_size = 1, .max_queue = 2, .timeout_ms = 5000 };
+    httpc *c = client_for(port, "", &o);
     get(c, &col, 0, "/a", true);   /* on the wire */
     get(c, &col, 1, "/b", true);   /* queued */
     run_for(50);
     CHECK_INT(col.done, 0);
-    http_client_free(c);
+    httpc_free(c);
     CHECK_INT(col.done, 2);        /* each completed exactly once */
     CHECK_INT(col.a[0].result, HTTPC_BROKEN);
     CHECK_INT(col.a[1].result, HTTPC_BROKEN);
@@ -1044,13 +1044,13 @@ static void test_free_with_calls_outstanding(void)
 static void test_invalid_method(upstream *u)
 {
     collector col = { 0 };
-    http_client *c = client_for(u->port, "", NULL);
-    http_call call = { .method = "BREW", .uri = "/hello" };
+    httpc *c = client_for(u->port, "", NULL);
+    httpc_request call = { .method = "BREW", .uri = "/hello" };
     send_call(c, &col, 0, &call);
     CHECK_INT(col.done, 0);
     CHECK(wait_for(&col.done, 1, 5000));
     CHECK_INT(col.a[0].result, HTTPC_BROKEN);
-    http_client_free(c);
+    httpc_free(c);
 }
 
 static void test_opts_from_env(void)
@@ -1060,8 +1060,8 @@ static void test_opts_from_env(void)
     setenv("TESTUP_RETRIES", "0", 1);
     setenv("TESTUP_BREAKER_RATIO_PCT", "25", 1);
     setenv("TESTUP_BREAKER_OPEN_MS", "900", 1);
-    http_client_opts o = { .connect_timeout_ms = 77 };
-    http_client_opts_from_env(&o, "TESTUP");
+    httpc_opts o = { .connect_timeout_ms = 77 };
+    httpc_opts_from_env(&o, "TESTUP");
     CHECK_INT(o.timeout_ms, 1234);
     CHECK_INT(o.pool_size, 3);
     CHECK_INT(o.connect_timeout_ms, 77);   /* unset: left as it was */

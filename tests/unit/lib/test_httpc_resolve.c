@@ -51,7 +51,7 @@ typedef struct {
     char body[64];
 } outcome;
 
-static void on_done(const http_response *resp, void *arg)
+static void on_done(const httpc_response *resp, void *arg)
 {
     outcome *o = arg;
     o->done = true;
@@ -64,16 +64,16 @@ static void on_done(const http_response *resp, void *arg)
 static outcome call(const char *base_url)
 {
     outcome o = {0};
-    http_client_opts opts = {.timeout_ms = 3000, .retries = -1};
-    http_client *c = http_client_new(base, "resolve", base_url, &opts);
+    httpc_opts opts = {.timeout_ms = 3000, .retries = -1};
+    httpc *c = httpc_new(base, "resolve", base_url, &opts);
     CHECK(c != NULL);
     if (!c)
         return o;
-    http_client_json(c, "GET", "/ping", "req-resolve", NULL, true, on_done, &o);
+    httpc_json(c, "GET", "/ping", "req-resolve", NULL, true, on_done, &o);
     struct timeval limit = {5, 0};
     event_base_loopexit(base, &limit);
     event_base_dispatch(base);
-    http_client_free(c);
+    httpc_free(c);
     return o;
 }
 
