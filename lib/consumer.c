@@ -27,6 +27,7 @@
 #include "bus_private.h"
 #include "processed.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
@@ -156,6 +157,7 @@ static void complete_when_durable(void *arg)
     struct batch *batch = arg;
     bus *b = batch->owner;
     pthread_mutex_lock(&b->mu);
+    assert(batch->busy && !batch->complete);   /* applied, waiting for the disk */
     batch->busy = false;
     batch->complete = true;
     pthread_cond_broadcast(&b->cond);
@@ -183,6 +185,7 @@ void consumer_on_inbox(evutil_socket_t fd, short what, void *arg)
         if (k > APPLY_PER_TURN) k = APPLY_PER_TURN;
         struct delivery *slice = &batch->items[batch->next];
         enum batch_kind kind = batch->kind;
+        assert(!batch->busy && !batch->complete && batch->next <= batch->n);
         batch->busy = true;
         pthread_mutex_unlock(&b->mu);
         if (k > 0) apply_slice(b, kind, slice, k);

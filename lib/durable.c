@@ -22,6 +22,7 @@
  * wait for the same disk, and the HTTP layer asks without a handle. */
 #include "durable.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -129,6 +130,10 @@ static void release_upto(struct domain *d, uint64_t synced)
     double now = d->head ? now_seconds() : 0;
     while (d->head && d->head->seq <= d->synced_seen) {
         struct waiter *w = d->head;
+        /* FIFO by commit number: a waiter never waits for less than the
+         * one deferred before it (what lets the release stop at the
+         * first waiter still pending). */
+        assert(!w->next || w->next->seq >= w->seq);
         d->head = w->next;
         if (!d->head) d->tail = NULL;
         void (*fn)(void *) = w->fn;
@@ -216,6 +221,7 @@ bool durable_defer(void (*fn)(void *arg), void *arg)
         return false;
     }
     *w = (struct waiter){.seq = d->committed, .since = now_seconds(), .fn = fn, .arg = arg};
+    assert(!d->tail || d->tail->seq <= w->seq);
     if (d->tail) d->tail->next = w;
     else d->head = w;
     d->tail = w;

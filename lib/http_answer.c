@@ -18,6 +18,7 @@
  * by its connection until the sync (see hold_answer). */
 #include "http_private.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +250,7 @@ static void track_flush(http_server *s, http_conn *c, struct evhttp_request *ev)
  * metrics, in-flight count. */
 static void req_answered(http_req *r, int status, size_t bytes, bool client_gone)
 {
+    assert(!r->answered);   /* one answer per request: reply_claim and the timer see to it */
     r->answered = true;
     if (r->timer_armed) {
         event_del(r->timer);

@@ -78,6 +78,7 @@
  * (from the environment, RETRIES=0 and MAX_QUEUE=0 mean none). */
 #include "httpc_private.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
@@ -95,6 +96,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "mem.h"
 #include "metrics.h"
 
 static void call_timer_cb(evutil_socket_t fd, short what, void *arg);
@@ -240,9 +242,7 @@ static httpc_call *call_alloc(httpc *c)
     if (hc) {
         c->free_calls = hc->next;
     } else {
-        hc = calloc(1, sizeof *hc);
-        if (!hc)
-            return NULL;
+        hc = mem_must(calloc(1, sizeof *hc));   /* mem.h: no half-made call */
         hc->client = c;
         evtimer_assign(&hc->timer, c->base, call_timer_cb, hc);
         hc->all_next = c->all_calls;
@@ -364,6 +364,7 @@ static bool call_copy_request(httpc_call *hc, const httpc_request *call)
 static void call_finish(httpc_call *hc, httpc_result result, int status,
                         struct evhttp_request *req)
 {
+    assert(hc->phase != CALL_FREE);   /* a call completes once */
     httpc *c = hc->client;
     unsigned long long now = httpc_now_ms();
     httpc_response resp = {
@@ -729,6 +730,7 @@ static void call_dispatch(httpc_call *hc)
 static void dispatch_when_durable(void *arg)
 {
     httpc_call *hc = arg;
+    assert(hc->phase == CALL_DURABLE);
     hc->client->deferred--;
     call_dispatch(hc);
 }
@@ -795,16 +797,13 @@ static void deliver_now(httpc_cb cb, void *arg, httpc_result result)
 int httpc_send(httpc *c, const httpc_request *call, httpc_cb cb, void *arg)
 {
     if (c->closing) {
-        /* the loop may be gone: the one synchronous completion */
+        /* Sent from a callback that httpc_free runs: the client and maybe
+         * the loop are going, nothing can complete later. The one
+         * synchronous completion (httpc.h). */
         deliver_now(cb, arg, HTTPC_BROKEN);
         return 0;
     }
     httpc_call *hc = call_alloc(c);
-    if (!hc) {
-        log_error("upstream=%s msg=\"out of memory for a call\"", c->name);
-        deliver_now(cb, arg, HTTPC_BROKEN);
-        return 0;
-    }
     hc->cb = cb;
     hc->cb_arg = arg;
     hc->idempotent = call->idempotent;

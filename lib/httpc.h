@@ -17,7 +17,9 @@
  *
  * Completion is always reported through the callback, from the loop, never
  * from inside httpc_send: a refused call (breaker open, bulkhead full)
- * completes on the next loop turn with status 0 and its reason. */
+ * completes on the next loop turn with status 0 and its reason. The one
+ * exception: a call sent from a callback that httpc_free is running (the
+ * client is going) completes at once, inside httpc_send, HTTPC_BROKEN. */
 #ifndef CARSHARE_HTTPC_H
 #define CARSHARE_HTTPC_H
 
@@ -92,7 +94,8 @@ httpc *httpc_new(struct event_base *base, const char *name,
                              const char *base_url, const httpc_opts *opts);
 void httpc_free(httpc *c);
 
-/* Always completes through cb exactly once. Returns 0. Everything `call`
+/* Always completes through cb exactly once, never inside this call (but
+ * see the exception above, while the client is being freed). Returns 0. Everything `call`
  * points to (uri, headers, body) is copied before it returns, so the caller
  * may reuse or free it at once (retries use the copy). */
 int httpc_send(httpc *c, const httpc_request *call, httpc_cb cb, void *arg);

@@ -151,18 +151,22 @@ void outbox_trim_now(bus *b)
 {
     long long mark = atomic_load(&b->published_seq);
     if (mark <= b->trimmed_seq) return;
-    int rc = store_begin(b->st);
-    sqlite3_stmt *s = rc == SQLITE_OK ? store_prepare(b->st, "DELETE FROM outbox WHERE seq <= ?") : NULL;
+    bool began = store_begin(b->st) == SQLITE_OK;
+    sqlite3_stmt *s = began ? store_prepare(b->st, "DELETE FROM outbox WHERE seq <= ?") : NULL;
+    int rc = SQLITE_ERROR;
     if (s) {
         sqlite3_bind_int64(s, 1, mark);
         rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
         sqlite3_reset(s);
     }
-    if (s && rc == SQLITE_OK && (rc = store_commit(b->st)) == SQLITE_OK) {
+    if (rc == SQLITE_OK && (rc = store_commit(b->st)) == SQLITE_OK) {
         b->trimmed_seq = mark;
         return;
     }
-    if (s) store_rollback(b->st);
+    /* Whatever failed after BEGIN (the statement, the step, the commit),
+     * the write transaction must not stay open: the loop's next
+     * transaction would fail to begin, and the WAL could not restart. */
+    if (began) store_rollback(b->st);
     char e[256];
     log_error("msg=\"cannot delete published events from the outbox: will retry\" error=%s",
               log_quote(e, sizeof e, store_error(b->st)));

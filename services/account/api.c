@@ -28,6 +28,7 @@
 #include "auth.h"
 #include "http.h"
 #include "log.h"
+#include "mem.h"
 #include "rep.h"
 #include "service.h"
 
@@ -308,11 +309,7 @@ static void free_api(void *arg)
 
 void account_api_register(service *svc, store *st, const account_api_config *cfg)
 {
-    account_api *api = calloc(1, sizeof *api);
-    if (!api) {
-        log_error("msg=\"out of memory\"");
-        exit(1);
-    }
+    account_api *api = mem_must(calloc(1, sizeof *api));
     api->st = st;
     api->key = cfg->key;
     api->hasher = cfg->hasher;

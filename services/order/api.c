@@ -21,6 +21,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "mem.h"
 #include "metrics.h"
 #include "order.h"
 #include "rep.h"
@@ -275,11 +276,7 @@ static void free_api(void *arg)
 
 void order_api_register(service *svc, store *st, const order_api_config *cfg)
 {
-    order_api *api = calloc(1, sizeof *api);
-    if (!api) {
-        log_error("msg=\"out of memory\"");
-        exit(1);
-    }
+    order_api *api = mem_must(calloc(1, sizeof *api));
     api->st = st;
 
     http_server *h = svc->http;

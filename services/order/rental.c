@@ -41,6 +41,7 @@
 #include "httpc.h"
 #include "jtext.h"
 #include "log.h"
+#include "mem.h"
 #include "metrics.h"
 #include "order.h"
 #include "rep.h"
@@ -584,11 +585,7 @@ static void free_rental_api(void *arg)
 
 void order_rental_register(service *svc, store *st, const order_api_config *cfg)
 {
-    rental_api *api = calloc(1, sizeof *api);
-    if (!api) {
-        log_error("msg=\"out of memory\"");
-        exit(1);
-    }
+    rental_api *api = mem_must(calloc(1, sizeof *api));
     api->base = svc->base;
     api->st = st;
     api->payment = cfg->payment;

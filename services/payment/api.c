@@ -39,6 +39,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "mem.h"
 #include "payment.h"
 #include "rep.h"
 #include "service.h"
@@ -365,11 +366,7 @@ static void free_api(void *arg)
 
 void payment_api_register(service *svc, store *st, const payment_api_config *cfg)
 {
-    payment_api *api = calloc(1, sizeof *api);
-    if (!api) {
-        log_error("msg=\"out of memory\"");
-        exit(1);
-    }
+    payment_api *api = mem_must(calloc(1, sizeof *api));
     api->st = st;
     api->base = svc->base;
     api->test_delay_ms = cfg ? cfg->test_delay_ms : 0;
