@@ -51,7 +51,9 @@ typedef struct bus bus;
 /* Runs on the loop thread inside the bus's transaction on `st`. May read
  * and write st and call outbox_add. Returns 0 when applied, -1 to fail
  * (the transaction is rolled back; `err` may say why, for the logs and the
- * dead-letter table). */
+ * dead-letter table). On success `err` may say what the handler did, as
+ * logfmt pairs ("orderId=7 outcome=shipped"): the bus writes them on its
+ * one log line for the event, so handlers do not log events themselves. */
 typedef int (*bus_handler)(store *st, const json_t *event, const char *request_id,
                            void *arg, char *err, size_t errlen);
 

@@ -442,10 +442,14 @@ static void settle_consumed(bus *b, struct delivery *d, struct outcome *o)
         event_label(r->event_type, label, sizeof label);
         metrics_counter_add("carshare_bus_consumed_total", label, 1);
     }
-    if (strcmp(o->result, "ignored") != 0)     /* every service sees every event */
-        log_info("event=%s id=%s req=%s seq=%llu delivery=%llu result=%s ms=%.2f", r->event_type,
-                 r->event_id, r->request_id, (unsigned long long)r->stream_seq,
-                 (unsigned long long)r->deliveries, o->result, o->ms);
+    /* The one line per event handled (the handler adds what it did, in
+     * err: see bus_handler), not one per ignored type: every service sees
+     * every event. */
+    if (strcmp(o->result, "ignored") != 0)
+        log_info("msg=\"event handled\" event=%s eventId=%s req=%s seq=%llu delivery=%llu "
+                 "result=%s ms=%.2f%s%s", r->event_type, r->event_id, r->request_id,
+                 (unsigned long long)r->stream_seq, (unsigned long long)r->deliveries,
+                 o->result, o->ms, o->err[0] ? " " : "", o->err);
 }
 
 static void settle_replayed(bus *b, struct outcome *o)

@@ -32,6 +32,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "mem.h"
 #include "metrics.h"
 
 /* What an operator sees on /metrics: how long a sync takes, and how long
@@ -214,12 +215,11 @@ bool durable_defer(void (*fn)(void *arg), void *arg)
     struct domain *d = dom;
     if (!durable_pending()) return false;
     struct waiter *w = d->spare;
+    /* Out of memory: mem.h's policy. (It used to flush here instead,
+     * which ran every other waiter inside this call: callbacks re-entered
+     * their callers, e.g. an HTTP answer sent from inside a handler.) */
     if (w) d->spare = w->next;
-    else if (!(w = malloc(sizeof *w))) {
-        /* Cannot wait without memory: make it durable here instead. */
-        durable_flush();
-        return false;
-    }
+    else w = mem_must(malloc(sizeof *w));
     *w = (struct waiter){.seq = d->committed, .since = now_seconds(), .fn = fn, .arg = arg};
     assert(!d->tail || d->tail->seq <= w->seq);
     if (d->tail) d->tail->next = w;

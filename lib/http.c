@@ -297,9 +297,8 @@ static void on_drained(evutil_socket_t fd, short what, void *arg)
         done(s->drain_arg);   /* may free s */
 }
 
-http_server *http_server_new(struct event_base *base, const char *service_name)
+http_server *http_server_new(struct event_base *base)
 {
-    (void)service_name;   /* log lines carry it already (log_init) */
     http_server *s = mem_must(calloc(1, sizeof *s));
     s->base = base;
     s->root = mem_must(calloc(1, sizeof *s->root));

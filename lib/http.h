@@ -41,7 +41,7 @@ typedef struct http_server http_server;
 typedef struct http_req http_req;
 typedef void (*http_handler)(http_req *req, void *arg);
 
-http_server *http_server_new(struct event_base *base, const char *service_name);
+http_server *http_server_new(struct event_base *base);
 void http_server_free(http_server *s);
 
 /* method is "GET", "POST", "PUT", "PATCH" or "DELETE". HEAD is answered for

@@ -249,7 +249,7 @@ service *service_new(const char *name, int default_port)
         log_error("msg=\"cannot create the event loop\"");
         exit(1);
     }
-    svc->pub.http = http_server_new(svc->pub.base, name);
+    svc->pub.http = http_server_new(svc->pub.base);
     if (!svc->pub.http)
         exit(1);
     service_set_public_base_url(&svc->pub, "http");

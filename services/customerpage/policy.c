@@ -34,18 +34,6 @@ static const char *string_or_dash(const json_t *obj, const char *key)
     return v ? v : "-";
 }
 
-/* One log line per event handled, with its eventId and request id. */
-static void log_handled(const char *what, const json_t *event, const char *request_id,
-                        long long order_id, const char *outcome)
-{
-    char type[64], id[96], req[96];
-    log_info("msg=\"%s\" event=%s eventId=%s req=%s orderId=%lld outcome=%s", what,
-             log_quote(type, sizeof type, string_or_dash(event, "eventType")),
-             log_quote(id, sizeof id, string_or_dash(event, "eventId")),
-             log_quote(req, sizeof req, request_id ? request_id : "-"),
-             order_id, outcome);
-}
-
 /* Folds the facts of one order into its row. `stored` is the fact just
  * stored (the kept one of its type): it is used as it is, and only the
  * order's other facts are read back. */
@@ -90,14 +78,16 @@ int customerpage_on_event(store *st, const json_t *event, const char *request_id
                           void *arg, char *err, size_t errlen)
 {
     customerpage_app *app = arg;
+    (void)request_id;   /* the bus logs it with the event */
     long long order_id;
     apply_result rc = customerpage_apply(st, PAGE_LIVE, event, &order_id, err, errlen);
     if (rc < 0) return -1;
     if (app && app->rebuild.state == REBUILD_RUNNING &&
         customerpage_apply(st, PAGE_REBUILD, event, NULL, err, errlen) < 0)
         return -1;
-    log_handled("event handled", event, request_id, order_id,
-                rc == APPLY_CHANGED ? "applied" : "unchanged");
+    /* For the bus's one log line of the event (bus_handler). */
+    snprintf(err, errlen, "orderId=%lld outcome=%s", order_id,
+             rc == APPLY_CHANGED ? "applied" : "unchanged");
     return 0;
 }
 

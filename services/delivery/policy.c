@@ -23,23 +23,11 @@
 #include "log.h"
 #include "rep.h"
 
-static const char *string_or_dash(const json_t *obj, const char *key)
+/* What the handler did, for the bus's one log line of the event
+ * (bus_handler): the order and the outcome. */
+static void handled(char *err, size_t errlen, long long order_id, const char *outcome)
 {
-    const char *v = json_string_value(json_object_get(obj, key));
-    return v ? v : "-";
-}
-
-/* One log line per event handled: the event, its id, the request that
- * caused it (so a rental can be followed across services) and what it did. */
-static void log_handled(const json_t *event, const char *request_id, long long order_id,
-                        const char *outcome)
-{
-    char type[64], id[96], req[96];
-    log_info("msg=\"event handled\" event=%s eventId=%s req=%s orderId=%lld outcome=%s",
-             log_quote(type, sizeof type, string_or_dash(event, "eventType")),
-             log_quote(id, sizeof id, string_or_dash(event, "eventId")),
-             log_quote(req, sizeof req, request_id ? request_id : "-"),
-             order_id, outcome);
+    snprintf(err, errlen, "orderId=%lld outcome=%s", order_id, outcome);
 }
 
 static int db_error(store *st, char *err, size_t errlen)
@@ -85,7 +73,7 @@ int delivery_on_ordered(store *st, const json_t *event, const char *request_id,
     long long order_id = e.id;
     if (delivery_store_note_ordered(st, order_id) < 0) return db_error(st, err, errlen);
     if (ship_if_ready(st, order_id, request_id, &outcome, err, errlen) < 0) return -1;
-    log_handled(event, request_id, order_id, outcome);
+    handled(err, errlen, order_id, outcome);
     return 0;
 }
 
@@ -99,7 +87,7 @@ int delivery_on_paid(store *st, const json_t *event, const char *request_id,
     long long order_id = e.order_id, payment_id = e.id;
     if (delivery_store_note_paid(st, order_id, payment_id) < 0) return db_error(st, err, errlen);
     if (ship_if_ready(st, order_id, request_id, &outcome, err, errlen) < 0) return -1;
-    log_handled(event, request_id, order_id, outcome);
+    handled(err, errlen, order_id, outcome);
     return 0;
 }
 
@@ -113,7 +101,7 @@ int delivery_on_order_cancelled(store *st, const json_t *event, const char *requ
     if (event_order_cancelled_read(event, &e, err, errlen) < 0) return -1;
     long long order_id = e.id;
     if (delivery_cancel(st, order_id, request_id, &c, &created, err, errlen) < 0) return -1;
-    log_handled(event, request_id, order_id, created ? "cancelled" : "already-cancelled");
+    handled(err, errlen, order_id, created ? "cancelled" : "already-cancelled");
     return 0;
 }
 

@@ -26,27 +26,6 @@
 #include "auth.h"
 #include "gateway.h"
 
-/* bufferevent writes at most 16 KiB per call. With Nagle's algorithm on, the
- * second write of a larger answer waits for the client's (delayed, 40 ms)
- * ACK of the first: measured, a 56 KiB app.js took 44 ms per request on one
- * connection. Answers that fit one write are unaffected, so the socket is
- * switched to TCP_NODELAY only for the rare large answer, not for every
- * request. Redundant (and harmless) once the server sets it on accept. */
-#define GW_ONE_WRITE_BYTES 12000
-
-void gw_send_promptly(http_req *req, size_t body_len)
-{
-    if (body_len < GW_ONE_WRITE_BYTES)
-        return;
-    struct evhttp_request *raw = http_req_raw(req);
-    struct evhttp_connection *conn = raw ? evhttp_request_get_connection(raw) : NULL;
-    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
-    int fd = bev ? bufferevent_getfd(bev) : -1;
-    int on = 1;
-    if (fd >= 0)
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-}
-
 static void gw_serve_web(gw_web *web, http_req *req)
 {
     const char *method = http_req_method(req);
@@ -71,8 +50,6 @@ static void gw_serve_web(gw_web *web, http_req *req)
         return;
     }
     /* For HEAD the server measures the body, sends its length and drops it. */
-    if (strcmp(method, "GET") == 0)
-        gw_send_promptly(req, f->len);
     http_reply_raw(req, 200, f->content_type, f->data, f->len);
 }
 

@@ -224,9 +224,6 @@ void gateway_register(gateway *gw);
 
 /* GET /openapi.yaml: docs/openapi.yaml, compiled in. */
 void gw_openapi_register(http_server *s);
-/* Before replying with body_len bytes: makes sure a large answer is not
- * held back by Nagle's algorithm (see api.c). */
-void gw_send_promptly(http_req *req, size_t body_len);
 
 /* ---- proxy.c ---- */
 void gw_proxy(gw_upstream *up, http_req *req);

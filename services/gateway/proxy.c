@@ -132,7 +132,6 @@ static void gw_reply_answer(gw_exchange *x, const httpc_response *resp)
         http_reply_empty(req, resp->status);
         return;
     }
-    gw_send_promptly(req, resp->body_len);
     http_reply_raw(req, resp->status, content_type ? content_type : "application/octet-stream",
                    resp->body, resp->body_len);
 }

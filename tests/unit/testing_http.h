@@ -94,7 +94,7 @@ static inline bool server_open(service *svc, const char *name)
     evthread_use_pthreads();
     *svc = (service){ .name = name, .host = "127.0.0.1" };
     svc->base = server_base = event_base_new();
-    svc->http = svc->base ? http_server_new(svc->base, name) : NULL;
+    svc->http = svc->base ? http_server_new(svc->base) : NULL;
     svc->port = server_port = svc->http ? http_server_listen(svc->http, svc->host, 0) : -1;
     if (svc->port > 0 && test_auth_open(svc->http))
         return true;

@@ -436,7 +436,7 @@ static double metric_value(const char *name)
 
 static void check_dead_letter_route(bus *b, const char *poison_id)
 {
-    http_server *srv = http_server_new(base, "test_bus");
+    http_server *srv = http_server_new(base);
     service_dead_letters_route(srv, b);
     int port = http_server_listen(srv, "127.0.0.1", 0);
     CHECK(port > 0);

@@ -223,7 +223,7 @@ static void on_call_done(const httpc_response *resp, void *arg)
 
 static void test_http(void)
 {
-    http_server *s = http_server_new(base, "durable-test");
+    http_server *s = http_server_new(base);
     http_server_route(s, "POST", "/commit", on_commit_route, NULL);
     http_server_route(s, "GET", "/upstream", on_upstream_route, NULL);
     int port = http_server_listen(s, "127.0.0.1", 0);
@@ -247,7 +247,7 @@ static void test_http(void)
      * it): the wait is cancelled with the connection, so the sync finds
      * nothing freed to send (the sanitizer build catches a use of the freed
      * connection), and the client sees the connection close unanswered. */
-    http_server *doomed = http_server_new(base, "durable-test-2");
+    http_server *doomed = http_server_new(base);
     http_server_route(doomed, "POST", "/commit", on_commit_route, NULL);
     struct raw_client cut = {.port = http_server_listen(doomed, "127.0.0.1", 0)};
     gate_set(false);

@@ -791,14 +791,14 @@ static int burst_connected(int port, int n)
 static void test_listen_backlog(void)
 {
     enum { BURST = 400 };
-    http_server *s = http_server_new(base, "backlog");
+    http_server *s = http_server_new(base);
     int port = http_server_listen(s, "127.0.0.1", 0);
     CHECK(port > 0);
     CHECK_INT(burst_connected(port, BURST), BURST);
     http_server_free(s);
 
     setenv("HTTP_LISTEN_BACKLOG", "16", 1);
-    s = http_server_new(base, "backlog16");
+    s = http_server_new(base);
     port = http_server_listen(s, "127.0.0.1", 0);
     unsetenv("HTTP_LISTEN_BACKLOG");
     CHECK(port > 0);
@@ -810,7 +810,7 @@ static void test_listen_backlog(void)
 /* Drain with nothing in flight still calls back from the loop, not inline. */
 static void test_drain_idle(void)
 {
-    http_server *s = http_server_new(base, "idle");
+    http_server *s = http_server_new(base);
     CHECK(http_server_listen(s, "127.0.0.1", 0) > 0);
     drained_calls = 0;
     http_server_drain(s, on_drained, NULL);
@@ -823,7 +823,7 @@ static void test_drain_idle(void)
 static void test_request_timeout_and_fallback(void)
 {
     setenv("HTTP_REQUEST_TIMEOUT_MS", "100", 1);
-    http_server *s = http_server_new(base, "timeouts");
+    http_server *s = http_server_new(base);
     unsetenv("HTTP_REQUEST_TIMEOUT_MS");
     http_server_route(s, "GET", "/slow", h_stash, NULL);
     http_server_fallback(s, "web", h_fallback, NULL);
@@ -861,7 +861,7 @@ static void test_request_timeout_and_fallback(void)
 /* Freeing the server under a pending request: the handler may still reply. */
 static void test_free_with_pending_request(void)
 {
-    http_server *s = http_server_new(base, "freed");
+    http_server *s = http_server_new(base);
     http_server_route(s, "GET", "/pending/{id}", h_stash, NULL);
     int port = http_server_listen(s, "127.0.0.1", 0);
     stashed = NULL;
@@ -893,7 +893,7 @@ int main(void)
 
     setenv("HTTP_MAX_BODY", "1024", 1);
     setenv("HTTP_MAX_HEADERS", "1024", 1);
-    http_server *s = http_server_new(base, "test");
+    http_server *s = http_server_new(base);
     unsetenv("HTTP_MAX_BODY");
     unsetenv("HTTP_MAX_HEADERS");
     CHECK(s != NULL);

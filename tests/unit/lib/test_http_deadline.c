@@ -219,7 +219,7 @@ int main(void)
     evthread_use_pthreads();
     base = event_base_new();
     setenv("HTTP_IDLE_TIMEOUT_S", "1", 1);
-    http_server *s = http_server_new(base, "deadline");
+    http_server *s = http_server_new(base);
     unsetenv("HTTP_IDLE_TIMEOUT_S");
     http_server_route(s, "GET", "/fast", h_fast, NULL);
     http_server_route(s, "GET", "/slow", h_slow, NULL);

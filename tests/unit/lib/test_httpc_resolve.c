@@ -81,7 +81,7 @@ int main(void)
 {
     evthread_use_pthreads();
     base = event_base_new();
-    http_server *s = http_server_new(base, "resolve");
+    http_server *s = http_server_new(base);
     http_server_route(s, "GET", "/ping", h_ping, NULL);
     int port = http_server_listen(s, "127.0.0.1", 0);
     CHECK(port > 0);
