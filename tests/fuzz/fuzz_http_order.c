@@ -13,7 +13,13 @@
  * starts with HTTP/1.1 and a three-digit status, none is an HTML page
  * (lib/http_frame.h: every refusal is JSON), and the
  * server never stays silent past the read timeout on a request it has
- * fully received (it closes the connection or answers). */
+ * fully received (it closes the connection or answers).
+ *
+ * Identity: every process needs a public key to verify tokens with
+ * (lib/auth.c), so the target makes a key pair on /dev/shm at start and
+ * points TOKEN_PUBLIC_KEYS at it. Inputs carry no valid token, so past
+ * the framing and the router they reach the access check (401/403) and
+ * the open routes (GET /cars...). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -31,9 +37,11 @@
 #include "order.h"
 #include "service.h"
 #include "store.h"
+#include "token.h"
 
 static int fz_port;
 static char fz_path[128];
+static char fz_key[128], fz_pub[160];
 
 static void fz_remove_files(void)
 {
@@ -43,6 +51,28 @@ static void fz_remove_files(void)
         snprintf(p, sizeof p, "%s%s", fz_path, suffix[i]);
         unlink(p);
     }
+    if (fz_key[0])
+        unlink(fz_key);
+    if (fz_pub[0])
+        unlink(fz_pub);
+}
+
+/* The key pair whose public half verifies tokens (see the note above). */
+static void fz_token_keys(void)
+{
+    char err[256];
+    snprintf(fz_key, sizeof fz_key, "/dev/shm/carshare-fuzz-http-%ld.key", (long)getpid());
+    token_key *k = token_init() == 0 ? token_key_load_or_create(fz_key, err, sizeof err) : NULL;
+    char *pub = k ? token_public_path(fz_key) : NULL;
+    if (!pub) {
+        fprintf(stderr, "fuzz_http_order: cannot make a token key pair\n");
+        exit(1);
+    }
+    snprintf(fz_pub, sizeof fz_pub, "%s", pub);
+    free(pub);
+    token_key_free(k);
+    setenv("TOKEN_PUBLIC_KEYS", fz_pub, 1);
+    setenv("TOKEN_SERVICE_KEYS", fz_pub, 1);
 }
 
 static void *fz_loop(void *arg)
@@ -57,6 +87,7 @@ static void fz_setup(void)
     snprintf(fz_path, sizeof fz_path, "/dev/shm/carshare-fuzz-http-%ld.db", (long)getpid());
     fz_remove_files();
     atexit(fz_remove_files);
+    fz_token_keys();
     service *svc = service_new("order", 0);
     store *st = order_store_open_path(fz_path);
     httpc_opts opts = { .timeout_ms = 500, .connect_timeout_ms = 200 };
