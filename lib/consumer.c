@@ -306,9 +306,13 @@ static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const ch
 }
 
 /* A failed delivery: retried later with a growing delay, or set aside. */
-static void delivery_failed(bus *b, struct delivery *d, const struct received *r, const char *error)
+static void delivery_failed(bus *b, struct delivery *d, const struct received *r, const char *error,
+                            bool storage)
 {
-    if (r->deliveries >= (uint64_t)b->max_deliver || !r->event || !r->event_id) {
+    /* A database that cannot write now (full disk, I/O error, locked) is
+     * not the event's fault: it is retried, never set aside, so that the
+     * read models catch up by themselves when space returns. */
+    if (!storage && (r->deliveries >= (uint64_t)b->max_deliver || !r->event || !r->event_id)) {
         /* A message that is not an event will never succeed: no retries. */
         if (dead_letter(b, d->msg, r, error)) {
             d->settle = SETTLE_ACK;
@@ -321,9 +325,9 @@ static void delivery_failed(bus *b, struct delivery *d, const struct received *r
     d->settle = SETTLE_NAK;
     d->nak_delay_ms = delay;
     char q[300];
-    log_warn("event=%s id=%s req=%s seq=%llu delivery=%llu result=failed retry_ms=%lld error=%s",
-             r->event_type, r->event_id ? r->event_id : "-", r->request_id,
-             (unsigned long long)r->stream_seq, (unsigned long long)r->deliveries,
+    log_warn("event=%s id=%s req=%s seq=%llu delivery=%llu result=failed storage=%d retry_ms=%lld "
+             "error=%s", r->event_type, r->event_id ? r->event_id : "-", r->request_id,
+             (unsigned long long)r->stream_seq, (unsigned long long)r->deliveries, storage,
              (long long)delay, log_quote(q, sizeof q, error));
 }
 
@@ -332,8 +336,23 @@ struct outcome {
     struct received r;
     const char *result;     /* "applied" (needs the commit), "duplicate", "ignored", "skipped" */
     char err[256];
+    bool storage;           /* failed because the database cannot write now */
     double ms;
 };
+
+/* Whether the store's last error is the database being unable to write
+ * now rather than the event being wrong: SQLITE_FULL (disk full), I/O
+ * errors, locks, read-only or missing files, memory. */
+static bool storage_failing(store *st)
+{
+    switch (sqlite3_extended_errcode(store_db(st)) & 0xff) {
+    case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_BUSY: case SQLITE_LOCKED:
+    case SQLITE_CANTOPEN: case SQLITE_READONLY: case SQLITE_NOMEM:
+        return true;
+    default:
+        return false;
+    }
+}
 
 /* Each event runs inside a savepoint of the slice's transaction: a failing
  * handler undoes only its own writes, and the slice still costs one commit
@@ -381,10 +400,12 @@ static void consume_event(bus *b, struct outcome *o)
     }
     if (!savepoint(b->st, "SAVEPOINT bus_event")) {
         fail(o, "cannot open a savepoint: %s", store_error(b->st));
+        o->storage = storage_failing(b->st);
         return;
     }
     o->err[0] = '\0';
     if (h->fn(b->st, r->event, r->request_id, h->arg, o->err, sizeof o->err) != 0) {
+        o->storage = storage_failing(b->st);
         undo_event(b->st);
         if (!o->err[0]) fail(o, "the %s handler failed", r->event_type);
         o->result = NULL;
@@ -392,6 +413,7 @@ static void consume_event(bus *b, struct outcome *o)
     }
     if (!processed_mark(b->st, r->event_id, r->event_type)) {
         fail(o, "cannot record the event as processed: %s", store_error(b->st));
+        o->storage = storage_failing(b->st);
         undo_event(b->st);
         return;
     }
@@ -429,7 +451,7 @@ static void settle_consumed(bus *b, struct delivery *d, struct outcome *o)
     const struct received *r = &o->r;
     if (r->deliveries > 1) metrics_counter_add("carshare_bus_redeliveries_total", "", 1);
     if (!o->result) {
-        delivery_failed(b, d, r, o->err);
+        delivery_failed(b, d, r, o->err, o->storage);
         return;
     }
     d->settle = SETTLE_ACK;
@@ -469,7 +491,10 @@ static void settle_replayed(bus *b, struct outcome *o)
 static void lost_with_transaction(struct outcome *out, int from, int to, const char *why)
 {
     for (int j = from; j < to; j++)
-        if (out[j].result && strcmp(out[j].result, "applied") == 0) fail(&out[j], "%s", why);
+        if (out[j].result && strcmp(out[j].result, "applied") == 0) {
+            fail(&out[j], "%s", why);
+            out[j].storage = true;      /* a commit that failed: the database, not the event */
+        }
 }
 
 static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, int k)
@@ -485,9 +510,11 @@ static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, in
         read_message(items[i].msg, &o->r);
         o->result = NULL;
         o->err[0] = '\0';
+        o->storage = false;
         o->ms = 0;
         if (!in_txn) {
             fail(o, "cannot begin a transaction: %s", store_error(b->st));
+            o->storage = true;
             continue;
         }
         double started = bus_now_seconds();
@@ -499,6 +526,7 @@ static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, in
              * full...): the earlier events of the slice lost their writes. */
             snprintf(why, sizeof why, "the transaction was aborted: %s", store_error(b->st));
             lost_with_transaction(out, txn_start, i + 1, why);
+            if (!o->result) o->storage = true;
             in_txn = store_begin(b->st) == SQLITE_OK;
             txn_start = i + 1;
         }

@@ -573,7 +573,13 @@ static void post_order(http_req *r, void *arg)
         break;
     }
 failed:
-    http_reply_error(r, 500, "the rental could not be recorded; nothing was reserved or charged");
+    /* The database could not take the write (full disk, I/O error, a
+     * long lock): nothing was reserved or charged, and trying again later
+     * is the right advice, so 503, not 500. */
+    count_rental("store_unavailable");
+    http_set_header(r, "Retry-After", "5");
+    http_reply_error(r, 503, "the rental could not be recorded right now; nothing was reserved "
+                     "or charged; please try again shortly");
 done:
     explicit_bzero(ri.card_digits, sizeof ri.card_digits);
 }
