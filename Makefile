@@ -11,7 +11,7 @@ REGISTRY ?= localhost
 IMAGE_TAG ?= dev
 OVERLAY ?= prod
 
-.PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz deps clean \
+.PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz soak deps clean \
         images test-containers run-containers stop-containers k8s-secrets k8s-render push \
         deploy rollout-status
 
@@ -38,6 +38,13 @@ bench:
 	@cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build build-bench -j $(JOBS) -- --no-print-directory
 	@CARSHARE_BIN=$(CURDIR)/build-bench/bin scripts/bench.sh
+
+# The whole system at half its measured rate, with cancellations and a kill -9 every minute,
+# for SOAK_MINUTES (10), then an audit and resource figures (tests/soak/soak.py).
+SOAK_MINUTES ?= 10
+soak: build
+	@SOAK_MINUTES=$(SOAK_MINUTES) CARSHARE_BIN=$(CURDIR)/$(BUILD)/bin CARSHARE_WEB=$(CURDIR)/web \
+		python3 tests/soak/soak.py
 
 # libFuzzer targets (tests/fuzz/), FUZZ_SECONDS each (`make test` runs them briefly).
 FUZZ_SECONDS ?= 600
