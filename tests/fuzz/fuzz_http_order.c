@@ -17,9 +17,12 @@
  *
  * Identity: every process needs a public key to verify tokens with
  * (lib/auth.c), so the target makes a key pair on /dev/shm at start and
- * points TOKEN_PUBLIC_KEYS at it. Inputs carry no valid token, so past
- * the framing and the router they reach the access check (401/403) and
- * the open routes (GET /cars...). */
+ * points TOKEN_PUBLIC_KEYS at it. An input may carry "@TOKEN@" (a
+ * customer's token, kim) or "@STAFF@" (staff's): they are replaced by
+ * tokens signed with that key before the input is sent, so that the
+ * fuzzer reaches order's handlers behind the check (the seeds *_signed_in,
+ * staff_*), besides the check's own refusals (401/403) and the open
+ * routes (GET /cars...). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -30,6 +33,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -42,6 +46,7 @@
 static int fz_port;
 static char fz_path[128];
 static char fz_key[128], fz_pub[160];
+static char fz_customer[TOKEN_MAX_LEN], fz_staff[TOKEN_MAX_LEN];   /* valid all run */
 
 static void fz_remove_files(void)
 {
@@ -64,6 +69,14 @@ static void fz_token_keys(void)
     snprintf(fz_key, sizeof fz_key, "/dev/shm/carshare-fuzz-http-%ld.key", (long)getpid());
     token_key *k = token_init() == 0 ? token_key_load_or_create(fz_key, err, sizeof err) : NULL;
     char *pub = k ? token_public_path(fz_key) : NULL;
+    long long now = (long long)time(NULL);
+    if (pub && (token_sign(k, "kim", TOKEN_ROLE_CUSTOMER, now, 86400, fz_customer,
+                           sizeof fz_customer) < 0
+                || token_sign(k, "ops", TOKEN_ROLE_STAFF, now, 86400, fz_staff,
+                              sizeof fz_staff) < 0)) {
+        free(pub);
+        pub = NULL;
+    }
     if (!pub) {
         fprintf(stderr, "fuzz_http_order: cannot make a token key pair\n");
         exit(1);
@@ -73,6 +86,31 @@ static void fz_token_keys(void)
     token_key_free(k);
     setenv("TOKEN_PUBLIC_KEYS", fz_pub, 1);
     setenv("TOKEN_SERVICE_KEYS", fz_pub, 1);
+}
+
+/* The input with @TOKEN@ and @STAFF@ replaced by valid tokens, in out;
+ * its length. */
+static size_t fz_with_tokens(const uint8_t *data, size_t size, uint8_t *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < size && n < cap;) {
+        const char *tok = NULL;
+        if (size - i >= 7 && memcmp(data + i, "@TOKEN@", 7) == 0)
+            tok = fz_customer;
+        else if (size - i >= 7 && memcmp(data + i, "@STAFF@", 7) == 0)
+            tok = fz_staff;
+        if (!tok) {
+            out[n++] = data[i++];
+            continue;
+        }
+        size_t len = strlen(tok);
+        if (n + len > cap)
+            break;
+        memcpy(out + n, tok, len);
+        n += len;
+        i += 7;
+    }
+    return n;
 }
 
 static void *fz_loop(void *arg)
@@ -154,6 +192,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!fz_port)
         fz_setup();
+    static uint8_t with_tokens[1 << 17];
+    if (memmem(data, size, "@TOKEN@", 7) || memmem(data, size, "@STAFF@", 7)) {
+        size = fz_with_tokens(data, size, with_tokens, sizeof with_tokens);
+        data = with_tokens;
+    }
     int fd = fz_connect();
     size_t off = 0;
     while (off < size) {
