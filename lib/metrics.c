@@ -164,6 +164,13 @@ void metrics_counter_add(const char *name, const char *labels, double delta)
     pthread_mutex_unlock(&registry_lock);
 }
 
+void metrics_count_outcome(const char *name, const char *outcome)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
+    metrics_counter_add(name, labels, 1);
+}
+
 void metrics_gauge_set(const char *name, const char *labels, double value)
 {
     pthread_mutex_lock(&registry_lock);

@@ -14,6 +14,9 @@
 struct evbuffer;
 
 void metrics_counter_add(const char *name, const char *labels, double delta);
+/* metrics_counter_add(name, "outcome=\"<outcome>\"", 1): the count of what
+ * became of something (a rental, a settled intake). outcome: a plain word. */
+void metrics_count_outcome(const char *name, const char *outcome);
 void metrics_gauge_set(const char *name, const char *labels, double value);
 void metrics_histogram_observe(const char *name, const char *labels, double seconds);
 

@@ -51,13 +51,6 @@ typedef struct settle_call {
     intake in;
 } settle_call;
 
-static void count_settled(const char *outcome)
-{
-    char labels[64];
-    snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
-    metrics_counter_add("carshare_order_reconciled_total", labels, 1);
-}
-
 static void schedule(reconciler *r, int delay_ms)
 {
     struct timeval tv = {delay_ms / 1000, (delay_ms % 1000) * 1000};
@@ -110,7 +103,7 @@ static void on_cancellation(const httpc_response *resp, void *arg)
                 log_info("req=%s msg=\"intake voided: payment cancelled, cars released\" "
                          "intake=%lld product=%s qty=%lld", req_of(&c->in), c->in.id,
                          c->in.product_id, c->in.qty);
-                count_settled("voided");
+                metrics_count_outcome("carshare_order_reconciled_total", "voided");
                 r->pass_progress = true;
             } else if (rc < 0) {
                 r->pass_failed = true;
@@ -148,7 +141,7 @@ static void settle_in_doubt(reconciler *r, const intake *in, const json_t *doc)
         if (rc == 1) {
             log_info("req=%s msg=\"rental accepted after restart: payment found\" order=%lld "
                      "payment=%lld", req_of(in), in->id, (long long)payment_id);
-            count_settled("approved");
+            metrics_count_outcome("carshare_order_reconciled_total", "approved");
             r->pass_progress = true;
         } else if (rc < 0) {
             r->pass_failed = true;

@@ -67,13 +67,6 @@ typedef struct rental_call {
     size_t body_len;
 } rental_call;
 
-static void count_rental(const char *outcome)
-{
-    char labels[64];
-    snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
-    metrics_counter_add("carshare_rentals_total", labels, 1);
-}
-
 /* The seed's fallback: the customer is asked to pay again a little later. */
 static void reply_fallback(http_req *r, unsigned long long retry_after_ms)
 {
@@ -83,7 +76,7 @@ static void reply_fallback(http_req *r, unsigned long long retry_after_ms)
         seconds = 1;
     snprintf(value, sizeof value, "%llu", seconds);
     http_set_header(r, "Retry-After", value);
-    count_rental("fallback");
+    metrics_count_outcome("carshare_rentals_total", "fallback");
     http_reply_error(r, 503, "Payment is busy right now; please try the payment again shortly "
                      "(in about %llu s). The rental was not booked and you will not be charged.",
                      seconds);
@@ -122,7 +115,7 @@ static void finish_void(void_attempt *v, bool recorded, bool changed)
         log_error("req=%s msg=\"intake could not be marked voiding: answering that the outcome "
                   "is unknown; it will be settled at the next start\" intake=%lld",
                   http_req_id(v->req), v->intake_id);
-        count_rental("unknown");
+        metrics_count_outcome("carshare_rentals_total", "unknown");
         http_reply_error(v->req, 500, "The outcome of this rental could not be recorded: it may "
                          "still be accepted. Check your rentals before trying again.");
     }
@@ -172,7 +165,7 @@ static void settle_paid(rental_call *call, long long payment_id)
     if (rc == 1) {
         log_info("req=%s msg=\"rental accepted\" order=%lld payment=%lld product=%s qty=%lld "
                  "amount=%lld", http_req_id(r), o.id, payment_id, o.product_id, o.qty, o.amount);
-        count_rental("approved");
+        metrics_count_outcome("carshare_rentals_total", "approved");
         rep_reply_created(r, order_json(&o, http_req_base_url(r)));
         return;
     }
@@ -200,7 +193,7 @@ static void settle_declined(rental_call *call, const httpc_response *resp)
         log_error("req=%s msg=\"declined intake could not be recorded; it will be voided at "
                   "the next start\" intake=%lld", http_req_id(r), call->in.id);
     log_info("req=%s msg=\"rental declined by payment\" intake=%lld", http_req_id(r), call->in.id);
-    count_rental("declined");
+    metrics_count_outcome("carshare_rentals_total", "declined");
     http_reply_error(r, 402, "%s", message);
 }
 
@@ -251,7 +244,7 @@ static void settle_refused(rental_call *call, payment_verdict v)
              call->in.id);
     if (rental_start_void(api->st, call->in.id) == 1)
         reconciler_kick(api->reconciler);
-    count_rental("payment_refused");
+    metrics_count_outcome("carshare_rentals_total", "payment_refused");
     http_reply_error(r, 502, "the payment service refused this rental, so it was not made and "
                      "nothing stays charged; please place it again");
 }
@@ -464,7 +457,7 @@ static void replay(rental_api *api, http_req *r, const intake *prev, const renta
     case INTAKE_APPROVED:
         found = order_store_get(api->st, prev->id, &o);
         if (found == 1) {
-            count_rental("replayed");
+            metrics_count_outcome("carshare_rentals_total", "replayed");
             rep_reply_created(r, order_json(&o, http_req_base_url(r)));
         } else {
             http_reply_error(r, 500, "order %lld could not be read", prev->id);
@@ -566,7 +559,7 @@ static void post_order(http_req *r, void *arg)
         http_reply_error(r, 404, "no car model with productId %s", rq->product_id);
         goto done;
     case RESERVE_NOT_ENOUGH:
-        count_rental("no_cars");
+        metrics_count_outcome("carshare_rentals_total", "no_cars");
         reply_full(api, r, &c, rq);
         goto done;
     case RESERVE_FAILED:
