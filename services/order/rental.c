@@ -569,7 +569,7 @@ failed:
     /* The database could not take the write (full disk, I/O error, a
      * long lock): nothing was reserved or charged, and trying again later
      * is the right advice, so 503, not 500. */
-    count_rental("store_unavailable");
+    metrics_count_outcome("carshare_rentals_total", "store_unavailable");
     http_set_header(r, "Retry-After", "5");
     http_reply_error(r, 503, "the rental could not be recorded right now; nothing was reserved "
                      "or charged; please try again shortly");
