@@ -108,6 +108,7 @@ def _rewrite_config(doc, ports):
     name = doc["metadata"]["name"]
     if name.startswith("carshare-config"):
         data["HOST"] = "127.0.0.1"
+        data["PUBLIC_BASE_URL"] = "http://127.0.0.1:%d" % ports["gateway"]
         data["NATS_URL"] = "nats://127.0.0.1:%d" % ports["nats-client"]
         for svc in SERVICES:
             key = svc.upper() + "_URL"

@@ -218,6 +218,9 @@ def test_rental_flow_through_the_gateway():
     code, body = LAYOUT.call("GET", "/cars")
     check(code == 200 and any(c["id"] == "1001" for c in items(body, "cars")), "cars %r" % body)
     kept = rent("kim")
+    link = kept["_links"]["self"]["href"]
+    check(link == "http://127.0.0.1:%d/orders/%d" % (LAYOUT.ports["gateway"], kept["id"]),
+          "the rental's link %r does not lead through the gateway" % link)
     delivery(kept["id"], "Shipped")
     page("kim", kept["id"], "Shipped", 3)
     code, mine = LAYOUT.call("GET", "/customerpages/search/findByCustomerId?customerId=kim",

@@ -333,6 +333,10 @@ def test_prod_layout():
             check(isinstance(url, tuple) and url[0] == "Secret", "prod %s: DATABASE_URL %r" % (w["metadata"]["name"], url))
     nats = named(docs, "StatefulSet", "nats")
     check(nats["spec"]["replicas"] == 3, "nats replicas")
+    config = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("carshare-config")][0]
+    host = named(docs, "Ingress", "carshare")["spec"]["rules"][0]["host"]
+    check(config["data"]["PUBLIC_BASE_URL"] == "https://" + host,
+          "links name %s, the Ingress serves %s" % (config["data"]["PUBLIC_BASE_URL"], host))
     conf = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("nats-config")][0]
     text = conf["data"]["nats.conf"]
     for i in range(3):
