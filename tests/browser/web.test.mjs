@@ -8,8 +8,8 @@
 // in My rentals, cancels it through the confirmation dialog, sees it
 // cancelled and refunded with its history, sees a declined card's message,
 // signs out; a second customer signs up and sees none of the first one's
-// rentals; a token that stops being valid leads back to the sign-in form with
-// a message saying so. Then the same page at phone width in a new tab: the
+// rentals; a token the server refuses, and one whose expiry passes while the
+// page is open, lead back to the sign-in form with a message saying so. Then the same page at phone width in a new tab: the
 // first customer signs in again, nothing overflows, a double press of "Rent"
 // rents once, the Korean labels work and are remembered. Last, staff (admin,
 // whose password make run keeps in <data>/secrets/admin-password) see every
@@ -382,6 +382,22 @@ describe('customer web page', () => {
     assert.equal(await page.locator('#app').isHidden(), true, 'a refused token kept the app on screen');
     assert.equal(await page.getByLabel('Customer ID').inputValue(), other, 'the form forgot who was signed in');
     await shot(page, '10-desktop-expired');
+
+    // 11. A token that expires while the page is open (the server still takes it until then):
+    // the page signs out by itself when its exp passes, saying so.
+    await page.getByLabel('Password').fill(password);
+    await page.locator('#auth-submit').click();
+    await page.locator('#who-name', { hasText: other }).waitFor();
+    await page.evaluate(() => {
+      const s = JSON.parse(sessionStorage.getItem('carshare.session'));
+      s.exp = Math.floor(Date.now() / 1000) + 3;
+      sessionStorage.setItem('carshare.session', JSON.stringify(s));
+    });
+    await page.reload();
+    await page.locator('#who-name', { hasText: other }).waitFor();   // still valid after the reload
+    await page.locator('#auth-notice', { hasText: 'session has expired' }).waitFor();
+    assert.equal(await page.locator('#app').isHidden(), true, 'an expired token kept the app on screen');
+    assert.ok(!(await storedValues(page, 'sessionStorage')).includes('"token"'), 'the expired token was kept');
 
     assert.deepEqual(problems, [], 'the page had errors or left the gateway');
   }));
