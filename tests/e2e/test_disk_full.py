@@ -23,7 +23,9 @@ SERVICES = ["payment", "order", "delivery", "customerpage"]
 def fill(path):
     """Writes zeros until the filesystem refuses (ENOSPC)."""
     block = b"\0" * 65536
-    with open(path, "wb") as f:
+    # Unbuffered: with a buffer, the bytes still in it are flushed by close() when the `with`
+    # ends, and that ENOSPC escapes the try below.
+    with open(path, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(block)
@@ -32,7 +34,7 @@ def fill(path):
             pass
     for size in (4096, 512, 1):     # and the last crumbs
         try:
-            with open(path, "ab") as f:
+            with open(path, "ab", buffering=0) as f:
                 while True:
                     f.write(b"\0" * size)
                     f.flush()
