@@ -12,8 +12,9 @@
  * milliseconds are printed for every line, and the prefix of a line is put
  * together with memcpy rather than snprintf.
  *
- * LOG_LEVEL (debug, info, warn, error; default info) drops lines below that
- * level, e.g. LOG_LEVEL=warn silences the per-request access lines.
+ * LOG_LEVEL (info, warn, error; default info) drops lines below that
+ * level, e.g. LOG_LEVEL=warn silences the per-request access lines. (There
+ * is no debug level: no line was ever written at it.)
  *
  * LOG_MAX_BYTES (default 52428800, 0 = no cap) bounds a log that is a
  * regular file (make run sends each service's stderr to data/logs/): once
@@ -53,7 +54,6 @@ static pthread_mutex_t log_rotate_mu = PTHREAD_MUTEX_INITIALIZER;
 static int level_rank(const char *level)
 {
     switch (level ? level[0] : 'i') {
-    case 'd': return 0;
     case 'w': return 2;
     case 'e': return 3;
     default:  return 1;
@@ -66,8 +66,7 @@ void log_init(const char *service_name)
         snprintf(log_service, sizeof log_service, "%s", service_name);
     const char *lvl = getenv("LOG_LEVEL");
     if (lvl && *lvl) {
-        if (!strcasecmp(lvl, "debug")) log_min_level = 0;
-        else if (!strcasecmp(lvl, "info")) log_min_level = 1;
+        if (!strcasecmp(lvl, "info")) log_min_level = 1;
         else if (!strcasecmp(lvl, "warn") || !strcasecmp(lvl, "warning")) log_min_level = 2;
         else if (!strcasecmp(lvl, "error")) log_min_level = 3;
         else log_line("warn", "msg=\"unknown LOG_LEVEL, using info\" value=%s", lvl);
