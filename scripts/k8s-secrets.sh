@@ -18,7 +18,10 @@ dir=$overlay/secrets
 umask 077
 mkdir -p "$dir/nats"
 
-random() { head -c 24 /dev/urandom | base64 | tr '+/' '-_'; }
+# Starts with a letter: nats-server parses a password taken from the environment ($ORDER_PASSWORD in
+# auth.conf), and one starting with '-' or a digit is read as a number or refused (seen: the
+# JetStream cluster test failed when a password began with '-').
+random() { printf 'p%s' "$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"; }
 # put FILE VALUE: writes VALUE (no newline) unless FILE exists.
 put() { [ -e "$1" ] || printf '%s' "$2" > "$1"; }
 

@@ -42,8 +42,11 @@ BUS_USERS = list(PUBLISHES)
 
 
 def new_passwords():
-    """A random password for every bus user and for admin."""
-    return {name: secrets.token_urlsafe(24) for name in BUS_USERS + ["admin"]}
+    """A random password for every bus user and for admin. Each starts with a letter: where the
+    configuration takes a password from the environment ($ORDER_PASSWORD, natsconf.py),
+    nats-server parses the value, and one starting with '-' or a digit is read as a number ("10MB"
+    even as a size) or refused."""
+    return {name: "p" + secrets.token_urlsafe(24) for name in BUS_USERS + ["admin"]}
 
 
 def _consumer_subjects(durable):
