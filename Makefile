@@ -24,8 +24,12 @@ build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS) -- --no-print-directory
 
+# DB=postgres: the services that have a PostgreSQL store run on a local PostgreSQL server.
+DB ?= sqlite
+
 run: build
-	@python3 scripts/run.py
+	@DB=$(DB) scripts/deps.sh build
+	@DB=$(DB) python3 scripts/run.py
 
 # Everything CI runs: the suite on a normal build, again on an ASan+UBSan build, a clang build
 # with -Werror, and the browser test.
@@ -33,11 +37,13 @@ test:
 	@scripts/deps.sh test
 	@scripts/test.sh
 
+# DB=postgres: the services that have a PostgreSQL store run on a private PostgreSQL server
+# (tests/e2e/harness.py), the rest as usual; the summary line has the same fields.
 bench:
-	@scripts/deps.sh bench
+	@DB=$(DB) scripts/deps.sh bench
 	@cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build build-bench -j $(JOBS) -- --no-print-directory
-	@CARSHARE_BIN=$(CURDIR)/build-bench/bin scripts/bench.sh
+	@CARSHARE_DB=$(DB) CARSHARE_BIN=$(CURDIR)/build-bench/bin scripts/bench.sh
 
 # The whole system at half its measured rate, with cancellations and a kill -9 every minute,
 # for SOAK_MINUTES (10), then an audit and resource figures (tests/soak/soak.py).

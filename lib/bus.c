@@ -57,6 +57,7 @@
 #include <nats/nats.h>
 
 #include "config.h"
+#include "db.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -393,6 +394,19 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     return b;
 }
 
+bus *bus_new_db(struct event_base *base, db *d, const char *service_name)
+{
+    bus *b = bus_new(base, db_store(d), service_name);
+    if (b && db_is_pg(d)) {
+        /* Commits happen on the database threads' connections. */
+        store_on_commit(b->st, NULL, NULL);
+        b->db = d;
+        b->retries = config_int("DB_RETRIES", 10, 0, 1000);
+        db_on_commit(d, wake_relay, b);
+    }
+    return b;
+}
+
 void bus_on(bus *b, const char *event_type, bus_handler h, void *arg)
 {
     struct handler *grown = realloc(b->handlers, (b->nhandlers + 1) * sizeof *grown);
@@ -434,6 +448,7 @@ void bus_stop(bus *b)
     if (!b || b->stopped) return;
     b->stopped = true;
     store_on_commit(b->st, NULL, NULL);     /* the store may outlive the bus */
+    if (b->db) db_on_commit(b->db, NULL, NULL);
     if (!b->started) return;
     /* A worker may wait for its batch to be on disk, which the loop (this
      * thread, about to join it) would otherwise never release. */
@@ -504,6 +519,8 @@ void bus_free(bus *b)
     pthread_cond_destroy(&b->cond);
     free(b);
 }
+
+struct db *bus_db(bus *b) { return b->db; }
 
 bool bus_connected(void *arg)
 {

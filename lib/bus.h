@@ -48,8 +48,10 @@
 struct event_base;
 typedef struct bus bus;
 
-/* Runs on the loop thread inside the bus's transaction on `st`. May read
- * and write st and call outbox_add. Returns 0 when applied, -1 to fail
+/* Runs inside the bus's transaction on `st`: on the loop thread (SQLite),
+ * or on the bus's consumer thread with a connection of its own
+ * (PostgreSQL, see db.h), so it must touch nothing but st and its own
+ * state. May read and write st and call outbox_add. Returns 0 when applied, -1 to fail
  * (the transaction is rolled back; `err` may say why, for the logs and the
  * dead-letter table). On success `err` may say what the handler did, as
  * logfmt pairs ("orderId=7 outcome=shipped"): the bus writes them on its
@@ -60,6 +62,12 @@ typedef int (*bus_handler)(store *st, const json_t *event, const char *request_i
 /* `st` is the service's store (loop thread); the relay opens its own
  * connection to store_path(st). */
 bus *bus_new(struct event_base *base, store *st, const char *service_name);
+
+/* The same for a service's database (db.h), on either backend. On
+ * PostgreSQL the relay and the consumer each have a connection of their
+ * own, and the relay deletes what it published. */
+struct db;
+bus *bus_new_db(struct event_base *base, struct db *d, const char *service_name);
 
 /* Consume events of this type (call before bus_start). */
 void bus_on(bus *b, const char *event_type, bus_handler h, void *arg);
@@ -94,6 +102,15 @@ typedef struct bus_dead_letter {
 long long bus_dead_letters(bus *b, long offset, long limit,
                            void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
                            char *err, size_t errlen);
+
+/* The same query on a store of the bus's database (on PostgreSQL, the one a
+ * database thread was given: see bus_db). */
+long long bus_dead_letters_in(store *st, long offset, long limit,
+                              void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
+                              char *err, size_t errlen);
+
+/* The database of a bus made by bus_new_db on PostgreSQL, else NULL. */
+struct db *bus_db(bus *b);
 
 /* Inside the caller's open transaction on st: adds the envelope to a copy
  * of payload (borrowed) and stores it in the outbox. request_id may be NULL.

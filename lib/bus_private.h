@@ -86,9 +86,13 @@ struct pending_row {
     bool acked;
 };
 
+struct db;
+
 struct bus {
     struct event_base *base;
-    store *st;
+    store *st;          /* SQLite: the loop's store */
+    struct db *db;      /* PostgreSQL: the service's database (db.h), else NULL */
+    long retries;       /* PostgreSQL: reruns of a slice that lost a conflict (DB_RETRIES) */
     char *service;
     char *durable;      /* consumer name: the service name without . * > or spaces */
     char *db_path;
@@ -168,6 +172,10 @@ void consumer_on_upkeep(evutil_socket_t fd, short what, void *arg);
 /* Hands a batch to the loop and waits until it is applied; false when
  * stopping. */
 bool consumer_run_on_loop(bus *b, struct batch *batch);
+/* Applies a batch where the bus's database wants it: SQLite on the loop
+ * (consumer_run_on_loop), PostgreSQL on the calling worker with its own
+ * connection (*st, opened on first use; the caller closes it). */
+bool consumer_apply_batch(bus *b, store **st, struct batch *batch);
 void consumer_enqueue_locked(bus *b, struct batch *batch);
 /* Waits for the connection and its setup; NULL when stopping. */
 natsConnection *consumer_wait_until_set_up(bus *b);

@@ -136,3 +136,18 @@ char *config_data_path(const char *file_name)
     memcpy(path + dlen + 1, file_name, flen + 1);
     return path;
 }
+
+const char *config_database_url(const char *service, char *setting, size_t len)
+{
+    char name[64];
+    size_t n = 0;
+    for (const char *p = service; *p && n + 1 < sizeof name; p++)
+        name[n++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+    name[n] = '\0';
+    snprintf(setting, len, "%s_DATABASE_URL", name);
+    const char *url = config_str(setting, NULL);
+    if (url && *url) return url;
+    snprintf(setting, len, "DATABASE_URL");
+    url = config_str(setting, NULL);
+    return url && *url ? url : NULL;
+}

@@ -29,4 +29,9 @@ bool config_parse_int(const char *value, long min, long max, long *out, char *wh
  * which is created if missing. Returns a malloc'ed string. */
 char *config_data_path(const char *file_name);
 
+/* The database URL configured for a service: <SERVICE>_DATABASE_URL (the
+ * name upper-cased), else DATABASE_URL; NULL when neither is set (SQLite).
+ * `setting` receives the name of the variable it came from (db.h). */
+const char *config_database_url(const char *service, char *setting, size_t len);
+
 #endif

@@ -26,6 +26,7 @@
 #include "bus.h"
 #include "bus_private.h"
 #include "processed.h"
+#include "store_pg.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -40,6 +41,7 @@
 #include <event2/event.h>
 #include <nats/nats.h>
 
+#include "db.h"
 #include "durable.h"
 #include "jtext.h"
 #include "log.h"
@@ -148,7 +150,7 @@ bool consumer_run_on_loop(bus *b, struct batch *batch)
     return complete;
 }
 
-static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, int k);
+static void apply_slice(bus *b, store *st, enum batch_kind kind, struct delivery *items, int k);
 
 /* A batch's effects are on disk (group commit): its worker may ack. The
  * batch stayed `busy` meanwhile, so the worker waited even if stopping. */
@@ -188,7 +190,7 @@ void consumer_on_inbox(evutil_socket_t fd, short what, void *arg)
         assert(!batch->busy && !batch->complete && batch->next <= batch->n);
         batch->busy = true;
         pthread_mutex_unlock(&b->mu);
-        if (k > 0) apply_slice(b, kind, slice, k);
+        if (k > 0) apply_slice(b, b->st, kind, slice, k);
         pthread_mutex_lock(&b->mu);
         batch->next += k;
         if (batch->next == batch->n) {
@@ -267,7 +269,11 @@ static void read_message(natsMsg *msg, struct received *r)
 }
 
 /* Sets the event aside for an operator. True when it is safely stored. */
-static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const char *error)
+static bool dead_lettered(const struct received *r, const char *id, const char *error);
+static bool dead_letter_pg(store *st, const char *id, natsMsg *msg, const struct received *r,
+                           const char *error);
+
+static bool dead_letter(store *st, natsMsg *msg, const struct received *r, const char *error)
 {
     char fallback_id[48];
     const char *id = r->event_id;
@@ -275,8 +281,9 @@ static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const ch
         snprintf(fallback_id, sizeof fallback_id, "stream-seq-%llu", (unsigned long long)r->stream_seq);
         id = fallback_id;
     }
-    if (store_begin(b->st) != SQLITE_OK) return false;
-    sqlite3_stmt *s = store_prepare(b->st,
+    if (store_is_pg(st)) return dead_letter_pg(st, id, msg, r, error);
+    if (store_begin(st) != SQLITE_OK) return false;
+    sqlite3_stmt *s = store_prepare(st,
         "INSERT OR IGNORE INTO dead_letters (event_id, event_type, subject, payload, request_id,"
         " deliveries, error, stream_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     bool ok = false;
@@ -293,10 +300,39 @@ static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const ch
         sqlite3_reset(s);
     }
     if (!ok) {
-        store_rollback(b->st);
+        store_rollback(st);
         return false;
     }
-    if (store_commit(b->st) != SQLITE_OK) return false;
+    if (store_commit(st) != SQLITE_OK) return false;
+    return dead_lettered(r, id, error);
+}
+
+/* The same row in PostgreSQL's dialect. */
+static bool dead_letter_pg(store *st, const char *id, natsMsg *msg, const struct received *r,
+                           const char *error)
+{
+    char deliveries[24], seq[24];
+    /* Bound as text: the payload was read as text by the consumer already. */
+    char *payload = strndup(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    const char *p[] = {id, r->event_type, r->subject ? r->subject : "", payload ? payload : "",
+                       r->request_id, store_pg_int(deliveries, (long long)r->deliveries), error,
+                       store_pg_int(seq, (long long)r->stream_seq)};
+    bool ok = store_begin(st) == SQLITE_OK &&
+              store_pg_command(st, "INSERT INTO dead_letters (event_id, event_type, subject, payload,"
+                                   " request_id, deliveries, error, stream_seq) VALUES ($1, $2, $3,"
+                                   " $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+                               8, p, "dead letter insert") >= 0;
+    free(payload);
+    if (!ok) {
+        store_rollback(st);
+        return false;
+    }
+    return store_commit(st) == SQLITE_OK && dead_lettered(r, id, error);
+}
+
+/* Logs and counts a dead letter once stored. */
+static bool dead_lettered(const struct received *r, const char *id, const char *error)
+{
     char q[300];
     log_error("event=%s id=%s req=%s seq=%llu delivery=%llu result=dead_letter error=%s",
               r->event_type, id, r->request_id, (unsigned long long)r->stream_seq,
@@ -306,15 +342,15 @@ static bool dead_letter(bus *b, natsMsg *msg, const struct received *r, const ch
 }
 
 /* A failed delivery: retried later with a growing delay, or set aside. */
-static void delivery_failed(bus *b, struct delivery *d, const struct received *r, const char *error,
-                            bool storage)
+static void delivery_failed(bus *b, store *st, struct delivery *d, const struct received *r,
+                            const char *error, bool storage)
 {
     /* A database that cannot write now (full disk, I/O error, locked) is
      * not the event's fault: it is retried, never set aside, so that the
      * read models catch up by themselves when space returns. */
     if (!storage && (r->deliveries >= (uint64_t)b->max_deliver || !r->event || !r->event_id)) {
         /* A message that is not an event will never succeed: no retries. */
-        if (dead_letter(b, d->msg, r, error)) {
+        if (dead_letter(st, d->msg, r, error)) {
             d->settle = SETTLE_ACK;
             return;
         }
@@ -345,6 +381,8 @@ struct outcome {
  * errors, locks, read-only or missing files, memory. */
 static bool storage_failing(store *st)
 {
+    /* PostgreSQL: unreachable, too slow, out of disk (53xxx) or shutting down. */
+    if (store_is_pg(st)) return store_unavailable(st);
     switch (sqlite3_extended_errcode(store_db(st)) & 0xff) {
     case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_BUSY: case SQLITE_LOCKED:
     case SQLITE_CANTOPEN: case SQLITE_READONLY: case SQLITE_NOMEM:
@@ -359,6 +397,7 @@ static bool storage_failing(store *st)
  * (one fsync) instead of one per event. */
 static bool savepoint(store *st, const char *sql)
 {
+    if (store_is_pg(st)) return store_exec(st, sql) == SQLITE_OK;
     sqlite3_stmt *s = store_prepare(st, sql);
     bool ok = s && sqlite3_step(s) == SQLITE_DONE;
     if (s) sqlite3_reset(s);
@@ -382,7 +421,7 @@ static void fail(struct outcome *o, const char *fmt, ...)
 }
 
 /* Consumes one event inside the slice's transaction. */
-static void consume_event(bus *b, struct outcome *o)
+static void consume_event(bus *b, store *st, struct outcome *o)
 {
     const struct received *r = &o->r;
     if (!r->event || !r->event_id) {
@@ -394,35 +433,35 @@ static void consume_event(bus *b, struct outcome *o)
         o->result = "ignored";
         return;
     }
-    if (processed_seen(b->st, r->event_id)) {
+    if (processed_seen(st, r->event_id)) {
         o->result = "duplicate";
         return;
     }
-    if (!savepoint(b->st, "SAVEPOINT bus_event")) {
-        fail(o, "cannot open a savepoint: %s", store_error(b->st));
-        o->storage = storage_failing(b->st);
+    if (!savepoint(st, "SAVEPOINT bus_event")) {
+        fail(o, "cannot open a savepoint: %s", store_error(st));
+        o->storage = storage_failing(st);
         return;
     }
     o->err[0] = '\0';
-    if (h->fn(b->st, r->event, r->request_id, h->arg, o->err, sizeof o->err) != 0) {
-        o->storage = storage_failing(b->st);
-        undo_event(b->st);
+    if (h->fn(st, r->event, r->request_id, h->arg, o->err, sizeof o->err) != 0) {
+        o->storage = storage_failing(st);
+        undo_event(st);
         if (!o->err[0]) fail(o, "the %s handler failed", r->event_type);
         o->result = NULL;
         return;
     }
-    if (!processed_mark(b->st, r->event_id, r->event_type)) {
-        fail(o, "cannot record the event as processed: %s", store_error(b->st));
-        o->storage = storage_failing(b->st);
-        undo_event(b->st);
+    if (!processed_mark(st, r->event_id, r->event_type)) {
+        fail(o, "cannot record the event as processed: %s", store_error(st));
+        o->storage = storage_failing(st);
+        undo_event(st);
         return;
     }
-    savepoint(b->st, "RELEASE bus_event");
+    savepoint(st, "RELEASE bus_event");
     o->result = "applied";
 }
 
 /* Replays one event inside the slice's transaction. */
-static void replay_event(bus *b, struct outcome *o)
+static void replay_event(bus *b, store *st, struct outcome *o)
 {
     const struct received *r = &o->r;
     if (!r->event || !r->event_id) {
@@ -430,28 +469,28 @@ static void replay_event(bus *b, struct outcome *o)
         o->result = "skipped";
         return;
     }
-    if (!savepoint(b->st, "SAVEPOINT bus_event")) {
-        fail(o, "cannot open a savepoint: %s", store_error(b->st));
+    if (!savepoint(st, "SAVEPOINT bus_event")) {
+        fail(o, "cannot open a savepoint: %s", store_error(st));
         return;
     }
     o->err[0] = '\0';
-    if (b->replay.fn(b->st, r->event, r->request_id, b->replay.arg, o->err, sizeof o->err) != 0) {
-        undo_event(b->st);
+    if (b->replay.fn(st, r->event, r->request_id, b->replay.arg, o->err, sizeof o->err) != 0) {
+        undo_event(st);
         if (!o->err[0]) fail(o, "%s", "the replay handler failed");
         o->result = NULL;
         return;
     }
-    savepoint(b->st, "RELEASE bus_event");
+    savepoint(st, "RELEASE bus_event");
     o->result = "applied";
 }
 
 /* After the commit: ack, retry or dead-letter each message, and log it. */
-static void settle_consumed(bus *b, struct delivery *d, struct outcome *o)
+static void settle_consumed(bus *b, store *st, struct delivery *d, struct outcome *o)
 {
     const struct received *r = &o->r;
     if (r->deliveries > 1) metrics_counter_add("carshare_bus_redeliveries_total", "", 1);
     if (!o->result) {
-        delivery_failed(b, d, r, o->err, o->storage);
+        delivery_failed(b, st, d, r, o->err, o->storage);
         return;
     }
     d->settle = SETTLE_ACK;
@@ -497,12 +536,12 @@ static void lost_with_transaction(struct outcome *out, int from, int to, const c
         }
 }
 
-static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, int k)
+/* Applies the slice in one transaction (savepoint per event), filling out[]. */
+static void apply_slice_once(bus *b, store *st, enum batch_kind kind, struct delivery *items,
+                             int k, struct outcome *out)
 {
-    struct outcome out[APPLY_PER_TURN];
     char why[300];
-    sqlite3 *db = store_db(b->st);
-    bool in_txn = store_begin(b->st) == SQLITE_OK;
+    bool in_txn = store_begin(st) == SQLITE_OK;
     int txn_start = 0;      /* first event whose writes ride on the open transaction */
 
     for (int i = 0; i < k; i++) {
@@ -513,34 +552,68 @@ static void apply_slice(bus *b, enum batch_kind kind, struct delivery *items, in
         o->storage = false;
         o->ms = 0;
         if (!in_txn) {
-            fail(o, "cannot begin a transaction: %s", store_error(b->st));
+            fail(o, "cannot begin a transaction: %s", store_error(st));
             o->storage = true;
             continue;
         }
         double started = bus_now_seconds();
-        if (kind == BATCH_CONSUME) consume_event(b, o);
-        else replay_event(b, o);
+        if (kind == BATCH_CONSUME) consume_event(b, st, o);
+        else replay_event(b, st, o);
         o->ms = (bus_now_seconds() - started) * 1000.0;
-        if (sqlite3_get_autocommit(db)) {
+        if (!store_in_transaction(st)) {
             /* SQLite aborted the whole transaction (I/O error, disk
              * full...): the earlier events of the slice lost their writes. */
-            snprintf(why, sizeof why, "the transaction was aborted: %s", store_error(b->st));
+            snprintf(why, sizeof why, "the transaction was aborted: %s", store_error(st));
             lost_with_transaction(out, txn_start, i + 1, why);
             if (!o->result) o->storage = true;
-            in_txn = store_begin(b->st) == SQLITE_OK;
+            in_txn = store_begin(st) == SQLITE_OK;
             txn_start = i + 1;
         }
     }
-    if (in_txn && store_commit(b->st) != SQLITE_OK) {
-        snprintf(why, sizeof why, "commit failed: %s", store_error(b->st));
+    if (in_txn && store_should_retry(st)) {
+        store_rollback(st);     /* lost a serialization conflict: the caller runs it again */
+        return;
+    }
+    if (in_txn && store_commit(st) != SQLITE_OK) {
+        snprintf(why, sizeof why, "commit failed: %s", store_error(st));
         lost_with_transaction(out, txn_start, k, why);
+    }
+}
+
+/* PostgreSQL refuses one of two conflicting SERIALIZABLE transactions (the
+ * live consumer and a rebuild's replay both write the shadow view, an HTTP
+ * command and an event the same row): the loser's slice is run again from
+ * its start, as db.c does for a unit of work, rather than failed (which
+ * would spend the events' deliveries on a conflict). SQLite never asks. */
+static void apply_slice(bus *b, store *st, enum batch_kind kind, struct delivery *items, int k)
+{
+    struct outcome out[APPLY_PER_TURN];
+    for (int attempt = 0;; attempt++) {
+        store_clear_failure(st);
+        apply_slice_once(b, st, kind, items, k, out);
+        if (!store_should_retry(st) || attempt >= b->retries) break;
+        for (int i = 0; i < k; i++) json_decref(out[i].r.event);
+        struct timespec pause = {0, (attempt + 1) * 200000L};   /* 0.2, 0.4 ... ms */
+        nanosleep(&pause, NULL);
     }
 
     for (int i = 0; i < k; i++) {
-        if (kind == BATCH_CONSUME) settle_consumed(b, &items[i], &out[i]);
+        if (kind == BATCH_CONSUME) settle_consumed(b, st, &items[i], &out[i]);
         else settle_replayed(b, &out[i]);
         json_decref(out[i].r.event);
     }
+}
+
+bool consumer_apply_batch(bus *b, store **st, struct batch *batch)
+{
+    if (!b->db) return consumer_run_on_loop(b, batch);
+    if (!*st && !(*st = db_connect(b->db))) return false;
+    for (int i = 0; i < batch->n; i += APPLY_PER_TURN) {
+        if (bus_is_stopping(b)) return false;   /* the rest is nak'ed: redelivered */
+        int k = batch->n - i < APPLY_PER_TURN ? batch->n - i : APPLY_PER_TURN;
+        apply_slice(b, *st, batch->kind, &batch->items[i], k);
+    }
+    return true;
 }
 
 /* ---- consumer (fetch thread) ----
@@ -642,6 +715,7 @@ void *consumer_fetch_main(void *arg)
     natsConnection *nc = consumer_wait_until_set_up(b);
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;
+    store *st = NULL;       /* PostgreSQL: this thread's connection */
     int errors = 0;
     char e[256];
 
@@ -703,31 +777,77 @@ void *consumer_fetch_main(void *arg)
             jsMsgMetaData_Destroy(meta);
         }
         struct batch batch = {.kind = BATCH_CONSUME, .items = p.items, .n = p.n};
-        consumer_run_on_loop(b, &batch);
+        consumer_apply_batch(b, &st, &batch);
         send_acks(p.items, p.n);        /* each message acked or nak'ed once */
         for (int i = 0; i < p.n; i++) natsMsg_Destroy(p.items[i].msg);
         free(p.items);
     }
     natsSubscription_Destroy(sub);
     jsCtx_Destroy(js);
+    store_close(st);
     return NULL;
 }
 
 /* ---- the dead-letter query ---- */
 
+static long long dead_letters_pg(store *st, long offset, long limit,
+                                 void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
+                                 char *err, size_t errlen)
+{
+    long long total = store_pg_one_int(st, "SELECT count(*) FROM dead_letters", 0, NULL,
+                                       "dead letter count");
+    char l[24], o[24];
+    const char *p[] = {store_pg_int(l, limit), store_pg_int(o, offset)};
+    PGresult *r = total < 0 ? NULL
+                  : store_pg_query(st, "SELECT id, event_id, event_type, subject, payload,"
+                                       " request_id, deliveries, error, stream_seq, created_at"
+                                       " FROM dead_letters ORDER BY id LIMIT $1 OFFSET $2", 2, p,
+                                   "dead letter list");
+    if (!r) {
+        snprintf(err, errlen, "%s", store_error(st));
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        bus_dead_letter dl = {
+            .id = store_pg_get_int(r, i, 0),
+            .event_id = PQgetvalue(r, i, 1),
+            .event_type = PQgetvalue(r, i, 2),
+            .subject = PQgetvalue(r, i, 3),
+            .payload = PQgetvalue(r, i, 4),
+            .request_id = PQgetisnull(r, i, 5) ? NULL : PQgetvalue(r, i, 5),
+            .deliveries = store_pg_get_int(r, i, 6),
+            .error = PQgetvalue(r, i, 7),
+            .stream_seq = store_pg_get_int(r, i, 8),
+            .created_at = PQgetvalue(r, i, 9),
+        };
+        each(&dl, arg);
+    }
+    PQclear(r);
+    return total;
+}
+
 long long bus_dead_letters(bus *b, long offset, long limit,
                            void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
                            char *err, size_t errlen)
 {
+    return bus_dead_letters_in(b->st, offset, limit, each, arg, err, errlen);
+}
+
+long long bus_dead_letters_in(store *st, long offset, long limit,
+                              void (*each)(const bus_dead_letter *dl, void *arg), void *arg,
+                              char *err, size_t errlen)
+{
+    if (store_is_pg(st)) return dead_letters_pg(st, offset, limit, each, arg, err, errlen);
+
     long long total = -1;
-    sqlite3_stmt *s = store_prepare(b->st, "SELECT count(*) FROM dead_letters");
+    sqlite3_stmt *s = store_prepare(st, "SELECT count(*) FROM dead_letters");
     if (s && sqlite3_step(s) == SQLITE_ROW) total = sqlite3_column_int64(s, 0);
     if (s) sqlite3_reset(s);
-    s = store_prepare(b->st,
+    s = store_prepare(st,
         "SELECT id, event_id, event_type, subject, payload, request_id, deliveries, error,"
         " stream_seq, created_at FROM dead_letters ORDER BY id LIMIT ? OFFSET ?");
     if (total < 0 || !s) {
-        snprintf(err, errlen, "%s", store_error(b->st));
+        snprintf(err, errlen, "%s", store_error(st));
         return -1;
     }
     sqlite3_bind_int64(s, 1, limit);
@@ -750,7 +870,7 @@ long long bus_dead_letters(bus *b, long offset, long limit,
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
-        snprintf(err, errlen, "%s", store_error(b->st));
+        snprintf(err, errlen, "%s", store_error(st));
         return -1;
     }
     return total;
@@ -758,16 +878,49 @@ long long bus_dead_letters(bus *b, long offset, long limit,
 
 /* ---- upkeep: processed_events generations and the dead-letter bound ---- */
 
+/* A chunk deleted: the next one soon, leaving the loop to the events in
+ * between; else the next check after the interval. */
+static void upkeep_again(bus *b, int more)
+{
+    long ms = more == 1 ? 10 : b->upkeep_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(b->upkeep, &tv);
+}
+
+/* PostgreSQL: the step runs as a unit of work (db.h). */
+struct upkeep_job {
+    bus *b;
+    int more;
+};
+
+static void upkeep_work(store *st, void *arg)
+{
+    struct upkeep_job *j = arg;
+    j->more = processed_upkeep(st, (long long)time(NULL), j->b->processed_keep_s,
+                               j->b->dead_letters_max);
+}
+
+static void upkeep_done(void *arg, db_status status)
+{
+    struct upkeep_job *j = arg;
+    upkeep_again(j->b, status == DB_DONE ? j->more : -1);
+    free(j);
+}
+
 void consumer_on_upkeep(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     bus *b = arg;
-    int more = processed_upkeep(b->st, (long long)time(NULL), b->processed_keep_s,
-                                b->dead_letters_max);
-    /* A chunk deleted: the next one soon, leaving the loop to the events
-     * in between; else the next check after the interval. */
-    long ms = more == 1 ? 10 : b->upkeep_ms;
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_add(b->upkeep, &tv);
+    if (!b->db) {
+        upkeep_again(b, processed_upkeep(b->st, (long long)time(NULL), b->processed_keep_s,
+                                         b->dead_letters_max));
+        return;
+    }
+    struct upkeep_job *j = malloc(sizeof *j);
+    if (j) *j = (struct upkeep_job){b, 0};
+    if (!j || !db_run(b->db, upkeep_work, upkeep_done, j)) {
+        free(j);
+        upkeep_again(b, 0);
+    }
 }

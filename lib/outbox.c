@@ -39,8 +39,10 @@
 
 #include <nats/nats.h>
 
+#include "db.h"
 #include "log.h"
 #include "metrics.h"
+#include "store_pg.h"
 #include "uuid.h"
 
 #define TRIM_MS           50        /* published rows are deleted this late at most */
@@ -55,7 +57,7 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
         log_error("msg=\"outbox_add: bad event\" event=%s", event_type ? event_type : "(null)");
         return -1;
     }
-    if (sqlite3_get_autocommit(store_db(st))) {
+    if (!store_in_transaction(st)) {
         /* Outside a transaction the event could be committed without the
          * change it announces, or the other way round. */
         log_error("msg=\"outbox_add called outside a transaction\" event=%s", event_type);
@@ -85,10 +87,16 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
     }
 
     int rc = SQLITE_ERROR;
-    sqlite3_stmt *s = store_prepare(st,
+    char now[32];
+    if (store_is_pg(st)) {
+        const char *p[] = {event_id, event_type, text, request_id, log_utc_now(now, true)};
+        rc = store_pg_command(st, "INSERT INTO outbox (event_id, event_type, payload, request_id,"
+                                  " created_at) VALUES ($1, $2, $3, $4, $5)", 5, p,
+                              "outbox insert") == 1 ? SQLITE_DONE : SQLITE_ERROR;
+    }
+    sqlite3_stmt *s = store_is_pg(st) ? NULL : store_prepare(st,
         "INSERT INTO outbox (event_id, event_type, payload, request_id, created_at)"
         " VALUES (?, ?, ?, ?, ?)");
-    char now[32];
     if (s) {
         sqlite3_bind_text(s, 5, log_utc_now(now, true), -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
@@ -149,6 +157,7 @@ struct relay_marks {
 /* Deletes the rows up to the relay's mark in one transaction. */
 void outbox_trim_now(bus *b)
 {
+    if (b->db) return;      /* PostgreSQL: the relay deletes (delete_published_pg) */
     long long mark = atomic_load(&b->published_seq);
     if (mark <= b->trimmed_seq) return;
     bool began = store_begin(b->st) == SQLITE_OK;
@@ -192,6 +201,81 @@ static void hand_over_mark(bus *b, long long seq)
     }
 }
 
+/* Builds the message of one outbox row into msgs[n] and b->pending[n]
+ * (pub_mu held). False when it cannot be built (the batch stops there). */
+static bool add_pending(bus *b, natsMsg **msgs, int n, long long seq, const char *event_id,
+                        const char *event_type, const char *payload, int payload_len,
+                        const char *request_id)
+{
+    char subject[128];
+    snprintf(subject, sizeof subject, SUBJECT_PREFIX "%s", event_type);
+    natsMsg *m = NULL;
+    if (natsMsg_Create(&m, subject, NULL, payload, payload_len) != NATS_OK ||
+        natsMsgHeader_Set(m, "Nats-Msg-Id", event_id) != NATS_OK ||
+        (request_id && natsMsgHeader_Set(m, "X-Request-Id", request_id) != NATS_OK)) {
+        natsMsg_Destroy(m);
+        return false;
+    }
+    b->pending[n].seq = seq;
+    snprintf(b->pending[n].event_id, sizeof b->pending[n].event_id, "%s", event_id);
+    b->pending[n].acked = false;
+    msgs[n] = m;
+    return true;
+}
+
+/* Ends the loading of a batch of n rows (pub_mu held). */
+static void pending_loaded(bus *b, int n)
+{
+    b->npending = n;
+    b->pending_hint = 0;
+    b->last_pub_error[0] = '\0';
+}
+
+/* PostgreSQL: writers commit concurrently, so a row may become visible
+ * after rows with a higher seq were published: a mark would skip it for
+ * ever. So the relay reads whatever rows are there, oldest first, and
+ * deletes the ones JetStream acknowledged itself (no single-writer page
+ * cache to spare here, unlike SQLite). A row published but not deleted (a
+ * failed delete, a crash) goes out again with its id: JetStream drops the
+ * duplicate within its window, consumers de-duplicate beyond it. */
+static int load_outbox_pg(bus *b, store *rs, natsMsg **msgs)
+{
+    char limit[24];
+    const char *p[] = {store_pg_int(limit, RELAY_BATCH)};
+    PGresult *r = store_pg_query(rs, "SELECT seq, event_id, event_type, payload, request_id"
+                                     " FROM outbox ORDER BY seq LIMIT $1", 1, p, "outbox read");
+    if (!r) return -1;
+    int n = 0;
+    pthread_mutex_lock(&b->pub_mu);
+    for (int i = 0; i < PQntuples(r) && n < RELAY_BATCH; i++, n++)
+        if (!add_pending(b, msgs, n, store_pg_get_int(r, i, 0), PQgetvalue(r, i, 1),
+                         PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), PQgetlength(r, i, 3),
+                         PQgetisnull(r, i, 4) ? NULL : PQgetvalue(r, i, 4)))
+            break;
+    pending_loaded(b, n);
+    pthread_mutex_unlock(&b->pub_mu);
+    PQclear(r);
+    return n;
+}
+
+/* PostgreSQL: deletes the acknowledged rows of the batch (all of it). */
+static void delete_published_pg(bus *b, store *rs, int n)
+{
+    char *list = malloc((size_t)n * 22 + 3);
+    if (!list) return;      /* published again later: de-duplicated */
+    size_t len = 0;
+    list[len++] = '{';
+    pthread_mutex_lock(&b->pub_mu);
+    for (int i = 0; i < n; i++)
+        len += (size_t)sprintf(list + len, "%s%lld", i ? "," : "", b->pending[i].seq);
+    pthread_mutex_unlock(&b->pub_mu);
+    list[len++] = '}';
+    list[len] = '\0';
+    const char *p[] = {list};
+    store_pg_command(rs, "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", 1, p, "outbox delete");
+    free(list);
+}
+
 /* Loads up to RELAY_BATCH outbox rows past the published mark into
  * b->pending and builds their messages in msgs. Returns the count, or -1
  * on a database error. */
@@ -203,30 +287,16 @@ static int load_outbox(bus *b, store *rs, natsMsg **msgs, const struct relay_mar
     if (!s) return -1;
     sqlite3_bind_int64(s, 1, marks->published);
     sqlite3_bind_int(s, 2, RELAY_BATCH);
-    int n = 0, rc;
+    int n = 0;
     pthread_mutex_lock(&b->pub_mu);
-    while (n < RELAY_BATCH && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        const char *event_id = (const char *)sqlite3_column_text(s, 1);
-        const char *event_type = (const char *)sqlite3_column_text(s, 2);
-        const char *payload = (const char *)sqlite3_column_text(s, 3);
-        const char *request_id = (const char *)sqlite3_column_text(s, 4);
-        char subject[128];
-        snprintf(subject, sizeof subject, SUBJECT_PREFIX "%s", event_type);
-        natsMsg *m = NULL;
-        if (natsMsg_Create(&m, subject, NULL, payload, sqlite3_column_bytes(s, 3)) != NATS_OK ||
-            natsMsgHeader_Set(m, "Nats-Msg-Id", event_id) != NATS_OK ||
-            (request_id && natsMsgHeader_Set(m, "X-Request-Id", request_id) != NATS_OK)) {
-            natsMsg_Destroy(m);
+    for (; n < RELAY_BATCH && sqlite3_step(s) == SQLITE_ROW; n++)
+        if (!add_pending(b, msgs, n, sqlite3_column_int64(s, 0),
+                         (const char *)sqlite3_column_text(s, 1),
+                         (const char *)sqlite3_column_text(s, 2),
+                         (const char *)sqlite3_column_text(s, 3), sqlite3_column_bytes(s, 3),
+                         (const char *)sqlite3_column_text(s, 4)))
             break;
-        }
-        b->pending[n].seq = sqlite3_column_int64(s, 0);
-        snprintf(b->pending[n].event_id, sizeof b->pending[n].event_id, "%s", event_id);
-        b->pending[n].acked = false;
-        msgs[n++] = m;
-    }
-    b->npending = n;
-    b->pending_hint = 0;
-    b->last_pub_error[0] = '\0';
+    pending_loaded(b, n);
     pthread_mutex_unlock(&b->pub_mu);
     sqlite3_reset(s);
     return n;
@@ -237,7 +307,7 @@ static int load_outbox(bus *b, store *rs, natsMsg **msgs, const struct relay_mar
 static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
 {
     natsMsg *msgs[RELAY_BATCH];
-    int n = load_outbox(b, rs, msgs, marks);
+    int n = b->db ? load_outbox_pg(b, rs, msgs) : load_outbox(b, rs, msgs, marks);
     if (n <= 0) return n;
     /* Under group commit these rows may be committed but not yet on disk:
      * an event must never be out for a change a power cut could undo. */
@@ -272,6 +342,11 @@ static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
     pthread_mutex_unlock(&b->pub_mu);
 
     if (acked < n) return -1;   /* the whole batch goes again (see above) */
+    if (b->db) {
+        delete_published_pg(b, rs, n);
+        metrics_counter_add("carshare_bus_published_total", "", acked);
+        return n;
+    }
     /* The whole batch, hence every row up to its last. */
     marks->published = last_seq;
     hand_over_mark(b, last_seq);
@@ -282,6 +357,11 @@ static int relay_batch(bus *b, store *rs, jsCtx *js, struct relay_marks *marks)
 /* The rows not yet published (published ones may wait for their delete). */
 static void update_backlog(store *rs, const struct relay_marks *marks)
 {
+    if (store_is_pg(rs)) {
+        long long n = store_pg_one_int(rs, "SELECT count(*) FROM outbox", 0, NULL, "outbox count");
+        if (n >= 0) metrics_gauge_set("carshare_bus_outbox_backlog", "", (double)n);
+        return;
+    }
     sqlite3_stmt *s = store_prepare(rs, "SELECT count(*) FROM outbox WHERE seq > ?");
     if (s) sqlite3_bind_int64(s, 1, marks->published);
     if (s && sqlite3_step(s) == SQLITE_ROW)
@@ -315,12 +395,12 @@ void *outbox_relay_main(void *arg)
         pthread_mutex_unlock(&b->mu);
 
         if (!rs) {
-            if (!(rs = store_open_path(b->db_path, NULL))) {
+            if (!(rs = b->db ? db_connect(b->db) : store_open_path(b->db_path, NULL))) {
                 delay = 1000;
                 continue;
             }
-            /* The relay only reads (the loop deletes what it published). */
-            sqlite3_busy_timeout(store_db(rs), 5000);
+            /* SQLite: the relay only reads (the loop deletes what it published). */
+            if (!b->db) sqlite3_busy_timeout(store_db(rs), 5000);
         }
         if (!nc) {
             if (!(nc = bus_connect(b))) {

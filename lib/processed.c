@@ -1,16 +1,24 @@
 /* processed.c: the idempotent consumer's memory and the bus's bounds in a
  * service's database (processed.h says what and why). Pure store work: the
- * bus calls processed_upkeep from a timer on the loop (consumer.c). */
+ * bus calls processed_upkeep from a timer on the loop (consumer.c; on
+ * PostgreSQL as a unit of work on a database thread). Each function speaks
+ * the dialect of the store it is given. */
 #include "processed.h"
 
 #include <stdio.h>
 #include "log.h"
 #include "metrics.h"
+#include "store_pg.h"
 
 #define PRUNE_CHUNK 1000    /* ids deleted per step: a few ms of work */
 
 bool processed_seen(store *st, const char *event_id)
 {
+    if (store_is_pg(st))
+        return store_pg_one_int(st, "SELECT count(*) FROM (SELECT 1 FROM processed_events"
+                                    " WHERE event_id = $1 UNION ALL SELECT 1 FROM"
+                                    " processed_events_previous WHERE event_id = $1) AS seen",
+                                1, &event_id, "processed event read") > 0;
     sqlite3_stmt *s = store_prepare(st,
         "SELECT 1 FROM processed_events WHERE event_id = ?1"
         " UNION ALL SELECT 1 FROM processed_events_previous WHERE event_id = ?1 LIMIT 1");
@@ -23,6 +31,13 @@ bool processed_seen(store *st, const char *event_id)
 
 bool processed_mark(store *st, const char *event_id, const char *event_type)
 {
+    if (store_is_pg(st)) {
+        char now[32];
+        const char *p[] = {event_id, event_type, log_utc_now(now, true)};
+        return store_pg_command(st, "INSERT INTO processed_events (event_id, event_type,"
+                                    " processed_at) VALUES ($1, $2, $3)", 3, p,
+                                "processed event insert") == 1;
+    }
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO processed_events (event_id, event_type, processed_at) VALUES (?, ?, ?)");
     if (!s) return false;
@@ -74,11 +89,44 @@ static int rotate(store *st, long long now_s, long long keep_s)
     return run_with(st, "UPDATE processed_generation SET started_at = ?", now_s) ? 0 : -1;
 }
 
+/* PostgreSQL's dialect of the two steps above. */
+static long long trim_dead_letters_pg(store *st, long long max)
+{
+    char m[24];
+    const char *p[] = {store_pg_int(m, max)};
+    return store_pg_command(st, "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM"
+                                " dead_letters) - $1", 1, p, "dead letter trim");
+}
+
+static int rotate_pg(store *st, long long now_s, long long keep_s)
+{
+    long long started = store_pg_one_int(st, "SELECT started_at FROM processed_generation", 0,
+                                         NULL, "processed_generation");
+    if (started < 0) return -1;
+    if (now_s - started < keep_s) return 0;
+    char chunk[24], now[24];
+    const char *p[] = {store_pg_int(chunk, PRUNE_CHUNK)};
+    long long deleted = store_pg_command(st, "DELETE FROM processed_events_previous WHERE event_id"
+                                             " IN (SELECT event_id FROM processed_events_previous"
+                                             " LIMIT $1)", 1, p, "processed prune");
+    if (deleted != 0) return deleted > 0 ? 1 : -1;
+    if (store_exec(st, "ALTER TABLE processed_events RENAME TO processed_events_swap;"
+                       "ALTER TABLE processed_events_previous RENAME TO processed_events;"
+                       "ALTER TABLE processed_events_swap RENAME TO processed_events_previous")
+        != SQLITE_OK)
+        return -1;
+    const char *q[] = {store_pg_int(now, now_s)};
+    return store_pg_command(st, "UPDATE processed_generation SET started_at = $1", 1, q,
+                            "processed_generation") < 0 ? -1 : 0;
+}
+
 int processed_upkeep(store *st, long long now_s, long long keep_s, long long dead_letters_max)
 {
     if (store_begin(st) != SQLITE_OK) return -1;
-    long long dropped = trim_dead_letters(st, dead_letters_max);
-    int more = dropped < 0 ? -1 : rotate(st, now_s, keep_s);
+    bool pg = store_is_pg(st);
+    long long dropped = pg ? trim_dead_letters_pg(st, dead_letters_max)
+                           : trim_dead_letters(st, dead_letters_max);
+    int more = dropped < 0 ? -1 : pg ? rotate_pg(st, now_s, keep_s) : rotate(st, now_s, keep_s);
     if (more < 0 || store_commit(st) != SQLITE_OK) {
         char e[200];
         log_error("msg=\"bus upkeep failed\" error=%s", log_quote(e, sizeof e, store_error(st)));

@@ -357,3 +357,9 @@ void rep_reply_created(http_req *r, json_t *item)
         http_set_header(r, "Location", href);
     http_reply_json(r, 201, item);
 }
+
+void rep_reply_db_unavailable(http_req *r, const char *what)
+{
+    http_set_header(r, "Retry-After", "1");
+    http_reply_error(r, 503, "%s is unavailable: try again shortly", what);
+}

@@ -95,4 +95,9 @@ void rep_reply_created(http_req *r, json_t *item);
  * its id as the client wrote it. */
 void rep_reply_found(http_req *r, int found, json_t *item, const char *what, const char *id);
 
+/* 503 with Retry-After: 1, for a unit of work (db.h) that could not run or
+ * found the database unreachable or too slow: "`what` is unavailable: try
+ * again shortly" (what: "the payment database"). */
+void rep_reply_db_unavailable(http_req *r, const char *what);
+
 #endif

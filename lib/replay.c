@@ -69,6 +69,7 @@ static void replay_stream(bus *b, natsConnection *nc)
         return;
     }
 
+    store *st = NULL;       /* PostgreSQL: this thread's connection */
     int cap = REPLAY_BATCH;
     struct delivery *items = calloc((size_t)cap, sizeof *items);
     int timeouts = 0;
@@ -113,7 +114,7 @@ static void replay_stream(bus *b, natsConnection *nc)
             if (seq >= last || pending == 0) b->replay.reached_end = true;
         }
         struct batch batch = {.kind = BATCH_REPLAY, .items = items, .n = n};
-        bool complete = n == 0 || consumer_run_on_loop(b, &batch);
+        bool complete = n == 0 || consumer_apply_batch(b, &st, &batch);
         if (n > 0) natsMsg_Ack(items[n - 1].msg, NULL);
         natsMsgList_Destroy(&list);
         if (!complete) {
@@ -122,6 +123,7 @@ static void replay_stream(bus *b, natsConnection *nc)
         }
     }
     free(items);
+    store_close(st);
     natsSubscription_Unsubscribe(sub);   /* deletes the ephemeral consumer */
     natsSubscription_Destroy(sub);
     jsCtx_Destroy(js);

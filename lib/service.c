@@ -24,6 +24,7 @@
 #include "service.h"
 #include "auth.h"
 #include "config.h"
+#include "db.h"
 #include "durable.h"
 #include "log.h"
 #include "mem.h"
@@ -340,11 +341,53 @@ static void add_dead_letter(const bus_dead_letter *dl, void *arg)
     json_array_append_new(arg, item);
 }
 
+/* PostgreSQL: the query is a unit of work (db.h), answered on the loop. */
+typedef struct dead_letter_page {
+    http_req *req;
+    long page, size;
+    long long total;
+    json_t *items;
+    char err[256];
+} dead_letter_page;
+
+static void dead_letters_work(store *st, void *arg)
+{
+    dead_letter_page *p = arg;
+    json_decref(p->items);      /* a unit of work may run again */
+    p->items = json_array();
+    p->total = bus_dead_letters_in(st, p->page * p->size, p->size, add_dead_letter, p->items,
+                                   p->err, sizeof p->err);
+}
+
+static void dead_letters_done(void *arg, db_status status)
+{
+    dead_letter_page *p = arg;
+    if (status == DB_UNAVAILABLE) {
+        json_decref(p->items);
+        rep_reply_db_unavailable(p->req, "the database");
+    } else if (p->total < 0) {
+        json_decref(p->items);
+        http_reply_error(p->req, 500, "cannot read the dead letters: %s", p->err);
+    } else {
+        rep_reply_collection(p->req, "deadLetters", p->items, p->page, p->size, p->total);
+    }
+    free(p);
+}
+
 static void dead_letters(http_req *req, void *arg)
 {
     long page, size;
     if (!rep_page_query(req, &page, &size))
         return;
+    if (bus_db(arg)) {
+        dead_letter_page *p = calloc(1, sizeof *p);
+        if (p) *p = (dead_letter_page){.req = req, .page = page, .size = size};
+        if (!p || !db_run(bus_db(arg), dead_letters_work, dead_letters_done, p)) {
+            free(p);
+            rep_reply_db_unavailable(req, "the database");
+        }
+        return;
+    }
     char err[256];
     json_t *items = json_array();
     long long total = bus_dead_letters(arg, page * size, size, add_dead_letter, items, err,
@@ -383,6 +426,30 @@ int service_start_bus(service *svc, store *st, bus *b)
     service_ready_check(svc, "bus_connected", bus_connected, b);
     service_on_stop(svc, stop_bus, b);
     service_on_stop(svc, close_store, st);
+    return 0;
+}
+
+static void close_db(void *d)
+{
+    db_close(d);
+}
+
+int service_start_db(service *svc, db *d, bus *b)
+{
+    if (!db_is_pg(d) && config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
+        store_group_commit(db_store(d), svc->base) != 0)
+        log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
+    if (bus_start(b) != 0) {
+        log_error("msg=\"cannot start the event bus\"");
+        bus_free(b);
+        db_close(d);
+        return -1;
+    }
+    service_dead_letters_route(svc->http, b);
+    service_ready_check(svc, "store_ready", db_ready, d);
+    service_ready_check(svc, "bus_connected", bus_connected, b);
+    service_on_stop(svc, stop_bus, b);
+    service_on_stop(svc, close_db, d);
     return 0;
 }
 

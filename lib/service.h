@@ -69,6 +69,11 @@ int service_start_bus(service *svc, store *st, bus *b);
  * as a collection. service_start_bus registers it. */
 void service_dead_letters_route(http_server *s, bus *b);
 
+/* The same for a service's database (db.h), on either backend: group
+ * commit on SQLite, readiness from db_ready, db_close after the bus. */
+struct db;
+int service_start_db(service *svc, struct db *d, bus *b);
+
 /* Listens and runs the loop until shutdown. Returns the exit code. */
 int service_run(service *svc);
 

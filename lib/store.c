@@ -53,6 +53,7 @@
 #include "config.h"
 #include "durable.h"
 #include "log.h"
+#include "store_private.h"
 
 struct cached_stmt {
     char *sql;              /* key, owned; NULL = empty slot */
@@ -70,6 +71,7 @@ struct store {
     void *on_commit_arg;
     struct timespec busy_since;     /* start of the current wait for a lock */
     struct group *group;            /* group commit on the loop, or NULL */
+    struct pgstore *pg;             /* a PostgreSQL store (store_pg.c): db is NULL */
 };
 
 /* A store in group commit (store_group_commit). Everything here but
@@ -243,6 +245,7 @@ sqlite3_stmt *store_prepare(store *st, const char *sql)
 
 int store_exec(store *st, const char *sql)
 {
+    if (st->pg) return pgstore_exec(st->pg, sql) == 0 ? SQLITE_OK : SQLITE_ERROR;
     char *msg = NULL;
     int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
@@ -340,6 +343,7 @@ static int step_cached(store *st, const char *sql)
 
 int store_begin(store *st)
 {
+    if (st->pg) return pgstore_begin(st->pg) == 0 ? SQLITE_OK : SQLITE_ERROR;
     reset_busy_statements(st);
     int rc = step_cached(st, "BEGIN IMMEDIATE");
     if (rc != SQLITE_OK) {
@@ -350,10 +354,19 @@ int store_begin(store *st)
     return rc;
 }
 
+/* PostgreSQL: a failed COMMIT has ended the transaction too. */
+static int commit_pg(store *st)
+{
+    if (pgstore_commit(st->pg) != 0) return SQLITE_ERROR;
+    if (st->on_commit) st->on_commit(st->on_commit_arg);
+    return SQLITE_OK;
+}
+
 /* On failure the transaction is rolled back, so the caller never has to
  * guess whether it is still inside one. */
 int store_commit(store *st)
 {
+    if (st->pg) return commit_pg(st);
     reset_busy_statements(st);
     if (st->group) durable_committing();
     int rc = step_cached(st, "COMMIT");
@@ -372,6 +385,10 @@ int store_commit(store *st)
 
 void store_rollback(store *st)
 {
+    if (st->pg) {
+        pgstore_rollback(st->pg);
+        return;
+    }
     reset_busy_statements(st);
     if (!sqlite3_get_autocommit(st->db)) step_cached(st, "ROLLBACK");
 }
@@ -681,6 +698,15 @@ store *store_open_path(const char *path, const char *const *migrations)
 
 store *store_open(const char *service_name, const char *const *migrations)
 {
+    /* A service that opens its SQLite file directly has no PostgreSQL store
+     * (the ported ones go through db_open, which comes here only without a
+     * URL): a URL meant for it must not be silently ignored. */
+    char setting[80];
+    if (config_database_url(service_name, setting, sizeof setting)) {
+        log_error("msg=\"%s is set, but the %s service does not run on PostgreSQL yet: unset it "
+                  "(the service then uses SQLite)\" setting=%s", setting, service_name, setting);
+        return NULL;
+    }
     const char *db_path = config_str("DB_PATH", NULL);
     if (db_path) return store_open_path(db_path, migrations);
 
@@ -699,6 +725,7 @@ store *store_open(const char *service_name, const char *const *migrations)
 void store_close(store *st)
 {
     if (!st) return;
+    pgstore_free(st->pg);
     if (st->group) group_stop(st);
     cache_clear(st);
     if (st->db) {
@@ -719,11 +746,35 @@ sqlite3 *store_db(store *st) { return st->db; }
 
 const char *store_path(const store *st) { return st->path; }
 
-const char *store_error(store *st) { return sqlite3_errmsg(st->db); }
+const char *store_error(store *st)
+{
+    return st->pg ? pgstore_error(st->pg) : sqlite3_errmsg(st->db);
+}
+
+bool store_in_transaction(store *st)
+{
+    return st->pg ? pgstore_in_transaction(st->pg) : !sqlite3_get_autocommit(st->db);
+}
+
+bool store_is_pg(const store *st) { return st->pg != NULL; }
+
+store *store_new_pg(struct pgstore *pg, const char *label)
+{
+    store *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(label))) {
+        free(st);
+        return NULL;
+    }
+    st->pg = pg;
+    return st;
+}
+
+struct pgstore *store_pgstore(const store *st) { return st ? st->pg : NULL; }
 
 bool store_ready(void *arg)
 {
     store *st = arg;
+    if (st && st->pg) return pgstore_ready(st->pg);
     if (!st || !st->db) return false;
     sqlite3_stmt *s = store_prepare(st, "SELECT 1");
     bool ok = s && sqlite3_step(s) == SQLITE_ROW;

@@ -66,6 +66,13 @@ int store_exec(store *st, const char *sql);
 /* Last error message of the connection. */
 const char *store_error(store *st);
 
+/* True between store_begin and store_commit/store_rollback. */
+bool store_in_transaction(store *st);
+
+/* True for a PostgreSQL store (store_pg.h): a service's store.c hands such
+ * a store to its store_pg.c. The domain never asks. */
+bool store_is_pg(const store *st);
+
 /* ---- reading rows ----
  * The small loops every store.c would otherwise write again. Each one
  * resets the statement when it is done with it (at the end of the rows, on

@@ -68,8 +68,15 @@ class LocalPostgres:
     # ---- lifecycle ----
     def start(self):
         os.makedirs(self.dir, exist_ok=True)
-        os.chmod(self.dir, 0o755)
+        os.chmod(self.dir, 0o700)
         self._own(self.dir)
+        if self.as_user:
+            # The server (user postgres) must pass through the directory above ours, which may be
+            # private (0700): let others traverse it, never list it.
+            parent = os.path.dirname(self.dir)
+            mode = os.stat(parent).st_mode & 0o777
+            if mode & 0o001 == 0:
+                os.chmod(parent, mode | 0o001)
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
             self._run("initdb", "-D", self.data, "-U", "postgres", "--auth-local=trust",
                       "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")

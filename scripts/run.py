@@ -22,6 +22,12 @@ Identity: before anything starts, `carshare-account keygen` makes account's toke
 service key in DATA_DIR/keys (once; 0600), so every process finds the public keys it verifies
 with. At the first start account creates the staff account `admin` with a random password in
 DATA_DIR/secrets/admin-password (0600); this script prints it that once.
+
+DB=postgres (make run DB=postgres): also starts a private PostgreSQL server in DATA_DIR/postgres
+(scripts/pglocal.py: initdb on first use, pg_ctl on PG_PORT, default 5433, loopback only), creates
+a role and a database per service that has a PostgreSQL store (each role may use only its own
+database), runs those services on it (<SERVICE>_DATABASE_URL) and the others on SQLite, and stops
+the server last, by its PID. A <SERVICE>_DATABASE_URL or DATABASE_URL already set is left alone.
 """
 import os
 import signal
@@ -40,6 +46,8 @@ DATA_DIR = os.path.abspath(os.environ.get("DATA_DIR", os.path.join(ROOT, "data")
 PORTS = {"order": 8081, "delivery": 8082, "customerpage": 8083, "payment": 8084, "account": 8085,
          "gateway": 8088}
 ORDER = ["account", "payment", "order", "delivery", "customerpage", "gateway"]
+# The services whose store has a PostgreSQL version (tests/e2e/harness.py has the same list).
+PG_SERVICES = ["payment", "delivery", "customerpage"]
 
 
 def port_of(name):
@@ -159,6 +167,22 @@ def main():
         if name != "gateway":
             env.setdefault(name.upper() + "_URL", "http://%s:%d" % (HOST, port_of(name)))
 
+    pg = None
+    if os.environ.get("DB", "sqlite") == "postgres":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from pglocal import LocalPostgres
+        # Its log stays in its own directory: logs/ is private to us, and the server may run as
+        # the `postgres` user.
+        pg = LocalPostgres(os.path.join(DATA_DIR, "postgres"), int(os.environ.get("PG_PORT", 5433)))
+        log("starting PostgreSQL on 127.0.0.1:%d (data and log in %s)" % (pg.port, pg.dir))
+        pg.start()
+        for name in PG_SERVICES:
+            var = name.upper() + "_DATABASE_URL"
+            if var not in os.environ and "DATABASE_URL" not in os.environ:
+                env[var] = pg.service_database(name)
+        log("on PostgreSQL: %s; on SQLite: %s" % (
+            ", ".join(PG_SERVICES), ", ".join(n for n in ORDER if n not in PG_SERVICES + ["gateway"])))
+
     procs = []
     passwords = {}
     if "NATS_URL" not in os.environ:
@@ -210,6 +234,8 @@ def main():
         if p.name == "nats-server":
             p.terminate()
             p.wait(10)
+    if pg:
+        pg.stop()
     log("stopped")
 
 

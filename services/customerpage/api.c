@@ -14,15 +14,18 @@
  * Who sees what (the contract's access table): staff see every row; a
  * customer sees only their own -- lists and searches hold only theirs
  * (a search for another customerId is empty), another's row is a 404, as
- * if it did not exist. The caller comes from the token (lib/auth.h). */
+ * if it did not exist. The caller comes from the token (lib/auth.h), read
+ * on the loop: before a unit of work (the filter) or after it (the check). */
 #include "customerpage.h"
 
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "auth.h"
 #include "http.h"
 #include "rep.h"
+#include "token.h"
 
 /* ---- representations ---- */
 
@@ -86,33 +89,124 @@ static bool query_text(http_req *r, const char *name, char *text, size_t textlen
     return true;
 }
 
+/* ---- one request's unit of work (db.h) ----
+ *
+ * The store is read by the `work` half (at once on SQLite, on a database
+ * thread on PostgreSQL), the answer sent by the `done` half on the loop; a
+ * database that is unreachable or too slow is answered 503. */
+
+typedef struct page_job {
+    http_req *req;
+    db *db;
+    long long id;                /* path id or orderId */
+    bool valid_id;
+    char customer_id[160];
+    bool by_customer;
+    long page, size;
+    long long total;
+    int found;                   /* 1, 0, or -1 on a database error */
+    customer_page one;
+    int n;
+    customer_page *rows;         /* a page of rows, each to be cleared */
+    char err[200];
+} page_job;
+
+static page_job *job_new(http_req *r, customerpage_app *app)
+{
+    page_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
+        return NULL;
+    }
+    j->req = r;
+    j->db = app->db;
+    return j;
+}
+
+static void job_free(page_job *j)
+{
+    for (int i = 0; i < j->n; i++) customer_page_clear(&j->rows[i]);
+    customer_page_clear(&j->one);
+    free(j->rows);
+    free(j);
+}
+
+static void job_run(page_job *j, db_work_fn work, db_done_fn done)
+{
+    if (db_run(j->db, work, done, j)) return;
+    rep_reply_db_unavailable(j->req, "the customer page database");
+    job_free(j);
+}
+
+static bool answered_unavailable(page_job *j, db_status status)
+{
+    if (status != DB_UNAVAILABLE) return false;
+    rep_reply_db_unavailable(j->req, "the customer page database");
+    job_free(j);
+    return true;
+}
+
 /* ---- pages ---- */
 
-static void add_page(const customer_page *p, void *arg)
+static void keep_page(const customer_page *p, void *arg)
 {
-    rep_list *l = arg;
-    json_array_append_new(l->items, page_item(p, l->base_url));
+    page_job *j = arg;
+    customer_page *kept = &j->rows[j->n++];
+    *kept = *p;
+    kept->history = json_incref(p->history);    /* the caller clears its own */
+}
+
+static void list_work(store *st, void *arg)
+{
+    page_job *j = arg;
+    for (int i = 0; i < j->n; i++) customer_page_clear(&j->rows[i]);
+    j->n = 0;
+    const char *customer = j->by_customer ? j->customer_id : NULL;
+    j->total = page_store_count(st, customer);
+    j->found = j->total >= 0 &&
+               page_store_list(st, customer, j->page * j->size, j->size, keep_page, j) >= 0;
+    if (!j->found) snprintf(j->err, sizeof j->err, "%s", store_error(st));
+}
+
+static void list_done(void *arg, db_status status)
+{
+    page_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    if (!j->found) {
+        http_reply_error(j->req, 500, "could not read the customer pages: %s", j->err);
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->n; i++)
+            json_array_append_new(items, page_item(&j->rows[i], http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "customerpages", items, j->page, j->size, j->total);
+    }
+    job_free(j);
 }
 
 /* Lists the rows, all or one customer's. */
-static void reply_pages(http_req *r, store *st, const char *customer_id)
+static void reply_pages(http_req *r, customerpage_app *app, const char *customer_id)
 {
     long page, size;
     if (!rep_page_query(r, &page, &size)) return;
-    long long total = page_store_count(st, customer_id);
-    rep_list list = { json_array(), http_req_base_url(r) };
-    if (total < 0 || page_store_list(st, customer_id, page * size, size, add_page, &list) < 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "could not read the customer pages: %s", store_error(st));
+    page_job *j = job_new(r, app);
+    if (!j) return;
+    j->page = page;
+    j->size = size;
+    if (customer_id) {
+        j->by_customer = true;
+        snprintf(j->customer_id, sizeof j->customer_id, "%s", customer_id);
+    }
+    if (!(j->rows = calloc((size_t)size, sizeof *j->rows))) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
+        job_free(j);
         return;
     }
-    rep_reply_collection(r, "customerpages", list.items, page, size, total);
+    job_run(j, list_work, list_done);
 }
 
 static void get_pages(http_req *r, void *arg)
 {
-    customerpage_app *app = arg;
-    reply_pages(r, app->st, auth_owner_filter(r));
+    reply_pages(r, arg, auth_owner_filter(r));
 }
 
 /* A customer's search for someone else: an empty page, like no rows. */
@@ -125,51 +219,79 @@ static void reply_no_pages(http_req *r)
 
 static void find_pages_by_customer(http_req *r, void *arg)
 {
-    customerpage_app *app = arg;
     char customer_id[160];
     if (!query_text(r, "customerId", customer_id, sizeof customer_id))
         return;
     if (auth_may_see(r, customer_id))
-        reply_pages(r, app->st, customer_id);
+        reply_pages(r, arg, customer_id);
     else
         reply_no_pages(r);
 }
 
+static void get_one_work(store *st, void *arg)
+{
+    page_job *j = arg;
+    customer_page_clear(&j->one);
+    j->found = j->valid_id ? page_store_get(st, j->id, &j->one) : 0;
+    if (j->found < 0) snprintf(j->err, sizeof j->err, "%s", store_error(st));
+}
+
+/* Another customer's rental is as unknown as a missing one. */
+static void hide_others(page_job *j)
+{
+    if (j->found > 0 && !auth_may_see(j->req, j->one.customer_id)) j->found = 0;
+}
+
+static void get_page_done(void *arg, db_status status)
+{
+    page_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    hide_others(j);
+    rep_reply_found(j->req, j->found,
+                    j->found > 0 ? page_item(&j->one, http_req_base_url(j->req)) : NULL,
+                    "customer page", http_req_param(j->req, "id"));
+    job_free(j);
+}
+
 static void get_page(http_req *r, void *arg)
 {
-    customerpage_app *app = arg;
-    const char *raw = http_req_param(r, "id");
-    long long id;
-    customer_page p = { 0 };
-    int found = rep_path_id(raw, &id) ? page_store_get(app->st, id, &p) : 0;
-    if (found > 0 && !auth_may_see(r, p.customer_id))
-        found = 0;   /* another customer's rental: as unknown as a missing one */
-    rep_reply_found(r, found, found > 0 ? page_item(&p, http_req_base_url(r)) : NULL,
-                    "customer page", raw);
-    customer_page_clear(&p);
+    page_job *j = job_new(r, arg);
+    if (!j) return;
+    j->valid_id = rep_path_id(http_req_param(r, "id"), &j->id);
+    job_run(j, get_one_work, get_page_done);
+}
+
+static void by_order_done(void *arg, db_status status)
+{
+    page_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    hide_others(j);
+    if (j->found < 0) {
+        http_reply_error(j->req, 500, "could not read the customer page of order %lld: %s", j->id,
+                         j->err);
+    } else {
+        json_t *items = json_array();
+        if (j->found && j->page == 0)
+            json_array_append_new(items, page_item(&j->one, http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "customerpages", items, j->page, j->size, j->found);
+    }
+    job_free(j);
 }
 
 static void find_pages_by_order(http_req *r, void *arg)
 {
-    customerpage_app *app = arg;
     long long order_id;
     long page, size;
     if (!rep_query_int(r, "orderId", 1, LLONG_MAX, &order_id)
         || !rep_page_query(r, &page, &size))
         return;
-    customer_page p = { 0 };
-    int found = page_store_get(app->st, order_id, &p);
-    if (found > 0 && !auth_may_see(r, p.customer_id))
-        found = 0;
-    if (found < 0) {
-        http_reply_error(r, 500, "could not read the customer page of order %lld: %s", order_id,
-                         store_error(app->st));
-        return;
-    }
-    json_t *items = json_array();
-    if (found && page == 0) json_array_append_new(items, page_item(&p, http_req_base_url(r)));
-    customer_page_clear(&p);
-    rep_reply_collection(r, "customerpages", items, page, size, found);
+    page_job *j = job_new(r, arg);
+    if (!j) return;
+    j->id = order_id;
+    j->valid_id = true;
+    j->page = page;
+    j->size = size;
+    job_run(j, get_one_work, by_order_done);
 }
 
 /* ---- rebuild ---- */
@@ -186,18 +308,34 @@ static json_t *rebuild_json(const rebuild_status *s)
                      "error", text_or_null(s->error));
 }
 
+/* The answer to POST /admin/rebuild, once the start is settled. */
+typedef struct rebuild_request {
+    http_req *req;
+    customerpage_app *app;
+} rebuild_request;
+
+static void answer_rebuild(void *arg, int status, const char *err)
+{
+    rebuild_request *rq = arg;
+    if (status == 202) {
+        http_set_header(rq->req, "Location", "/admin/rebuild");
+        http_reply_json(rq->req, 202, rebuild_json(&rq->app->rebuild));
+    } else {
+        if (status == 503) http_set_header(rq->req, "Retry-After", "5");
+        http_reply_error(rq->req, status, "%s", err);
+    }
+    free(rq);
+}
+
 static void post_rebuild(http_req *r, void *arg)
 {
-    customerpage_app *app = arg;
-    bool conflict;
-    char err[256];
-    if (customerpage_rebuild_start(app, &conflict, err, sizeof err) < 0) {
-        if (!conflict) http_set_header(r, "Retry-After", "5");
-        http_reply_error(r, conflict ? 409 : 503, "%s", err);
+    rebuild_request *rq = malloc(sizeof *rq);
+    if (!rq) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
         return;
     }
-    http_set_header(r, "Location", "/admin/rebuild");
-    http_reply_json(r, 202, rebuild_json(&app->rebuild));
+    *rq = (rebuild_request){r, arg};
+    customerpage_rebuild_start(arg, answer_rebuild, rq);
 }
 
 static void get_rebuild(http_req *r, void *arg)

@@ -38,8 +38,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <jansson.h>
+#include <stdatomic.h>
 #include "bus.h"
 #include "service.h"
+#include "db.h"
 #include "store.h"
 
 /* Which pair of tables: the live view or the rebuild's shadow. */
@@ -97,6 +99,7 @@ void customer_page_clear(customer_page *p);
 /* ---- store.c: -1 on a database error (logged) ---- */
 
 extern const char *const customerpage_migrations[];
+extern const db_schema customerpage_schema;   /* db_open(..., &customerpage_schema) */
 
 /* Stores a fact unless an equal or preferred one is there: returns 1 when
  * the set of facts of its order changed, 0 when not. */
@@ -122,13 +125,31 @@ long long page_store_rebuild_differences(store *st);
 /* Inside the caller's transaction: live := shadow, shadow emptied. */
 int page_store_swap_in_rebuild(store *st);
 
+/* ---- store_pg.c: the same on PostgreSQL, called by store.c only ---- */
+
+extern const char *const customerpage_pg_migrations[];
+int page_pg_put_fact(store *st, page_view v, const page_fact *f);
+int page_pg_facts(store *st, page_view v, long long order_id, const char *except_type,
+                  page_fact **out, size_t *n);
+int page_pg_put_page(store *st, page_view v, const customer_page *p);
+int page_pg_get(store *st, long long order_id, customer_page *out);
+long long page_pg_count(store *st, const char *customer_id);
+int page_pg_list(store *st, const char *customer_id, long offset, long limit,
+                 void (*visit)(const customer_page *p, void *arg), void *arg);
+int page_pg_clear_rebuild(store *st);
+long long page_pg_rebuild_rows(store *st);
+long long page_pg_rebuild_differences(store *st);
+int page_pg_swap_in_rebuild(store *st);
+
 /* ---- policy.c ---- */
 
 typedef enum { REBUILD_IDLE, REBUILD_RUNNING, REBUILD_DONE, REBUILD_FAILED } rebuild_state;
 
+/* state and events are atomic: on PostgreSQL the live consumer reads the
+ * state, and the replay counts events, on threads of their own (db.h). */
 typedef struct rebuild_status {
-    rebuild_state state;
-    long events;             /* events replayed */
+    _Atomic rebuild_state state;
+    atomic_long events;      /* events replayed */
     long long rows;          /* rows in the rebuilt view (hidden included) */
     long long differences;   /* rows the rebuild changed, added or removed */
     char started_at[15], finished_at[15];
@@ -136,8 +157,10 @@ typedef struct rebuild_status {
 } rebuild_status;
 
 typedef struct customerpage_app {
-    store *st;
+    db *db;                  /* where the API's and the rebuild's work runs */
+    store *st;               /* db_store(db): the view's handlers get theirs from the bus */
     bus *bus;                /* NULL in unit tests that do not rebuild */
+    bool starting;           /* loop: a rebuild is emptying its tables */
     rebuild_status rebuild;
 } customerpage_app;
 
@@ -161,8 +184,10 @@ typedef enum {
 apply_result customerpage_apply(store *st, page_view v, const json_t *event,
                                 long long *order_id, char *err, size_t errlen);
 
-/* Starts a rebuild. Returns 0, or -1 with err (one is running: *conflict). */
-int customerpage_rebuild_start(customerpage_app *app, bool *conflict, char *err, size_t errlen);
+/* Starts a rebuild; answer(arg, status, err) tells how: 202 started, 409
+ * one is running, 503 the tables or the stream cannot be used now (err). */
+typedef void (*rebuild_answer)(void *arg, int status, const char *err);
+void customerpage_rebuild_start(customerpage_app *app, rebuild_answer answer, void *arg);
 const char *rebuild_state_name(rebuild_state s);
 
 /* ---- api.c ---- */

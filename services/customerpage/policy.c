@@ -5,7 +5,9 @@
  * the order's row. The live handler runs inside the bus's transaction, so
  * the row and the bus's record of the eventId commit together.
  *
- * Rebuild, step by step, all on the loop thread:
+ * Rebuild, step by step, driven from the loop thread (the database work as
+ * units of work, db.h; on PostgreSQL the live handler and the replay run on
+ * the bus's threads, hence the atomic state):
  *   1. empty the shadow tables, state := running;
  *   2. bus_replay delivers every stored event of the stream to
  *      replay_event, which applies it to the shadow view;
@@ -129,70 +131,155 @@ static int replay_event(store *st, const json_t *event, const char *request_id,
     return 0;
 }
 
+/* Empties the shadow tables (work of a unit, or at once on SQLite). */
+static void clear_work(store *st, void *arg)
+{
+    bool *ok = arg;
+    *ok = page_store_clear_rebuild(st) == 0;
+}
+
+static void cleared(void *arg, db_status status)
+{
+    (void)status;   /* a shadow left full is emptied by the next rebuild */
+    free(arg);
+}
+
 static void rebuild_failed(customerpage_app *app, const char *why)
 {
     app->rebuild.state = REBUILD_FAILED;
     snprintf(app->rebuild.error, sizeof app->rebuild.error, "%s", why);
     bus_timestamp(app->rebuild.finished_at);
-    page_store_clear_rebuild(app->st);
+    bool *ok = malloc(sizeof *ok);
+    if (ok && !db_run(app->db, clear_work, cleared, ok)) free(ok);
     char q[256];
     log_error("msg=\"customer page rebuild failed\" why=%s", log_quote(q, sizeof q, why));
 }
 
-/* The replay is over: swap the shadow in, in one transaction. */
+/* The swap, one transaction: counts, then live := shadow. */
+typedef struct swap_job {
+    customerpage_app *app;
+    long count;
+    long long differences, rows;
+    bool ok;
+    char why[256];
+} swap_job;
+
+static void swap_work(store *st, void *arg)
+{
+    swap_job *j = arg;
+    j->ok = false;
+    if (store_begin(st) != SQLITE_OK) {
+        snprintf(j->why, sizeof j->why, "cannot begin the swap: %s", store_error(st));
+        return;
+    }
+    j->differences = page_store_rebuild_differences(st);
+    j->rows = page_store_rebuild_rows(st);
+    if (j->differences < 0 || j->rows < 0 || page_store_swap_in_rebuild(st) < 0 ||
+        store_commit(st) != SQLITE_OK) {
+        snprintf(j->why, sizeof j->why, "cannot swap in the rebuilt view: %s", store_error(st));
+        store_rollback(st);
+        return;
+    }
+    j->ok = true;
+}
+
+static void swapped(void *arg, db_status status)
+{
+    swap_job *j = arg;
+    customerpage_app *app = j->app;
+    if (status == DB_UNAVAILABLE || !j->ok) {
+        rebuild_failed(app, status == DB_UNAVAILABLE ? "the database is unavailable" : j->why);
+    } else {
+        app->rebuild.state = REBUILD_DONE;
+        app->rebuild.rows = j->rows;
+        app->rebuild.differences = j->differences;
+        bus_timestamp(app->rebuild.finished_at);
+        log_info("msg=\"customer page rebuilt\" events=%ld rows=%lld differences=%lld",
+                 j->count, j->rows, j->differences);
+    }
+    free(j);
+}
+
+/* The replay is over: swap the shadow in. */
 static void rebuild_done(void *arg, bool ok, long count)
 {
     customerpage_app *app = arg;
-    store *st = app->st;
     app->rebuild.events = count;
     if (!ok) {
         rebuild_failed(app, "the replay of the event stream failed");
         return;
     }
-    char why[256];
-    if (store_begin(st) != SQLITE_OK) {
-        snprintf(why, sizeof why, "cannot begin the swap: %s", store_error(st));
-        rebuild_failed(app, why);
+    swap_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        rebuild_failed(app, "out of memory");
         return;
     }
-    long long differences = page_store_rebuild_differences(st);
-    long long rows = page_store_rebuild_rows(st);
-    if (differences < 0 || rows < 0 || page_store_swap_in_rebuild(st) < 0 ||
-        store_commit(st) != SQLITE_OK) {
-        snprintf(why, sizeof why, "cannot swap in the rebuilt view: %s", store_error(st));
-        store_rollback(st);
-        rebuild_failed(app, why);
-        return;
+    j->app = app;
+    j->count = count;
+    if (!db_run(app->db, swap_work, swapped, j)) {
+        free(j);
+        rebuild_failed(app, "the database is busy");
     }
-    app->rebuild.state = REBUILD_DONE;
-    app->rebuild.rows = rows;
-    app->rebuild.differences = differences;
-    bus_timestamp(app->rebuild.finished_at);
-    log_info("msg=\"customer page rebuilt\" events=%ld rows=%lld differences=%lld",
-             count, rows, differences);
 }
 
-int customerpage_rebuild_start(customerpage_app *app, bool *conflict, char *err, size_t errlen)
+/* A start in progress: the tables are being emptied. */
+typedef struct start_job {
+    customerpage_app *app;
+    rebuild_answer answer;
+    void *arg;
+    bool ok;
+} start_job;
+
+static void start_work(store *st, void *arg)
 {
-    *conflict = false;
-    if (app->rebuild.state == REBUILD_RUNNING) {
-        *conflict = true;
-        snprintf(err, errlen, "a rebuild is already running (started %s, %ld events so far)",
-                 app->rebuild.started_at, app->rebuild.events);
-        return -1;
-    }
-    if (page_store_clear_rebuild(app->st) < 0) {
-        snprintf(err, errlen, "cannot empty the rebuild tables: %s", store_error(app->st));
-        return -1;
+    start_job *j = arg;
+    clear_work(st, &j->ok);
+}
+
+static void started(void *arg, db_status status)
+{
+    start_job *j = arg;
+    customerpage_app *app = j->app;
+    app->starting = false;
+    if (status == DB_UNAVAILABLE || !j->ok) {
+        j->answer(j->arg, 503, "cannot empty the rebuild tables: the database failed");
+        free(j);
+        return;
     }
     memset(&app->rebuild, 0, sizeof app->rebuild);
     app->rebuild.state = REBUILD_RUNNING;
     bus_timestamp(app->rebuild.started_at);
     if (!app->bus || bus_replay(app->bus, replay_event, app, rebuild_done) != 0) {
-        snprintf(err, errlen, "the event stream cannot be replayed now (is the bus connected?)");
+        const char *err = "the event stream cannot be replayed now (is the bus connected?)";
         rebuild_failed(app, err);
-        return -1;
+        j->answer(j->arg, 503, err);
+        free(j);
+        return;
     }
     log_info("msg=\"customer page rebuild started\"");
-    return 0;
+    j->answer(j->arg, 202, NULL);
+    free(j);
+}
+
+void customerpage_rebuild_start(customerpage_app *app, rebuild_answer answer, void *arg)
+{
+    if (app->rebuild.state == REBUILD_RUNNING || app->starting) {
+        char err[200];
+        snprintf(err, sizeof err, "a rebuild is already running (started %s, %ld events so far)",
+                 app->rebuild.started_at, (long)app->rebuild.events);
+        answer(arg, 409, err);
+        return;
+    }
+    start_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        answer(arg, 503, "out of memory");
+        return;
+    }
+    *j = (start_job){.app = app, .answer = answer, .arg = arg};
+    app->starting = true;
+    if (!db_run(app->db, start_work, started, j)) {
+        app->starting = false;
+        free(j);
+        answer(arg, 503, "the database is busy");
+    }
 }

@@ -9,7 +9,10 @@
  * and picks the SQL text of that pair (statements are cached by text).
  *
  * Statements are reset after use so that no read stays open across the
- * caller's COMMIT. Errors are logged here and reported as -1. */
+ * caller's COMMIT. Errors are logged here and reported as -1.
+ *
+ * The same functions on PostgreSQL are in store_pg.c: each function here
+ * hands a PostgreSQL store over to its twin. */
 #include "customerpage.h"
 
 #include <stdio.h>
@@ -56,6 +59,8 @@ const char *const customerpage_migrations[] = {
     PERIOD_COLUMNS("customer_pages") PERIOD_COLUMNS("customer_pages_rebuild"),
     NULL
 };
+
+const db_schema customerpage_schema = {customerpage_migrations, customerpage_pg_migrations};
 
 #define PAGE_COLUMNS "order_id, customer_id, product_id, qty, amount, payment_id, " \
                      "delivery_id, status, step_rank, visible, history, from_date, to_date, days"
@@ -154,6 +159,7 @@ static json_t *fact_cache_get(long long order_id, const char *event_type, const 
 
 int page_store_put_fact(store *st, page_view v, const page_fact *f)
 {
+    if (store_is_pg(st)) return page_pg_put_fact(st, v, f);
     static const char *const sql[2] = FOR_BOTH(PUT_FACT);
     /* jtext_dump writes what json_dumps would; measured, json_dumps
      * cost ~20,000 instructions per event (the history's below, ~18,000). */
@@ -196,6 +202,7 @@ int page_store_put_fact(store *st, page_view v, const page_fact *f)
 int page_store_facts(store *st, page_view v, long long order_id, const char *except_type,
                      page_fact **out, size_t *n)
 {
+    if (store_is_pg(st)) return page_pg_facts(st, v, order_id, except_type, out, n);
     static const char *const sql[2] = FOR_BOTH(GET_FACTS);
     *out = NULL;
     *n = 0;
@@ -243,6 +250,7 @@ int page_store_facts(store *st, page_view v, long long order_id, const char *exc
 
 int page_store_put_page(store *st, page_view v, const customer_page *p)
 {
+    if (store_is_pg(st)) return page_pg_put_page(st, v, p);
     static const char *const sql[2] = FOR_BOTH(PUT_PAGE);
     char text[2048];
     char *history = jtext_dump(p->history, false, text, sizeof text) >= 0 ? text
@@ -303,6 +311,7 @@ static int read_page(sqlite3_stmt *s, void *out)
 
 int page_store_get(store *st, long long order_id, customer_page *out)
 {
+    if (store_is_pg(st)) return page_pg_get(st, order_id, out);
     sqlite3_stmt *s = store_prepare(st,
         "SELECT " PAGE_COLUMNS " FROM customer_pages WHERE order_id = ?1 AND visible = 1");
     if (!s) return -1;
@@ -312,6 +321,7 @@ int page_store_get(store *st, long long order_id, customer_page *out)
 
 long long page_store_count(store *st, const char *customer_id)
 {
+    if (store_is_pg(st)) return page_pg_count(st, customer_id);
     sqlite3_stmt *s = store_prepare(st,
         "SELECT COUNT(*) FROM customer_pages WHERE visible = 1 "
         "AND (?1 IS NULL OR customer_id = ?1)");
@@ -323,6 +333,7 @@ long long page_store_count(store *st, const char *customer_id)
 int page_store_list(store *st, const char *customer_id, long offset, long limit,
                     void (*visit)(const customer_page *p, void *arg), void *arg)
 {
+    if (store_is_pg(st)) return page_pg_list(st, customer_id, offset, limit, visit, arg);
     sqlite3_stmt *s = store_prepare(st,
         "SELECT " PAGE_COLUMNS " FROM customer_pages WHERE visible = 1 "
         "AND (?1 IS NULL OR customer_id = ?1) ORDER BY order_id LIMIT ?2 OFFSET ?3");
@@ -343,6 +354,7 @@ int page_store_list(store *st, const char *customer_id, long offset, long limit,
 
 int page_store_clear_rebuild(store *st)
 {
+    if (store_is_pg(st)) return page_pg_clear_rebuild(st);
     if (store_exec(st, "DELETE FROM page_events_rebuild; DELETE FROM customer_pages_rebuild;")
         != SQLITE_OK)
         return fail(st, NULL, "clear the rebuild tables");
@@ -351,6 +363,7 @@ int page_store_clear_rebuild(store *st)
 
 long long page_store_rebuild_rows(store *st)
 {
+    if (store_is_pg(st)) return page_pg_rebuild_rows(st);
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM customer_pages_rebuild");
     if (!s) return -1;
     return store_one_int(st, s, "count rebuilt pages");
@@ -358,6 +371,7 @@ long long page_store_rebuild_rows(store *st)
 
 long long page_store_rebuild_differences(store *st)
 {
+    if (store_is_pg(st)) return page_pg_rebuild_differences(st);
     sqlite3_stmt *s = store_prepare(st,
         "SELECT COUNT(DISTINCT order_id) FROM ("
         "  SELECT * FROM (SELECT " PAGE_COLUMNS " FROM customer_pages"
@@ -371,6 +385,7 @@ long long page_store_rebuild_differences(store *st)
 
 int page_store_swap_in_rebuild(store *st)
 {
+    if (store_is_pg(st)) return page_pg_swap_in_rebuild(st);
     if (store_exec(st,
             "DELETE FROM page_events;"
             "INSERT INTO page_events (" EVENT_COLUMNS ") "

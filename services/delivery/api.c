@@ -9,13 +9,17 @@
  *                                                 200 the existing one on repeat
  *
  * Handlers parse and validate, call the store or the cancel command of
- * policy.c, and shape the answer (rep.h). Everything runs on the loop
- * thread, as do the bus handlers, so a command's transaction never
- * interleaves with an event's. */
+ * policy.c, and shape the answer (rep.h). Each request is one unit of work
+ * (db.h): the store is used by its `work` half (at once on the loop on
+ * SQLite, where a command's transaction never interleaves with an event's;
+ * on a database thread on PostgreSQL, where SERIALIZABLE keeps them apart)
+ * and the answer sent by its `done` half, on the loop. A database that is
+ * unreachable or too slow is answered 503. */
 #include "delivery.h"
 
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include "http.h"
 #include "token.h"
 #include "rep.h"
@@ -52,34 +56,127 @@ static json_t *cancellation_item(const cancellation *c, const char *base_url)
     return rep_item(item, base_url, "cancellations", id);
 }
 
-/* ---- deliveries ---- */
+/* ---- one request's unit of work ---- */
 
-static void add_delivery(const delivery *d, void *arg)
+typedef struct delivery_job {
+    http_req *req;
+    db *db;
+    char request_id[80];
+    long long id;                /* path id or orderId; 0 = none */
+    bool valid_id;
+    long page, size;
+    long long total;
+    int found;                   /* 1, 0, or -1 on a database error */
+    delivery d;
+    cancellation c;
+    bool created;
+    int n;                       /* rows of the page */
+    delivery *deliveries;
+    cancellation *cancellations;
+    char err[200];
+} delivery_job;
+
+static delivery_job *job_new(http_req *r, db *d)
 {
-    rep_list *l = arg;
-    json_array_append_new(l->items, delivery_item(d, l->base_url));
+    delivery_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
+        return NULL;
+    }
+    j->req = r;
+    j->db = d;
+    snprintf(j->request_id, sizeof j->request_id, "%s", http_req_id(r));
+    return j;
 }
 
-static void add_cancellation(const cancellation *c, void *arg)
+static void job_free(delivery_job *j)
 {
-    rep_list *l = arg;
-    json_array_append_new(l->items, cancellation_item(c, l->base_url));
+    free(j->deliveries);
+    free(j->cancellations);
+    free(j);
+}
+
+static void job_run(delivery_job *j, db_work_fn work, db_done_fn done)
+{
+    if (db_run(j->db, work, done, j)) return;
+    rep_reply_db_unavailable(j->req, "the delivery database");
+    job_free(j);
+}
+
+static bool answered_unavailable(delivery_job *j, db_status status)
+{
+    if (status != DB_UNAVAILABLE) return false;
+    rep_reply_db_unavailable(j->req, "the delivery database");
+    job_free(j);
+    return true;
+}
+
+/* A job for one page of a list, with room for its rows; NULL when the
+ * request was answered. */
+static delivery_job *page_job(http_req *r, db *d, size_t row_size, void **rows)
+{
+    long page, size;
+    if (!rep_page_query(r, &page, &size)) return NULL;
+    delivery_job *j = job_new(r, d);
+    if (!j) return NULL;
+    j->page = page;
+    j->size = size;
+    if (!(*rows = calloc((size_t)size, row_size))) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* ---- deliveries ---- */
+
+static void keep_delivery(const delivery *d, void *arg)
+{
+    delivery_job *j = arg;
+    j->deliveries[j->n++] = *d;
+}
+
+static void keep_cancellation(const cancellation *c, void *arg)
+{
+    delivery_job *j = arg;
+    j->cancellations[j->n++] = *c;
+}
+
+static void list_deliveries_work(store *st, void *arg)
+{
+    delivery_job *j = arg;
+    j->n = 0;
+    j->total = delivery_store_count(st, j->id);
+    j->found = j->total >= 0 &&
+               delivery_store_list(st, j->id, j->page * j->size, j->size, keep_delivery, j) >= 0;
+    if (!j->found) snprintf(j->err, sizeof j->err, "%s", store_error(st));
+}
+
+static void list_deliveries_done(void *arg, db_status status)
+{
+    delivery_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    if (!j->found) {
+        http_reply_error(j->req, 500, "could not read deliveries: %s", j->err);
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->n; i++)
+            json_array_append_new(items, delivery_item(&j->deliveries[i], http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "deliveries", items, j->page, j->size, j->total);
+    }
+    job_free(j);
 }
 
 /* Lists deliveries, all or those of one order. */
-static void reply_deliveries(http_req *r, store *st, long long order_id_or_0)
+static void reply_deliveries(http_req *r, db *d, long long order_id_or_0)
 {
-    long page, size;
-    if (!rep_page_query(r, &page, &size)) return;
-    long long total = delivery_store_count(st, order_id_or_0);
-    rep_list list = { json_array(), http_req_base_url(r) };
-    if (total < 0 || delivery_store_list(st, order_id_or_0, page * size, size,
-                                         add_delivery, &list) < 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "could not read deliveries: %s", store_error(st));
-        return;
-    }
-    rep_reply_collection(r, "deliveries", list.items, page, size, total);
+    void *rows;
+    delivery_job *j = page_job(r, d, sizeof(delivery), &rows);
+    if (!j) return;
+    j->deliveries = rows;
+    j->id = order_id_or_0;
+    job_run(j, list_deliveries_work, list_deliveries_done);
 }
 
 static void get_deliveries(http_req *r, void *arg)
@@ -93,50 +190,136 @@ static void find_deliveries_by_order(http_req *r, void *arg)
     if (rep_query_int(r, "orderId", 1, LLONG_MAX, &order_id)) reply_deliveries(r, arg, order_id);
 }
 
+static void get_delivery_work(store *st, void *arg)
+{
+    delivery_job *j = arg;
+    j->found = j->valid_id ? delivery_store_get(st, j->id, &j->d) : 0;
+}
+
+static void get_delivery_done(void *arg, db_status status)
+{
+    delivery_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    rep_reply_found(j->req, j->found,
+                    j->found > 0 ? delivery_item(&j->d, http_req_base_url(j->req)) : NULL,
+                    "delivery", http_req_param(j->req, "id"));
+    job_free(j);
+}
+
 static void get_delivery(http_req *r, void *arg)
 {
-    store *st = arg;
-    const char *raw = http_req_param(r, "id");
-    long long id;
-    delivery d;
-    int found = rep_path_id(raw, &id) ? delivery_store_get(st, id, &d) : 0;
-    rep_reply_found(r, found, found > 0 ? delivery_item(&d, http_req_base_url(r)) : NULL,
-                    "delivery", raw);
+    delivery_job *j = job_new(r, arg);
+    if (!j) return;
+    j->valid_id = rep_path_id(http_req_param(r, "id"), &j->id);
+    job_run(j, get_delivery_work, get_delivery_done);
 }
 
 /* ---- cancellations ---- */
 
+static void list_cancellations_work(store *st, void *arg)
+{
+    delivery_job *j = arg;
+    j->n = 0;
+    j->total = cancellation_store_count(st);
+    j->found = j->total >= 0 &&
+               cancellation_store_list(st, j->page * j->size, j->size, keep_cancellation, j) >= 0;
+    if (!j->found) snprintf(j->err, sizeof j->err, "%s", store_error(st));
+}
+
+static void list_cancellations_done(void *arg, db_status status)
+{
+    delivery_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    if (!j->found) {
+        http_reply_error(j->req, 500, "could not read cancellations: %s", j->err);
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->n; i++)
+            json_array_append_new(items, cancellation_item(&j->cancellations[i],
+                                                           http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "cancellations", items, j->page, j->size, j->total);
+    }
+    job_free(j);
+}
+
 static void get_cancellations(http_req *r, void *arg)
 {
-    store *st = arg;
-    long page, size;
-    if (!rep_page_query(r, &page, &size)) return;
-    long long total = cancellation_store_count(st);
-    rep_list list = { json_array(), http_req_base_url(r) };
-    if (total < 0 || cancellation_store_list(st, page * size, size, add_cancellation, &list) < 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "could not read cancellations: %s", store_error(st));
-        return;
-    }
-    rep_reply_collection(r, "cancellations", list.items, page, size, total);
+    void *rows;
+    delivery_job *j = page_job(r, arg, sizeof(cancellation), &rows);
+    if (!j) return;
+    j->cancellations = rows;
+    job_run(j, list_cancellations_work, list_cancellations_done);
+}
+
+static void get_cancellation_work(store *st, void *arg)
+{
+    delivery_job *j = arg;
+    j->found = j->valid_id ? cancellation_store_get(st, j->id, &j->c) : 0;
+}
+
+static void get_cancellation_done(void *arg, db_status status)
+{
+    delivery_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    rep_reply_found(j->req, j->found,
+                    j->found > 0 ? cancellation_item(&j->c, http_req_base_url(j->req)) : NULL,
+                    "cancellation", http_req_param(j->req, "id"));
+    job_free(j);
 }
 
 static void get_cancellation(http_req *r, void *arg)
 {
-    store *st = arg;
-    const char *raw = http_req_param(r, "id");
-    long long id;
-    cancellation c;
-    int found = rep_path_id(raw, &id) ? cancellation_store_get(st, id, &c) : 0;
-    rep_reply_found(r, found, found > 0 ? cancellation_item(&c, http_req_base_url(r)) : NULL,
-                    "cancellation", raw);
+    delivery_job *j = job_new(r, arg);
+    if (!j) return;
+    j->valid_id = rep_path_id(http_req_param(r, "id"), &j->id);
+    job_run(j, get_cancellation_work, get_cancellation_done);
 }
 
 /* POST /cancellations: the same command as the OrderCancelled policy, in
- * its own transaction. A repeat finds the recorded cancellation (200). */
+ * its own transaction. A repeat finds the recorded cancellation (200).
+ * found: 1 done, 0 the database was busy (BEGIN failed), -1 failed. */
+static void cancel_work(store *st, void *arg)
+{
+    delivery_job *j = arg;
+    j->err[0] = '\0';
+    if (store_begin(st) != SQLITE_OK) {
+        j->found = 0;
+        snprintf(j->err, sizeof j->err, "%s", store_error(st));
+        return;
+    }
+    j->found = -1;
+    if (delivery_cancel(st, j->id, j->request_id, &j->c, &j->created, j->err, sizeof j->err) < 0) {
+        store_rollback(st);
+        return;
+    }
+    if (store_commit(st) != SQLITE_OK) {
+        store_rollback(st);
+        snprintf(j->err, sizeof j->err, "%s", store_error(st));
+        return;
+    }
+    j->found = 1;
+}
+
+static void cancel_done(void *arg, db_status status)
+{
+    delivery_job *j = arg;
+    if (answered_unavailable(j, status)) return;
+    http_req *r = j->req;
+    if (j->found == 0) {
+        http_set_header(r, "Retry-After", "1");
+        http_reply_error(r, 503, "the delivery database is busy, try again: %s", j->err);
+    } else if (j->found < 0) {
+        http_reply_error(r, 500, "could not cancel the delivery of order %lld: %s", j->id, j->err);
+    } else {
+        json_t *item = cancellation_item(&j->c, http_req_base_url(r));
+        if (j->created) rep_reply_created(r, item);
+        else http_reply_json(r, 200, item);
+    }
+    job_free(j);
+}
+
 static void post_cancellation(http_req *r, void *arg)
 {
-    store *st = arg;
     json_t *body = http_req_json(r);
     if (!body) return;
     long long order_id;
@@ -147,39 +330,22 @@ static void post_cancellation(http_req *r, void *arg)
         http_reply_error(r, 400, "%s", err);
         return;
     }
-    if (store_begin(st) != SQLITE_OK) {
-        http_set_header(r, "Retry-After", "1");
-        http_reply_error(r, 503, "the delivery database is busy, try again: %s", store_error(st));
-        return;
-    }
-    cancellation c;
-    bool created;
-    if (delivery_cancel(st, order_id, http_req_id(r), &c, &created, err, sizeof err) < 0) {
-        store_rollback(st);
-        http_reply_error(r, 500, "could not cancel the delivery of order %lld: %s", order_id, err);
-        return;
-    }
-    if (store_commit(st) != SQLITE_OK) {
-        store_rollback(st);
-        http_reply_error(r, 500, "could not cancel the delivery of order %lld: %s", order_id,
-                         store_error(st));
-        return;
-    }
-    json_t *item = cancellation_item(&c, http_req_base_url(r));
-    if (created) rep_reply_created(r, item);
-    else http_reply_json(r, 200, item);
+    delivery_job *j = job_new(r, arg);
+    if (!j) return;
+    j->id = order_id;
+    job_run(j, cancel_work, cancel_done);
 }
 
-void delivery_api_register(service *svc, store *st)
+void delivery_api_register(service *svc, db *d)
 {
-    http_server_route(svc->http, "GET", "/deliveries", get_deliveries, st);
+    http_server_route(svc->http, "GET", "/deliveries", get_deliveries, d);
     http_server_route(svc->http, "GET", "/deliveries/search/findByOrderId",
-                      find_deliveries_by_order, st);
-    http_server_route(svc->http, "GET", "/deliveries/{id}", get_delivery, st);
-    http_server_route(svc->http, "GET", "/cancellations", get_cancellations, st);
+                      find_deliveries_by_order, d);
+    http_server_route(svc->http, "GET", "/deliveries/{id}", get_delivery, d);
+    http_server_route(svc->http, "GET", "/cancellations", get_cancellations, d);
     /* Between services only: never a person's call (the gateway does not
      * route it either). The reads are staff only (the default). */
     http_server_route_for(svc->http, "POST", "/cancellations", TOKEN_ROLE_SERVICE,
-                          post_cancellation, st);
-    http_server_route(svc->http, "GET", "/cancellations/{id}", get_cancellation, st);
+                          post_cancellation, d);
+    http_server_route(svc->http, "GET", "/cancellations/{id}", get_cancellation, d);
 }

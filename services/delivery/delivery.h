@@ -28,6 +28,7 @@
 #include "bus.h"
 #include "events.h"
 #include "service.h"
+#include "db.h"
 #include "store.h"
 
 #define DELIVERY_SHIPPED   "Shipped"
@@ -76,6 +77,7 @@ const char *delivery_event_type(const delivery *d);
 /* ---- store.c: every function returns -1 on a database error (logged) ---- */
 
 extern const char *const delivery_migrations[];
+extern const db_schema delivery_schema;    /* db_open(..., &delivery_schema) */
 
 int delivery_store_note_ordered(store *st, long long order_id);
 int delivery_store_note_paid(store *st, long long order_id, long long payment_id);
@@ -97,6 +99,26 @@ int cancellation_store_find_by_order(store *st, long long order_id, cancellation
 long long cancellation_store_count(store *st);
 int cancellation_store_list(store *st, long offset, long limit,
                             void (*visit)(const cancellation *c, void *arg), void *arg);
+
+/* ---- store_pg.c: the same on PostgreSQL, called by store.c only ---- */
+
+extern const char *const delivery_pg_migrations[];
+int delivery_pg_note_ordered(store *st, long long order_id);
+int delivery_pg_note_paid(store *st, long long order_id, long long payment_id);
+int delivery_pg_facts(store *st, long long order_id, order_facts *out);
+int delivery_pg_insert(store *st, delivery *d);
+int delivery_pg_set_status(store *st, long long id, const char *status);
+int delivery_pg_get(store *st, long long id, delivery *out);
+int delivery_pg_find_by_order(store *st, long long order_id, delivery *out);
+long long delivery_pg_count(store *st, long long order_id_or_0);
+int delivery_pg_list(store *st, long long order_id_or_0, long offset, long limit,
+                     void (*visit)(const delivery *d, void *arg), void *arg);
+int cancellation_pg_insert(store *st, cancellation *c);
+int cancellation_pg_get(store *st, long long id, cancellation *out);
+int cancellation_pg_find_by_order(store *st, long long order_id, cancellation *out);
+long long cancellation_pg_count(store *st);
+int cancellation_pg_list(store *st, long offset, long limit,
+                         void (*visit)(const cancellation *c, void *arg), void *arg);
 
 /* ---- policy.c ---- */
 
@@ -121,6 +143,6 @@ int delivery_cancel(store *st, long long order_id, const char *request_id,
 
 /* ---- api.c ---- */
 
-void delivery_api_register(service *svc, store *st);
+void delivery_api_register(service *svc, db *d);
 
 #endif

@@ -24,7 +24,10 @@
  *    voided), productId, qty, amount, status, createdAt}.
  *
  * Handlers parse and validate, call the domain, and shape the answer; no
- * SQL and no rule lives here. The card number is read into a stack buffer,
+ * SQL and no rule lives here. Each request is one unit of work (db.h): its
+ * `work` half calls the domain or the store (at once on SQLite, on a
+ * database thread on PostgreSQL), its `done` half answers on the loop; a
+ * database that is unreachable or too slow is answered 503. The card number is read into a stack buffer,
  * reduced to its digits, given to the domain (which keeps the last four)
  * and wiped before the handler returns.
  *
@@ -37,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
@@ -50,7 +54,7 @@
 #define MAX_ORDER_ID 9007199254740991LL /* 2^53 - 1: exact in every JSON client */
 
 typedef struct payment_api {
-    store *st;
+    db *db;
     struct event_base *base;
     int test_delay_ms;
 } payment_api;
@@ -91,6 +95,75 @@ static bool path_id(http_req *r, const char *what, long long *out)
         return true;
     http_reply_error(r, 400, "%s id must be a positive integer", what);
     return false;
+}
+
+/* ---- one request's unit of work ---- */
+
+/* What a handler hands its work and its answer: the request's inputs, read
+ * on the loop, and the store's results, read by the work. */
+typedef struct payment_job {
+    http_req *req;
+    payment_api *api;
+    char request_id[80];
+    long long id;                /* path id, or orderId */
+    long page, size;
+    /* POST /payments */
+    charge_request rq;
+    char product[PAYMENT_PRODUCT_MAX + 1];
+    char digits[PAYMENT_CARD_MAX_DIGITS + 1];
+    charge_outcome charged;
+    /* POST /paymentCancellations */
+    refund_outcome refunded;
+    /* results */
+    int found;                   /* 1, 0, -1 error */
+    payment p;
+    payment_cancellation c;
+    long long total;
+    struct list {                /* one page of a list */
+        int n;
+        payment *payments;
+        payment_cancellation *cancellations;
+    } list;
+} payment_job;
+
+static payment_job *job_new(http_req *r, payment_api *api)
+{
+    payment_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
+        return NULL;
+    }
+    j->req = r;
+    j->api = api;
+    snprintf(j->request_id, sizeof j->request_id, "%s", http_req_id(r));
+    return j;
+}
+
+static void job_free(payment_job *j)
+{
+    explicit_bzero(j->digits, sizeof j->digits);
+    free(j->list.payments);
+    free(j->list.cancellations);
+    free(j);
+}
+
+/* Runs the job; when the database cannot take it, answers 503 at once. */
+static void job_run(payment_job *j, db_work_fn work, db_done_fn done)
+{
+    if (db_run(j->api->db, work, done, j))
+        return;
+    rep_reply_db_unavailable(j->req, "the payment database");
+    job_free(j);
+}
+
+/* Answers 503 and frees j when the database was not there: true. */
+static bool answered_unavailable(payment_job *j, db_status status)
+{
+    if (status != DB_UNAVAILABLE)
+        return false;
+    rep_reply_db_unavailable(j->req, "the payment database");
+    job_free(j);
+    return true;
 }
 
 /* ---- POST /payments ---- */
@@ -141,19 +214,19 @@ static void answer_charge(payment_api *api, http_req *r, int status, json_t *bod
     send_charge_answer(r, status, body);
 }
 
-/* Reads the charge request; on a bad field replies 400 and returns false.
- * `digits` receives the normalized card number, or "" when none. */
-static bool read_charge(http_req *r, const json_t *in, charge_request *rq, char *product_buf,
-                        size_t product_len, char *digits, size_t digits_len)
+/* Reads the charge request into j; on a bad field replies 400 and returns
+ * false. j->digits receives the normalized card number, or "" when none. */
+static bool read_charge(http_req *r, const json_t *in, payment_job *j)
 {
     char err[160];
     const char *card = NULL;
     char card_buf[64];
+    charge_request *rq = &j->rq;
 
     memset(rq, 0, sizeof *rq);
     if (rep_int(in, "orderId", true, 1, MAX_ORDER_ID, &rq->order_id, err, sizeof err) < 0
-        || rep_str(in, "productId", true, PAYMENT_PRODUCT_MAX, &rq->product_id, product_buf,
-                   product_len, err, sizeof err) < 0
+        || rep_str(in, "productId", true, PAYMENT_PRODUCT_MAX, &rq->product_id, j->product,
+                   sizeof j->product, err, sizeof err) < 0
         || rep_int(in, "qty", true, 1, MAX_QTY, &rq->qty, err, sizeof err) < 0
         || rep_int(in, "amount", true, 0, MAX_AMOUNT, &rq->amount, err, sizeof err) < 0
         || rep_str(in, "cardNumber", false, sizeof card_buf - 1, &card, card_buf,
@@ -162,145 +235,263 @@ static bool read_charge(http_req *r, const json_t *in, charge_request *rq, char 
         http_reply_error(r, 400, "%s", err);
         return false;
     }
-    digits[0] = '\0';
-    if (card && payment_card_digits(card, digits, digits_len) < 0) {
+    j->digits[0] = '\0';
+    if (card && payment_card_digits(card, j->digits, sizeof j->digits) < 0) {
         explicit_bzero(card_buf, sizeof card_buf);
-        explicit_bzero(digits, digits_len);
+        explicit_bzero(j->digits, sizeof j->digits);
         /* Never echo the number: the message only says what is expected. */
         http_reply_error(r, 400, "cardNumber must be %d to %d digits (spaces or dashes between "
                          "groups allowed)", PAYMENT_CARD_MIN_DIGITS, PAYMENT_CARD_MAX_DIGITS);
         return false;
     }
     explicit_bzero(card_buf, sizeof card_buf);
-    rq->card_digits = digits[0] ? digits : NULL;
+    /* product_id may point into the request's JSON, which goes before the
+     * work runs: keep a copy. */
+    if (rq->product_id != j->product)
+        snprintf(j->product, sizeof j->product, "%s", rq->product_id);
+    rq->product_id = j->product;
+    rq->card_digits = j->digits[0] ? j->digits : NULL;
     return true;
+}
+
+static void charge_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->charged = payment_charge(st, &j->rq, j->request_id, &j->p);
+}
+
+static void charge_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    http_req *r = j->req;
+    payment_api *api = j->api;
+    const char *path = http_req_path(r);
+    long long order_id = j->rq.order_id;
+    char msg[200];
+    switch (j->charged) {
+    case CHARGE_CREATED:
+        answer_charge(api, r, 201, payment_json(&j->p, http_req_base_url(r)));
+        break;
+    case CHARGE_EXISTING:
+        log_info("req=%s msg=\"payment repeated, existing one returned\" payment=%lld order=%lld",
+                 http_req_id(r), j->p.id, j->p.order_id);
+        answer_charge(api, r, 200, payment_json(&j->p, http_req_base_url(r)));
+        break;
+    case CHARGE_DECLINED:
+        log_info("req=%s msg=\"card declined\" order=%lld", http_req_id(r), order_id);
+        snprintf(msg, sizeof msg, "the card was declined; order %lld was not charged", order_id);
+        answer_charge(api, r, 402, rep_error(402, msg, path));
+        break;
+    case CHARGE_ORDER_CANCELLED:
+        log_info("req=%s msg=\"payment refused: order cancelled\" order=%lld", http_req_id(r),
+                 order_id);
+        snprintf(msg, sizeof msg, "order %lld was cancelled; it can no longer be paid", order_id);
+        answer_charge(api, r, 409, rep_error(409, msg, path));
+        break;
+    case CHARGE_CONFLICT:
+        log_warn("req=%s msg=\"payment refused: order already paid with other fields\" "
+                 "order=%lld", http_req_id(r), order_id);
+        snprintf(msg, sizeof msg, "order %lld is already paid with another amount, qty, product "
+                 "or card; nothing was charged", order_id);
+        answer_charge(api, r, 409, rep_error(409, msg, path));
+        break;
+    case CHARGE_FAILED:
+        http_reply_error(r, 500, "the payment for order %lld could not be stored; nothing was "
+                         "charged, please retry", order_id);
+        break;
+    }
+    job_free(j);
 }
 
 static void post_payment(http_req *r, void *arg)
 {
-    payment_api *api = arg;
     json_t *in = http_req_json(r);
     if (!in)
         return;
-
-    charge_request rq;
-    char product_buf[PAYMENT_PRODUCT_MAX + 1];
-    char digits[PAYMENT_CARD_MAX_DIGITS + 1];
-    if (!read_charge(r, in, &rq, product_buf, sizeof product_buf, digits, sizeof digits)) {
+    payment_job *j = job_new(r, arg);
+    if (!j) {
         json_decref(in);
         return;
     }
-
-    payment p;
-    charge_outcome o = payment_charge(api->st, &rq, http_req_id(r), &p);
-    explicit_bzero(digits, sizeof digits);
+    bool ok = read_charge(r, in, j);
     /* The body held the card number too: jansson frees it without wiping,
      * but it is never copied anywhere else. */
     json_decref(in);
-
-    const char *path = http_req_path(r);
-    char msg[200];
-    switch (o) {
-    case CHARGE_CREATED:
-        answer_charge(api, r, 201, payment_json(&p, http_req_base_url(r)));
+    if (!ok) {
+        job_free(j);
         return;
-    case CHARGE_EXISTING:
-        log_info("req=%s msg=\"payment repeated, existing one returned\" payment=%lld order=%lld",
-                 http_req_id(r), p.id, p.order_id);
-        answer_charge(api, r, 200, payment_json(&p, http_req_base_url(r)));
-        return;
-    case CHARGE_DECLINED:
-        log_info("req=%s msg=\"card declined\" order=%lld", http_req_id(r), rq.order_id);
-        snprintf(msg, sizeof msg, "the card was declined; order %lld was not charged",
-                 rq.order_id);
-        answer_charge(api, r, 402, rep_error(402, msg, path));
-        return;
-    case CHARGE_ORDER_CANCELLED:
-        log_info("req=%s msg=\"payment refused: order cancelled\" order=%lld", http_req_id(r),
-                 rq.order_id);
-        snprintf(msg, sizeof msg, "order %lld was cancelled; it can no longer be paid",
-                 rq.order_id);
-        answer_charge(api, r, 409, rep_error(409, msg, path));
-        return;
-    case CHARGE_CONFLICT:
-        log_warn("req=%s msg=\"payment refused: order already paid with other fields\" "
-                 "order=%lld", http_req_id(r), rq.order_id);
-        snprintf(msg, sizeof msg, "order %lld is already paid with another amount, qty, product "
-                 "or card; nothing was charged", rq.order_id);
-        answer_charge(api, r, 409, rep_error(409, msg, path));
-        return;
-    case CHARGE_FAILED:
-        break;
     }
-    http_reply_error(r, 500, "the payment for order %lld could not be stored; nothing was "
-                     "charged, please retry", rq.order_id);
+    job_run(j, charge_work, charge_done);
 }
 
 /* ---- reads ---- */
 
-static void add_payment(const payment *p, void *arg)
+static void keep_payment(const payment *p, void *arg)
 {
-    rep_list *l = arg;
-    json_array_append_new(l->items, payment_json(p, l->base_url));
+    struct list *l = arg;
+    l->payments[l->n++] = *p;
 }
 
-static void add_cancellation(const payment_cancellation *c, void *arg)
+static void keep_cancellation(const payment_cancellation *c, void *arg)
 {
-    rep_list *l = arg;
-    json_array_append_new(l->items, cancellation_json(c, l->base_url));
+    struct list *l = arg;
+    l->cancellations[l->n++] = *c;
+}
+
+static void list_payments_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->list.n = 0;
+    j->total = payment_store_count(st);
+    j->found = j->total >= 0 &&
+               payment_store_list(st, j->page * j->size, j->size, keep_payment, &j->list) == 0;
+}
+
+static void list_payments_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    if (!j->found) {
+        http_reply_error(j->req, 500, "the payments could not be read");
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->list.n; i++)
+            json_array_append_new(items, payment_json(&j->list.payments[i],
+                                                      http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "payments", items, j->page, j->size, j->total);
+    }
+    job_free(j);
+}
+
+/* A job for one page of a list, its rows' room allocated; NULL when the
+ * request was answered (bad page, no memory). */
+static payment_job *page_job(http_req *r, payment_api *api, size_t row_size, void **rows)
+{
+    long page, size;
+    if (!rep_page_query(r, &page, &size))
+        return NULL;
+    payment_job *j = job_new(r, api);
+    if (!j)
+        return NULL;
+    j->page = page;
+    j->size = size;
+    if (!(*rows = calloc((size_t)size, row_size))) {
+        http_reply_error(r, 503, "out of memory: try again shortly");
+        job_free(j);
+        return NULL;
+    }
+    return j;
 }
 
 static void list_payments(http_req *r, void *arg)
 {
-    payment_api *api = arg;
-    long page, size;
-    if (!rep_page_query(r, &page, &size))
+    void *rows;
+    payment_job *j = page_job(r, arg, sizeof(payment), &rows);
+    if (!j)
         return;
-    rep_list list = {json_array(), http_req_base_url(r)};
-    long long total = payment_store_count(api->st);
-    if (total < 0 || payment_store_list(api->st, page * size, size, add_payment, &list) != 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "the payments could not be read");
+    j->list.payments = rows;
+    job_run(j, list_payments_work, list_payments_done);
+}
+
+static void get_payment_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->found = payment_store_get(st, j->id, &j->p);
+}
+
+static void get_payment_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
         return;
-    }
-    rep_reply_collection(r, "payments", list.items, page, size, total);
+    rep_reply_found(j->req, j->found,
+                    j->found > 0 ? payment_json(&j->p, http_req_base_url(j->req)) : NULL,
+                    "payment", http_req_param(j->req, "id"));
+    job_free(j);
 }
 
 static void get_payment(http_req *r, void *arg)
 {
-    payment_api *api = arg;
     long long id;
     if (!path_id(r, "payment", &id))
         return;
-    payment p;
-    int found = payment_store_get(api->st, id, &p);
-    rep_reply_found(r, found, found > 0 ? payment_json(&p, http_req_base_url(r)) : NULL, "payment",
-                    http_req_param(r, "id"));
+    payment_job *j = job_new(r, arg);
+    if (!j)
+        return;
+    j->id = id;
+    job_run(j, get_payment_work, get_payment_done);
+}
+
+static void find_by_order_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->found = payment_store_find_by_order(st, j->id, &j->p);
+}
+
+static void find_by_order_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    if (j->found < 0) {
+        http_reply_error(j->req, 500, "the payment of order %lld could not be read", j->id);
+    } else {
+        json_t *items = json_array();
+        if (j->found)
+            json_array_append_new(items, payment_json(&j->p, http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "payments", items, 0, 20, j->found);
+    }
+    job_free(j);
 }
 
 static void find_payment_by_order(http_req *r, void *arg)
 {
-    payment_api *api = arg;
     long long order_id;
     if (!rep_query_int(r, "orderId", 1, MAX_ORDER_ID, &order_id))
         return;
-    payment p;
-    int found = payment_store_find_by_order(api->st, order_id, &p);
-    if (found < 0) {
-        http_reply_error(r, 500, "the payment of order %lld could not be read", order_id);
+    payment_job *j = job_new(r, arg);
+    if (!j)
         return;
-    }
-    json_t *items = json_array();
-    if (found)
-        json_array_append_new(items, payment_json(&p, http_req_base_url(r)));
-    rep_reply_collection(r, "payments", items, 0, 20, found);
+    j->id = order_id;
+    job_run(j, find_by_order_work, find_by_order_done);
 }
 
 /* ---- cancellations ---- */
 
+static void refund_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->refunded = payment_refund(st, j->id, j->request_id, false, &j->c);
+}
+
+static void refund_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    http_req *r = j->req;
+    switch (j->refunded) {
+    case REFUND_CREATED:
+        log_info("req=%s msg=\"payment cancelled\" order=%lld cancellation=%lld status=%s "
+                 "amount=%lld", http_req_id(r), j->id, j->c.id, j->c.status, j->c.amount);
+        rep_reply_created(r, cancellation_json(&j->c, http_req_base_url(r)));
+        break;
+    case REFUND_EXISTING:
+        http_reply_json(r, 200, cancellation_json(&j->c, http_req_base_url(r)));
+        break;
+    case REFUND_FAILED:
+        http_reply_error(r, 500, "the cancellation of order %lld could not be stored; please "
+                         "retry", j->id);
+        break;
+    }
+    job_free(j);
+}
+
 static void post_cancellation(http_req *r, void *arg)
 {
-    payment_api *api = arg;
     json_t *in = http_req_json(r);
     if (!in)
         return;
@@ -312,51 +503,76 @@ static void post_cancellation(http_req *r, void *arg)
         http_reply_error(r, 400, "%s", err);
         return;
     }
+    payment_job *j = job_new(r, arg);
+    if (!j)
+        return;
+    j->id = order_id;
+    job_run(j, refund_work, refund_done);
+}
 
-    payment_cancellation c;
-    switch (payment_refund(api->st, order_id, http_req_id(r), false, &c)) {
-    case REFUND_CREATED:
-        log_info("req=%s msg=\"payment cancelled\" order=%lld cancellation=%lld status=%s "
-                 "amount=%lld", http_req_id(r), order_id, c.id, c.status, c.amount);
-        rep_reply_created(r, cancellation_json(&c, http_req_base_url(r)));
+static void list_cancellations_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->list.n = 0;
+    j->total = cancellation_store_count(st);
+    j->found = j->total >= 0 && cancellation_store_list(st, j->page * j->size, j->size,
+                                                        keep_cancellation, &j->list) == 0;
+}
+
+static void list_cancellations_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
         return;
-    case REFUND_EXISTING:
-        http_reply_json(r, 200, cancellation_json(&c, http_req_base_url(r)));
-        return;
-    case REFUND_FAILED:
-        break;
+    if (!j->found) {
+        http_reply_error(j->req, 500, "the payment cancellations could not be read");
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->list.n; i++)
+            json_array_append_new(items, cancellation_json(&j->list.cancellations[i],
+                                                           http_req_base_url(j->req)));
+        rep_reply_collection(j->req, "paymentCancellations", items, j->page, j->size, j->total);
     }
-    http_reply_error(r, 500, "the cancellation of order %lld could not be stored; please retry",
-                     order_id);
+    job_free(j);
 }
 
 static void list_cancellations(http_req *r, void *arg)
 {
-    payment_api *api = arg;
-    long page, size;
-    if (!rep_page_query(r, &page, &size))
+    void *rows;
+    payment_job *j = page_job(r, arg, sizeof(payment_cancellation), &rows);
+    if (!j)
         return;
-    rep_list list = {json_array(), http_req_base_url(r)};
-    long long total = cancellation_store_count(api->st);
-    if (total < 0
-        || cancellation_store_list(api->st, page * size, size, add_cancellation, &list) != 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "the payment cancellations could not be read");
+    j->list.cancellations = rows;
+    job_run(j, list_cancellations_work, list_cancellations_done);
+}
+
+static void get_cancellation_work(store *st, void *arg)
+{
+    payment_job *j = arg;
+    j->found = cancellation_store_get(st, j->id, &j->c);
+}
+
+static void get_cancellation_done(void *arg, db_status status)
+{
+    payment_job *j = arg;
+    if (answered_unavailable(j, status))
         return;
-    }
-    rep_reply_collection(r, "paymentCancellations", list.items, page, size, total);
+    rep_reply_found(j->req, j->found,
+                    j->found > 0 ? cancellation_json(&j->c, http_req_base_url(j->req)) : NULL,
+                    "payment cancellation", http_req_param(j->req, "id"));
+    job_free(j);
 }
 
 static void get_cancellation(http_req *r, void *arg)
 {
-    payment_api *api = arg;
     long long id;
     if (!path_id(r, "payment cancellation", &id))
         return;
-    payment_cancellation c;
-    int found = cancellation_store_get(api->st, id, &c);
-    rep_reply_found(r, found, found > 0 ? cancellation_json(&c, http_req_base_url(r)) : NULL,
-                    "payment cancellation", http_req_param(r, "id"));
+    payment_job *j = job_new(r, arg);
+    if (!j)
+        return;
+    j->id = id;
+    job_run(j, get_cancellation_work, get_cancellation_done);
 }
 
 static void free_api(void *arg)
@@ -364,10 +580,10 @@ static void free_api(void *arg)
     free(arg);
 }
 
-void payment_api_register(service *svc, store *st, const payment_api_config *cfg)
+void payment_api_register(service *svc, db *d, const payment_api_config *cfg)
 {
     payment_api *api = mem_must(calloc(1, sizeof *api));
-    api->st = st;
+    api->db = d;
     api->base = svc->base;
     api->test_delay_ms = cfg ? cfg->test_delay_ms : 0;
 

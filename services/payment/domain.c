@@ -2,10 +2,11 @@
  *
  * A charge and a refund are each one short transaction: read what exists
  * for the order, decide, write the new state and its event (outbox) and
- * commit. Because both run on the service's single loop thread and take the
- * write lock at BEGIN (store_begin is BEGIN IMMEDIATE), two requests for the
- * same order are serialized and the UNIQUE(order_id) constraints are a last
- * line of defence, never the expected path.
+ * commit. Two requests for the same order are serialized: on SQLite both
+ * run on the service's single loop thread and take the write lock at BEGIN
+ * (BEGIN IMMEDIATE); on PostgreSQL the transaction is SERIALIZABLE and the
+ * loser of a conflict is run again (lib/db.h). The UNIQUE(order_id)
+ * constraints are a last line of defence, never the expected path.
  *
  * The decline rule is the contract's: card 4000000000000002 is declined,
  * any other card, or none, is approved. A declined charge stores nothing

@@ -3,6 +3,8 @@
  * Environment (every variable is optional):
  *   HOST                    address to listen on (127.0.0.1)
  *   PORT                    port (8084)
+ *   PAYMENT_DATABASE_URL,   PostgreSQL (postgres://...), see lib/db.h; else SQLite:
+ *   DATABASE_URL
  *   DATA_DIR, DB_PATH       the database: DB_PATH, else $DATA_DIR/payment.db (./data)
  *   NATS_URL                the event bus (nats://127.0.0.1:4222)
  *   PAYMENT_TEST_DELAY_MS   TEST ONLY, default 0 (off): every POST /payments answer is held
@@ -34,21 +36,21 @@ int main(void)
         log_warn("msg=\"PAYMENT_TEST_DELAY_MS is set: answers to POST /payments are delayed "
                  "(test setting, never for production)\" delay_ms=%d", cfg.test_delay_ms);
 
-    store *st = payment_store_open();
-    if (!st) {
+    db *d = db_open(svc->base, "payment", &payment_schema);
+    if (!d) {
         log_error("msg=\"cannot open the payment database\"");
         return 1;
     }
-    bus *b = bus_new(svc->base, st, "payment");
+    bus *b = bus_new_db(svc->base, d, "payment");
     if (!b) {
         log_error("msg=\"cannot create the event bus\"");
-        store_close(st);
+        db_close(d);
         return 1;
     }
 
     payment_policy_register(b);
-    payment_api_register(svc, st, &cfg);
-    if (service_start_bus(svc, st, b) != 0)
+    payment_api_register(svc, d, &cfg);
+    if (service_start_db(svc, d, b) != 0)
         return 1;
     return service_run(svc);
 }

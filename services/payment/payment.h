@@ -21,6 +21,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "db.h"
 #include "store.h"
 
 struct service;
@@ -108,6 +109,7 @@ refund_outcome payment_refund(store *st, long long order_id, const char *request
 
 /* ---- store.c ---- */
 
+extern const db_schema payment_schema;     /* db_open(..., &payment_schema) */
 store *payment_store_open(void);
 store *payment_store_open_path(const char *path);
 
@@ -128,13 +130,30 @@ long long cancellation_store_count(store *st);
 int cancellation_store_list(store *st, long offset, long limit,
                             void (*each)(const payment_cancellation *c, void *arg), void *arg);
 
+/* ---- store_pg.c: the same on PostgreSQL, called by store.c only ---- */
+
+extern const char *const payment_pg_migrations[];
+int payment_pg_get(store *st, long long id, payment *out);
+int payment_pg_find_by_order(store *st, long long order_id, payment *out);
+int payment_pg_insert(store *st, payment *p);
+int payment_pg_set_status(store *st, long long id, const char *status);
+long long payment_pg_count(store *st);
+int payment_pg_list(store *st, long offset, long limit,
+                    void (*each)(const payment *p, void *arg), void *arg);
+int cancellation_pg_get(store *st, long long id, payment_cancellation *out);
+int cancellation_pg_find_by_order(store *st, long long order_id, payment_cancellation *out);
+int cancellation_pg_insert(store *st, payment_cancellation *c);
+long long cancellation_pg_count(store *st);
+int cancellation_pg_list(store *st, long offset, long limit,
+                         void (*each)(const payment_cancellation *c, void *arg), void *arg);
+
 /* ---- api.c ---- */
 
 typedef struct payment_api_config {
     int test_delay_ms;           /* PAYMENT_TEST_DELAY_MS: test-only, 0 = off */
 } payment_api_config;
 
-void payment_api_register(struct service *svc, store *st, const payment_api_config *cfg);
+void payment_api_register(struct service *svc, db *d, const payment_api_config *cfg);
 
 /* ---- policy.c ---- */
 

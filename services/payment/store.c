@@ -10,7 +10,11 @@
  * published in an event never names another payment.
  *
  * Reads reset their statement before returning, so no read snapshot stays
- * open between transactions (store.h). */
+ * open between transactions (store.h).
+ *
+ * The same functions on PostgreSQL are in store_pg.c: each function here
+ * hands a PostgreSQL store over to its twin, so the domain never asks which
+ * backend it runs on. */
 #include <stdio.h>
 #include <string.h>
 
@@ -39,6 +43,8 @@ static const char *const payment_migrations[] = {
     "  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ','now')));",
     NULL
 };
+
+const db_schema payment_schema = {payment_migrations, payment_pg_migrations};
 
 store *payment_store_open(void)
 {
@@ -70,18 +76,24 @@ static int read_payment(sqlite3_stmt *s, void *out)
 
 int payment_store_get(store *st, long long id, payment *out)
 {
+    if (store_is_pg(st))
+        return payment_pg_get(st, id, out);
     return store_find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = ?", id,
                           read_payment, out, "payment read");
 }
 
 int payment_store_find_by_order(store *st, long long order_id, payment *out)
 {
+    if (store_is_pg(st))
+        return payment_pg_find_by_order(st, order_id, out);
     return store_find_one(st, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE order_id = ?",
                           order_id, read_payment, out, "payment read");
 }
 
 int payment_store_insert(store *st, payment *p)
 {
+    if (store_is_pg(st))
+        return payment_pg_insert(st, p);
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO payments (order_id, product_id, qty, amount, card_last4, status,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id, created_at");
@@ -111,6 +123,8 @@ int payment_store_insert(store *st, payment *p)
 
 int payment_store_set_status(store *st, long long id, const char *status)
 {
+    if (store_is_pg(st))
+        return payment_pg_set_status(st, id, status);
     sqlite3_stmt *s = store_prepare(st, "UPDATE payments SET status = ? WHERE id = ?");
     if (!s)
         return -1;
@@ -127,6 +141,8 @@ int payment_store_set_status(store *st, long long id, const char *status)
 
 long long payment_store_count(store *st)
 {
+    if (store_is_pg(st))
+        return payment_pg_count(st);
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM payments");
     return s ? store_one_int(st, s, "payment count") : -1;
 }
@@ -134,6 +150,8 @@ long long payment_store_count(store *st)
 int payment_store_list(store *st, long offset, long limit,
                        void (*each)(const payment *p, void *arg), void *arg)
 {
+    if (store_is_pg(st))
+        return payment_pg_list(st, offset, limit, each, arg);
     sqlite3_stmt *s = store_prepare(st, "SELECT " PAYMENT_COLUMNS
                                         " FROM payments ORDER BY id LIMIT ? OFFSET ?");
     if (!s)
@@ -168,6 +186,8 @@ static int read_cancellation(sqlite3_stmt *s, void *out)
 
 int cancellation_store_get(store *st, long long id, payment_cancellation *out)
 {
+    if (store_is_pg(st))
+        return cancellation_pg_get(st, id, out);
     return store_find_one(st, "SELECT " CANCELLATION_COLUMNS
                               " FROM payment_cancellations WHERE id = ?",
                           id, read_cancellation, out, "cancellation read");
@@ -175,6 +195,8 @@ int cancellation_store_get(store *st, long long id, payment_cancellation *out)
 
 int cancellation_store_find_by_order(store *st, long long order_id, payment_cancellation *out)
 {
+    if (store_is_pg(st))
+        return cancellation_pg_find_by_order(st, order_id, out);
     return store_find_one(st, "SELECT " CANCELLATION_COLUMNS
                               " FROM payment_cancellations WHERE order_id = ?",
                           order_id, read_cancellation, out, "cancellation read");
@@ -182,6 +204,8 @@ int cancellation_store_find_by_order(store *st, long long order_id, payment_canc
 
 int cancellation_store_insert(store *st, payment_cancellation *c)
 {
+    if (store_is_pg(st))
+        return cancellation_pg_insert(st, c);
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO payment_cancellations (order_id, payment_id, product_id, qty, amount, status)"
         " VALUES (?, ?, ?, ?, ?, ?) RETURNING id, created_at");
@@ -210,6 +234,8 @@ int cancellation_store_insert(store *st, payment_cancellation *c)
 
 long long cancellation_store_count(store *st)
 {
+    if (store_is_pg(st))
+        return cancellation_pg_count(st);
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM payment_cancellations");
     return s ? store_one_int(st, s, "cancellation count") : -1;
 }
@@ -217,6 +243,8 @@ long long cancellation_store_count(store *st)
 int cancellation_store_list(store *st, long offset, long limit,
                             void (*each)(const payment_cancellation *c, void *arg), void *arg)
 {
+    if (store_is_pg(st))
+        return cancellation_pg_list(st, offset, limit, each, arg);
     sqlite3_stmt *s = store_prepare(st, "SELECT " CANCELLATION_COLUMNS
                                         " FROM payment_cancellations ORDER BY id LIMIT ? OFFSET ?");
     if (!s)

@@ -22,15 +22,23 @@ token), or passes its own Authorization header.
     sys.call("GET", "gateway", "/orders/7", as_="lee")        # another customer: 404
     sys.token("kim")                                          # the token itself
 
+CARSHARE_DB=postgres runs the services that have a PostgreSQL store (PG_SERVICES) on a real
+PostgreSQL instead of SQLite: one private server per test process (scripts/pglocal.py: initdb in a
+temporary directory, pg_ctl on a free port, stopped by PID at exit), a fresh database and role per
+service and System; the other services stay on SQLite (the mixed setup of the seed).
+
 A test file defines test_* functions and ends with `run(globals())`, which runs them in order,
 prints one line per test and a closing 'N passed, N failed' line, and exits non-zero on failure.
 """
+import atexit
+import glob
 import json
 import os
 import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -43,6 +51,7 @@ import http.client
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
 import natsauth  # noqa: E402  (scripts/natsauth.py: the bus's users, as make run writes them)
 from schema_check import Contract  # noqa: E402  (every answer against docs/openapi.yaml)
+from pglocal import LocalPostgres  # noqa: E402
 
 BIN = os.environ.get("CARSHARE_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build", "bin"))
 WEB = os.environ.get("CARSHARE_WEB", os.path.join(os.path.dirname(__file__), "..", "..", "web"))
@@ -59,6 +68,9 @@ CONTRACT_PROBLEMS = []
 UPSTREAM_PATHS = {"ORDER_URL": ("/orders", "/cars"), "PAYMENT_URL": ("/payments", "/paymentCancellations"),
                   "DELIVERY_URL": ("/deliveries", "/cancellations"),
                   "CUSTOMERPAGE_URL": ("/customerpages",), "ACCOUNT_URL": ("/accounts", "/sessions")}
+# The services whose store has a PostgreSQL version (issue 13 ports them one by one).
+PG_SERVICES = ["payment", "delivery", "customerpage"]
+DB = os.environ.get("CARSHARE_DB", "sqlite")
 URL_VARS = {"order": "ORDER_URL", "payment": "PAYMENT_URL", "delivery": "DELIVERY_URL",
             "customerpage": "CUSTOMERPAGE_URL", "account": "ACCOUNT_URL"}
 
@@ -122,6 +134,31 @@ def free_port():
     raise RuntimeError("no free loopback port in %d-%d" % (lo, hi))
 
 
+_postgres = {"server": None, "databases": 0}
+
+
+def postgres():
+    """This process's private PostgreSQL server, started on first use, stopped at exit."""
+    if _postgres["server"] is None:
+        d = tempfile.mkdtemp(prefix="carshare-e2e-pg-")
+        os.chmod(d, 0o755)      # as root the server runs as `postgres`: it must get in
+        pg = LocalPostgres(os.path.join(d, "pg"), free_port())
+        pg.start()
+        _postgres["server"], _postgres["dir"] = pg, d
+
+        def stop():
+            pg.stop()
+            shutil.rmtree(d, ignore_errors=True)
+        atexit.register(stop)
+    return _postgres["server"]
+
+
+def new_database(service):
+    """A fresh database and role for one service of one System; its URL."""
+    _postgres["databases"] += 1
+    return postgres().service_database("%s_%d" % (service, _postgres["databases"]))
+
+
 class Proc:
     def __init__(self, name, argv, env, log_path):
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
@@ -172,12 +209,18 @@ class Proc:
 
 
 class System:
-    def __init__(self, services=SERVICES, nats=None, env=None, service_env=None, keep=False):
+    def __init__(self, services=SERVICES, nats=None, env=None, service_env=None, keep=False,
+                 db=None):
         """services: which carshare services to run. nats: run a nats-server (default: when any
         service but payment-only/order-only needs events -- always True unless False is given).
-        env: extra environment for every service; service_env: {name: {VAR: value}}."""
+        env: extra environment for every service; service_env: {name: {VAR: value}}.
+        db: "postgres" or "sqlite" (default: $CARSHARE_DB, else sqlite): the backend of the
+        services in PG_SERVICES."""
         self.dir = tempfile.mkdtemp(prefix="carshare-e2e-")
         self.services = list(services)
+        self.db = db or DB
+        if self.db == "postgres":
+            postgres()      # its port taken before ours are chosen, so none can be the same
         self.want_nats = True if nats is None else nats
         self.ports = {name: free_port() for name in self.services}
         self.nats_port = free_port()
@@ -189,11 +232,19 @@ class System:
         self.failed = False
         self.closing_after_error = False
         self.tokens = {}                 # (subject, role) -> token
+        self.db_urls = {}       # service -> its PostgreSQL URL
+        self.psql_sessions = {}  # service -> a psql reading queries (count_rows)
 
     # ---- lifecycle ----
+    def on_postgres(self, name):
+        return self.db == "postgres" and name in PG_SERVICES
+
     def __enter__(self):
         try:
             self.make_keys()
+            for name in self.services:
+                if self.on_postgres(name):
+                    self.db_urls[name] = new_database(name)
             if self.want_nats:
                 self.start_nats()
             for name in self.services:
@@ -313,9 +364,41 @@ class System:
         upstreams = [s for s in self.services if s != "gateway"]
         env["GATEWAY_READY_UPSTREAMS"] = ",".join(upstreams) or "none"
         env.update(natsauth.service_env(name, self.nats_passwords))
+        if name in self.db_urls:
+            env[name.upper() + "_DATABASE_URL"] = self.db_urls[name]
         env.update(self.extra_env)
         env.update(self.service_env.get(name, {}))
         return env
+
+    def count_rows(self, name, table):
+        """Rows in a table of a service's database, read beside the service (SQLite read-only, or
+        psql as the server's superuser): for watching a consumer without asking it over HTTP."""
+        if name in self.db_urls:
+            # One psql session per service, kept: ~2 ms a query, fast enough to land between two
+            # of a consumer's transactions (a new psql per query takes tens of milliseconds).
+            if name not in self.psql_sessions:
+                pg = postgres()
+                self.psql_sessions[name] = subprocess.Popen(
+                    ["psql", "-X", "-q", "-At", "-h", pg.dir, "-p", str(pg.port), "-U", "postgres",
+                     "-d", self.db_urls[name].rsplit("/", 1)[1]],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            session = self.psql_sessions[name]
+            session.stdin.write("SELECT count(*) FROM %s;\n" % table)
+            session.stdin.flush()
+            return int(session.stdout.readline())
+        path = os.path.join(self.dir, "data", name + ".db")
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
+        try:
+            return db.execute("SELECT COUNT(*) FROM %s" % table).fetchone()[0]
+        finally:
+            db.close()
+
+    def data_files(self):
+        """Every file the system's services and servers wrote: its directory, and the PostgreSQL
+        server's when a service of it runs there."""
+        dirs = [self.dir] + ([_postgres["dir"]] if self.db_urls else [])
+        return [f for d in dirs for f in glob.glob(os.path.join(d, "**"), recursive=True)
+                if os.path.isfile(f)]
 
     def start(self, name, wait_ready=True):
         if not os.path.exists(self.data("keys", "account.pub")):
@@ -361,6 +444,9 @@ class System:
     def close(self):
         """Stops everything (SIGTERM). A service that did not exit 0 on SIGTERM (a crash, a
         sanitizer report, a hang) fails the test, unless the test killed it on purpose."""
+        for session in self.psql_sessions.values():
+            session.stdin.close()
+            session.wait()
         codes, bad = {}, []
         for name in reversed(list(self.procs)):
             proc = self.procs[name]

@@ -46,7 +46,10 @@ def publish(s, user, event_type, password=None):
         nc = Nats(s.nats_port, user, password)
     else:
         nc = s.nats_client(user)
-    ev = event(event_type, id=999999, orderId=999999, productId="1001", qty=1, amount=1)
+    # No order id: the services that consume it set it aside as malformed and publish nothing in
+    # reaction (delivery cancelling on a stored OrderCancelled would put a DeliveryCanceled in
+    # the stream while another user's forged DeliveryCanceled is being counted).
+    ev = event(event_type, forged=True)
     try:
         return nc.request("carshare." + event_type, json.dumps(ev).encode(),
                           {"Nats-Msg-Id": ev["eventId"]})

@@ -151,7 +151,8 @@ int main(void)
     service svc;
     if (!st || !server_open(&svc, "customerpage"))
         return 1;
-    customerpage_app app = { .st = st, .bus = bus_new(svc.base, st, "customerpage") };
+    customerpage_app app = { .db = db_of_store(svc.base, st), .st = st,
+                             .bus = bus_new(svc.base, st, "customerpage") };
     customerpage_api_register(&svc, &app);
 
     feed(st, &app, event("Paid", "p1", 1, 501, NULL));
@@ -184,7 +185,7 @@ int main(void)
 
     bus_free(app.bus);
     server_close(&svc);
-    store_close(st);
+    db_close(app.db);
     temp_dir_remove(dir);
     return test_done("customerpage/test_api");
 }

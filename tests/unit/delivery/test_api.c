@@ -138,7 +138,8 @@ int main(void)
     service svc;
     if (!st || !server_open(&svc, "delivery"))
         return 1;
-    delivery_api_register(&svc, st);
+    db *d = db_of_store(svc.base, st);
+    delivery_api_register(&svc, d);
 
     /* Order 1 shipped, through the event handlers. */
     feed(st, delivery_on_paid, json_pack("{s:s, s:s, s:s, s:i, s:i}", "eventType", "Paid",
@@ -157,7 +158,7 @@ int main(void)
     CHECK_INT(outbox_count(st, "Shipped", 1), 1);
 
     server_close(&svc);
-    store_close(st);
+    db_close(d);
     temp_dir_remove(dir);
     return test_done("delivery/test_api");
 }
