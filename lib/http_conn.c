@@ -164,33 +164,32 @@ static void on_input(struct evbuffer *input, const struct evbuffer_cb_info *info
 {
     http_conn *c = arg;
     if (info->n_added == 0 || c->refused || c->rewriting)
-        return;
+        return;     /* evhttp draining what it parsed, or our own putting back */
     size_t len = evbuffer_get_length(input);
     struct evbuffer_ptr at;
     if (evbuffer_ptr_set(input, &at, len - info->n_added, EVBUFFER_PTR_SET) != 0)
         return;
-    if (evbuffer_search(input, ";", 1, &at).pos >= 0) {
+    /* The new bytes are nearly always one chunk of the buffer: one peek. */
+    struct evbuffer_iovec v[8];
+    int n = evbuffer_peek(input, (ev_ssize_t)info->n_added, &at, v, 8);
+    bool has_semicolon = n > 8;     /* more pieces than looked at: take the careful path */
+    for (int i = 0; i < n && i < 8 && !has_semicolon; i++)
+        has_semicolon = memchr(v[i].iov_base, ';', v[i].iov_len) != NULL;
+    if (has_semicolon) {
         c->rewriting = true;
         bool ok = feed_rewriting(c, input, info->n_added);
         c->rewriting = false;
         if (!ok) refuse_connection(c, input);
         return;
     }
-    struct evbuffer_iovec v[8];
     size_t left = info->n_added;
-    while (left > 0) {
-        int n = evbuffer_peek(input, (ev_ssize_t)left, &at, v, 8);
-        if (n <= 0)
-            break;
-        for (int i = 0; i < n && i < 8 && left > 0; i++) {
-            size_t take = v[i].iov_len < left ? v[i].iov_len : left;
-            if (http_frame_feed(&c->frame, v[i].iov_base, take) < take) {
-                refuse_connection(c, input);
-                return;
-            }
-            left -= take;
-            evbuffer_ptr_set(input, &at, take, EVBUFFER_PTR_ADD);
+    for (int i = 0; i < n && left > 0; i++) {
+        size_t take = v[i].iov_len < left ? v[i].iov_len : left;
+        if (http_frame_feed(&c->frame, v[i].iov_base, take) < take) {
+            refuse_connection(c, input);
+            return;
         }
+        left -= take;
     }
 }
 

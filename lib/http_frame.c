@@ -408,6 +408,26 @@ static size_t feed(http_frame *f, const char *p, size_t n, char *out, size_t *ke
             }
             continue;
         }
+        if (f->state == S_VALUE && !out) {
+            /* The common bytes of a header value, in a tight loop: only
+             * the few headers framing depends on are kept (field_done). */
+            size_t start = i;
+            bool keep = f->name[0] == 'c' || f->name[0] == 't' || f->name[0] == 'h' ||
+                        f->name[0] == 'e';
+            while (i < n && p[i] != '\r' && is_field_byte((unsigned char)p[i])) {
+                if (keep) {
+                    if (f->value_len < HTTP_FRAME_VALUE_MAX) f->value[f->value_len++] = p[i];
+                    else f->value_long = true;
+                }
+                i++;
+            }
+            f->head_len += i - start;
+            if (f->head_len > f->max_head) {
+                refuse(f, 431, "the request line and headers are larger than the limit");
+                break;
+            }
+            if (i == n) break;
+        }
         unsigned char c = (unsigned char)p[i];
         if (f->state >= S_CHUNK_SIZE) chunk_byte(f, c);
         else head_byte(f, c);
