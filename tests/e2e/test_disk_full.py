@@ -2,7 +2,8 @@
 
 The test mounts a small tmpfs as the data directory of the whole system (every database, the keys),
 rents, fills the filesystem to the last byte, and checks what a customer and an operator see:
-rentals get 503 (not 500, no crash), every process stays up, nothing acknowledged before is lost
+rentals get 503 (not 500, no crash; one that still fits in space a file already holds is
+accepted and must stand), every process stays up, nothing acknowledged before is lost
 or corrupted (integrity_check on every database, every accepted rental still there and settled).
 Then the filler is removed: rentals succeed again by themselves, and the events that could not be
 applied while the disk was full are applied (a storage failure is retried, never dead-lettered).
@@ -97,8 +98,17 @@ def test_disk_full_refuses_rentals_and_recovers():
             s.thaw("customerpage")          # its events now fail: the disk is full
             wait_for(lambda: metric(s, "carshare_bus_redeliveries_total", "customerpage") >= 3, 60,
                      "customerpage retrying its events on the full disk")
-            codes = [rent(s)[0] for _ in range(5)]
-            check(all(c == 503 for c in codes), "rentals on a full disk answered %r" % codes)
+            # A write that fits in space a file already has (the WAL is reused after each
+            # checkpoint) may still succeed: such a rental is accepted and must stand. Every other
+            # answer is 503, and the disk being full shows up as one soon enough.
+            codes = []
+            while len(codes) < 50 and 503 not in codes:
+                code, body, _ = rent(s)
+                codes.append(code)
+                if code == 201:
+                    accepted.append(body["id"])
+            check(503 in codes and set(codes) <= {201, 503},
+                  "rentals on a full disk answered %r" % codes)
             alive(s)
             ids = [o["id"] for o in orders(s)]
             check(all(i in ids for i in accepted), "accepted rentals lost: %r not in %r" % (accepted, ids))
