@@ -139,7 +139,7 @@ const char *httpc_result_name(httpc_result r)
     return "unknown";
 }
 
-void http_client_set_auth(httpc *c, http_client_auth fn, void *arg)
+void httpc_set_auth(httpc *c, httpc_auth_fn fn, void *arg)
 {
     c->auth = fn;
     c->auth_arg = arg;

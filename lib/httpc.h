@@ -109,8 +109,8 @@ int httpc_json(httpc *c, const char *method, const char *uri,
  * ("Bearer ...") of every attempt -- retries included, so a token renewed
  * meanwhile is used -- and NULL sends none. Order's payment clients send
  * order's own service token this way (token_minter, lib/token.h). */
-typedef const char *(*http_client_auth)(void *arg);
-void http_client_set_auth(httpc *c, http_client_auth fn, void *arg);
+typedef const char *(*httpc_auth_fn)(void *arg);
+void httpc_set_auth(httpc *c, httpc_auth_fn fn, void *arg);
 
 const breaker *httpc_breaker(const httpc *c);
 

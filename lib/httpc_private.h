@@ -121,7 +121,7 @@ struct httpc {
 
     uint64_t rng;
     bool closing;
-    http_client_auth auth;             /* Authorization of every attempt, or NULL */
+    httpc_auth_fn auth;                /* Authorization of every attempt, or NULL */
     void *auth_arg;
 };
 

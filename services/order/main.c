@@ -52,7 +52,7 @@ static httpc *reconcile_client;
 static token_key *service_key;
 static token_minter *service_minter;
 
-/* http_client_auth: order's service token for every payment call. */
+/* httpc_auth_fn: order's service token for every payment call. */
 static const char *service_credentials(void *arg)
 {
     (void)arg;
@@ -186,8 +186,8 @@ int main(void)
                   "return timer or the service key\"");
         return 1;
     }
-    http_client_set_auth(payment_client, service_credentials, NULL);
-    http_client_set_auth(reconcile_client, service_credentials, NULL);
+    httpc_set_auth(payment_client, service_credentials, NULL);
+    httpc_set_auth(reconcile_client, service_credentials, NULL);
 
     order_policy_register(b);
     order_api_config cfg = {
