@@ -97,8 +97,7 @@ def test_three_servers_form_a_jetstream_cluster():
                                   capture_output=True, text=True)
             print(logs.stdout + logs.stderr)
             raise
-    routes = monitor(0, "/routez")["num_routes"]
-    check(routes >= 2, "nats-0 has %d routes" % routes)
+    wait_for(lambda: monitor(0, "/routez")["num_routes"] >= 2, 60, "nats-0's routes to both peers")
 
 
 def stream_info(i):
