@@ -253,9 +253,6 @@ class System:
     def __enter__(self):
         try:
             self.make_keys()
-            for name in self.services:
-                if self.on_postgres(name):
-                    self.db_urls[name] = new_database(name)
             if self.want_nats:
                 self.start_nats()
             for name in self.services:
@@ -414,6 +411,9 @@ class System:
     def start(self, name, wait_ready=True):
         if not os.path.exists(self.data("keys", "account.pub")):
             self.make_keys()
+        if self.on_postgres(name) and name not in self.db_urls:
+            # Its database, once per System: a restart finds its data again.
+            self.db_urls[name] = new_database(name)
         p = Proc(name, [os.path.join(BIN, "carshare-" + name)], self.env_for(name),
                  os.path.join(self.dir, name + ".log"))
         p.start()
