@@ -25,6 +25,7 @@
 #include "auth.h"
 #include "config.h"
 #include "db.h"
+#include "store_pg.h"
 #include "durable.h"
 #include "log.h"
 #include "mem.h"
@@ -434,6 +435,12 @@ static void close_db(void *d)
     db_close(d);
 }
 
+static void abandon_connects(void *arg)
+{
+    (void)arg;
+    store_pg_abandon_connects();
+}
+
 int service_start_db(service *svc, db *d, bus *b)
 {
     if (!db_is_pg(d) && config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
@@ -447,6 +454,9 @@ int service_start_db(service *svc, db *d, bus *b)
     }
     service_dead_letters_route(svc->http, b);
     service_ready_check(svc, "store_ready", db_ready, d);
+    /* First at stop: the bus's and the database's threads must not sit in
+     * a connect while they are joined. */
+    if (db_is_pg(d)) service_on_stop(svc, abandon_connects, NULL);
     service_ready_check(svc, "bus_connected", bus_connected, b);
     service_on_stop(svc, stop_bus, b);
     service_on_stop(svc, close_db, d);

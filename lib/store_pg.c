@@ -20,10 +20,14 @@
  * DDL is transactional in PostgreSQL: a failed script leaves nothing. */
 #include "store_pg.h"
 
+#include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "log.h"
@@ -287,11 +291,57 @@ int pgstore_exec(struct pgstore *pg, const char *sql)
 
 /* After the server went away the connection is re-opened, once per BEGIN:
  * nothing has been done yet in this unit of work, so nothing is lost. */
+/* ---- connecting without blocking a shutdown ----
+ *
+ * libpq's blocking connect cannot be interrupted, and on a loaded machine
+ * it can take seconds: a service told to stop would wait for it (and be
+ * killed). So connections are made with PQconnectStart/PQconnectPoll,
+ * polling in 100 ms slices, until DB_CONNECT_TIMEOUT_S or until
+ * store_pg_abandon_connects() was called (the service is stopping). */
+
+static atomic_bool connects_abandoned;
+
+void store_pg_abandon_connects(void)
+{
+    atomic_store(&connects_abandoned, true);
+}
+
+static long connect_timeout_ms(void)
+{
+    return config_int("DB_CONNECT_TIMEOUT_S", 15, 1, 600) * 1000L;
+}
+
+/* Drives a connection started by PQconnectStart (reset: PQresetStart) to
+ * its end: true when it is up. */
+static bool wait_connected(PGconn *c, bool reset)
+{
+    if (!c || PQstatus(c) == CONNECTION_BAD) return false;
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long limit = connect_timeout_ms();
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK) {
+        if (st == PGRES_POLLING_FAILED || atomic_load(&connects_abandoned)) return false;
+        struct pollfd p = {.fd = PQsocket(c),
+                           .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        int r = poll(&p, 1, 100);
+        if (r < 0 && errno != EINTR) return false;
+        if (r > 0) {
+            st = reset ? PQresetPoll(c) : PQconnectPoll(c);
+            continue;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - t0.tv_sec) * 1000L + (now.tv_nsec - t0.tv_nsec) / 1000000L > limit)
+            return false;
+    }
+    return true;
+}
+
 static bool reconnect(struct pgstore *pg)
 {
-    PQreset(pg->conn);
+    bool up = PQresetStart(pg->conn) && wait_connected(pg->conn, true);
     cache_forget_prepared(pg);
-    if (PQstatus(pg->conn) != CONNECTION_OK) {
+    if (!up || PQstatus(pg->conn) != CONNECTION_OK) {
         note_failure(pg, NULL, "reconnect");
         return false;
     }
@@ -449,18 +499,18 @@ static struct pgstore *connect_to(const char *url, const char *setting, const ch
              timeout_ms, timeout_ms * 2);
     /* A loaded machine can take seconds to fork a backend and check a
      * password: DB_CONNECT_TIMEOUT_S (15) before a connection counts as
-     * failed. */
-    char connect_timeout[24];
-    snprintf(connect_timeout, sizeof connect_timeout, "%ld",
-             config_int("DB_CONNECT_TIMEOUT_S", 15, 1, 600));
-    const char *keys[] = {"dbname", "application_name", "options", "connect_timeout", NULL};
-    const char *values[] = {url, service, options, connect_timeout, NULL};
-    pg->conn = PQconnectdbParams(keys, values, 1);
-    if (!pg->conn || PQstatus(pg->conn) != CONNECTION_OK) {
+     * failed (wait_connected). */
+    const char *keys[] = {"dbname", "application_name", "options", NULL};
+    const char *values[] = {url, service, options, NULL};
+    pg->conn = PQconnectStartParams(keys, values, 1);
+    if (!wait_connected(pg->conn, false) || PQstatus(pg->conn) != CONNECTION_OK) {
         char e[400];
+        const char *why = !pg->conn ? "out of memory"
+                          : *PQerrorMessage(pg->conn) ? PQerrorMessage(pg->conn)
+                          : atomic_load(&connects_abandoned) ? "the service is stopping"
+                          : "timeout expired (DB_CONNECT_TIMEOUT_S)";
         log_error("msg=\"cannot connect to PostgreSQL: check %s\" setting=%s db=%s error=%s",
-                  setting, setting, pg->label,
-                  log_quote(e, sizeof e, pg->conn ? PQerrorMessage(pg->conn) : "out of memory"));
+                  setting, setting, pg->label, log_quote(e, sizeof e, why));
         pgstore_free(pg);
         return NULL;
     }

@@ -83,6 +83,10 @@ bool store_should_retry(const store *st);
 /* Clears both marks before a unit of work. */
 void store_clear_failure(store *st);
 
+/* From now on, connections under way and to come give up at once (a
+ * service that is stopping must not wait seconds for a connect). */
+void store_pg_abandon_connects(void);
+
 /* The URL with its password replaced by "***", for logs. */
 void store_pg_redact(const char *url, char *buf, size_t size);
 
