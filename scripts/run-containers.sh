@@ -32,8 +32,10 @@ case "${1:-up}" in
   up)
     # New bus passwords at each start, as `make run` does: they live only in the containers'
     # environment (nats-server's and each service's).
+    # Each starts with a letter: nats-server reads a value from the environment that starts with
+    # '-' or a digit as a number (see k8s-secrets.sh).
     for user in ORDER PAYMENT DELIVERY CUSTOMERPAGE ADMIN; do
-      export "${user}_PASSWORD=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
+      export "${user}_PASSWORD=p$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
     done
     keys
     t0=$(date +%s%N)
