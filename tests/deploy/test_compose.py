@@ -66,6 +66,11 @@ def test_up_rent_down():
 
 def cleanup():
     compose("down")
+    # Whatever a failed `down` left (containers restarting: restart unless-stopped), by label.
+    label = "label=io.podman.compose.project=" + PROJECT
+    for name in pm.podman("ps", "-a", "-q", "--filter", label, check=False).split():
+        pm.podman("rm", "-f", name, check=False)
+    pm.podman("network", "rm", PROJECT + "_default", check=False)
     for vol in pm.podman("volume", "ls", "-q", "--filter",
                          "label=io.podman.compose.project=" + PROJECT).split():
         pm.podman("volume", "rm", "-f", vol, check=False)
