@@ -14,6 +14,9 @@
  *                      (default http://127.0.0.1:8084)
  *   ACCOUNT_URL        account service, /accounts/... and /sessions/...
  *                      (default http://127.0.0.1:8085)
+ *   Each *_URL may list several instances, comma separated: balance.c.
+ *   GATEWAY_EJECT_FAILURES, GATEWAY_EJECT_MS  passive ejection of one of
+ *                      several instances (3 failures in a row, 5000 ms)
  *   TOKEN_PUBLIC_KEYS  the keys tokens are checked with (lib/auth.h)
  *   GATEWAY_<NAME>_*   per upstream (NAME = ORDER, DELIVERY, CUSTOMERPAGE,
  *                      PAYMENT, ACCOUNT), the http client settings of httpc.h:

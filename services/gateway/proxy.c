@@ -14,7 +14,10 @@
  * Hop-by-hop headers stay on their own hop in both directions (domain.c).
  *
  * GET and HEAD are idempotent and may be retried by httpc; anything else
- * goes out once. A failed call answers in the contract's error shape:
+ * goes out once. With several instances (balance.c) a GET/HEAD that did not
+ * reach one is sent once more, to another; the client's request is still
+ * there (it is answered only at the end), so the retry rebuilds the
+ * forwarded headers from it rather than keeping a copy per request. A failed call answers in the contract's error shape:
  * 502 down or broken, 504 too slow, 503 with Retry-After when the breaker is
  * open or the bulkhead is full (refused at once, nothing queued further).
  *
@@ -41,7 +44,10 @@
 typedef struct gw_exchange {
     http_req *req;
     gw_upstream *up;
+    gw_instance *inst;          /* where the call went */
     bool head;
+    bool idempotent;            /* GET or HEAD */
+    bool retried;               /* sent to a second instance already */
 } gw_exchange;
 
 /* Request headers the proxy reads or rewrites, found in one pass. */
@@ -136,9 +142,35 @@ static void gw_reply_answer(gw_exchange *x, const httpc_response *resp)
                    resp->body, resp->body_len);
 }
 
+static bool gw_forward(gw_exchange *x);
+
+/* With several instances: the outcome feeds the balancer, and a GET/HEAD
+ * that never reached its instance goes once to another. True when the call
+ * was sent again (the answer will come to gw_proxy_done once more). */
+static bool gw_balance_after(gw_exchange *x, const httpc_response *resp)
+{
+    gw_upstream *up = x->up;
+    gw_instance *in = x->inst;
+    in->bal->outstanding--;
+    if (gw_balance_record(in->bal, resp->result, service_now_ms(), up->eject_failures,
+                          up->eject_ms))
+        gw_instance_ejected(in);
+    if (x->retried || up->gw->stopping || !gw_balance_retryable(resp->result, x->idempotent))
+        return false;
+    int next = gw_balance_pick(up->bal, up->n, &up->rr, in->index);
+    if (next < 0)
+        return false;
+    in->bal->retries++;
+    x->retried = true;
+    x->inst = &up->inst[next];
+    return gw_forward(x);
+}
+
 static void gw_proxy_done(const httpc_response *resp, void *arg)
 {
     gw_exchange *x = arg;
+    if (x->up->n > 1 && gw_balance_after(x, resp))
+        return;
     if (resp->result == HTTPC_OK)
         gw_reply_answer(x, resp);
     else
@@ -146,18 +178,13 @@ static void gw_proxy_done(const httpc_response *resp, void *arg)
     free(x);
 }
 
-void gw_proxy(gw_upstream *up, http_req *req)
+/* Builds the forwarded request from the client's (still there: it is
+ * answered only in gw_proxy_done) and sends it to x->inst. False when out
+ * of memory (nothing sent, nothing answered). */
+static bool gw_forward(gw_exchange *x)
 {
-    const char *method = http_req_method(req);
-    gw_exchange *x = malloc(sizeof *x);
-    if (x == NULL) {
-        http_reply_error(req, 503, "the gateway is out of memory; retry shortly");
-        return;
-    }
-    x->req = req;
-    x->up = up;
-    x->head = gw_method_is(method, "HEAD");
-
+    http_req *req = x->req;
+    gw_upstream *up = x->up;
     /* Inside the handler the evhttp request is always there. */
     struct evhttp_request *raw = http_req_raw(req);
     static struct evkeyvalq no_headers = TAILQ_HEAD_INITIALIZER(no_headers);
@@ -169,11 +196,8 @@ void gw_proxy(gw_upstream *up, http_req *req)
     struct evkeyval *slots = stack_slots;
     if (ch.count + GW_FORWARDED_ADDED > GW_STACK_HEADERS) {
         slots = malloc((size_t)(ch.count + GW_FORWARDED_ADDED) * sizeof *slots);
-        if (slots == NULL) {
-            free(x);
-            http_reply_error(req, 503, "the gateway is out of memory; retry shortly");
-            return;
-        }
+        if (slots == NULL)
+            return false;
     }
     struct evkeyvalq out;
     TAILQ_INIT(&out);
@@ -191,17 +215,44 @@ void gw_proxy(gw_upstream *up, http_req *req)
     size_t body_len = 0;
     const char *body = http_req_body(req, &body_len);
     httpc_request call = {
-        .method = method,
+        .method = http_req_method(req),
         .uri = http_req_uri(req),
         .request_id = http_req_id(req),
         .headers = &out,
         .content_type = body_len ? ch.content_type : NULL,
         .body = body,
         .body_len = body_len,
-        .idempotent = x->head || gw_method_is(method, "GET"),
+        .idempotent = x->idempotent,
     };
-    httpc_send(up->client, &call, gw_proxy_done, x);
+    if (up->n > 1) {
+        x->inst->bal->outstanding++;
+        x->inst->bal->chosen++;
+    }
+    httpc_send(x->inst->client, &call, gw_proxy_done, x);
 
     if (slots != stack_slots)
         free(slots);
+    return true;
+}
+
+void gw_proxy(gw_upstream *up, http_req *req)
+{
+    const char *method = http_req_method(req);
+    gw_exchange *x = malloc(sizeof *x);
+    if (x == NULL) {
+        http_reply_error(req, 503, "the gateway is out of memory; retry shortly");
+        return;
+    }
+    x->req = req;
+    x->up = up;
+    x->head = gw_method_is(method, "HEAD");
+    x->idempotent = x->head || gw_method_is(method, "GET");
+    x->retried = false;
+    /* One instance: no choice to make, the hot path as it always was. */
+    x->inst = up->n > 1 ? &up->inst[gw_balance_pick(up->bal, up->n, &up->rr, -1)]
+                        : &up->inst[0];
+    if (!gw_forward(x)) {
+        free(x);
+        http_reply_error(req, 503, "the gateway is out of memory; retry shortly");
+    }
 }
