@@ -409,25 +409,35 @@ void service_dead_letters_route(http_server *s, bus *b)
 /* HTTP answers and calls wait for group commit (http.h): durable.h's. */
 static const http_deferral group_commit = { durable_defer, durable_cancel };
 
+/* What service_start_bus and service_start_db share once group commit is
+ * set up: HTTP's deferral (answers and calls wait for it: http.h), the bus,
+ * the dead letters route, the readiness checks and the stop hooks. Takes
+ * the bus and the database (close_fn frees it) on failure too. */
+static int start_bus_and_db(service *svc, bus *b, service_check ready, void *db,
+                            void (*close_fn)(void *))
+{
+    http_set_deferral(&group_commit);   /* nothing waits while no commit is pending */
+    if (bus_start(b) != 0) {
+        log_error("msg=\"cannot start the event bus\"");
+        bus_free(b);
+        close_fn(db);
+        return -1;
+    }
+    service_dead_letters_route(svc->http, b);
+    service_ready_check(svc, "store_ready", ready, db);
+    service_ready_check(svc, "bus_connected", bus_connected, b);
+    service_on_stop(svc, stop_bus, b);
+    service_on_stop(svc, close_fn, db);
+    return 0;
+}
+
 int service_start_bus(service *svc, store *st, bus *b)
 {
     /* STORE_GROUP_COMMIT=0 (for measurements) syncs at every commit. */
     if (config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
         store_group_commit(st, svc->base) != 0)
         log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
-    http_set_deferral(&group_commit);   /* nothing waits while no commit is pending */
-    if (bus_start(b) != 0) {
-        log_error("msg=\"cannot start the event bus\"");
-        bus_free(b);
-        store_close(st);
-        return -1;
-    }
-    service_dead_letters_route(svc->http, b);
-    service_ready_check(svc, "store_ready", store_ready, st);
-    service_ready_check(svc, "bus_connected", bus_connected, b);
-    service_on_stop(svc, stop_bus, b);
-    service_on_stop(svc, close_store, st);
-    return 0;
+    return start_bus_and_db(svc, b, store_ready, st, close_store);
 }
 
 static void close_db(void *d)
@@ -446,6 +456,7 @@ int service_start_db(service *svc, db *d, bus *b)
     if (!db_is_pg(d) && config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
         store_group_commit(db_store(d), svc->base) != 0)
         log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
+    http_set_deferral(&group_commit);   /* answers and calls wait for group commit (http.h) */
     if (bus_start(b) != 0) {
         log_error("msg=\"cannot start the event bus\"");
         bus_free(b);
