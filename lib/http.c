@@ -22,7 +22,8 @@
  *
  * Listening. evhttp_bind_socket listens with a backlog of 128: a burst of
  * connections beyond it has SYNs dropped, and each client then loses a
- * second to the SYN retransmit. So we bind the listener ourselves, with a
+ * second to the SYN retransmit. So we bind the listener ourselves
+ * (http_listener_open, usable by any server on the loop), with a
  * backlog of HTTP_LISTEN_BACKLOG (default 1024; the kernel caps it at
  * net.core.somaxconn), and hand it to evhttp, which owns and frees it.
  *
@@ -352,10 +353,28 @@ http_server *http_server_new(struct event_base *base)
     return s;
 }
 
-/* A listening socket on host:port with our backlog, disabled until evhttp
- * sets its callback. NULL (errno or a lookup error logged) on failure. */
-static struct evconnlistener *listen_socket(http_server *s, const char *host, int port)
+/* ---- listening sockets (http.h: http_listener_open) ---- */
+
+static int http_listener_port(evutil_socket_t fd)
 {
+    struct sockaddr_storage addr;
+    socklen_t alen = sizeof addr;
+    if (getsockname(fd, (struct sockaddr *)&addr, &alen) != 0)
+        return -1;
+    if (addr.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&addr)->sin_port);
+    if (addr.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
+    return -1;
+}
+
+struct evconnlistener *http_listener_open(struct event_base *base, const char *host, int port,
+                                          bool reuse_port, int *bound_port)
+{
+    if (port < 0 || port > 65535) {
+        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"port out of range\"", host, port);
+        return NULL;
+    }
     int backlog = (int)config_int("HTTP_LISTEN_BACKLOG", 1024, 1, 65535);
     char service[8];
     snprintf(service, sizeof service, "%d", port);
@@ -368,26 +387,30 @@ static struct evconnlistener *listen_socket(http_server *s, const char *host, in
                   rc != 0 ? evutil_gai_strerror(rc) : "no address");
         return NULL;
     }
-    struct evconnlistener *l = evconnlistener_new_bind(
-        s->base, NULL, NULL, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-        backlog, ai->ai_addr, (int)ai->ai_addrlen);
+    /* No callback: libevent keeps the listener disabled until one is set. */
+    unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+    if (reuse_port)
+        flags |= LEV_OPT_REUSEABLE_PORT;
+    struct evconnlistener *l = evconnlistener_new_bind(base, NULL, NULL, flags, backlog,
+                                                       ai->ai_addr, (int)ai->ai_addrlen);
     if (!l)
         log_error("msg=\"cannot listen\" host=%s port=%d reason=\"%s\"", host, port, strerror(errno));
     evutil_freeaddrinfo(ai);
+    if (l && bound_port) {
+        int p = http_listener_port(evconnlistener_get_fd(l));
+        *bound_port = p > 0 ? p : port;
+    }
     return l;
 }
 
 int http_server_listen(http_server *s, const char *host, int port)
 {
-    if (port < 0 || port > 65535) {
-        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"port out of range\"", host, port);
-        return -1;
-    }
     if (s->nbound == MAX_LISTENERS) {
         log_error("msg=\"cannot listen\" host=%s port=%d reason=\"too many listeners\"", host, port);
         return -1;
     }
-    struct evconnlistener *listener = listen_socket(s, host, port);
+    int bound_port = port;
+    struct evconnlistener *listener = http_listener_open(s->base, host, port, false, &bound_port);
     if (!listener)
         return -1;
     /* From here evhttp owns the listener: evhttp_del_accept_socket frees it. */
@@ -396,15 +419,6 @@ int http_server_listen(http_server *s, const char *host, int port)
         log_error("msg=\"cannot listen\" host=%s port=%d reason=\"out of memory\"", host, port);
         evconnlistener_free(listener);
         return -1;
-    }
-    struct sockaddr_storage addr;
-    socklen_t alen = sizeof addr;
-    int bound_port = port;
-    if (getsockname(evhttp_bound_socket_get_fd(b), (struct sockaddr *)&addr, &alen) == 0) {
-        if (addr.ss_family == AF_INET)
-            bound_port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
-        else if (addr.ss_family == AF_INET6)
-            bound_port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
     }
     s->bound[s->nbound++] = b;
     evconnlistener_set_error_cb(listener, on_accept_error);

@@ -75,8 +75,34 @@ void http_server_guard(http_server *s, http_guard guard, void *arg);
 void http_server_fallback(http_server *s, const char *fallback_label,
                           http_handler handler, void *arg);
 
-/* Binds host:port (port 0 = ephemeral). Returns the bound port or -1. */
+/* Binds host:port (port 0 = ephemeral) with http_listener_open. Returns the
+ * bound port or -1. */
 int http_server_listen(http_server *s, const char *host, int port);
+
+/* ---- listening sockets, for any server on the loop ----
+ *
+ * http_listener_open: a listening TCP socket on host:port (port 0 =
+ * ephemeral; *bound_port, if not NULL, gets the port actually bound) with
+ * the listen backlog HTTP_LISTEN_BACKLOG (default 1024, not evhttp's 128:
+ * a burst beyond the backlog loses SYNs and each such client a second),
+ * SO_REUSEADDR, close-on-exec. reuse_port also sets SO_REUSEPORT, so that a
+ * second process (a new release of the gateway) can bind the same port
+ * while this one still listens; note that the kernel resets the
+ * connections waiting in a SO_REUSEPORT socket's accept queue when that
+ * socket is closed, so a process that shares the port this way must not
+ * close its listener while it may still be chosen (DESIGN.md, "Handing
+ * the gateway's port over").
+ *
+ * Returns a listener WITHOUT a callback: libevent keeps it disabled, so it
+ * accepts nothing until the caller gives it one -- evconnlistener_set_cb
+ * for a server on plain bufferevents, or evhttp_bind_listener (which then
+ * owns it). Freeing it (evconnlistener_free) closes the socket. NULL on
+ * failure, logged ("cannot listen" with the reason). Loop thread, before
+ * or while the loop runs; it resolves `host` with getaddrinfo, so give an
+ * address or a name from /etc/hosts ("localhost"), not one needing DNS. */
+struct evconnlistener;
+struct evconnlistener *http_listener_open(struct event_base *base, const char *host, int port,
+                                          bool reuse_port, int *bound_port);
 
 /* Graceful shutdown: stop accepting connections, answer the requests in
  * flight, then call done(arg) once from the loop. */

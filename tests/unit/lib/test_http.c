@@ -13,6 +13,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 
 #include <arpa/inet.h>
@@ -807,6 +808,29 @@ static void test_listen_backlog(void)
     http_server_free(s);
 }
 
+/* http_listener_open: a second listener on a port taken is refused unless
+ * both asked for SO_REUSEPORT (the gateway's hand-over); the port bound is
+ * reported; a listener without a callback is not accepting. */
+static void test_listener_open(void)
+{
+    int port = 0;
+    struct evconnlistener *a = http_listener_open(base, "127.0.0.1", 0, false, &port);
+    CHECK(a != NULL && port > 0);
+    CHECK(http_listener_open(base, "127.0.0.1", port, false, NULL) == NULL);
+    CHECK(http_listener_open(base, "127.0.0.1", port, true, NULL) == NULL);
+    evconnlistener_free(a);
+
+    int p1 = 0, p2 = 0;
+    struct evconnlistener *r1 = http_listener_open(base, "127.0.0.1", 0, true, &p1);
+    CHECK(r1 != NULL && p1 > 0);
+    struct evconnlistener *r2 = http_listener_open(base, "127.0.0.1", p1, true, &p2);
+    CHECK(r2 != NULL);
+    CHECK_INT(p2, p1);
+    evconnlistener_free(r2);
+    evconnlistener_free(r1);
+    CHECK(http_listener_open(base, "127.0.0.1", 70000, false, NULL) == NULL);
+}
+
 /* Drain with nothing in flight still calls back from the loop, not inline. */
 static void test_drain_idle(void)
 {
@@ -929,6 +953,7 @@ int main(void)
 
     test_drain_idle();
     test_listen_backlog();
+    test_listener_open();
     test_request_timeout_and_fallback();
     test_free_with_pending_request();
 
