@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "mem.h"
 #include "store_pg.h"
 
 #define PING_MS 1000
@@ -132,8 +133,7 @@ bool db_run(db *d, db_work_fn work, db_done_fn done, void *arg)
         done(arg, DB_DONE);
         return true;
     }
-    struct job *j = malloc(sizeof *j);
-    if (!j) return false;
+    struct job *j = mem_must(malloc(sizeof *j));   /* mem.h: a unit's bookkeeping */
     *j = (struct job){work, done, arg, DB_DONE, NULL};
     pthread_mutex_lock(&d->mu);
     bool ok = !d->stopping && d->queued < d->queue_max;

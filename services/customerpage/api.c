@@ -23,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "auth.h"
+#include "db_job.h"
 #include "http.h"
+#include "mem.h"
 #include "rep.h"
 #include "token.h"
 
@@ -89,15 +91,14 @@ static bool query_text(http_req *r, const char *name, char *text, size_t textlen
     return true;
 }
 
-/* ---- one request's unit of work (db.h) ----
+/* ---- one request's unit of work (db_job.h) ----
  *
  * The store is read by the `work` half (at once on SQLite, on a database
  * thread on PostgreSQL), the answer sent by the `done` half on the loop; a
  * database that is unreachable or too slow is answered 503. */
 
 typedef struct page_job {
-    http_req *req;
-    db *db;
+    db_job job;                  /* db_job.h */
     long long id;                /* path id or orderId */
     bool valid_id;
     char customer_id[160];
@@ -111,39 +112,17 @@ typedef struct page_job {
     char err[200];
 } page_job;
 
-static page_job *job_new(http_req *r, customerpage_app *app)
+static void job_clear(db_job *job)
 {
-    page_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        return NULL;
-    }
-    j->req = r;
-    j->db = app->db;
-    return j;
-}
-
-static void job_free(page_job *j)
-{
+    page_job *j = (page_job *)job;
     for (int i = 0; i < j->n; i++) customer_page_clear(&j->rows[i]);
     customer_page_clear(&j->one);
     free(j->rows);
-    free(j);
 }
 
-static void job_run(page_job *j, db_work_fn work, db_done_fn done)
+static page_job *job_new(http_req *r, customerpage_app *app)
 {
-    if (db_run(j->db, work, done, j)) return;
-    rep_reply_db_unavailable(j->req, "the customer page database");
-    job_free(j);
-}
-
-static bool answered_unavailable(page_job *j, db_status status)
-{
-    if (status != DB_UNAVAILABLE) return false;
-    rep_reply_db_unavailable(j->req, "the customer page database");
-    job_free(j);
-    return true;
+    return db_job_new(r, app->db, sizeof(page_job), "the customer page database", job_clear);
 }
 
 /* ---- pages ---- */
@@ -171,16 +150,16 @@ static void list_work(store *st, void *arg)
 static void list_done(void *arg, db_status status)
 {
     page_job *j = arg;
-    if (answered_unavailable(j, status)) return;
+    if (db_job_answered_unavailable(&j->job, status)) return;
     if (!j->found) {
-        http_reply_error(j->req, 500, "could not read the customer pages: %s", j->err);
+        http_reply_error(j->job.req, 500, "could not read the customer pages: %s", j->err);
     } else {
         json_t *items = json_array();
         for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, page_item(&j->rows[i], http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "customerpages", items, j->page, j->size, j->total);
+            json_array_append_new(items, page_item(&j->rows[i], http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "customerpages", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 /* Lists the rows, all or one customer's. */
@@ -189,19 +168,14 @@ static void reply_pages(http_req *r, customerpage_app *app, const char *customer
     long page, size;
     if (!rep_page_query(r, &page, &size)) return;
     page_job *j = job_new(r, app);
-    if (!j) return;
     j->page = page;
     j->size = size;
     if (customer_id) {
         j->by_customer = true;
         snprintf(j->customer_id, sizeof j->customer_id, "%s", customer_id);
     }
-    if (!(j->rows = calloc((size_t)size, sizeof *j->rows))) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        job_free(j);
-        return;
-    }
-    job_run(j, list_work, list_done);
+    j->rows = mem_must(calloc((size_t)size, sizeof *j->rows));   /* mem.h: the job's own */
+    db_job_run(&j->job, list_work, list_done);
 }
 
 static void get_pages(http_req *r, void *arg)
@@ -239,43 +213,42 @@ static void get_one_work(store *st, void *arg)
 /* Another customer's rental is as unknown as a missing one. */
 static void hide_others(page_job *j)
 {
-    if (j->found > 0 && !auth_may_see(j->req, j->one.customer_id)) j->found = 0;
+    if (j->found > 0 && !auth_may_see(j->job.req, j->one.customer_id)) j->found = 0;
 }
 
 static void get_page_done(void *arg, db_status status)
 {
     page_job *j = arg;
-    if (answered_unavailable(j, status)) return;
+    if (db_job_answered_unavailable(&j->job, status)) return;
     hide_others(j);
-    rep_reply_found(j->req, j->found,
-                    j->found > 0 ? page_item(&j->one, http_req_base_url(j->req)) : NULL,
-                    "customer page", http_req_param(j->req, "id"));
-    job_free(j);
+    rep_reply_found(j->job.req, j->found,
+                    j->found > 0 ? page_item(&j->one, http_req_base_url(j->job.req)) : NULL,
+                    "customer page", http_req_param(j->job.req, "id"));
+    db_job_free(&j->job);
 }
 
 static void get_page(http_req *r, void *arg)
 {
     page_job *j = job_new(r, arg);
-    if (!j) return;
     j->valid_id = rep_path_id(http_req_param(r, "id"), &j->id);
-    job_run(j, get_one_work, get_page_done);
+    db_job_run(&j->job, get_one_work, get_page_done);
 }
 
 static void by_order_done(void *arg, db_status status)
 {
     page_job *j = arg;
-    if (answered_unavailable(j, status)) return;
+    if (db_job_answered_unavailable(&j->job, status)) return;
     hide_others(j);
     if (j->found < 0) {
-        http_reply_error(j->req, 500, "could not read the customer page of order %lld: %s", j->id,
+        http_reply_error(j->job.req, 500, "could not read the customer page of order %lld: %s", j->id,
                          j->err);
     } else {
         json_t *items = json_array();
         if (j->found && j->page == 0)
-            json_array_append_new(items, page_item(&j->one, http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "customerpages", items, j->page, j->size, j->found);
+            json_array_append_new(items, page_item(&j->one, http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "customerpages", items, j->page, j->size, j->found);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void find_pages_by_order(http_req *r, void *arg)
@@ -286,12 +259,11 @@ static void find_pages_by_order(http_req *r, void *arg)
         || !rep_page_query(r, &page, &size))
         return;
     page_job *j = job_new(r, arg);
-    if (!j) return;
     j->id = order_id;
     j->valid_id = true;
     j->page = page;
     j->size = size;
-    job_run(j, get_one_work, by_order_done);
+    db_job_run(&j->job, get_one_work, by_order_done);
 }
 
 /* ---- rebuild ---- */
@@ -329,11 +301,7 @@ static void answer_rebuild(void *arg, int status, const char *err)
 
 static void post_rebuild(http_req *r, void *arg)
 {
-    rebuild_request *rq = malloc(sizeof *rq);
-    if (!rq) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        return;
-    }
+    rebuild_request *rq = mem_must(malloc(sizeof *rq));   /* mem.h: a request's bookkeeping */
     *rq = (rebuild_request){r, arg};
     customerpage_rebuild_start(arg, answer_rebuild, rq);
 }

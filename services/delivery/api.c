@@ -10,7 +10,7 @@
  *
  * Handlers parse and validate, call the store or the cancel command of
  * policy.c, and shape the answer (rep.h). Each request is one unit of work
- * (db.h): the store is used by its `work` half (at once on the loop on
+ * (db_job.h): the store is used by its `work` half (at once on the loop on
  * SQLite, where a command's transaction never interleaves with an event's;
  * on a database thread on PostgreSQL, where SERIALIZABLE keeps them apart)
  * and the answer sent by its `done` half, on the loop. A database that is
@@ -20,7 +20,9 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include "db_job.h"
 #include "http.h"
+#include "mem.h"
 #include "token.h"
 #include "rep.h"
 
@@ -59,9 +61,7 @@ static json_t *cancellation_item(const cancellation *c, const char *base_url)
 /* ---- one request's unit of work ---- */
 
 typedef struct delivery_job {
-    http_req *req;
-    db *db;
-    char request_id[80];
+    db_job job;                  /* db_job.h */
     long long id;                /* path id or orderId; 0 = none */
     bool valid_id;
     long page, size;
@@ -76,56 +76,28 @@ typedef struct delivery_job {
     char err[200];
 } delivery_job;
 
-static delivery_job *job_new(http_req *r, db *d)
+static void job_clear(db_job *job)
 {
-    delivery_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        return NULL;
-    }
-    j->req = r;
-    j->db = d;
-    snprintf(j->request_id, sizeof j->request_id, "%s", http_req_id(r));
-    return j;
-}
-
-static void job_free(delivery_job *j)
-{
+    delivery_job *j = (delivery_job *)job;
     free(j->deliveries);
     free(j->cancellations);
-    free(j);
 }
 
-static void job_run(delivery_job *j, db_work_fn work, db_done_fn done)
+static delivery_job *job_new(http_req *r, db *d)
 {
-    if (db_run(j->db, work, done, j)) return;
-    rep_reply_db_unavailable(j->req, "the delivery database");
-    job_free(j);
-}
-
-static bool answered_unavailable(delivery_job *j, db_status status)
-{
-    if (status != DB_UNAVAILABLE) return false;
-    rep_reply_db_unavailable(j->req, "the delivery database");
-    job_free(j);
-    return true;
+    return db_job_new(r, d, sizeof(delivery_job), "the delivery database", job_clear);
 }
 
 /* A job for one page of a list, with room for its rows; NULL when the
- * request was answered. */
+ * request was answered (a bad page). */
 static delivery_job *page_job(http_req *r, db *d, size_t row_size, void **rows)
 {
     long page, size;
     if (!rep_page_query(r, &page, &size)) return NULL;
     delivery_job *j = job_new(r, d);
-    if (!j) return NULL;
     j->page = page;
     j->size = size;
-    if (!(*rows = calloc((size_t)size, row_size))) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        job_free(j);
-        return NULL;
-    }
+    *rows = mem_must(calloc((size_t)size, row_size));   /* mem.h: the job's own */
     return j;
 }
 
@@ -156,16 +128,16 @@ static void list_deliveries_work(store *st, void *arg)
 static void list_deliveries_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
-    if (answered_unavailable(j, status)) return;
+    if (db_job_answered_unavailable(&j->job, status)) return;
     if (!j->found) {
-        http_reply_error(j->req, 500, "could not read deliveries: %s", j->err);
+        http_reply_error(j->job.req, 500, "could not read deliveries: %s", j->err);
     } else {
         json_t *items = json_array();
         for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, delivery_item(&j->deliveries[i], http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "deliveries", items, j->page, j->size, j->total);
+            json_array_append_new(items, delivery_item(&j->deliveries[i], http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "deliveries", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 /* Lists deliveries, all or those of one order. */
@@ -176,7 +148,7 @@ static void reply_deliveries(http_req *r, db *d, long long order_id_or_0)
     if (!j) return;
     j->deliveries = rows;
     j->id = order_id_or_0;
-    job_run(j, list_deliveries_work, list_deliveries_done);
+    db_job_run(&j->job, list_deliveries_work, list_deliveries_done);
 }
 
 static void get_deliveries(http_req *r, void *arg)
@@ -199,19 +171,18 @@ static void get_delivery_work(store *st, void *arg)
 static void get_delivery_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
-    if (answered_unavailable(j, status)) return;
-    rep_reply_found(j->req, j->found,
-                    j->found > 0 ? delivery_item(&j->d, http_req_base_url(j->req)) : NULL,
-                    "delivery", http_req_param(j->req, "id"));
-    job_free(j);
+    if (db_job_answered_unavailable(&j->job, status)) return;
+    rep_reply_found(j->job.req, j->found,
+                    j->found > 0 ? delivery_item(&j->d, http_req_base_url(j->job.req)) : NULL,
+                    "delivery", http_req_param(j->job.req, "id"));
+    db_job_free(&j->job);
 }
 
 static void get_delivery(http_req *r, void *arg)
 {
     delivery_job *j = job_new(r, arg);
-    if (!j) return;
     j->valid_id = rep_path_id(http_req_param(r, "id"), &j->id);
-    job_run(j, get_delivery_work, get_delivery_done);
+    db_job_run(&j->job, get_delivery_work, get_delivery_done);
 }
 
 /* ---- cancellations ---- */
@@ -229,17 +200,17 @@ static void list_cancellations_work(store *st, void *arg)
 static void list_cancellations_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
-    if (answered_unavailable(j, status)) return;
+    if (db_job_answered_unavailable(&j->job, status)) return;
     if (!j->found) {
-        http_reply_error(j->req, 500, "could not read cancellations: %s", j->err);
+        http_reply_error(j->job.req, 500, "could not read cancellations: %s", j->err);
     } else {
         json_t *items = json_array();
         for (int i = 0; i < j->n; i++)
             json_array_append_new(items, cancellation_item(&j->cancellations[i],
-                                                           http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "cancellations", items, j->page, j->size, j->total);
+                                                           http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "cancellations", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void get_cancellations(http_req *r, void *arg)
@@ -248,7 +219,7 @@ static void get_cancellations(http_req *r, void *arg)
     delivery_job *j = page_job(r, arg, sizeof(cancellation), &rows);
     if (!j) return;
     j->cancellations = rows;
-    job_run(j, list_cancellations_work, list_cancellations_done);
+    db_job_run(&j->job, list_cancellations_work, list_cancellations_done);
 }
 
 static void get_cancellation_work(store *st, void *arg)
@@ -260,19 +231,18 @@ static void get_cancellation_work(store *st, void *arg)
 static void get_cancellation_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
-    if (answered_unavailable(j, status)) return;
-    rep_reply_found(j->req, j->found,
-                    j->found > 0 ? cancellation_item(&j->c, http_req_base_url(j->req)) : NULL,
-                    "cancellation", http_req_param(j->req, "id"));
-    job_free(j);
+    if (db_job_answered_unavailable(&j->job, status)) return;
+    rep_reply_found(j->job.req, j->found,
+                    j->found > 0 ? cancellation_item(&j->c, http_req_base_url(j->job.req)) : NULL,
+                    "cancellation", http_req_param(j->job.req, "id"));
+    db_job_free(&j->job);
 }
 
 static void get_cancellation(http_req *r, void *arg)
 {
     delivery_job *j = job_new(r, arg);
-    if (!j) return;
     j->valid_id = rep_path_id(http_req_param(r, "id"), &j->id);
-    job_run(j, get_cancellation_work, get_cancellation_done);
+    db_job_run(&j->job, get_cancellation_work, get_cancellation_done);
 }
 
 /* POST /cancellations: the same command as the OrderCancelled policy, in
@@ -288,7 +258,7 @@ static void cancel_work(store *st, void *arg)
         return;
     }
     j->found = -1;
-    if (delivery_cancel(st, j->id, j->request_id, &j->c, &j->created, j->err, sizeof j->err) < 0) {
+    if (delivery_cancel(st, j->id, j->job.request_id, &j->c, &j->created, j->err, sizeof j->err) < 0) {
         store_rollback(st);
         return;
     }
@@ -303,8 +273,8 @@ static void cancel_work(store *st, void *arg)
 static void cancel_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
-    if (answered_unavailable(j, status)) return;
-    http_req *r = j->req;
+    if (db_job_answered_unavailable(&j->job, status)) return;
+    http_req *r = j->job.req;
     if (j->found == 0) {
         http_set_header(r, "Retry-After", "1");
         http_reply_error(r, 503, "the delivery database is busy, try again: %s", j->err);
@@ -315,7 +285,7 @@ static void cancel_done(void *arg, db_status status)
         if (j->created) rep_reply_created(r, item);
         else http_reply_json(r, 200, item);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void post_cancellation(http_req *r, void *arg)
@@ -331,9 +301,8 @@ static void post_cancellation(http_req *r, void *arg)
         return;
     }
     delivery_job *j = job_new(r, arg);
-    if (!j) return;
     j->id = order_id;
-    job_run(j, cancel_work, cancel_done);
+    db_job_run(&j->job, cancel_work, cancel_done);
 }
 
 void delivery_api_register(service *svc, db *d)

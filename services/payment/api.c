@@ -24,7 +24,7 @@
  *    voided), productId, qty, amount, status, createdAt}.
  *
  * Handlers parse and validate, call the domain, and shape the answer; no
- * SQL and no rule lives here. Each request is one unit of work (db.h): its
+ * SQL and no rule lives here. Each request is one unit of work (db_job.h): its
  * `work` half calls the domain or the store (at once on SQLite, on a
  * database thread on PostgreSQL), its `done` half answers on the loop; a
  * database that is unreachable or too slow is answered 503. The card number is read into a stack buffer,
@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "db_job.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
@@ -99,12 +100,11 @@ static bool path_id(http_req *r, const char *what, long long *out)
 
 /* ---- one request's unit of work ---- */
 
-/* What a handler hands its work and its answer: the request's inputs, read
- * on the loop, and the store's results, read by the work. */
+/* What a handler hands its work and its answer (db_job.h): the request's
+ * inputs, read on the loop, and the store's results, read by the work. */
 typedef struct payment_job {
-    http_req *req;
+    db_job job;
     payment_api *api;
-    char request_id[80];
     long long id;                /* path id, or orderId */
     long page, size;
     /* POST /payments */
@@ -126,44 +126,19 @@ typedef struct payment_job {
     } list;
 } payment_job;
 
-static payment_job *job_new(http_req *r, payment_api *api)
+static void job_clear(db_job *job)
 {
-    payment_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        return NULL;
-    }
-    j->req = r;
-    j->api = api;
-    snprintf(j->request_id, sizeof j->request_id, "%s", http_req_id(r));
-    return j;
-}
-
-static void job_free(payment_job *j)
-{
+    payment_job *j = (payment_job *)job;
     explicit_bzero(j->digits, sizeof j->digits);
     free(j->list.payments);
     free(j->list.cancellations);
-    free(j);
 }
 
-/* Runs the job; when the database cannot take it, answers 503 at once. */
-static void job_run(payment_job *j, db_work_fn work, db_done_fn done)
+static payment_job *job_new(http_req *r, payment_api *api)
 {
-    if (db_run(j->api->db, work, done, j))
-        return;
-    rep_reply_db_unavailable(j->req, "the payment database");
-    job_free(j);
-}
-
-/* Answers 503 and frees j when the database was not there: true. */
-static bool answered_unavailable(payment_job *j, db_status status)
-{
-    if (status != DB_UNAVAILABLE)
-        return false;
-    rep_reply_db_unavailable(j->req, "the payment database");
-    job_free(j);
-    return true;
+    payment_job *j = db_job_new(r, api->db, sizeof *j, "the payment database", job_clear);
+    j->api = api;
+    return j;
 }
 
 /* ---- POST /payments ---- */
@@ -257,15 +232,15 @@ static bool read_charge(http_req *r, const json_t *in, payment_job *j)
 static void charge_work(store *st, void *arg)
 {
     payment_job *j = arg;
-    j->charged = payment_charge(st, &j->rq, j->request_id, &j->p);
+    j->charged = payment_charge(st, &j->rq, j->job.request_id, &j->p);
 }
 
 static void charge_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     payment_api *api = j->api;
     const char *path = http_req_path(r);
     long long order_id = j->rq.order_id;
@@ -302,7 +277,7 @@ static void charge_done(void *arg, db_status status)
                          "charged, please retry", order_id);
         break;
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void post_payment(http_req *r, void *arg)
@@ -311,19 +286,15 @@ static void post_payment(http_req *r, void *arg)
     if (!in)
         return;
     payment_job *j = job_new(r, arg);
-    if (!j) {
-        json_decref(in);
-        return;
-    }
     bool ok = read_charge(r, in, j);
     /* The body held the card number too: jansson frees it without wiping,
      * but it is never copied anywhere else. */
     json_decref(in);
     if (!ok) {
-        job_free(j);
+        db_job_free(&j->job);
         return;
     }
-    job_run(j, charge_work, charge_done);
+    db_job_run(&j->job, charge_work, charge_done);
 }
 
 /* ---- reads ---- */
@@ -352,37 +323,31 @@ static void list_payments_work(store *st, void *arg)
 static void list_payments_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
     if (!j->found) {
-        http_reply_error(j->req, 500, "the payments could not be read");
+        http_reply_error(j->job.req, 500, "the payments could not be read");
     } else {
         json_t *items = json_array();
         for (int i = 0; i < j->list.n; i++)
             json_array_append_new(items, payment_json(&j->list.payments[i],
-                                                      http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "payments", items, j->page, j->size, j->total);
+                                                      http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "payments", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 /* A job for one page of a list, its rows' room allocated; NULL when the
- * request was answered (bad page, no memory). */
+ * request was answered (a bad page). */
 static payment_job *page_job(http_req *r, payment_api *api, size_t row_size, void **rows)
 {
     long page, size;
     if (!rep_page_query(r, &page, &size))
         return NULL;
     payment_job *j = job_new(r, api);
-    if (!j)
-        return NULL;
     j->page = page;
     j->size = size;
-    if (!(*rows = calloc((size_t)size, row_size))) {
-        http_reply_error(r, 503, "out of memory: try again shortly");
-        job_free(j);
-        return NULL;
-    }
+    *rows = mem_must(calloc((size_t)size, row_size));   /* mem.h: the job's own */
     return j;
 }
 
@@ -393,7 +358,7 @@ static void list_payments(http_req *r, void *arg)
     if (!j)
         return;
     j->list.payments = rows;
-    job_run(j, list_payments_work, list_payments_done);
+    db_job_run(&j->job, list_payments_work, list_payments_done);
 }
 
 static void get_payment_work(store *st, void *arg)
@@ -405,12 +370,12 @@ static void get_payment_work(store *st, void *arg)
 static void get_payment_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    rep_reply_found(j->req, j->found,
-                    j->found > 0 ? payment_json(&j->p, http_req_base_url(j->req)) : NULL,
-                    "payment", http_req_param(j->req, "id"));
-    job_free(j);
+    rep_reply_found(j->job.req, j->found,
+                    j->found > 0 ? payment_json(&j->p, http_req_base_url(j->job.req)) : NULL,
+                    "payment", http_req_param(j->job.req, "id"));
+    db_job_free(&j->job);
 }
 
 static void get_payment(http_req *r, void *arg)
@@ -419,10 +384,8 @@ static void get_payment(http_req *r, void *arg)
     if (!path_id(r, "payment", &id))
         return;
     payment_job *j = job_new(r, arg);
-    if (!j)
-        return;
     j->id = id;
-    job_run(j, get_payment_work, get_payment_done);
+    db_job_run(&j->job, get_payment_work, get_payment_done);
 }
 
 static void find_by_order_work(store *st, void *arg)
@@ -434,17 +397,17 @@ static void find_by_order_work(store *st, void *arg)
 static void find_by_order_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
     if (j->found < 0) {
-        http_reply_error(j->req, 500, "the payment of order %lld could not be read", j->id);
+        http_reply_error(j->job.req, 500, "the payment of order %lld could not be read", j->id);
     } else {
         json_t *items = json_array();
         if (j->found)
-            json_array_append_new(items, payment_json(&j->p, http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "payments", items, 0, 20, j->found);
+            json_array_append_new(items, payment_json(&j->p, http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "payments", items, 0, 20, j->found);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void find_payment_by_order(http_req *r, void *arg)
@@ -453,10 +416,8 @@ static void find_payment_by_order(http_req *r, void *arg)
     if (!rep_query_int(r, "orderId", 1, MAX_ORDER_ID, &order_id))
         return;
     payment_job *j = job_new(r, arg);
-    if (!j)
-        return;
     j->id = order_id;
-    job_run(j, find_by_order_work, find_by_order_done);
+    db_job_run(&j->job, find_by_order_work, find_by_order_done);
 }
 
 /* ---- cancellations ---- */
@@ -464,15 +425,15 @@ static void find_payment_by_order(http_req *r, void *arg)
 static void refund_work(store *st, void *arg)
 {
     payment_job *j = arg;
-    j->refunded = payment_refund(st, j->id, j->request_id, false, &j->c);
+    j->refunded = payment_refund(st, j->id, j->job.request_id, false, &j->c);
 }
 
 static void refund_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     switch (j->refunded) {
     case REFUND_CREATED:
         log_info("req=%s msg=\"payment cancelled\" order=%lld cancellation=%lld status=%s "
@@ -487,7 +448,7 @@ static void refund_done(void *arg, db_status status)
                          "retry", j->id);
         break;
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void post_cancellation(http_req *r, void *arg)
@@ -504,10 +465,8 @@ static void post_cancellation(http_req *r, void *arg)
         return;
     }
     payment_job *j = job_new(r, arg);
-    if (!j)
-        return;
     j->id = order_id;
-    job_run(j, refund_work, refund_done);
+    db_job_run(&j->job, refund_work, refund_done);
 }
 
 static void list_cancellations_work(store *st, void *arg)
@@ -522,18 +481,18 @@ static void list_cancellations_work(store *st, void *arg)
 static void list_cancellations_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
     if (!j->found) {
-        http_reply_error(j->req, 500, "the payment cancellations could not be read");
+        http_reply_error(j->job.req, 500, "the payment cancellations could not be read");
     } else {
         json_t *items = json_array();
         for (int i = 0; i < j->list.n; i++)
             json_array_append_new(items, cancellation_json(&j->list.cancellations[i],
-                                                           http_req_base_url(j->req)));
-        rep_reply_collection(j->req, "paymentCancellations", items, j->page, j->size, j->total);
+                                                           http_req_base_url(j->job.req)));
+        rep_reply_collection(j->job.req, "paymentCancellations", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void list_cancellations(http_req *r, void *arg)
@@ -543,7 +502,7 @@ static void list_cancellations(http_req *r, void *arg)
     if (!j)
         return;
     j->list.cancellations = rows;
-    job_run(j, list_cancellations_work, list_cancellations_done);
+    db_job_run(&j->job, list_cancellations_work, list_cancellations_done);
 }
 
 static void get_cancellation_work(store *st, void *arg)
@@ -555,12 +514,12 @@ static void get_cancellation_work(store *st, void *arg)
 static void get_cancellation_done(void *arg, db_status status)
 {
     payment_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    rep_reply_found(j->req, j->found,
-                    j->found > 0 ? cancellation_json(&j->c, http_req_base_url(j->req)) : NULL,
-                    "payment cancellation", http_req_param(j->req, "id"));
-    job_free(j);
+    rep_reply_found(j->job.req, j->found,
+                    j->found > 0 ? cancellation_json(&j->c, http_req_base_url(j->job.req)) : NULL,
+                    "payment cancellation", http_req_param(j->job.req, "id"));
+    db_job_free(&j->job);
 }
 
 static void get_cancellation(http_req *r, void *arg)
@@ -569,10 +528,8 @@ static void get_cancellation(http_req *r, void *arg)
     if (!path_id(r, "payment cancellation", &id))
         return;
     payment_job *j = job_new(r, arg);
-    if (!j)
-        return;
     j->id = id;
-    job_run(j, get_cancellation_work, get_cancellation_done);
+    db_job_run(&j->job, get_cancellation_work, get_cancellation_done);
 }
 
 static void free_api(void *arg)
