@@ -318,33 +318,6 @@ void gw_failure_message(char *buf, size_t size, const char *upstream, httpc_resu
     }
 }
 
-/* ---- readiness probes ---- */
-
-void gw_probe_pace_init(gw_probe_pace *pace, int interval_ms)
-{
-    pace->interval_ms = interval_ms > 0 ? interval_ms : 1;
-    pace->fast_ms = GW_PROBE_FAST_MS;
-}
-
-int gw_probe_pace_next(gw_probe_pace *pace, bool ready)
-{
-    if (ready) {
-        /* Whenever it stops being ready, the fast pace starts over. */
-        pace->fast_ms = GW_PROBE_FAST_MS;
-        return pace->interval_ms;
-    }
-    int delay = pace->fast_ms < pace->interval_ms ? pace->fast_ms : pace->interval_ms;
-    /* Doubling backs off from an upstream that stays down for long, so a
-     * missing service costs one probe per interval, not forty a second. */
-    pace->fast_ms = delay > pace->interval_ms / 2 ? pace->interval_ms : delay * 2;
-    return delay;
-}
-
-int gw_probe_timeout_ms(int interval_ms)
-{
-    return interval_ms < GW_PROBE_TIMEOUT_MAX_MS ? interval_ms : GW_PROBE_TIMEOUT_MAX_MS;
-}
-
 /* ---- the web page ---- */
 
 bool gw_web_key(const char *path, char *key, size_t size)

@@ -3,8 +3,8 @@
  * The gateway is the one public entry of carshare. Every request that is not
  * one of its own (/health/live, /health/ready, /metrics) reaches one fallback
  * handler (api.c), which either proxies it to the service owning the path
- * (proxy.c, one httpc per instance of an upstream from upstream.c, the
- * instance chosen by balance.c) or serves a file of the web page from
+ * (proxy.c, one httpc per instance of an upstream, the instance chosen by
+ * lib/balance.h) or serves a file of the web page from
  * memory (web.c). The rules deciding all of this -- which
  * path goes where, which paths are refused, which headers cross the proxy,
  * what a failed upstream call answers -- are pure functions in domain.c, so
@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "balance.h"
 #include "httpc.h"
 #include "service.h"
 
@@ -104,29 +105,6 @@ const char *gw_cache_control(const char *file_name);
 /* Whether an If-None-Match header value (a list, or "*") matches etag. */
 bool gw_etag_matches(const char *if_none_match, const char *etag);
 
-/* How often an upstream's readiness is probed. While the upstream is not
- * ready (at start, when it is still starting; after it failed) probes follow
- * each other fast -- GW_PROBE_FAST_MS, doubling after each failed probe up
- * to the interval -- so that the gateway is ready within a few tens of
- * milliseconds of its upstreams. Once ready, it is probed every interval,
- * and the first failed probe starts the fast pace again. */
-#define GW_PROBE_FAST_MS 25
-/* A probe that got no answer within this long fails (the interval, at most
- * GW_PROBE_TIMEOUT_MAX_MS: an upstream that needs longer to say it is ready
- * is of no use to the proxy's calls either). */
-#define GW_PROBE_TIMEOUT_MAX_MS 1000
-
-typedef struct gw_probe_pace {
-    int interval_ms;            /* GATEWAY_PROBE_INTERVAL_MS */
-    int fast_ms;                /* the next delay while not ready */
-} gw_probe_pace;
-
-void gw_probe_pace_init(gw_probe_pace *pace, int interval_ms);
-/* The delay before the next probe, given the verdict of the one that just
- * finished. */
-int gw_probe_pace_next(gw_probe_pace *pace, bool ready);
-int gw_probe_timeout_ms(int interval_ms);
-
 /* ---- web.c: the web page, cached in memory ---- */
 
 typedef struct gw_web gw_web;
@@ -155,95 +133,23 @@ size_t gw_web_rescan(gw_web *w, bool force);
 size_t gw_web_count(const gw_web *w);
 const char *gw_web_dir(const gw_web *w);
 
-/* ---- balance.c: choosing among an upstream's instances, no I/O ---- */
-
-/* An upstream may run as several instances (ORDER_URL="http://a,http://b").
- * With one instance the proxy never calls these: the hot path stays what it
- * was. With several, each request goes to the ready, not ejected instance
- * with the fewest requests outstanding (ties in turn, round-robin), an
- * instance failing GW_EJECT_FAILURES calls in a row on the transport is
- * ejected for GATEWAY_EJECT_MS and comes back only when a probe after that
- * finds it ready, and a GET/HEAD that could not be delivered to one
- * instance is sent once more, to another. */
-#define GW_MAX_INSTANCES 16
-#define GW_EJECT_FAILURES 3     /* GATEWAY_EJECT_FAILURES */
-#define GW_EJECT_MS 5000        /* GATEWAY_EJECT_MS */
-
-typedef struct gw_balance {
-    bool ready;                 /* the last probe's verdict */
-    bool ejected;               /* passively, after failures in a row */
-    unsigned outstanding;       /* calls sent and not yet answered */
-    unsigned failures;          /* transport failures in a row */
-    unsigned long long ejected_until_ms;
-    /* For /metrics (upstream.c reports the growth since the last render). */
-    unsigned long long chosen, ejections, retries;
-} gw_balance;
-
-/* The instance for the next call: among those ready and not ejected (and
- * not `exclude`, -1 for none) the fewest outstanding, ties broken in turn
- * from *rr (advanced past the choice). When none is usable, the same among
- * every instance but `exclude` (the call then fails as it would have with
- * one instance, with the contract's 502/504). -1 when there is no other. */
-int gw_balance_pick(const gw_balance *b, int n, unsigned *rr, int exclude);
-/* A call's outcome. True when it ejected the instance (now_ms + eject_ms). */
-bool gw_balance_record(gw_balance *b, httpc_result result, unsigned long long now_ms,
-                       unsigned fail_limit, unsigned eject_ms);
-/* A probe's verdict. True when it took an ejected instance back. */
-bool gw_balance_probed(gw_balance *b, bool ready, unsigned long long now_ms);
-/* Whether a call that ended with `result` on one instance is sent again to
- * another: only GET/HEAD, and only when it was never delivered or the
- * connection broke (not after a timeout: the first instance may still be
- * working on it, and waiting twice is worse than a 504). */
-bool gw_balance_retryable(httpc_result result, bool idempotent);
-
 /* ---- upstream.c: the services behind the gateway ---- */
 
 typedef struct gateway gateway;
 typedef struct gw_upstream gw_upstream;
 
-/* What the probes say about an upstream. Each change is logged once. */
-typedef enum {
-    GW_UNPROBED = 0,            /* no probe finished yet: not ready */
-    GW_READY,
-    GW_NOT_READY,
-} gw_readiness;
-
-/* One instance of an upstream: its own client (pool, breaker, bulkhead) and
- * its own readiness probe. */
-typedef struct gw_instance {
-    gw_upstream *up;
-    int index;
-    char *base_url;             /* one element of ORDER_URL */
-    httpc *client;              /* the proxied calls */
-
-    /* Readiness probing (see upstream.c): for every instance of a required
-     * upstream, and of any upstream with several instances. */
-    struct evhttp_connection *probe;
-    struct event *probe_timer;  /* the next probe */
-    char *probe_uri;            /* "<base path>/health/ready" */
-    char *probe_host;           /* the Host header: "127.0.0.1:8081" */
-    gw_probe_pace pace;
-    gw_readiness readiness;
-    bool probe_in_flight;
-    int probe_error;            /* evhttp's reason for the probe in flight, or -1 */
-    unsigned long probes;       /* probes finished, for tests and logs */
-    unsigned failed_probes;     /* in a row, since the instance was last ready */
-
-    gw_balance *bal;            /* up->bal[index]; only used with several instances */
-    unsigned long long reported_chosen, reported_ejections, reported_retries;
-} gw_instance;
-
+/* An upstream: one or several instances (a comma-separated *_URL; a host
+ * name there is resolved again and again, every address an instance),
+ * balanced by lib/balance.h: each instance has its own client (pool,
+ * breaker, bulkhead) and, for a required upstream or one with several
+ * instances, its own readiness probe. */
 struct gw_upstream {
     gw_upstream_id id;
     const char *name;           /* "order" */
     int timeout_ms;             /* the clients' total timeout, for messages */
     bool required;              /* counts for the gateway's readiness */
     gateway *gw;
-    gw_instance inst[GW_MAX_INSTANCES];
-    int n;                      /* instances in use, 1.. */
-    gw_balance bal[GW_MAX_INSTANCES];   /* side by side for gw_balance_pick */
-    unsigned rr;                /* round-robin cursor for ties */
-    unsigned eject_failures, eject_ms;
+    balance_set *set;
 };
 
 struct gateway {
@@ -265,24 +171,19 @@ struct gateway {
 void gw_edge_setup(gateway *gw);
 void gw_edge_free(gateway *gw);
 
-/* Sets up a client per instance of the upstream (`urls`: one base URL, or
- * several separated by commas) and, for a required upstream or one with
- * several instances, starts probing each: the first probes leave on the
- * loop's next turn. False when a URL is unusable, there are more than
- * GW_MAX_INSTANCES, or memory ran out. */
+/* Sets up the upstream's instance set from `urls` (one base URL, or
+ * several separated by commas; addresses or host names), probing each
+ * instance of a required upstream or of one with several instances: the
+ * first probes leave on the loop's next turn. False when a URL is
+ * unusable, there are more than BALANCE_MAX_INSTANCES, or memory ran out. */
 bool gw_upstream_open(gw_upstream *up, gateway *gw, gw_upstream_id id, const char *urls,
                       bool required, int probe_interval_ms);
 void gw_upstream_close(gw_upstream *up);
-/* After gw_balance_record ejected an instance: logs it and moves its next
- * probe to the end of the ejection. */
-void gw_instance_ejected(gw_instance *in);
 /* service_check for one upstream: ready when the last probe of at least one
  * of its instances found it ready. */
 bool gw_upstream_is_ready(void *upstream);
-/* metrics_collector: carshare_gateway_upstream_ready{upstream=...} and, for
- * an upstream with several instances, carshare_gateway_instance_*{upstream=,
- * instance=<its URL>}: ready, outstanding, chosen_total, ejections_total,
- * retries_total. */
+/* metrics_collector: carshare_gateway_upstream_ready{upstream=...} and
+ * every instance's carshare_upstream_instance_* (balance.h). */
 void gw_upstreams_collect(void *gateway);
 
 /* ---- api.c: the one handler behind every non-own path ---- */

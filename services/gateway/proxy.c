@@ -14,7 +14,7 @@
  * Hop-by-hop headers stay on their own hop in both directions (domain.c).
  *
  * GET and HEAD are idempotent and may be retried by httpc; anything else
- * goes out once. With several instances (balance.c) a GET/HEAD that did not
+ * goes out once. With several instances (lib/balance.h) a GET/HEAD that did not
  * reach one is sent once more, to another; the client's request is still
  * there (it is answered only at the end), so the retry rebuilds the
  * forwarded headers from it rather than keeping a copy per request. A failed call answers in the contract's error shape:
@@ -44,7 +44,7 @@
 typedef struct gw_exchange {
     http_req *req;
     gw_upstream *up;
-    gw_instance *inst;          /* where the call went */
+    balance_instance *inst;     /* where the call went */
     bool head;
     bool idempotent;            /* GET or HEAD */
     bool retried;               /* sent to a second instance already */
@@ -144,32 +144,31 @@ static void gw_reply_answer(gw_exchange *x, const httpc_response *resp)
 
 static bool gw_forward(gw_exchange *x);
 
-/* With several instances: the outcome feeds the balancer, and a GET/HEAD
- * that never reached its instance goes once to another. True when the call
- * was sent again (the answer will come to gw_proxy_done once more). */
+/* The outcome feeds the balancer, and a GET/HEAD that never reached its
+ * instance goes once to another. True when the call was sent again (the
+ * answer will come to gw_proxy_done once more). */
 static bool gw_balance_after(gw_exchange *x, const httpc_response *resp)
 {
     gw_upstream *up = x->up;
-    gw_instance *in = x->inst;
-    in->bal->outstanding--;
-    if (gw_balance_record(in->bal, resp->result, service_now_ms(), up->eject_failures,
-                          up->eject_ms))
-        gw_instance_ejected(in);
-    if (x->retried || up->gw->stopping || !gw_balance_retryable(resp->result, x->idempotent))
+    balance_instance *in = x->inst;
+    bool again = balance_done(up->set, in, resp->result, x->idempotent, x->retried);
+    if (!again || up->gw->stopping)
         return false;
-    int next = gw_balance_pick(up->bal, up->n, &up->rr, in->index);
-    if (next < 0)
+    balance_instance *next = balance_choose(up->set, in);
+    if (next == NULL)
         return false;
-    in->bal->retries++;
     x->retried = true;
-    x->inst = &up->inst[next];
-    return gw_forward(x);
+    x->inst = next;
+    if (gw_forward(x))
+        return true;
+    balance_done(up->set, next, HTTPC_BUSY, false, true);
+    return false;
 }
 
 static void gw_proxy_done(const httpc_response *resp, void *arg)
 {
     gw_exchange *x = arg;
-    if (x->up->n > 1 && gw_balance_after(x, resp))
+    if (gw_balance_after(x, resp))
         return;
     if (resp->result == HTTPC_OK)
         gw_reply_answer(x, resp);
@@ -224,10 +223,6 @@ static bool gw_forward(gw_exchange *x)
         .body_len = body_len,
         .idempotent = x->idempotent,
     };
-    if (up->n > 1) {
-        x->inst->bal->outstanding++;
-        x->inst->bal->chosen++;
-    }
     httpc_send(x->inst->client, &call, gw_proxy_done, x);
 
     if (slots != stack_slots)
@@ -248,10 +243,17 @@ void gw_proxy(gw_upstream *up, http_req *req)
     x->head = gw_method_is(method, "HEAD");
     x->idempotent = x->head || gw_method_is(method, "GET");
     x->retried = false;
-    /* One instance: no choice to make, the hot path as it always was. */
-    x->inst = up->n > 1 ? &up->inst[gw_balance_pick(up->bal, up->n, &up->rr, -1)]
-                        : &up->inst[0];
+    x->inst = balance_choose(up->set, NULL);
+    if (x->inst == NULL) {
+        /* A host name not resolved yet, or every instance gone. */
+        free(x);
+        http_set_header(req, "Retry-After", "1");
+        http_reply_error(req, 503, "%s service is unavailable: no instance of it is known "
+                         "yet; retry shortly", up->name);
+        return;
+    }
     if (!gw_forward(x)) {
+        balance_done(up->set, x->inst, HTTPC_BUSY, false, true);
         free(x);
         http_reply_error(req, 503, "the gateway is out of memory; retry shortly");
     }

@@ -5,7 +5,12 @@
  *   PORT                    port (8081)
  *   DATA_DIR, DB_PATH       the database: DB_PATH, else $DATA_DIR/order.db (./data)
  *   NATS_URL                the event bus (nats://127.0.0.1:4222)
- *   PAYMENT_URL             payment's base URL (http://127.0.0.1:8084)
+ *   PAYMENT_URL             payment's base URL (http://127.0.0.1:8084), or several,
+ *                           comma separated, or a host name whose every address is an
+ *                           instance (lib/balance.h: RESOLVE_INTERVAL_MS, RESOLVE_HOSTS_FILE)
+ *   PAYMENT_PROBE_INTERVAL_MS (1000), PAYMENT_EJECT_FAILURES (3), PAYMENT_EJECT_MS (5000)
+ *                           readiness probes and passive ejection of payment's instances
+ *                           (with several instances or a host name)
  *   PAYMENT_CONNECT_TIMEOUT_MS (500), PAYMENT_TIMEOUT_MS (3000), PAYMENT_POOL_SIZE (64),
  *   PAYMENT_MAX_INFLIGHT (64), PAYMENT_MAX_QUEUE (128), PAYMENT_RETRIES (1),
  *   PAYMENT_BACKOFF_MS (50), PAYMENT_BREAKER_FAILURES, _RATIO_PCT, _MIN_CALLS, _WINDOW_MS,
@@ -39,16 +44,18 @@
 
 #include "bus.h"
 #include "config.h"
+#include "balance.h"
 #include "httpc.h"
 #include "log.h"
+#include "metrics.h"
 #include "order.h"
 #include "service.h"
 #include "token.h"
 
 #define SERVICE_TOKEN_TTL_S 300
 
-static httpc *payment_client;
-static httpc *reconcile_client;
+static balance_set *payment_client;
+static balance_set *reconcile_client;
 static token_key *service_key;
 static token_minter *service_minter;
 
@@ -109,16 +116,29 @@ static int calendar_setup(void)
 static void free_clients(void *arg)
 {
     (void)arg;
-    httpc_free(payment_client);
-    httpc_free(reconcile_client);
+    balance_set_free(payment_client);
+    balance_set_free(reconcile_client);
+    payment_client = reconcile_client = NULL;
     token_minter_free(service_minter);
     token_key_free(service_key);
 }
 
+/* metrics_collector: each payment instance's choices, ejections, retries. */
+static void collect_payment_instances(void *arg)
+{
+    (void)arg;
+    if (payment_client)
+        balance_collect(payment_client);
+    if (reconcile_client)
+        balance_collect(reconcile_client);
+}
+
 /* Defaults for a payment call on the customer's path, then the
  * environment. */
-static void payment_opts(httpc_opts *o)
+static void payment_opts(balance_opts *bo)
 {
+    httpc_opts *o = &bo->http;
+    *bo = (balance_opts){0};
     *o = (httpc_opts){
         .connect_timeout_ms = 500,
         .timeout_ms = 3000,
@@ -128,7 +148,7 @@ static void payment_opts(httpc_opts *o)
         .retries = 1,
         .backoff_ms = 50,
     };
-    httpc_opts_from_env(o, "PAYMENT");
+    balance_opts_from_env(bo, "PAYMENT");
 }
 
 int main(void)
@@ -166,17 +186,18 @@ int main(void)
         log_warn("msg=\"rentals interrupted by the previous run will be settled with payment\" "
                  "intakes=%d", in_doubt);
 
-    httpc_opts opts;
-    payment_opts(&opts);
-    payment_client = httpc_new(svc->base, "payment", payment_url, &opts);
+    balance_opts bopts;
+    payment_opts(&bopts);
+    const httpc_opts opts = bopts.http;
+    payment_client = balance_set_new(svc->base, "payment", payment_url, &bopts);
     /* The reconciler's own lane: a few connections, no retries (it
      * retries whole passes with backoff), its own breaker. */
-    httpc_opts ropts = opts;
-    ropts.pool_size = 4;
-    ropts.max_inflight = 8;
-    ropts.max_queue = 64;
-    ropts.retries = 0;
-    reconcile_client = httpc_new(svc->base, "payment-reconciler", payment_url, &ropts);
+    balance_opts ropts = bopts;
+    ropts.http.pool_size = 4;
+    ropts.http.max_inflight = 8;
+    ropts.http.max_queue = 64;
+    ropts.http.retries = 0;
+    reconcile_client = balance_set_new(svc->base, "payment-reconciler", payment_url, &ropts);
     bus *b = bus_new(svc->base, st, "order");
     reconciler *rec = reconcile_client
         ? reconciler_new(svc->base, st, reconcile_client, interval_ms) : NULL;
@@ -186,8 +207,9 @@ int main(void)
                   "return timer or the service key\"");
         return 1;
     }
-    httpc_set_auth(payment_client, service_credentials, NULL);
-    httpc_set_auth(reconcile_client, service_credentials, NULL);
+    balance_set_auth(payment_client, service_credentials, NULL);
+    balance_set_auth(reconcile_client, service_credentials, NULL);
+    metrics_add_collector(collect_payment_instances, NULL);
 
     order_policy_register(b);
     order_api_config cfg = {

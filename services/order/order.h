@@ -38,7 +38,7 @@
 struct service;
 struct bus;
 struct event_base;
-struct httpc;
+struct balance_set;
 
 #define ORDER_PRODUCT_MAX 32        /* bytes of a car model id (productId) */
 #define ORDER_CUSTOMER_MAX 64       /* bytes of a customerId */
@@ -305,7 +305,7 @@ int order_store_list(store *st, const char *customer_id, long offset, long limit
 
 typedef struct reconciler reconciler;
 
-reconciler *reconciler_new(struct event_base *base, store *st, struct httpc *payment,
+reconciler *reconciler_new(struct event_base *base, store *st, struct balance_set *payment,
                            int interval_ms);
 /* Runs a pass soon (an intake has just become voiding). */
 void reconciler_kick(reconciler *r);
@@ -322,7 +322,7 @@ void return_timer_stop(return_timer *t);
 /* ---- api.c ---- */
 
 typedef struct order_api_config {
-    struct httpc *payment;    /* the synchronous payment call */
+    struct balance_set *payment;    /* the synchronous payment call: payment's instances */
     reconciler *reconciler;
     bool test_crash_after_payment;  /* ORDER_TEST_CRASH_AFTER_PAYMENT: test only */
 } order_api_config;

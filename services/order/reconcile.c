@@ -12,7 +12,7 @@
  *    not paid -> voiding, as above.
  *
  * A pass takes up to RECONCILE_BATCH intakes, oldest first, and calls
- * payment for all of them at once (through its own small httpc, so
+ * payment for all of them at once (through its own small client set, so
  * background work never takes the customers' bulkhead slots); when every
  * answer is in, the next pass is scheduled: at once if the pass settled
  * something (more may wait), after RECONCILE_INTERVAL_MS if there was
@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "httpc.h"
+#include "balance.h"
 #include "log.h"
 #include "metrics.h"
 #include "order.h"
@@ -35,7 +35,7 @@
 struct reconciler {
     struct event_base *base;
     store *st;
-    httpc *payment;
+    balance_set *payment;
     int interval_ms;
     int backoff_ms;          /* 0 while payment answers */
     struct event *timer;
@@ -197,11 +197,11 @@ static void settle_one(const intake *in, void *arg)
     char buf[128];
     if (in->state == INTAKE_VOIDING) {
         snprintf(buf, sizeof buf, "{\"orderId\":%lld}", in->id);
-        httpc_json(r->payment, "POST", "/paymentCancellations", req, buf, true,
+        balance_json(r->payment, "POST", "/paymentCancellations", req, buf, true,
                          on_cancellation, c);
     } else {
         snprintf(buf, sizeof buf, "/payments/search/findByOrderId?orderId=%lld", in->id);
-        httpc_json(r->payment, "GET", buf, req, NULL, true, on_payment_lookup, c);
+        balance_json(r->payment, "GET", buf, req, NULL, true, on_payment_lookup, c);
     }
 }
 
@@ -221,7 +221,7 @@ static void run_pass(evutil_socket_t fd, short what, void *arg)
     call_done(r);
 }
 
-reconciler *reconciler_new(struct event_base *base, store *st, httpc *payment,
+reconciler *reconciler_new(struct event_base *base, store *st, balance_set *payment,
                            int interval_ms)
 {
     reconciler *r = calloc(1, sizeof *r);

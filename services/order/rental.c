@@ -7,12 +7,13 @@
  *   2. a key seen before answers with the outcome of its first request;
  *   3. an unknown model is a 404 whatever the state of payment;
  *   4. while the payment client would refuse the call (its breaker is
- *      open, its bulkhead full: httpc_refusal), answer the fallback
+ *      open, its bulkhead full: balance_refusal), answer the fallback
  *      503 at once, before anything is reserved;
  *   5. book the cars on every day of the period and write a pending intake
  *      (one transaction; 409 naming the first day without enough cars);
  *   6. POST /payments {orderId, productId, qty, amount, cardNumber} through
- *      the payment client (timeouts, bulkhead, breaker, retries: lib/httpc);
+ *      the payment client (an instance of payment chosen by lib/balance.h;
+ *      timeouts, bulkhead, breaker, retries: lib/httpc);
  *   7. settle the intake from the answer: Paid -> order + Ordered, 201;
  *      402 -> declined, cars released, 402; refused by the bulkhead before
  *      it left -> voided, cars released, 503; anything else -> voiding (the
@@ -38,6 +39,7 @@
 
 #include <event2/event.h>
 
+#include "balance.h"
 #include "httpc.h"
 #include "jtext.h"
 #include "log.h"
@@ -53,7 +55,7 @@
 typedef struct rental_api {
     struct event_base *base;
     store *st;
-    httpc *payment;
+    balance_set *payment;       /* payment's instances (lib/balance.h) */
     reconciler *reconciler;
     bool test_crash_after_payment;
 } rental_api;
@@ -224,7 +226,7 @@ static void settle_unknown(rental_call *call, const httpc_response *resp)
              httpc_result_name(resp->result), resp->status, resp->elapsed_ms);
     unsigned long long retry_ms = resp->result == HTTPC_OPEN ? resp->retry_after_ms : 0;
     if (!retry_ms)
-        httpc_refusal(api->payment, &retry_ms);
+        balance_refusal(api->payment, &retry_ms);
     answer_not_booked(api, r, call->in.id, retry_ms ? retry_ms : 1000);
 }
 
@@ -330,9 +332,14 @@ static void call_payment(rental_api *api, http_req *r, const intake *in, const c
     call->req = r;
     call->in = *in;
     /* Idempotent: payment charges at most once per orderId, so the client
-     * may retry a lost attempt. */
-    httpc_json(api->payment, "POST", "/payments", http_req_id(r), call->body, true,
-                     on_payment_answer, call);
+     * may retry a lost attempt, on the same instance or (lib/balance.h: only
+     * when the first was never delivered or its connection broke) on
+     * another -- payment's replicas share one database, where "one payment
+     * per orderId" holds across them (UNIQUE(order_id), SERIALIZABLE). A
+     * BUSY outcome still means "never sent" after such a retry: the set
+     * reports the broken first attempt instead (balance_first_outcome_wins). */
+    balance_json(api->payment, "POST", "/payments", http_req_id(r), call->body, true,
+                 on_payment_answer, call);
 }
 
 /* ---- POST /orders: before the call ---- */
@@ -545,7 +552,7 @@ static void post_order(http_req *r, void *arg)
     /* The breaker is open or the bulkhead full: shed now, before writing
      * anything, rather than reserve cars only to have the call refused. */
     unsigned long long refusing;
-    if (httpc_refusal(api->payment, &refusing) != HTTPC_OK) {
+    if (balance_refusal(api->payment, &refusing) != HTTPC_OK) {
         reply_fallback(r, refusing);
         goto done;
     }

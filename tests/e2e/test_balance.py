@@ -11,9 +11,14 @@ Checked: sequential GETs spread over both instances (each instance's own request
 grows); an instance frozen with SIGSTOP leaves the rotation once its probe fails and every
 request keeps succeeding on the other; SIGCONT brings it back; a killed instance's GETs that
 failed to connect are retried on the other (every answer 200), and after failures in a row
-it is ejected (the gateway's per-instance metrics say so)."""
+it is ejected (the gateway's per-instance metrics say so); a host name in the URL, resolved
+through a hosts file (RESOLVE_HOSTS_FILE) every 100 ms: a replica on another loopback address
+added to the file is probed and chosen without a gateway restart, and once removed from it is
+no longer chosen, while a client sends GETs all along and none of them fails."""
+import http.client
 import os
 import re
+import threading
 
 from harness import System, check, free_port, run, wait_for, Proc, BIN
 
@@ -30,20 +35,21 @@ def served(s, name):
     return total
 
 
-def gw_metric(s, name, instance_port):
+def gw_metric(s, name, instance_port, address="127.0.0.1"):
     """A per-instance gateway metric for the customerpage instance on that port."""
     _, text, _ = s.call("GET", "gateway", "/metrics")
-    pat = re.compile(r'^%s\{upstream="customerpage",instance="http://127\.0\.0\.1:%d"\} (\S+)$'
-                     % (re.escape(name), instance_port), re.M)
+    pat = re.compile(r'^%s\{upstream="customerpage",instance="http://%s:%d"\} (\S+)$'
+                     % (re.escape(name), re.escape(address), instance_port), re.M)
     m = pat.search(text)
     return float(m.group(1)) if m else None
 
 
-def start_second(s, port):
-    """A second customerpage process: its own port, and on SQLite its own data directory
-    (the keys shared, by a symlink)."""
+def start_second(s, port, host="127.0.0.1"):
+    """A second customerpage process: its own port (or address), and on SQLite its own data
+    directory (the keys shared, by a symlink)."""
     env = s.env_for("customerpage")
     env["PORT"] = str(port)
+    env["HOST"] = host
     if "CUSTOMERPAGE_DATABASE_URL" not in env:
         d = os.path.join(s.dir, "data2")
         os.makedirs(d, exist_ok=True)
@@ -55,7 +61,8 @@ def start_second(s, port):
              os.path.join(s.dir, "customerpage2.log"))
     p.start()
     s.procs["customerpage2"] = p
-    s.wait_ready("customerpage2")
+    if host == "127.0.0.1":
+        s.wait_ready("customerpage2")
     return p
 
 
@@ -85,30 +92,30 @@ def test_spread_freeze_thaw():
     s, port_a, port_b = system(100)
     with s:
         start_second(s, port_b)
-        wait_for(lambda: gw_metric(s, "carshare_gateway_instance_ready", port_b) == 1, 15,
+        wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port_b) == 1, 15,
                  "the second instance to be probed ready")
         a0, b0 = served(s, "customerpage"), served(s, "customerpage2")
         gets(s, 20)
         a1, b1 = served(s, "customerpage"), served(s, "customerpage2")
         check(a1 - a0 >= 5 and b1 - b0 >= 5,
               "20 GETs not spread over both instances: %d and %d" % (a1 - a0, b1 - b0))
-        check(gw_metric(s, "carshare_gateway_instance_chosen_total", port_a) >= 5,
+        check(gw_metric(s, "carshare_upstream_instance_chosen_total", port_a) >= 5,
               "the gateway does not count its choices per instance")
 
         # Frozen: its probe gets no answer, it leaves the rotation, the other serves everything.
         s.freeze("customerpage2")
-        wait_for(lambda: gw_metric(s, "carshare_gateway_instance_ready", port_b) == 0, 15,
+        wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port_b) == 0, 15,
                  "the frozen instance to leave the rotation")
-        chosen_b = gw_metric(s, "carshare_gateway_instance_chosen_total", port_b)
+        chosen_b = gw_metric(s, "carshare_upstream_instance_chosen_total", port_b)
         a2 = served(s, "customerpage")
         gets(s, 10)
         check(served(s, "customerpage") - a2 == 10, "the live instance did not serve all 10")
-        check(gw_metric(s, "carshare_gateway_instance_chosen_total", port_b) == chosen_b,
+        check(gw_metric(s, "carshare_upstream_instance_chosen_total", port_b) == chosen_b,
               "the frozen instance was still chosen")
 
         # Thawed: probed ready again, and chosen again.
         s.thaw("customerpage2")
-        wait_for(lambda: gw_metric(s, "carshare_gateway_instance_ready", port_b) == 1, 15,
+        wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port_b) == 1, 15,
                  "the thawed instance to come back")
         b2 = served(s, "customerpage2")
         gets(s, 10)
@@ -120,26 +127,97 @@ def test_killed_instance_retried_and_ejected():
     s, port_a, port_b = system(600000)
     with s:
         start_second(s, port_b)
-        wait_for(lambda: gw_metric(s, "carshare_gateway_instance_ready", port_b) == 1, 15,
+        wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port_b) == 1, 15,
                  "the second instance to be probed ready")
         gets(s, 4)
         s.procs["customerpage2"].kill()
         a0 = served(s, "customerpage")
         gets(s, 10)     # every one 200: those sent to the dead instance went to the other
         check(served(s, "customerpage") - a0 == 10, "the live instance did not serve all 10")
-        check(gw_metric(s, "carshare_gateway_instance_retries_total", port_b) >= 1,
+        check(gw_metric(s, "carshare_upstream_instance_retries_total", port_b) >= 1,
               "no GET was retried away from the killed instance")
-        check(gw_metric(s, "carshare_gateway_instance_ejections_total", port_b) == 1,
+        check(gw_metric(s, "carshare_upstream_instance_ejections_total", port_b) == 1,
               "the killed instance was not ejected once")
-        check(gw_metric(s, "carshare_gateway_instance_ready", port_b) == 0,
+        check(gw_metric(s, "carshare_upstream_instance_ready", port_b) == 0,
               "the killed instance is still in the rotation")
         # Ejected: no more attempts on it (the retries stop growing).
-        retries = gw_metric(s, "carshare_gateway_instance_retries_total", port_b)
+        retries = gw_metric(s, "carshare_upstream_instance_retries_total", port_b)
         gets(s, 6)
-        check(gw_metric(s, "carshare_gateway_instance_retries_total", port_b) == retries,
+        check(gw_metric(s, "carshare_upstream_instance_retries_total", port_b) == retries,
               "the ejected instance is still tried")
         # A POST is never sent twice: a GET-only rule (nothing to POST on customerpage: the
         # rule itself is unit tested in tests/unit/gateway/test_balance.c).
+
+
+def served_at(s, address, port):
+    """served() for an instance on another loopback address (its own /metrics)."""
+    conn = http.client.HTTPConnection(address, port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers=s.auth())
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith('carshare_http_requests_total{route="/customerpages"'))
+
+
+def write_hosts(path, addresses):
+    """The hosts file as a script rewrites it: a new file renamed over the old one."""
+    with open(path + ".new", "w") as f:
+        for a in addresses:
+            f.write("%s cp.carshare.test\n" % a)
+    os.replace(path + ".new", path)
+
+
+def test_replica_added_and_removed_by_name():
+    port = free_port()
+    s = System(["customerpage", "gateway"])
+    hosts = os.path.join(s.dir, "hosts")
+    write_hosts(hosts, ["127.0.0.1"])
+    s.service_env = {"gateway": {
+        "CUSTOMERPAGE_URL": "http://cp.carshare.test:%d" % port,
+        "RESOLVE_HOSTS_FILE": hosts,
+        "RESOLVE_INTERVAL_MS": "100",
+        "GATEWAY_PROBE_INTERVAL_MS": "100",
+    }}
+    s.ports["customerpage"] = port
+    with s:
+        wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port) == 1, 15,
+                 "the name's one address to be an instance")
+        # A client sending GETs all along: none may fail.
+        stop, failures, sent = threading.Event(), [], [0]
+
+        def client():
+            while not stop.is_set():
+                code, body, _ = s.call("GET", "gateway", PATH)
+                sent[0] += 1
+                if code != 200:
+                    failures.append((code, body))
+        t = threading.Thread(target=client)
+        t.start()
+        try:
+            # Added: a replica on 127.0.0.2, same port, then named in the hosts file.
+            start_second(s, port, "127.0.0.2")
+            wait_for(lambda: served_at(s, "127.0.0.2", port) >= 0, 15, "the replica to listen")
+            write_hosts(hosts, ["127.0.0.1", "127.0.0.2"])
+            wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port,
+                                       "127.0.0.2") == 1, 15, "the added replica to be probed ready")
+            b0 = served_at(s, "127.0.0.2", port)
+            wait_for(lambda: served_at(s, "127.0.0.2", port) - b0 >= 5, 15,
+                     "the added replica to be chosen")
+            # Removed from the name: no longer chosen, its calls finish, nothing fails.
+            write_hosts(hosts, ["127.0.0.1"])
+            wait_for(lambda: gw_metric(s, "carshare_upstream_instance_ready", port,
+                                       "127.0.0.2") == 0, 15, "the removed replica to leave")
+            b1 = served_at(s, "127.0.0.2", port)
+            n = sent[0]
+            wait_for(lambda: sent[0] - n >= 20, 30, "20 more GETs")
+            check(served_at(s, "127.0.0.2", port) == b1, "the removed replica is still chosen")
+        finally:
+            stop.set()
+            t.join()
+        check(not failures, "requests failed while a replica came and went: %r" % failures[:3])
+        check(sent[0] >= 20, "the client sent only %d GETs" % sent[0])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "balance.h"
 #include "http.h"
 #include "httpc.h"
 #include "order.h"
@@ -128,8 +129,8 @@ static void fz_setup(void)
     fz_token_keys();
     service *svc = service_new("order", 0);
     store *st = order_store_open_path(fz_path);
-    httpc_opts opts = { .timeout_ms = 500, .connect_timeout_ms = 200 };
-    struct httpc *payment = httpc_new(svc->base, "payment", "http://127.0.0.1:1", &opts);
+    balance_opts opts = { .http = { .timeout_ms = 500, .connect_timeout_ms = 200 } };
+    balance_set *payment = balance_set_new(svc->base, "payment", "http://127.0.0.1:1", &opts);
     reconciler *rec = st && payment ? reconciler_new(svc->base, st, payment, 3600000) : NULL;
     if (!rec) {
         fprintf(stderr, "fuzz_http_order: cannot set up order\n");

@@ -1,4 +1,4 @@
-/* test_probe.c: the gateway's readiness probes (upstream.c), against a real
+/* test_probe.c: the gateway's readiness probes (upstream.c, lib/balance_set.c), against a real
  * HTTP server on loopback, in one thread and one event loop.
  *
  * What is asserted are counts, never durations:
@@ -113,14 +113,14 @@ static bool is_ready(const void *up)
 
 static bool is_not_ready(const void *up)
 {
-    return ((const gw_upstream *)up)->inst[0].readiness == GW_NOT_READY;
+    return ((const gw_upstream *)up)->set->inst[0]->readiness == BALANCE_NOT_READY;
 }
 
 static unsigned long probes_wanted;
 
 static bool probed_enough(const void *up)
 {
-    return ((const gw_upstream *)up)->inst[0].probes >= probes_wanted;
+    return ((const gw_upstream *)up)->set->inst[0]->probes >= probes_wanted;
 }
 
 /* ---- the captured log ---- */
@@ -189,16 +189,16 @@ static void test_probes_until_the_upstream_starts(gateway *gw)
     /* The longest interval: with it, only fast probing can see the upstream
      * come up before the safety limit. */
     CHECK(gw_upstream_open(up, gw, GW_ORDER, url, true, 600000));
-    CHECK(up->inst[0].probe != NULL);
-    CHECK_STR(up->inst[0].probe_uri, "/health/ready");
-    CHECK_INT(up->inst[0].readiness, GW_UNPROBED);
+    CHECK(up->set->inst[0]->probe != NULL);
+    CHECK_STR(up->set->inst[0]->probe_uri, "/health/ready");
+    CHECK_INT(up->set->inst[0]->readiness, BALANCE_UNPROBED);
     CHECK(!gw_upstream_is_ready(up));
 
     /* Nobody listens yet: several probes, all refused. */
     probes_wanted = 4;
     CHECK(run_until(probed_enough, up));
-    CHECK_INT(up->inst[0].readiness, GW_NOT_READY);
-    CHECK(up->inst[0].failed_probes >= 4);
+    CHECK_INT(up->set->inst[0]->readiness, BALANCE_NOT_READY);
+    CHECK(up->set->inst[0]->failed_probes >= 4);
     CHECK_INT(log_count("msg=\"upstream not ready yet\"", "upstream=order ",
                         "reason=\"could not connect\"", NULL), 1);
     CHECK_INT(log_count("level=warn", NULL), 0);
@@ -206,16 +206,16 @@ static void test_probes_until_the_upstream_starts(gateway *gw)
     /* It listens but is not ready: still one line. */
     upstream_status = 503;
     CHECK(upstream_listen());
-    probes_wanted = up->inst[0].probes + 1;
+    probes_wanted = up->set->inst[0]->probes + 1;
     CHECK(run_until(probed_enough, up));
     CHECK_INT(upstream_probes, 1);
     CHECK(!gw_upstream_is_ready(up));
 
     /* Ready: the gateway sees it without waiting for the interval. */
     upstream_status = 200;
-    unsigned failed = up->inst[0].failed_probes;
+    unsigned failed = up->set->inst[0]->failed_probes;
     CHECK(run_until(is_ready, up));
-    CHECK_INT(up->inst[0].failed_probes, 0);
+    CHECK_INT(up->set->inst[0]->failed_probes, 0);
     char failed_field[48];
     snprintf(failed_field, sizeof failed_field, "failed_probes=%u", failed);
     CHECK_INT(log_count("msg=\"upstream ready\"", "upstream=order ", failed_field, NULL), 1);
@@ -232,17 +232,17 @@ static void test_each_change_logged_once(gateway *gw)
     snprintf(url, sizeof url, "http://127.0.0.1:%d/", upstream_port);
     gw_upstream *up = &gw->upstreams[GW_PAYMENT];
     CHECK(gw_upstream_open(up, gw, GW_PAYMENT, url, true, 200));
-    CHECK_STR(up->inst[0].probe_uri, "/health/ready");
+    CHECK_STR(up->set->inst[0]->probe_uri, "/health/ready");
     CHECK(run_until(is_ready, up));
     CHECK_INT(log_count("msg=\"upstream ready\"", "upstream=payment ", "failed_probes=0", NULL), 1);
 
     /* Ready -> not ready: one warning, however many probes then fail. */
     upstream_status = 503;
     CHECK(run_until(is_not_ready, up));
-    probes_wanted = up->inst[0].probes + 4;
+    probes_wanted = up->set->inst[0]->probes + 4;
     CHECK(run_until(probed_enough, up));
     CHECK(!gw_upstream_is_ready(up));
-    CHECK(up->inst[0].failed_probes >= 5);
+    CHECK(up->set->inst[0]->failed_probes >= 5);
     CHECK_INT(log_count("level=warn", "msg=\"upstream not ready\"", "upstream=payment ",
                         "reason=\"status 503\"", NULL), 1);
     CHECK_INT(log_count("upstream=payment ", "not ready", NULL), 1);
@@ -253,20 +253,20 @@ static void test_each_change_logged_once(gateway *gw)
     CHECK_INT(log_count("msg=\"upstream ready\"", "upstream=payment ", NULL), 2);
 
     /* Ready and staying so: no line per probe. */
-    probes_wanted = up->inst[0].probes + 3;
+    probes_wanted = up->set->inst[0]->probes + 3;
     CHECK(run_until(probed_enough, up));
     CHECK_INT(log_count("msg=\"upstream ready\"", "upstream=payment ", NULL), 2);
     CHECK_INT(log_count("upstream=payment ", "not ready", NULL), 1);
     CHECK_INT(log_count("level=warn", NULL), 1);
     gw_upstream_close(up);
-    CHECK(up->inst[0].probe == NULL && up->inst[0].probe_timer == NULL);
+    CHECK(up->set == NULL);
 }
 
 static void test_unrequired_upstream_not_probed(gateway *gw)
 {
     gw_upstream *up = &gw->upstreams[GW_DELIVERY];
     CHECK(gw_upstream_open(up, gw, GW_DELIVERY, "http://127.0.0.1:9", false, 50));
-    CHECK(up->inst[0].probe == NULL && up->inst[0].probe_timer == NULL);
+    CHECK(up->set->inst[0]->probe == NULL && up->set->inst[0]->probe_timer == NULL);
     CHECK(!gw_upstream_is_ready(up));
     gw_upstream_close(up);
     /* A URL the client refuses fails the open. */

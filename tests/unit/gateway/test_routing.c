@@ -235,41 +235,6 @@ static void test_web_rules(void)
     CHECK(!gw_etag_matches(" , ,", etag));
 }
 
-static void test_probe_pace(void)
-{
-    gw_probe_pace pace;
-    gw_probe_pace_init(&pace, 1000);
-    /* Not ready: fast, doubling, then capped at the interval. */
-    const int expected[] = {25, 50, 100, 200, 400, 800, 1000, 1000};
-    for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
-        CHECK_INT(gw_probe_pace_next(&pace, false), expected[i]);
-    /* Ready: the interval, as long as it stays ready. */
-    CHECK_INT(gw_probe_pace_next(&pace, true), 1000);
-    CHECK_INT(gw_probe_pace_next(&pace, true), 1000);
-    /* Not ready again: the fast pace starts over. */
-    CHECK_INT(gw_probe_pace_next(&pace, false), 25);
-    CHECK_INT(gw_probe_pace_next(&pace, false), 50);
-    CHECK_INT(gw_probe_pace_next(&pace, true), 1000);
-    CHECK_INT(gw_probe_pace_next(&pace, false), 25);
-
-    /* An interval below the fast delay caps it too; the doubling never
-     * overflows on the longest interval. */
-    gw_probe_pace_init(&pace, 20);
-    CHECK_INT(gw_probe_pace_next(&pace, false), 20);
-    CHECK_INT(gw_probe_pace_next(&pace, false), 20);
-    gw_probe_pace_init(&pace, 600000);
-    int delay = 0;
-    for (int i = 0; i < 100; i++) {
-        delay = gw_probe_pace_next(&pace, false);
-        CHECK(delay >= GW_PROBE_FAST_MS && delay <= 600000);
-    }
-    CHECK_INT(delay, 600000);
-
-    CHECK_INT(gw_probe_timeout_ms(200), 200);
-    CHECK_INT(gw_probe_timeout_ms(1000), 1000);
-    CHECK_INT(gw_probe_timeout_ms(600000), GW_PROBE_TIMEOUT_MAX_MS);
-}
-
 int main(void)
 {
     test_routes();
@@ -277,6 +242,5 @@ int main(void)
     test_hop_by_hop();
     test_failures();
     test_web_rules();
-    test_probe_pace();
     return test_done("gateway/routing");
 }

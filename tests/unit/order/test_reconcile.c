@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "balance.h"
 #include "httpc.h"
 #include "order.h"
 #include "rep.h"
@@ -166,7 +167,8 @@ int main(void)
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
     httpc_opts o = { .retries = -1, .timeout_ms = 2000, .breaker = { .open_ms = 100 } };
-    httpc *client = httpc_new(base, "payment-reconciler", url, &o);
+    balance_opts bo = { .http = o };
+    balance_set *client = balance_set_new(base, "payment-reconciler", url, &bo);
 
     /* Payment is down: passes fail, nothing changes state wrongly. */
     pay.failing = true;
@@ -200,7 +202,7 @@ int main(void)
     CHECK_INT(available(st, "1001"), before - 1);
 
     reconciler_stop(rec);
-    httpc_free(client);
+    balance_set_free(client);
     http_server_free(srv);
     store_close(st);
     event_base_free(base);
