@@ -38,7 +38,26 @@
  * BUS_MAX_DELIVER (5), BUS_RETRY_MS (200: first redelivery delay, doubled
  * at each delivery, at most 30 s), BUS_PROCESSED_KEEP_S (604800),
  * BUS_DEAD_LETTERS_MAX (10000) and BUS_UPKEEP_MS (60000: how often they are
- * applied; processed.h). */
+ * applied; processed.h), BUS_STREAM_REPLICAS (1), BUS_STREAM_MAX_AGE_S
+ * (604800) and BUS_STREAM_MAX_BYTES (1 GiB): the stream's retention.
+ *
+ * Retention. Without limits the stream grows for ever (the soak took
+ * nats-server's storage from 9 to 134 MB in 4 minutes). The stream keeps
+ * events for BUS_STREAM_MAX_AGE_S and at most BUS_STREAM_MAX_BYTES, the
+ * oldest dropped first (limits retention, discard old). The limits hold
+ * whether or not consumers have read an event, so they must outlast the
+ * longest time a consumer may lag: 7 days is the window processed.h already
+ * assumes no outage outlives unnoticed, and with the age limit no longer
+ * than BUS_PROCESSED_KEEP_S every event the stream can still deliver again
+ * is also still in processed_events. 1 GiB is about a million rentals
+ * (~1.1 kB of events each, measured by the soak) or ~35 minutes at the
+ * soak's maximum rate, and bounds the disk when the rate is far above the
+ * product's. The only reader of old history is customerpage's rebuild;
+ * bus_replay refuses a history whose start was cut (replay.c,
+ * docs/DESIGN.md "Retention"). The limits are part of the stream's
+ * configuration, fixed by whoever creates it: a service never updates an
+ * existing stream (see bus_setup_stream), so a stream created without them
+ * keeps growing until an operator edits it. */
 #include "bus.h"
 #include "bus_private.h"
 #include "durable.h"
@@ -268,7 +287,13 @@ bool bus_setup_stream(bus *b, jsCtx *js)
     sc.Subjects = subjects;
     sc.SubjectsLen = 1;
     sc.Storage = js_FileStorage;
-    sc.Duplicates = DUPLICATE_WINDOW_S * NS_PER_S;
+    sc.Retention = js_LimitsPolicy;
+    sc.Discard = js_DiscardOld;         /* never refuse a publish: drop the oldest */
+    sc.MaxAge = (int64_t)b->stream_max_age_s * NS_PER_S;
+    sc.MaxBytes = (int64_t)b->stream_max_bytes;
+    /* nats-server refuses a duplicate window longer than the age limit. */
+    sc.Duplicates = (int64_t)(b->stream_max_age_s < DUPLICATE_WINDOW_S ? b->stream_max_age_s
+                                                                       : DUPLICATE_WINDOW_S) * NS_PER_S;
     /* Every service asks for the same count (one ConfigMap), so the first
      * one creates the stream and the others' creates are the same config. */
     sc.Replicas = (int)b->stream_replicas;
@@ -367,6 +392,8 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->max_deliver = config_int("BUS_MAX_DELIVER", 5, 1, 1000);
     b->retry_ms = config_int("BUS_RETRY_MS", 200, 1, MAX_RETRY_DELAY_MS);
     b->stream_replicas = config_int("BUS_STREAM_REPLICAS", 1, 1, 5);
+    b->stream_max_age_s = config_int("BUS_STREAM_MAX_AGE_S", 7 * 24 * 3600, 1, 10L * 365 * 24 * 3600);
+    b->stream_max_bytes = config_int("BUS_STREAM_MAX_BYTES", 1L << 30, 4096, 1L << 50);
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, consumer_on_inbox, b);
     b->trim = evtimer_new(base, outbox_on_trim, b);

@@ -122,10 +122,16 @@ int outbox_add(store *st, const char *event_type, const json_t *payload,
 /* Replay: delivers every event stored in the stream, from the first up to
  * the last one present when the replay starts, to h on the loop thread,
  * without processed_events bookkeeping (h runs in a transaction on st and
- * must be idempotent). done(arg, ok, count) runs on the loop at the end.
+ * must be idempotent). done(arg, ok, count, why) runs on the loop at the
+ * end; why is NULL when ok, else says what failed.
+ * The replay is ok only if it saw the stream's whole history, every
+ * sequence from 1 to that last one: once retention (BUS_STREAM_MAX_AGE_S,
+ * BUS_STREAM_MAX_BYTES) has dropped the oldest events, or drops some while
+ * the replay reads, it fails and says so, because a read model rebuilt
+ * from part of the history would silently lose what the rest built.
  * For rebuilding a read model. Returns 0 if started. */
 int bus_replay(bus *b, bus_handler h, void *arg,
-               void (*done)(void *arg, bool ok, long count));
+               void (*done)(void *arg, bool ok, long count, const char *why));
 
 /* The envelope timestamp (15 bytes with NUL). Event ids: uuid_v4 (uuid.h). */
 void bus_timestamp(char out[15]);

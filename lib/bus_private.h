@@ -69,13 +69,14 @@ struct batch {
 struct replay {
     bus_handler fn;
     void *arg;
-    void (*done)(void *arg, bool ok, long count);
+    void (*done)(void *arg, bool ok, long count, const char *why);
     pthread_t thread;
     bool joinable;      /* thread started and not joined yet */
     bool active;        /* started and done() not called yet */
     bool reached_end;   /* set by the thread: every event up to the last was handed over */
     long count;         /* events applied (loop thread) */
     long failures;      /* events whose handler failed (loop thread) */
+    char why[200];      /* set by the thread when the stream's history is incomplete */
 };
 
 /* The relay's view of the batch being published; the ack callback (a nats.c
@@ -101,6 +102,8 @@ struct bus {
     char *inbox_prefix;     /* _INBOX.<user>: the only replies this user may receive */
     long poll_ms, max_deliver, retry_ms;
     long stream_replicas;           /* BUS_STREAM_REPLICAS: copies a JetStream cluster keeps */
+    long stream_max_age_s;          /* BUS_STREAM_MAX_AGE_S: retention by age (bus.c says why) */
+    long stream_max_bytes;          /* BUS_STREAM_MAX_BYTES: retention by size */
 
     struct handler *handlers;
     size_t nhandlers;

@@ -7,12 +7,23 @@
  * service through its durable consumer as usual. Batches go to the loop
  * through the consumer's hand-off (consumer.c) and are applied there in a
  * transaction each; the replay ends with a BATCH_REPLAY_DONE batch, so
- * `done` runs on the loop. */
+ * `done` runs on the loop.
+ *
+ * Completeness. A replay stands for the whole history only if it saw every
+ * sequence from 1 to `last`: the stream's subjects are all read, and the
+ * bus never deletes single messages, so the sequences it holds are
+ * contiguous and the only gap is the start retention cut (bus.c). A stream
+ * whose first sequence is past 1, that is empty after holding events, or
+ * that drops events while the replay reads (a gap in the sequences
+ * delivered) fails the replay with a reason, before anything is swapped:
+ * a read model rebuilt from part of the history would lose every row the
+ * missing part built, and the live one, kept, is still correct. */
 #include "bus.h"
 #include "bus_private.h"
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <event2/event.h>
@@ -27,9 +38,36 @@ void replay_finish(bus *b)
     struct replay *r = &b->replay;
     if (!r->active) return;
     r->active = false;
-    bool ok = r->reached_end && r->failures == 0;
+    bool ok = r->reached_end && r->failures == 0 && !r->why[0];
+    const char *why = ok ? NULL
+                    : r->why[0] ? r->why
+                    : r->failures ? "events failed to apply"
+                    : "the stream could not be read to its end";
     log_info("msg=\"replay finished\" ok=%d events=%ld failures=%ld", ok, r->count, r->failures);
-    if (r->done) r->done(r->arg, ok, r->count);
+    if (r->done) r->done(r->arg, ok, r->count, why);
+}
+
+/* The stream's history as its info shows it before the replay starts:
+ * false (with r->why set) when its start is gone. */
+static bool history_whole(struct replay *r, uint64_t first, uint64_t last, uint64_t msgs)
+{
+    if (msgs == 0 && last == 0) return true;            /* never held an event */
+    if (msgs > 0 && first <= 1) return true;
+    snprintf(r->why, sizeof r->why,
+             "the stream no longer holds its history: events 1 to %llu were dropped by its "
+             "retention limits (BUS_STREAM_MAX_AGE_S, BUS_STREAM_MAX_BYTES); the view is kept",
+             (unsigned long long)(msgs ? first - 1 : last));
+    return false;
+}
+
+/* A delivered sequence past the next one expected: retention dropped the
+ * events between while the replay read. */
+static void history_gap(struct replay *r, uint64_t expected, uint64_t seq)
+{
+    snprintf(r->why, sizeof r->why,
+             "events %llu to %llu were dropped from the stream by its retention limits while "
+             "the rebuild read it; the view is kept",
+             (unsigned long long)expected, (unsigned long long)(seq - 1));
 }
 
 /* Reads the stream up to its last sequence at start; sets reached_end. */
@@ -48,8 +86,13 @@ static void replay_stream(bus *b, natsConnection *nc)
         jsCtx_Destroy(js);
         return;
     }
-    uint64_t last = si->State.LastSeq, msgs = si->State.Msgs;
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, msgs = si->State.Msgs;
     jsStreamInfo_Destroy(si);
+    if (!history_whole(&b->replay, first, last, msgs)) {
+        log_error("msg=\"replay refused\" why=\"%s\"", b->replay.why);
+        jsCtx_Destroy(js);
+        return;
+    }
     if (msgs == 0) {
         b->replay.reached_end = true;
         jsCtx_Destroy(js);
@@ -73,7 +116,8 @@ static void replay_stream(bus *b, natsConnection *nc)
     int cap = REPLAY_BATCH;
     struct delivery *items = calloc((size_t)cap, sizeof *items);
     int timeouts = 0;
-    while (items && !bus_is_stopping(b) && !b->replay.reached_end) {
+    uint64_t expected = 1;      /* the next sequence of a whole history */
+    while (items && !bus_is_stopping(b) && !b->replay.reached_end && !b->replay.why[0]) {
         natsMsgList list = {0};
         s = natsSubscription_Fetch(&list, sub, REPLAY_BATCH, 1000, &jerr);
         if (list.Count == 0) {
@@ -109,6 +153,15 @@ static void replay_stream(bus *b, natsConnection *nc)
             if (seq > last) {
                 b->replay.reached_end = true;
                 break;
+            }
+            if (seq != 0) {     /* 0: no metadata (never seen from nats-server) */
+                if (seq < expected) continue;       /* a redelivery: already handed over */
+                if (seq > expected) {
+                    history_gap(&b->replay, expected, seq);
+                    log_error("msg=\"replay refused\" why=\"%s\"", b->replay.why);
+                    break;
+                }
+                expected = seq + 1;
             }
             items[n++] = (struct delivery){.msg = list.Msgs[i]};
             if (seq >= last || pending == 0) b->replay.reached_end = true;
@@ -148,7 +201,8 @@ static void *replay_main(void *arg)
     return NULL;
 }
 
-int bus_replay(bus *b, bus_handler h, void *arg, void (*done)(void *arg, bool ok, long count))
+int bus_replay(bus *b, bus_handler h, void *arg,
+               void (*done)(void *arg, bool ok, long count, const char *why))
 {
     if (!b->started || b->stopped || b->replay.active) return -1;
     if (b->replay.joinable) {   /* the previous replay's thread has finished */

@@ -8,6 +8,8 @@
  *                           409: one is running; 503: the stream cannot be read
  *   GET  /admin/rebuild     its state: {"state", "events", "rows",
  *                           "differences", "startedAt", "finishedAt", "error"}
+ *                           ("failed", the view kept, once retention has cut
+ *                           the stream's start: lib/replay.c)
  *
  * Only rows whose Ordered event was seen are shown (customerpage.h).
  *

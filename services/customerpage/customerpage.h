@@ -153,7 +153,7 @@ typedef struct rebuild_status {
     long long rows;          /* rows in the rebuilt view (hidden included) */
     long long differences;   /* rows the rebuild changed, added or removed */
     char started_at[15], finished_at[15];
-    char error[200];
+    char error[320];
 } rebuild_status;
 
 typedef struct customerpage_app {

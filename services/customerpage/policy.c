@@ -201,12 +201,14 @@ static void swapped(void *arg, db_status status)
 }
 
 /* The replay is over: swap the shadow in. */
-static void rebuild_done(void *arg, bool ok, long count)
+static void rebuild_done(void *arg, bool ok, long count, const char *why)
 {
     customerpage_app *app = arg;
     app->rebuild.events = count;
     if (!ok) {
-        rebuild_failed(app, "the replay of the event stream failed");
+        char msg[320];
+        snprintf(msg, sizeof msg, "the replay of the event stream failed: %s", why);
+        rebuild_failed(app, msg);
         return;
     }
     swap_job *j = calloc(1, sizeof *j);

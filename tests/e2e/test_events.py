@@ -12,6 +12,8 @@ Real binaries (payment, order, delivery, customerpage) and a real nats-server on
   - kill -9 of delivery and of customerpage in the middle of a backlog: after restart nothing is
     lost, and the stream holds exactly one Shipped per rental (nothing applied twice);
   - the rebuilt customer page equals the live one, and events arriving during a rebuild are kept;
+  - once retention (BUS_STREAM_MAX_BYTES) has dropped the stream's first events, a rebuild is
+    refused with the reason and the live view is left as it was;
   - a malformed event is set aside in GET /admin/deadLetters and does not block the ones behind.
 
 The stream is inspected, and a poison event injected, with a few lines of the NATS text
@@ -422,6 +424,37 @@ def test_rebuild_equals_live():
             wait_page(s, o["id"], "Shipped", 3)
         check(all_pages(s)[:8] == live, "rows changed across the second rebuild")
         check(rebuild(s)["differences"] == 0, "a third rebuild found differences")
+
+
+def stream_state(s):
+    nc = s.nats_client()
+    try:
+        info = nc.request("$JS.API.STREAM.INFO.carshare", b"")
+    finally:
+        nc.close()
+    check("state" in info, "stream info without state: %r" % (info,))
+    return info["state"], info["config"]
+
+
+def test_rebuild_refused_when_retention_cut_history():
+    # A stream kept to 16 KiB drops its oldest events; each group of rentals is shipped (so every
+    # consumer has read it) before the next, so only the replay's history is short.
+    with system(env={"BUS_STREAM_MAX_BYTES": "16384"}) as s:
+        for _ in range(4):
+            group = [rent(s, "han") for _ in range(6)]
+            for o in group:
+                wait_page(s, o["id"], "Shipped", 3)
+        state, config = stream_state(s)
+        check(config.get("max_bytes") == 16384, "stream limits: %r" % (config,))
+        check(state["bytes"] <= 16384 and state["first_seq"] > 1, "stream not cut: %r" % (state,))
+        live = all_pages(s)
+        check(len(live) == 24, "live view: %d rows" % len(live))
+        result = rebuild(s)
+        check(result["state"] == "failed" and "retention" in (result["error"] or ""),
+              "a rebuild from a cut history: %r" % (result,))
+        check(all_pages(s) == live, "a refused rebuild changed the view")
+        after = rent(s, "han")                # the live view still follows the stream
+        wait_page(s, after["id"], "Shipped", 3)
 
 
 def test_dead_letters():

@@ -23,7 +23,10 @@
  *    created again and events flow again;
  *  - nats-server coming back while a backlog arrives: the pull requests
  *    made during the outage do not make a fetch overrun its batch, and
- *    each event is applied once.
+ *    each event is applied once;
+ *  - retention: the stream is created with BUS_STREAM_MAX_BYTES and
+ *    BUS_STREAM_MAX_AGE_S and stays within them, and a replay refuses a
+ *    history whose start they dropped (by size; by age, all of it).
  * Waiting uses generous deadlines only to fail instead of hanging. */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -286,6 +289,7 @@ struct replay_result {
     long count;
     int seen_rentals, seen_other;
     json_t *ids;    /* eventId -> times seen */
+    char why[256];  /* the failure's reason */
 };
 
 static bool replay_finished(void *arg) { return ((struct replay_result *)arg)->finished; }
@@ -309,12 +313,13 @@ static int on_replayed(store *st, const json_t *event, const char *request_id, v
     return 0;
 }
 
-static void on_replay_done(void *arg, bool ok, long n)
+static void on_replay_done(void *arg, bool ok, long n, const char *why)
 {
     struct replay_result *r = arg;
     r->finished = true;
     r->ok = ok;
     r->count = n;
+    snprintf(r->why, sizeof r->why, "%s", why ? why : "");
 }
 
 /* ---- direct access to the stream, as a second publisher would have ---- */
@@ -349,6 +354,36 @@ static long long stream_messages(void)
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     return n;
+}
+
+/* The stream as nats-server reports it: its state and its limits. */
+struct stream_view {
+    unsigned long long first, msgs, bytes;
+    long long max_bytes, max_age_s, duplicates_s;
+};
+
+static struct stream_view stream_view_get(void)
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsStreamInfo *si = NULL;
+    struct stream_view v = {.max_bytes = -2};
+    if (natsConnection_ConnectTo(&nc, nats_url) == NATS_OK &&
+        natsConnection_JetStream(&js, nc, NULL) == NATS_OK &&
+        js_GetStreamInfo(&si, js, "carshare", NULL, NULL) == NATS_OK)
+        v = (struct stream_view){si->State.FirstSeq, si->State.Msgs, si->State.Bytes,
+                                 si->Config->MaxBytes, si->Config->MaxAge / 1000000000LL,
+                                 si->Config->Duplicates / 1000000000LL};
+    jsStreamInfo_Destroy(si);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return v;
+}
+
+static bool stream_emptied(void *arg)
+{
+    (void)arg;
+    return stream_view_get().msgs == 0;
 }
 
 /* What a consumer killed by SIGKILL right after a fetch leaves: its
@@ -604,6 +639,84 @@ static void check_filtered_consumer(void)
     store_close(single_db);
 }
 
+/* Replays the stream through b and returns the result (ids freed). */
+static struct replay_result replay_now(bus *b, const char *what)
+{
+    struct replay_result r = {.ids = json_object()};
+    CHECK_INT(bus_replay(b, on_replayed, &r, on_replay_done), 0);
+    CHECK(run_until(replay_finished, &r, WAIT_MS, what));
+    json_decref(r.ids);
+    r.ids = NULL;
+    return r;
+}
+
+/* A publisher on a fresh nats-server, with the retention limits of the
+ * environment as it is now. */
+static bus *retention_sender(const char *storage)
+{
+    stop_nats();
+    snprintf(nats_dir, sizeof nats_dir, "%s/%s", dir, storage);
+    start_nats();
+    bus *b = bus_new(base, sender_db, "sender");
+    CHECK_INT(bus_start(b), 0);
+    bus *one[2] = {b, b};
+    CHECK(run_until(both_connected, one, WAIT_MS, "the retention sender connected"));
+    return b;
+}
+
+static void commit_rentals(int first, int n)
+{
+    char id[37];
+    for (int i = 0; i < n; i++) commit_rental(first + i, "req-retention", id);
+    CHECK(run_until(outbox_empty, sender_db, WAIT_MS, "retention events relayed"));
+}
+
+/* Retention: the stream is created with its limits (the duplicate window
+ * fitted under a short age), keeps within them, and a replay refuses a
+ * history whose start was dropped, by size and by age. */
+static void check_retention(void)
+{
+    setenv("BUS_STREAM_MAX_BYTES", "8192", 1);
+    bus *b = retention_sender("jetstream-retention-bytes");
+    struct stream_view v = stream_view_get();
+    CHECK_INT(v.max_bytes, 8192);
+    CHECK_INT(v.max_age_s, 7 * 24 * 3600);      /* the default */
+    CHECK_INT(v.duplicates_s, 120);
+
+    commit_rentals(60000, 5);                   /* well under the limit: whole */
+    struct replay_result whole = replay_now(b, "replay of a whole history");
+    CHECK(whole.ok);
+    CHECK_INT(whole.count, 5);
+
+    commit_rentals(60100, 80);                  /* ~200 bytes each: over the limit */
+    v = stream_view_get();
+    CHECK(v.bytes <= 8192);
+    CHECK(v.first > 1);
+    CHECK(v.msgs < 85);
+    struct replay_result cut = replay_now(b, "replay of a cut history");
+    CHECK(!cut.ok);
+    CHECK(strstr(cut.why, "retention") != NULL);
+    CHECK(strstr(cut.why, "events 1 to ") != NULL);
+    bus_free(b);
+    unsetenv("BUS_STREAM_MAX_BYTES");
+
+    /* An age shorter than the 2-minute duplicate window: nats-server
+     * would refuse the stream unless the window is fitted under it. */
+    setenv("BUS_STREAM_MAX_AGE_S", "1", 1);
+    b = retention_sender("jetstream-retention-age");
+    v = stream_view_get();
+    CHECK_INT(v.max_age_s, 1);
+    CHECK_INT(v.duplicates_s, 1);
+    commit_rentals(60300, 3);
+    CHECK(run_until(stream_emptied, NULL, WAIT_MS, "events aged out of the stream"));
+    struct replay_result gone = replay_now(b, "replay of an aged-out history");
+    CHECK(!gone.ok);
+    CHECK(strstr(gone.why, "events 1 to 3 ") != NULL);
+    CHECK_INT(gone.count, 0);
+    bus_free(b);
+    unsetenv("BUS_STREAM_MAX_AGE_S");
+}
+
 static void cleanup(void)
 {
     stop_nats();
@@ -833,6 +946,7 @@ int main(void)
 
     bus_free(receiver);
     bus_free(sender);
+    check_retention();
     store_close(receiver_db);
     store_close(sender_db);
     event_base_free(base);
