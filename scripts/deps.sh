@@ -23,7 +23,7 @@ case "${1:-build}" in
   bench) need+=(wrk nginx-light) ;;
   containers) need+=(podman runc conmon containernetworking-plugins catatonit iptables uidmap
                      golang-github-containernetworking-plugin-dnsname podman-compose
-                     python3-yaml python3-kubernetes openssl) ;;
+                     python3-yaml python3-kubernetes openssl postgresql postgresql-client) ;;
 esac
 if [ "${DB:-sqlite}" = postgres ]; then need+=(postgresql postgresql-client); fi
 # kubectl renders the kustomize overlays; keep one already installed (another packaging of it

@@ -67,14 +67,40 @@ GR
 printf 'hosts: files dns\n' > "$CTX/runtime/etc/nsswitch.conf"
 cp -r "$CTX/runtime/etc" "$CTX/nats/etc"
 mkdir -m 1777 "$CTX/nats/tmp"
+# PostgreSQL from Debian's postgresql package, for compose and the prod overlay's in-cluster
+# server: the server, initdb, pg_isready, their share files (no manual pages, of the extensions
+# only PL/pgSQL, which initdb installs) and modules (plpgsql, the snowball dictionaries initdb
+# loads; not the LLVM JIT, 30 MB), the C.UTF-8 locale, and the libraries they map that the
+# runtime layer lacks (ICU's data alone is 30 MB: why this image is larger than the others).
+# pgstart (deploy/postgres/pgstart.c) is its entrypoint; dash is /bin/sh because initdb runs
+# its bootstrap backend through popen().
+PG_BIN=${PG_BIN:-$(dirname "$(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1)")}
+[ -x "$PG_BIN/postgres" ] && [ -x "$BIN/pgstart" ] || {
+  echo "images: no PostgreSQL server (apt-get install postgresql) or no $BIN/pgstart" >&2; exit 1; }
+PG_HOME=$(dirname "$PG_BIN")                       # /usr/lib/postgresql/15
+PG_SHARE=/usr/share/postgresql/$(basename "$PG_HOME")
+PG=$CTX/postgres
+mkdir -p "$PG$PG_BIN" "$PG$PG_HOME/lib" "$PG$PG_SHARE/extension" "$PG/usr/bin" "$PG/bin" \
+         "$PG/usr/lib/locale"
+for prog in postgres initdb pg_isready; do cp "$PG_BIN/$prog" "$PG$PG_BIN/"; done
+cp "$PG_HOME/lib/plpgsql.so" "$PG_HOME/lib/dict_snowball.so" "$PG$PG_HOME/lib/"
+(cd "$PG_SHARE" && cp -r $(ls | grep -v -e '^man$' -e '^extension$') "$PG$PG_SHARE/" &&
+  cp extension/plpgsql* "$PG$PG_SHARE/extension/")
+cp -a /usr/lib/locale/C.utf8 "$PG/usr/lib/locale/"
+objcopy --strip-debug "$BIN/pgstart" "$PG/usr/bin/pgstart"
+cp /bin/dash "$PG/bin/sh"
+copy_libs "$PG" "$PG$PG_BIN"/* "$PG/usr/bin/pgstart" "$PG$PG_HOME"/lib/*.so
+(cd "$PG" && find . -type f -path './*lib*/*.so*' | while read -r lib; do
+  [ -e "$CTX/runtime/${lib#./}" ] && rm "$lib"; done)
 cp -r web "$CTX/web"
 chmod -R a+rX "$CTX"
 chmod 1777 "$CTX/runtime/tmp"
 
 built=()
-for target in "${processes[@]}" nats; do
+for target in "${processes[@]}" nats postgres; do
   image="$PREFIX$target:$TAG"
   podman build --quiet --target "$target" --build-arg "BASE=${IMAGE_BASE:-scratch}" \
+    --build-arg "PG_BIN=$PG_BIN" \
     -f deploy/Containerfile -t "$image" "$CTX" >/dev/null
   built+=("$image")
 done

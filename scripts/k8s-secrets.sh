@@ -7,6 +7,7 @@
 #   tokens/order.key   order's service-token key, and .pub (lib/token.h; rotation: README)
 #   db/<service>       prod: the service's PostgreSQL URL, with its own role and password
 #   db/init.sql        prod: the roles and databases, for the in-cluster PostgreSQL's first start
+#                      (scripts/pglocal.py writes these two, derived from one another)
 #   db/postgres        prod: the superuser password of that PostgreSQL
 #
 # A cluster with a secret manager (external-secrets, sealed-secrets, the CI's secrets) writes
@@ -43,17 +44,8 @@ keypair order
 if [ "$(basename "$overlay")" = prod ]; then
   mkdir -p "$dir/db"
   put "$dir/db/postgres" "$(random)"
-  for svc in order delivery customerpage payment account; do
-    put "$dir/db/$svc" "postgresql://$svc:$(random)@postgres:5432/$svc?sslmode=disable"
-  done
-  # The init script is derived from the URLs, so the two cannot disagree.
-  if [ ! -e "$dir/db/init.sql" ]; then
-    for svc in order delivery customerpage payment account; do
-      pw=$(sed -E 's|^postgresql://[^:]+:([^@]+)@.*|\1|' "$dir/db/$svc")
-      # Quoted names: "order" is an SQL keyword.
-      printf 'CREATE ROLE "%s" LOGIN PASSWORD '"'%s'"';\nCREATE DATABASE "%s" OWNER "%s";\n' \
-        "$svc" "$pw" "$svc" "$svc"
-      printf 'REVOKE ALL ON DATABASE "%s" FROM PUBLIC;\n' "$svc"
-    done > "$dir/db/init.sql"
-  fi
+  # Each service's URL and the init.sql the PostgreSQL image runs at its first start: the
+  # roles and databases as scripts/pglocal.py makes them for `make run DB=postgres`.
+  python3 "$(dirname "$0")/pglocal.py" secrets "$dir/db" postgres 5432 \
+    order delivery customerpage payment account
 fi

@@ -9,6 +9,10 @@ module makes a cluster of our own with them instead of touching the system's clu
     ...
     pg.stop()                                # SIGINT (fast shutdown) to the postmaster's PID
 
+For a server that is not ours (the PostgreSQL image under compose or Kubernetes), write_secrets
+(`pglocal.py secrets DIR HOST PORT SERVICE...`) writes each service's URL and the init.sql that
+creates the same roles and databases at that server's first start (deploy/postgres/pgstart.c).
+
 The server listens on 127.0.0.1 only, and on a Unix socket inside its own directory (no clash with
 a system server in /var/run/postgresql). Local socket connections are trusted (that is how this
 module, as the cluster's superuser, creates roles); TCP connections need a password
@@ -145,8 +149,62 @@ class LocalPostgres:
         pw = self._passwords()
         if name not in pw:
             pw[name] = secrets.token_hex(16)
-            self.psql("CREATE ROLE \"%s\" LOGIN PASSWORD '%s'" % (name, pw[name]))
-            self.psql("CREATE DATABASE \"%s\" OWNER \"%s\"" % (name, name))
-            self.psql("REVOKE ALL ON DATABASE \"%s\" FROM PUBLIC" % name)
+            for statement in service_database_sql(name, pw[name]):
+                self.psql(statement)
             self._save_passwords(pw)
         return "postgres://%s:%s@127.0.0.1:%d/%s" % (name, pw[name], self.port, name)
+
+
+# ---- the same roles and databases on a server of another kind ----
+def _ident(name):
+    return '"%s"' % name.replace('"', '""')     # quoted: "order" is an SQL keyword
+
+
+def _literal(text):
+    return "'%s'" % text.replace("'", "''")
+
+
+def service_database_sql(name, password):
+    """The statements that give a service its role and database, closed to every other role:
+    what service_database runs here, and what the PostgreSQL image runs at its first start
+    (init.sql, from write_secrets)."""
+    return ["CREATE ROLE %s LOGIN PASSWORD %s" % (_ident(name), _literal(password)),
+            "CREATE DATABASE %s OWNER %s" % (_ident(name), _ident(name)),
+            "REVOKE ALL ON DATABASE %s FROM PUBLIC" % _ident(name)]
+
+
+def write_secrets(directory, host, port, services):
+    """For a PostgreSQL server elsewhere (compose, the prod overlay): directory/<service> holds
+    the service's URL (postgresql://service:password@host:port/service, made once, kept after),
+    and directory/init.sql the statements that create those roles and databases, one a line
+    (deploy/postgres/pgstart.c runs it at the server's first start). init.sql is derived from
+    the URLs each time, so the two cannot disagree. Files are 0600."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    lines = []
+    for name in services:
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            url = "postgresql://%s:%s@%s:%d/%s?sslmode=disable" % (
+                name, secrets.token_hex(16), host, port, name)
+            _write_private(path, url)
+        with open(path) as f:
+            url = f.read().strip()
+        password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+        lines += [s + ";" for s in service_database_sql(name, password)]
+    _write_private(os.path.join(directory, "init.sql"), "\n".join(lines) + "\n")
+
+
+def _write_private(path, text):
+    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(path + ".new", path)
+
+
+if __name__ == "__main__":
+    # pglocal.py secrets DIR HOST PORT SERVICE...: write_secrets, for scripts/k8s-secrets.sh
+    # and scripts/run-containers.sh.
+    import sys
+    if len(sys.argv) < 6 or sys.argv[1] != "secrets":
+        sys.exit("usage: pglocal.py secrets DIR HOST PORT SERVICE...")
+    write_secrets(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])

@@ -3,8 +3,8 @@
 # `make run-containers` and `make stop-containers` run it. `up` starts every container in the
 # background, waits until the gateway is ready and prints where to point a browser; the
 # containers restart by themselves (restart: unless-stopped) until `down`, which stops them
-# (SIGTERM, then the grace period) and removes them and their network; the data volumes and the
-# token keys (build/compose-keys-<project>) stay.
+# (SIGTERM, then the grace period) and removes them and their network; the data volumes, the
+# token keys and the database secrets (build/compose-keys-<project>) stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/podman-setup.sh
@@ -25,6 +25,12 @@ keys() {
       cp "$CARSHARE_KEYS/$name/$name.pub" "$CARSHARE_KEYS/public/"
     fi
   done
+  # The services' PostgreSQL URLs and the init.sql that makes their roles and databases at the
+  # server's first start (made once: the cluster on the volume keeps those passwords). Every
+  # service has a database there, also those still on SQLite (order, account), so that
+  # switching them later needs no new cluster.
+  python3 scripts/pglocal.py secrets "$CARSHARE_KEYS/db" postgres 5432 \
+    order delivery customerpage payment account
   chown -R 10001:10001 "$CARSHARE_KEYS"
   chmod -R go-rwx "$CARSHARE_KEYS"
 }
@@ -38,6 +44,9 @@ case "${1:-up}" in
       export "${user}_PASSWORD=p$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
     done
     keys
+    for svc in delivery customerpage payment; do
+      export "${svc^^}_DATABASE_URL=$(cat "$CARSHARE_KEYS/db/$svc")"
+    done
     t0=$(date +%s%N)
     mkdir -p build
     log=build/run-containers-$project.log
@@ -58,6 +67,7 @@ case "${1:-up}" in
   down)
     # down reads the file too: any value will do for the passwords it does not use.
     for user in ORDER PAYMENT DELIVERY CUSTOMERPAGE ADMIN; do export "${user}_PASSWORD=-"; done
+    for svc in DELIVERY CUSTOMERPAGE PAYMENT; do export "${svc}_DATABASE_URL=-"; done
     "${compose[@]}" down >/dev/null 2>&1
     podman network rm "${project}_default" >/dev/null 2>&1 || true
     echo "run-containers: stopped"

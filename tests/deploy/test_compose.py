@@ -2,6 +2,12 @@
 whole system up, a customer signs up and in through account, a rental flows through the
 gateway to the customer page, and `down` stops it.
 
+The rental's rows are then read from PostgreSQL (the image's server, made by its first start):
+payment's payment, delivery's delivery and the customer page are there, read with each
+service's own URL, so the services that have a PostgreSQL store do keep their data in it
+(order and account are still on SQLite: compose.yaml). The server's port is not published;
+psql reaches it on the loopback of the container's own network namespace (nsenter).
+
 The project, the gateway's port and the images' tag are this run's own (two runs at once do
 not meet); the volumes are removed at the end. The rental flow itself is tested at length on
 the dev overlay (test_dev_layout.py); here the point is that the compose file is right: names
@@ -39,6 +45,18 @@ def call(method, path, body=None, token=None):
         return r.status, json.loads(r.read())
 
 
+def in_postgres(service, sql):
+    """Runs sql in service's database as service (its URL from the compose secrets) on the
+    loopback of the PostgreSQL container's network namespace; returns psql's output."""
+    keys = os.path.join(pm.ROOT, "build", "compose-keys-" + PROJECT)
+    with open(os.path.join(keys, "db", service)) as f:
+        url = f.read().replace("@postgres:5432/", "@127.0.0.1:5432/")
+    pid = pm.inspect("container", PROJECT + "_postgres_1")["State"]["Pid"]
+    r = subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "psql", "-X", "-At", "-c", sql,
+                        url], capture_output=True, text=True, timeout=30)
+    return r.stdout.strip() if r.returncode == 0 else r.stderr.strip()
+
+
 def test_up_rent_down():
     IMAGES.update(pm.build_images())
     up = compose("up")
@@ -57,6 +75,10 @@ def test_up_rent_down():
         code, page = call("GET", "/customerpages/%d" % order["id"], token=token)
         return page["status"] == "Shipped"
     wait_for(shipped, 60, "the customer page to show the rental Shipped")
+    tables = {"payment": "payments", "delivery": "deliveries", "customerpage": "customer_pages"}
+    for svc, table in tables.items():
+        rows = in_postgres(svc, "select count(*) from %s where order_id = %d" % (table, order["id"]))
+        check(rows == "1", "%s's row of the rental in PostgreSQL: %r" % (svc, rows))
     down = compose("down")
     check(down.returncode == 0, "run-containers down: %s" % down.stderr)
     left = pm.podman("ps", "-a", "--filter", "label=io.podman.compose.project=" + PROJECT,
