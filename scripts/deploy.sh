@@ -18,10 +18,11 @@ REGISTRY=${REGISTRY:-localhost}
 IMAGE_TAG=${IMAGE_TAG:-dev}
 NAMESPACE=${NAMESPACE:-carshare}
 
-# The processes with an image: those the base deploys (image: carshare-<process>).
+# The processes with an image: those the base deploys (image: carshare-<process>), and
+# postgres, the prod overlay's in-cluster server.
 processes() {
-  kubectl kustomize deploy/k8s/base 2>/dev/null |
-    sed -n 's/^ *image: carshare-\([a-z]*\).*/\1/p' | sort -u
+  { kubectl kustomize deploy/k8s/base 2>/dev/null |
+      sed -n 's/^ *image: carshare-\([a-z]*\).*/\1/p'; echo postgres; } | sort -u
 }
 
 # release_kustomization OVERLAY: writes build/deploy-OVERLAY/kustomization.yaml; prints its dir.

@@ -30,6 +30,7 @@ files scripts/k8s-secrets.sh writes, as the pipeline does), then:
 """
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def test_resources_and_probes():
             check("memory" in res.get("limits", {}), where + ": memory limit")
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 check(probe in c, "%s: no %s" % (where, probe))
-            if process_of(c) and process_of(c) != "nats":
+            if process_of(c) not in (None, "nats", "postgres"):
                 check(c["readinessProbe"]["httpGet"]["path"] == "/health/ready", where)
                 check(c["livenessProbe"]["httpGet"]["path"] == "/health/live", where)
                 check(c["startupProbe"]["httpGet"]["path"].startswith("/health/"), where)
@@ -165,7 +166,7 @@ def test_stop_fits_the_drain():
     for overlay in OVERLAYS:
         for w, c in each_container(overlay):
             proc = process_of(c)
-            if not proc or proc == "nats":
+            if proc in (None, "nats", "postgres"):
                 continue
             where = "%s %s" % (overlay, w["metadata"]["name"])
             sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
@@ -210,7 +211,8 @@ def test_references_exist():
 
 
 def test_images_and_ports_match():
-    built = set(pm.processes())
+    # The PostgreSQL image is deployed by prod only (its in-cluster server).
+    built = set(pm.processes()) | {"postgres"}
     ports = contract_ports()
     for overlay in OVERLAYS:
         docs = render(overlay)
@@ -225,7 +227,7 @@ def test_images_and_ports_match():
             check(proc in built, "%s: image %s is not one `make images` builds" % (where, c["image"]))
             check(w["metadata"]["name"] == proc and c["name"] == proc, where + ": named otherwise")
             deployed.add(proc)
-            if proc == "nats":
+            if proc in ("nats", "postgres"):
                 continue
             port = int(env_of(docs, c)["PORT"])
             check(port == ports[proc], "%s: PORT %d, contract port %d" % (where, port, ports[proc]))
@@ -237,7 +239,8 @@ def test_images_and_ports_match():
             url = config["data"].get(proc.upper() + "_URL")
             if proc != "gateway":
                 check(url == "http://%s:%d" % (proc, port), "%s: %s_URL is %r" % (where, proc.upper(), url))
-        check(deployed == built, "%s: images %s, deployed %s" % (overlay, sorted(built), sorted(deployed)))
+        want = built if overlay == "prod" else built - {"postgres"}
+        check(deployed == want, "%s: images %s, deployed %s" % (overlay, sorted(want), sorted(deployed)))
         check(config["data"]["NATS_URL"] == "nats://nats:4222", overlay + ": NATS_URL")
 
 
@@ -250,6 +253,33 @@ def labels_match(selector, labels):
 def pods_selected(docs, selector):
     return [w for w in workloads(docs)
             if labels_match(selector, w["spec"]["template"]["metadata"]["labels"])]
+
+
+def test_upstream_services_are_headless():
+    """Every URL a carshare process calls another by (carshare-config's *_URL, each instance of
+    a comma-separated list) names a headless Service of that process: the name resolves to the
+    ready pods themselves, which the caller balances over (a ClusterIP would be one instance to
+    it). The gateway's own Service, behind the Ingress, keeps its ClusterIP."""
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        config = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("carshare-config")][0]
+        upstreams = {k: v for k, v in config["data"].items() if k.endswith("_URL")
+                     and k not in ("NATS_URL", "PUBLIC_BASE_URL")}
+        check(set(upstreams) >= {"ORDER_URL", "PAYMENT_URL", "DELIVERY_URL", "CUSTOMERPAGE_URL",
+                                 "ACCOUNT_URL"}, "%s: upstream URLs %s" % (overlay, sorted(upstreams)))
+        for key, urls in upstreams.items():
+            for url in urls.split(","):
+                host = re.match(r"^http://([a-z0-9-]+):\d+$", url.strip())
+                check(host, "%s %s: %r is not http://<service>:<port>" % (overlay, key, url))
+                svc = named(docs, "Service", host.group(1))
+                where = "%s %s: Service %s" % (overlay, key, host.group(1))
+                check(svc["spec"].get("clusterIP") == "None", where + " is not headless")
+                check(not svc["spec"].get("publishNotReadyAddresses"), where + " names pods not ready")
+                targets = pods_selected(docs, {"matchLabels": svc["spec"]["selector"]})
+                check([w["metadata"]["name"] for w in targets] == [key[:-4].lower()],
+                      "%s selects %s" % (where, [w["metadata"]["name"] for w in targets]))
+        check(named(docs, "Service", "gateway")["spec"].get("clusterIP") != "None",
+              overlay + ": the Ingress's Service is headless")
 
 
 def test_services_ingress_network_policies():
@@ -397,7 +427,7 @@ def test_token_keys():
         docs = render(overlay)
         for w, c in each_container(overlay):
             proc = process_of(c)
-            if proc in (None, "nats"):
+            if proc in (None, "nats", "postgres"):
                 continue
             where = "%s %s" % (overlay, proc)
             env = env_of(docs, c)
