@@ -389,6 +389,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->url = strdup(config_str("NATS_URL", "nats://127.0.0.1:4222"));
     bool creds = read_credentials(b);
     b->poll_ms = config_int("BUS_POLL_MS", 1000, 10, 600000);
+    b->relay_poll_ms = config_int("BUS_RELAY_POLL_MS", 50, 10, 600000);
     b->max_deliver = config_int("BUS_MAX_DELIVER", 5, 1, 1000);
     b->retry_ms = config_int("BUS_RETRY_MS", 200, 1, MAX_RETRY_DELAY_MS);
     b->stream_replicas = config_int("BUS_STREAM_REPLICAS", 1, 1, 5);
@@ -428,7 +429,6 @@ bus *bus_new_db(struct event_base *base, db *d, const char *service_name)
         /* Commits happen on the database threads' connections. */
         store_on_commit(b->st, NULL, NULL);
         b->db = d;
-        b->retries = config_int("DB_RETRIES", 10, 0, 1000);
         db_on_commit(d, wake_relay, b);
     }
     return b;

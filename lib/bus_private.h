@@ -93,7 +93,6 @@ struct bus {
     struct event_base *base;
     store *st;          /* SQLite: the loop's store */
     struct db *db;      /* PostgreSQL: the service's database (db.h), else NULL */
-    long retries;       /* PostgreSQL: reruns of a slice that lost a conflict (DB_RETRIES) */
     char *service;
     char *durable;      /* consumer name: the service name without . * > or spaces */
     char *db_path;
@@ -101,6 +100,7 @@ struct bus {
     char *user, *password;  /* NATS_USER / NATS_PASSWORD(_FILE); NULL: anonymous */
     char *inbox_prefix;     /* _INBOX.<user>: the only replies this user may receive */
     long poll_ms, max_deliver, retry_ms;
+    long relay_poll_ms;     /* PostgreSQL: the leading relay's look for other replicas' rows */
     long stream_replicas;           /* BUS_STREAM_REPLICAS: copies a JetStream cluster keeps */
     long stream_max_age_s;          /* BUS_STREAM_MAX_AGE_S: retention by age (bus.c says why) */
     long stream_max_bytes;          /* BUS_STREAM_MAX_BYTES: retention by size */

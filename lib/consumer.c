@@ -433,13 +433,24 @@ static void consume_event(bus *b, store *st, struct outcome *o)
         o->result = "ignored";
         return;
     }
-    if (processed_seen(st, r->event_id)) {
+    bool pg = store_is_pg(st);
+    if (!pg && processed_seen(st, r->event_id)) {
         o->result = "duplicate";
         return;
     }
     if (!savepoint(st, "SAVEPOINT bus_event")) {
         fail(o, "cannot open a savepoint: %s", store_error(st));
         o->storage = storage_failing(st);
+        return;
+    }
+    /* PostgreSQL: claimed first (processed.h), since replicas may hold the
+     * same event at once. */
+    int claimed = pg ? processed_claim(st, r->event_id, r->event_type) : 1;
+    if (claimed <= 0) {
+        if (claimed < 0) fail(o, "cannot record the event as processed: %s", store_error(st));
+        o->storage = claimed < 0 && storage_failing(st);
+        undo_event(st);
+        if (claimed == 0) o->result = "duplicate";
         return;
     }
     o->err[0] = '\0';
@@ -450,7 +461,7 @@ static void consume_event(bus *b, store *st, struct outcome *o)
         o->result = NULL;
         return;
     }
-    if (!processed_mark(st, r->event_id, r->event_type)) {
+    if (!pg && !processed_mark(st, r->event_id, r->event_type)) {
         fail(o, "cannot record the event as processed: %s", store_error(st));
         o->storage = storage_failing(st);
         undo_event(st);
@@ -580,23 +591,57 @@ static void apply_slice_once(bus *b, store *st, enum batch_kind kind, struct del
     }
 }
 
-/* PostgreSQL refuses one of two conflicting SERIALIZABLE transactions (the
- * live consumer and a rebuild's replay both write the shadow view, an HTTP
- * command and an event the same row): the loser's slice is run again from
- * its start, as db.c does for a unit of work, rather than failed (which
- * would spend the events' deliveries on a conflict). SQLite never asks. */
+/* A pause before a rerun: growing with the attempts, and jittered, so that
+ * two replicas that just conflicted do not meet again in lockstep. */
+static void pause_before_rerun(long attempt)
+{
+    long max_us = attempt < 7 ? 500L << attempt : 50000;     /* 0.5 ms ... 50 ms */
+    long us = max_us / 2 + (long)(random() % (max_us / 2 + 1));
+    struct timespec t = {us / 1000000, (us % 1000000) * 1000L};
+    nanosleep(&t, NULL);
+}
+
+/* Applies items[0..k) in one transaction, rerun in place until PostgreSQL
+ * takes it. PostgreSQL refuses one of two conflicting SERIALIZABLE
+ * transactions (40001, or 40P01 for a deadlock): two replicas applying
+ * events of one rental, the live consumer and a rebuild's replay writing
+ * the shadow view, an HTTP command and an event on the same row. That is
+ * not the events' fault and says nothing about the next attempt, so it is
+ * never answered with a nak: a nak would spend one of the event's
+ * BUS_MAX_DELIVER deliveries (enough conflicts in a row would dead-letter a
+ * good event) and hand it to whichever replica comes next, behind the
+ * rental's later events. PostgreSQL guarantees that of two conflicting
+ * transactions one commits, so replicas make progress; after the first
+ * conflict the slice is rerun one event per transaction, so that one busy
+ * rental costs a rerun of its own event, not of 63 others. Only a stop ends
+ * the reruns: the event is then left for a redelivery, as at any other
+ * point of a stop. SQLite never asks for a rerun (one writer). */
+static void apply_rerunning(bus *b, store *st, enum batch_kind kind, struct delivery *items, int k,
+                            struct outcome *out)
+{
+    for (long attempt = 0;; attempt++) {
+        store_clear_failure(st);
+        apply_slice_once(b, st, kind, items, k, out);
+        if (!store_should_retry(st)) return;
+        metrics_counter_add("carshare_bus_conflict_reruns_total", "", 1);
+        if (k > 1) {
+            for (int i = 0; i < k; i++) json_decref(out[i].r.event);
+            for (int i = 0; i < k; i++) apply_rerunning(b, st, kind, &items[i], 1, &out[i]);
+            return;
+        }
+        if (bus_is_stopping(b)) {
+            lost_with_transaction(out, 0, k, "stopping while rerunning after a conflict");
+            return;
+        }
+        json_decref(out[0].r.event);
+        pause_before_rerun(attempt);
+    }
+}
+
 static void apply_slice(bus *b, store *st, enum batch_kind kind, struct delivery *items, int k)
 {
     struct outcome out[APPLY_PER_TURN];
-    for (int attempt = 0;; attempt++) {
-        store_clear_failure(st);
-        apply_slice_once(b, st, kind, items, k, out);
-        if (!store_should_retry(st) || attempt >= b->retries) break;
-        for (int i = 0; i < k; i++) json_decref(out[i].r.event);
-        struct timespec pause = {0, (attempt + 1) * 200000L};   /* 0.2, 0.4 ... ms */
-        nanosleep(&pause, NULL);
-    }
-
+    apply_rerunning(b, st, kind, items, k, out);
     for (int i = 0; i < k; i++) {
         if (kind == BATCH_CONSUME) settle_consumed(b, st, &items[i], &out[i]);
         else settle_replayed(b, &out[i]);

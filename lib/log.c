@@ -1,7 +1,8 @@
 /* log.c: structured logfmt lines on stderr.
  *
- * A line is assembled in a stack buffer ("ts=... level=... svc=... " then
- * the caller's fields) and written with a single write(2), so lines from
+ * A line is assembled in a stack buffer ("ts=... level=... svc=... inst=... "
+ * then the caller's fields; inst is INSTANCE_ID, see instance.h) and
+ * written with a single write(2), so lines from
  * several threads never interleave (writes up to PIPE_BUF are atomic on
  * pipes, and a plain file or terminal gets whole lines in practice).
  * Nothing is allocated and no lock is taken: the request path calls this
@@ -26,6 +27,7 @@
  * rename and open are metadata operations done once per LOG_MAX_BYTES, the
  * only disk work here besides the write itself. */
 #include "log.h"
+#include "instance.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -180,7 +182,7 @@ void log_line(const char *level, const char *fmt, ...)
         return;
     int saved_errno = errno;   /* callers often log right before using errno */
     char line[LOG_LINE_MAX];
-    /* "ts=%s level=%s svc=%s " */
+    /* "ts=%s level=%s svc=%s inst=%s " */
     const char *lvl = level ? level : "info";
     size_t used = 0;
     append(line, sizeof line, &used, "ts=", 3);
@@ -189,6 +191,9 @@ void log_line(const char *level, const char *fmt, ...)
     append(line, sizeof line, &used, lvl, strlen(lvl));
     append(line, sizeof line, &used, " svc=", 5);
     append(line, sizeof line, &used, log_service, strlen(log_service));
+    append(line, sizeof line, &used, " inst=", 6);
+    const char *inst = instance_id();
+    append(line, sizeof line, &used, inst, strlen(inst));
     append(line, sizeof line, &used, " ", 1);
 
     va_list ap;

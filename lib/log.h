@@ -1,6 +1,7 @@
 /* log.h: one structured line per fact, in logfmt (key=value), on stderr.
  *
- * Every line carries ts, level and svc; request-scoped lines also carry
+ * Every line carries ts, level, svc and inst (the process's INSTANCE_ID,
+ * instance.h: which replica wrote it); request-scoped lines also carry
  * req=<X-Request-Id> so that one rental can be followed across services with
  * a single grep. Values given through log_line's format are written as-is:
  * quote values that may contain spaces (use %s with log_quote()).

@@ -275,6 +275,9 @@ static const char *help_for(const char *name)
         {"carshare_bus_redeliveries_total", "Events delivered again after a failure."},
         {"carshare_bus_dead_letters_total", "Events set aside after repeated failures."},
         {"carshare_bus_consumer_lag", "Events in the stream not yet delivered to this service."},
+        {"carshare_instance_info", "Always 1: which service and instance (INSTANCE_ID) this process is."},
+        {"carshare_bus_relay_leader", "1 while this process's outbox relay publishes for its service (PostgreSQL: one per database), 0 while it stands by."},
+        {"carshare_bus_conflict_reruns_total", "Consumer transactions PostgreSQL refused for a serialization conflict and rerun in place."},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(known[i].name, name))

@@ -50,6 +50,17 @@ bool processed_mark(store *st, const char *event_id, const char *event_type)
     return ok;
 }
 
+int processed_claim(store *st, const char *event_id, const char *event_type)
+{
+    char now[32];
+    const char *p[] = {event_id, event_type, log_utc_now(now, true)};
+    return (int)store_pg_command(st, "INSERT INTO processed_events (event_id, event_type,"
+                                     " processed_at) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1"
+                                     " FROM processed_events_previous WHERE event_id = $1)"
+                                     " ON CONFLICT (event_id) DO NOTHING", 3, p,
+                                 "processed event claim");
+}
+
 /* Runs a statement with one integer parameter to its end. */
 static bool run_with(store *st, const char *sql, long long arg)
 {

@@ -39,6 +39,19 @@
 bool processed_seen(store *st, const char *event_id);
 bool processed_mark(store *st, const char *event_id, const char *event_type);
 
+/* PostgreSQL: records the eventId before its handler runs, in one
+ * statement: 1 when this transaction now holds it (apply the event), 0 when
+ * it was applied already (a duplicate), -1 on error. Why first: replicas
+ * share the durable consumer, so two of them may hold the same event at
+ * once (a redelivery after BUS_ACK_WAIT_MS while the first is still at
+ * work); the second one's insert waits on the first's uncommitted row and
+ * then finds it (or, under SERIALIZABLE, is refused with 40001 and rerun,
+ * finding it then). An INSERT ... ON CONFLICT reads the index with a dirty
+ * snapshot and so takes no SSI predicate lock, unlike the SELECT of
+ * processed_seen: two replicas applying different events do not conflict
+ * over processed_events's index pages. */
+int processed_claim(store *st, const char *event_id, const char *event_type);
+
 /* One bounded step of upkeep in its own transaction, at time now_s (Unix
  * seconds): drops dead letters beyond dead_letters_max, and rotates the
  * generations when the current one is keep_s old. Returns 1 when more work

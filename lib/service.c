@@ -27,6 +27,7 @@
 #include "db.h"
 #include "store_pg.h"
 #include "durable.h"
+#include "instance.h"
 #include "log.h"
 #include "mem.h"
 #include "rep.h"
@@ -262,6 +263,13 @@ service *service_new(const char *name, int default_port)
     /* Staff only: the figures tell an outsider too much (load, backlog). */
     http_server_route_for(svc->pub.http, "GET", "/metrics", TOKEN_ROLE_STAFF, metrics_page, svc);
     metrics_add_collector(collect_process, NULL);
+    /* An info series, as Prometheus does for build facts: the instance is
+     * a label of one constant series, not of every series (a scrape's own
+     * target labels tell the replicas apart; this says which INSTANCE_ID
+     * the logs of that target carry). Both values are label-safe. */
+    char labels[160];
+    snprintf(labels, sizeof labels, "service=\"%s\",instance=\"%s\"", name, instance_id());
+    metrics_gauge_set("carshare_instance_info", labels, 1);
     the_service = svc;
     return &svc->pub;
 }

@@ -53,6 +53,7 @@
 #include "config.h"
 #include "durable.h"
 #include "log.h"
+#include "instance.h"
 #include "store_private.h"
 
 struct cached_stmt {
@@ -708,16 +709,16 @@ store *store_open(const char *service_name, const char *const *migrations)
         return NULL;
     }
     const char *db_path = config_str("DB_PATH", NULL);
-    if (db_path) return store_open_path(db_path, migrations);
-
     char file[256];
     snprintf(file, sizeof file, "%s.db", service_name);
-    char *path = config_data_path(file);
+    char *path = db_path ? strdup(db_path) : config_data_path(file);
     if (!path) {
         log_error("msg=\"no data directory for the database\" file=%s", file);
         return NULL;
     }
-    store *st = store_open_path(path, migrations);
+    /* One process per SQLite file (instance.h): claimed before the first
+     * write, so a second process changes nothing, not even a migration. */
+    store *st = instance_claim_sqlite(service_name, path) ? store_open_path(path, migrations) : NULL;
     free(path);
     return st;
 }

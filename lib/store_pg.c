@@ -52,6 +52,7 @@ struct pgstore {
     bool unavailable;       /* last failure: unreachable or too slow */
     bool retry;             /* last failure: serialization conflict */
     bool in_txn;
+    unsigned long session;  /* connections made so far: a reconnect adds one */
     char error[256];
 };
 
@@ -117,7 +118,10 @@ static void note_failure(struct pgstore *pg, const PGresult *res, const char *wh
     snprintf(pg->error, sizeof pg->error, "%s", msg && *msg ? msg : "unknown error");
     size_t n = strlen(pg->error);
     while (n && (pg->error[n - 1] == '\n' || pg->error[n - 1] == ' ')) pg->error[--n] = '\0';
-    pg->retry = sqlstate_retry(state);
+    /* Sticky until store_clear_failure: once a transaction lost a conflict,
+     * whatever its later statements say ("current transaction is aborted")
+     * is a consequence, and the answer is still to run it again. */
+    pg->retry = pg->retry || sqlstate_retry(state);
     pg->unavailable = !pg->retry &&
                       (sqlstate_unavailable(state) || PQstatus(pg->conn) != CONNECTION_OK);
     char e[300];
@@ -345,8 +349,26 @@ static bool reconnect(struct pgstore *pg)
         note_failure(pg, NULL, "reconnect");
         return false;
     }
+    pg->session++;
     log_info("msg=\"reconnected to PostgreSQL\" db=%s", pg->label);
     return true;
+}
+
+unsigned long store_pg_session(const store *st)
+{
+    struct pgstore *pg = store_pgstore(st);
+    return pg ? pg->session : 0;
+}
+
+bool store_pg_try_lock(store *st, long long key)
+{
+    char k[24];
+    const char *p[] = {store_pg_int(k, key)};
+    PGresult *r = store_pg_query(st, "SELECT pg_try_advisory_lock($1::bigint)", 1, p,
+                                 "advisory lock");
+    bool got = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    return got;
 }
 
 int pgstore_begin(struct pgstore *pg)

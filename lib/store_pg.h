@@ -83,6 +83,17 @@ bool store_should_retry(const store *st);
 /* Clears both marks before a unit of work. */
 void store_clear_failure(store *st);
 
+/* Which session the connection is in: a number that changes when the
+ * connection is re-opened (everything tied to the old session, such as
+ * advisory locks and LISTENs, is gone then). */
+unsigned long store_pg_session(const store *st);
+
+/* pg_try_advisory_lock(key), a session-level lock (outside or inside a
+ * transaction): true when this session holds it now. It is held until the
+ * session ends (the connection closes or breaks, the process dies); taking
+ * it again in the same session just stacks it. */
+bool store_pg_try_lock(store *st, long long key);
+
 /* From now on, connections under way and to come give up at once (a
  * service that is stopping must not wait seconds for a connect). */
 void store_pg_abandon_connects(void);
