@@ -83,7 +83,8 @@ void http_defer_cancel(void (*fn)(void *arg), void *arg)
 
 void http_drain_check(http_server *s)
 {
-    if (s->draining && s->inflight == 0 && s->unflushed == 0 && s->drain_done)
+    if (s->draining && s->inflight == 0 && s->unflushed == 0 && s->drain_done &&
+        (s->fresh == 0 || s->drain_grace_over))
         event_active(s->drain_event, EV_TIMEOUT, 0);
 }
 
@@ -202,6 +203,10 @@ static void on_request(struct evhttp_request *ev, void *arg)
     r->conn = http_conn_of(s, ev);
     if (r->conn)
         event_del(r->conn->deadline);
+    if (r->conn && r->conn->fresh) {
+        r->conn->fresh = false;
+        s->fresh--;
+    }
 
     destination d;
     http_route_resolve(s, r, raw_path, &d);
@@ -403,20 +408,19 @@ struct evconnlistener *http_listener_open(struct event_base *base, const char *h
     return l;
 }
 
-int http_server_listen(http_server *s, const char *host, int port)
+int http_server_listen_on(http_server *s, struct evconnlistener *listener, const char *host)
 {
     if (s->nbound == MAX_LISTENERS) {
-        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"too many listeners\"", host, port);
+        log_error("msg=\"cannot listen\" host=%s reason=\"too many listeners\"", host);
+        evconnlistener_free(listener);
         return -1;
     }
-    int bound_port = port;
-    struct evconnlistener *listener = http_listener_open(s->base, host, port, false, &bound_port);
-    if (!listener)
-        return -1;
+    int bound_port = http_listener_port(evconnlistener_get_fd(listener));
     /* From here evhttp owns the listener: evhttp_del_accept_socket frees it. */
     struct evhttp_bound_socket *b = evhttp_bind_listener(s->evhttp, listener);
     if (!b) {
-        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"out of memory\"", host, port);
+        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"out of memory\"", host,
+                  bound_port);
         evconnlistener_free(listener);
         return -1;
     }
@@ -429,6 +433,24 @@ int http_server_listen(http_server *s, const char *host, int port)
     return bound_port;
 }
 
+int http_server_listen(http_server *s, const char *host, int port)
+{
+    struct evconnlistener *listener = http_listener_open(s->base, host, port, false, NULL);
+    return listener ? http_server_listen_on(s, listener, host) : -1;
+}
+
+static void on_drain_grace(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *s = arg;
+    s->drain_grace_over = true;
+    if (s->fresh > 0)
+        log_info("msg=\"drain: closing connections that sent no request\" connections=%d",
+                 s->fresh);
+    http_drain_check(s);
+}
+
 void http_server_drain(http_server *s, void (*done)(void *arg), void *arg)
 {
     s->draining = true;
@@ -437,7 +459,21 @@ void http_server_drain(http_server *s, void (*done)(void *arg), void *arg)
     for (int i = 0; i < s->nbound; i++)
         evhttp_del_accept_socket(s->evhttp, s->bound[i]);
     s->nbound = 0;
-    log_info("msg=\"http draining\" inflight=%d unflushed=%d", s->inflight, s->unflushed);
+    /* Connections accepted just before the listener closed may not have
+     * sent their request yet (it may be on its way, or in the socket
+     * buffer unread): closing them would drop a request the client
+     * believes delivered. So the drain also waits, at most
+     * HTTP_DRAIN_NEW_CONN_MS, for each of them to bring its request (then
+     * answered with "Connection: close") or hang up. */
+    http_conn_adopt(-1, 0, s);
+    if (s->fresh > 0) {
+        long grace_ms = config_int("HTTP_DRAIN_NEW_CONN_MS", 2000, 0, 60000);
+        struct timeval tv = {grace_ms / 1000, (grace_ms % 1000) * 1000};
+        s->drain_grace = mem_must(evtimer_new(s->base, on_drain_grace, s));
+        evtimer_add(s->drain_grace, &tv);
+    }
+    log_info("msg=\"http draining\" inflight=%d unflushed=%d new_connections=%d", s->inflight,
+             s->unflushed, s->fresh);
     http_drain_check(s);
 }
 
@@ -479,6 +515,8 @@ void http_server_free(http_server *s)
         s->pool = next;
     }
     event_free(s->drain_event);
+    if (s->drain_grace)
+        event_free(s->drain_grace);
     http_route_free(s->root);
     free(s->fallback_label);
     free(s->fallback_metric_label);

@@ -104,6 +104,42 @@ struct evconnlistener;
 struct evconnlistener *http_listener_open(struct event_base *base, const char *host, int port,
                                           bool reuse_port, int *bound_port);
 
+/* Serves on a listener from http_listener_open or http_handover_take
+ * (takes it, even on failure). `host` names it in logs and in links
+ * without PUBLIC_BASE_URL. Returns the bound port or -1. */
+int http_server_listen_on(http_server *s, struct evconnlistener *listener, const char *host);
+
+/* ---- handing the listening socket to the next process (http_handover.c) ----
+ *
+ * A new release of a process takes over its port from the one running,
+ * with no connection refused or reset: the running process offers its
+ * listening socket on a Unix socket at `path` (HTTP_HANDOVER_SOCKET); the
+ * new one, starting, connects there and receives the very same listening
+ * socket (SCM_RIGHTS), as nginx does across a binary upgrade. Both then
+ * accept from one accept queue; the old one can stop at any time after:
+ * closing its copy of the descriptor closes nothing (the new process
+ * holds the socket), so no connection waiting in the queue is lost.
+ * Plain SO_REUSEPORT would give the new process a socket of its own, and
+ * the kernel resets whatever waits in the old socket's queue when it is
+ * closed (DESIGN.md, "Handing the gateway's port over").
+ *
+ * http_handover_take: before the loop runs (it waits, at most 2 s, for
+ * the running process's answer). A listener (without callback, as
+ * http_listener_open's) on the socket received, when a process answered
+ * at `path` with a listening socket on `port` (0: any); NULL when nobody
+ * answered (then bind as usual) -- or when what arrived is not usable,
+ * logged. */
+struct evconnlistener *http_handover_take(struct event_base *base, const char *path, int port);
+/* Offers `listen_fd` at `path` (replacing what is there: the path now
+ * names this process) until http_handover_stop; the descriptor must stay
+ * open that long. NULL when the path cannot be bound (logged). */
+typedef struct http_handover http_handover;
+http_handover *http_handover_offer(struct event_base *base, const char *path,
+                                   int listen_fd);
+/* Stops offering (before the listening socket is closed: a drain), and
+ * removes the path if it still names this process. NULL is a no-op. */
+void http_handover_stop(http_handover *h);
+
 /* Graceful shutdown: stop accepting connections, answer the requests in
  * flight, then call done(arg) once from the loop. */
 void http_server_drain(http_server *s, void (*done)(void *arg), void *arg);

@@ -257,6 +257,8 @@ void http_conn_adopt(evutil_socket_t fd, short what, void *arg)
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
         c->deadline = mem_must(evtimer_new(s->base, on_read_deadline, c));
         c->evcon = evcon;
+        c->fresh = true;
+        s->fresh++;
         http_frame_init(&c->frame, s->max_headers, s->max_body);
         evbuffer_add_cb(bufferevent_get_input(c->bev), on_input, c);
         /* One whole request at most waits unread (bounded buffering). */
@@ -324,6 +326,8 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
     }
     if (c->unflushed)
         s->unflushed--;
+    if (c->fresh)
+        s->fresh--;
     if (c->held)    /* libevent frees the request with the connection */
         http_defer_cancel(http_send_held_answer, c);
     if (c->prev) c->prev->next = c->next;

@@ -87,6 +87,7 @@ typedef struct http_conn {
     struct event *deadline;        /* the next request must be in by then */
     http_frame frame;              /* RFC 9112 framing of what it sent (http_frame.h) */
     bool refused;                  /* its bytes broke the framing: being closed */
+    bool fresh;                    /* accepted, no request yet (a drain waits for it) */
     bool rewriting;                /* putting bytes back without chunk extensions */
     struct http_conn *prev, *next; /* server's adopted list, or its unadopted list */
 } http_conn;
@@ -158,6 +159,9 @@ struct http_server {
     int inflight;                  /* received, not answered yet */
     int unflushed;                 /* answered, not yet written out */
     bool draining;
+    int fresh;                     /* connections with no request yet (http_conn.fresh) */
+    bool drain_grace_over;         /* HTTP_DRAIN_NEW_CONN_MS passed: fresh ones do not count */
+    struct event *drain_grace;
     void (*drain_done)(void *arg);
     void *drain_arg;
     struct event *drain_event;

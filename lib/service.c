@@ -17,6 +17,10 @@
  * service's own hooks, the bus first (its threads use the store), then the
  * store.
  *
+ * The public port may be handed from one release to the next
+ * (HTTP_HANDOVER_SOCKET: service_listen, lib/http_handover.c), so that a
+ * redeploy on one host refuses and resets no connection.
+ *
  * One service per process: the signal handler and the process gauges are
  * process-wide anyway, and the static pointer keeps the service reachable
  * (for LeakSanitizer) after service_run, which does not free what other
@@ -35,6 +39,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 
 #include <errno.h>
@@ -70,6 +75,7 @@ typedef struct {
     auth *auth;                 /* the token check of every guarded route */
     struct event *sigterm_event, *sigint_event;
     unsigned long long started_ms;
+    http_handover *handover;    /* HTTP_HANDOVER_SOCKET: the port offered to a new release */
 } service_impl;
 
 static service_impl *the_service;
@@ -207,6 +213,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
+    /* Before the drain closes the listening socket: no new process may be
+     * handed a descriptor that is about to go. */
+    http_handover_stop(svc->handover);
+    svc->handover = NULL;
     http_server_drain(svc->pub.http, on_drained, svc);
 }
 
@@ -482,10 +492,29 @@ int service_start_db(service *svc, db *d, bus *b)
     return 0;
 }
 
+/* The public port: with HTTP_HANDOVER_SOCKET, taken over from the running
+ * release if one answers there (http_handover.c), else bound with
+ * SO_REUSEPORT (so a new release can start beside a wedged one), and
+ * offered to the next release; otherwise bound as usual. */
+static int service_listen(service_impl *svc)
+{
+    service *pub = &svc->pub;
+    const char *path = config_str("HTTP_HANDOVER_SOCKET", NULL);
+    if (path == NULL || *path == '\0')
+        return http_server_listen(pub->http, pub->host, pub->port);
+    struct evconnlistener *l = http_handover_take(pub->base, path, pub->port);
+    if (l == NULL)
+        l = http_listener_open(pub->base, pub->host, pub->port, true, NULL);
+    int port = l ? http_server_listen_on(pub->http, l, pub->host) : -1;
+    if (port > 0)
+        svc->handover = http_handover_offer(pub->base, path, (int)evconnlistener_get_fd(l));
+    return port;
+}
+
 int service_run(service *pub)
 {
     service_impl *svc = (service_impl *)pub;
-    int port = http_server_listen(pub->http, pub->host, pub->port);
+    int port = service_listen(svc);
     if (port < 0) {
         run_stop_hooks(svc);
         return 1;
@@ -504,6 +533,8 @@ int service_run(service *pub)
      * stopped the loop. */
     run_stop_hooks(svc);
 
+    http_handover_stop(svc->handover);
+    svc->handover = NULL;
     event_free(svc->sigterm_event);
     event_free(svc->sigint_event);
     svc->sigterm_event = svc->sigint_event = NULL;
