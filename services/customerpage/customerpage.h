@@ -28,7 +28,9 @@
  * Rebuild. POST /admin/rebuild replays the stream (bus_replay) into shadow
  * tables while the live consumer keeps applying to the live tables AND to
  * the shadow ones, so nothing that arrives during the rebuild is lost; at
- * the end one transaction replaces the live tables by the shadow ones.
+ * the end one transaction replaces the live tables by the shadow ones. On
+ * PostgreSQL "a rebuild runs" is a row every replica's live handler reads,
+ * not the state of the replica that started it.
  *
  * Files: domain.c (the fold, no I/O), store.c (all SQL), policy.c (event
  * handlers and the rebuild), api.c (HTTP), main.c (wiring). */
@@ -124,6 +126,13 @@ long long page_store_rebuild_rows(store *st);
 long long page_store_rebuild_differences(store *st);
 /* Inside the caller's transaction: live := shadow, shadow emptied. */
 int page_store_swap_in_rebuild(store *st);
+/* Whether the live handler must also apply events to the shadow view: 1 or
+ * 0, -1 on error. SQLite: `here` (this process's rebuild state: one process
+ * per file). PostgreSQL: the flag in the database (page_rebuild), since a
+ * rebuild started on one replica must see the events the others apply. */
+int page_store_rebuilding(store *st, bool here);
+/* PostgreSQL: sets that flag (caller's transaction); SQLite: nothing. */
+int page_store_set_rebuilding(store *st, bool on);
 
 /* ---- store_pg.c: the same on PostgreSQL, called by store.c only ---- */
 
@@ -140,6 +149,8 @@ int page_pg_clear_rebuild(store *st);
 long long page_pg_rebuild_rows(store *st);
 long long page_pg_rebuild_differences(store *st);
 int page_pg_swap_in_rebuild(store *st);
+int page_pg_rebuilding(store *st);
+int page_pg_set_rebuilding(store *st, bool on);
 
 /* ---- policy.c ---- */
 

@@ -84,8 +84,12 @@ int customerpage_on_event(store *st, const json_t *event, const char *request_id
     long long order_id;
     apply_result rc = customerpage_apply(st, PAGE_LIVE, event, &order_id, err, errlen);
     if (rc < 0) return -1;
-    if (app && app->rebuild.state == REBUILD_RUNNING &&
-        customerpage_apply(st, PAGE_REBUILD, event, NULL, err, errlen) < 0)
+    int shadow = page_store_rebuilding(st, app && app->rebuild.state == REBUILD_RUNNING);
+    if (shadow < 0) {
+        snprintf(err, errlen, "database error: %s", store_error(st));
+        return -1;
+    }
+    if (shadow && customerpage_apply(st, PAGE_REBUILD, event, NULL, err, errlen) < 0)
         return -1;
     /* For the bus's one log line of the event (bus_handler). */
     snprintf(err, errlen, "orderId=%lld outcome=%s", order_id,
@@ -131,11 +135,22 @@ static int replay_event(store *st, const json_t *event, const char *request_id,
     return 0;
 }
 
-/* Empties the shadow tables (work of a unit, or at once on SQLite). */
+/* Empties the shadow tables and sets whether a rebuild runs, in one
+ * transaction (work of a unit, or at once on SQLite). */
+static bool clear_shadow(store *st, bool running)
+{
+    if (store_begin(st) != SQLITE_OK) return false;
+    if (page_store_clear_rebuild(st) == 0 && page_store_set_rebuilding(st, running) == 0 &&
+        store_commit(st) == SQLITE_OK)
+        return true;
+    store_rollback(st);
+    return false;
+}
+
 static void clear_work(store *st, void *arg)
 {
     bool *ok = arg;
-    *ok = page_store_clear_rebuild(st) == 0;
+    *ok = clear_shadow(st, false);
 }
 
 static void cleared(void *arg, db_status status)
@@ -175,7 +190,7 @@ static void swap_work(store *st, void *arg)
     j->differences = page_store_rebuild_differences(st);
     j->rows = page_store_rebuild_rows(st);
     if (j->differences < 0 || j->rows < 0 || page_store_swap_in_rebuild(st) < 0 ||
-        store_commit(st) != SQLITE_OK) {
+        page_store_set_rebuilding(st, false) < 0 || store_commit(st) != SQLITE_OK) {
         snprintf(j->why, sizeof j->why, "cannot swap in the rebuilt view: %s", store_error(st));
         store_rollback(st);
         return;
@@ -235,7 +250,7 @@ typedef struct start_job {
 static void start_work(store *st, void *arg)
 {
     start_job *j = arg;
-    clear_work(st, &j->ok);
+    j->ok = clear_shadow(st, true);
 }
 
 static void started(void *arg, db_status status)

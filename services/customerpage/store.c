@@ -383,6 +383,16 @@ long long page_store_rebuild_differences(store *st)
     return store_one_int(st, s, "compare live and rebuilt pages");
 }
 
+int page_store_rebuilding(store *st, bool here)
+{
+    return store_is_pg(st) ? page_pg_rebuilding(st) : here;
+}
+
+int page_store_set_rebuilding(store *st, bool on)
+{
+    return store_is_pg(st) ? page_pg_set_rebuilding(st, on) : 0;
+}
+
 int page_store_swap_in_rebuild(store *st)
 {
     if (store_is_pg(st)) return page_pg_swap_in_rebuild(st);

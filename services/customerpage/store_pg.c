@@ -48,6 +48,9 @@
 const char *const customerpage_pg_migrations[] = {
     EVENTS_TABLE("page_events") PAGES_TABLE("customer_pages")
     EVENTS_TABLE("page_events_rebuild") PAGES_TABLE("customer_pages_rebuild"),
+    /* 2: whether a rebuild runs, for every replica (page_pg_rebuilding). */
+    "CREATE TABLE page_rebuild (running INTEGER NOT NULL);"
+    "INSERT INTO page_rebuild VALUES (0);",
     NULL
 };
 
@@ -265,4 +268,23 @@ int page_pg_swap_in_rebuild(store *st)
         "  FROM customer_pages_rebuild;"
         "DELETE FROM page_events_rebuild;"
         "DELETE FROM customer_pages_rebuild;") == SQLITE_OK ? 0 : -1;
+}
+
+/* Read by every live event's transaction: under SERIALIZABLE, an event
+ * applied concurrently with the start or the swap is ordered before or
+ * after it by PostgreSQL (or rerun), so it lands in the shadow view or
+ * after the swap in the live one, never only in a live view about to be
+ * replaced. One read of a one-row table per event. */
+int page_pg_rebuilding(store *st)
+{
+    long long v = store_pg_one_int(st, "SELECT running FROM page_rebuild", 0, NULL,
+                                   "read the rebuild flag");
+    return v < 0 ? -1 : v != 0;
+}
+
+int page_pg_set_rebuilding(store *st, bool on)
+{
+    const char *p[] = {on ? "1" : "0"};
+    return store_pg_command(st, "UPDATE page_rebuild SET running = $1", 1, p,
+                            "set the rebuild flag") < 0 ? -1 : 0;
 }

@@ -279,6 +279,42 @@ def test_relay_leader_killed_mid_batch():
         print("relay: killed with %d of %d rows left; consumer duplicates %d" % (left, n, dup))
 
 
+# ---- PostgreSQL: a rebuild on one replica keeps what the others apply meanwhile ----
+
+def test_rebuild_on_one_replica_keeps_the_other_replicas_events():
+    if not ON_PG:
+        return
+    s = System(["customerpage"], env={"BUS_RETRY_MS": "50"})
+    with s:
+        b = start_replica(s, "customerpage", "customerpage-b")
+        both = ["customerpage", b]
+        # A stream long enough that the replay is still running when the rebuilding replica is
+        # frozen just after its 202.
+        n = 1500
+        publish_many(s, [rental_events(o, False)[0][0] for o in range(1, n + 1)])
+        wait_for(lambda: applied(s, both, "Ordered") == n, WAIT, "the replicas to apply the stream")
+        code, body, _ = s.call("POST", "customerpage", "/admin/rebuild")
+        s.freeze("customerpage")
+        check(code == 202, "rebuild: %d %r" % (code, body))
+        # Applied by the other replica while the rebuild runs on the frozen one (after its
+        # replay's end point): they must be in the view that the swap puts in place.
+        late = list(range(n + 1, n + 51))
+        before = applied(s, [b], "Ordered")
+        publish_many(s, [rental_events(o, False)[0][0] for o in late])
+        wait_for(lambda: applied(s, [b], "Ordered") >= before + len(late), WAIT,
+                 "the other replica to apply the late events")
+        s.thaw("customerpage")
+        result = wait_for(lambda: (lambda r: r if r["state"] in ("done", "failed") else None)(
+            s.call("GET", "customerpage", "/admin/rebuild")[1]), WAIT, "the rebuild to end")
+        check(result["state"] == "done", "rebuild: %r" % result)
+        missing = [o for o in late if s.call("GET", b, "/customerpages/%d" % o)[0] != 200]
+        check(not missing, "pages lost by the rebuild's swap: %r" % missing[:10])
+        check(psql(s, "customerpage", "SELECT running FROM page_rebuild") == ["0"],
+              "the rebuild flag is still set")
+        print("rebuild: replayed %s events, %d applied meanwhile by the other replica"
+              % (result.get("events"), len(late)))
+
+
 # ---- SQLite: one process per service ----
 
 def test_sqlite_refuses_a_second_process():
