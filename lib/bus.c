@@ -313,6 +313,19 @@ bool bus_setup_stream(bus *b, jsCtx *js)
         jsStreamInfo_Destroy(si);
         si = NULL;
         s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
+    } else if (s != NATS_OK && jerr == JSStorageResourcesExceededErr) {
+        /* nats-server (2.9, Debian's) reserves MaxBytes for a create before
+         * it sees that the stream exists: the second service's identical
+         * create fails once MaxBytes is over half of max_file_store (dev
+         * and compose: 1 GiB of 1.5). An existing stream is a success; if
+         * there is none, the storage error stands. */
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        jsErrCode create_err = jerr;
+        if (js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr) == NATS_OK)
+            s = NATS_OK;
+        else
+            jerr = create_err;
     }
     jsStreamInfo_Destroy(si);
     if (s != NATS_OK) {
