@@ -41,30 +41,47 @@ SERVICES = ["order", "delivery", "customerpage", "payment", "account", "gateway"
 
 
 class Layout:
-    """The dev overlay played by podman: start(), call() through the gateway, close()."""
+    """An overlay played by podman: start(), call() through the gateway, close().
 
-    def __init__(self):
+    instances: how many pods of a process to play (default one; each its own port, the
+    callers' URLs list them all); nats_servers: 1, or 3 for prod's JetStream cluster; sqlite:
+    processes played without the overlay's DATABASE_URL (kubeplay.py)."""
+
+    def __init__(self, overlay="dev", instances=None, nats_servers=1, sqlite=()):
+        self.overlay, self.sqlite = overlay, tuple(sqlite)
         self.images = {}
         self.ready_at = {}
-        self.ports = {name: free_port() for name in SERVICES}
-        self.ports.update({"nats-client": free_port(), "nats-cluster": free_port(),
-                           "nats-monitor": free_port()})
+        self.ports = {name: [free_port() for _ in range((instances or {}).get(name, 1))]
+                      for name in SERVICES}
+        self.ports["nats"] = [{"client": free_port(), "cluster": free_port(),
+                               "monitor": free_port()} for _ in range(nats_servers)]
+        self.ports["nats-client"] = self.ports["nats"][0]["client"]
+        if overlay == "prod":
+            self.ports["postgres"] = free_port()
         self.suffix = "-" + pm.RUN_ID
         self.tmp = tempfile.mkdtemp(prefix="carshare-kube-")
         self.play = os.path.join(self.tmp, "play.yaml")
+        self.calls = 0
 
     def render(self):
-        """kubectl kustomize of a copy of deploy/k8s whose dev secrets are this run's own."""
+        """kubectl kustomize of a copy of deploy/k8s whose secrets are this run's own, with the
+        images of this run (as `make deploy` names a registry's: scripts/deploy.sh)."""
         k8s = os.path.join(self.tmp, "k8s")
         shutil.copytree(os.path.join(pm.ROOT, "deploy", "k8s"), k8s,
                         ignore=shutil.ignore_patterns("secrets"))
-        overlay = os.path.join(k8s, "overlays", "dev")
+        overlay = os.path.join(k8s, "overlays", self.overlay)
         subprocess.run([os.path.join(pm.ROOT, "scripts", "k8s-secrets.sh"), overlay], check=True)
         self.account_key = os.path.join(overlay, "secrets", "tokens", "account.key")
-        out = subprocess.run(["kubectl", "kustomize", overlay], check=True, capture_output=True,
+        release = os.path.join(self.tmp, "release")
+        os.makedirs(release)
+        with open(os.path.join(release, "kustomization.yaml"), "w") as f:
+            f.write("bases:\n- ../k8s/overlays/%s\nimages:\n" % self.overlay)
+            for proc in pm.processes() + ["postgres"]:
+                f.write("- name: carshare-%s\n  newName: localhost/carshare-%s\n" % (proc, proc))
+        out = subprocess.run(["kubectl", "kustomize", release], check=True, capture_output=True,
                              text=True).stdout
         with open(self.play, "w") as f:
-            f.write(kubeplay.for_podman(out, self.ports, self.suffix, pm.TAG))
+            f.write(kubeplay.for_podman(out, self.ports, self.suffix, pm.TAG, sqlite=self.sqlite))
 
     def start(self):
         self.images = pm.build_images()
@@ -75,28 +92,37 @@ class Layout:
             try:
                 wait_for(lambda: self.ready(name), WAIT, name + " ready")
             except AssertionError:
-                print(pm.podman("logs", "--tail", "15", self.container(name), check=False))
+                for i in range(len(self.ports[name])):
+                    print(pm.podman("logs", "--tail", "15", self.container(name, i), check=False))
                 raise
             self.ready_at[name] = time.monotonic() - t0
         self.started_s = time.monotonic() - t0
-        print("     the dev layout was ready %.1f s after podman kube play (%s)" % (
-            self.started_s, ", ".join("%s %.1f" % kv for kv in self.ready_at.items())))
+        print("     the %s layout was ready %.1f s after podman kube play (%s)" % (
+            self.overlay, self.started_s, ", ".join("%s %.1f" % kv for kv in self.ready_at.items())))
 
-    def ready(self, name):
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/health/ready" % self.ports[name],
-                                        timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+    def ready(self, name, instance=None):
+        """Every instance of name (or the one given) answers /health/ready with 200."""
+        ports = self.ports[name] if instance is None else [self.ports[name][instance]]
+        for port in ports:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/health/ready" % port,
+                                            timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            except (urllib.error.URLError, OSError):
+                return False
+        return True
 
     def call(self, method, path, body=None, token=None):
-        """One request through the gateway; returns (status, JSON body)."""
+        """One request through a gateway (each instance in turn); returns (status, JSON body)."""
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = "Bearer " + token
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ports["gateway"], path),
+        gateways = self.ports["gateway"]
+        self.calls += 1
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (gateways[self.calls % len(gateways)],
+                                                                path),
                                      data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=15) as r:
@@ -123,17 +149,18 @@ class Layout:
                               "admin", "staff", "600"], check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
-    def container(self, name):
-        return "%s%s-pod-0-%s" % (name, self.suffix, name)
+    def container(self, name, instance=0):
+        pod = name if len(self.ports[name]) == 1 else "%s-%d" % (name, instance)
+        return "%s%s-pod-0-%s" % (pod, self.suffix, name)
 
-    def kill(self, name):
+    def kill(self, name, instance=0):
         """SIGKILL to the container's process, by its PID; returns the restart count before."""
-        state = pm.inspect("container", self.container(name))
+        state = pm.inspect("container", self.container(name, instance))
         os.kill(state["State"]["Pid"], signal.SIGKILL)
         return state["RestartCount"]
 
-    def restarts(self, name):
-        return pm.inspect("container", self.container(name))["RestartCount"]
+    def restarts(self, name, instance=0):
+        return pm.inspect("container", self.container(name, instance))["RestartCount"]
 
     def close(self):
         if os.path.exists(self.play):
@@ -219,7 +246,7 @@ def test_rental_flow_through_the_gateway():
     check(code == 200 and any(c["id"] == "1001" for c in items(body, "cars")), "cars %r" % body)
     kept = rent("kim")
     link = kept["_links"]["self"]["href"]
-    check(link == "http://127.0.0.1:%d/orders/%d" % (LAYOUT.ports["gateway"], kept["id"]),
+    check(link == "http://127.0.0.1:%d/orders/%d" % (LAYOUT.ports["gateway"][0], kept["id"]),
           "the rental's link %r does not lead through the gateway" % link)
     delivery(kept["id"], "Shipped")
     page("kim", kept["id"], "Shipped", 3)
