@@ -14,7 +14,6 @@ those ports instead of the headless Service's names (nats-<i>.nats-cluster:6222)
 """
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kubeplay  # noqa: E402
 import podman as pm  # noqa: E402
 import test_manifests as tm  # noqa: E402
 from harness import Proc, check, free_port, run, wait_for  # noqa: E402
@@ -45,16 +45,9 @@ def prod_configs():
 
 
 def node_conf(text, i):
-    """The prod nats.conf for node i on this machine's loopback ports."""
-    n = NODES[i]
-    text = re.sub(r"(?m)^port: \d+", "host: 127.0.0.1\nport: %d" % n["client"], text)
-    text = re.sub(r"(?m)^http_port: \d+", "http: 127.0.0.1:%d" % n["monitor"], text)
-    text = re.sub(r"(?m)^  port: 6222", "  host: 127.0.0.1\n  port: %d" % n["cluster"], text)
-    for j, other in enumerate(NODES):
-        text = text.replace("nats://nats-%d.nats-cluster:6222" % j,
-                            "nats://127.0.0.1:%d" % other["cluster"])
-    check("nats-cluster" not in text, "a route was not rewritten:\n" + text)
-    return text
+    """The prod nats.conf for node i on this machine's loopback ports (kubeplay.py's rewrite,
+    which the prod layout's play uses too)."""
+    return kubeplay.nats_node_conf(text, NODES, i)
 
 
 def monitor(i, path):
