@@ -12,7 +12,7 @@ IMAGE_TAG ?= dev
 OVERLAY ?= prod
 
 .PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz soak deps clean \
-        images test-containers run-containers stop-containers k8s-secrets k8s-render push \
+        images test-containers test-prod-layout run-containers stop-containers k8s-secrets k8s-render push \
         deploy rollout-status
 
 all: build
@@ -64,6 +64,14 @@ images: build
 
 test-containers: build
 	@scripts/test-containers.sh
+
+# The prod overlay played by podman kube play (tests/deploy/test_prod_layout.py): its PostgreSQL,
+# three nats-servers, two instances of the services that are safe as replicas, the rental flow
+# through both gateways, a payment instance killed. Not in `make test` (it adds about two
+# minutes on this machine, 13 containers); the pipeline runs it beside the images.
+test-prod-layout: build
+	@scripts/podman-setup.sh
+	@CARSHARE_BIN=$(CURDIR)/$(BUILD)/bin PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 tests/deploy/test_prod_layout.py
 
 # The whole system under podman-compose (deploy/compose.yaml); the gateway on 127.0.0.1:8088
 # (GATEWAY_PORT=... to change it). `make stop-containers` stops it.

@@ -383,7 +383,7 @@ def test_pipeline_steps_are_make_targets():
                    and "=" not in line.split(":")[0]}
     runs = {job: " ".join(s.get("run", "") for s in spec["steps"]) for job, spec in flow["jobs"].items()}
     for job, target in (("test", "make test"), ("images", "make images"), ("images", "make push"),
-                        ("deploy", "make deploy")):
+                        ("images", "make test-prod-layout"), ("deploy", "make deploy")):
         check(target in runs.get(job, ""), "job %s does not run %s" % (job, target))
         check(target.split()[1] in targets, "Makefile has no target %s" % target)
     check(flow["jobs"]["deploy"]["if"].startswith("startsWith(github.ref, 'refs/tags/"), "deploy not on tags")
