@@ -549,8 +549,9 @@ bool balance_done(balance_set *s, balance_instance *in, httpc_result result, boo
         return false;
     balance_state *st = balance_st(in);
     st->outstanding--;
-    if (!st->gone && balance_record(st, result, service_now_ms(), s->o.eject_failures,
-                                    s->o.eject_ms))
+    /* The clock only matters for an ejection: not read on the common path. */
+    unsigned long long now = result == HTTPC_OK ? 0 : service_now_ms();
+    if (!st->gone && balance_record(st, result, now, s->o.eject_failures, s->o.eject_ms))
         balance_ejected(in);
     if (st->gone && st->outstanding == 0)
         balance_schedule_reap(s);
