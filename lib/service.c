@@ -469,12 +469,20 @@ static void abandon_connects(void *arg)
     store_pg_abandon_connects();
 }
 
-int service_start_db(service *svc, db *d, bus *b)
+/* What a service on a database (db.h) needs before its bus, if any: group
+ * commit on SQLite (PostgreSQL's COMMIT waits for its own WAL flush), and
+ * HTTP's deferral, so that answers and calls wait for it (http.h). */
+static void prepare_db(service *svc, db *d)
 {
     if (!db_is_pg(d) && config_int("STORE_GROUP_COMMIT", 1, 0, 1) &&
         store_group_commit(db_store(d), svc->base) != 0)
         log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
     http_set_deferral(&group_commit);   /* answers and calls wait for group commit (http.h) */
+}
+
+int service_start_db(service *svc, db *d, bus *b)
+{
+    prepare_db(svc, d);
     if (bus_start(b) != 0) {
         log_error("msg=\"cannot start the event bus\"");
         bus_free(b);
@@ -490,6 +498,14 @@ int service_start_db(service *svc, db *d, bus *b)
     service_on_stop(svc, stop_bus, b);
     service_on_stop(svc, close_db, d);
     return 0;
+}
+
+void service_use_db(service *svc, db *d)
+{
+    prepare_db(svc, d);
+    service_ready_check(svc, "store_ready", db_ready, d);
+    if (db_is_pg(d)) service_on_stop(svc, abandon_connects, NULL);
+    service_on_stop(svc, close_db, d);
 }
 
 /* The public port: with HTTP_HANDOVER_SOCKET, taken over from the running

@@ -74,6 +74,11 @@ void service_dead_letters_route(http_server *s, bus *b);
 struct db;
 int service_start_db(service *svc, struct db *d, bus *b);
 
+/* The same for a service with a database and no bus (account): group
+ * commit and HTTP's deferral on SQLite, readiness "store_ready" from
+ * db_ready, db_close at stop. Takes d. */
+void service_use_db(service *svc, struct db *d);
+
 /* Listens and runs the loop until shutdown. Returns the exit code. */
 int service_run(service *svc);
 

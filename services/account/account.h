@@ -21,14 +21,21 @@
  * and forgiven when it was right, so that parallel guesses cannot slip
  * past the limit while their hashes are being computed.
  *
- * Files: domain.c (the rules: ids, passwords, throttling), store.c (all
- * SQL), hasher.c (Argon2id off the loop), common_passwords.c (the refused
- * list), api.c (HTTP), main.c (wiring, the staff account, the keys). */
+ * The database is SQLite by default or PostgreSQL (ACCOUNT_DATABASE_URL or
+ * DATABASE_URL, lib/db.h); every use of it is a unit of work (api.c), so
+ * on PostgreSQL neither the hashing nor the database is waited for on the
+ * loop.
+ *
+ * Files: domain.c (the rules: ids, passwords, throttling), session.c (the
+ * transactions), store.c (all SQL; store_pg.c its PostgreSQL twin),
+ * hasher.c (Argon2id off the loop), common_passwords.c (the refused list),
+ * api.c (HTTP), main.c (wiring, the staff account, the keys). */
 #ifndef CARSHARE_ACCOUNT_H
 #define CARSHARE_ACCOUNT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "db.h"
 #include "store.h"
 #include "token.h"
 
@@ -105,7 +112,7 @@ int hash_password_now(const char *password, char *out);
 
 /* ---- store.c ---- */
 
-store *account_store_open(void);
+extern const db_schema account_schema;     /* db_open(..., &account_schema) */
 store *account_store_open_path(const char *path);
 /* 1 created, 0 the id is taken, -1 error. Sets created_at. */
 int account_store_insert(store *st, account *a);
@@ -120,6 +127,48 @@ int failure_store_forgive(store *st, long long id);
 /* Deletes failures older than `before` (they no longer count). */
 int failure_store_prune(store *st, long long before);
 
+/* ---- session.c: transactions, each one unit of work's body ---- */
+
+/* Stores a new account in its own transaction (sets created_at): 1
+ * created, 0 the id is taken, -1 error. */
+int account_create(store *st, account *a);
+
+typedef enum {
+    SIGNIN_GO,                  /* recorded as a failure; verify the password */
+    SIGNIN_THROTTLED,           /* too many failures lately: retry_after */
+    SIGNIN_FAILED,              /* the database failed: nothing recorded */
+} signin_verdict;
+
+/* One sign-in attempt: customer_id (as the client wrote it, bounded) and
+ * now are the inputs; the rest is what signin_start found. */
+typedef struct signin_attempt {
+    char customer_id[ACCOUNT_ID_MAX + 1];
+    long long now;
+    long long retry_after;      /* THROTTLED: seconds (Retry-After) */
+    long long attempt;          /* GO: its failure row, forgiven on success */
+    bool found;                 /* GO: a real account, in `account` */
+    account account;
+} signin_attempt;
+
+/* In one transaction: the throttle over the id's recent failures, then
+ * the attempt recorded as a failure and the account read (account.h's
+ * header says why in that order). */
+signin_verdict signin_start(store *st, signin_attempt *at);
+
+/* Deletes the attempt's failure row (its password was right). 0 or -1. */
+int signin_forgive(store *st, long long attempt);
+
+/* ---- store_pg.c: the same on PostgreSQL (store.c calls them) ---- */
+
+extern const char *const account_pg_migrations[];
+int account_pg_insert(store *st, account *a);
+int account_pg_get(store *st, const char *customer_id, account *out);
+int failure_pg_recent(store *st, const char *customer_id, long long since, long long *out,
+                      int max);
+int failure_pg_add(store *st, const char *customer_id, long long at, long long *id);
+int failure_pg_forgive(store *st, long long id);
+int failure_pg_prune(store *st, long long before);
+
 /* ---- api.c ---- */
 
 typedef struct account_api_config {
@@ -129,6 +178,7 @@ typedef struct account_api_config {
     int token_ttl_s;            /* TOKEN_TTL_S, default 3600 */
 } account_api_config;
 
-void account_api_register(struct service *svc, store *st, const account_api_config *cfg);
+/* Registers the routes; their store work runs as units of work on d. */
+void account_api_register(struct service *svc, db *d, const account_api_config *cfg);
 
 #endif

@@ -10,15 +10,27 @@
  * A full hashing queue is a 503 with Retry-After: sign-ins are refused
  * fast rather than queued for seconds.
  *
+ * Every use of the database is a unit of work (lib/db_job.h): at once on
+ * the loop on SQLite, on a database thread on PostgreSQL, its answer on
+ * the loop; a database that is unreachable or too slow is a 503. A request
+ * is a chain of them around the hashing, one job carried through: the
+ * password it holds lives in sodium_malloc'ed memory (wiped when freed)
+ * until the hasher has its own copy.
+ *
+ * Sign-up: is the id taken (unit of work; 409 before ~100 ms of hashing)
+ * -> hash (hasher) -> store it (unit of work; ON CONFLICT decides races).
+ *
  * Sign-in, step by step (what makes the answers equal for unknown and
  * known ids, and the throttle hold under parallel guesses):
- *   1. the id's failures of the last 15 minutes: 5 or more -> 429;
- *   2. the attempt is recorded as a failure (before any hashing);
- *   3. the account is read; an unknown id takes the dummy hash;
- *   4. the password is verified on a worker thread -- same work either way;
- *   5. right password of a real account: the attempt is forgiven and a
- *      token answered (201); anything else: 401, "customerId or password
- *      is wrong", the same words for both. */
+ *   1. one transaction (session.c): the id's failures of the last 15
+ *      minutes, 5 or more -> 429; else the attempt is recorded as a
+ *      failure (before any hashing) and the account read; an unknown id
+ *      takes the dummy hash;
+ *   2. the password is verified on a worker thread -- same work either way;
+ *   3. right password of a real account: the attempt is forgiven (a unit
+ *      of work) and a token answered (201); anything else: 401,
+ *      "customerId or password is wrong", the same words for both. */
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +38,7 @@
 
 #include "account.h"
 #include "auth.h"
+#include "db_job.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
@@ -34,14 +47,15 @@
 
 #define WRONG_CREDENTIALS "customerId or password is wrong"
 #define PRUNE_EVERY_S 60
+#define DATABASE "the account database"
 
 typedef struct account_api {
-    store *st;
+    db *db;
     token_key *key;
     hasher *hasher;
     const char *dummy_hash;
     int token_ttl_s;
-    long long last_prune;
+    long long last_prune;        /* loop only */
 } account_api;
 
 static long long now_s(void)
@@ -64,35 +78,102 @@ static void refuse_busy(http_req *r)
                      "moment");
 }
 
+/* A copy of the password in guarded memory (sodium_malloc: not swapped,
+ * wiped by sodium_free), for the time between the request and the hasher. */
+static char *password_copy(const char *password)
+{
+    size_t n = strlen(password);
+    char *copy = mem_must(sodium_malloc(n + 1));    /* mem.h: the request's own */
+    memcpy(copy, password, n + 1);
+    return copy;
+}
+
+static void password_drop(char **password)
+{
+    if (*password) sodium_free(*password);
+    *password = NULL;
+}
+
 /* ---- POST /accounts ---- */
 
-typedef struct signup {
+typedef struct signup_job {
+    db_job job;                  /* db_job.h */
     account_api *api;
-    http_req *req;
+    char *password;              /* guarded; NULL once hashed */
     account a;
-} signup;
+    int found;                   /* the id before hashing: 1, 0, -1 */
+    int created;                 /* account_create: 1, 0 taken, -1 */
+} signup_job;
+
+static void signup_clear(db_job *job)
+{
+    signup_job *s = (signup_job *)job;
+    password_drop(&s->password);
+    explicit_bzero(&s->a, sizeof s->a);     /* the hash too */
+}
+
+static void create_work(store *st, void *arg)
+{
+    signup_job *s = arg;
+    s->created = account_create(st, &s->a);
+}
+
+static void create_done(void *arg, db_status status)
+{
+    signup_job *s = arg;
+    if (db_job_answered_unavailable(&s->job, status))
+        return;
+    http_req *r = s->job.req;
+    if (s->created > 0) {
+        log_info("req=%s msg=\"account created\" customer=%s", http_req_id(r),
+                 s->a.customer_id);
+        rep_reply_created(r, account_json(&s->a, http_req_base_url(r)));
+    } else if (s->created == 0) {
+        http_reply_error(r, 409, "customerId %s is taken", s->a.customer_id);
+    } else {
+        http_reply_error(r, 500, "the account could not be stored; please retry");
+    }
+    db_job_free(&s->job);
+}
 
 static void on_signup_hashed(const hash_result *res, void *arg)
 {
-    signup *s = arg;
-    http_req *r = s->req;
+    signup_job *s = arg;
     if (res->status != HASH_DONE) {
-        http_reply_error(r, 500, "the account could not be created; please retry");
-    } else {
-        snprintf(s->a.password_hash, sizeof s->a.password_hash, "%s", res->hash);
-        int rc = account_store_insert(s->api->st, &s->a);
-        if (rc > 0) {
-            log_info("req=%s msg=\"account created\" customer=%s", http_req_id(r),
-                     s->a.customer_id);
-            rep_reply_created(r, account_json(&s->a, http_req_base_url(r)));
-        } else if (rc == 0) {
-            http_reply_error(r, 409, "customerId %s is taken", s->a.customer_id);
-        } else {
-            http_reply_error(r, 500, "the account could not be stored; please retry");
-        }
+        http_reply_error(s->job.req, 500, "the account could not be created; please retry");
+        db_job_free(&s->job);
+        return;
     }
-    explicit_bzero(s, sizeof *s);
-    free(s);
+    snprintf(s->a.password_hash, sizeof s->a.password_hash, "%s", res->hash);
+    db_job_run(&s->job, create_work, create_done);
+}
+
+static void taken_work(store *st, void *arg)
+{
+    signup_job *s = arg;
+    account existing;
+    s->found = account_store_get(st, s->a.customer_id, &existing);
+    explicit_bzero(&existing, sizeof existing);
+}
+
+static void taken_done(void *arg, db_status status)
+{
+    signup_job *s = arg;
+    if (db_job_answered_unavailable(&s->job, status))
+        return;
+    http_req *r = s->job.req;
+    /* Taken ids are refused before the ~100 ms of hashing; the insert
+     * still decides races (ON CONFLICT). */
+    if (s->found != 0) {
+        http_reply_error(r, s->found > 0 ? 409 : 500, s->found > 0 ? "customerId %s is taken"
+                         : "the account %s could not be read", s->a.customer_id);
+    } else if (hasher_submit(s->api->hasher, s->password, NULL, on_signup_hashed, s)) {
+        password_drop(&s->password);    /* the hasher has its own copy */
+        return;                         /* on_signup_hashed goes on */
+    } else {
+        refuse_busy(r);
+    }
+    db_job_free(&s->job);
 }
 
 /* Reads and checks the sign-up; on a refusal answers 400 and returns false. */
@@ -131,38 +212,38 @@ static void post_account(http_req *r, void *arg)
     json_t *in = http_req_json(r);
     if (!in)
         return;
-    signup *s = calloc(1, sizeof *s);
+    signup_job *s = db_job_new(r, api->db, sizeof *s, DATABASE, signup_clear);
+    s->api = api;
     const char *password = NULL;
-    if (!s) {
-        http_reply_error(r, 500, "out of memory");
-    } else if (read_signup(r, in, &s->a, &password)) {
-        account existing;
-        int found = account_store_get(api->st, s->a.customer_id, &existing);
-        s->api = api;
-        s->req = r;
-        /* Taken ids are refused before the ~100 ms of hashing; the insert
-         * still decides races (ON CONFLICT). */
-        if (found != 0)
-            http_reply_error(r, found > 0 ? 409 : 500, found > 0 ? "customerId %s is taken"
-                             : "the account %s could not be read", s->a.customer_id);
-        else if (hasher_submit(api->hasher, password, NULL, on_signup_hashed, s))
-            s = NULL;   /* the callback answers and frees it */
-        else
-            refuse_busy(r);
-    }
-    free(s);
+    bool ok = read_signup(r, in, &s->a, &password);
+    if (ok)
+        s->password = password_copy(password);
     json_decref(in);
+    if (!ok) {
+        db_job_free(&s->job);
+        return;
+    }
+    db_job_run(&s->job, taken_work, taken_done);
 }
 
 /* ---- POST /sessions ---- */
 
-typedef struct signin {
+typedef struct signin_job {
+    db_job job;                  /* db_job.h */
     account_api *api;
-    http_req *req;
-    bool found;
-    account a;
-    long long attempt;           /* its failure row, forgiven on success */
-} signin;
+    char *password;              /* guarded; NULL once handed to the hasher */
+    bool prune;                  /* prune old failures first */
+    bool busy;                   /* forgiven because the hasher was full: 503 */
+    signin_verdict verdict;
+    signin_attempt at;
+} signin_job;
+
+static void signin_clear(db_job *job)
+{
+    signin_job *s = (signin_job *)job;
+    password_drop(&s->password);
+    explicit_bzero(&s->at, sizeof s->at);
+}
 
 static void answer_token(http_req *r, account_api *api, const account *a)
 {
@@ -180,51 +261,83 @@ static void answer_token(http_req *r, account_api *api, const account *a)
                                       "role", token_role_name(a->role)));
 }
 
-static void on_signin_verified(const hash_result *res, void *arg)
+static void forgive_work(store *st, void *arg)
 {
-    signin *s = arg;
-    http_req *r = s->req;
-    if (res->status == HASH_DONE && res->match && s->found) {
-        failure_store_forgive(s->api->st, s->attempt);
-        answer_token(r, s->api, &s->a);
-    } else {
-        log_info("req=%s msg=\"sign-in refused\" known=%s", http_req_id(r),
-                 s->found ? "yes" : "no");
-        http_set_header(r, "WWW-Authenticate", "Bearer realm=\"carshare\"");
-        http_reply_error(r, 401, WRONG_CREDENTIALS);
-    }
-    explicit_bzero(s, sizeof *s);
-    free(s);
+    signin_job *s = arg;
+    signin_forgive(st, s->at.attempt);
 }
 
-/* 429 when the id failed too often lately; false then (answered). */
-static bool throttle_allows(http_req *r, account_api *api, const char *id, long long now)
+/* The attempt is forgiven (or could not be: it then counts as one failure
+ * of five, which is no reason to refuse a right password or to keep a
+ * refusal from being answered): the answer does not depend on it. */
+static void forgive_done(void *arg, db_status status)
 {
-    long long times[2 * THROTTLE_MAX_FAILURES];
-    int n = failure_store_recent(api->st, id, now - THROTTLE_WINDOW_S, times,
-                                 (int)(sizeof times / sizeof times[0]));
-    if (n < 0) {
-        http_reply_error(r, 500, "sign-in is unavailable; please retry");
-        return false;
+    (void)status;
+    signin_job *s = arg;
+    if (s->busy)
+        refuse_busy(s->job.req);
+    else
+        answer_token(s->job.req, s->api, &s->at.account);
+    db_job_free(&s->job);
+}
+
+static void on_signin_verified(const hash_result *res, void *arg)
+{
+    signin_job *s = arg;
+    http_req *r = s->job.req;
+    if (res->status == HASH_DONE && res->match && s->at.found) {
+        db_job_run(&s->job, forgive_work, forgive_done);
+        return;
     }
-    long long wait = throttle_retry_after(times, n, now);
-    if (wait == 0)
-        return true;
+    log_info("req=%s msg=\"sign-in refused\" known=%s", http_req_id(r),
+             s->at.found ? "yes" : "no");
+    http_set_header(r, "WWW-Authenticate", "Bearer realm=\"carshare\"");
+    http_reply_error(r, 401, WRONG_CREDENTIALS);
+    db_job_free(&s->job);
+}
+
+static void refuse_throttled(http_req *r, long long wait)
+{
     char value[24];
     snprintf(value, sizeof value, "%lld", wait);
     http_set_header(r, "Retry-After", value);
     log_info("req=%s msg=\"sign-in throttled\" retry_after_s=%lld", http_req_id(r), wait);
     http_reply_error(r, 429, "too many failed sign-ins for this customerId; try again in %lld "
                      "seconds", wait);
-    return false;
 }
 
-static void prune_failures(account_api *api, long long now)
+static void start_work(store *st, void *arg)
 {
-    if (now - api->last_prune < PRUNE_EVERY_S)
+    signin_job *s = arg;
+    /* Old failures no longer count: an idempotent DELETE, apart from the
+     * attempt's transaction (it touches every id's rows). */
+    if (s->prune)
+        failure_store_prune(st, s->at.now - THROTTLE_WINDOW_S);
+    s->verdict = signin_start(st, &s->at);
+}
+
+static void start_done(void *arg, db_status status)
+{
+    signin_job *s = arg;
+    if (db_job_answered_unavailable(&s->job, status))
         return;
-    api->last_prune = now;
-    failure_store_prune(api->st, now - THROTTLE_WINDOW_S);
+    http_req *r = s->job.req;
+    if (s->verdict == SIGNIN_THROTTLED) {
+        refuse_throttled(r, s->at.retry_after);
+    } else if (s->verdict == SIGNIN_FAILED) {
+        http_reply_error(r, 500, "sign-in is unavailable; please retry");
+    } else {
+        const char *hash = s->at.found ? s->at.account.password_hash : s->api->dummy_hash;
+        bool queued = hasher_submit(s->api->hasher, s->password, hash, on_signin_verified, s);
+        password_drop(&s->password);
+        if (queued)
+            return;                     /* on_signin_verified goes on */
+        /* Not checked, so not a failure: take the attempt back. */
+        s->busy = true;
+        db_job_run(&s->job, forgive_work, forgive_done);
+        return;
+    }
+    db_job_free(&s->job);
 }
 
 /* The id as the client wrote it, bounded: an invalid one is just unknown. */
@@ -242,62 +355,76 @@ static bool read_signin(http_req *r, const json_t *in, char *id, size_t idlen,
     return true;
 }
 
-static void start_signin(http_req *r, account_api *api, signin *s, const char *password,
-                         long long now)
-{
-    if (failure_store_add(api->st, s->a.customer_id, now, &s->attempt) != 0) {
-        http_reply_error(r, 500, "sign-in is unavailable; please retry");
-        free(s);
-        return;
-    }
-    char id[ACCOUNT_ID_MAX + 1];
-    snprintf(id, sizeof id, "%s", s->a.customer_id);
-    int found = account_id_refusal(id) ? 0 : account_store_get(api->st, id, &s->a);
-    s->found = found > 0;
-    if (found < 0)
-        snprintf(s->a.customer_id, sizeof s->a.customer_id, "%s", id);
-    const char *hash = s->found ? s->a.password_hash : api->dummy_hash;
-    if (!hasher_submit(api->hasher, password, hash, on_signin_verified, s)) {
-        failure_store_forgive(api->st, s->attempt);
-        free(s);
-        refuse_busy(r);
-    }
-}
-
 static void post_session(http_req *r, void *arg)
 {
     account_api *api = arg;
     json_t *in = http_req_json(r);
     if (!in)
         return;
-    signin *s = calloc(1, sizeof *s);
+    signin_job *s = db_job_new(r, api->db, sizeof *s, DATABASE, signin_clear);
+    s->api = api;
     const char *password = NULL;
-    long long now = now_s();
-    if (!s) {
-        http_reply_error(r, 500, "out of memory");
-    } else if (read_signin(r, in, s->a.customer_id, sizeof s->a.customer_id, &password)
-               && throttle_allows(r, api, s->a.customer_id, now)) {
-        s->api = api;
-        s->req = r;
-        prune_failures(api, now);
-        start_signin(r, api, s, password, now);
-        s = NULL;   /* start_signin answers or hands it to the callback */
-    }
-    free(s);
+    bool ok = read_signin(r, in, s->at.customer_id, sizeof s->at.customer_id, &password);
+    if (ok)
+        s->password = password_copy(password);
     json_decref(in);
+    if (!ok) {
+        db_job_free(&s->job);
+        return;
+    }
+    s->at.now = now_s();
+    if (s->at.now - api->last_prune >= PRUNE_EVERY_S) {
+        api->last_prune = s->at.now;
+        s->prune = true;
+    }
+    db_job_run(&s->job, start_work, start_done);
 }
 
 /* ---- GET /accounts/{id} ---- */
+
+typedef struct read_job {
+    db_job job;                  /* db_job.h */
+    char id[ACCOUNT_ID_MAX + 1];
+    int found;
+    account a;
+} read_job;
+
+static void read_clear(db_job *job)
+{
+    read_job *j = (read_job *)job;
+    explicit_bzero(&j->a, sizeof j->a);
+}
+
+static void get_account_work(store *st, void *arg)
+{
+    read_job *j = arg;
+    j->found = account_store_get(st, j->id, &j->a);
+}
+
+static void get_account_done(void *arg, db_status status)
+{
+    read_job *j = arg;
+    if (db_job_answered_unavailable(&j->job, status))
+        return;
+    http_req *r = j->job.req;
+    rep_reply_found(r, j->found, j->found > 0 ? account_json(&j->a, http_req_base_url(r)) : NULL,
+                    "account", http_req_param(r, "id"));
+    db_job_free(&j->job);
+}
 
 static void get_account(http_req *r, void *arg)
 {
     account_api *api = arg;
     const char *id = http_req_param(r, "id");
-    account a;
-    /* Another customer's account is as unknown as a missing one. */
-    int found = auth_may_see(r, id) ? account_store_get(api->st, id, &a) : 0;
-    rep_reply_found(r, found, found > 0 ? account_json(&a, http_req_base_url(r)) : NULL,
-                    "account", id);
+    /* Another customer's account is as unknown as a missing one, and so is
+     * an id no account can have. */
+    if (!auth_may_see(r, id) || account_id_refusal(id)) {
+        rep_reply_found(r, 0, NULL, "account", id);
+        return;
+    }
+    read_job *j = db_job_new(r, api->db, sizeof *j, DATABASE, read_clear);
+    snprintf(j->id, sizeof j->id, "%s", id);
+    db_job_run(&j->job, get_account_work, get_account_done);
 }
 
 static void free_api(void *arg)
@@ -307,10 +434,10 @@ static void free_api(void *arg)
     free(api);
 }
 
-void account_api_register(service *svc, store *st, const account_api_config *cfg)
+void account_api_register(service *svc, db *d, const account_api_config *cfg)
 {
     account_api *api = mem_must(calloc(1, sizeof *api));
-    api->st = st;
+    api->db = d;
     api->key = cfg->key;
     api->hasher = cfg->hasher;
     api->dummy_hash = cfg->dummy_hash;

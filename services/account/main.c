@@ -19,6 +19,8 @@
  * Environment (every variable is optional):
  *   HOST, PORT              address to listen on (127.0.0.1:8085)
  *   DATA_DIR, DB_PATH       the database: DB_PATH, else $DATA_DIR/account.db
+ *   ACCOUNT_DATABASE_URL, DATABASE_URL   a postgres:// URL: PostgreSQL
+ *                           instead (lib/db.h; DB_POOL_SIZE etc. there)
  *   TOKEN_PRIVATE_KEY       the signing key (PEM), default
  *                           $DATA_DIR/keys/account.key; created on first
  *                           start (0600), its public half beside it (.pub)
@@ -136,7 +138,7 @@ static int ensure_staff(store *st)
     snprintf(a.name, sizeof a.name, "Staff");
     a.role = TOKEN_ROLE_STAFF;
     int rc = write_secret(path, password) == 0 && hash_password_now(password, a.password_hash) == 0
-             && account_store_insert(st, &a) > 0 ? 0 : -1;
+             && account_create(st, &a) > 0 ? 0 : -1;
     sodium_memzero(password, sizeof password);
     if (rc == 0)
         log_info("msg=\"staff account created; its password is in the file\" customer=%s "
@@ -171,11 +173,6 @@ static token_key *load_key(void)
     return k;
 }
 
-static void close_store(void *st)
-{
-    store_close(st);
-}
-
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "keygen") == 0)
@@ -192,13 +189,14 @@ int main(int argc, char **argv)
     log_info("msg=\"token signing key\" kid=%s", token_key_id(key));
 
     static char dummy_hash[ACCOUNT_HASH_MAX];
-    store *st = account_store_open();
-    if (!st || ensure_staff(st) != 0 || make_dummy_hash(dummy_hash) != 0) {
+    /* Main's own store (on PostgreSQL its own connection) for the start,
+     * before the loop runs: the staff account, then the units of work. */
+    db *d = db_open(svc->base, "account", &account_schema);
+    if (!d || ensure_staff(db_store(d)) != 0 || make_dummy_hash(dummy_hash) != 0) {
         log_error("msg=\"cannot open the account database or create the staff account\"");
+        db_close(d);
         return 1;
     }
-    if (store_group_commit(st, svc->base) != 0)
-        log_warn("msg=\"group commit unavailable: every commit syncs on its own\"");
     account_api_config cfg = {
         .key = key,
         .hasher = hasher_new(svc->base, (int)config_int("HASH_WORKERS", 2, 1, 8),
@@ -206,11 +204,15 @@ int main(int argc, char **argv)
         .dummy_hash = dummy_hash,
         .token_ttl_s = (int)config_int("TOKEN_TTL_S", 3600, 60, TOKEN_MAX_LIFETIME_S),
     };
-    if (!cfg.hasher)
+    if (!cfg.hasher) {
+        db_close(d);
         return 1;
-    account_api_register(svc, st, &cfg);
-    service_ready_check(svc, "store_ready", store_ready, st);
-    service_on_stop(svc, close_store, st);
+    }
+    account_api_register(svc, d, &cfg);
+    /* Group commit and the answers held for it (SQLite), readiness, and
+     * the database closed after the HTTP server drained (after the api's
+     * hook, which waits for the hashes still running). */
+    service_use_db(svc, d);
     int rc = service_run(svc);
     token_key_free(key);
     return rc;

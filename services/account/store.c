@@ -11,7 +11,11 @@
  *                     pruned; unknown ids get rows too, so the answers for
  *                     them cannot differ from those for real ones.
  * Statements are reset after use (no read stays open across a COMMIT);
- * errors are logged with the statement's purpose and reported as -1. */
+ * errors are logged with the statement's purpose and reported as -1.
+ *
+ * The same functions on PostgreSQL are in store_pg.c: each function here
+ * hands a PostgreSQL store over to its twin, so domain.c and api.c never
+ * ask which backend they run on. */
 #include "account.h"
 
 #include <stdio.h>
@@ -33,10 +37,7 @@ static const char *const account_migrations[] = {
     NULL
 };
 
-store *account_store_open(void)
-{
-    return store_open("account", account_migrations);
-}
+const db_schema account_schema = {account_migrations, account_pg_migrations};
 
 store *account_store_open_path(const char *path)
 {
@@ -55,6 +56,8 @@ static int fail(store *st, sqlite3_stmt *s, const char *what)
 
 int account_store_insert(store *st, account *a)
 {
+    if (store_is_pg(st))
+        return account_pg_insert(st, a);
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO accounts (customer_id, name, role, password_hash, created_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (customer_id) DO NOTHING");
@@ -90,6 +93,8 @@ static int read_account(sqlite3_stmt *s, void *row)
 
 int account_store_get(store *st, const char *customer_id, account *out)
 {
+    if (store_is_pg(st))
+        return account_pg_get(st, customer_id, out);
     sqlite3_stmt *s = store_prepare(st,
         "SELECT customer_id, name, role, password_hash, created_at FROM accounts"
         " WHERE customer_id = ?1");
@@ -110,6 +115,8 @@ static int read_time(sqlite3_stmt *s, void *row)
 int failure_store_recent(store *st, const char *customer_id, long long since, long long *out,
                          int max)
 {
+    if (store_is_pg(st))
+        return failure_pg_recent(st, customer_id, since, out, max);
     sqlite3_stmt *s = store_prepare(st,
         "SELECT at FROM sign_in_failures WHERE customer_id = ?1 AND at > ?2"
         " ORDER BY at, id LIMIT ?3");
@@ -127,6 +134,8 @@ int failure_store_recent(store *st, const char *customer_id, long long since, lo
 
 int failure_store_add(store *st, const char *customer_id, long long at, long long *id)
 {
+    if (store_is_pg(st))
+        return failure_pg_add(st, customer_id, at, id);
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO sign_in_failures (customer_id, at) VALUES (?1, ?2)");
     if (!s)
@@ -142,6 +151,8 @@ int failure_store_add(store *st, const char *customer_id, long long at, long lon
 
 int failure_store_forgive(store *st, long long id)
 {
+    if (store_is_pg(st))
+        return failure_pg_forgive(st, id);
     sqlite3_stmt *s = store_prepare(st, "DELETE FROM sign_in_failures WHERE id = ?1");
     if (!s)
         return -1;
@@ -154,6 +165,8 @@ int failure_store_forgive(store *st, long long id)
 
 int failure_store_prune(store *st, long long before)
 {
+    if (store_is_pg(st))
+        return failure_pg_prune(st, before);
     sqlite3_stmt *s = store_prepare(st, "DELETE FROM sign_in_failures WHERE at <= ?1");
     if (!s)
         return -1;

@@ -80,7 +80,7 @@ UPSTREAM_PATHS = {"ORDER_URL": ("/orders", "/cars"), "PAYMENT_URL": ("/payments"
                   "DELIVERY_URL": ("/deliveries", "/cancellations"),
                   "CUSTOMERPAGE_URL": ("/customerpages",), "ACCOUNT_URL": ("/accounts", "/sessions")}
 # The services whose store has a PostgreSQL version (issue 13 ports them one by one).
-PG_SERVICES = ["payment", "delivery", "customerpage"]
+PG_SERVICES = ["account", "payment", "delivery", "customerpage"]
 DB = os.environ.get("CARSHARE_DB", "sqlite")
 URL_VARS = {"order": "ORDER_URL", "payment": "PAYMENT_URL", "delivery": "DELIVERY_URL",
             "customerpage": "CUSTOMERPAGE_URL", "account": "ACCOUNT_URL"}

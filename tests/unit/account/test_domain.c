@@ -11,6 +11,7 @@
 #include "account.h"
 #include "testing.h"
 #include "testing_store.h"
+#include "store_cases.h"
 
 static void test_ids(void)
 {
@@ -152,7 +153,7 @@ static void test_hasher(void)
     event_base_free(base);
 }
 
-/* ---- the store ---- */
+/* ---- the store (store_cases.h; test_store_pg.c: the same on PostgreSQL) ---- */
 
 static void test_store(void)
 {
@@ -164,33 +165,7 @@ static void test_store(void)
     CHECK(st != NULL);
     if (!st)
         return;
-    account a = {.role = TOKEN_ROLE_CUSTOMER};
-    snprintf(a.customer_id, sizeof a.customer_id, "kim");
-    snprintf(a.name, sizeof a.name, "Kim Minji");
-    snprintf(a.password_hash, sizeof a.password_hash, "$argon2id$v=19$fake");
-    CHECK_INT(account_store_insert(st, &a), 1);
-    CHECK_INT(account_store_insert(st, &a), 0);   /* taken */
-    account got;
-    CHECK_INT(account_store_get(st, "kim", &got), 1);
-    CHECK_STR(got.name, "Kim Minji");
-    CHECK_INT(got.role, TOKEN_ROLE_CUSTOMER);
-    CHECK_STR(got.password_hash, a.password_hash);
-    CHECK(got.created_at[0] != '\0');
-    CHECK_INT(account_store_get(st, "lee", &got), 0);
-
-    long long id1, id2, id3, times[8];
-    CHECK_INT(failure_store_add(st, "kim", 100, &id1), 0);
-    CHECK_INT(failure_store_add(st, "kim", 200, &id2), 0);
-    CHECK_INT(failure_store_add(st, "lee", 150, &id3), 0);
-    CHECK_INT(failure_store_recent(st, "kim", 50, times, 8), 2);
-    CHECK_INT(times[0], 100);
-    CHECK_INT(times[1], 200);
-    CHECK_INT(failure_store_recent(st, "kim", 150, times, 8), 1);
-    CHECK_INT(failure_store_forgive(st, id2), 0);
-    CHECK_INT(failure_store_recent(st, "kim", 0, times, 8), 1);
-    CHECK_INT(failure_store_prune(st, 160), 0);
-    CHECK_INT(failure_store_recent(st, "kim", 0, times, 8), 0);
-    CHECK_INT(failure_store_recent(st, "lee", 0, times, 8), 0);
+    check_account_store(st);
     store_close(st);
     temp_dir_remove(dir);
 }
