@@ -9,7 +9,14 @@
  * 503 at once rather than piling up work whose clients have given up.
  *
  * Thread 0 also pings the database after a second without work, which keeps
- * the readiness flag true to the server's state while nothing happens. */
+ * the readiness flag true to the server's state while nothing happens.
+ *
+ * /metrics (PostgreSQL only): carshare_db_queue_depth and
+ * carshare_db_units_in_flight (read under the queue's mutex when /metrics
+ * is rendered, by a collector: nothing to keep up to date per unit),
+ * carshare_db_serialization_retries_total, carshare_db_unavailable_total
+ * (units whose `done` got DB_UNAVAILABLE) and carshare_db_refused_total
+ * (db_run said no); store_pg.c counts statement timeouts and reconnects. */
 #include "db.h"
 
 #include <pthread.h>
@@ -24,6 +31,7 @@
 #include "config.h"
 #include "log.h"
 #include "mem.h"
+#include "metrics.h"
 #include "store_pg.h"
 
 #define PING_MS 1000
@@ -57,6 +65,8 @@ struct db {
     pthread_cond_t cond;    /* work queued, or stopping */
     struct job *head, *tail;
     long queued;
+    long running;           /* units of work between take and finish */
+    bool collecting;        /* collect_pool registered */
     bool stopping;
     struct job *finished, *finished_tail;
     struct event *wake;
@@ -147,6 +157,7 @@ bool db_run(db *d, db_work_fn work, db_done_fn done, void *arg)
     pthread_mutex_unlock(&d->mu);
     if (!ok) {
         free(j);
+        metrics_counter_add("carshare_db_refused_total", "", 1);
         log_warn("msg=\"database queue full or closing: unit of work refused\" queued=%ld", d->queued);
     }
     return ok;
@@ -171,6 +182,7 @@ static void run_job(struct worker *w, struct job *j)
         /* A unit that forgot its transaction must not leave it open. */
         if (store_in_transaction(st)) store_rollback(st);
         if (!store_should_retry(st) || attempt >= w->d->retries) break;
+        metrics_counter_add("carshare_db_serialization_retries_total", "", 1);
         struct timespec pause = {0, (attempt + 1) * 200000L};   /* 0.2, 0.4 ... ms */
         nanosleep(&pause, NULL);
     }
@@ -180,7 +192,10 @@ static void run_job(struct worker *w, struct job *j)
 
 static void finish(db *d, struct job *j)
 {
+    if (j->status == DB_UNAVAILABLE)
+        metrics_counter_add("carshare_db_unavailable_total", "", 1);
     pthread_mutex_lock(&d->mu);
+    d->running--;
     j->next = NULL;
     if (d->finished_tail) d->finished_tail->next = j;
     else d->finished = j;
@@ -237,6 +252,7 @@ static void *worker_main(void *arg)
         d->head = j->next;
         if (!d->head) d->tail = NULL;
         d->queued--;
+        d->running++;
         pthread_mutex_unlock(&d->mu);
         if (worker_connect(w)) run_job(w, j);
         else j->status = DB_UNAVAILABLE;     /* work never ran */
@@ -245,6 +261,18 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&d->mu);
     return NULL;
+}
+
+/* ---- /metrics ---- */
+
+static void collect_pool(void *arg)
+{
+    db *d = arg;
+    pthread_mutex_lock(&d->mu);
+    long queued = d->queued, running = d->running;
+    pthread_mutex_unlock(&d->mu);
+    metrics_gauge_set("carshare_db_queue_depth", "", (double)queued);
+    metrics_gauge_set("carshare_db_units_in_flight", "", (double)running);
 }
 
 /* ---- open / close ---- */
@@ -270,6 +298,8 @@ static bool start_workers(db *d)
     d->wake = event_new(d->base, -1, 0, on_wake, d);
     d->workers = calloc((size_t)d->nworkers, sizeof *d->workers);
     if (!d->wake || !d->workers) return false;
+    metrics_add_collector(collect_pool, d);
+    d->collecting = true;
     for (int i = 0; i < d->nworkers; i++) {
         d->workers[i] = (struct worker){.d = d, .index = i};
         if (pthread_create(&d->workers[i].thread, NULL, worker_main, &d->workers[i]) != 0) {
@@ -339,6 +369,7 @@ db *db_of_store(struct event_base *base, store *st)
 void db_close(db *d)
 {
     if (!d) return;
+    if (d->collecting) metrics_remove_collector(collect_pool, d);
     if (d->workers) {
         pthread_mutex_lock(&d->mu);
         d->stopping = true;

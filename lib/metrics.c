@@ -245,6 +245,18 @@ void metrics_add_collector(metrics_collector fn, void *arg)
     pthread_mutex_unlock(&registry_lock);
 }
 
+void metrics_remove_collector(metrics_collector fn, void *arg)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < collector_count; i++) {
+        if (collectors[i].fn == fn && collectors[i].arg == arg) {
+            collectors[i] = collectors[--collector_count];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
 /* Prometheus text format for a sample value. */
 static const char *format_value(char *buf, size_t size, double v)
 {
@@ -278,6 +290,13 @@ static const char *help_for(const char *name)
         {"carshare_instance_info", "Always 1: which service and instance (INSTANCE_ID) this process is."},
         {"carshare_bus_relay_leader", "1 while this process's outbox relay publishes for its service (PostgreSQL: one per database), 0 while it stands by."},
         {"carshare_bus_conflict_reruns_total", "Consumer transactions PostgreSQL refused for a serialization conflict and rerun in place."},
+        {"carshare_db_queue_depth", "PostgreSQL: units of work waiting for a database thread."},
+        {"carshare_db_units_in_flight", "PostgreSQL: units of work running on the database threads."},
+        {"carshare_db_serialization_retries_total", "PostgreSQL: units of work run again after a serialization conflict or deadlock (40001, 40P01)."},
+        {"carshare_db_unavailable_total", "PostgreSQL: units of work that found the database unreachable or too slow (answered 503)."},
+        {"carshare_db_refused_total", "PostgreSQL: units of work refused at once, the queue being full or the database closing (answered 503)."},
+        {"carshare_db_statement_timeouts_total", "PostgreSQL: statements cancelled at DB_STATEMENT_TIMEOUT_MS (57014)."},
+        {"carshare_db_reconnects_total", "PostgreSQL: attempts to re-open a lost connection, by outcome."},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(known[i].name, name))

@@ -31,6 +31,9 @@ const char *metrics_route_labels(char *out, unsigned long size, const char *rout
  * to compute on demand (outbox backlog, consumer lag). */
 typedef void (*metrics_collector)(void *arg);
 void metrics_add_collector(metrics_collector fn, void *arg);
+/* Forgets a collector (its arg is going away). Call it where renders run
+ * (the loop), so that none is running it meanwhile. */
+void metrics_remove_collector(metrics_collector fn, void *arg);
 
 /* Appends the Prometheus text exposition of every series to out. */
 void metrics_render(struct evbuffer *out);

@@ -31,6 +31,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "store_private.h"
 
 /* Any 64-bit number the services do not use for their own locks. */
@@ -122,6 +123,8 @@ static void note_failure(struct pgstore *pg, const PGresult *res, const char *wh
      * whatever its later statements say ("current transaction is aborted")
      * is a consequence, and the answer is still to run it again. */
     pg->retry = pg->retry || sqlstate_retry(state);
+    if (state && strcmp(state, "57014") == 0)
+        metrics_counter_add("carshare_db_statement_timeouts_total", "", 1);
     pg->unavailable = !pg->retry &&
                       (sqlstate_unavailable(state) || PQstatus(pg->conn) != CONNECTION_OK);
     char e[300];
@@ -345,7 +348,9 @@ static bool reconnect(struct pgstore *pg)
 {
     bool up = PQresetStart(pg->conn) && wait_connected(pg->conn, true);
     cache_forget_prepared(pg);
-    if (!up || PQstatus(pg->conn) != CONNECTION_OK) {
+    up = up && PQstatus(pg->conn) == CONNECTION_OK;
+    metrics_count_outcome("carshare_db_reconnects_total", up ? "ok" : "failed");
+    if (!up) {
         note_failure(pg, NULL, "reconnect");
         return false;
     }

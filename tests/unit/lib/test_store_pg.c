@@ -9,18 +9,23 @@
  * unavailable), a connection cut by the server coming back by itself,
  * readiness, and the start-up errors that must name the setting: a wrong
  * password, a missing database, a URL of another scheme, a service without
- * a PostgreSQL schema. */
+ * a PostgreSQL schema. And the pool's figures on /metrics: each count
+ * checked against what the test itself saw happen (reruns, one statement
+ * timeout, one unavailable unit, reconnects), and the gauges seen from
+ * inside a running unit of work (one in flight, none queued). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "store_pg.h"
 #include "testing.h"
 
@@ -161,7 +166,65 @@ static void bump_done(void *arg, db_status status)
     if (++*b->finished == b->expect) event_base_loopbreak(b->base);
 }
 
-static void test_pool_retries_conflicts(struct event_base *base, db *d)
+/* ---- /metrics ---- */
+
+/* The value of the series written exactly `series` (name, and labels in
+ * braces if any) on /metrics now; 0 when it is not there yet. */
+static double metric(const char *series)
+{
+    struct evbuffer *b = evbuffer_new();
+    metrics_render(b);
+    evbuffer_add(b, "", 1);
+    const char *text = (const char *)evbuffer_pullup(b, -1);
+    size_t n = strlen(series);
+    double v = 0;
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, series, n) == 0 && p[n] == ' ') {
+            v = strtod(p + n + 1, NULL);
+            break;
+        }
+    }
+    evbuffer_free(b);
+    return v;
+}
+
+struct gauges {
+    double in_flight, queued;
+    struct event_base *base;
+};
+
+static void gauges_work(store *st, void *arg)
+{
+    (void)st;
+    struct gauges *g = arg;
+    g->in_flight = metric("carshare_db_units_in_flight");
+    g->queued = metric("carshare_db_queue_depth");
+}
+
+static void gauges_done(void *arg, db_status status)
+{
+    (void)status;
+    struct gauges *g = arg;
+    event_base_loopbreak(g->base);
+}
+
+/* Alone on the pool, a unit of work sees itself in flight, nobody queued;
+ * once it is done, nothing is in flight. */
+static void test_pool_gauges(struct event_base *base, db *d)
+{
+    struct gauges g = {.in_flight = -1, .queued = -1, .base = base};
+    CHECK(db_run(d, gauges_work, gauges_done, &g));
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    CHECK(g.in_flight == 1);
+    CHECK(g.queued == 0);
+    CHECK(metric("carshare_db_units_in_flight") == 0);
+    CHECK(metric("carshare_db_queue_depth") == 0);
+}
+
+/* ---- the pool ---- */
+
+/* Returns how many times units of work were run again. */
+static int test_pool_retries_conflicts(struct event_base *base, db *d)
 {
     enum { N = 8 };
     store *st = db_store(d);
@@ -174,14 +237,16 @@ static void test_pool_retries_conflicts(struct event_base *base, db *d)
     }
     event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
     CHECK_INT(finished, N);
-    int reran = 0;
+    int reran = 0, reruns = 0;
     for (int i = 0; i < N; i++) {
         CHECK_INT(b[i].status, DB_DONE);
         reran += b[i].ran > 1;
+        reruns += b[i].ran - 1;
     }
     /* Every increment is there: the lost updates were retried, not lost. */
     CHECK_INT(value_of(st, 2), before + N);
     fprintf(stderr, "units of work run again after a conflict: %d of %d\n", reran, N);
+    return reruns;
 }
 
 struct sleeper {
@@ -285,9 +350,21 @@ int main(void)
     if (d) {
         CHECK(db_is_pg(d));
         CHECK(db_ready(d));
-        test_pool_retries_conflicts(base, d);
+        double retries = metric("carshare_db_serialization_retries_total");
+        int reruns = test_pool_retries_conflicts(base, d);
+        CHECK_INT((long long)(metric("carshare_db_serialization_retries_total") - retries), reruns);
+
+        double timeouts = metric("carshare_db_statement_timeouts_total");
+        double unavailable = metric("carshare_db_unavailable_total");
         test_deadline_cancels(base, d);
+        CHECK_INT((long long)(metric("carshare_db_statement_timeouts_total") - timeouts), 1);
+        CHECK_INT((long long)(metric("carshare_db_unavailable_total") - unavailable), 1);
+
+        double reconnects = metric("carshare_db_reconnects_total{outcome=\"ok\"}");
         test_reconnects(base, d);
+        CHECK(metric("carshare_db_reconnects_total{outcome=\"ok\"}") > reconnects);
+
+        test_pool_gauges(base, d);
         db_close(d);
     }
     unsetenv("DATABASE_URL");
