@@ -24,6 +24,14 @@ generator (wrk, driven by load.lua), with the same threads and connections:
                     rental's 201 to GET /customerpages/search/findByOrderId showing Shipped
   max_rss_mb        the largest VmRSS (resident now, not the peak) of the five services at
                     the end of the run; the table also shows each one's VmHWM (peak)
+  cpu_ms_per_rental CPU time (user + system) of the whole system per accepted rental, over
+                    the rentals load and the settling after it (the events it left are part
+                    of a rental's cost): the services, nats-server and, with
+                    CARSHARE_DB=postgres, the PostgreSQL server (its postmaster and every
+                    child: backends, WAL writer, checkpointer; children that exited meanwhile
+                    through the postmaster's cutime/cstime). The table splits it by process.
+  db                sqlite or postgres (CARSHARE_DB, `make bench DB=postgres`): where the
+                    services that have a PostgreSQL store keep their data
 
 Between measurements the script waits for the system to go idle (the event consumers may
 still be draining the backlog a load left behind), so that no figure pays for the one before.
@@ -375,22 +383,73 @@ def run_wrk(label, port, path, seconds, mode, expect):
 
 # ---------------------------------------------------------------- idleness, memory
 
-def cpu_ticks(pids):
+def stat_fields(pid):
+    """/proc/PID/stat after the command name (fields[0] is the state), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_ticks(pids, waited_children=False):
+    """utime + stime of the pids; with waited_children, also the CPU of their children that
+    exited and were reaped (cutime + cstime)."""
     total = 0
     for pid in pids:
+        fields = stat_fields(pid)
         try:
-            with open("/proc/%d/stat" % pid) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])   # utime, stime
-        except (OSError, IndexError, ValueError):
+            if waited_children:
+                total += int(fields[13]) + int(fields[14])   # cutime, cstime
+        except (TypeError, IndexError, ValueError):
             pass
     return total
+
+
+def children_of(parent):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = stat_fields(int(entry))
+            if fields and len(fields) > 1 and fields[1] == str(parent):
+                found.append(int(entry))
+    return found
+
+
+def postmaster_pid():
+    """The PostgreSQL server the system runs on (the harness's private one), or None."""
+    pg = harness._postgres.get("server") if harness.DB == "postgres" else None
+    return pg.pid if pg is not None and pg.running() else None
+
+
+def system_cpu_ticks(system):
+    """{process: ticks so far} for the services, nats-server and the PostgreSQL server (its
+    postmaster with its children, live and reaped)."""
+    ticks = {name: cpu_ticks([p.pid]) for name, p in system.procs.items() if p.running()}
+    pm = postmaster_pid()
+    if pm:
+        ticks["postgres"] = cpu_ticks([pm], waited_children=True) + cpu_ticks(children_of(pm))
+    return ticks
+
+
+def cpu_per_rental(before, after, rentals):
+    """CPU ms per rental, in total and by process, between two system_cpu_ticks."""
+    if not rentals:
+        return None
+    tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    by = {name: (after[name] - before.get(name, 0)) * tick_ms / rentals for name in after}
+    return {"ms_per_rental": sum(by.values()), "by_process_ms": by, "rentals": rentals,
+            "postgres_ms_per_rental": by.get("postgres")}
 
 
 def wait_idle(system, timeout=60.0):
     """Waits until nats-server and the services use (almost) no CPU: the event backlog a
     load left behind has been drained. Returns the milliseconds it took."""
     pids = [p.pid for p in system.procs.values() if p.running()]
+    pm = postmaster_pid()
+    if pm:
+        pids += [pm] + children_of(pm)
     t0 = time.monotonic()
     quiet = 0
     last = cpu_ticks(pids)
@@ -555,6 +614,11 @@ def print_table(res):
         "%s %s" % (name, fmt(at, 0)) for name, at in sorted(res["ready_ms"].items(), key=lambda x: x[1]))))
     print("settle after rentals      %s ms (event backlog drained, system idle)" %
           fmt(res["settle_ms"], 0))
+    cpu = res.get("cpu") or {}
+    print("CPU per rental            %s ms on %s (%s)" % (
+        fmt(cpu.get("ms_per_rental"), 3), res["db"], ", ".join(
+            "%s %s" % (name, fmt(v, 3)) for name, v in sorted(
+                (cpu.get("by_process_ms") or {}).items(), key=lambda x: -x[1]))))
     print("lag 201 -> Shipped        p50 %s  p90 %s  p99 %s  max %s ms (%s samples, %s lost, "
           "background %s rentals/s)" % (
               fmt(lag.get("p50_ms")), fmt(lag.get("p90_ms")), fmt(lag.get("p99_ms")),
@@ -574,11 +638,13 @@ def summary_line(res):
     rentals = res["wrk"].get("rentals")
     errors = rentals["errors"] if rentals else None
     return ("bench: rentals_per_s=%s hello_per_s=%s ratio=%s p50_ms=%s p99_ms=%s lag_p99_ms=%s "
-            "gateway_vs_nginx=%s max_rss_mb=%s start_ms=%s errors=%s" % (
+            "gateway_vs_nginx=%s max_rss_mb=%s start_ms=%s errors=%s cpu_ms_per_rental=%s "
+            "db=%s" % (
                 fmt(per_s(rentals), 0), fmt(per_s(res["wrk"].get("hello")), 0),
                 fmt(res["ratio"], 3), fmt(ms(rentals, "p50_us"), 2), fmt(ms(rentals, "p99_us"), 2),
                 fmt((res["lag"] or {}).get("p99_ms"), 1), fmt(res["gateway_vs_nginx"], 3),
-                fmt(res["max_rss_mb"], 1), fmt(res["start_ms"], 0), fmt(errors)))
+                fmt(res["max_rss_mb"], 1), fmt(res["start_ms"], 0), fmt(errors),
+                fmt((res.get("cpu") or {}).get("ms_per_rental"), 3), res["db"]))
 
 
 # ---------------------------------------------------------------- the run
@@ -613,8 +679,12 @@ def measure_rentals(system, res):
     if WARMUP_SECONDS > 0:
         run_wrk("warm-up", gw, "/orders", WARMUP_SECONDS, "rent", 201)
         wait_idle(system)
-    res["wrk"]["rentals"] = run_wrk("rentals", gw, "/orders", SECONDS, "rent", 201)
+    before = system_cpu_ticks(system)
+    res["wrk"]["rentals"] = r = run_wrk("rentals", gw, "/orders", SECONDS, "rent", 201)
     res["settle_ms"] = wait_idle(system)
+    if r:
+        res["cpu"] = cpu_per_rental(before, system_cpu_ticks(system),
+                                    r["requests"] - r["unexpected"])
 
 
 def compare_proxies(res, suffix, gateway_port, nginx_port, path):
@@ -725,7 +795,8 @@ def main():
                       "log_level": LOG_LEVEL, "bin": BIN},
            "wrk": {}, "lag": None, "memory_kb": {}, "rss_kind": "VmRSS at the end of the run",
            "ratio": None, "gateway_vs_nginx": None, "gateway_vs_nginx_order": None,
-           "max_rss_mb": None, "start_ms": None, "ready_ms": {}, "settle_ms": None}
+           "max_rss_mb": None, "start_ms": None, "ready_ms": {}, "settle_ms": None,
+           "cpu": None, "db": "postgres" if harness.DB == "postgres" else "sqlite"}
     workdir = tempfile.mkdtemp(prefix="carshare-bench-")
     try:
         system, res["start_ms"] = start_system(workdir, res["ready_ms"])
