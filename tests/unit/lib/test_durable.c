@@ -1,7 +1,7 @@
 /* test_durable.c: group commit (lib/durable.c and its users).
  *
- * The sync function is a gate the test opens and closes, so "not before
- * the sync" is observable: while the gate is closed, a deferred callback
+ * The sync function is a gate the test opens and closes (testing_gate.h),
+ * so "not before the sync" is observable: while the gate is closed, a deferred callback
  * must not run, an HTTP answer must not reach the client, an outgoing
  * call must not reach the upstream, and a thread in durable_sync_wait
  * must not return. Then a real store in group commit: commits become
@@ -27,33 +27,9 @@
 #include "metrics.h"
 #include "store.h"
 #include "testing.h"
+#include "testing_gate.h"
 
 static struct event_base *base;
-
-/* ---- the gate ---- */
-
-static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static bool gate_open;
-static int syncs;
-
-static void gate_set(bool open)
-{
-    pthread_mutex_lock(&gate_mu);
-    gate_open = open;
-    pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
-}
-
-static int gated_sync(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&gate_mu);
-    while (!gate_open) pthread_cond_wait(&gate_cv, &gate_mu);
-    syncs++;
-    pthread_mutex_unlock(&gate_mu);
-    return 0;
-}
 
 static double now_s(void)
 {
@@ -156,13 +132,13 @@ static void test_domain(void)
     /* Stopping makes the last commits durable and runs their waiters. */
     order[0] = '\0';
     gate_set(false);
-    int before = syncs;
+    int before = gate_syncs;
     durable_committed();
     CHECK(durable_defer(note, "E"));
     gate_set(true);
     durable_stop();
     CHECK_STR(order, "E");
-    CHECK(syncs > before);
+    CHECK(gate_syncs > before);
     CHECK(!durable_pending());
     durable_committed();                                   /* no domain: no-ops */
     CHECK(!durable_pending());

@@ -10,9 +10,9 @@
  *
  * How "not before the sync" is made observable: the test starts the
  * process's durability domain itself (durable.h: one per process) with a
- * sync function that is a gate it opens and closes, and runs the service
- * with STORE_GROUP_COMMIT=0 so that the store leaves the domain to the
- * test. A route commits a real transaction in a unit of work (db_run) and
+ * sync function that is a gate it opens and closes (testing_gate.h), and
+ * runs the service with STORE_GROUP_COMMIT=0 so that the store leaves the
+ * domain to the test. A route commits a real transaction in a unit of work (db_run) and
  * marks it pending as store_commit does under group commit, then answers.
  * While the gate is closed the answer must not reach the client; once it
  * opens, the answer arrives (201). Without the deferral the answer comes
@@ -37,33 +37,11 @@
 #include "http.h"
 #include "service.h"
 #include "testing.h"
+#include "testing_gate.h"
 #include "token.h"
 
 static service *svc;
 static db *database;
-
-/* ---- the gate (the disk, as the test lets it go) ---- */
-
-static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static bool gate_open;
-
-static void gate_set(bool open)
-{
-    pthread_mutex_lock(&gate_mu);
-    gate_open = open;
-    pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
-}
-
-static int gated_sync(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&gate_mu);
-    while (!gate_open) pthread_cond_wait(&gate_cv, &gate_mu);
-    pthread_mutex_unlock(&gate_mu);
-    return 0;
-}
 
 /* ---- the route: a real commit, then the answer ---- */
 
