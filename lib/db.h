@@ -24,7 +24,9 @@
  * So `work` must touch only its own argument and the store it is given
  * (never the loop's objects: HTTP requests, timers), and may run more than
  * once: a transaction that PostgreSQL refused for a serialization conflict
- * (store_should_retry) is run again from the start, up to DB_RETRIES times.
+ * (store_should_retry) is run again from the start, up to DB_RETRIES times
+ * (after a pause that doubles, with jitter; still conflicting after that,
+ * it is reported DB_UNAVAILABLE: a 503, "try again shortly").
  * `done` learns whether the database was there: DB_UNAVAILABLE when `work`
  * could not run (no connection) or failed because the database was
  * unreachable or too slow (a statement past DB_STATEMENT_TIMEOUT_MS): the

@@ -293,7 +293,7 @@ static const char *help_for(const char *name)
         {"carshare_db_queue_depth", "PostgreSQL: units of work waiting for a database thread."},
         {"carshare_db_units_in_flight", "PostgreSQL: units of work running on the database threads."},
         {"carshare_db_serialization_retries_total", "PostgreSQL: units of work run again after a serialization conflict or deadlock (40001, 40P01)."},
-        {"carshare_db_unavailable_total", "PostgreSQL: units of work that found the database unreachable or too slow (answered 503)."},
+        {"carshare_db_unavailable_total", "PostgreSQL: units of work answered 503: the database unreachable or too slow, or serialization conflicts past DB_RETRIES."},
         {"carshare_db_refused_total", "PostgreSQL: units of work refused at once, the queue being full or the database closing (answered 503)."},
         {"carshare_db_statement_timeouts_total", "PostgreSQL: statements cancelled at DB_STATEMENT_TIMEOUT_MS (57014)."},
         {"carshare_db_reconnects_total", "PostgreSQL: attempts to re-open a lost connection, by outcome."},
