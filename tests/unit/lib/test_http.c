@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -831,6 +832,94 @@ static void test_listener_open(void)
     CHECK(http_listener_open(base, "127.0.0.1", 70000, false, NULL) == NULL);
 }
 
+/* http_handover_*: a process offering its listening socket at a path hands
+ * the very same socket (same port, already listening) to one taking it;
+ * nobody at the path, or a socket on another port, is "nothing taken";
+ * after stop the path is gone. The offer is answered from the loop, so the
+ * taking side runs on a thread here. */
+typedef struct {
+    const char *path;
+    int port;
+    struct event_base *own;
+    struct evconnlistener *got;
+} take_job;
+
+static void *take_thread(void *arg)
+{
+    take_job *j = arg;
+    j->got = http_handover_take(j->own, j->path, j->port);
+    return NULL;
+}
+
+static bool take_while_looping(take_job *j)
+{
+    pthread_t t;
+    j->own = event_base_new();
+    j->got = NULL;
+    if (pthread_create(&t, NULL, take_thread, j) != 0)
+        return false;
+    /* Serve the offer until the taker is done. */
+    for (int i = 0; i < 400; i++) {
+        struct timeval tv = {0, 5000};
+        event_base_loopexit(base, &tv);
+        event_base_dispatch(base);
+        if (pthread_tryjoin_np(t, NULL) == 0)
+            return true;
+    }
+    pthread_join(t, NULL);
+    return true;
+}
+
+static void test_handover(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/carshare-unit-handover-%ld", (long)getpid());
+    unlink(path);
+    CHECK(http_handover_take(base, path, 0) == NULL);   /* nobody there */
+
+    int port = 0;
+    struct evconnlistener *l = http_listener_open(base, "127.0.0.1", 0, true, &port);
+    CHECK(l != NULL);
+    http_handover *h = http_handover_offer(base, path, (int)evconnlistener_get_fd(l));
+    CHECK(h != NULL);
+
+    take_job j = {.path = path, .port = port};
+    CHECK(take_while_looping(&j));
+    CHECK(j.got != NULL);
+    if (j.got) {
+        struct sockaddr_in sa;
+        socklen_t len = sizeof sa;
+        CHECK(getsockname(evconnlistener_get_fd(j.got), (struct sockaddr *)&sa, &len) == 0);
+        CHECK_INT(ntohs(sa.sin_port), port);
+        /* The same socket: a connection made now is accepted through the
+         * descriptor taken, even once the offering side closed its own. */
+        evconnlistener_free(l);
+        l = NULL;
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        CHECK(connect(c, (struct sockaddr *)&sa, sizeof sa) == 0);
+        int a = accept(evconnlistener_get_fd(j.got), NULL, NULL);
+        CHECK(a >= 0);
+        close(a);
+        close(c);
+        evconnlistener_free(j.got);
+    }
+    event_base_free(j.own);
+
+    /* Another port asked for: not taken. */
+    if (l == NULL)
+        l = http_listener_open(base, "127.0.0.1", 0, false, &port);
+    http_handover_stop(h);
+    h = http_handover_offer(base, path, (int)evconnlistener_get_fd(l));
+    j = (take_job){.path = path, .port = port == 65535 ? 1 : port + 1};
+    CHECK(take_while_looping(&j));
+    CHECK(j.got == NULL);
+    event_base_free(j.own);
+    http_handover_stop(h);
+    CHECK(access(path, F_OK) != 0);
+    evconnlistener_free(l);
+}
+
 /* Drain with nothing in flight still calls back from the loop, not inline. */
 static void test_drain_idle(void)
 {
@@ -954,6 +1043,7 @@ int main(void)
     test_drain_idle();
     test_listen_backlog();
     test_listener_open();
+    test_handover();
     test_request_timeout_and_fallback();
     test_free_with_pending_request();
 
