@@ -207,7 +207,8 @@ httpc_result balance_refusal(const balance_set *s, unsigned long long *retry_ms)
 balance_instance *balance_choose(balance_set *s, const balance_instance *exclude);
 /* The call sent to `in` ended with `result`. True when the caller should
  * send it once more, to balance_choose(s, in): `idempotent`, not yet
- * `retried`, and a retryable result (the instance's retry count grows).
+ * `retried`, a retryable result, and another live instance exists (the
+ * instance's retry count grows).
  * `in` may be freed after this returns (a gone instance). */
 bool balance_done(balance_set *s, balance_instance *in, httpc_result result, bool idempotent,
                   bool retried);

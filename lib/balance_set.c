@@ -557,6 +557,10 @@ bool balance_done(balance_set *s, balance_instance *in, httpc_result result, boo
         balance_schedule_reap(s);
     if (retried || !balance_retryable(result, idempotent))
         return false;
+    /* Only when there is another instance to send it to (the count is
+     * "sent again elsewhere"). */
+    if (balance_live(s) - (st->gone ? 0 : 1) < 1)
+        return false;
     st->retries++;
     return true;
 }

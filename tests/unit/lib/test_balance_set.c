@@ -196,6 +196,14 @@ int main(void)
     CHECK(run_until(one_slot, s));
     CHECK(s->inst[0] == ia);
 
+    /* One instance left: a failed call has nowhere else to go, and is not
+     * counted as sent elsewhere. */
+    balance_instance *only = balance_choose(s, NULL);
+    CHECK(only == ia);
+    CHECK(!balance_done(s, only, HTTPC_CONNECT, true, false));
+    CHECK_INT(s->st[0].retries, 0);
+    CHECK(balance_choose(s, ia) == NULL);
+
     balance_set_free(s);
     http_server_free(a);
     http_server_free(b);
