@@ -47,7 +47,7 @@ PORTS = {"order": 8081, "delivery": 8082, "customerpage": 8083, "payment": 8084,
          "gateway": 8088}
 ORDER = ["account", "payment", "order", "delivery", "customerpage", "gateway"]
 # The services whose store has a PostgreSQL version (tests/e2e/harness.py has the same list).
-PG_SERVICES = ["account", "payment", "delivery", "customerpage"]
+PG_SERVICES = ["account", "payment", "order", "delivery", "customerpage"]
 
 
 def port_of(name):

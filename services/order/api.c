@@ -14,12 +14,19 @@
  * Who may do what (the contract's access table, the caller from the token,
  * lib/auth.h): GET /cars is open; reads, searches and DELETE are a
  * customer's own rentals (another's id is a 404, lists and searches hold
- * only theirs) or anyone's for staff. POST /orders: rental.c. */
+ * only theirs) or anyone's for staff. POST /orders: rental.c.
+ *
+ * Each request is one unit of work (db.h): its `work` half reads or calls
+ * the domain (at once on SQLite, on a database thread on PostgreSQL) into
+ * an api_job, its `done` half answers on the loop. Whatever the work needs
+ * from the request (the period, the caller's id, today) is read on the
+ * loop first; the work never touches the request. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
+#include "db.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -28,7 +35,7 @@
 #include "service.h"
 
 typedef struct order_api {
-    store *st;
+    db *db;
 } order_api;
 
 /* ---- representations ---- */
@@ -59,19 +66,99 @@ json_t *order_json(const order *o, const char *base_url)
     return rep_item(item, base_url, "orders", id);
 }
 
+/* ---- one request's unit of work ---- */
+
+/* A handler's inputs, read on the loop, and the store's results, read by
+ * the work. */
+typedef struct api_job {
+    http_req *req;
+    order_api *api;
+    char request_id[72];
+    long long id;                /* order id */
+    char car_id[ORDER_PRODUCT_MAX + 1];
+    long from, to;               /* a period */
+    long page, size;
+    bool owner_only;             /* a customer: only their own rentals */
+    char owner[ORDER_CUSTOMER_MAX + 1];
+    long today;
+    time_t now;
+    /* results */
+    int found;                   /* 1, 0, -1 error */
+    long long total;
+    car c;
+    order o;
+    cancel_outcome cancelled;
+    return_outcome returned;
+    int n;                       /* one page of a list */
+    car *cars;
+    order *orders;
+} api_job;
+
+static api_job *job_new(http_req *r, order_api *api)
+{
+    api_job *j = mem_must(calloc(1, sizeof *j));
+    j->req = r;
+    j->api = api;
+    snprintf(j->request_id, sizeof j->request_id, "%s", http_req_id(r));
+    const char *owner = auth_owner_filter(r);
+    j->owner_only = owner != NULL;
+    snprintf(j->owner, sizeof j->owner, "%s", owner ? owner : "");
+    return j;
+}
+
+static void job_free(api_job *j)
+{
+    free(j->cars);
+    free(j->orders);
+    free(j);
+}
+
+/* Runs the job; when the database cannot take it, answers 503 at once. */
+static void job_run(api_job *j, db_work_fn work, db_done_fn done)
+{
+    if (db_run(j->api->db, work, done, j))
+        return;
+    rep_reply_db_unavailable(j->req, "the order database");
+    job_free(j);
+}
+
+/* Answers 503 and frees j when the database was not there: true. */
+static bool answered_unavailable(api_job *j, db_status status)
+{
+    if (status != DB_UNAVAILABLE)
+        return false;
+    rep_reply_db_unavailable(j->req, "the order database");
+    job_free(j);
+    return true;
+}
+
+/* The rows of one page, kept by the work (a rerun starts at n = 0); the
+ * room for them (j->size rows) is made on the loop. */
+static void keep_car(const car *c, void *arg)
+{
+    api_job *j = arg;
+    if (j->n < j->size)
+        j->cars[j->n++] = *c;
+}
+
+static void keep_order(const order *o, void *arg)
+{
+    api_job *j = arg;
+    if (j->n < j->size)
+        j->orders[j->n++] = *o;
+}
+
+/* The order j->id as the caller may see it: 1, 0 (missing or another
+ * customer's: as unknown as a missing one), -1 error. */
+static int visible_order(store *st, api_job *j)
+{
+    int found = order_store_get(st, j->id, &j->o);
+    if (found > 0 && j->owner_only && strcmp(j->o.customer_id, j->owner) != 0)
+        return 0;
+    return found;
+}
+
 /* ---- reads ---- */
-
-static void add_car(const car *c, void *arg)
-{
-    rep_list *l = arg;
-    json_array_append_new(l->items, car_json(c, l->base_url));
-}
-
-static void add_order(const order *o, void *arg)
-{
-    rep_list *l = arg;
-    json_array_append_new(l->items, order_json(o, l->base_url));
-}
 
 /* The period of ?from&to (rental_period's rules; today without them), else
  * a 400. */
@@ -85,38 +172,82 @@ static bool period_query(http_req *r, long *from, long *to)
     return false;
 }
 
+static void list_cars_work(store *st, void *arg)
+{
+    api_job *j = arg;
+    j->n = 0;
+    j->total = car_store_count(st);
+    j->found = j->total >= 0 && car_store_list(st, j->from, j->to, j->page * j->size, j->size,
+                                               keep_car, j) == 0 ? 1 : -1;
+}
+
+static void list_cars_done(void *arg, db_status status)
+{
+    api_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    http_req *r = j->req;
+    if (j->found < 0) {
+        http_reply_error(r, 500, "the fleet could not be read");
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->n; i++)
+            json_array_append_new(items, car_json(&j->cars[i], http_req_base_url(r)));
+        rep_reply_collection(r, "cars", items, j->page, j->size, j->total);
+    }
+    job_free(j);
+}
+
 static void list_cars(http_req *r, void *arg)
 {
-    order_api *api = arg;
     long page, size, from, to;
     if (!rep_page_query(r, &page, &size) || !period_query(r, &from, &to))
         return;
-    rep_list list = {json_array(), http_req_base_url(r)};
-    long long total = car_store_count(api->st);
-    if (total < 0 || car_store_list(api->st, from, to, page * size, size, add_car, &list) != 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "the fleet could not be read");
+    api_job *j = job_new(r, arg);
+    j->page = page;
+    j->size = size;
+    j->cars = mem_must(calloc((size_t)size, sizeof *j->cars));
+    j->from = from;
+    j->to = to;
+    job_run(j, list_cars_work, list_cars_done);
+}
+
+static void get_car_work(store *st, void *arg)
+{
+    api_job *j = arg;
+    j->found = car_store_get(st, j->car_id, j->from, j->to, &j->c);
+}
+
+static void get_car_done(void *arg, db_status status)
+{
+    api_job *j = arg;
+    if (answered_unavailable(j, status))
         return;
-    }
-    rep_reply_collection(r, "cars", list.items, page, size, total);
+    http_req *r = j->req;
+    if (j->found < 0)
+        http_reply_error(r, 500, "the car could not be read");
+    else if (!j->found)
+        http_reply_error(r, 404, "no car model with id %s", j->car_id);
+    else
+        http_reply_json(r, 200, car_json(&j->c, http_req_base_url(r)));
+    job_free(j);
 }
 
 static void get_car(http_req *r, void *arg)
 {
-    order_api *api = arg;
     const char *id = http_req_param(r, "id");
     long from, to;
     if (!period_query(r, &from, &to))
         return;
-    car c;
-    int found = id && strlen(id) <= ORDER_PRODUCT_MAX ? car_store_get(api->st, id, from, to, &c)
-                                                      : 0;
-    if (found < 0)
-        http_reply_error(r, 500, "the car could not be read");
-    else if (!found)
+    if (!id || strlen(id) > ORDER_PRODUCT_MAX) {
         http_reply_error(r, 404, "no car model with id %.*s", ORDER_PRODUCT_MAX, id ? id : "");
-    else
-        http_reply_json(r, 200, car_json(&c, http_req_base_url(r)));
+        return;
+    }
+    api_job *j = job_new(r, arg);
+    snprintf(j->car_id, sizeof j->car_id, "%s", id);
+    j->from = from;
+    j->to = to;
+    job_run(j, get_car_work, get_car_done);
 }
 
 /* A positive integer path parameter, else a 400. */
@@ -128,20 +259,45 @@ static bool order_id_param(http_req *r, long long *out)
     return false;
 }
 
+static void list_orders_work(store *st, void *arg)
+{
+    api_job *j = arg;
+    const char *customer = j->owner[0] ? j->owner : NULL;
+    j->n = 0;
+    j->total = order_store_count(st, customer);
+    j->found = j->total >= 0 && order_store_list(st, customer, j->page * j->size, j->size,
+                                                 keep_order, j) == 0 ? 1 : -1;
+}
+
+static void list_orders_done(void *arg, db_status status)
+{
+    api_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    http_req *r = j->req;
+    if (j->found < 0) {
+        http_reply_error(r, 500, "the orders could not be read");
+    } else {
+        json_t *items = json_array();
+        for (int i = 0; i < j->n; i++)
+            json_array_append_new(items, order_json(&j->orders[i], http_req_base_url(r)));
+        rep_reply_collection(r, "orders", items, j->page, j->size, j->total);
+    }
+    job_free(j);
+}
+
+/* The orders of customer_id (NULL: everyone's). */
 static void list_orders_of(http_req *r, order_api *api, const char *customer_id)
 {
     long page, size;
     if (!rep_page_query(r, &page, &size))
         return;
-    rep_list list = {json_array(), http_req_base_url(r)};
-    long long total = order_store_count(api->st, customer_id);
-    if (total < 0
-        || order_store_list(api->st, customer_id, page * size, size, add_order, &list) != 0) {
-        json_decref(list.items);
-        http_reply_error(r, 500, "the orders could not be read");
-        return;
-    }
-    rep_reply_collection(r, "orders", list.items, page, size, total);
+    api_job *j = job_new(r, api);
+    j->page = page;
+    j->size = size;
+    j->orders = mem_must(calloc((size_t)size, sizeof *j->orders));
+    snprintf(j->owner, sizeof j->owner, "%s", customer_id ? customer_id : "");
+    job_run(j, list_orders_work, list_orders_done);
 }
 
 static void list_orders(http_req *r, void *arg)
@@ -171,102 +327,153 @@ static void find_orders_by_customer(http_req *r, void *arg)
     list_orders_of(r, arg, customer);
 }
 
-static void get_order(http_req *r, void *arg)
+static void get_order_work(store *st, void *arg)
 {
-    order_api *api = arg;
-    long long id;
-    if (!order_id_param(r, &id))
-        return;
-    order o;
-    int found = order_store_get(api->st, id, &o);
-    if (found > 0 && !auth_may_see(r, o.customer_id))
-        found = 0;   /* another customer's rental: as unknown as a missing one */
-    rep_reply_found(r, found, found > 0 ? order_json(&o, http_req_base_url(r)) : NULL, "order",
-                    http_req_param(r, "id"));
+    api_job *j = arg;
+    j->found = visible_order(st, j);
 }
 
-/* Before a cancel or a return: the order exists and is the caller's (or
- * the caller is staff). Another customer's order is a 404, as if it did
- * not exist. False when it answered. */
-static bool caller_may_change(http_req *r, order_api *api, long long id, order *o)
+static void get_order_done(void *arg, db_status status)
 {
-    int found = order_store_get(api->st, id, o);
-    if (found < 0) {
-        http_reply_error(r, 500, "order %lld could not be read; please retry", id);
-        return false;
-    }
-    if (found == 0 || !auth_may_see(r, o->customer_id)) {
-        http_reply_error(r, 404, "order %lld not found", id);
-        return false;
-    }
-    return true;
+    api_job *j = arg;
+    if (answered_unavailable(j, status))
+        return;
+    http_req *r = j->req;
+    rep_reply_found(r, j->found, j->found > 0 ? order_json(&j->o, http_req_base_url(r)) : NULL,
+                    "order", http_req_param(r, "id"));
+    job_free(j);
+}
+
+/* A job for a request on /orders/{id}: NULL when it answered 400. */
+static api_job *order_job(http_req *r, order_api *api)
+{
+    long long id;
+    if (!order_id_param(r, &id))
+        return NULL;
+    api_job *j = job_new(r, api);
+    j->id = id;
+    return j;
+}
+
+static void get_order(http_req *r, void *arg)
+{
+    api_job *j = order_job(r, arg);
+    if (j)
+        job_run(j, get_order_work, get_order_done);
 }
 
 /* ---- DELETE /orders/{id} ---- */
 
-static void cancel_order(http_req *r, void *arg)
+/* The order exists and is the caller's (or the caller is staff), then the
+ * cancel: another customer's order is a 404, as if it did not exist. */
+static void cancel_work(store *st, void *arg)
 {
-    order_api *api = arg;
-    long long id;
-    if (!order_id_param(r, &id))
+    api_job *j = arg;
+    j->found = visible_order(st, j);
+    if (j->found > 0)
+        j->cancelled = order_cancel(st, j->id, j->request_id, &j->o);
+}
+
+static void cancel_done(void *arg, db_status status)
+{
+    api_job *j = arg;
+    if (answered_unavailable(j, status))
         return;
-    order o;
-    if (!caller_may_change(r, api, id, &o))
+    http_req *r = j->req;
+    long long id = j->id;
+    if (j->found <= 0) {
+        if (j->found < 0)
+            http_reply_error(r, 500, "order %lld could not be read; please retry", id);
+        else
+            http_reply_error(r, 404, "order %lld not found", id);
+        job_free(j);
         return;
-    switch (order_cancel(api->st, id, http_req_id(r), &o)) {
+    }
+    switch (j->cancelled) {
     case CANCEL_DONE:
         log_info("req=%s msg=\"order cancelled\" order=%lld product=%s qty=%lld", http_req_id(r),
-                 id, o.product_id, o.qty);
+                 id, j->o.product_id, j->o.qty);
         http_reply_empty(r, 204);
-        return;
+        break;
     case CANCEL_ALREADY:
         http_reply_empty(r, 204);
-        return;
+        break;
     case CANCEL_NOT_FOUND:
         http_reply_error(r, 404, "order %lld not found", id);
-        return;
+        break;
     case CANCEL_RETURNED:
         http_reply_error(r, 409, "order %lld was returned and cannot be cancelled", id);
-        return;
+        break;
     case CANCEL_FAILED:
+        http_reply_error(r, 500, "order %lld could not be cancelled; please retry", id);
         break;
     }
-    http_reply_error(r, 500, "order %lld could not be cancelled; please retry", id);
+    job_free(j);
+}
+
+static void cancel_order(http_req *r, void *arg)
+{
+    api_job *j = order_job(r, arg);
+    if (j)
+        job_run(j, cancel_work, cancel_done);
 }
 
 /* ---- POST /orders/{id}/return ---- */
 
-static void return_order(http_req *r, void *arg)
+static void return_work(store *st, void *arg)
 {
-    order_api *api = arg;
-    long long id;
-    if (!order_id_param(r, &id))
+    api_job *j = arg;
+    j->found = visible_order(st, j);
+    if (j->found > 0)
+        j->returned = order_return(st, j->id, j->today, j->now, j->request_id, &j->o);
+}
+
+static void return_done(void *arg, db_status status)
+{
+    api_job *j = arg;
+    if (answered_unavailable(j, status))
         return;
-    order o;
-    if (!caller_may_change(r, api, id, &o))
+    http_req *r = j->req;
+    long long id = j->id;
+    if (j->found <= 0) {
+        if (j->found < 0)
+            http_reply_error(r, 500, "order %lld could not be read; please retry", id);
+        else
+            http_reply_error(r, 404, "order %lld not found", id);
+        job_free(j);
         return;
-    return_outcome outcome = order_return(api->st, id, cal_today(), cal_now(), http_req_id(r),
-                                          &o);
-    if (outcome == RETURN_DONE) {
+    }
+    if (j->returned == RETURN_DONE) {
         log_info("req=%s msg=\"order returned\" order=%lld product=%s qty=%lld", http_req_id(r),
-                 id, o.product_id, o.qty);
+                 id, j->o.product_id, j->o.qty);
         metrics_counter_add("carshare_returns_total", "by=\"request\"", 1);
     }
-    switch (outcome) {
+    switch (j->returned) {
     case RETURN_DONE:
     case RETURN_ALREADY:   /* the answer is the order as it is now */
-        http_reply_json(r, 200, order_json(&o, http_req_base_url(r)));
-        return;
+        http_reply_json(r, 200, order_json(&j->o, http_req_base_url(r)));
+        break;
     case RETURN_NOT_FOUND:
         http_reply_error(r, 404, "order %lld not found", id);
-        return;
+        break;
     case RETURN_CANCELLED:
         http_reply_error(r, 409, "order %lld was cancelled and cannot be returned", id);
-        return;
+        break;
     case RETURN_FAILED:
+        http_reply_error(r, 500, "order %lld could not be returned; please retry", id);
         break;
     }
-    http_reply_error(r, 500, "order %lld could not be returned; please retry", id);
+    job_free(j);
+}
+
+static void return_order(http_req *r, void *arg)
+{
+    api_job *j = order_job(r, arg);
+    if (!j)
+        return;
+    j->today = cal_today();
+    j->now = cal_now();
+    job_run(j, return_work, return_done);
 }
 
 static void free_api(void *arg)
@@ -274,16 +481,16 @@ static void free_api(void *arg)
     free(arg);
 }
 
-void order_api_register(service *svc, store *st, const order_api_config *cfg)
+void order_api_register(service *svc, db *d, const order_api_config *cfg)
 {
     order_api *api = mem_must(calloc(1, sizeof *api));
-    api->st = st;
+    api->db = d;
 
     http_server *h = svc->http;
     const unsigned people = TOKEN_ROLE_CUSTOMER | TOKEN_ROLE_STAFF;
     http_server_route_for(h, "GET", "/cars", HTTP_OPEN, list_cars, api);
     http_server_route_for(h, "GET", "/cars/{id}", HTTP_OPEN, get_car, api);
-    order_rental_register(svc, st, cfg);
+    order_rental_register(svc, d, cfg);
     http_server_route_for(h, "GET", "/orders", people, list_orders, api);
     http_server_route_for(h, "GET", "/orders/search/findByCustomerId", people,
                           find_orders_by_customer, api);

@@ -184,12 +184,18 @@ static reserve_outcome reserve_locked(store *st, const rental_request *rq, intak
                                       car *car_out)
 {
     if (rq->idempotency_key) {
-        /* Only a voided attempt can hold the key here: api.c answered the
-         * others from the intake. Its attempt left nothing, so the key is
-         * given to this new one. */
+        /* A voided attempt left nothing, so its key is given to this new
+         * one. Any other holder is an attempt that committed after the
+         * caller looked (a concurrent request with the same key, on
+         * another database connection or another replica): that one
+         * answers this request (rental.c replays it). */
         intake old;
         int found = intake_store_find_by_key(st, rq->idempotency_key, &old);
-        if (found < 0 || (found && intake_store_forget_key(st, old.id) != 0))
+        if (found < 0)
+            return RESERVE_FAILED;
+        if (found && old.state != INTAKE_VOIDED)
+            return RESERVE_KEY_IN_USE;
+        if (found && intake_store_forget_key(st, old.id) != 0)
             return RESERVE_FAILED;
     }
 

@@ -3,6 +3,8 @@
  * Environment (every variable is optional):
  *   HOST                    address to listen on (127.0.0.1)
  *   PORT                    port (8081)
+ *   ORDER_DATABASE_URL,     PostgreSQL (postgres://...), see lib/db.h; else SQLite:
+ *   DATABASE_URL
  *   DATA_DIR, DB_PATH       the database: DB_PATH, else $DATA_DIR/order.db (./data)
  *   NATS_URL                the event bus (nats://127.0.0.1:4222)
  *   PAYMENT_URL             payment's base URL (http://127.0.0.1:8084), or several,
@@ -44,6 +46,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "db.h"
 #include "balance.h"
 #include "httpc.h"
 #include "log.h"
@@ -168,18 +171,20 @@ int main(void)
         log_warn("msg=\"ORDER_TEST_CRASH_AFTER_PAYMENT is set: the process exits after the "
                  "first successful payment (test setting, never for production)\"");
 
-    store *st = order_store_open();
-    if (!st) {
+    db *d = db_open(svc->base, "order", &order_schema);
+    if (!d) {
         log_error("msg=\"cannot open the order database\"");
         return 1;
     }
+    /* Before the loop runs, on main's own connection (db_store). */
+    store *st = db_store(d);
     if (fleet_load(st, fleet_file) != 0) {
-        store_close(st);
+        db_close(d);
         return 2;
     }
     int in_doubt = rental_mark_in_doubt(st);
     if (in_doubt < 0) {
-        store_close(st);
+        db_close(d);
         return 1;
     }
     if (in_doubt > 0)
@@ -198,10 +203,10 @@ int main(void)
     ropts.http.max_queue = 64;
     ropts.http.retries = 0;
     reconcile_client = balance_set_new(svc->base, "payment-reconciler", payment_url, &ropts);
-    bus *b = bus_new(svc->base, st, "order");
+    bus *b = bus_new_db(svc->base, d, "order");
     reconciler *rec = reconcile_client
-        ? reconciler_new(svc->base, st, reconcile_client, interval_ms) : NULL;
-    return_timer *returns = return_timer_new(svc->base, st, return_ms);
+        ? reconciler_new(svc->base, d, reconcile_client, interval_ms) : NULL;
+    return_timer *returns = return_timer_new(svc->base, d, return_ms);
     if (!payment_client || !reconcile_client || !b || !rec || !returns || !load_service_key()) {
         log_error("msg=\"cannot set up the payment client, the bus, the reconciler, the "
                   "return timer or the service key\"");
@@ -225,8 +230,8 @@ int main(void)
     service_on_stop(svc, free_clients, NULL);
     service_on_stop(svc, stop_reconciler, rec);
     service_on_stop(svc, stop_return_timer, returns);
-    order_api_register(svc, st, &cfg);
-    if (service_start_bus(svc, st, b) != 0)
+    order_api_register(svc, d, &cfg);
+    if (service_start_db(svc, d, b) != 0)
         return 1;
     log_info("msg=\"payment upstream\" url=%s timeout_ms=%d connect_timeout_ms=%d "
              "max_inflight=%d max_queue=%d retries=%d", payment_url, opts.timeout_ms,

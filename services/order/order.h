@@ -33,6 +33,7 @@
 #include <stddef.h>
 #include <time.h>
 #include <jansson.h>
+#include "db.h"
 #include "store.h"
 
 struct service;
@@ -196,11 +197,17 @@ typedef enum {
     RESERVE_OK,                 /* cars reserved, *out is the new pending intake */
     RESERVE_UNKNOWN_CAR,
     RESERVE_NOT_ENOUGH,         /* some day of the period is full */
+    RESERVE_KEY_IN_USE,         /* another attempt holds the idempotency key: replay it */
     RESERVE_FAILED,
 } reserve_outcome;
 
 /* Reserves the cars and writes the pending intake. A voided intake holding
- * the same idempotency key gives the key up (its attempt left nothing). */
+ * the same idempotency key gives the key up (its attempt left nothing);
+ * any other holder makes it RESERVE_KEY_IN_USE, nothing written. The
+ * key's uniqueness is a constraint of the table, so two concurrent
+ * requests with one key (two connections, two replicas) never both
+ * reserve: the second fails (a serialization conflict, run again, or a
+ * unique violation, RESERVE_FAILED) and finds the first's intake. */
 reserve_outcome rental_reserve(store *st, const rental_request *rq, intake *out, car *car_out);
 
 /* State changes of an intake. Each returns 1 when applied, 0 when the
@@ -301,11 +308,47 @@ long long order_store_count(store *st, const char *customer_id);   /* NULL = all
 int order_store_list(store *st, const char *customer_id, long offset, long limit,
                      void (*each)(const order *o, void *arg), void *arg);
 
+/* ---- store_pg.c: the same on PostgreSQL (store.c hands a PostgreSQL
+ * store to these; nothing else calls them) ---- */
+
+extern const db_schema order_schema;      /* db_open(..., &order_schema) */
+extern const char *const order_pg_migrations[];
+long long car_pg_count(store *st);
+int car_pg_get(store *st, const char *id, long from, long to, car *out);
+int car_pg_list(store *st, long from, long to, long offset, long limit,
+                void (*each)(const car *c, void *arg), void *arg);
+int car_pg_insert(store *st, const car *c);
+int car_pg_replace_begin(store *st);
+int car_pg_replace_put(store *st, const car *c);
+int car_pg_replace_end(store *st);
+int booking_pg_book(store *st, const char *id, long from, long to, long long qty);
+int booking_pg_release(store *st, const char *id, long from, long to, long long qty);
+int booking_pg_forget_before(store *st, long day);
+int booking_pg_first_full(store *st, const char *id, long from, long to, long long qty,
+                          long *day, long long *free_cars);
+int intake_pg_insert(store *st, intake *in);
+int intake_pg_get(store *st, long long id, intake *out);
+int intake_pg_find_by_key(store *st, const char *key, intake *out);
+int intake_pg_forget_key(store *st, long long id);
+int intake_pg_transition(store *st, long long id, const intake_state *from, int count,
+                         intake_state to, long long payment_id, const char *message);
+int intake_pg_mark_all(store *st, intake_state from, intake_state to);
+int intake_pg_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
+                        void *arg);
+int order_pg_insert(store *st, const order *o);
+int order_pg_get(store *st, long long id, order *out);
+int order_pg_set_status(store *st, long long id, const char *from, const char *to);
+int order_pg_mark_returned(store *st, long long id, const char *returned_at);
+int order_pg_due(store *st, long today, long long *ids, int max);
+long long order_pg_count(store *st, const char *customer_id);
+int order_pg_list(store *st, const char *customer_id, long offset, long limit,
+                  void (*each)(const order *o, void *arg), void *arg);
+
 /* ---- reconcile.c ---- */
 
 typedef struct reconciler reconciler;
 
-reconciler *reconciler_new(struct event_base *base, store *st, struct balance_set *payment,
+reconciler *reconciler_new(struct event_base *base, db *d, struct balance_set *payment,
                            int interval_ms);
 /* Runs a pass soon (an intake has just become voiding). */
 void reconciler_kick(reconciler *r);
@@ -316,7 +359,7 @@ void reconciler_stop(reconciler *r);
 
 typedef struct return_timer return_timer;
 
-return_timer *return_timer_new(struct event_base *base, store *st, int interval_ms);
+return_timer *return_timer_new(struct event_base *base, db *d, int interval_ms);
 void return_timer_stop(return_timer *t);
 
 /* ---- api.c ---- */
@@ -328,13 +371,13 @@ typedef struct order_api_config {
 } order_api_config;
 
 /* Registers every route of order (POST /orders through rental.c). */
-void order_api_register(struct service *svc, store *st, const order_api_config *cfg);
+void order_api_register(struct service *svc, db *d, const order_api_config *cfg);
 /* The order as the contract shows it (a new reference). */
 json_t *order_json(const order *o, const char *base_url);
 
 /* ---- rental.c ---- */
 
-void order_rental_register(struct service *svc, store *st, const order_api_config *cfg);
+void order_rental_register(struct service *svc, db *d, const order_api_config *cfg);
 
 /* ---- policy.c ---- */
 

@@ -18,7 +18,13 @@
  * something (more may wait), after RECONCILE_INTERVAL_MS if there was
  * nothing to do, and with exponential backoff (capped, jittered) while
  * payment fails, so an outage is not hammered yet a stuck intake is
- * settled within a bounded time after payment returns. */
+ * settled within a bounded time after payment returns.
+ *
+ * The database work is done in units of work (db.h): reading a batch is
+ * one, and settling each intake from payment's answer another (at once
+ * on the loop on SQLite, on a database thread on PostgreSQL). A call
+ * counts as in flight until its settling unit is done, so a pass never
+ * overlaps the next one. */
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +40,7 @@
 
 struct reconciler {
     struct event_base *base;
-    store *st;
+    db *db;
     balance_set *payment;
     int interval_ms;
     int backoff_ms;          /* 0 while payment answers */
@@ -43,12 +49,25 @@ struct reconciler {
     bool pass_failed;        /* some call of this pass failed */
     bool pass_progress;      /* some intake changed state in this pass */
     bool stopping;
+    /* the batch read by the pass's first unit */
+    intake batch[RECONCILE_BATCH];
+    int batch_n;             /* -1: the read failed */
 };
+
+/* How an intake is settled once payment answered. */
+typedef enum {
+    SETTLE_FINISH_VOID,      /* cancelled at payment: voided, cars released */
+    SETTLE_APPROVE,          /* in doubt, paid: the rental is accepted */
+    SETTLE_START_VOID,       /* in doubt, not paid: voiding */
+} settle_op;
 
 /* One intake being settled. */
 typedef struct settle_call {
     reconciler *r;
     intake in;
+    settle_op op;
+    long long payment_id;
+    int rc;                  /* the domain's 1 applied, 0 already settled, -1 failed */
 } settle_call;
 
 static void schedule(reconciler *r, int delay_ms)
@@ -91,30 +110,81 @@ static const char *req_of(const intake *in)
     return in->request_id[0] ? in->request_id : "-";
 }
 
+static void settle_work(store *st, void *arg)
+{
+    settle_call *c = arg;
+    switch (c->op) {
+    case SETTLE_FINISH_VOID:
+        c->rc = rental_finish_void(st, c->in.id);
+        break;
+    case SETTLE_APPROVE: {
+        order o;
+        c->rc = rental_approve(st, c->in.id, c->payment_id, &o);
+        break;
+    }
+    case SETTLE_START_VOID:
+        c->rc = rental_start_void(st, c->in.id);
+        break;
+    }
+}
+
+static void settle_done(void *arg, db_status status)
+{
+    settle_call *c = arg;
+    reconciler *r = c->r;
+    const intake *in = &c->in;
+    if (status == DB_UNAVAILABLE)
+        c->rc = -1;
+    if (c->rc < 0) {
+        r->pass_failed = true;
+    } else if (c->rc == 1) {
+        r->pass_progress = true;
+        switch (c->op) {
+        case SETTLE_FINISH_VOID:
+            log_info("req=%s msg=\"intake voided: payment cancelled, cars released\" "
+                     "intake=%lld product=%s qty=%lld", req_of(in), in->id, in->product_id,
+                     in->qty);
+            metrics_count_outcome("carshare_order_reconciled_total", "voided");
+            break;
+        case SETTLE_APPROVE:
+            log_info("req=%s msg=\"rental accepted after restart: payment found\" order=%lld "
+                     "payment=%lld", req_of(in), in->id, c->payment_id);
+            metrics_count_outcome("carshare_order_reconciled_total", "approved");
+            break;
+        case SETTLE_START_VOID:
+            log_info("req=%s msg=\"intake in doubt was not paid: voiding\" intake=%lld",
+                     req_of(in), in->id);
+            break;
+        }
+    }
+    free(c);
+    call_done(r);
+}
+
+/* Settles c in a unit of work; c stays in flight until it is done. */
+static void settle(settle_call *c, settle_op op)
+{
+    c->op = op;
+    if (c->r->stopping || !db_run(c->r->db, settle_work, settle_done, c)) {
+        c->rc = -1;
+        settle_done(c, DB_UNAVAILABLE);
+    }
+}
+
 /* Answer to POST /paymentCancellations for a voiding intake. */
 static void on_cancellation(const httpc_response *resp, void *arg)
 {
     settle_call *c = arg;
-    reconciler *r = c->r;
-    if (!r->stopping) {
-        if (resp->result == HTTPC_OK && (resp->status == 200 || resp->status == 201)) {
-            int rc = rental_finish_void(r->st, c->in.id);
-            if (rc == 1) {
-                log_info("req=%s msg=\"intake voided: payment cancelled, cars released\" "
-                         "intake=%lld product=%s qty=%lld", req_of(&c->in), c->in.id,
-                         c->in.product_id, c->in.qty);
-                metrics_count_outcome("carshare_order_reconciled_total", "voided");
-                r->pass_progress = true;
-            } else if (rc < 0) {
-                r->pass_failed = true;
-            }
-        } else {
-            log_warn("req=%s msg=\"payment cancellation failed, will retry\" intake=%lld "
-                     "result=%s status=%d", req_of(&c->in), c->in.id,
-                     httpc_result_name(resp->result), resp->status);
-            r->pass_failed = true;
-        }
+    if (resp->result == HTTPC_OK && (resp->status == 200 || resp->status == 201)) {
+        settle(c, SETTLE_FINISH_VOID);
+        return;
     }
+    if (!c->r->stopping)
+        log_warn("req=%s msg=\"payment cancellation failed, will retry\" intake=%lld "
+                 "result=%s status=%d", req_of(&c->in), c->in.id,
+                 httpc_result_name(resp->result), resp->status);
+    c->r->pass_failed = true;
+    reconciler *r = c->r;
     free(c);
     call_done(r);
 }
@@ -126,7 +196,8 @@ static const json_t *found_payment(const json_t *doc)
     return json_array_size(list) > 0 ? json_array_get(list, 0) : NULL;
 }
 
-static void settle_in_doubt(reconciler *r, const intake *in, const json_t *doc)
+/* What payment's findByOrderId answer means for an in-doubt intake. */
+static void settle_in_doubt(settle_call *c, const json_t *doc)
 {
     const json_t *p = found_payment(doc);
     const char *status = json_string_value(json_object_get(p, "status"));
@@ -135,29 +206,14 @@ static void settle_in_doubt(reconciler *r, const intake *in, const json_t *doc)
     /* Only the payment order asked for approves the rental: one made for
      * this id with another amount, qty or car is cancelled like no payment. */
     if (p && status && strcmp(status, "Paid") == 0 && payment_id > 0
-        && rental_payment_matches(p, in)) {
-        order o;
-        int rc = rental_approve(r->st, in->id, payment_id, &o);
-        if (rc == 1) {
-            log_info("req=%s msg=\"rental accepted after restart: payment found\" order=%lld "
-                     "payment=%lld", req_of(in), in->id, (long long)payment_id);
-            metrics_count_outcome("carshare_order_reconciled_total", "approved");
-            r->pass_progress = true;
-        } else if (rc < 0) {
-            r->pass_failed = true;
-        }
+        && rental_payment_matches(p, &c->in)) {
+        c->payment_id = payment_id;
+        settle(c, SETTLE_APPROVE);
         return;
     }
     /* Never paid (or already refunded): cancel at payment so that a late
      * charge is refused, then release. */
-    int rc = rental_start_void(r->st, in->id);
-    if (rc == 1) {
-        log_info("req=%s msg=\"intake in doubt was not paid: voiding\" intake=%lld", req_of(in),
-                 in->id);
-        r->pass_progress = true;
-    } else if (rc < 0) {
-        r->pass_failed = true;
-    }
+    settle(c, SETTLE_START_VOID);
 }
 
 /* Answer to GET /payments/search/findByOrderId for an in-doubt intake. */
@@ -165,21 +221,28 @@ static void on_payment_lookup(const httpc_response *resp, void *arg)
 {
     settle_call *c = arg;
     reconciler *r = c->r;
-    if (!r->stopping) {
-        json_t *doc = resp->result == HTTPC_OK && resp->status == 200
-            ? json_loads(resp->body, 0, NULL) : NULL;
-        if (doc) {
-            settle_in_doubt(r, &c->in, doc);
-            json_decref(doc);
-        } else {
-            log_warn("req=%s msg=\"payment lookup failed, will retry\" intake=%lld result=%s "
-                     "status=%d", req_of(&c->in), c->in.id, httpc_result_name(resp->result),
-                     resp->status);
-            r->pass_failed = true;
-        }
+    json_t *doc = resp->result == HTTPC_OK && resp->status == 200 && !r->stopping
+        ? json_loads(resp->body, 0, NULL) : NULL;
+    if (doc) {
+        settle_in_doubt(c, doc);
+        json_decref(doc);
+        return;
     }
+    if (!r->stopping)
+        log_warn("req=%s msg=\"payment lookup failed, will retry\" intake=%lld result=%s "
+                 "status=%d", req_of(&c->in), c->in.id, httpc_result_name(resp->result),
+                 resp->status);
+    r->pass_failed = true;
     free(c);
     call_done(r);
+}
+
+/* intake_store_unsettled's rows into the batch (the work runs alone). */
+static void keep_intake(const intake *in, void *arg)
+{
+    reconciler *r = arg;
+    if (r->batch_n < RECONCILE_BATCH)
+        r->batch[r->batch_n++] = *in;
 }
 
 static void settle_one(const intake *in, void *arg)
@@ -205,6 +268,24 @@ static void settle_one(const intake *in, void *arg)
     }
 }
 
+static void batch_work(store *st, void *arg)
+{
+    reconciler *r = arg;
+    r->batch_n = 0;
+    r->batch_n = intake_store_unsettled(st, RECONCILE_BATCH, keep_intake, r);
+}
+
+static void batch_done(void *arg, db_status status)
+{
+    reconciler *r = arg;
+    if (status == DB_UNAVAILABLE || r->batch_n < 0)
+        r->pass_failed = true;
+    else if (!r->stopping)
+        for (int i = 0; i < r->batch_n; i++)
+            settle_one(&r->batch[i], r);
+    call_done(r);   /* the pass's own hold */
+}
+
 static void run_pass(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -214,21 +295,21 @@ static void run_pass(evutil_socket_t fd, short what, void *arg)
         return;   /* the pass in flight schedules the next one */
     r->pass_failed = false;
     r->pass_progress = false;
-    r->inflight++;   /* held while the batch is being sent */
-    int n = intake_store_unsettled(r->st, RECONCILE_BATCH, settle_one, r);
-    if (n < 0)
+    r->inflight++;   /* held until the batch has been read and sent */
+    if (!db_run(r->db, batch_work, batch_done, r)) {
         r->pass_failed = true;
-    call_done(r);
+        call_done(r);
+    }
 }
 
-reconciler *reconciler_new(struct event_base *base, store *st, balance_set *payment,
+reconciler *reconciler_new(struct event_base *base, db *d, balance_set *payment,
                            int interval_ms)
 {
     reconciler *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
     r->base = base;
-    r->st = st;
+    r->db = d;
     r->payment = payment;
     r->interval_ms = interval_ms > 0 ? interval_ms : 1000;
     r->timer = evtimer_new(base, run_pass, r);

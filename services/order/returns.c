@@ -24,8 +24,9 @@
  * nothing reads them (no period starts in the past, a return frees days
  * after it, a cancel's release of a deleted day has nothing to do), and
  * without it the table would grow by a row per model and day forever.
- * With the PostgreSQL backend these transactions leave the loop like the
- * others (docs/DESIGN.md); the rule does not change. */
+ * A pass is one unit of work (db.h): at once on the loop on SQLite, on a
+ * database thread on PostgreSQL (the loop only schedules it); one pass at
+ * a time, the next scheduled when it is done. The rule does not change. */
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,10 +38,16 @@
 #define RETURN_BATCH 64
 
 struct return_timer {
-    store *st;
+    db *db;
     int interval_ms;
     struct event *timer;
     long swept_day;          /* the last day whose old bookings were deleted */
+    /* One pass: read by the unit of work, which may run on a database thread. */
+    bool running;            /* a pass is queued or running */
+    bool stopping;           /* stopped while running: the pass's end frees it */
+    long today;
+    time_t now;
+    int looked_at;           /* rentals the pass looked at, -1 on a database error */
 };
 
 static void schedule(return_timer *t, int delay_ms)
@@ -51,15 +58,15 @@ static void schedule(return_timer *t, int delay_ms)
 
 /* Returns the due rentals of one batch: how many were looked at, -1 on a
  * database error. */
-static int return_batch(return_timer *t, long today, time_t now)
+static int return_batch(store *st, long today, time_t now)
 {
     long long ids[RETURN_BATCH];
-    int n = order_store_due(t->st, today, ids, RETURN_BATCH);
+    int n = order_store_due(st, today, ids, RETURN_BATCH);
     for (int i = 0; i < n; i++) {
         order o;
         char req[48];
         snprintf(req, sizeof req, "auto-return-%lld", ids[i]);
-        return_outcome r = order_return(t->st, ids[i], today, now, req, &o);
+        return_outcome r = order_return(st, ids[i], today, now, req, &o);
         if (r == RETURN_DONE) {
             char to[CAL_DATE_SIZE];
             log_info("req=%s msg=\"rental returned at the end of its period\" order=%lld "
@@ -76,15 +83,15 @@ static int return_batch(return_timer *t, long today, time_t now)
 }
 
 /* At most once a day: the bookings of days before yesterday go. */
-static void sweep_bookings(return_timer *t, long today)
+static void sweep_bookings(return_timer *t, store *st, long today)
 {
     if (t->swept_day == today)
         return;
-    if (store_begin(t->st) != SQLITE_OK)
+    if (store_begin(st) != SQLITE_OK)
         return;
-    int n = booking_store_forget_before(t->st, today - 1);
-    if (n < 0 || store_commit(t->st) != SQLITE_OK) {
-        store_rollback(t->st);
+    int n = booking_store_forget_before(st, today - 1);
+    if (n < 0 || store_commit(st) != SQLITE_OK) {
+        store_rollback(st);
         return;   /* tried again at the next pass */
     }
     t->swept_day = today;
@@ -92,22 +99,45 @@ static void sweep_bookings(return_timer *t, long today)
         log_info("msg=\"bookings of past days deleted\" rows=%d", n);
 }
 
+static void pass_work(store *st, void *arg)
+{
+    return_timer *t = arg;
+    sweep_bookings(t, st, t->today);
+    t->looked_at = return_batch(st, t->today, t->now);
+}
+
+static void pass_done(void *arg, db_status status)
+{
+    return_timer *t = arg;
+    t->running = false;
+    if (t->stopping) {
+        event_free(t->timer);
+        free(t);
+        return;
+    }
+    schedule(t, status == DB_DONE && t->looked_at == RETURN_BATCH ? 0 : t->interval_ms);
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     return_timer *t = arg;
-    sweep_bookings(t, cal_today());
-    int n = return_batch(t, cal_today(), cal_now());
-    schedule(t, n == RETURN_BATCH ? 0 : t->interval_ms);
+    t->today = cal_today();
+    t->now = cal_now();
+    t->running = true;
+    if (!db_run(t->db, pass_work, pass_done, t)) {
+        t->running = false;
+        schedule(t, t->interval_ms);   /* the database is closing or swamped */
+    }
 }
 
-return_timer *return_timer_new(struct event_base *base, store *st, int interval_ms)
+return_timer *return_timer_new(struct event_base *base, db *d, int interval_ms)
 {
     return_timer *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
-    t->st = st;
+    t->db = d;
     t->interval_ms = interval_ms;
     t->timer = evtimer_new(base, on_timer, t);
     if (!t->timer) {
@@ -122,6 +152,10 @@ void return_timer_stop(return_timer *t)
 {
     if (!t)
         return;
+    if (t->running) {
+        t->stopping = true;    /* pass_done frees it */
+        return;
+    }
     event_free(t->timer);
     free(t);
 }

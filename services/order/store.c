@@ -25,9 +25,11 @@
  *    index orders_due holds only the active ones, by the day they are due
  *    back: the return timer's query reads just those that are due.
  *
- * PostgreSQL: the day series is generate_series($2, $3 - 1), the UPSERT
- * has the same ON CONFLICT ... DO UPDATE ... WHERE form, changes() is the
- * command's row count, MAX(0, x) is GREATEST(0, x).
+ * PostgreSQL: the same functions are in store_pg.c; each function here
+ * hands a PostgreSQL store over to its twin, so the domain never asks which
+ * backend it runs on. There the day series is generate_series($2, $3 - 1),
+ * the UPSERT has the same ON CONFLICT ... DO UPDATE ... WHERE form,
+ * changes() is the command's row count, MAX(0, x) is GREATEST(0, x).
  *
  * Reads reset their statement before returning, so no read snapshot stays
  * open between transactions (store.h).
@@ -107,6 +109,8 @@ static const char *const order_migrations[] = {
     NULL
 };
 
+const db_schema order_schema = {order_migrations, order_pg_migrations};
+
 store *order_store_open(void)
 {
     return store_open("order", order_migrations);
@@ -153,12 +157,16 @@ static int read_car(sqlite3_stmt *s, void *out)
 
 long long car_store_count(store *st)
 {
+    if (store_is_pg(st))
+        return car_pg_count(st);
     sqlite3_stmt *s = store_prepare(st, "SELECT COUNT(*) FROM cars");
     return s ? store_one_int(st, s, "car count") : -1;
 }
 
 int car_store_get(store *st, const char *id, long from, long to, car *out)
 {
+    if (store_is_pg(st))
+        return car_pg_get(st, id, from, to, out);
     sqlite3_stmt *s = store_prepare(st, "SELECT " CAR_COLUMNS ", " CAR_AVAILABLE("?2", "?3")
                                         " FROM cars WHERE id = ?1");
     if (!s)
@@ -172,6 +180,8 @@ int car_store_get(store *st, const char *id, long from, long to, car *out)
 int car_store_list(store *st, long from, long to, long offset, long limit,
                    void (*each)(const car *c, void *arg), void *arg)
 {
+    if (store_is_pg(st))
+        return car_pg_list(st, from, to, offset, limit, each, arg);
     sqlite3_stmt *s = store_prepare(st, "SELECT " CAR_COLUMNS ", " CAR_AVAILABLE("?3", "?4")
                                         " FROM cars ORDER BY id LIMIT ?1 OFFSET ?2");
     if (!s)
@@ -201,6 +211,8 @@ static void bind_booking(sqlite3_stmt *s, const char *id, long from, long to, lo
 
 int booking_store_book(store *st, const char *id, long from, long to, long long qty)
 {
+    if (store_is_pg(st))
+        return booking_pg_book(st, id, from, to, qty);
     /* The days of the period as a recursive CTE (SQLite has no
      * generate_series built in). A day without a row gets one if qty fits
      * in the total at all; a day with one is raised only where it still
@@ -224,6 +236,8 @@ int booking_store_book(store *st, const char *id, long from, long to, long long 
 
 int booking_store_release(store *st, const char *id, long from, long to, long long qty)
 {
+    if (store_is_pg(st))
+        return booking_pg_release(st, id, from, to, qty);
     if (from >= to)
         return 0;
     /* MAX(0, ...): the rows of days long past may have been cleared. */
@@ -237,6 +251,8 @@ int booking_store_release(store *st, const char *id, long from, long to, long lo
 
 int booking_store_forget_before(store *st, long day)
 {
+    if (store_is_pg(st))
+        return booking_pg_forget_before(st, day);
     sqlite3_stmt *s = store_prepare(st, "DELETE FROM bookings WHERE day < ?1");
     if (!s)
         return -1;
@@ -260,6 +276,8 @@ static int read_full_day(sqlite3_stmt *s, void *out)
 int booking_store_first_full(store *st, const char *id, long from, long to, long long qty,
                              long *day, long long *free_cars)
 {
+    if (store_is_pg(st))
+        return booking_pg_first_full(st, id, from, to, qty, day, free_cars);
     /* A day without a row has all the cars free: it is full only when qty
      * exceeds the total, i.e. on the first day. */
     sqlite3_stmt *s = store_prepare(st,
@@ -283,6 +301,8 @@ int booking_store_first_full(store *st, const char *id, long from, long to, long
 
 int car_store_insert(store *st, const car *c)
 {
+    if (store_is_pg(st))
+        return car_pg_insert(st, c);
     sqlite3_stmt *s = store_prepare(st, "INSERT INTO cars (" CAR_COLUMNS ")"
                                         " VALUES (?, ?, ?, ?, ?)");
     if (!s)
@@ -297,12 +317,16 @@ int car_store_insert(store *st, const car *c)
 
 int car_store_replace_begin(store *st)
 {
+    if (store_is_pg(st))
+        return car_pg_replace_begin(st);
     return store_exec(st, "CREATE TEMP TABLE IF NOT EXISTS fleet_file (id TEXT PRIMARY KEY);"
                           "DELETE FROM temp.fleet_file;") == SQLITE_OK ? 0 : -1;
 }
 
 int car_store_replace_put(store *st, const car *c)
 {
+    if (store_is_pg(st))
+        return car_pg_replace_put(st, c);
     /* The bookings of this model stay: what is free on a day is what the
      * new total leaves after them (CAR_AVAILABLE). */
     sqlite3_stmt *s = store_prepare(st,
@@ -325,6 +349,8 @@ int car_store_replace_put(store *st, const car *c)
 
 int car_store_replace_end(store *st)
 {
+    if (store_is_pg(st))
+        return car_pg_replace_end(st);
     return store_exec(st, "DELETE FROM cars WHERE id NOT IN (SELECT id FROM temp.fleet_file);"
                           "DROP TABLE temp.fleet_file;") == SQLITE_OK ? 0 : -1;
 }
@@ -360,6 +386,8 @@ static int read_intake(sqlite3_stmt *s, void *out)
 
 int intake_store_insert(store *st, intake *in)
 {
+    if (store_is_pg(st))
+        return intake_pg_insert(st, in);
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO intakes (idempotency_key, product_id, qty, customer_id, amount, state,"
         " request_id, created_at, updated_at, from_day, to_day)"
@@ -391,12 +419,16 @@ int intake_store_insert(store *st, intake *in)
 
 int intake_store_get(store *st, long long id, intake *out)
 {
+    if (store_is_pg(st))
+        return intake_pg_get(st, id, out);
     return store_find_one(st, "SELECT " INTAKE_COLUMNS " FROM intakes WHERE id = ?", id,
                           read_intake, out, "intake read");
 }
 
 int intake_store_find_by_key(store *st, const char *key, intake *out)
 {
+    if (store_is_pg(st))
+        return intake_pg_find_by_key(st, key, out);
     sqlite3_stmt *s = store_prepare(st, "SELECT " INTAKE_COLUMNS
                                         " FROM intakes WHERE idempotency_key = ?");
     if (!s)
@@ -407,6 +439,8 @@ int intake_store_find_by_key(store *st, const char *key, intake *out)
 
 int intake_store_forget_key(store *st, long long id)
 {
+    if (store_is_pg(st))
+        return intake_pg_forget_key(st, id);
     sqlite3_stmt *s = store_prepare(st, "UPDATE intakes SET idempotency_key = NULL WHERE id = ?");
     if (!s)
         return -1;
@@ -417,6 +451,8 @@ int intake_store_forget_key(store *st, long long id)
 int intake_store_transition(store *st, long long id, const intake_state *from, int count,
                             intake_state to, long long payment_id, const char *message)
 {
+    if (store_is_pg(st))
+        return intake_pg_transition(st, id, from, count, to, payment_id, message);
     /* Up to three source states: ?4, ?5, ?6 (unused ones repeat the first). */
     sqlite3_stmt *s = store_prepare(st,
         "UPDATE intakes SET state = ?2,"
@@ -443,6 +479,8 @@ int intake_store_transition(store *st, long long id, const intake_state *from, i
 
 int intake_store_mark_all(store *st, intake_state from, intake_state to)
 {
+    if (store_is_pg(st))
+        return intake_pg_mark_all(st, from, to);
     sqlite3_stmt *s = store_prepare(st, "UPDATE intakes SET state = ?2,"
                                         " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')"
                                         " WHERE state = ?1");
@@ -456,6 +494,8 @@ int intake_store_mark_all(store *st, intake_state from, intake_state to)
 int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
                            void *arg)
 {
+    if (store_is_pg(st))
+        return intake_pg_unsettled(st, limit, each, arg);
     sqlite3_stmt *s = store_prepare(st, "SELECT " INTAKE_COLUMNS " FROM intakes"
                                         " WHERE state IN (?1, ?2) ORDER BY id LIMIT ?3");
     if (!s)
@@ -500,6 +540,8 @@ static int read_order(sqlite3_stmt *s, void *out)
 
 int order_store_insert(store *st, const order *o)
 {
+    if (store_is_pg(st))
+        return order_pg_insert(st, o);
     sqlite3_stmt *s = store_prepare(st, "INSERT INTO orders (" ORDER_COLUMNS
                                         ", created_at, updated_at)"
                                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8)");
@@ -521,12 +563,16 @@ int order_store_insert(store *st, const order *o)
 
 int order_store_get(store *st, long long id, order *out)
 {
+    if (store_is_pg(st))
+        return order_pg_get(st, id, out);
     return store_find_one(st, "SELECT " ORDER_COLUMNS ", returned_at FROM orders WHERE id = ?", id,
                           read_order, out, "order read");
 }
 
 int order_store_set_status(store *st, long long id, const char *from, const char *to)
 {
+    if (store_is_pg(st))
+        return order_pg_set_status(st, id, from, to);
     sqlite3_stmt *s = store_prepare(st, "UPDATE orders SET status = ?3, updated_at = ?4"
                                         " WHERE id = ?1 AND status = ?2");
     if (!s)
@@ -541,6 +587,8 @@ int order_store_set_status(store *st, long long id, const char *from, const char
 
 int order_store_mark_returned(store *st, long long id, const char *returned_at)
 {
+    if (store_is_pg(st))
+        return order_pg_mark_returned(st, id, returned_at);
     sqlite3_stmt *s = store_prepare(st, "UPDATE orders SET status = 'Returned', returned_at = ?2,"
                                         " updated_at = ?3"
                                         " WHERE id = ?1 AND status IN ('OrderApproved', 'Shipped')");
@@ -555,6 +603,8 @@ int order_store_mark_returned(store *st, long long id, const char *returned_at)
 
 int order_store_due(store *st, long today, long long *ids, int max)
 {
+    if (store_is_pg(st))
+        return order_pg_due(st, today, ids, max);
     /* The WHERE repeats the partial index's condition word for word, so
      * the planner reads orders_due (only active rentals, by due day). */
     sqlite3_stmt *s = store_prepare(st, "SELECT id FROM orders"
@@ -577,6 +627,8 @@ int order_store_due(store *st, long today, long long *ids, int max)
 
 long long order_store_count(store *st, const char *customer_id)
 {
+    if (store_is_pg(st))
+        return order_pg_count(st, customer_id);
     sqlite3_stmt *s = customer_id
         ? store_prepare(st, "SELECT COUNT(*) FROM orders WHERE customer_id = ?")
         : store_prepare(st, "SELECT COUNT(*) FROM orders");
@@ -590,6 +642,8 @@ long long order_store_count(store *st, const char *customer_id)
 int order_store_list(store *st, const char *customer_id, long offset, long limit,
                      void (*each)(const order *o, void *arg), void *arg)
 {
+    if (store_is_pg(st))
+        return order_pg_list(st, customer_id, offset, limit, each, arg);
     sqlite3_stmt *s = customer_id
         ? store_prepare(st, "SELECT " ORDER_COLUMNS ", returned_at FROM orders"
                             " WHERE customer_id = ?3 ORDER BY id LIMIT ?1 OFFSET ?2")

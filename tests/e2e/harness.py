@@ -22,10 +22,12 @@ token), or passes its own Authorization header.
     sys.call("GET", "gateway", "/orders/7", as_="lee")        # another customer: 404
     sys.token("kim")                                          # the token itself
 
-CARSHARE_DB=postgres runs the services that have a PostgreSQL store (PG_SERVICES) on a real
-PostgreSQL instead of SQLite: one private server per test process (scripts/pglocal.py: initdb in a
-temporary directory, pg_ctl on a free port, stopped by PID at exit), a fresh database and role per
-service and System; the other services stay on SQLite (the mixed setup of the seed).
+CARSHARE_DB=postgres runs the services that have a PostgreSQL store (PG_SERVICES: all of them, or
+those a System is given as pg_services) on a real PostgreSQL instead of SQLite: one private
+server per test process (scripts/pglocal.py: initdb in a temporary directory, pg_ctl on a free
+port, stopped by PID at exit), a fresh database and role per service and System; the other
+services stay on SQLite. pg_services=MIXED_PG_SERVICES is the seed's mixed setup (order and
+payment on PostgreSQL, delivery and customerpage on SQLite).
 
 A test file defines test_* functions and ends with `run(globals())`, which runs them in order,
 prints one line per test and a closing 'N passed, N failed' line, and exits non-zero on failure.
@@ -80,7 +82,10 @@ UPSTREAM_PATHS = {"ORDER_URL": ("/orders", "/cars"), "PAYMENT_URL": ("/payments"
                   "DELIVERY_URL": ("/deliveries", "/cancellations"),
                   "CUSTOMERPAGE_URL": ("/customerpages",), "ACCOUNT_URL": ("/accounts", "/sessions")}
 # The services whose store has a PostgreSQL version (issue 13 ports them one by one).
-PG_SERVICES = ["account", "payment", "delivery", "customerpage"]
+PG_SERVICES = ["account", "payment", "order", "delivery", "customerpage"]
+# The seed's polyglot setup (issue 13): order and payment on PostgreSQL, delivery and customerpage
+# on SQLite. System(pg_services=MIXED_PG_SERVICES) runs it (test_pg_postgres tests it).
+MIXED_PG_SERVICES = ["payment", "order"]
 DB = os.environ.get("CARSHARE_DB", "sqlite")
 URL_VARS = {"order": "ORDER_URL", "payment": "PAYMENT_URL", "delivery": "DELIVERY_URL",
             "customerpage": "CUSTOMERPAGE_URL", "account": "ACCOUNT_URL"}
@@ -221,15 +226,16 @@ class Proc:
 
 class System:
     def __init__(self, services=SERVICES, nats=None, env=None, service_env=None, keep=False,
-                 db=None):
+                 db=None, pg_services=None):
         """services: which carshare services to run. nats: run a nats-server (default: when any
         service but payment-only/order-only needs events -- always True unless False is given).
         env: extra environment for every service; service_env: {name: {VAR: value}}.
         db: "postgres" or "sqlite" (default: $CARSHARE_DB, else sqlite): the backend of the
-        services in PG_SERVICES."""
+        services in pg_services (default PG_SERVICES; MIXED_PG_SERVICES is the seed's setup)."""
         self.dir = tempfile.mkdtemp(prefix="carshare-e2e-")
         self.services = list(services)
         self.db = db or DB
+        self.pg_services = list(PG_SERVICES if pg_services is None else pg_services)
         if self.db == "postgres":
             postgres()      # its port taken before ours are chosen, so none can be the same
         self.want_nats = True if nats is None else nats
@@ -248,7 +254,7 @@ class System:
 
     # ---- lifecycle ----
     def on_postgres(self, name):
-        return self.db == "postgres" and name in PG_SERVICES
+        return self.db == "postgres" and name in self.pg_services
 
     def __enter__(self):
         try:
@@ -400,6 +406,17 @@ class System:
             return db.execute("SELECT COUNT(*) FROM %s" % table).fetchone()[0]
         finally:
             db.close()
+
+    def psql(self, name, sql):
+        """Runs SQL on a service's PostgreSQL database as the server's superuser (what a test
+        does behind the service's back: inject a failure, read a table). Returns the rows as
+        lists of text."""
+        pg = postgres()
+        out = subprocess.run(["psql", "-X", "-q", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                              "-h", pg.dir, "-p", str(pg.port), "-U", "postgres",
+                              "-d", self.db_urls[name].rsplit("/", 1)[1], "-c", sql],
+                             check=True, stdout=subprocess.PIPE, text=True, timeout=60).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
 
     def data_files(self):
         """Every file the system's services and servers wrote: its directory, and the PostgreSQL

@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include "store.h"
+#include "store_pg.h"
 
 /* Opens <name>.db with these migrations in a new temporary directory
  * (temp_dir_make), whose path is written into dir (of `size` bytes; the
@@ -29,9 +30,12 @@ static inline store *temp_store_open(char *dir, size_t size, const char *name,
     return st;
 }
 
-/* The single integer a query such as SELECT COUNT(*) answers, or -1. */
+/* The single integer a query such as SELECT COUNT(*) answers, or -1 (on
+ * either backend: the SQL must then be in both dialects). */
 static inline long long count(store *st, const char *sql)
 {
+    if (store_is_pg(st))
+        return store_pg_one_int(st, sql, 0, NULL, "test count");
     sqlite3_stmt *s;
     long long n = -1;
     if (sqlite3_prepare_v2(store_db(st), sql, -1, &s, NULL) != SQLITE_OK) {

@@ -172,7 +172,9 @@ int main(void)
 
     /* Payment is down: passes fail, nothing changes state wrongly. */
     pay.failing = true;
-    reconciler *rec = reconciler_new(base, st, client, 50);
+    db *d = db_of_store(base, st);
+    CHECK(d != NULL);
+    reconciler *rec = reconciler_new(base, d, client, 50);
     run_until(NULL, st, 400);
     CHECK(pay.lookups > 0);
     CHECK_INT(state_of(st, ids[0]), INTAKE_VOIDING);
@@ -204,7 +206,7 @@ int main(void)
     reconciler_stop(rec);
     balance_set_free(client);
     http_server_free(srv);
-    store_close(st);
+    db_close(d);   /* closes st */
     event_base_free(base);
     temp_dir_remove(dir);
     return test_done("order/test_reconcile");

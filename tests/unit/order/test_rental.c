@@ -4,12 +4,21 @@
  * event once; decline and void give the cars back once; a restart turns
  * pending intakes into in-doubt ones; cancel releases the cars and
  * publishes OrderCancelled once; Shipped only moves an approved order;
- * fleet files replace the fleet while keeping rented cars out. */
+ * fleet files replace the fleet while keeping rented cars out.
+ *
+ * On SQLite here; test_rental_pg.c runs the same tests on PostgreSQL
+ * (compiled with ORDER_TEST_PG), and the races only that backend has. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "order.h"
+#ifdef ORDER_TEST_PG
+#include <event2/event.h>
+#include <event2/thread.h>
+#include "log.h"
+#include "store_pg.h"
+#endif
 #include "testing.h"
 #include "testing_store.h"
 
@@ -352,40 +361,55 @@ static void test_returns(store *st)
     CHECK_INT(free_on(st, "1009", d + 1, d + 4), later);
 }
 
+static void check_event(const char *type, const char *payload)
+{
+    json_t *ev = json_loads(payload, 0, NULL);
+    CHECK(ev != NULL);
+    CHECK(json_is_integer(json_object_get(ev, "id")));
+    CHECK(json_is_string(json_object_get(ev, "productId")));
+    CHECK(json_is_integer(json_object_get(ev, "qty")));
+    CHECK(json_is_string(json_object_get(ev, "customerId")));
+    CHECK(json_is_string(json_object_get(ev, "eventId")));
+    CHECK(json_is_string(json_object_get(ev, "timestamp")));
+    if (strcmp(type, "Ordered") == 0) {
+        CHECK(json_is_integer(json_object_get(ev, "amount")));
+        CHECK_STR(json_string_value(json_object_get(ev, "status")), "OrderApproved");
+        CHECK(json_is_string(json_object_get(ev, "from")));
+        CHECK(json_is_string(json_object_get(ev, "to")));
+        CHECK(json_integer_value(json_object_get(ev, "days")) >= 1);
+        CHECK_INT(json_object_size(ev), 12);   /* 9 fields + envelope */
+    } else if (strcmp(type, "Returned") == 0) {
+        CHECK(json_is_string(json_object_get(ev, "from")));
+        CHECK(json_is_string(json_object_get(ev, "to")));
+        CHECK(json_is_string(json_object_get(ev, "returnedAt")));
+        CHECK_INT(json_object_size(ev), 10);   /* 7 fields + envelope */
+    } else {
+        CHECK_STR(type, "OrderCancelled");
+        CHECK_INT(json_object_size(ev), 7);   /* 4 fields + envelope */
+    }
+    json_decref(ev);
+}
+
 static void test_events_payloads(store *st)
 {
+    int n = 0;
+#ifdef ORDER_TEST_PG
+    PGresult *r = store_pg_query(st, "SELECT event_type, payload FROM outbox ORDER BY seq", 0,
+                                 NULL, "outbox");
+    CHECK(r != NULL);
+    for (int i = 0; r && i < PQntuples(r); i++, n++)
+        check_event(PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+    PQclear(r);
+#else
     sqlite3_stmt *s;
     CHECK_INT(sqlite3_prepare_v2(store_db(st), "SELECT event_type, payload FROM outbox ORDER BY seq",
                                  -1, &s, NULL), SQLITE_OK);
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        const char *type = (const char *)sqlite3_column_text(s, 0);
-        json_t *ev = json_loads((const char *)sqlite3_column_text(s, 1), 0, NULL);
-        CHECK(ev != NULL);
-        CHECK(json_is_integer(json_object_get(ev, "id")));
-        CHECK(json_is_string(json_object_get(ev, "productId")));
-        CHECK(json_is_integer(json_object_get(ev, "qty")));
-        CHECK(json_is_string(json_object_get(ev, "customerId")));
-        CHECK(json_is_string(json_object_get(ev, "eventId")));
-        CHECK(json_is_string(json_object_get(ev, "timestamp")));
-        if (strcmp(type, "Ordered") == 0) {
-            CHECK(json_is_integer(json_object_get(ev, "amount")));
-            CHECK_STR(json_string_value(json_object_get(ev, "status")), "OrderApproved");
-            CHECK(json_is_string(json_object_get(ev, "from")));
-            CHECK(json_is_string(json_object_get(ev, "to")));
-            CHECK(json_integer_value(json_object_get(ev, "days")) >= 1);
-            CHECK_INT(json_object_size(ev), 12);   /* 9 fields + envelope */
-        } else if (strcmp(type, "Returned") == 0) {
-            CHECK(json_is_string(json_object_get(ev, "from")));
-            CHECK(json_is_string(json_object_get(ev, "to")));
-            CHECK(json_is_string(json_object_get(ev, "returnedAt")));
-            CHECK_INT(json_object_size(ev), 10);   /* 7 fields + envelope */
-        } else {
-            CHECK_STR(type, "OrderCancelled");
-            CHECK_INT(json_object_size(ev), 7);   /* 4 fields + envelope */
-        }
-        json_decref(ev);
-    }
+    for (; sqlite3_step(s) == SQLITE_ROW; n++)
+        check_event((const char *)sqlite3_column_text(s, 0),
+                    (const char *)sqlite3_column_text(s, 1));
     sqlite3_finalize(s);
+#endif
+    CHECK(n > 0);
 }
 
 static void test_fleet_file(store *st)
@@ -425,28 +449,59 @@ static void test_fleet_file(store *st)
     CHECK_INT(car_store_count(st), 2);
 }
 
+#ifdef ORDER_TEST_PG
+static void backend_tests(struct event_base *base, db *d);   /* test_rental_pg.c */
+#endif
+
+static void run_tests(store *st)
+{
+    test_demo_fleet(st);
+    test_reserve_never_oversells(st);
+    test_approve(st);
+    test_decline_and_void(st);
+    test_in_doubt(st);
+    test_unsettled(st);
+    test_cancel(st);
+    test_periods(st);
+    test_returns(st);
+    test_events_payloads(st);
+    test_fleet_file(st);
+}
+
 int main(void)
 {
     if (!temp_dir_make(dir, sizeof dir, "order"))
         return 1;
+#ifdef ORDER_TEST_PG
+    const char *url = getenv("TEST_DATABASE_URL");
+    if (!url) {
+        fprintf(stderr, "TEST_DATABASE_URL is not set: run under tests/pg_run.py\n");
+        return 1;
+    }
+    log_init("test_rental_pg");
+    evthread_use_pthreads();
+    struct event_base *base = event_base_new();
+    setenv("ORDER_DATABASE_URL", url, 1);
+    db *d = db_open(base, "order", &order_schema);
+    CHECK(d != NULL && db_is_pg(d));
+    if (d) {
+        run_tests(db_store(d));
+        backend_tests(base, d);
+        db_close(d);
+    }
+    event_base_free(base);
+    temp_dir_remove(dir);
+    return test_done("order/test_rental_pg");
+#else
     char path[300];
     snprintf(path, sizeof path, "%s/order.db", dir);
     store *st = order_store_open_path(path);
     CHECK(st != NULL);
     if (st) {
-        test_demo_fleet(st);
-        test_reserve_never_oversells(st);
-        test_approve(st);
-        test_decline_and_void(st);
-        test_in_doubt(st);
-        test_unsettled(st);
-        test_cancel(st);
-        test_periods(st);
-        test_returns(st);
-        test_events_payloads(st);
-        test_fleet_file(st);
+        run_tests(st);
         store_close(st);
     }
     temp_dir_remove(dir);
     return test_done("order/test_rental");
+#endif
 }
