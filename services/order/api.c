@@ -27,6 +27,7 @@
 
 #include "auth.h"
 #include "db.h"
+#include "db_job.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -69,11 +70,9 @@ json_t *order_json(const order *o, const char *base_url)
 /* ---- one request's unit of work ---- */
 
 /* A handler's inputs, read on the loop, and the store's results, read by
- * the work. */
+ * the work (lib/db_job.h). */
 typedef struct api_job {
-    http_req *req;
-    order_api *api;
-    char request_id[72];
+    db_job job;                  /* first: the request, the database, request_id */
     long long id;                /* order id */
     char car_id[ORDER_PRODUCT_MAX + 1];
     long from, to;               /* a period */
@@ -94,42 +93,20 @@ typedef struct api_job {
     order *orders;
 } api_job;
 
+static void clear_rows(db_job *job)
+{
+    api_job *j = (api_job *)job;
+    free(j->cars);
+    free(j->orders);
+}
+
 static api_job *job_new(http_req *r, order_api *api)
 {
-    api_job *j = mem_must(calloc(1, sizeof *j));
-    j->req = r;
-    j->api = api;
-    snprintf(j->request_id, sizeof j->request_id, "%s", http_req_id(r));
+    api_job *j = db_job_new(r, api->db, sizeof *j, "the order database", clear_rows);
     const char *owner = auth_owner_filter(r);
     j->owner_only = owner != NULL;
     snprintf(j->owner, sizeof j->owner, "%s", owner ? owner : "");
     return j;
-}
-
-static void job_free(api_job *j)
-{
-    free(j->cars);
-    free(j->orders);
-    free(j);
-}
-
-/* Runs the job; when the database cannot take it, answers 503 at once. */
-static void job_run(api_job *j, db_work_fn work, db_done_fn done)
-{
-    if (db_run(j->api->db, work, done, j))
-        return;
-    rep_reply_db_unavailable(j->req, "the order database");
-    job_free(j);
-}
-
-/* Answers 503 and frees j when the database was not there: true. */
-static bool answered_unavailable(api_job *j, db_status status)
-{
-    if (status != DB_UNAVAILABLE)
-        return false;
-    rep_reply_db_unavailable(j->req, "the order database");
-    job_free(j);
-    return true;
 }
 
 /* The rows of one page, kept by the work (a rerun starts at n = 0); the
@@ -184,9 +161,9 @@ static void list_cars_work(store *st, void *arg)
 static void list_cars_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     if (j->found < 0) {
         http_reply_error(r, 500, "the fleet could not be read");
     } else {
@@ -195,7 +172,7 @@ static void list_cars_done(void *arg, db_status status)
             json_array_append_new(items, car_json(&j->cars[i], http_req_base_url(r)));
         rep_reply_collection(r, "cars", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void list_cars(http_req *r, void *arg)
@@ -209,7 +186,7 @@ static void list_cars(http_req *r, void *arg)
     j->cars = mem_must(calloc((size_t)size, sizeof *j->cars));
     j->from = from;
     j->to = to;
-    job_run(j, list_cars_work, list_cars_done);
+    db_job_run(&j->job, list_cars_work, list_cars_done);
 }
 
 static void get_car_work(store *st, void *arg)
@@ -221,16 +198,16 @@ static void get_car_work(store *st, void *arg)
 static void get_car_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     if (j->found < 0)
         http_reply_error(r, 500, "the car could not be read");
     else if (!j->found)
         http_reply_error(r, 404, "no car model with id %s", j->car_id);
     else
         http_reply_json(r, 200, car_json(&j->c, http_req_base_url(r)));
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void get_car(http_req *r, void *arg)
@@ -247,7 +224,7 @@ static void get_car(http_req *r, void *arg)
     snprintf(j->car_id, sizeof j->car_id, "%s", id);
     j->from = from;
     j->to = to;
-    job_run(j, get_car_work, get_car_done);
+    db_job_run(&j->job, get_car_work, get_car_done);
 }
 
 /* A positive integer path parameter, else a 400. */
@@ -272,9 +249,9 @@ static void list_orders_work(store *st, void *arg)
 static void list_orders_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     if (j->found < 0) {
         http_reply_error(r, 500, "the orders could not be read");
     } else {
@@ -283,7 +260,7 @@ static void list_orders_done(void *arg, db_status status)
             json_array_append_new(items, order_json(&j->orders[i], http_req_base_url(r)));
         rep_reply_collection(r, "orders", items, j->page, j->size, j->total);
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 /* The orders of customer_id (NULL: everyone's). */
@@ -297,7 +274,7 @@ static void list_orders_of(http_req *r, order_api *api, const char *customer_id)
     j->size = size;
     j->orders = mem_must(calloc((size_t)size, sizeof *j->orders));
     snprintf(j->owner, sizeof j->owner, "%s", customer_id ? customer_id : "");
-    job_run(j, list_orders_work, list_orders_done);
+    db_job_run(&j->job, list_orders_work, list_orders_done);
 }
 
 static void list_orders(http_req *r, void *arg)
@@ -336,12 +313,12 @@ static void get_order_work(store *st, void *arg)
 static void get_order_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     rep_reply_found(r, j->found, j->found > 0 ? order_json(&j->o, http_req_base_url(r)) : NULL,
                     "order", http_req_param(r, "id"));
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 /* A job for a request on /orders/{id}: NULL when it answered 400. */
@@ -359,7 +336,7 @@ static void get_order(http_req *r, void *arg)
 {
     api_job *j = order_job(r, arg);
     if (j)
-        job_run(j, get_order_work, get_order_done);
+        db_job_run(&j->job, get_order_work, get_order_done);
 }
 
 /* ---- DELETE /orders/{id} ---- */
@@ -371,22 +348,22 @@ static void cancel_work(store *st, void *arg)
     api_job *j = arg;
     j->found = visible_order(st, j);
     if (j->found > 0)
-        j->cancelled = order_cancel(st, j->id, j->request_id, &j->o);
+        j->cancelled = order_cancel(st, j->id, j->job.request_id, &j->o);
 }
 
 static void cancel_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     long long id = j->id;
     if (j->found <= 0) {
         if (j->found < 0)
             http_reply_error(r, 500, "order %lld could not be read; please retry", id);
         else
             http_reply_error(r, 404, "order %lld not found", id);
-        job_free(j);
+        db_job_free(&j->job);
         return;
     }
     switch (j->cancelled) {
@@ -408,14 +385,14 @@ static void cancel_done(void *arg, db_status status)
         http_reply_error(r, 500, "order %lld could not be cancelled; please retry", id);
         break;
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void cancel_order(http_req *r, void *arg)
 {
     api_job *j = order_job(r, arg);
     if (j)
-        job_run(j, cancel_work, cancel_done);
+        db_job_run(&j->job, cancel_work, cancel_done);
 }
 
 /* ---- POST /orders/{id}/return ---- */
@@ -425,22 +402,22 @@ static void return_work(store *st, void *arg)
     api_job *j = arg;
     j->found = visible_order(st, j);
     if (j->found > 0)
-        j->returned = order_return(st, j->id, j->today, j->now, j->request_id, &j->o);
+        j->returned = order_return(st, j->id, j->today, j->now, j->job.request_id, &j->o);
 }
 
 static void return_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (answered_unavailable(j, status))
+    if (db_job_answered_unavailable(&j->job, status))
         return;
-    http_req *r = j->req;
+    http_req *r = j->job.req;
     long long id = j->id;
     if (j->found <= 0) {
         if (j->found < 0)
             http_reply_error(r, 500, "order %lld could not be read; please retry", id);
         else
             http_reply_error(r, 404, "order %lld not found", id);
-        job_free(j);
+        db_job_free(&j->job);
         return;
     }
     if (j->returned == RETURN_DONE) {
@@ -463,7 +440,7 @@ static void return_done(void *arg, db_status status)
         http_reply_error(r, 500, "order %lld could not be returned; please retry", id);
         break;
     }
-    job_free(j);
+    db_job_free(&j->job);
 }
 
 static void return_order(http_req *r, void *arg)
@@ -473,7 +450,7 @@ static void return_order(http_req *r, void *arg)
         return;
     j->today = cal_today();
     j->now = cal_now();
-    job_run(j, return_work, return_done);
+    db_job_run(&j->job, return_work, return_done);
 }
 
 static void free_api(void *arg)
