@@ -87,7 +87,12 @@ def test_restart_during_rentals():
             t.join()
         accepted = {b["id"] for c, b in answers if c == 201}
         refused = [c for c, _ in answers if c != 201]
-        check(all(c in (402, 409, 503) for c in refused), "refusals are 503s: %r" % refused[:10])
+        # 500 only as the contract's "outcome unknown": payment charged, then neither the approval
+        # nor the voiding could be written while the server was away (the rental may still stand).
+        unknown = [b for c, b in answers if c == 500]
+        check(all("may still be accepted" in b.get("message", "") for b in unknown),
+              "a 500 that is not 'outcome unknown': %r" % unknown[:3])
+        check(all(c in (402, 409, 500, 503) for c in refused), "refusals are 503s: %r" % refused[:10])
         # Every acknowledged rental is an order with its payment: nothing acknowledged was lost.
         paid = {p["orderId"] for p in payments(s)}
         listed = {o["id"] for o in orders(s)}
@@ -98,10 +103,13 @@ def test_restart_during_rentals():
         approved = {int(r[0]) for r in s.psql("order", "SELECT id FROM intakes WHERE state = 'approved'")}
         check(accepted <= approved, "accepted rentals not approved in order's database: %r" %
               sorted(accepted - approved))
-        wait_for(lambda: not s.psql("order", "SELECT id FROM intakes WHERE state IN "
-                                             "('pending', 'voiding', 'in_doubt')"), 30,
-                 "every interrupted intake settled")
-        wait_for(lambda: not problems(s), 30, "no payment without its order, no car held")
+        # An intake whose outcome could not be written stays pending while its process lives
+        # (settled at the next start): at most one per 500.
+        wait_for(lambda: len(s.psql("order", "SELECT id FROM intakes WHERE state IN "
+                                             "('pending', 'voiding', 'in_doubt')")) <= len(unknown),
+                 30, "every interrupted intake settled")
+        if not unknown:
+            wait_for(lambda: not problems(s), 30, "no payment without its order, no car held")
         print("rentals: %d accepted, %d refused while PostgreSQL was away" %
               (len(accepted), len(refused)))
     os.remove(s.fleet_file)
