@@ -342,9 +342,9 @@ static int step_cached(store *st, const char *sql)
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-int store_begin(store *st)
+static int begin(store *st, bool locking)
 {
-    if (st->pg) return pgstore_begin(st->pg) == 0 ? SQLITE_OK : SQLITE_ERROR;
+    if (st->pg) return pgstore_begin(st->pg, locking) == 0 ? SQLITE_OK : SQLITE_ERROR;
     reset_busy_statements(st);
     int rc = step_cached(st, "BEGIN IMMEDIATE");
     if (rc != SQLITE_OK) {
@@ -354,6 +354,10 @@ int store_begin(store *st)
     }
     return rc;
 }
+
+int store_begin(store *st) { return begin(st, false); }
+
+int store_begin_locking(store *st) { return begin(st, true); }
 
 /* PostgreSQL: a failed COMMIT has ended the transaction too. */
 static int commit_pg(store *st)

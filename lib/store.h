@@ -41,6 +41,14 @@ bool store_ready(void *st);   /* a service_check: the database answers */
 /* BEGIN IMMEDIATE (take the write lock now, so a transaction never fails
  * halfway on SQLITE_BUSY), COMMIT, ROLLBACK. Return SQLITE_OK or the error. */
 int store_begin(store *st);
+/* A transaction whose rule is held by row locks and guarded statements
+ * alone (an UPDATE ... WHERE <the rule still holds>, a unique constraint),
+ * never by what an earlier read saw. SQLite: store_begin. PostgreSQL: READ
+ * COMMITTED instead of SERIALIZABLE, so that a writer that finds the row
+ * changed by a concurrent commit waits for it and checks its guard against
+ * the latest version, instead of being refused (40001) and run again: a
+ * hot row (the last cars of a day) is then a queue, not a retry storm. */
+int store_begin_locking(store *st);
 int store_commit(store *st);
 void store_rollback(store *st);
 

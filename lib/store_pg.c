@@ -376,9 +376,10 @@ bool store_pg_try_lock(store *st, long long key)
     return got;
 }
 
-int pgstore_begin(struct pgstore *pg)
+int pgstore_begin(struct pgstore *pg, bool locking)
 {
-    static const char *sql = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+    const char *sql = locking ? "BEGIN ISOLATION LEVEL READ COMMITTED"
+                              : "BEGIN ISOLATION LEVEL SERIALIZABLE";
     if (PQstatus(pg->conn) != CONNECTION_OK && !reconnect(pg)) return 1;
     if (!run_plain(pg, sql, "begin")) {
         if (PQstatus(pg->conn) == CONNECTION_OK || !reconnect(pg) || !run_plain(pg, sql, "begin"))

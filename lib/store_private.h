@@ -19,7 +19,7 @@ store *store_new_pg(struct pgstore *pg, const char *label);
 struct pgstore *store_pgstore(const store *st);
 
 /* store_pg.c: the same contracts as store_begin ... store_close. */
-int pgstore_begin(struct pgstore *pg);
+int pgstore_begin(struct pgstore *pg, bool locking);   /* store_begin_locking */
 int pgstore_commit(struct pgstore *pg);
 void pgstore_rollback(struct pgstore *pg);
 int pgstore_exec(struct pgstore *pg, const char *sql);

@@ -9,14 +9,17 @@
  * reused), orders (the accepted rentals; the partial index orders_due
  * holds the active ones by due day).
  *
- * Why the reservation is atomic here too: the transaction is SERIALIZABLE
- * (lib/store_pg.h). Two rentals of the same day both reach the UPSERT on
- * the same (model, day) row; the second waits for the first's row lock,
- * and when the first commits PostgreSQL refuses the second with 40001
- * (the row changed after its snapshot) instead of letting it add on a
- * stale count. lib/db.c runs the whole unit of work again, which then
- * reads the new count and finds the day full. Periods that do not overlap
- * touch different rows and do not wait for each other.
+ * Why the reservation is atomic here too: two rentals of the same day both
+ * reach the UPSERT on the same (model, day) row; the second waits for the
+ * first's row lock, and when the first commits, PostgreSQL evaluates the
+ * second's guard (booked + qty <= total) again against the row's latest
+ * version (the reservation runs READ COMMITTED, store_begin_locking: its
+ * rules are all in that guard and in UNIQUE constraints), so it can never
+ * add on a stale count; a day that is now full is not written, and the
+ * caller rolls back. Days are locked in ascending order, so overlapping
+ * periods never deadlock. Periods that do not overlap touch different rows
+ * and do not wait for each other. The other transactions are SERIALIZABLE
+ * (a conflict is run again by lib/db.c).
  *
  * Parameters are text; each one that PostgreSQL could not type from its
  * column is cast ($2::bigint), so prepared statements have fixed types.
