@@ -277,6 +277,8 @@ static const char *help_for(const char *name)
         {"carshare_http_requests_total", "HTTP requests answered, by route pattern, method and status."},
         {"carshare_http_request_duration_seconds", "Time from a request's arrival to its answer, by route pattern and method."},
         {"carshare_process_resident_bytes", "Resident memory of the process."},
+        {"carshare_sqlite_memory_bytes", "Memory SQLite holds (page caches, schemas, statements), part of the heap."},
+        {"carshare_heap_bytes", "The C heap: in use (mmapped blocks included), and free but held by malloc."},
         {"carshare_breaker_state", "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open."},
         {"carshare_breaker_rejected_total", "Calls refused by an open circuit breaker."},
         {"carshare_bus_connected", "1 when the event bus connection is up."},

@@ -44,6 +44,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
@@ -158,6 +160,15 @@ static void collect_process(void *arg)
     long page = sysconf(_SC_PAGESIZE);
     metrics_gauge_set("carshare_process_resident_bytes", "",
                       (double)resident_pages * (double)(page > 0 ? page : 4096));
+    /* What the resident memory is made of (make bench prints it per
+     * process): SQLite's own allocations (page caches, schema, statements)
+     * and the C heap, in use and free but still held by malloc's arenas
+     * (one per thread that allocates). mallinfo2 walks the arenas: fine
+     * once per scrape. */
+    metrics_gauge_set("carshare_sqlite_memory_bytes", "", (double)sqlite3_memory_used());
+    struct mallinfo2 mi = mallinfo2();
+    metrics_gauge_set("carshare_heap_bytes", "state=\"in_use\"", (double)(mi.uordblks + mi.hblkhd));
+    metrics_gauge_set("carshare_heap_bytes", "state=\"free\"", (double)mi.fordblks);
 }
 
 /* ---- shutdown ---- */

@@ -22,8 +22,11 @@ generator (wrk, driven by load.lua), with the same threads and connections:
                     service as upstream is in the table and the JSON (gateway_vs_nginx_order).
   lag_p99_ms        under a background rental load of about half rentals_per_s: from a
                     rental's 201 to GET /customerpages/search/findByOrderId showing Shipped
-  max_rss_mb        the largest VmRSS (resident now, not the peak) of the five services at
-                    the end of the run; the table also shows each one's VmHWM (peak)
+  max_rss_mb        the largest VmRSS (resident now, not the peak) of the six processes at
+                    the end of the run; rss_mb gives each one's (name:MB). The table also
+                    shows each one's VmHWM (peak), its anonymous and file-backed parts, and
+                    from its /metrics the C heap in use (SQLite's share of it: page caches,
+                    schemas, statements) and the free heap malloc still holds
   cpu_ms_per_rental CPU time (user + system) of the whole system per accepted rental, over
                     the rentals load and the settling after it (the events it left are part
                     of a rental's cost): the services, nats-server and, with
@@ -473,6 +476,14 @@ def memory_kb(pid):
                 key, _, value = line.partition(":")
                 if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                     found[key] = int(value.split()[0])
+        # Pss: the shared libraries' pages divided among the processes mapping them (about
+        # 11 MB of each service's VmRSS are shared libraries, 3.3 MB of them libpq's own
+        # dependencies: gnutls, krb5, ldap, p11-kit), so the sum over processes is real memory.
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "Pss":
+                    found["Pss"] = int(value.split()[0])
     except OSError:
         pass
     return found
@@ -625,12 +636,15 @@ def print_table(res):
               fmt(lag.get("max_ms")), fmt(lag.get("samples")), fmt(lag.get("lost")),
               fmt(lag.get("background_per_s"), 0)))
     print()
-    print("memory at the end         VmRSS (now)   VmHWM (peak)   of VmRSS: anon / file")
+    print("memory at the end (MB)    VmRSS    Pss   VmHWM (peak)   of VmRSS: anon  file   "
+          "of anon: heap in use (sqlite)  heap free held")
     for name in harness.SERVICES:
         m = res["memory_kb"].get(name, {})
-        mb = {k: (m[k] / 1024.0 if k in m else None) for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
-        print("  %-22s  %8s MB   %8s MB     %6s / %s MB" % (
-            name, fmt(mb["VmRSS"]), fmt(mb["VmHWM"]), fmt(mb["RssAnon"]), fmt(mb["RssFile"])))
+        mb = {k: (m[k] / 1024.0 if k in m else None)
+              for k in ("VmRSS", "Pss", "VmHWM", "RssAnon", "RssFile", "heap", "sqlite", "heap_free")}
+        print("  %-22s %6s %6s   %6s              %6s  %6s   %14s (%6s)  %14s" % (
+            name, fmt(mb["VmRSS"]), fmt(mb["Pss"]), fmt(mb["VmHWM"]), fmt(mb["RssAnon"]),
+            fmt(mb["RssFile"]), fmt(mb["heap"]), fmt(mb["sqlite"]), fmt(mb["heap_free"])))
     print()
 
 
@@ -639,12 +653,14 @@ def summary_line(res):
     errors = rentals["errors"] if rentals else None
     return ("bench: rentals_per_s=%s hello_per_s=%s ratio=%s p50_ms=%s p99_ms=%s lag_p99_ms=%s "
             "gateway_vs_nginx=%s max_rss_mb=%s start_ms=%s errors=%s cpu_ms_per_rental=%s "
-            "db=%s" % (
+            "db=%s rss_mb=%s" % (
                 fmt(per_s(rentals), 0), fmt(per_s(res["wrk"].get("hello")), 0),
                 fmt(res["ratio"], 3), fmt(ms(rentals, "p50_us"), 2), fmt(ms(rentals, "p99_us"), 2),
                 fmt((res["lag"] or {}).get("p99_ms"), 1), fmt(res["gateway_vs_nginx"], 3),
                 fmt(res["max_rss_mb"], 1), fmt(res["start_ms"], 0), fmt(errors),
-                fmt((res.get("cpu") or {}).get("ms_per_rental"), 3), res["db"]))
+                fmt((res.get("cpu") or {}).get("ms_per_rental"), 3), res["db"],
+                ",".join("%s:%s" % (n, fmt(m["VmRSS"] / 1024.0, 1))
+                         for n, m in res["memory_kb"].items() if "VmRSS" in m) or "n/a"))
 
 
 # ---------------------------------------------------------------- the run
@@ -764,11 +780,31 @@ def merge_results(results):
     return merged
 
 
+def metrics_kb(port):
+    """What a service's /metrics says its memory is made of (lib/service.c), in kB."""
+    status, data = http_get(port, "/metrics")
+    found = {}
+    if status != 200:
+        return found
+    names = {"carshare_sqlite_memory_bytes": "sqlite", 'carshare_heap_bytes{state="in_use"}': "heap",
+             'carshare_heap_bytes{state="free"}': "heap_free"}
+    for line in data.decode(errors="replace").splitlines():
+        key, _, value = line.rpartition(" ")
+        if key in names:
+            try:
+                found[names[key]] = int(float(value) / 1024)
+            except ValueError:
+                pass
+    return found
+
+
 def measure_memory(system, res):
     for name in harness.SERVICES:
         res["memory_kb"][name] = memory_kb(system.procs[name].pid)
-    rss = [m["VmRSS"] for m in res["memory_kb"].values() if "VmRSS" in m]
-    res["max_rss_mb"] = max(rss) / 1024.0 if rss else None
+        res["memory_kb"][name].update(metrics_kb(system.ports[name]))
+    rss = {n: m["VmRSS"] for n, m in res["memory_kb"].items() if "VmRSS" in m}
+    res["max_rss_mb"] = max(rss.values()) / 1024.0 if rss else None
+    res["max_rss_of"] = max(rss, key=rss.get) if rss else None
 
 
 def measure(system, workdir, res):
@@ -795,8 +831,8 @@ def main():
                       "log_level": LOG_LEVEL, "bin": BIN},
            "wrk": {}, "lag": None, "memory_kb": {}, "rss_kind": "VmRSS at the end of the run",
            "ratio": None, "gateway_vs_nginx": None, "gateway_vs_nginx_order": None,
-           "max_rss_mb": None, "start_ms": None, "ready_ms": {}, "settle_ms": None,
-           "cpu": None, "db": "postgres" if harness.DB == "postgres" else "sqlite"}
+           "max_rss_mb": None, "max_rss_of": None, "start_ms": None, "ready_ms": {},
+           "settle_ms": None, "cpu": None, "db": "postgres" if harness.DB == "postgres" else "sqlite"}
     workdir = tempfile.mkdtemp(prefix="carshare-bench-")
     try:
         system, res["start_ms"] = start_system(workdir, res["ready_ms"])
