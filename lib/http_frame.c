@@ -112,7 +112,13 @@ static bool method_known(const char *m)
 static bool target_form_known(const http_frame *f)
 {
     if (f->path[0] == '/')
-        return true;
+        /* "//x" is an origin-form path to RFC 9112 but a network-path
+         * reference to RFC 3986, and evhttp reads it so: "//host:port/p"
+         * becomes the authority host:port and the path /p (another route
+         * than the bytes name), or an HTML 400 when the "port" is not one
+         * (fuzz_http_order found it). No route starts with an empty
+         * segment: refused. */
+        return f->path[1] != '/';
     if (f->path[0] == '*')
         return f->target_len == 1 && strcmp(f->method, "OPTIONS") == 0;
     return strncasecmp(f->path, "http://", 7) == 0 || strncasecmp(f->path, "https://", 8) == 0;

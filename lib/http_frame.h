@@ -12,7 +12,7 @@
  * connection is answered in the contract's JSON shape and closed.
  *
  *   400  malformed request line, target (a byte outside RFC 3986, a % not
- *        before two hex digits) or header line; whitespace before
+ *        before two hex digits, a path starting with "//") or header line; whitespace before
  *        a colon; obs-fold; bare CR or LF; NUL or another control byte;
  *        Content-Length duplicated, conflicting, signed or not digits;
  *        Transfer-Encoding other than exactly "chunked", or repeated, or

@@ -120,6 +120,8 @@ CASES = [
     ("HTTP/1.1 without Host", "GET /cars HTTP/1.1\r\n\r\n", 400),
     ("two Hosts", "GET /cars HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("a space inside the target", "GET /ca rs HTTP/1.1\r\n" + H + "\r\n", 400),
+    ("a target starting with // (evhttp: an authority)", "GET //0@x:y HTTP/1.1\r\n" + H + "\r\n",
+     400),
     ("obs-fold", "GET /cars HTTP/1.1\r\n" + H + "X-A: b\r\n c\r\n\r\n", 400),
     ("bare LF line ends", "GET /cars HTTP/1.1\nHost: x\n\n", 400),
     ("bare CR in a value", "GET /cars HTTP/1.1\r\n" + H + "X-A: a\rb\r\n\r\n", 400),

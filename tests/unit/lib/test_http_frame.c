@@ -67,6 +67,7 @@ int main(void)
     refused("GET / HTTP/1.1\r\n\r\n", 400);
     refused("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400);
     refused("GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400);
+    refused("GET //x:1/cars HTTP/1.1\r\nHost: x\r\n\r\n", 400);    /* an authority to evhttp */
     refused("GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n", 400);
     refused("GET / HTTP/1.1\nHost: x\n\n", 400);
     refused("GET / HTTP/1.1\r\nHost: x\r\nA: b\rc\r\n\r\n", 400);
