@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
@@ -57,3 +58,15 @@ def remove_images(images):
 
 def inspect(kind, name):
     return json.loads(podman(kind, "inspect", name))[0]
+
+
+def nats_stream(monitor_port, name="carshare"):
+    """The stream's details as a nats-server's monitoring port gives them (/jsz), or None."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/jsz?accounts=true&streams=true&config=true"
+                                % monitor_port, timeout=3) as r:
+        info = json.loads(r.read())
+    for account in info.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            if stream["name"] == name:
+                return stream
+    return None

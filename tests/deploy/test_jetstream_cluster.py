@@ -94,12 +94,7 @@ def test_three_servers_form_a_jetstream_cluster():
 
 
 def stream_info(i):
-    info = monitor(i, "/jsz?accounts=true&streams=true&config=true")
-    for account in info.get("account_details", []):
-        for stream in account.get("stream_detail", []):
-            if stream["name"] == "carshare":
-                return stream
-    return None
+    return pm.nats_stream(NODES[i]["monitor"])
 
 
 def test_payment_keeps_the_stream_on_all_three():

@@ -25,13 +25,12 @@ Then:
 What needs a cluster (Services and DNS, NetworkPolicies, HPAs, PDBs, rolling updates, the
 Ingress) is checked on the rendered manifests by test_manifests.py.
 """
-import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import podman as pm  # noqa: E402
 import test_dev_layout as dl  # noqa: E402
 from harness import check, run, wait_for  # noqa: E402
 
@@ -65,15 +64,7 @@ def test_both_payment_instances_take_payments():
 
 
 def stream():
-    port = LAYOUT.ports["nats"][0]["monitor"]
-    with urllib.request.urlopen("http://127.0.0.1:%d/jsz?accounts=true&streams=true&config=true"
-                                % port, timeout=3) as r:
-        info = json.loads(r.read())
-    for account in info.get("account_details", []):
-        for s in account.get("stream_detail", []):
-            if s["name"] == "carshare":
-                return s
-    return None
+    return pm.nats_stream(LAYOUT.ports["nats"][0]["monitor"])
 
 
 def test_stream_on_three_servers():
