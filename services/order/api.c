@@ -158,21 +158,38 @@ static void list_cars_work(store *st, void *arg)
                                                keep_car, j) == 0 ? 1 : -1;
 }
 
-static void list_cars_done(void *arg, db_status status)
+/* The page a list's work read as the answer (`name` the collection, `what`
+ * for the 500), row i shown by item(); frees the job. */
+static void reply_page(api_job *j, const char *name, const char *what,
+                       json_t *(*item)(const api_job *j, int i, const char *base_url))
 {
-    api_job *j = arg;
-    if (db_job_answered_unavailable(&j->job, status))
-        return;
     http_req *r = j->job.req;
     if (j->found < 0) {
-        http_reply_error(r, 500, "the fleet could not be read");
+        http_reply_error(r, 500, "%s could not be read", what);
     } else {
         json_t *items = json_array();
         for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, car_json(&j->cars[i], http_req_base_url(r)));
-        rep_reply_collection(r, "cars", items, j->page, j->size, j->total);
+            json_array_append_new(items, item(j, i, http_req_base_url(r)));
+        rep_reply_collection(r, name, items, j->page, j->size, j->total);
     }
     db_job_free(&j->job);
+}
+
+static json_t *car_item(const api_job *j, int i, const char *base_url)
+{
+    return car_json(&j->cars[i], base_url);
+}
+
+static json_t *order_item(const api_job *j, int i, const char *base_url)
+{
+    return order_json(&j->orders[i], base_url);
+}
+
+static void list_cars_done(void *arg, db_status status)
+{
+    api_job *j = arg;
+    if (!db_job_answered_unavailable(&j->job, status))
+        reply_page(j, "cars", "the fleet", car_item);
 }
 
 static void list_cars(http_req *r, void *arg)
@@ -249,18 +266,8 @@ static void list_orders_work(store *st, void *arg)
 static void list_orders_done(void *arg, db_status status)
 {
     api_job *j = arg;
-    if (db_job_answered_unavailable(&j->job, status))
-        return;
-    http_req *r = j->job.req;
-    if (j->found < 0) {
-        http_reply_error(r, 500, "the orders could not be read");
-    } else {
-        json_t *items = json_array();
-        for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, order_json(&j->orders[i], http_req_base_url(r)));
-        rep_reply_collection(r, "orders", items, j->page, j->size, j->total);
-    }
-    db_job_free(&j->job);
+    if (!db_job_answered_unavailable(&j->job, status))
+        reply_page(j, "orders", "the orders", order_item);
 }
 
 /* The orders of customer_id (NULL: everyone's). */
@@ -341,6 +348,20 @@ static void get_order(http_req *r, void *arg)
 
 /* ---- DELETE /orders/{id} ---- */
 
+/* Before a change: the order could not be read (500) or is not the
+ * caller's to see (404): answered, job freed, true. */
+static bool answered_missing(api_job *j)
+{
+    if (j->found > 0)
+        return false;
+    if (j->found < 0)
+        http_reply_error(j->job.req, 500, "order %lld could not be read; please retry", j->id);
+    else
+        http_reply_error(j->job.req, 404, "order %lld not found", j->id);
+    db_job_free(&j->job);
+    return true;
+}
+
 /* The order exists and is the caller's (or the caller is staff), then the
  * cancel: another customer's order is a 404, as if it did not exist. */
 static void cancel_work(store *st, void *arg)
@@ -358,14 +379,8 @@ static void cancel_done(void *arg, db_status status)
         return;
     http_req *r = j->job.req;
     long long id = j->id;
-    if (j->found <= 0) {
-        if (j->found < 0)
-            http_reply_error(r, 500, "order %lld could not be read; please retry", id);
-        else
-            http_reply_error(r, 404, "order %lld not found", id);
-        db_job_free(&j->job);
+    if (answered_missing(j))
         return;
-    }
     switch (j->cancelled) {
     case CANCEL_DONE:
         log_info("req=%s msg=\"order cancelled\" order=%lld product=%s qty=%lld", http_req_id(r),
@@ -412,14 +427,8 @@ static void return_done(void *arg, db_status status)
         return;
     http_req *r = j->job.req;
     long long id = j->id;
-    if (j->found <= 0) {
-        if (j->found < 0)
-            http_reply_error(r, 500, "order %lld could not be read; please retry", id);
-        else
-            http_reply_error(r, 404, "order %lld not found", id);
-        db_job_free(&j->job);
+    if (answered_missing(j))
         return;
-    }
     if (j->returned == RETURN_DONE) {
         log_info("req=%s msg=\"order returned\" order=%lld product=%s qty=%lld", http_req_id(r),
                  id, j->o.product_id, j->o.qty);

@@ -226,6 +226,8 @@ static reserve_outcome reserve_locked(store *st, const rental_request *rq, intak
     out->to_day = rq->to_day;
     out->state = INTAKE_PENDING;
     snprintf(out->request_id, sizeof out->request_id, "%s", rq->request_id ? rq->request_id : "");
+    snprintf(out->owner, sizeof out->owner, "%s", rq->owner ? rq->owner : "");
+    out->lease_ms = rq->lease_ms;
     return intake_store_insert(st, out) == 0 ? RESERVE_OK : RESERVE_FAILED;
 }
 

@@ -36,10 +36,14 @@
  *                           successful payment answer arrives, before it is committed
  *   HTTP_* limits           see lib/http.h
  *
- * Start-up order matters: the fleet is loaded and every intake left
- * "pending" by a previous run is marked "in_doubt" BEFORE the server
+ *   INSTANCE_ID             this process's name, also as the owner of the intakes it
+ *                           works on (lib/instance.h); ORDER_LEASE_MS (10000): how long
+ *                           an intake stays its owner's without a renewal (lease.c)
+ *
+ * Start-up order matters: the fleet is loaded and, on SQLite, every intake
+ * left "pending" by a previous run is marked "in_doubt" BEFORE the server
  * listens, so the reconciler can tell a dead process's calls from the
- * live ones. */
+ * live ones; on PostgreSQL (replicas) the leases tell. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -49,10 +53,12 @@
 #include "db.h"
 #include "balance.h"
 #include "httpc.h"
+#include "instance.h"
 #include "log.h"
 #include "metrics.h"
 #include "order.h"
 #include "service.h"
+#include "store_pg.h"
 #include "token.h"
 
 #define SERVICE_TOKEN_TTL_S 300
@@ -95,6 +101,11 @@ static void stop_return_timer(void *arg)
     return_timer_stop(arg);
 }
 
+static void stop_leases(void *arg)
+{
+    lease_keeper_stop(arg);
+}
+
 /* The company's calendar and the test clock: before any thread starts
  * (cal_zone_init sets TZ). Returns 0 or -1 (logged). */
 static int calendar_setup(void)
@@ -134,6 +145,19 @@ static void collect_payment_instances(void *arg)
         balance_collect(payment_client);
     if (reconcile_client)
         balance_collect(reconcile_client);
+}
+
+/* fleet_load, run again when PostgreSQL refused it for a conflict with
+ * another replica loading the fleet at the same moment (SERIALIZABLE). */
+static int load_fleet(store *st, const char *fleet_file)
+{
+    for (int attempt = 0;; attempt++) {
+        store_clear_failure(st);
+        if (fleet_load(st, fleet_file) == 0)
+            return 0;
+        if (!store_should_retry(st) || attempt >= 10)
+            return -1;
+    }
 }
 
 /* Defaults for a payment call on the customer's path, then the
@@ -178,11 +202,15 @@ int main(void)
     }
     /* Before the loop runs, on main's own connection (db_store). */
     store *st = db_store(d);
-    if (fleet_load(st, fleet_file) != 0) {
+    if (load_fleet(st, fleet_file) != 0) {
         db_close(d);
         return 2;
     }
-    int in_doubt = rental_mark_in_doubt(st);
+    /* SQLite: one order process per database, so whatever is pending now
+     * belonged to a previous run: in doubt at once. PostgreSQL: another
+     * replica may be working on it; its lease tells (lease.c), and the
+     * reconciler takes it only once that has run out. */
+    int in_doubt = db_is_pg(d) ? 0 : rental_mark_in_doubt(st);
     if (in_doubt < 0) {
         db_close(d);
         return 1;
@@ -190,6 +218,8 @@ int main(void)
     if (in_doubt > 0)
         log_warn("msg=\"rentals interrupted by the previous run will be settled with payment\" "
                  "intakes=%d", in_doubt);
+    log_info("msg=\"intake owner\" instance=%s lease_ms=%ld", instance_id(),
+             order_lease_ms());
 
     balance_opts bopts;
     payment_opts(&bopts);
@@ -207,7 +237,9 @@ int main(void)
     reconciler *rec = reconcile_client
         ? reconciler_new(svc->base, d, reconcile_client, interval_ms) : NULL;
     return_timer *returns = return_timer_new(svc->base, d, return_ms);
-    if (!payment_client || !reconcile_client || !b || !rec || !returns || !load_service_key()) {
+    lease_keeper *leases = lease_keeper_new(svc->base, d);
+    if (!payment_client || !reconcile_client || !b || !rec || !returns || !leases ||
+        !load_service_key()) {
         log_error("msg=\"cannot set up the payment client, the bus, the reconciler, the "
                   "return timer or the service key\"");
         return 1;
@@ -220,6 +252,7 @@ int main(void)
     order_api_config cfg = {
         .payment = payment_client,
         .reconciler = rec,
+        .leases = leases,
         .test_crash_after_payment = test_crash,
     };
     /* Stop hooks run in the order registered. Clients first: freeing them
@@ -230,6 +263,7 @@ int main(void)
     service_on_stop(svc, free_clients, NULL);
     service_on_stop(svc, stop_reconciler, rec);
     service_on_stop(svc, stop_return_timer, returns);
+    service_on_stop(svc, stop_leases, leases);
     order_api_register(svc, d, &cfg);
     if (service_start_db(svc, d, b) != 0)
         return 1;

@@ -51,6 +51,7 @@ struct balance_set;
 /* A key as stored: "<customerId>:<Idempotency-Key>" (rental_scoped_key). */
 #define ORDER_SCOPED_KEY_MAX (ORDER_CUSTOMER_MAX + 1 + ORDER_IDEMPOTENCY_KEY_MAX)
 #define ORDER_MESSAGE_MAX 256
+#define ORDER_OWNER_MAX 96          /* bytes of an instance id (lease.c) */
 
 #define ORDER_STATUS_APPROVED "OrderApproved"
 #define ORDER_STATUS_CANCELLED "OrderCancelled"
@@ -112,6 +113,8 @@ typedef struct intake {
     long long payment_id;       /* 0 until approved */
     char message[ORDER_MESSAGE_MAX + 1];   /* why it was declined */
     char request_id[72];        /* of the request that created it, for logs */
+    char owner[ORDER_OWNER_MAX + 1];   /* the instance working on it (lease.c) */
+    long lease_ms;              /* insert only: the lease its owner starts with */
 } intake;
 
 typedef struct order {
@@ -176,6 +179,8 @@ typedef struct rental_request {
     const char *customer_id;
     const char *idempotency_key;   /* scoped (rental_scoped_key); NULL when none */
     const char *request_id;
+    const char *owner;             /* this instance (lib/instance.h: instance_id) */
+    long lease_ms;                 /* the intake's first lease (order_lease_ms) */
 } rental_request;
 
 /* Whether an existing intake was created by the same request (same
@@ -220,7 +225,9 @@ int rental_start_void(store *st, long long intake_id);
  * never saw it, so the intake is voided and its cars released at once. */
 int rental_void_unsent(store *st, long long intake_id);
 int rental_finish_void(store *st, long long intake_id);
-/* At start: every pending intake belonged to a dead process. Returns how many. */
+/* At start on SQLite (one process per database): every pending intake
+ * belonged to a dead process. Returns how many. On PostgreSQL a replica may
+ * still be working on one: the leases tell (lease.c). */
 int rental_mark_in_doubt(store *st);
 
 typedef enum {
@@ -292,9 +299,18 @@ int intake_store_forget_key(store *st, long long id);
 int intake_store_transition(store *st, long long id, const intake_state *from, int count,
                             intake_state to, long long payment_id, const char *message);
 int intake_store_mark_all(store *st, intake_state from, intake_state to);
-/* Unsettled intakes (voiding or in doubt), oldest first. */
-int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
-                           void *arg);
+/* Takes up to `limit` intakes to settle, oldest first, for `owner` with a
+ * lease of lease_ms: the voiding and in-doubt ones whose lease ran out or
+ * that `owner` holds already, and the pending ones whose lease ran out
+ * (their process died or froze: they become in doubt). On PostgreSQL the
+ * rows are locked as they are taken (FOR UPDATE SKIP LOCKED): two
+ * reconcilers never take the same intake. Returns how many, -1 on error. */
+int intake_store_claim(store *st, const char *owner, long lease_ms, int limit,
+                       void (*each)(const intake *in, void *arg), void *arg);
+/* Renews by lease_ms the leases of the pending intakes among ids[0..n)
+ * that `owner` holds: rows renewed, or -1. */
+int intake_store_renew(store *st, const char *owner, const long long *ids, int n,
+                       long lease_ms);
 
 int order_store_insert(store *st, const order *o);
 int order_store_get(store *st, long long id, order *out);
@@ -333,8 +349,9 @@ int intake_pg_forget_key(store *st, long long id);
 int intake_pg_transition(store *st, long long id, const intake_state *from, int count,
                          intake_state to, long long payment_id, const char *message);
 int intake_pg_mark_all(store *st, intake_state from, intake_state to);
-int intake_pg_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
-                        void *arg);
+int intake_pg_claim(store *st, const char *owner, long lease_ms, int limit,
+                    void (*each)(const intake *in, void *arg), void *arg);
+int intake_pg_renew(store *st, const char *owner, const long long *ids, int n, long lease_ms);
 int order_pg_insert(store *st, const order *o);
 int order_pg_get(store *st, long long id, order *out);
 int order_pg_set_status(store *st, long long id, const char *from, const char *to);
@@ -343,6 +360,20 @@ int order_pg_due(store *st, long today, long long *ids, int max);
 long long order_pg_count(store *st, const char *customer_id);
 int order_pg_list(store *st, const char *customer_id, long offset, long limit,
                   void (*each)(const order *o, void *arg), void *arg);
+
+/* ---- lease.c: intake owners and leases (replicas on one database) ---- */
+
+typedef struct lease_keeper lease_keeper;
+
+/* ORDER_LEASE_MS (10000): how long an intake stays its owner's unrenewed. */
+long order_lease_ms(void);
+long long lease_now_ms(void);       /* this machine's clock, ms since the epoch */
+/* Renews the leases of the intakes added (payment calls in flight) every
+ * third of a lease. */
+lease_keeper *lease_keeper_new(struct event_base *base, db *d);
+void lease_keeper_add(lease_keeper *k, long long intake_id);
+void lease_keeper_remove(lease_keeper *k, long long intake_id);
+void lease_keeper_stop(lease_keeper *k);
 
 /* ---- reconcile.c ---- */
 
@@ -367,6 +398,7 @@ void return_timer_stop(return_timer *t);
 typedef struct order_api_config {
     struct balance_set *payment;    /* the synchronous payment call: payment's instances */
     reconciler *reconciler;
+    lease_keeper *leases;     /* the intakes of the payment calls in flight */
     bool test_crash_after_payment;  /* ORDER_TEST_CRASH_AFTER_PAYMENT: test only */
 } order_api_config;
 

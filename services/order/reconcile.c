@@ -11,6 +11,13 @@
  *    Ordered, and a retry with the same Idempotency-Key gets the 201);
  *    not paid -> voiding, as above.
  *
+ * A third kind is taken too: a pending intake whose lease ran out (lease.c),
+ * i.e. whose process died or froze during its payment call; taking it
+ * makes it in doubt. Intakes are taken (intake_store_claim) with a lease
+ * of this instance: with several order processes on one PostgreSQL
+ * database, each intake is settled by one reconciler at a time, and a
+ * pending one is never taken while its own process still renews its lease.
+ *
  * A pass takes up to RECONCILE_BATCH intakes, oldest first, and calls
  * payment for all of them at once (through its own small client set, so
  * background work never takes the customers' bulkhead slots); when every
@@ -31,6 +38,7 @@
 #include <string.h>
 
 #include "balance.h"
+#include "instance.h"
 #include "log.h"
 #include "metrics.h"
 #include "order.h"
@@ -237,7 +245,7 @@ static void on_payment_lookup(const httpc_response *resp, void *arg)
     call_done(r);
 }
 
-/* intake_store_unsettled's rows into the batch (the work runs alone). */
+/* intake_store_claim's rows into the batch (the work runs alone). */
 static void keep_intake(const intake *in, void *arg)
 {
     reconciler *r = arg;
@@ -272,7 +280,17 @@ static void batch_work(store *st, void *arg)
 {
     reconciler *r = arg;
     r->batch_n = 0;
-    r->batch_n = intake_store_unsettled(st, RECONCILE_BATCH, keep_intake, r);
+    if (store_begin(st) != SQLITE_OK) {
+        r->batch_n = -1;
+        return;
+    }
+    int n = intake_store_claim(st, instance_id(), order_lease_ms(), RECONCILE_BATCH,
+                               keep_intake, r);
+    if (n < 0 || store_commit(st) != SQLITE_OK) {
+        store_rollback(st);
+        n = -1;
+    }
+    r->batch_n = n;
 }
 
 static void batch_done(void *arg, db_status status)

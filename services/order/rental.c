@@ -35,6 +35,12 @@
  * payment asked for approves a rental (rental_payment_verdict); a 409 from
  * payment is a refusal, never shown as "busy, try again".
  *
+ * Replicas (several order processes on one PostgreSQL database): the
+ * intake is written with this instance as its owner and a lease that
+ * lease.c renews while the payment call is in flight, so no reconciler
+ * takes it meanwhile; if one took it anyway (this process froze past the
+ * lease) and made it an order, the answer is that order (read_standing).
+ *
  * ORDER_TEST_CRASH_AFTER_PAYMENT (test only) makes the process _exit() the
  * moment a successful payment answer arrives, before step 7 commits: the
  * crash the end-to-end tests use to check recovery. */
@@ -49,6 +55,7 @@
 #include "db.h"
 #include "httpc.h"
 #include "jtext.h"
+#include "instance.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -166,6 +173,7 @@ typedef struct rental_api {
     db *db;
     balance_set *payment;       /* payment's instances (lib/balance.h) */
     reconciler *reconciler;
+    lease_keeper *leases;
     bool test_crash_after_payment;
 } rental_api;
 
@@ -211,6 +219,7 @@ typedef struct rental_call {
     long full_day;
     long long full_free;
     intake in;                  /* STEP_RESERVED */
+    bool leased;                /* in the lease keeper's set while the call is in flight */
     /* the payment call */
     char *body;                 /* holds the card number, wiped after use */
     size_t body_len;
@@ -220,12 +229,15 @@ typedef struct rental_call {
     char message[ORDER_MESSAGE_MAX + 1];
     unsigned long long retry_after_ms;
     int settled;                /* the domain's 1 applied, 0 already settled, -1 failed */
+    bool standing;              /* settled elsewhere as approved: call->o is the order */
     int void_tries;
     struct event *void_timer;
 } rental_call;
 
 static void rental_call_free(rental_call *call)
 {
+    if (call->leased)
+        lease_keeper_remove(call->api->leases, call->in.id);
     if (call->body) {
         explicit_bzero(call->body, call->body_len);
         free(call->body);
@@ -264,10 +276,23 @@ static void reply_store_unavailable(http_req *r)
 
 /* ---- step 7: settling from payment's answer ---- */
 
+/* A settlement that found the intake settled already (settled 0): by
+ * another order process that took it while this one was frozen past its
+ * lease (lease.c), or by this one's reconciler. If that made the rental an
+ * order, the customer is told so, whatever this process's own step was. */
+static void read_standing(store *st, rental_call *call)
+{
+    intake now;
+    call->standing = intake_store_get(st, call->in.id, &now) == 1 &&
+                     now.state == INTAKE_APPROVED &&
+                     order_store_get(st, call->in.id, &call->o) == 1;
+}
+
 static void settle_work(store *st, void *arg)
 {
     rental_call *call = arg;
     long long id = call->in.id;
+    call->standing = false;
     switch (call->op) {
     case SETTLE_APPROVE:
         call->settled = rental_approve(st, id, call->payment_id, &call->o);
@@ -284,6 +309,8 @@ static void settle_work(store *st, void *arg)
         call->settled = rental_start_void(st, id);
         break;
     }
+    if (call->settled == 0)
+        read_standing(st, call);
 }
 
 static void settle_done(void *arg, db_status status);
@@ -356,7 +383,7 @@ static void approve_done(rental_call *call)
     http_req *r = call->req;
     const order *o = &call->o;
     log_info("req=%s msg=\"rental accepted\" order=%lld payment=%lld product=%s qty=%lld "
-             "amount=%lld", http_req_id(r), o->id, call->payment_id, o->product_id, o->qty,
+             "amount=%lld", http_req_id(r), o->id, o->payment_id, o->product_id, o->qty,
              o->amount);
     metrics_count_outcome("carshare_rentals_total", "approved");
     rep_reply_created(r, order_json(o, http_req_base_url(r)));
@@ -368,6 +395,11 @@ static void settle_done(void *arg, db_status status)
     http_req *r = call->req;
     if (status == DB_UNAVAILABLE)
         call->settled = -1;
+    if (call->settled == 0 && call->standing) {
+        approve_done(call);
+        rental_call_free(call);
+        return;
+    }
     switch (call->op) {
     case SETTLE_APPROVE:
         if (call->settled == 1) {
@@ -667,6 +699,8 @@ static void intake_done(void *arg, db_status status)
         call->step = call->step == STEP_RESERVED ? STEP_RESERVED : STEP_FAILED;
     switch (call->step) {
     case STEP_RESERVED:
+        lease_keeper_add(call->api->leases, call->in.id);
+        call->leased = true;
         call_payment(call);
         return;     /* the call is answered from the payment's answer */
     case STEP_REPLAY:
@@ -712,6 +746,8 @@ static void post_order(http_req *r, void *arg)
     rental_request *rq = &call->ri.rq;
     snprintf(call->request_id, sizeof call->request_id, "%s", http_req_id(r));
     rq->request_id = call->request_id;
+    rq->owner = instance_id();
+    rq->lease_ms = order_lease_ms();
     if (key) {
         rental_scoped_key(rq->customer_id, key, call->ri.scoped_key, sizeof call->ri.scoped_key);
         rq->idempotency_key = call->ri.scoped_key;
@@ -735,6 +771,7 @@ void order_rental_register(service *svc, db *d, const order_api_config *cfg)
     api->db = d;
     api->payment = cfg->payment;
     api->reconciler = cfg->reconciler;
+    api->leases = cfg->leases;
     api->test_crash_after_payment = cfg->test_crash_after_payment;
     http_server_route_for(svc->http, "POST", "/orders", TOKEN_ROLE_CUSTOMER, post_order, api);
     service_on_stop(svc, free_rental_api, api);

@@ -106,6 +106,10 @@ static const char *const order_migrations[] = {
     "  WHERE true GROUP BY product_id, from_day;"
     "ALTER TABLE cars DROP COLUMN available;"
     "CREATE INDEX orders_due ON orders(to_day) WHERE status IN ('OrderApproved', 'Shipped');",
+    /* 3: an owner and a lease per intake (lease.c). Intakes from before
+     * have none: expired, so a reconciler may take what is unsettled. */
+    "ALTER TABLE intakes ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE intakes ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;",
     NULL
 };
 
@@ -358,7 +362,8 @@ int car_store_replace_end(store *st)
 /* ---- intakes ---- */
 
 #define INTAKE_COLUMNS "id, COALESCE(idempotency_key, ''), product_id, qty, customer_id, amount," \
-                       " state, COALESCE(payment_id, 0), message, request_id, from_day, to_day"
+                       " state, COALESCE(payment_id, 0), message, request_id, from_day, to_day," \
+                       " owner"
 
 static int read_intake(sqlite3_stmt *s, void *out)
 {
@@ -381,6 +386,7 @@ static int read_intake(sqlite3_stmt *s, void *out)
     store_column_text(s, 9, in->request_id, sizeof in->request_id);
     in->from_day = (long)sqlite3_column_int64(s, 10);
     in->to_day = (long)sqlite3_column_int64(s, 11);
+    store_column_text(s, 12, in->owner, sizeof in->owner);
     return 0;
 }
 
@@ -390,8 +396,8 @@ int intake_store_insert(store *st, intake *in)
         return intake_pg_insert(st, in);
     sqlite3_stmt *s = store_prepare(st,
         "INSERT INTO intakes (idempotency_key, product_id, qty, customer_id, amount, state,"
-        " request_id, created_at, updated_at, from_day, to_day)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8, ?9, ?10) RETURNING id");
+        " request_id, created_at, updated_at, from_day, to_day, owner, lease_until)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?8, ?8, ?9, ?10, ?11, ?12) RETURNING id");
     if (!s)
         return -1;
     char now[32];
@@ -408,6 +414,8 @@ int intake_store_insert(store *st, intake *in)
     sqlite3_bind_text(s, 7, in->request_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 9, in->from_day);
     sqlite3_bind_int64(s, 10, in->to_day);
+    sqlite3_bind_text(s, 11, in->owner, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 12, lease_now_ms() + in->lease_ms);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW)
         in->id = sqlite3_column_int64(s, 0);
@@ -453,12 +461,15 @@ int intake_store_transition(store *st, long long id, const intake_state *from, i
 {
     if (store_is_pg(st))
         return intake_pg_transition(st, id, from, count, to, payment_id, message);
-    /* Up to three source states: ?4, ?5, ?6 (unused ones repeat the first). */
+    /* Up to three source states: ?4, ?5, ?6 (unused ones repeat the first).
+     * An intake becoming voiding or in doubt is for a reconciler to take
+     * at once: its lease ends (lease.c). */
     sqlite3_stmt *s = store_prepare(st,
         "UPDATE intakes SET state = ?2,"
         " payment_id = CASE WHEN ?3 > 0 THEN ?3 ELSE payment_id END,"
         " message = COALESCE(?7, message),"
-        " updated_at = ?8"
+        " updated_at = ?8,"
+        " lease_until = CASE WHEN ?2 IN ('voiding', 'in_doubt') THEN 0 ELSE lease_until END"
         " WHERE id = ?1 AND state IN (?4, ?5, ?6)");
     if (!s || count < 1 || count > 3)
         return -1;
@@ -491,23 +502,34 @@ int intake_store_mark_all(store *st, intake_state from, intake_state to)
     return run_write(st, s, "intake state change");
 }
 
-int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
-                           void *arg)
+int intake_store_claim(store *st, const char *owner, long lease_ms, int limit,
+                       void (*each)(const intake *in, void *arg), void *arg)
 {
     if (store_is_pg(st))
-        return intake_pg_unsettled(st, limit, each, arg);
-    sqlite3_stmt *s = store_prepare(st, "SELECT " INTAKE_COLUMNS " FROM intakes"
-                                        " WHERE state IN (?1, ?2) ORDER BY id LIMIT ?3");
+        return intake_pg_claim(st, owner, lease_ms, limit, each, arg);
+    /* One process per SQLite database: no other claimer to lock out. */
+    sqlite3_stmt *s = store_prepare(st,
+        "UPDATE intakes SET owner = ?1, lease_until = ?2 + ?3, updated_at = ?5,"
+        " state = CASE WHEN state = 'pending' THEN 'in_doubt' ELSE state END"
+        " WHERE id IN (SELECT id FROM intakes"
+        "  WHERE state IN ('voiding', 'in_doubt', 'pending')"
+        "  AND (lease_until < ?2 OR (owner = ?1 AND state <> 'pending'))"
+        "  ORDER BY id LIMIT ?4)"
+        " RETURNING " INTAKE_COLUMNS);
     if (!s)
         return -1;
-    sqlite3_bind_text(s, 1, intake_state_name(INTAKE_VOIDING), -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, intake_state_name(INTAKE_IN_DOUBT), -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 3, limit);
+    char now[32];
+    long long now_ms = lease_now_ms();
+    sqlite3_bind_text(s, 1, owner, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, now_ms);
+    sqlite3_bind_int64(s, 3, lease_ms);
+    sqlite3_bind_int(s, 4, limit);
+    sqlite3_bind_text(s, 5, log_utc_now(now, true), -1, SQLITE_TRANSIENT);
     /* Collected first and handed over after the reset: each() may write. */
     intake batch[64];
     int n = 0, rc = 0;
     while (n < (int)(sizeof batch / sizeof batch[0]) &&
-           (rc = store_next_row(st, s, read_intake, &batch[n], "unsettled intakes read")) > 0)
+           (rc = store_next_row(st, s, read_intake, &batch[n], "intake claim")) > 0)
         n++;
     sqlite3_reset(s);   /* a full batch leaves s on its last row */
     if (rc < 0)
@@ -515,6 +537,28 @@ int intake_store_unsettled(store *st, int limit, void (*each)(const intake *in, 
     for (int i = 0; i < n; i++)
         each(&batch[i], arg);
     return n;
+}
+
+int intake_store_renew(store *st, const char *owner, const long long *ids, int n,
+                       long lease_ms)
+{
+    if (store_is_pg(st))
+        return intake_pg_renew(st, owner, ids, n, lease_ms);
+    sqlite3_stmt *s = store_prepare(st, "UPDATE intakes SET lease_until = ?2"
+                                        " WHERE id = ?3 AND owner = ?1 AND state = 'pending'");
+    if (!s)
+        return -1;
+    int renewed = 0;
+    for (int i = 0; i < n; i++) {
+        sqlite3_bind_text(s, 1, owner, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(s, 2, lease_now_ms() + lease_ms);
+        sqlite3_bind_int64(s, 3, ids[i]);
+        int changed = run_write(st, s, "lease renewal");
+        if (changed < 0)
+            return -1;
+        renewed += changed;
+    }
+    return renewed;
 }
 
 /* ---- orders ---- */

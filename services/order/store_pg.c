@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "mem.h"
 #include "order.h"
 #include "store_pg.h"
 
@@ -77,8 +78,18 @@ const char *const order_pg_migrations[] = {
     "  updated_at  TEXT NOT NULL);"
     "CREATE INDEX orders_by_customer ON orders(customer_id, id);"
     "CREATE INDEX orders_due ON orders(to_day) WHERE status IN ('OrderApproved', 'Shipped');",
+    /* 2: an owner and a lease per intake (lease.c), in milliseconds of the
+     * database's clock (DB_NOW_MS). Intakes from before have none: expired. */
+    "ALTER TABLE intakes ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE intakes ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;",
     NULL
 };
+
+/* The database's clock in milliseconds since the epoch: leases are set and
+ * compared with it, so replicas on several machines need no synchronized
+ * clocks. clock_timestamp(), not now(): a transaction run again after a
+ * conflict must not reuse its first start's time. */
+#define DB_NOW_MS "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 /* ---- cars ---- */
 
@@ -144,8 +155,10 @@ int car_pg_insert(store *st, const car *c)
     char price[24], total[24];
     const char *v[] = {c->id, c->name, c->location, store_pg_int(price, c->daily_price),
                        store_pg_int(total, c->total)};
-    return store_pg_command(st, "INSERT INTO cars (" CAR_COLUMNS ") VALUES ($1, $2, $3, $4, $5)",
-                            5, v, "car insert") < 0 ? -1 : 0;
+    /* Two replicas starting together on an empty database both create the
+     * demo fleet (fleet.c): the second finds the rows there. */
+    return store_pg_command(st, "INSERT INTO cars (" CAR_COLUMNS ") VALUES ($1, $2, $3, $4, $5)"
+                                " ON CONFLICT (id) DO NOTHING", 5, v, "car insert") < 0 ? -1 : 0;
 }
 
 int car_pg_replace_begin(store *st)
@@ -245,8 +258,10 @@ int booking_pg_first_full(store *st, const char *id, long from, long to, long lo
 
 /* ---- intakes ---- */
 
-#define INTAKE_COLUMNS "id, COALESCE(idempotency_key, ''), product_id, qty, customer_id, amount," \
-                       " state, COALESCE(payment_id, 0), message, request_id, from_day, to_day"
+#define INTAKE_COLUMNS_OF(t) t "id, COALESCE(" t "idempotency_key, ''), " t "product_id, " \
+    t "qty, " t "customer_id, " t "amount, " t "state, COALESCE(" t "payment_id, 0), " \
+    t "message, " t "request_id, " t "from_day, " t "to_day, " t "owner"
+#define INTAKE_COLUMNS INTAKE_COLUMNS_OF("")
 
 static void read_intake(const PGresult *r, int i, intake *in)
 {
@@ -268,6 +283,7 @@ static void read_intake(const PGresult *r, int i, intake *in)
     store_pg_get_text(r, i, 9, in->request_id, sizeof in->request_id);
     in->from_day = (long)store_pg_get_int(r, i, 10);
     in->to_day = (long)store_pg_get_int(r, i, 11);
+    store_pg_get_text(r, i, 12, in->owner, sizeof in->owner);
 }
 
 /* 1 and *out, 0 when no row, -1 on error: a lookup by one parameter. */
@@ -286,17 +302,17 @@ static int find_intake(store *st, const char *sql, const char *key, intake *out)
 
 int intake_pg_insert(store *st, intake *in)
 {
-    char now[32], qty[24], amount[24], from[24], to[24];
+    char now[32], qty[24], amount[24], from[24], to[24], lease[24];
     const char *v[] = {in->idempotency_key[0] ? in->idempotency_key : NULL, in->product_id,
                        store_pg_int(qty, in->qty), in->customer_id,
                        store_pg_int(amount, in->amount), intake_state_name(in->state),
                        in->request_id, log_utc_now(now, true), store_pg_int(from, in->from_day),
-                       store_pg_int(to, in->to_day)};
+                       store_pg_int(to, in->to_day), in->owner, store_pg_int(lease, in->lease_ms)};
     PGresult *r = store_pg_query(st,
         "INSERT INTO intakes (idempotency_key, product_id, qty, customer_id, amount, state,"
-        " request_id, created_at, updated_at, from_day, to_day)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) RETURNING id", 10, v,
-        "intake insert");
+        " request_id, created_at, updated_at, from_day, to_day, owner, lease_until)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, " DB_NOW_MS " + $12::bigint)"
+        " RETURNING id", 12, v, "intake insert");
     if (!r)
         return -1;
     in->id = store_pg_get_int(r, 0, 0);
@@ -338,7 +354,8 @@ int intake_pg_transition(store *st, long long id, const intake_state *from, int 
     return (int)store_pg_command(st,
         "UPDATE intakes SET state = $2,"
         " payment_id = CASE WHEN $3::bigint > 0 THEN $3::bigint ELSE payment_id END,"
-        " message = COALESCE($7, message), updated_at = $8"
+        " message = COALESCE($7, message), updated_at = $8,"
+        " lease_until = CASE WHEN $2 IN ('voiding', 'in_doubt') THEN 0 ELSE lease_until END"
         " WHERE id = $1 AND state IN ($4, $5, $6)", 8, v, "intake transition");
 }
 
@@ -350,15 +367,25 @@ int intake_pg_mark_all(store *st, intake_state from, intake_state to)
                                      " WHERE state = $1", 3, v, "intake state change");
 }
 
-int intake_pg_unsettled(store *st, int limit, void (*each)(const intake *in, void *arg),
-                        void *arg)
+int intake_pg_claim(store *st, const char *owner, long lease_ms, int limit,
+                    void (*each)(const intake *in, void *arg), void *arg)
 {
-    char l[24];
-    const char *v[] = {intake_state_name(INTAKE_VOIDING), intake_state_name(INTAKE_IN_DOUBT),
-                       store_pg_int(l, limit)};
-    PGresult *r = store_pg_query(st, "SELECT " INTAKE_COLUMNS " FROM intakes"
-                                     " WHERE state IN ($1, $2) ORDER BY id LIMIT $3", 3, v,
-                                 "unsettled intakes read");
+    char l[24], lease[24], now[32];
+    const char *v[] = {owner, store_pg_int(lease, lease_ms), store_pg_int(l, limit),
+                       log_utc_now(now, true)};
+    /* SKIP LOCKED: what another reconciler is taking right now is left to
+     * it, not waited for; SERIALIZABLE refuses the rarer overlap with one
+     * that already committed (40001), and the unit runs again. */
+    PGresult *r = store_pg_query(st,
+        "WITH taken AS (SELECT id FROM intakes"
+        "  WHERE state IN ('voiding', 'in_doubt', 'pending')"
+        "  AND (lease_until < " DB_NOW_MS " OR (owner = $1 AND state <> 'pending'))"
+        "  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        " UPDATE intakes SET owner = $1, lease_until = " DB_NOW_MS " + $2::bigint,"
+        " updated_at = $4,"
+        " state = CASE WHEN intakes.state = 'pending' THEN 'in_doubt' ELSE intakes.state END"
+        " FROM taken WHERE intakes.id = taken.id RETURNING " INTAKE_COLUMNS_OF("intakes."),
+        4, v, "intake claim");
     if (!r)
         return -1;
     int n = PQntuples(r);
@@ -369,6 +396,28 @@ int intake_pg_unsettled(store *st, int limit, void (*each)(const intake *in, voi
     }
     PQclear(r);
     return n;
+}
+
+int intake_pg_renew(store *st, const char *owner, const long long *ids, int n, long lease_ms)
+{
+    if (n <= 0)
+        return 0;
+    /* The ids as one array parameter: {1,2,3}. */
+    size_t size = (size_t)n * 21 + 3;
+    char *list = mem_must(malloc(size));
+    size_t at = 0;
+    list[at++] = '{';
+    for (int i = 0; i < n; i++)
+        at += (size_t)snprintf(list + at, size - at, "%s%lld", i ? "," : "", ids[i]);
+    snprintf(list + at, size - at, "}");
+    char lease[24];
+    const char *v[] = {owner, list, store_pg_int(lease, lease_ms)};
+    long long renewed = store_pg_command(st, "UPDATE intakes SET lease_until = " DB_NOW_MS
+                                             " + $3::bigint WHERE id = ANY($2::bigint[])"
+                                             " AND owner = $1 AND state = 'pending'", 3, v,
+                                         "lease renewal");
+    free(list);
+    return (int)renewed;
 }
 
 /* ---- orders ---- */

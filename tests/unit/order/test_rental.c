@@ -194,8 +194,47 @@ static void collect(const intake *in, void *arg)
 static void test_unsettled(store *st)
 {
     int n = 0;
-    CHECK_INT(intake_store_unsettled(st, 32, collect, &n), 1);   /* b of test_in_doubt */
+    CHECK_INT(intake_store_claim(st, "me", 1000, 32, collect, &n), 1);   /* b of test_in_doubt */
     CHECK_INT(n, 1);
+}
+
+static void only_id(const intake *in, void *arg)
+{
+    long long *id = arg;
+    CHECK_INT(*id, 0);
+    *id = in->id;
+    CHECK_INT(in->state, INTAKE_IN_DOUBT);
+    CHECK_STR(in->owner, "reconciler");
+}
+
+/* A pending intake is taken only once its lease has run out; a renewed
+ * one stays its owner's; a taken one is the taker's. */
+static void test_leases(store *st)
+{
+    intake live, dead;
+    car c;
+    long long before = available(st, "1003");
+    rental_request rq = request("1003", 1, NULL);
+    rq.owner = "live";
+    rq.lease_ms = 60000;
+    CHECK_INT(rental_reserve(st, &rq, &live, &c), RESERVE_OK);
+    rq.owner = "dead";
+    rq.lease_ms = -1000;    /* ran out a second ago */
+    CHECK_INT(rental_reserve(st, &rq, &dead, &c), RESERVE_OK);
+    CHECK_STR(live.owner, "live");
+
+    long long taken = 0;
+    CHECK_INT(intake_store_claim(st, "reconciler", 60000, 32, only_id, &taken), 1);
+    CHECK_INT(taken, dead.id);
+    taken = 0;
+    CHECK_INT(intake_store_claim(st, "another", 60000, 32, only_id, &taken), 0);
+    CHECK_INT(intake_store_renew(st, "live", &live.id, 1, 60000), 1);
+    CHECK_INT(intake_store_renew(st, "dead", &dead.id, 1, 60000), 0);   /* not its own now */
+
+    CHECK_INT(rental_decline(st, live.id, "x"), 1);
+    CHECK_INT(rental_start_void(st, dead.id), 1);
+    CHECK_INT(rental_finish_void(st, dead.id), 1);
+    CHECK_INT(available(st, "1003"), before);
 }
 
 static void test_cancel(store *st)
@@ -461,6 +500,7 @@ static void run_tests(store *st)
     test_decline_and_void(st);
     test_in_doubt(st);
     test_unsettled(st);
+    test_leases(st);
     test_cancel(st);
     test_periods(st);
     test_returns(st);

@@ -8,7 +8,12 @@
  *  - overlapping periods at once: no day is ever booked past the total,
  *    and each day's count is the sum of the winners that hold it;
  *  - one Idempotency-Key sent by many requests at once: one reservation,
- *    the others find it (and are answered from it by rental.c).
+ *    the others find it (and are answered from it by rental.c);
+ *  - many reconcilers (replicas) taking expired intakes at once: each
+ *    intake is taken by exactly one (issue 14);
+ *  - many returns of one rental at once (the return timers of several
+ *    replicas, a customer): one returns it and publishes Returned, the
+ *    others find it returned.
  * The losers of a conflict are refused by PostgreSQL (SERIALIZABLE, 40001)
  * and run again by lib/db.c; none may be lost or answered as unavailable. */
 #define ORDER_TEST_PG
@@ -152,9 +157,128 @@ static void test_one_key_at_once(struct event_base *base, db *d)
     CHECK_INT(booked(st, "race3", TODAY), 1);
 }
 
+/* ---- replicas: reconcilers and return timers at once ---- */
+
+struct unit {
+    char owner[16];
+    long long ids[32];
+    int n;
+    long long order_id;
+    return_outcome returned;
+    db_status status;
+    int *finished;
+    struct event_base *base;
+};
+
+static void unit_done(void *arg, db_status status)
+{
+    struct unit *u = arg;
+    u->status = status;
+    if (++*u->finished == RACERS)
+        event_base_loopbreak(u->base);
+}
+
+static void keep_claimed(const intake *in, void *arg)
+{
+    struct unit *u = arg;
+    if (u->n < 32)
+        u->ids[u->n++] = in->id;
+}
+
+static void claim_work(store *st, void *arg)
+{
+    struct unit *u = arg;
+    u->n = 0;
+    if (store_begin(st) != SQLITE_OK ||
+        intake_store_claim(st, u->owner, 60000, 4, keep_claimed, u) < 0 ||
+        store_commit(st) != SQLITE_OK) {
+        store_rollback(st);
+        u->n = -1;
+    }
+}
+
+static void return_work(store *st, void *arg)
+{
+    struct unit *u = arg;
+    order o;
+    u->returned = order_return(st, u->order_id, TODAY, 1796000000, "race", &o);
+}
+
+static void run_units(struct event_base *base, db *d, struct unit *u, db_work_fn work)
+{
+    int finished = 0;
+    for (int i = 0; i < RACERS; i++) {
+        u[i].finished = &finished;
+        u[i].base = base;
+        CHECK(db_run(d, work, unit_done, &u[i]));
+    }
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    for (int i = 0; i < RACERS; i++)
+        CHECK_INT(u[i].status, DB_DONE);
+}
+
+static void test_reconcilers_at_once(struct event_base *base, db *d)
+{
+    store *st = db_store(d);
+    enum { DEAD = 24 };
+    long long dead[DEAD];
+    for (int i = 0; i < DEAD; i++) {
+        intake in;
+        car c;
+        rental_request rq = request("race3", 1, NULL);
+        rq.owner = "dead";
+        rq.lease_ms = -1000;
+        CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+        dead[i] = in.id;
+    }
+    struct unit u[RACERS];
+    memset(u, 0, sizeof u);
+    for (int i = 0; i < RACERS; i++)
+        snprintf(u[i].owner, sizeof u[i].owner, "rec-%d", i);
+    run_units(base, d, u, claim_work);
+    for (int k = 0; k < DEAD; k++) {
+        int takers = 0;
+        for (int i = 0; i < RACERS; i++)
+            for (int j = 0; j < u[i].n; j++)
+                takers += u[i].ids[j] == dead[k];
+        CHECK_INT(takers, 1);
+    }
+    for (int i = 0; i < RACERS; i++)
+        CHECK(u[i].n >= 0 && u[i].n <= 4);
+    CHECK_INT(count(st, "SELECT count(*) FROM intakes WHERE owner = 'dead'"), 0);
+}
+
+static void test_returns_at_once(struct event_base *base, db *d)
+{
+    store *st = db_store(d);
+    intake in;
+    car c;
+    order o;
+    rental_request rq = request("race3", 1, NULL);
+    CHECK_INT(rental_reserve(st, &rq, &in, &c), RESERVE_OK);
+    CHECK_INT(rental_approve(st, in.id, 777, &o), 1);
+    struct unit u[RACERS];
+    memset(u, 0, sizeof u);
+    for (int i = 0; i < RACERS; i++)
+        u[i].order_id = in.id;
+    run_units(base, d, u, return_work);
+    int done = 0;
+    for (int i = 0; i < RACERS; i++) {
+        done += u[i].returned == RETURN_DONE;
+        CHECK(u[i].returned == RETURN_DONE || u[i].returned == RETURN_ALREADY);
+    }
+    CHECK_INT(done, 1);
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox WHERE event_type = 'Returned'"
+             " AND (payload::json ->> 'id')::bigint = %lld", in.id);
+    CHECK_INT(count(st, sql), 1);
+}
+
 static void backend_tests(struct event_base *base, db *d)
 {
     test_last_cars(base, d);
     test_overlapping_periods(base, d);
     test_one_key_at_once(base, d);
+    test_reconcilers_at_once(base, d);
+    test_returns_at_once(base, d);
 }
