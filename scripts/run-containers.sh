@@ -26,9 +26,7 @@ keys() {
     fi
   done
   # The services' PostgreSQL URLs and the init.sql that makes their roles and databases at the
-  # server's first start (made once: the cluster on the volume keeps those passwords). Every
-  # service has a database there, also those still on SQLite (order, account), so that
-  # switching them later needs no new cluster.
+  # server's first start (made once: the cluster on the volume keeps those passwords).
   python3 scripts/pglocal.py secrets "$CARSHARE_KEYS/db" postgres 5432 \
     order delivery customerpage payment account
   chown -R 10001:10001 "$CARSHARE_KEYS"
@@ -44,7 +42,7 @@ case "${1:-up}" in
       export "${user}_PASSWORD=p$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
     done
     keys
-    for svc in delivery customerpage payment; do
+    for svc in order delivery customerpage payment account; do
       export "${svc^^}_DATABASE_URL=$(cat "$CARSHARE_KEYS/db/$svc")"
     done
     t0=$(date +%s%N)
@@ -67,7 +65,7 @@ case "${1:-up}" in
   down)
     # down reads the file too: any value will do for the passwords it does not use.
     for user in ORDER PAYMENT DELIVERY CUSTOMERPAGE ADMIN; do export "${user}_PASSWORD=-"; done
-    for svc in DELIVERY CUSTOMERPAGE PAYMENT; do export "${svc}_DATABASE_URL=-"; done
+    for svc in ORDER DELIVERY CUSTOMERPAGE PAYMENT ACCOUNT; do export "${svc}_DATABASE_URL=-"; done
     "${compose[@]}" down >/dev/null 2>&1
     podman network rm "${project}_default" >/dev/null 2>&1 || true
     echo "run-containers: stopped"

@@ -3,9 +3,9 @@ whole system up, a customer signs up and in through account, a rental flows thro
 gateway to the customer page, and `down` stops it.
 
 The rental's rows are then read from PostgreSQL (the image's server, made by its first start):
-payment's payment, delivery's delivery and the customer page are there, read with each
-service's own URL, so the services that have a PostgreSQL store do keep their data in it
-(order and account are still on SQLite: compose.yaml). The server's port is not published;
+the customer's account, the order, its payment, its delivery and its customer page are there,
+each read with its own service's URL, so every service keeps its data in it. The server's
+port is not published;
 psql reaches it on the loopback of the container's own network namespace (nsenter).
 
 The project, the gateway's port and the images' tag are this run's own (two runs at once do
@@ -75,10 +75,14 @@ def test_up_rent_down():
         code, page = call("GET", "/customerpages/%d" % order["id"], token=token)
         return page["status"] == "Shipped"
     wait_for(shipped, 60, "the customer page to show the rental Shipped")
-    tables = {"payment": "payments", "delivery": "deliveries", "customerpage": "customer_pages"}
-    for svc, table in tables.items():
-        rows = in_postgres(svc, "select count(*) from %s where order_id = %d" % (table, order["id"]))
-        check(rows == "1", "%s's row of the rental in PostgreSQL: %r" % (svc, rows))
+    rows = {"order": "select count(*) from orders where id = %d" % order["id"],
+            "payment": "select count(*) from payments where order_id = %d" % order["id"],
+            "delivery": "select count(*) from deliveries where order_id = %d" % order["id"],
+            "customerpage": "select count(*) from customer_pages where order_id = %d" % order["id"],
+            "account": "select count(*) from accounts where customer_id = 'kim'"}
+    for svc, sql in rows.items():
+        got = in_postgres(svc, sql)
+        check(got == "1", "%s's row of the rental in PostgreSQL: %r" % (svc, got))
     down = compose("down")
     check(down.returncode == 0, "run-containers down: %s" % down.stderr)
     left = pm.podman("ps", "-a", "--filter", "label=io.podman.compose.project=" + PROJECT,
