@@ -27,11 +27,20 @@
  * backlog of HTTP_LISTEN_BACKLOG (default 1024; the kernel caps it at
  * net.core.somaxconn), and hand it to evhttp, which owns and frees it.
  *
- * Drain. http_server_drain closes the listeners; requests already received
- * are answered with "Connection: close"; when none is left in flight and
- * every answer has been written out, the caller's callback runs from the
- * loop. Requests a handler still holds when
- * the server is freed become orphans that wait for their reply alone.
+ * Drain, in two phases. First a drain period (the caller's, DRAIN_MS in
+ * service.c): the listeners stay open and every request is still served,
+ * but each answer says "Connection: close", so keep-alive clients move
+ * their next request to a new connection; meanwhile a balancer's probes
+ * see the process's readiness at 503 and stop choosing it. Closing the
+ * listener at once instead would refuse the requests a balancer sends
+ * before its next probe. Then the listeners close, keep-alive connections
+ * with no request in progress are closed (nobody chooses this process any
+ * more, so no request can be crossing the close), connections accepted
+ * just before get HTTP_DRAIN_NEW_CONN_MS to bring their request (end_period),
+ * and when none is left in flight
+ * and every answer has been written out, the caller's callback runs from
+ * the loop. Requests a handler still holds when the server is freed become
+ * orphans that wait for their reply alone.
  *
  * Everything runs on the loop thread; only metrics and logs are shared. */
 #include "http_private.h"
@@ -83,8 +92,8 @@ void http_defer_cancel(void (*fn)(void *arg), void *arg)
 
 void http_drain_check(http_server *s)
 {
-    if (s->draining && s->inflight == 0 && s->unflushed == 0 && s->drain_done &&
-        (s->fresh == 0 || s->drain_grace_over))
+    if (s->draining && s->period_over && s->inflight == 0 && s->unflushed == 0 &&
+        s->drain_done && (s->fresh == 0 || s->drain_grace_over))
         event_active(s->drain_event, EV_TIMEOUT, 0);
 }
 
@@ -303,6 +312,64 @@ static void on_drained(evutil_socket_t fd, short what, void *arg)
         done(s->drain_arg);   /* may free s */
 }
 
+/* A connection is idle when it has served a request (one accepted but
+ * with no request yet is "fresh": the drain waits for it, below) and
+ * nothing of it is being answered, held for group commit or written out,
+ * and no byte of a next request has arrived. */
+static bool conn_idle(const http_conn *c)
+{
+    return !c->fresh && !c->waiting && !c->unflushed && !c->held &&
+           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+}
+
+static void on_drain_grace(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *s = arg;
+    s->drain_grace_over = true;
+    if (s->fresh > 0)
+        log_info("msg=\"drain: closing connections that sent no request\" connections=%d",
+                 s->fresh);
+    http_drain_check(s);
+}
+
+/* The end of the drain period: no new connections; idle keep-alive ones
+ * closed (nobody chooses this process any more, so no request can be
+ * crossing the close); and connections accepted just before, which may not
+ * have sent their request yet (it may be on its way, or unread in the
+ * socket buffer: closing them would drop a request the client believes
+ * delivered), get at most HTTP_DRAIN_NEW_CONN_MS to bring it (answered
+ * with "Connection: close") or hang up. */
+static void end_period(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *s = arg;
+    for (int i = 0; i < s->nbound; i++)
+        evhttp_del_accept_socket(s->evhttp, s->bound[i]);
+    s->nbound = 0;
+    http_conn_adopt(-1, 0, s);
+    int closed = 0;
+    for (http_conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (conn_idle(c)) {
+            evhttp_connection_free(c->evcon);   /* on_connection_closed frees c */
+            closed++;
+        }
+    }
+    if (s->fresh > 0) {
+        long wait_ms = config_int("HTTP_DRAIN_NEW_CONN_MS", 2000, 0, 60000);
+        struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
+        s->drain_grace = mem_must(evtimer_new(s->base, on_drain_grace, s));
+        evtimer_add(s->drain_grace, &tv);
+    }
+    s->period_over = true;
+    log_info("msg=\"http drain: listener closed\" idle_closed=%d inflight=%d unflushed=%d "
+             "new_connections=%d", closed, s->inflight, s->unflushed, s->fresh);
+    http_drain_check(s);
+}
+
 http_server *http_server_new(struct event_base *base)
 {
     http_server *s = mem_must(calloc(1, sizeof *s));
@@ -322,6 +389,7 @@ http_server *http_server_new(struct event_base *base)
     if (!s->read_deadline_tv)
         s->read_deadline_tv = &s->read_deadline;
     s->drain_event = mem_must(event_new(base, -1, 0, on_drained, s));
+    s->period_timer = mem_must(evtimer_new(base, end_period, s));
     s->adopt_event = mem_must(event_new(base, -1, 0, http_conn_adopt, s));
     s->accept_resume = mem_must(evtimer_new(base, resume_accepting, s));
     s->max_conns = config_int("HTTP_MAX_CONNECTIONS", default_max_connections(), 1, 1000000);
@@ -331,6 +399,7 @@ http_server *http_server_new(struct event_base *base)
     if (!s->evhttp) {
         log_error("msg=\"cannot create the HTTP server\"");
         event_free(s->drain_event);
+        event_free(s->period_timer);
         event_free(s->adopt_event);
         event_free(s->accept_resume);
         free(s->root);
@@ -439,42 +508,16 @@ int http_server_listen(http_server *s, const char *host, int port)
     return listener ? http_server_listen_on(s, listener, host) : -1;
 }
 
-static void on_drain_grace(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    http_server *s = arg;
-    s->drain_grace_over = true;
-    if (s->fresh > 0)
-        log_info("msg=\"drain: closing connections that sent no request\" connections=%d",
-                 s->fresh);
-    http_drain_check(s);
-}
-
-void http_server_drain(http_server *s, void (*done)(void *arg), void *arg)
+void http_server_drain(http_server *s, long period_ms, void (*done)(void *arg), void *arg)
 {
     s->draining = true;
     s->drain_done = done;
     s->drain_arg = arg;
-    for (int i = 0; i < s->nbound; i++)
-        evhttp_del_accept_socket(s->evhttp, s->bound[i]);
-    s->nbound = 0;
-    /* Connections accepted just before the listener closed may not have
-     * sent their request yet (it may be on its way, or in the socket
-     * buffer unread): closing them would drop a request the client
-     * believes delivered. So the drain also waits, at most
-     * HTTP_DRAIN_NEW_CONN_MS, for each of them to bring its request (then
-     * answered with "Connection: close") or hang up. */
-    http_conn_adopt(-1, 0, s);
-    if (s->fresh > 0) {
-        long grace_ms = config_int("HTTP_DRAIN_NEW_CONN_MS", 2000, 0, 60000);
-        struct timeval tv = {grace_ms / 1000, (grace_ms % 1000) * 1000};
-        s->drain_grace = mem_must(evtimer_new(s->base, on_drain_grace, s));
-        evtimer_add(s->drain_grace, &tv);
-    }
-    log_info("msg=\"http draining\" inflight=%d unflushed=%d new_connections=%d", s->inflight,
-             s->unflushed, s->fresh);
-    http_drain_check(s);
+    log_info("msg=\"http draining\" period_ms=%ld inflight=%d unflushed=%d", period_ms,
+             s->inflight, s->unflushed);
+    struct timeval tv = { period_ms > 0 ? period_ms / 1000 : 0,
+                          period_ms > 0 ? (period_ms % 1000) * 1000 : 0 };
+    evtimer_add(s->period_timer, &tv);   /* 0: on the loop's next turn */
 }
 
 int http_server_inflight(const http_server *s)
@@ -515,6 +558,7 @@ void http_server_free(http_server *s)
         s->pool = next;
     }
     event_free(s->drain_event);
+    event_free(s->period_timer);
     if (s->drain_grace)
         event_free(s->drain_grace);
     http_route_free(s->root);

@@ -140,9 +140,14 @@ http_handover *http_handover_offer(struct event_base *base, const char *path,
  * removes the path if it still names this process. NULL is a no-op. */
 void http_handover_stop(http_handover *h);
 
-/* Graceful shutdown: stop accepting connections, answer the requests in
- * flight, then call done(arg) once from the loop. */
-void http_server_drain(http_server *s, void (*done)(void *arg), void *arg);
+/* Graceful shutdown: for period_ms the server keeps accepting and serving,
+ * every answer with "Connection: close" (balancers meanwhile see the
+ * process not ready and stop choosing it); then it stops accepting, closes
+ * its idle keep-alive connections, waits (HTTP_DRAIN_NEW_CONN_MS at most)
+ * for connections accepted just before to bring their request, answers
+ * the requests in flight, and calls done(arg) once from the loop.
+ * period_ms 0: stop accepting at once. */
+void http_server_drain(http_server *s, long period_ms, void (*done)(void *arg), void *arg);
 int http_server_inflight(const http_server *s);
 
 /* Links' base (see http_req_base_url): http:// or https://, a host, an

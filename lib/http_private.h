@@ -158,7 +158,9 @@ struct http_server {
 
     int inflight;                  /* received, not answered yet */
     int unflushed;                 /* answered, not yet written out */
-    bool draining;
+    bool draining;                 /* answers say Connection: close */
+    bool period_over;              /* the drain period passed, listeners closed: it may end */
+    struct event *period_timer;    /* ends the drain period */
     int fresh;                     /* connections with no request yet (http_conn.fresh) */
     bool drain_grace_over;         /* HTTP_DRAIN_NEW_CONN_MS passed: fresh ones do not count */
     struct event *drain_grace;

@@ -3,9 +3,18 @@
  * Owns the event loop, the HTTP server and its three operational routes
  * (/health/live, /health/ready, /metrics), and the shutdown sequence:
  *
- *   SIGTERM/SIGINT -> readiness turns 503 -> listener closed -> requests in
- *   flight answered (http_server_drain) -> on_stop hooks, in order ->
- *   loop exits -> service_run returns 0.
+ *   SIGTERM/SIGINT -> readiness turns 503 -> for DRAIN_MS the process still
+ *   serves, every answer with "Connection: close" -> listener closed, idle
+ *   connections closed -> requests in flight answered (http_server_drain)
+ *   -> on_stop hooks, in order -> loop exits -> service_run returns 0.
+ *
+ * Why a drain period: a balancer (the gateway, order's payment client, a
+ * Kubernetes Service) learns that an instance is going away from its next
+ * readiness probe, and until then still sends it requests. So the process
+ * keeps serving long enough for that probe to come: by default twice the
+ * gateway's probe interval (GATEWAY_PROBE_INTERVAL_MS, 1000, read here from
+ * the same environment), so one probe may be late or lost. DRAIN_MS=0
+ * closes the listener at once: for a process nobody balances over.
  *
  * Signals are taken through libevent (evsignal), so the sequence runs on
  * the loop thread like everything else. The first signal also swaps the
@@ -73,6 +82,7 @@ typedef struct {
     size_t nhooks;
     bool hooks_ran;
     bool stopping;
+    long drain_ms;              /* DRAIN_MS: how long a stopping process still serves */
     char *public_base_url;
     auth *auth;                 /* the token check of every guarded route */
     struct event *sigterm_event, *sigint_event;
@@ -206,8 +216,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     if (svc->stopping)
         return;
     svc->stopping = true;
-    log_info("msg=stopping signal=%s inflight=%d", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-             http_server_inflight(svc->pub.http));
+    log_info("msg=stopping signal=%s inflight=%d drain_ms=%ld",
+             sig == SIGTERM ? "SIGTERM" : "SIGINT", http_server_inflight(svc->pub.http),
+             svc->drain_ms);
 
     /* From now on a second signal ends the process without the loop. */
     event_del(svc->sigterm_event);
@@ -228,7 +239,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
      * handed a descriptor that is about to go. */
     http_handover_stop(svc->handover);
     svc->handover = NULL;
-    http_server_drain(svc->pub.http, on_drained, svc);
+    http_server_drain(svc->pub.http, svc->drain_ms, on_drained, svc);
 }
 
 /* An epoll loop with libevent's changelist: evhttp enables and disables a
@@ -268,6 +279,8 @@ service *service_new(const char *name, int default_port)
     svc->pub.name = mem_must(strdup(name));
     svc->pub.host = config_str("HOST", "127.0.0.1");
     svc->pub.port = (int)config_int("PORT", default_port, 0, 65535);
+    long probe_ms = config_int("GATEWAY_PROBE_INTERVAL_MS", 1000, 50, 600000);
+    svc->drain_ms = config_int("DRAIN_MS", 2 * probe_ms, 0, 600000);
     svc->pub.base = new_event_base();
     if (!svc->pub.base) {
         log_error("msg=\"cannot create the event loop\"");

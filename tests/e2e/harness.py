@@ -365,6 +365,9 @@ class System:
             "NATS_URL": self.nats_url(),
             "WEB_DIR": WEB,
             "LOG_LEVEL": "info",
+            # No balancer probes these processes (a test of the drain sets its own): a stop
+            # closes the listener at once instead of serving 2 s more.
+            "DRAIN_MS": "0",
         })
         for svc, var in URL_VARS.items():
             port = self.ports.get(svc) or free_port()   # an unused port: "down"

@@ -723,7 +723,7 @@ static void test_drain(http_server *s, int port)
     CHECK(stashed != NULL);
     if (!stashed) return;
 
-    http_server_drain(s, on_drained_free, s);
+    http_server_drain(s, 0, on_drained_free, s);
     run_until(NULL, 100);
     CHECK_INT(drained_calls, 0);              /* one request still in flight */
     CHECK_INT(http_server_inflight(s), 1);
@@ -926,10 +926,53 @@ static void test_drain_idle(void)
     http_server *s = http_server_new(base);
     CHECK(http_server_listen(s, "127.0.0.1", 0) > 0);
     drained_calls = 0;
-    http_server_drain(s, on_drained, NULL);
+    http_server_drain(s, 0, on_drained, NULL);
     CHECK_INT(drained_calls, 0);
     run_until(NULL, 50);
     CHECK_INT(drained_calls, 1);
+    http_server_free(s);
+}
+
+/* The drain's grace period: the listener still accepts, every answer says
+ * "Connection: close" (so keep-alive clients move on); a keep-alive
+ * connection idle through the grace is closed at its end, then nobody can
+ * connect and the drain ends. The grace is long (3 s) so that a stalled
+ * machine cannot end it before the checks made inside it. */
+static void test_drain_grace(void)
+{
+    http_server *s = http_server_new(base);
+    http_server_route(s, "GET", "/orders/{id}", h_order, NULL);
+    int port = http_server_listen(s, "127.0.0.1", 0);
+    CHECK(port > 0);
+    const char *req = "GET /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    response res;
+    int idle = connect_to(port);
+    CHECK(idle >= 0);
+    send_all(idle, req, strlen(req));
+    CHECK(read_response(idle, false, &res));
+    CHECK_INT(res.status, 200);
+    CHECK(header(&res, "Connection") == NULL);     /* kept alive before the drain */
+
+    drained_calls = 0;
+    http_server_drain(s, 3000, on_drained, NULL);
+    int late = connect_to(port);
+    CHECK(late >= 0);                                /* still accepting */
+    send_all(late, req, strlen(req));
+    CHECK(read_response(late, false, &res));
+    CHECK_INT(res.status, 200);
+    CHECK_STR(header(&res, "Connection"), "close");
+    close(late);
+    CHECK_INT(drained_calls, 0);                     /* not before the grace ends */
+
+    for (int i = 0; i < 1000 && drained_calls == 0; i++)
+        run_until(NULL, 20);
+    CHECK_INT(drained_calls, 1);
+    char byte;
+    CHECK(recv(idle, &byte, 1, 0) == 0);             /* the idle one closed cleanly */
+    close(idle);
+    int after = connect_to(port);
+    CHECK(after < 0);                                /* the listener is closed */
+    if (after >= 0) close(after);
     http_server_free(s);
 }
 
@@ -1041,6 +1084,7 @@ int main(void)
     test_drain(s, port);   /* frees s */
 
     test_drain_idle();
+    test_drain_grace();
     test_listen_backlog();
     test_listener_open();
     test_handover();
