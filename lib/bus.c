@@ -34,7 +34,8 @@
  * nats-server with users refuses. Replies come to _INBOX.<user>.…, so a
  * user's subscribe permission covers its own replies and nobody else's.
  *
- * Environment: NATS_URL (nats://127.0.0.1:4222), BUS_POLL_MS (1000),
+ * Environment: NATS_URL (nats://127.0.0.1:4222; a comma-separated list for
+ * a cluster: see set_servers), BUS_POLL_MS (1000),
  * BUS_MAX_DELIVER (5), BUS_RETRY_MS (200: first redelivery delay, doubled
  * at each delivery, at most 30 s), BUS_PROCESSED_KEEP_S (604800),
  * BUS_DEAD_LETTERS_MAX (10000) and BUS_UPKEEP_MS (60000: how often they are
@@ -190,13 +191,41 @@ static void on_closed(natsConnection *nc, void *arg)
     pthread_mutex_unlock(&b->mu);
 }
 
+/* NATS_URL may name a cluster: "nats://a:4222,nats://b:4222,nats://c:4222".
+ * nats.c takes a list only as an array (natsOptions_SetURL takes one URL),
+ * so the list is cut at its commas into `list` (at most BUS_MAX_SERVERS;
+ * blanks around an entry dropped). The client connects to any of them and
+ * moves to another when its server goes away; the servers also tell it of
+ * the cluster's other members. */
+#define BUS_MAX_SERVERS 16
+static natsStatus set_servers(natsOptions *o, const char *url)
+{
+    char copy[2048];
+    if (snprintf(copy, sizeof copy, "%s", url) >= (int)sizeof copy)
+        return NATS_INVALID_ARG;
+    const char *list[BUS_MAX_SERVERS];
+    int n = 0;
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*item)) item++;
+        char *end = item + strlen(item);
+        while (end > item && isspace((unsigned char)end[-1])) *--end = '\0';
+        if (!*item) continue;
+        if (n == BUS_MAX_SERVERS) return NATS_INVALID_ARG;
+        list[n++] = item;
+    }
+    if (n == 0) return NATS_INVALID_ARG;
+    if (n == 1) return natsOptions_SetURL(o, list[0]);
+    return natsOptions_SetServers(o, list, n);   /* copies the strings */
+}
+
 /* Starts connecting; returns the connection (maybe not connected yet). */
 natsConnection *bus_connect(bus *b)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     natsStatus s = natsOptions_Create(&o);
-    if (s == NATS_OK) s = natsOptions_SetURL(o, b->url);
+    if (s == NATS_OK) s = set_servers(o, b->url);
     if (s == NATS_OK) s = natsOptions_SetName(o, b->service);
     if (s == NATS_OK && b->user) s = natsOptions_SetUserInfo(o, b->user, b->password);
     if (s == NATS_OK && b->inbox_prefix) s = natsOptions_SetCustomInboxPrefix(o, b->inbox_prefix);
