@@ -13,7 +13,7 @@ OVERLAY ?= prod
 
 .PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz soak deps clean \
         images test-containers test-prod-layout run-containers stop-containers k8s-secrets k8s-render push \
-        deploy rollout-status
+        deploy rollout-status rollout
 
 all: build
 
@@ -25,11 +25,21 @@ build: deps
 	@cmake --build $(BUILD) -j $(JOBS) -- --no-print-directory
 
 # DB=postgres: the services that have a PostgreSQL store run on a local PostgreSQL server.
+# CLUSTER=1: three nats-server nodes (stream replicas 3), PostgreSQL, two instances of every
+# service that has a PostgreSQL store (scripts/run.py), in data/cluster.
 DB ?= sqlite
+CLUSTER ?= 0
+RUN_DB = $(if $(filter-out 0,$(CLUSTER)),postgres,$(DB))
 
 run: build
-	@DB=$(DB) scripts/deps.sh build
-	@DB=$(DB) python3 scripts/run.py
+	@DB=$(RUN_DB) scripts/deps.sh build
+	@DB=$(DB) CLUSTER=$(CLUSTER) python3 scripts/run.py
+
+# Beside a running `make run CLUSTER=1`: replaces every instance of SERVICE (default: every
+# service) one by one with one started from the binaries just built (scripts/rollout.py).
+SERVICE ?=
+rollout: build
+	@python3 scripts/rollout.py $(SERVICE)
 
 # Everything CI runs: the suite on a normal build, again on an ASan+UBSan build, a clang build
 # with -Werror, and the browser test.

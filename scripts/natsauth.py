@@ -80,23 +80,26 @@ def permissions(name):
     return {"publish": publish, "subscribe": {"allow": ["_INBOX.%s.>" % name]}}
 
 
-def config(host, port, store_dir, passwords):
-    """The whole nats-server configuration (JSON is valid nats-server configuration syntax)."""
+def config(host, port, store_dir, passwords, extra=None):
+    """The whole nats-server configuration (JSON is valid nats-server configuration syntax);
+    `extra` adds top-level settings (a cluster node's server_name and cluster block)."""
     users = [{"user": name, "password": passwords[name], "permissions": permissions(name)}
              for name in BUS_USERS]
     users.append({"user": "admin", "password": passwords["admin"]})
-    return {"listen": "%s:%d" % (host, port),
+    conf = {"listen": "%s:%d" % (host, port),
             "jetstream": {"store_dir": store_dir},
             "authorization": {"users": users}}
+    conf.update(extra or {})
+    return conf
 
 
-def write_config(path, host, port, store_dir, passwords):
+def write_config(path, host, port, store_dir, passwords, extra=None):
     """Writes the configuration to `path` (0600; its directory 0700) and returns the path."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     os.chmod(os.path.dirname(path), 0o700)
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(config(host, port, store_dir, passwords), f, indent=1)
+        json.dump(config(host, port, store_dir, passwords, extra), f, indent=1)
     os.chmod(path + ".tmp", 0o600)
     os.replace(path + ".tmp", path)
     return path
