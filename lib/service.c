@@ -12,8 +12,9 @@
  * Kubernetes Service) learns that an instance is going away from its next
  * readiness probe, and until then still sends it requests. So the process
  * keeps serving long enough for that probe to come: by default twice the
- * gateway's probe interval (GATEWAY_PROBE_INTERVAL_MS, 1000, read here from
- * the same environment), so one probe may be late or lost. DRAIN_MS=0
+ * longer of the balancers' probe intervals (GATEWAY_PROBE_INTERVAL_MS and
+ * order's PAYMENT_PROBE_INTERVAL_MS, 1000 each, read here from the same
+ * environment), so one probe may be late or lost. DRAIN_MS=0
  * closes the listener at once: for a process nobody balances over.
  *
  * Signals are taken through libevent (evsignal), so the sequence runs on
@@ -280,6 +281,8 @@ service *service_new(const char *name, int default_port)
     svc->pub.host = config_str("HOST", "127.0.0.1");
     svc->pub.port = (int)config_int("PORT", default_port, 0, 65535);
     long probe_ms = config_int("GATEWAY_PROBE_INTERVAL_MS", 1000, 50, 600000);
+    long payment_probe_ms = config_int("PAYMENT_PROBE_INTERVAL_MS", 1000, 50, 600000);
+    if (payment_probe_ms > probe_ms) probe_ms = payment_probe_ms;
     svc->drain_ms = config_int("DRAIN_MS", 2 * probe_ms, 0, 600000);
     svc->pub.base = new_event_base();
     if (!svc->pub.base) {

@@ -12,8 +12,8 @@
  *     return service_run(svc);
  *
  * On SIGTERM: /health/ready turns 503 at once (so load balancers stop
- * sending), the process keeps serving for DRAIN_MS (default twice
- * GATEWAY_PROBE_INTERVAL_MS: until the balancers' probes have seen it)
+ * sending), the process keeps serving for DRAIN_MS (default twice the
+ * balancers' probe interval: until their probes have seen it)
  * with "Connection: close" on every answer, then the listener and idle
  * connections close, requests in flight are answered, the on_stop hooks
  * run (bus threads stop, stores close), and service_run returns 0. A

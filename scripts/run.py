@@ -37,13 +37,15 @@ PostgreSQL store runs CLUSTER_REPLICAS (2) instances, the others (SQLite: one pr
 file) one, and the gateway one. A replicated service has one slot more than its replicas (the
 surge of a rollout, as a Kubernetes RollingUpdate with maxSurge 1, maxUnavailable 0): its ports are
 <NAME>_PORTS (a comma list) or its port + 100 per slot (order 8081, 8181, 8281), and the gateway's
-<NAME>_URL lists every slot (an empty slot is simply not ready, so never chosen). The layout, with
+<NAME>_URL lists every slot, and so does order's PAYMENT_URL (an empty slot is simply not ready,
+so never chosen: lib/balance.h). The layout, with
 ports and PIDs, is kept in DATA_DIR/cluster.json.
 
 Rolling redeploy (scripts/rollout.py, `make rollout [SERVICE=order]`): it drops a request in
 DATA_DIR/rollout/ and run.py, which supervises every process, carries it out: for each instance of
 the service, start a new one (the binaries now in the build directory) in the empty slot, wait until
-it is ready and the gateway's probe has it ready, then SIGTERM the old one (it drains: readiness 503,
+it is ready and the processes that balance over it (the gateway; order, for payment) have it
+ready, then SIGTERM the old one (it drains: readiness 503,
 serves DRAIN_MS more with Connection: close, finishes what is in flight, exits 0), and go on with
 the next. Progress goes to DATA_DIR/rollout/<id>.log, the outcome to <id>.json.
 """
@@ -251,10 +253,6 @@ class Cluster:
 
     def instance_env(self, name, slot):
         senv = dict(self.env, PORT=str(self.ports[name][slot]), INSTANCE_ID="%s-%d" % (name, slot))
-        if name == "order":
-            # order's payment client takes one URL (issue 14: balancing over a list is being added):
-            # it calls payment's first slot only.
-            senv["PAYMENT_URL"] = self.url("payment", 0)
         if self.passwords:
             senv.update(natsauth.service_env(name, self.passwords))
         return senv
@@ -337,10 +335,6 @@ class Cluster:
                                         else "it is on SQLite, one process per database file"))
             say("%s not rolled: %s" % (name, why))
             return {"ok": False, "why": why}
-        if name == "payment":
-            why = "order's payment client calls one URL: replacing that instance would fail rentals"
-            say("payment not rolled: " + why)
-            return {"ok": False, "why": why}
         replaced = []
         for old in [p for p in self.slots[name] if p]:
             step = self.replace(name, old, say)
@@ -371,12 +365,14 @@ class Cluster:
             time.sleep(0.05)
         say("%s: %s ready after %d ms" % (name, new.instance, (time.monotonic() - t0) * 1000))
         t1 = time.monotonic()
-        while not self.gateway_has(name, self.url(name, slot)):
+        callers = self.callers(name)
+        while not all(self.sees(port, name, self.url(name, slot)) for port in callers):
             if time.monotonic() - t1 > 60:
-                say("%s: the gateway did not take %s in 60 s; %s kept" % (name, new.instance, old.instance))
-                return {"ok": False, "why": "the gateway did not take %s" % new.instance}
+                say("%s: its callers did not take %s in 60 s; %s kept" % (name, new.instance, old.instance))
+                return {"ok": False, "why": "its callers did not take %s" % new.instance}
             time.sleep(0.1)
-        say("%s: the gateway chooses %s (%d ms after ready)" % (name, new.instance, (time.monotonic() - t1) * 1000))
+        say("%s: %s is chosen by %s (%d ms after ready)" % (
+            name, new.instance, ", ".join(self.caller_names(name)), (time.monotonic() - t1) * 1000))
         with self.lock:
             old.retired = True
             old.terminate()
@@ -391,17 +387,27 @@ class Cluster:
             return {"ok": False, "why": "%s exited %s" % (old.instance, code)}
         return {"ok": True, "old": old.instance, "new": new.instance, "exit": code}
 
-    def gateway_has(self, name, url):
-        """Whether the gateway's probe finds instance `url` of `name` ready (its /metrics)."""
-        token = staff_token()
-        req = urllib.request.Request("http://%s:%d/metrics" % (HOST, self.ports["gateway"][0]),
-                                     headers={"Authorization": "Bearer " + token})
+    def caller_names(self, name):
+        """Who balances over `name`'s instances: the gateway, and order for payment."""
+        return ["gateway"] + (["order"] if name == "payment" else [])
+
+    def callers(self, name):
+        """The ports of every running process that balances over `name`'s instances."""
+        with self.lock:
+            return [p.port for c in self.caller_names(name) for p in self.slots[c]
+                    if p and not p.retired]
+
+    def sees(self, port, name, url):
+        """Whether the process on `port` has instance `url` of `name` ready: its readiness probe
+        passed and it is not ejected (its /metrics, lib/balance_set.c)."""
+        req = urllib.request.Request("http://%s:%d/metrics" % (HOST, port),
+                                     headers={"Authorization": "Bearer " + staff_token()})
         try:
             with urllib.request.urlopen(req, timeout=2) as r:
                 text = r.read().decode()
         except OSError:
             return False
-        want = 'carshare_gateway_instance_ready{upstream="%s",instance="%s"} 1' % (name, url)
+        want = 'carshare_upstream_instance_ready{upstream="%s",instance="%s"} 1' % (name, url)
         return any(line.strip() == want for line in text.splitlines())
 
 
