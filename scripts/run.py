@@ -247,6 +247,7 @@ class Cluster:
             if name != "gateway":
                 env[name.upper() + "_URL"] = ",".join(self.url(name, k) for k in range(len(self.slots[name])))
         self.rollout = None
+        self.pg = None                       # the PostgreSQL server (pglocal), for the state file
 
     def url(self, name, slot):
         return "http://%s:%d" % (HOST, self.ports[name][slot])
@@ -282,6 +283,7 @@ class Cluster:
         state = {"run_pid": os.getpid(), "host": HOST,
                  "nats": [{"port": p.port, "pid": p.proc.pid if p.proc else None} for p in self.nats],
                  "nats_url": self.env["NATS_URL"],
+                 "postgres": {"port": self.pg.port, "pid": self.pg.pid} if self.pg else None,
                  "services": {name: [{"slot": k, "port": self.ports[name][k],
                                       "pid": p.proc.pid if p and p.proc and p.proc.poll() is None else None}
                                      for k, p in enumerate(slots)]
@@ -454,6 +456,7 @@ def main():
             raise SystemExit("run: CLUSTER=1 runs its own three nats-server nodes: unset NATS_URL")
         passwords = natsauth.new_passwords()
         cluster = Cluster(env, passwords, set(PG_SERVICES), nats_cluster(env, passwords))
+        cluster.pg = pg
         single = [n for n in ORDER if n not in PG_SERVICES and n != "gateway"]
         log("cluster: 3 nats-server nodes (%s), stream replicas %s; %d instances of %s%s" % (
             env["NATS_URL"], env["BUS_STREAM_REPLICAS"], REPLICAS, ", ".join(PG_SERVICES),
