@@ -13,7 +13,7 @@ OVERLAY ?= prod
 
 .PHONY: all build run test test-unit test-asan test-clang test-browser bench fuzz soak deps clean \
         images test-containers test-prod-layout run-containers stop-containers k8s-secrets k8s-render push \
-        deploy rollout-status rollout
+        deploy rollout-status rollout bench-scale
 
 all: build
 
@@ -54,6 +54,15 @@ bench:
 	@cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build build-bench -j $(JOBS) -- --no-print-directory
 	@CARSHARE_DB=$(DB) CARSHARE_BIN=$(CURDIR)/build-bench/bin scripts/bench.sh
+
+# Rentals/s and CPU per rental with one and with two instances of each PostgreSQL service under
+# `make run CLUSTER=1`, then a rollout of every service under load, every answer checked
+# (tests/bench/scale.py); ends with one `bench-scale:` line.
+bench-scale:
+	@DB=postgres scripts/deps.sh bench
+	@cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build build-bench -j $(JOBS) -- --no-print-directory
+	@CARSHARE_BIN=$(CURDIR)/build-bench/bin python3 tests/bench/scale.py $(CURDIR)/build-bench/bin
 
 # The whole system at half its measured rate, with cancellations and a kill -9 every minute,
 # for SOAK_MINUTES (10), then an audit and resource figures (tests/soak/soak.py).
