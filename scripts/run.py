@@ -530,7 +530,13 @@ def main():
         pg.stop()
     if procs is None:
         os.unlink(os.path.join(DATA_DIR, "cluster.json"))
-    log("stopped")
+    # A service that did not exit 0 on SIGTERM did not stop cleanly (a crash, a leak found by a
+    # sanitizer, a drain cut short): said, and run.py's own exit status says it too. (nats-server
+    # exits 1 on SIGTERM by design.)
+    unclean = ["%s (%s)" % (p.instance, p.proc.returncode) for p in every
+               if p.proc is not None and p.proc.returncode != 0 and p.name != "nats-server"]
+    log("stopped" + ("; not cleanly: " + ", ".join(unclean) if unclean else ""))
+    return 1 if unclean else 0
 
 
 if __name__ == "__main__":

@@ -136,7 +136,11 @@ def test_rollout_of_every_service_under_load():
 
 
 def test_stop():
-    check(C.stop() == 0, "run.py did not exit 0")
+    check(C.stop() == 0, "run.py did not exit 0: a process did not stop cleanly (see run.log)")
+    with open(os.path.join(TMP, "run.log")) as f:
+        restarts = [line for line in f if "restarting in" in line]
+    check(len(restarts) == 1 and "nats-" in restarts[0],
+          "only the killed nats-server node was restarted: %r" % restarts)
     check(not os.path.exists(os.path.join(C.data, "cluster.json")), "the state file is left")
     shutil.rmtree(TMP, ignore_errors=True)
 
