@@ -89,6 +89,9 @@ typedef struct {
     struct event *sigterm_event, *sigint_event;
     unsigned long long started_ms;
     http_handover *handover;    /* HTTP_HANDOVER_SOCKET: the port offered to a new release */
+    struct event *listen_timer; /* a new release: takes the port over once ready */
+    unsigned long long listen_wait_from;
+    bool listen_failed;
 } service_impl;
 
 static service_impl *the_service;
@@ -554,24 +557,93 @@ static int service_listen(service_impl *svc)
     return port;
 }
 
+static int start_listening(service_impl *svc)
+{
+    int port = service_listen(svc);
+    if (port < 0)
+        return -1;
+    svc->pub.port = port;
+    log_info("msg=listening host=%s port=%d", svc->pub.host, port);
+    return port;
+}
+
+static bool all_ready(const service_impl *svc)
+{
+    for (size_t i = 0; i < svc->nchecks; i++)
+        if (!svc->checks[i].fn(svc->checks[i].arg))
+            return false;
+    return true;
+}
+
+/* A new release whose port a running process offers (HTTP_HANDOVER_SOCKET)
+ * takes it over only once it is ready: from the moment it holds the socket
+ * it gets connections, and a gateway whose probes have not yet found any
+ * instance of an upstream ready could only guess (an empty slot of
+ * `make run CLUSTER=1`, a pod not resolved yet). Until then the running
+ * process serves everything. After HANDOVER_READY_WAIT_MS it takes the
+ * port anyway, saying so. http_handover_take waits (2 s at most) for the
+ * running process's answer on this loop: nothing else is served yet. */
+#define HANDOVER_READY_POLL_MS 25
+#define HANDOVER_READY_WAIT_MS 60000
+
+static void listen_when_ready(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    service_impl *svc = arg;
+    if (svc->stopping)
+        return;     /* stopped before it ever served: nothing to take over */
+    bool ready = all_ready(svc);
+    if (!ready && service_now_ms() - svc->listen_wait_from < HANDOVER_READY_WAIT_MS) {
+        struct timeval poll = {0, HANDOVER_READY_POLL_MS * 1000};
+        evtimer_add(svc->listen_timer, &poll);
+        return;
+    }
+    if (!ready)
+        log_warn("msg=\"not ready after %d s: taking the port over anyway\"",
+                 HANDOVER_READY_WAIT_MS / 1000);
+    if (start_listening(svc) < 0) {
+        svc->listen_failed = true;
+        event_base_loopbreak(svc->pub.base);
+    }
+}
+
+/* Whether HTTP_HANDOVER_SOCKET names a socket a running release offers
+ * (it removes the path when it stops; one left by a killed process is
+ * found out when taking fails, and the port is then bound as usual). */
+static bool port_offered(void)
+{
+    const char *path = config_str("HTTP_HANDOVER_SOCKET", NULL);
+    struct stat st;
+    return path && *path && stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
 int service_run(service *pub)
 {
     service_impl *svc = (service_impl *)pub;
-    int port = service_listen(svc);
-    if (port < 0) {
+    if (port_offered()) {
+        log_info("msg=\"a running release offers the port: taking it over once ready\"");
+        svc->listen_wait_from = service_now_ms();
+        svc->listen_timer = mem_must(evtimer_new(pub->base, listen_when_ready, svc));
+        struct timeval now = {0, 0};
+        evtimer_add(svc->listen_timer, &now);
+    } else if (start_listening(svc) < 0) {
         run_stop_hooks(svc);
         return 1;
     }
-    pub->port = port;
     svc->sigterm_event = mem_must(evsignal_new(pub->base, SIGTERM, on_signal, svc));
     svc->sigint_event = mem_must(evsignal_new(pub->base, SIGINT, on_signal, svc));
     event_add(svc->sigterm_event, NULL);
     event_add(svc->sigint_event, NULL);
-    log_info("msg=listening host=%s port=%d", pub->host, port);
 
     int rc = event_base_dispatch(pub->base);
     if (rc < 0)
         log_error("msg=\"event loop failed\"");
+    if (svc->listen_failed)
+        rc = -1;
+    if (svc->listen_timer)
+        event_free(svc->listen_timer);
+    svc->listen_timer = NULL;
     /* Normally the hooks ran after the drain; not if something else
      * stopped the loop. */
     run_stop_hooks(svc);

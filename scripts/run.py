@@ -34,7 +34,9 @@ Three nats-server nodes form a JetStream cluster (client ports NATS_PORT, +1, +2
 NATS_CLUSTER_PORT, 6222, +1, +2; each its own store in nats-<i>/), services get NATS_URL as the
 list of the three and BUS_STREAM_REPLICAS=3; PostgreSQL as with DB=postgres; every service with a
 PostgreSQL store runs CLUSTER_REPLICAS (2) instances, the others (SQLite: one process per database
-file) one, and the gateway one. A replicated service has one slot more than its replicas (the
+file) one, and the gateway one (its second slot, on the same port, is for its next release, which
+takes the listening socket over: HTTP_HANDOVER_SOCKET). A replicated service has one slot more
+than its replicas (the
 surge of a rollout, as a Kubernetes RollingUpdate with maxSurge 1, maxUnavailable 0): its ports are
 <NAME>_PORTS (a comma list) or its port + 100 per slot (order 8081, 8181, 8281), and the gateway's
 <NAME>_URL lists every slot, and so does order's PAYMENT_URL (an empty slot is simply not ready,
@@ -47,7 +49,9 @@ the service, start a new one (the binaries now in the build directory) in the em
 it is ready and the processes that balance over it (the gateway; order, for payment) have it
 ready, then SIGTERM the old one (it drains: readiness 503,
 serves DRAIN_MS more with Connection: close, finishes what is in flight, exits 0), and go on with
-the next. Progress goes to DATA_DIR/rollout/<id>.log, the outcome to <id>.json.
+the next. The gateway's new release takes the public port's socket over from the old one once it
+is ready; both accept from it while the old one drains. Progress goes to DATA_DIR/rollout/<id>.log,
+the outcome to <id>.json.
 """
 import json
 import os
@@ -94,6 +98,7 @@ class Supervised:
     def start(self):
         path = os.path.join(DATA_DIR, "logs", self.instance + ".log")
         logf = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        self.log_offset = os.fstat(logf.fileno()).st_size   # where this start's lines begin
         os.chmod(path, 0o600)   # a log written before files were kept private
         # A session of its own: Ctrl-C in the terminal reaches run.py only, which then stops the
         # services in order (gateway first, nats-server last) instead of all at once.
@@ -239,10 +244,14 @@ class Cluster:
         self.lock = threading.Lock()
         self.slots, self.ports = {}, {}      # name -> [Supervised or None], [port] by slot
         for name in ORDER:
-            n = REPLICAS + 1 if name in replicated else 1
+            # The gateway's two slots share its one public port: a new release takes the very
+            # listening socket over from the running one (HTTP_HANDOVER_SOCKET, lib/http_handover.c).
+            n = REPLICAS + 1 if name in replicated else 2 if name == "gateway" else 1
             self.slots[name] = [None] * n
-            self.ports[name] = listed_ports(name.upper() + "_PORTS", port_of(name), n, 100)
+            self.ports[name] = ([port_of(name)] * n if name == "gateway" else
+                                listed_ports(name.upper() + "_PORTS", port_of(name), n, 100))
         self.replicated = replicated
+        self.handover = os.path.join(DATA_DIR, "gateway.handover")
         for name in ORDER:
             if name != "gateway":
                 env[name.upper() + "_URL"] = ",".join(self.url(name, k) for k in range(len(self.slots[name])))
@@ -254,6 +263,8 @@ class Cluster:
 
     def instance_env(self, name, slot):
         senv = dict(self.env, PORT=str(self.ports[name][slot]), INSTANCE_ID="%s-%d" % (name, slot))
+        if name == "gateway":
+            senv["HTTP_HANDOVER_SOCKET"] = self.handover
         if self.passwords:
             senv.update(natsauth.service_env(name, self.passwords))
         return senv
@@ -269,7 +280,7 @@ class Cluster:
         for p in self.nats:
             p.start()
         for name in ORDER:
-            n = REPLICAS if name in self.replicated else 1
+            n = REPLICAS if name in self.replicated else 1     # the gateway: one, a spare slot
             for k in range(n):
                 self.spawn(name, k)
         self.save()
@@ -332,9 +343,8 @@ class Cluster:
     def roll_service(self, name, say):
         if name not in self.slots:
             return {"ok": False, "why": "no such service"}
-        if name not in self.replicated:
-            why = ("runs single: %s" % ("the public port has no hand-over yet" if name == "gateway"
-                                        else "it is on SQLite, one process per database file"))
+        if name not in self.replicated and name != "gateway":
+            why = "runs single: it is on SQLite, one process per database file"
             say("%s not rolled: %s" % (name, why))
             return {"ok": False, "why": why}
         replaced = []
@@ -354,7 +364,7 @@ class Cluster:
         say("%s: started %s (pid %d, port %d) to replace %s (pid %d)" % (
             name, new.instance, new.proc.pid, new.port, old.instance, old.proc.pid))
         t0 = time.monotonic()
-        while not ready(name, new.port):
+        while not self.new_ready(new):
             if new.proc.poll() is not None or time.monotonic() - t0 > 60:
                 with self.lock:
                     new.retired = True
@@ -373,8 +383,11 @@ class Cluster:
                 say("%s: its callers did not take %s in 60 s; %s kept" % (name, new.instance, old.instance))
                 return {"ok": False, "why": "its callers did not take %s" % new.instance}
             time.sleep(0.1)
-        say("%s: %s is chosen by %s (%d ms after ready)" % (
-            name, new.instance, ", ".join(self.caller_names(name)), (time.monotonic() - t1) * 1000))
+        if callers:
+            say("%s: %s is chosen by %s (%d ms after ready)" % (
+                name, new.instance, ", ".join(self.caller_names(name)), (time.monotonic() - t1) * 1000))
+        else:
+            say("%s: %s accepts on the public port beside %s" % (name, new.instance, old.instance))
         with self.lock:
             old.retired = True
             old.terminate()
@@ -389,8 +402,21 @@ class Cluster:
             return {"ok": False, "why": "%s exited %s" % (old.instance, code)}
         return {"ok": True, "old": old.instance, "new": new.instance, "exit": code}
 
+    def new_ready(self, new):
+        """Whether a new instance is ready. A new gateway shares the public port with the old one,
+        so asking the port could reach either: it is ready once it listens, which it does only
+        when ready (lib/service.c takes a handed-over port once every readiness check passes)."""
+        if new.name != "gateway":
+            return ready(new.name, new.port)
+        with open(os.path.join(DATA_DIR, "logs", new.instance + ".log"), "rb") as f:
+            f.seek(new.log_offset)
+            return b"msg=listening" in f.read()
+
     def caller_names(self, name):
-        """Who balances over `name`'s instances: the gateway, and order for payment."""
+        """Who balances over `name`'s instances: the gateway, and order for payment; nobody
+        balances over the gateway (its instances share one listening socket)."""
+        if name == "gateway":
+            return []
         return ["gateway"] + (["order"] if name == "payment" else [])
 
     def callers(self, name):
