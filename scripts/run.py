@@ -257,6 +257,7 @@ class Cluster:
                 env[name.upper() + "_URL"] = ",".join(self.url(name, k) for k in range(len(self.slots[name])))
         self.rollout = None
         self.pg = None                       # the PostgreSQL server (pglocal), for the state file
+        self.complete = False                # every instance started
 
     def url(self, name, slot):
         return "http://%s:%d" % (HOST, self.ports[name][slot])
@@ -280,9 +281,18 @@ class Cluster:
         for p in self.nats:
             p.start()
         for name in ORDER:
-            n = REPLICAS if name in self.replicated else 1     # the gateway: one, a spare slot
-            for k in range(n):
+            self.spawn(name, 0)
+        self.save()
+        # The other instances once the first of each is ready: a first start makes things once
+        # (account's staff account and its password file) that two starting together would race
+        # for, the loser exiting to be restarted.
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and not all(ready(n, self.ports[n][0]) for n in self.replicated):
+            time.sleep(0.05)
+        for name in ORDER:
+            for k in range(1, REPLICAS if name in self.replicated else 1):
                 self.spawn(name, k)
+        self.complete = True
         self.save()
 
     def running(self):
@@ -299,7 +309,7 @@ class Cluster:
                                       "pid": p.proc.pid if p and p.proc and p.proc.poll() is None else None}
                                      for k, p in enumerate(slots)]
                               for name, slots in self.slots.items()},
-                 "replicated": sorted(self.replicated)}
+                 "replicated": sorted(self.replicated), "complete": self.complete}
         path = os.path.join(DATA_DIR, "cluster.json")
         with open(path + ".tmp", "w") as f:
             json.dump(state, f, indent=1)

@@ -65,8 +65,9 @@ class ClusterRun:
             return json.load(f)
 
     def all_ready(self):
-        return all(i["pid"] and ready(i["port"])
-                   for slots in self.state()["services"].values() for i in slots if i["pid"])
+        st = self.state()
+        return st["complete"] and all(ready(i["port"]) for slots in st["services"].values()
+                                      for i in slots if i["pid"])
 
     def instances(self, name):
         return [i for i in self.state()["services"][name] if i["pid"]]
