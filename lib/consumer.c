@@ -591,16 +591,6 @@ static void apply_slice_once(bus *b, store *st, enum batch_kind kind, struct del
     }
 }
 
-/* A pause before a rerun: growing with the attempts, and jittered, so that
- * two replicas that just conflicted do not meet again in lockstep. */
-static void pause_before_rerun(long attempt)
-{
-    long max_us = attempt < 7 ? 500L << attempt : 50000;     /* 0.5 ms ... 50 ms */
-    long us = max_us / 2 + (long)(random() % (max_us / 2 + 1));
-    struct timespec t = {us / 1000000, (us % 1000000) * 1000L};
-    nanosleep(&t, NULL);
-}
-
 /* Applies items[0..k) in one transaction, rerun in place until PostgreSQL
  * takes it. PostgreSQL refuses one of two conflicting SERIALIZABLE
  * transactions (40001, or 40P01 for a deadlock): two replicas applying
@@ -634,7 +624,7 @@ static void apply_rerunning(bus *b, store *st, enum batch_kind kind, struct deli
             return;
         }
         json_decref(out[0].r.event);
-        pause_before_rerun(attempt);
+        store_pg_pause_before_rerun(attempt);
     }
 }
 

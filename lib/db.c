@@ -49,7 +49,6 @@ struct worker {
     int index;
     pthread_t thread;
     store *st;              /* its connection, NULL until opened */
-    unsigned seed;          /* rand_r: the jitter of its reruns */
 };
 
 struct db {
@@ -174,20 +173,6 @@ static bool worker_connect(struct worker *w)
     return w->st != NULL;
 }
 
-/* The pause before rerun `attempt` (0-based) of a unit that lost a
- * serialization conflict: doubling from 0.2 ms up to 50 ms, times a random
- * 0.5-1.5. The units that conflict are the ones running together, so
- * fixed pauses (the first version: 0.2, 0.4 ... ms) rerun them together
- * again: seen in e2e_pg/test_resilience, 24 charges at once on a loaded
- * machine, one of which lost ten times in a row and was answered 500. */
-static struct timespec retry_pause(struct worker *w, long attempt)
-{
-    long us = 200L << (attempt < 8 ? attempt : 8);
-    if (us > 50000) us = 50000;
-    us = us / 2 + (long)(rand_r(&w->seed) % (unsigned)(us + 1));
-    return (struct timespec){us / 1000000, (us % 1000000) * 1000L};
-}
-
 static void run_job(struct worker *w, struct job *j)
 {
     store *st = w->st;
@@ -203,8 +188,11 @@ static void run_job(struct worker *w, struct job *j)
             break;
         }
         metrics_counter_add("carshare_db_serialization_retries_total", "", 1);
-        struct timespec pause = retry_pause(w, attempt);
-        nanosleep(&pause, NULL);
+        /* Doubling, jittered: the units that conflict are the ones running
+         * together, and fixed pauses (the first version: 0.2, 0.4 ... ms)
+         * reran them together again; seen in e2e_pg/test_resilience, 24
+         * charges at once, one lost ten times in a row and answered 500. */
+        store_pg_pause_before_rerun(attempt);
     }
     /* Still conflicting after DB_RETRIES reruns: whatever the work made of
      * its failure, the client hears "try again shortly" (503), not 500. */
@@ -326,8 +314,7 @@ static bool start_workers(db *d)
     metrics_add_collector(collect_pool, d);
     d->collecting = true;
     for (int i = 0; i < d->nworkers; i++) {
-        d->workers[i] = (struct worker){.d = d, .index = i,
-                                        .seed = (unsigned)time(NULL) ^ (unsigned)(i * 7919)};
+        d->workers[i] = (struct worker){.d = d, .index = i};
         if (pthread_create(&d->workers[i].thread, NULL, worker_main, &d->workers[i]) != 0) {
             d->nworkers = i;
             return false;

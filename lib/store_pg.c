@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -151,6 +152,25 @@ void store_clear_failure(store *st)
 {
     struct pgstore *pg = store_pgstore(st);
     if (pg) pg->unavailable = pg->retry = false;
+}
+
+void store_pg_pause_before_rerun(long attempt)
+{
+    /* Per thread and per process: replicas started from one image in the
+     * same second must not draw the same pauses. */
+    static _Thread_local unsigned seed;
+    if (!seed) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        seed = ((unsigned)getpid() * 2654435761u) ^ (unsigned)now.tv_nsec ^
+               (unsigned)(uintptr_t)&seed;
+        seed |= 1;
+    }
+    long us = 200L << (attempt < 8 ? attempt : 8);
+    if (us > 50000) us = 50000;
+    us = us / 2 + (long)(rand_r(&seed) % (unsigned)(us + 1));
+    struct timespec t = {us / 1000000, (us % 1000000) * 1000L};
+    nanosleep(&t, NULL);
 }
 
 const char *pgstore_error(struct pgstore *pg) { return pg->error; }

@@ -83,6 +83,13 @@ bool store_should_retry(const store *st);
 /* Clears both marks before a unit of work. */
 void store_clear_failure(store *st);
 
+/* Sleeps before rerun number `attempt` (0, 1, ...) of a transaction that
+ * lost a serialization conflict: 0.2 ms doubling up to 50 ms, times a
+ * random 0.5-1.5. The transactions that conflict are the ones running
+ * together (two database threads, two replicas), so fixed pauses would
+ * rerun them together again. Any thread (the draw is per thread). */
+void store_pg_pause_before_rerun(long attempt);
+
 /* Which session the connection is in: a number that changes when the
  * connection is re-opened (everything tied to the old session, such as
  * advisory locks and LISTENs, is gone then). */

@@ -2,6 +2,12 @@
 """test_replicas.py: two processes of one service, the bus part (issue 14).
 
 On PostgreSQL (the e2e_pg suite), replicas share a database, an outbox and a durable consumer:
+  - two payment replicas charge orders (half each), then get every OrderCancelled twice (two
+    eventIds) while HTTP refunds of a third of the orders race them on the other replica: one
+    refund and one PayCancelled per order, every Paid in the stream (the standby's rows are
+    published by the leading relay);
+  - a customer page rebuild started on one replica, which is frozen mid-replay while the other
+    applies new events: those are in the view after the swap;
   - two replicas of delivery and two of customerpage are fed the events of many rentals at once
     (Ordered, Paid, and for half of them OrderCancelled and PayCancelled, each producer's events in
     its own order, the producers interleaved at random so that events of one rental land in
@@ -25,7 +31,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import BIN, DB, Proc, System, check, free_port, postgres, run, wait_for  # noqa: E402
-from rental_checks import metric, stream_count  # noqa: E402
+from rental_checks import concurrently, metric, stream_count  # noqa: E402
 
 WAIT = 60       # seconds: an upper bound, not an expectation
 ON_PG = DB == "postgres"
@@ -277,6 +283,71 @@ def test_relay_leader_killed_mid_batch():
               s.count_rows("customerpage", "processed_events") == n,
               "customerpage did not apply each event once")
         print("relay: killed with %d of %d rows left; consumer duplicates %d" % (left, n, dup))
+
+
+# ---- PostgreSQL: payment's replicas, charges and refunds racing ----
+
+def until_not_503(call, tries=5):
+    """A call repeated, as a client does, while the answer is 503 (all reruns of its
+    transaction lost serialization conflicts: "try again shortly"); the same body is
+    idempotent."""
+    for _ in range(tries):
+        code = call()
+        if code != 503:
+            return code
+        time.sleep(0.2)
+    return code
+
+
+def test_payment_replicas_refund_once():
+    if not ON_PG:
+        return
+    s = System(["payment"], env={"BUS_RETRY_MS": "50", "BUS_POLL_MS": "200"})
+    with s:
+        both = ["payment", start_replica(s, "payment", "payment-b")]
+        n = 40
+        card = "5500000000000004"
+
+        def charge(i):
+            o = i + 1
+            return until_not_503(lambda: s.call("POST", both[i % 2], "/payments", {
+                "orderId": o, "productId": "1001", "qty": 1, "amount": 45000,
+                "cardNumber": card})[0])
+        codes = concurrently(n, charge)
+        check(all(c in (200, 201) for c in codes), "charges over two replicas: %r" % codes)
+        check(psql(s, "payment", "SELECT count(*) FROM payments") == [str(n)],
+              "not one payment per order")
+        # Each replica committed half of the Paid events; the leading relay publishes both
+        # halves (the other replica's rows on its BUS_RELAY_POLL_MS look).
+        wait_for(lambda: stream_count(s, "Paid") == n, WAIT, "every Paid in the stream")
+
+        # Two OrderCancelled per order under different eventIds (the same fact published twice),
+        # and an HTTP refund of every third order at the same moment on the other replica.
+        rng = random.Random(7)
+        events = interleave([[envelope("OrderCancelled", id=o, productId="1001", qty=1,
+                                       customerId="kim") for _ in range(2)]
+                             for o in range(1, n + 1)], rng)
+
+        def refund(i):
+            o = 3 * i + 1
+            return until_not_503(lambda: s.call("POST", both[o % 2], "/paymentCancellations",
+                                                {"orderId": o})[0])
+        codes = concurrently(n // 3 + 1, lambda i: publish_many(s, events) if i == 0 else refund(i - 1))
+        check(all(c in (None, 200, 201) for c in codes), "refunds: %r" % codes)
+        wait_for(lambda: applied(s, both, "OrderCancelled") == 2 * n, WAIT,
+                 "the replicas to apply every OrderCancelled")
+        wait_for(lambda: stream_count(s, "PayCancelled") >= n, WAIT, "every PayCancelled")
+        check(psql(s, "payment", "SELECT count(*), count(DISTINCT order_id) FROM"
+                                 " payment_cancellations") == ["%d|%d" % (n, n)],
+              "refunds are not one per order")
+        time.sleep(1)   # a second refund would be published within BUS_RELAY_POLL_MS
+        check(stream_count(s, "PayCancelled") == n, "PayCancelled events: %d for %d orders"
+              % (stream_count(s, "PayCancelled"), n))
+        dead = sum(value(s, x, "carshare_bus_dead_letters_total") for x in both)
+        check(dead == 0, "%d events were dead-lettered" % dead)
+        print("payment: applied by each replica %s, conflict reruns %d" % (
+            [applied(s, [x], "OrderCancelled") for x in both],
+            sum(value(s, x, "carshare_bus_conflict_reruns_total") for x in both)))
 
 
 # ---- PostgreSQL: a rebuild on one replica keeps what the others apply meanwhile ----
