@@ -236,7 +236,10 @@ def test_crash_between_payment_and_commit():
 def test_kill9_right_after_answers_loses_nothing():
     """Group commit answers only once a commit is synced; what a killed process had
     acknowledged is there after its restart, in order and in payment alike."""
-    with system() as s:
+    # What this test asks of the 24 rentals is durability, not speed: the suite's
+    # 300 ms connect timeout (for the fast-fallback tests) fails a connect now and
+    # then on a loaded machine, and that 503 would say nothing about group commit.
+    with system({"PAYMENT_CONNECT_TIMEOUT_MS": "5000"}) as s:
         cars = fleet(s)
         products = sorted(p for p, c in cars.items() if c["available"] >= 3)[:8]
         results = concurrently(24, lambda i: rent(s, products[i % len(products)], 1,
