@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "balance.h"
+#include "db.h"
 #include "http.h"
 #include "httpc.h"
 #include "order.h"
@@ -129,15 +130,17 @@ static void fz_setup(void)
     fz_token_keys();
     service *svc = service_new("order", 0);
     store *st = order_store_open_path(fz_path);
+    db *d = st ? db_of_store(svc->base, st) : NULL;
     balance_opts opts = { .http = { .timeout_ms = 500, .connect_timeout_ms = 200 } };
     balance_set *payment = balance_set_new(svc->base, "payment", "http://127.0.0.1:1", &opts);
-    reconciler *rec = st && payment ? reconciler_new(svc->base, st, payment, 3600000) : NULL;
-    if (!rec) {
+    reconciler *rec = d && payment ? reconciler_new(svc->base, d, payment, 3600000) : NULL;
+    lease_keeper *leases = d ? lease_keeper_new(svc->base, d) : NULL;
+    if (!rec || !leases) {
         fprintf(stderr, "fuzz_http_order: cannot set up order\n");
         exit(1);
     }
-    order_api_config cfg = { .payment = payment, .reconciler = rec };
-    order_api_register(svc, st, &cfg);
+    order_api_config cfg = { .payment = payment, .reconciler = rec, .leases = leases };
+    order_api_register(svc, d, &cfg);
     fz_port = http_server_listen(svc->http, "127.0.0.1", 0);
     pthread_t loop;
     if (fz_port <= 0 || pthread_create(&loop, NULL, fz_loop, svc->base) != 0)
