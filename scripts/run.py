@@ -277,7 +277,7 @@ class Cluster:
         self.slots[name][slot] = p
         return p
 
-    def start(self):
+    def start(self, stopping):
         for p in self.nats:
             p.start()
         for name in ORDER:
@@ -287,8 +287,11 @@ class Cluster:
         # (account's staff account and its password file) that two starting together would race
         # for, the loser exiting to be restarted.
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 60 and not all(ready(n, self.ports[n][0]) for n in self.replicated):
+        while (time.monotonic() - t0 < 60 and not stopping and
+               not all(ready(n, self.ports[n][0]) for n in self.replicated)):
             time.sleep(0.05)
+        if stopping:
+            return      # a stop asked while starting: main stops what was started
         for name in ORDER:
             for k in range(1, REPLICAS if name in self.replicated else 1):
                 self.spawn(name, k)
@@ -497,7 +500,6 @@ def main():
         log("cluster: 3 nats-server nodes (%s), stream replicas %s; %d instances of %s%s" % (
             env["NATS_URL"], env["BUS_STREAM_REPLICAS"], REPLICAS, ", ".join(PG_SERVICES),
             ("; single (SQLite, not on PostgreSQL yet): %s" % ", ".join(single)) if single else ""))
-        cluster.start()
         procs = None
     else:
         procs = []
@@ -517,6 +519,8 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
 
     t0 = time.monotonic()
+    if procs is None:
+        cluster.start(stopping)     # after the handlers: a SIGTERM while starting stops it all
     if procs is not None:
         for p in procs:
             p.start()
@@ -527,7 +531,9 @@ def main():
     while pending and not stopping and time.monotonic() - t0 < 60:
         pending = {(n, port) for (n, port) in pending if not ready(n, port)}
         time.sleep(0.05)
-    if pending:
+    if stopping:
+        pass
+    elif pending:
         log("not ready after 60s: %s (logs in %s)" % (", ".join(sorted("%s:%s" % x for x in pending)),
                                                     os.path.join(DATA_DIR, "logs")))
     else:
