@@ -1,31 +1,28 @@
-/* http.c: the HTTP server of every carshare process, on libevent's evhttp.
+/* http.c: the HTTP server of every carshare process: its lifecycle and
+ * dispatch.
  *
- * evhttp reads and parses requests; everything else is here: one generic
- * callback takes every request, wraps it in an http_req, routes it, and
- * owns the answer, so that every answer (errors included) has the
- * contract's shape, a request id, an access-log line and its metrics.
+ * Connections are read and framed by http_conn.c on plain bufferevents
+ * (no evhttp: see there why); each whole request comes here, is wrapped in
+ * an http_req, routed, and its answer owned by http_answer.c, so that
+ * every answer (errors included) has the contract's shape, a request id,
+ * an access-log line and its metrics.
  *
  * Files (http_private.h): this one, the lifecycle and dispatch; the route
- * trie (http_route.c); connections and the read deadline (http_conn.c);
- * the answer path (http_answer.c); a request's memory and accessors
- * (http_req.c).
+ * trie (http_route.c); connections, reading and the read deadline
+ * (http_conn.c); the answer path (http_answer.c); a request's memory,
+ * parsing and accessors (http_req.c); the RFC 9112 framing (http_frame.c).
  *
- * Limits and framing. evhttp refuses oversized bodies and headers itself
- * with HTML pages and has no hook to change them (evhttp_set_errorcb is
- * 2.2 only), and is lenient where leniency is a smuggling risk. So every
- * byte first passes the RFC 9112 check of http_frame.h (http_conn.c),
- * which refuses in the contract's JSON shape, before evhttp reads it:
- * malformed framing, a declared body over HTTP_MAX_BODY (413 before the
- * body is read), a head over HTTP_MAX_HEADERS (431), unknown methods
- * (501), other major versions (505). evhttp's own limits are set above
- * ours and are never reached.
+ * Limits and framing. Every byte first passes the RFC 9112 check of
+ * http_frame.h, which refuses in the contract's JSON shape: malformed
+ * framing, a declared body over HTTP_MAX_BODY (413 before the body is
+ * read), a head over HTTP_MAX_HEADERS (431), unknown methods (501), other
+ * major versions (505).
  *
- * Listening. evhttp_bind_socket listens with a backlog of 128: a burst of
- * connections beyond it has SYNs dropped, and each client then loses a
- * second to the SYN retransmit. So we bind the listener ourselves
- * (http_listener_open, usable by any server on the loop), with a
- * backlog of HTTP_LISTEN_BACKLOG (default 1024; the kernel caps it at
- * net.core.somaxconn), and hand it to evhttp, which owns and frees it.
+ * Listening. We bind the listener ourselves (http_listener_open, usable
+ * by any server on the loop), with a backlog of HTTP_LISTEN_BACKLOG
+ * (default 1024; the kernel caps it at net.core.somaxconn): with 128, a
+ * burst of connections beyond it has SYNs dropped, and each client then
+ * loses a second to the SYN retransmit.
  *
  * Drain, in two phases. First a drain period (the caller's, DRAIN_MS in
  * service.c): the listeners stay open and every request is still served,
@@ -58,7 +55,6 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/http_struct.h>    /* the request's version, for answer_as_http11 */
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 #include <strings.h>
@@ -117,17 +113,6 @@ static void dispatch(http_req *r, http_handler handler, void *arg)
     }
 }
 
-/* Size of the request line and headers, as evhttp counts them. */
-static size_t request_head_size(struct evhttp_request *ev)
-{
-    const char *uri = evhttp_request_get_uri(ev);
-    size_t n = (uri ? strlen(uri) : 0) + 16;
-    const struct evkeyvalq *headers = evhttp_request_get_input_headers(ev);
-    for (const struct evkeyval *h = headers->tqh_first; h; h = h->next.tqe_next)
-        n += strlen(h->key) + strlen(h->value) + 4;
-    return n;
-}
-
 static void deliver(http_server *s, http_req *r, const destination *d)
 {
     if (!d->node) {
@@ -160,18 +145,17 @@ static void deliver(http_server *s, http_req *r, const destination *d)
     dispatch(r, d->route->handler, d->route->arg);
 }
 
-/* evhttp's generic callback: every request that parsed comes here. */
 /* A body sent with POST, PUT, PATCH or DELETE must say it is JSON
  * (parameters such as "; charset=utf-8" allowed). A browser sends a
  * cross-site form (text/plain, form-urlencoded) without asking first; this
  * refuses it before any handler sees it. */
-static bool body_type_acceptable(struct evhttp_request *ev)
+static bool body_type_acceptable(const http_req *r)
 {
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(ev);
+    enum evhttp_cmd_type cmd = r->cmd;
     if (cmd != EVHTTP_REQ_POST && cmd != EVHTTP_REQ_PUT && cmd != EVHTTP_REQ_PATCH &&
         cmd != EVHTTP_REQ_DELETE)
         return true;
-    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(ev), "Content-Type");
+    const char *ct = http_req_header(r, "Content-Type");
     static const char json[] = "application/json";
     if (!ct)
         return false;
@@ -183,66 +167,19 @@ static bool body_type_acceptable(struct evhttp_request *ev)
     return *ct == '\0' || *ct == ';';
 }
 
-/* Answers carry the server's own version, HTTP/1.1 (RFC 9110 6.2), where
- * evhttp would echo the request's ("HTTP/1.7 200", "HTTP/1.0 200"); only
- * major version 1 gets this far (http_frame.h). An HTTP/1.0 client that
- * did not ask to keep the connection gets Connection: close, as it
- * expects. evhttp writes the status line from these two fields. */
-static void answer_as_http11(struct evhttp_request *ev)
+void http_server_request(http_server *s, http_req *r, const char *raw_path)
 {
-    if (ev->minor == 0) {
-        const char *conn = evhttp_find_header(evhttp_request_get_input_headers(ev), "Connection");
-        if (!conn || strcasecmp(conn, "keep-alive") != 0)
-            evhttp_add_header(evhttp_request_get_output_headers(ev), "Connection", "close");
-    }
-    ev->major = 1;
-    ev->minor = 1;
-}
-
-static void on_request(struct evhttp_request *ev, void *arg)
-{
-    http_server *s = arg;
-    answer_as_http11(ev);
-    http_req *r = http_req_acquire(s);
-    const char *raw_path = "/";
-    http_req_begin(r, ev, &raw_path);
     s->inflight++;
-    /* The request is in: its connection's clock stops until the answer
-     * has been written out. */
-    r->conn = http_conn_of(s, ev);
-    if (r->conn)
-        event_del(r->conn->deadline);
-    if (r->conn && r->conn->fresh) {
-        r->conn->fresh = false;
-        s->fresh--;
-    }
-
     destination d;
     http_route_resolve(s, r, raw_path, &d);
-
-    size_t head_size = request_head_size(ev);
-    if (head_size > s->max_headers) {
-        http_refuse(r, 431, "the request line and headers take %zu bytes; the limit is %zu bytes",
-               head_size, s->max_headers);
+    if (r->body_len > s->max_body) {    /* http_frame refused it already: a bound */
+        http_refuse(r, 413, "the request body has %zu bytes; the limit is %zu bytes", r->body_len,
+                    s->max_body);
         return;
     }
-    struct evbuffer *input = evhttp_request_get_input_buffer(ev);
-    size_t body_len = evbuffer_get_length(input);
-    if (body_len > s->max_body) {
-        http_refuse(r, 413, "the request body has %zu bytes; the limit is %zu bytes", body_len,
-               s->max_body);
-        return;
-    }
-    if (body_len > 0 && !body_type_acceptable(ev)) {
+    if (r->body_len > 0 && !body_type_acceptable(r)) {
         http_refuse(r, 415, "the request body must be JSON, sent with Content-Type: application/json");
         return;
-    }
-    if (body_len > 0) {
-        char *body = http_req_alloc(r, body_len + 1);
-        evbuffer_copyout(input, body, body_len);
-        body[body_len] = '\0';
-        r->body = body;
-        r->body_len = body_len;
     }
     deliver(s, r, &d);
 }
@@ -253,28 +190,22 @@ static void on_request(struct evhttp_request *ev, void *arg)
  * leaves the connection in the backlog, and the listener would fire again
  * at once: the loop would spin. So accepting pauses instead, 100 ms at
  * first, doubling to 1 s while it lasts (the next accepted connection
- * resets it); meanwhile connections wait in the backlog. libevent gives
- * the error callback evhttp's argument, not ours: the server is found in
- * this short list (a process runs one or two servers). */
-#define MAX_SERVERS 8
-static http_server *servers[MAX_SERVERS];
-
+ * resets it); meanwhile connections wait in the backlog. */
 static void resume_accepting(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     http_server *s = arg;
     for (int i = 0; i < s->nbound; i++)
-        evconnlistener_enable(evhttp_bound_socket_get_listener(s->bound[i]));
+        evconnlistener_enable(s->bound[i]);
 }
 
-static void on_accept_error(struct evconnlistener *l, void *evhttp_arg)
+static void on_accept_error(struct evconnlistener *l, void *arg)
 {
+    (void)l;
     int err = EVUTIL_SOCKET_ERROR();
-    http_server *s = NULL;
-    for (int i = 0; i < MAX_SERVERS && !s; i++)
-        if (servers[i] && (void *)servers[i]->evhttp == evhttp_arg) s = servers[i];
-    if (!s || (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)) {
+    http_server *s = arg;
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
         log_warn("msg=\"accept failed\" error=\"%s\"", strerror(err));
         return;
     }
@@ -285,8 +216,7 @@ static void on_accept_error(struct evconnlistener *l, void *evhttp_arg)
                  strerror(err), s->nconns);
     metrics_counter_add("carshare_http_accept_paused_total", "", 1);
     for (int i = 0; i < s->nbound; i++)
-        evconnlistener_disable(evhttp_bound_socket_get_listener(s->bound[i]));
-    (void)l;
+        evconnlistener_disable(s->bound[i]);
     struct timeval tv = { s->accept_backoff_ms / 1000, (s->accept_backoff_ms % 1000) * 1000 };
     evtimer_add(s->accept_resume, &tv);
 }
@@ -310,16 +240,6 @@ static void on_drained(evutil_socket_t fd, short what, void *arg)
     s->drain_done = NULL;
     if (done)
         done(s->drain_arg);   /* may free s */
-}
-
-/* A connection is idle when it has served a request (one accepted but
- * with no request yet is "fresh": the drain waits for it, below) and
- * nothing of it is being answered, held for group commit or written out,
- * and no byte of a next request has arrived. */
-static bool conn_idle(const http_conn *c)
-{
-    return !c->fresh && !c->waiting && !c->unflushed && !c->held &&
-           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
 }
 
 static void on_drain_grace(evutil_socket_t fd, short what, void *arg)
@@ -347,17 +267,10 @@ static void end_period(evutil_socket_t fd, short what, void *arg)
     (void)what;
     http_server *s = arg;
     for (int i = 0; i < s->nbound; i++)
-        evhttp_del_accept_socket(s->evhttp, s->bound[i]);
+        evconnlistener_free(s->bound[i]);
     s->nbound = 0;
-    http_conn_adopt(-1, 0, s);
-    int closed = 0;
-    for (http_conn *c = s->conns, *next; c; c = next) {
-        next = c->next;
-        if (conn_idle(c)) {
-            evhttp_connection_free(c->evcon);   /* on_connection_closed frees c */
-            closed++;
-        }
-    }
+    http_conn_check_pending(-1, 0, s);   /* those accepted over the cap this turn */
+    int closed = http_server_close_idle(s);
     if (s->fresh > 0) {
         long wait_ms = config_int("HTTP_DRAIN_NEW_CONN_MS", 2000, 0, 60000);
         struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
@@ -388,42 +301,13 @@ http_server *http_server_new(struct event_base *base)
     s->read_deadline_tv = event_base_init_common_timeout(base, &s->read_deadline);
     if (!s->read_deadline_tv)
         s->read_deadline_tv = &s->read_deadline;
+    s->write_timeout.tv_sec = idle_s;
     s->drain_event = mem_must(event_new(base, -1, 0, on_drained, s));
     s->period_timer = mem_must(evtimer_new(base, end_period, s));
-    s->adopt_event = mem_must(event_new(base, -1, 0, http_conn_adopt, s));
     s->accept_resume = mem_must(evtimer_new(base, resume_accepting, s));
+    s->cap_event = mem_must(event_new(base, -1, 0, http_conn_check_pending, s));
     s->max_conns = config_int("HTTP_MAX_CONNECTIONS", default_max_connections(), 1, 1000000);
-    TAILQ_INIT(&s->answer_headers);
-
-    s->evhttp = evhttp_new(base);
-    if (!s->evhttp) {
-        log_error("msg=\"cannot create the HTTP server\"");
-        event_free(s->drain_event);
-        event_free(s->period_timer);
-        event_free(s->adopt_event);
-        event_free(s->accept_resume);
-        free(s->root);
-        free(s);
-        return NULL;
-    }
-    /* Every method reaches us, so 405/404 are ours, in the contract's shape. */
-    evhttp_set_allowed_methods(s->evhttp, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                              EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-                                              EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-    /* evhttp's limits are only a memory bound, above ours (see the top). */
-    size_t body_cap = s->max_body * 4 > (1u << 20) ? s->max_body * 4 : (1u << 20);
-    evhttp_set_max_body_size(s->evhttp, (ev_ssize_t)body_cap);
-    evhttp_set_max_headers_size(s->evhttp, (ev_ssize_t)(s->max_headers * 2));
-    evhttp_set_timeout(s->evhttp, (int)idle_s);
-    evhttp_set_bevcb(s->evhttp, http_conn_new_bev, s);
-    evhttp_set_default_content_type(s->evhttp, NULL);
-    evhttp_set_gencb(s->evhttp, on_request, s);
-    for (int i = 0; i < MAX_SERVERS; i++)
-        if (!servers[i]) {
-            servers[i] = s;
-            break;
-        }
+    s->scratch = mem_must(evbuffer_new());
     return s;
 }
 
@@ -485,15 +369,8 @@ int http_server_listen_on(http_server *s, struct evconnlistener *listener, const
         return -1;
     }
     int bound_port = http_listener_port(evconnlistener_get_fd(listener));
-    /* From here evhttp owns the listener: evhttp_del_accept_socket frees it. */
-    struct evhttp_bound_socket *b = evhttp_bind_listener(s->evhttp, listener);
-    if (!b) {
-        log_error("msg=\"cannot listen\" host=%s port=%d reason=\"out of memory\"", host,
-                  bound_port);
-        evconnlistener_free(listener);
-        return -1;
-    }
-    s->bound[s->nbound++] = b;
+    evconnlistener_set_cb(listener, http_conn_accept, s);
+    s->bound[s->nbound++] = listener;
     evconnlistener_set_error_cb(listener, on_accept_error);
     if (s->listen_port == 0) {
         snprintf(s->listen_host, sizeof s->listen_host, "%s", host);
@@ -538,20 +415,15 @@ void http_server_free(http_server *s)
         r = next;
     }
     s->live = NULL;
-    /* Frees every connection; pending requests on them are dropped through
-     * on_connection_closed, which forgets the adopted connections. */
-    evhttp_free(s->evhttp);
-    while (s->unadopted) {
-        http_conn *c = s->unadopted;
-        s->unadopted = c->next;
-        bufferevent_decref(c->bev);
-        free(c);
-    }
-    free(s->conn_by_fd);
-    event_free(s->adopt_event);
+    /* Frees every connection; requests waiting on them lose their client. */
+    for (int i = 0; i < s->nbound; i++)
+        evconnlistener_free(s->bound[i]);
+    s->nbound = 0;
+    http_server_close_conns(s);
+    http_server_drop_pending(s);
+    event_free(s->cap_event);
     event_free(s->accept_resume);
-    for (int i = 0; i < MAX_SERVERS; i++)
-        if (servers[i] == s) servers[i] = NULL;
+    evbuffer_free(s->scratch);
     while (s->pool) {
         http_req *next = s->pool->next;
         http_req_destroy(s->pool);
@@ -565,7 +437,11 @@ void http_server_free(http_server *s)
     free(s->fallback_label);
     free(s->fallback_metric_label);
     free(s->public_base_url);
-    evhttp_clear_headers(&s->answer_headers);
+    while (s->answer_headers) {
+        http_header *next = s->answer_headers->next;
+        free(s->answer_headers);
+        s->answer_headers = next;
+    }
     free(s);
 }
 
@@ -592,7 +468,25 @@ int http_server_set_public_base_url(http_server *s, const char *url)
 
 void http_server_add_answer_header(http_server *s, const char *name, const char *value)
 {
-    evhttp_add_header(&s->answer_headers, name, value);
+    size_t nlen = strlen(name), vlen = strlen(value);
+    http_header *h = mem_must(malloc(sizeof *h + nlen + vlen + 2));
+    char *text = (char *)(h + 1);
+    memcpy(text, name, nlen + 1);
+    memcpy(text + nlen + 1, value, vlen + 1);
+    h->name = text;
+    h->value = text + nlen + 1;
+    h->next = NULL;
+    http_header **at = &s->answer_headers;
+    while (*at) {
+        if (strcasecmp((*at)->name, name) == 0) {   /* replaced */
+            h->next = (*at)->next;
+            free(*at);
+            *at = h;
+            return;
+        }
+        at = &(*at)->next;
+    }
+    *at = h;
 }
 
 void http_server_set_connection_factory(http_server *s, http_connection_factory fn, void *arg)

@@ -1,4 +1,5 @@
-/* http.h: the HTTP server every carshare process runs, on libevent's evhttp.
+/* http.h: the HTTP server every carshare process runs, on libevent's
+ * bufferevents with our own RFC 9112 parser (http_frame.h).
  *
  * A server owns a route table: (method, pattern) -> handler, where a pattern
  * is a literal path with `{name}` segments ("/orders/{id}"). Matching is
@@ -34,8 +35,6 @@
 #include <jansson.h>
 
 struct event_base;
-struct evhttp_request;
-struct evkeyvalq;
 
 typedef struct http_server http_server;
 typedef struct http_req http_req;
@@ -159,9 +158,10 @@ int http_server_set_public_base_url(http_server *s, const char *url);
  * headers. */
 void http_server_add_answer_header(http_server *s, const char *name, const char *value);
 
-/* Makes the bufferevent of each accepted connection (fd -1, set by evhttp),
- * instead of a plain socket one: the gateway's TLS. Answers then leave
- * through the bufferevent only (no http_write_now). Before listening. */
+/* Makes the bufferevent of each accepted connection (fd -1: the server
+ * sets the socket; it must own it, BEV_OPT_CLOSE_ON_FREE), instead of a
+ * plain socket one: the gateway's TLS. Answers then leave through the
+ * bufferevent only (no http_write_now). Before listening. */
 typedef struct bufferevent *(*http_connection_factory)(struct event_base *base, void *arg);
 void http_server_set_connection_factory(http_server *s, http_connection_factory fn, void *arg);
 
@@ -188,7 +188,13 @@ bool http_req_alive(const http_req *r);             /* client still connected */
 void http_req_set_caller(http_req *r, unsigned role, const char *subject);
 unsigned http_req_caller_role(const http_req *r);
 const char *http_req_caller(const http_req *r);
-struct evhttp_request *http_req_raw(http_req *r);   /* for the gateway's proxy */
+/* The request's headers, in the order received (the gateway's proxy
+ * forwards them). Valid until the request is answered and released. */
+typedef struct http_header {
+    const char *name, *value;
+    struct http_header *next;
+} http_header;
+const http_header *http_req_headers(const http_req *r);
 
 /* Parses the body as a JSON object. On failure (empty, not JSON, not an
  * object) replies 400 with a message saying so and returns NULL: the
@@ -207,9 +213,10 @@ void http_reply_empty(http_req *r, int status);
 /* Status reason phrase ("Bad Request"), for error bodies. */
 const char *http_reason(int status);
 
-/* Writes what evhttp just queued on bev (an answer, or httpc's request) at
- * once instead of on the loop's next turn, and when all of it went out,
- * runs evhttp's "written" step (see http.c). For http.c and httpc.c. */
+/* Writes what is queued on bev (an answer, or httpc's request) at once
+ * instead of on the loop's next turn, and when all of it went out, runs
+ * the bufferevent's write callback (the "written" step). For the server
+ * and httpc.c. */
 struct bufferevent;
 void http_write_now(struct bufferevent *bev);
 

@@ -1,100 +1,212 @@
-/* http_conn.c: the server's connections (http_private.h).
+/* http_conn.c: the server's connections (http_private.h), on plain
+ * bufferevents: accept, read, frame, hand each request over, write the
+ * answer, keep the connection alive, close it.
  *
- * evhttp builds each accepted connection's bufferevent through our
- * callback, which records the connection; it is adopted on the same loop
- * turn, before any of its bytes are read: from then on its close callback
- * is ours, for its whole life. Through it the connection knows the
- * request waiting for a handler's answer and whether an answer is still
- * being written. It also carries the read deadline: evhttp's timeout is
- * per read, so a client sending a byte now and then (slowloris) would hold
- * a connection for ever; instead a request must be complete within
- * HTTP_IDLE_TIMEOUT_S of the connection becoming ready for it (accepted,
- * or its previous answer written out), else the connection is closed. The
- * clock stops while a handler works and while its answer is written.
+ * Why not evhttp. evhttp was about 2/3 of the gateway's instructions per
+ * proxied request (a malloc'ed request, its header lists and every header
+ * string duplicated, a URI parse, lines read one evbuffer_readln at a
+ * time), it is lenient where leniency is a smuggling risk and it answers
+ * some refusals in HTML. Here every byte passes the RFC 9112 check of
+ * http_frame.h once, which also says where each request ends; a request
+ * is read only once it is whole, its head copied into the request's arena
+ * and split in place (no allocation), its body copied (or its chunks
+ * decoded) after it.
  *
- * Framing. Every byte a client sends passes the RFC 9112 check of
- * http_frame.h (an evbuffer callback on the connection's input, which runs
- * as bytes are added, before evhttp's read callback parses them). A
- * refusal drains the input, so evhttp never parses the offending request,
- * takes the bufferevent's callbacks from evhttp, writes the contract's
- * JSON error (Connection: close) and closes the connection once written.
- * An earlier request still being answered there loses its answer instead:
- * a pipelining client that then breaks the framing is not owed one. The
- * input is also bounded (a read high-water mark of one whole request), so
- * a client that pipelines without reading answers stops being read.
+ * One request at a time per connection. While a request is handled and
+ * its answer written, pipelined requests wait in the input, which is
+ * bounded by a read high-water mark of one whole request, so a client that
+ * pipelines without reading answers stops being read. Reading is not
+ * switched off meanwhile (that would be two epoll_ctl calls per request):
+ * an EOF then (a client that half-closed after its request) lets the
+ * answer be written and ends the connection after it. Once the answer is
+ * written, the next request is taken from the input, or the connection
+ * waits.
  *
- * In libevent 2.1, a connection that fails while a request is pending
- * detaches the request (its connection becomes NULL) instead of freeing
- * it; sending on such a request frees it. http_req_client sorts that out
- * for the answer path: no evhttp_request or a detached one means the
- * client is gone. */
+ * The read deadline: a request must be complete within HTTP_IDLE_TIMEOUT_S
+ * of the connection becoming ready for it (accepted, or its previous answer
+ * written out), however slowly it trickles (slowloris); the clock stops
+ * while a handler works and while its answer is written. An answer the
+ * client does not take within the same time closes the connection (the
+ * bufferevent's write timeout).
+ *
+ * Refusals. A framing refusal drains the input, writes the contract's JSON
+ * error with Connection: close and closes the connection once written. An
+ * earlier request still being answered there loses its answer instead: a
+ * pipelining client that then breaks the framing is not owed one.
+ *
+ * Closing is never done inside a bufferevent callback or an answer's call
+ * stack: it is scheduled (the connection's deadline event made active),
+ * so nothing above still holds the connection when it is freed. */
 #include "http_private.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
 
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
 
-/* evhttp creates the bufferevent of each accepted connection through this
- * callback, before the connection object exists: the connection is
- * recorded here and adopted (below) once evhttp has finished setting it
- * up, later in the same loop turn and before any of its bytes are read.
- * The extra reference keeps the bufferevent valid until then, whatever
- * evhttp does meanwhile. Options 0 are evhttp's own defaults. */
-struct bufferevent *http_conn_new_bev(struct event_base *base, void *arg)
+static void conn_process(http_conn *c);
+
+/* ---- closing ---- */
+
+static void conn_free(http_conn *c)
 {
-    http_server *s = arg;
-    struct bufferevent *bev = s->make_bev ? s->make_bev(base, s->make_bev_arg)
-                                          : bufferevent_socket_new(base, -1, 0);
-    if (!bev)
-        return NULL;   /* evhttp tries to make one, and drops the connection if it cannot */
-    http_conn *c = mem_must(calloc(1, sizeof *c));
-    c->server = s;
-    c->bev = bev;
-    c->fd = -1;
-    bufferevent_incref(bev);
-    c->next = s->unadopted;
-    s->unadopted = c;
-    event_active(s->adopt_event, EV_TIMEOUT, 0);
-    return bev;
+    http_server *s = c->server;
+    if (c->waiting) {               /* its handler answers later: to nobody */
+        c->waiting->conn = NULL;
+        c->waiting = NULL;
+    }
+    if (c->unflushed)
+        s->unflushed--;
+    if (c->fresh)
+        s->fresh--;
+    if (c->held) {
+        http_defer_cancel(http_send_held_answer, c);
+        evbuffer_free(c->held);
+    }
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    metrics_gauge_set("carshare_http_connections", "", (double)--s->nconns);
+    event_free(c->deadline);
+    bufferevent_free(c->bev);       /* closes the socket (BEV_OPT_CLOSE_ON_FREE) */
+    free(c);
+    http_drain_check(s);
 }
 
+/* The deadline event doubles as the deferred close: it runs from the loop,
+ * with nothing of this connection on the stack. */
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_free(arg);
+}
 
-static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
-static void on_read_deadline(evutil_socket_t fd, short what, void *arg);
+static void conn_close_soon(http_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    event_active(c->deadline, EV_TIMEOUT, 1);
+}
 
-/* ---- framing refusals ---- */
+/* A connection is idle when it has served a request (one accepted but
+ * with no request yet is "fresh": the drain waits for it) and nothing of
+ * it is being handled, held for group commit or written out, and no byte
+ * of a next request has arrived. The drain's end closes those (http.c). */
+static bool conn_idle(const http_conn *c)
+{
+    return !c->fresh && !c->busy && !c->waiting && !c->unflushed && !c->held && !c->closing &&
+           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+}
 
-static void close_when_written(struct bufferevent *bev, void *arg)
+int http_server_close_idle(http_server *s)
+{
+    int closed = 0;
+    for (http_conn *c = s->conns; c; c = c->next)
+        if (conn_idle(c)) {
+            conn_close_soon(c);
+            closed++;
+        }
+    return closed;
+}
+
+void http_server_close_conns(http_server *s)
+{
+    while (s->conns)
+        conn_free(s->conns);
+}
+
+/* ---- the answer's end ---- */
+
+/* The answer is on the wire: close, or wait for the next request. */
+static void on_flushed(http_conn *c)
+{
+    http_server *s = c->server;
+    c->unflushed = false;
+    s->unflushed--;
+    http_drain_check(s);
+    if (c->close_after) {
+        conn_close_soon(c);
+        return;
+    }
+    if (c->peer_closed) {      /* it said all it had to say: done */
+        conn_close_soon(c);
+        return;
+    }
+    c->busy = false;
+    event_add(c->deadline, s->read_deadline_tv);
+    if (!c->processing)
+        conn_process(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    http_conn *c = arg;
+    if (c->closing || evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        return;
+    if (c->refused) {
+        conn_close_soon(c);
+        return;
+    }
+    if (c->unflushed && !c->held)
+        on_flushed(c);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     http_conn *c = arg;
-    event_active(c->deadline, EV_TIMEOUT, 1);   /* closes it outside libevent's callback */
+    if (what & BEV_EVENT_CONNECTED)
+        return;             /* a TLS handshake done: the connection begins */
+    if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING) && c->busy && !c->closing) {
+        /* The client closed its side after a request (a half-close): it
+         * still gets its answer, then the connection ends. */
+        c->peer_closed = true;
+        return;
+    }
+    conn_close_soon(c);     /* EOF, an error, or the write timeout: the end either way */
 }
 
-static void close_on_event(struct bufferevent *bev, short what, void *arg)
+void http_conn_answered(http_conn *c, bool close_after)
 {
-    (void)what;
-    close_when_written(bev, arg);
+    c->unflushed = true;
+    c->close_after = close_after;
+    c->server->unflushed++;
 }
+
+void http_conn_write(http_conn *c)
+{
+    if (c->closing)
+        return;
+    if (c->server->make_bev)       /* TLS: only the bufferevent may write its socket */
+        bufferevent_enable(c->bev, EV_WRITE);
+    else
+        http_write_now(c->bev);
+}
+
+/* ---- framing refusals ---- */
 
 static void refuse_connection(http_conn *c, struct evbuffer *input)
 {
     const http_frame *f = &c->frame;
     http_server *s = c->server;
     c->refused = true;
-    /* The reason, with the limit when a limit was passed. */
     char message[200];
     if (f->status == 413)
         snprintf(message, sizeof message, "the request body is larger than the limit of %zu bytes",
@@ -111,106 +223,131 @@ static void refuse_connection(http_conn *c, struct evbuffer *input)
     metrics_counter_add("carshare_http_refused_total", labels, 1);
     log_warn("msg=\"request refused by framing\" status=%d why=%s requests_before=%lu", f->status,
              log_quote(why, sizeof why, f->why), f->requests);
-    if (c->waiting || c->unflushed || c->held) {
-        event_active(c->deadline, EV_TIMEOUT, 1);
+    if (c->busy) {      /* an earlier request is being answered: it loses its answer */
+        conn_close_soon(c);
         return;
     }
-    /* From here the bufferevent is ours: evhttp is between requests (or
-     * reading the refused one), and is only told at the close. */
-    bufferevent_setcb(c->bev, NULL, close_when_written, close_on_event, c);
-    struct evbuffer *body = evbuffer_new();
+    event_del(c->deadline);
+    struct evbuffer *body = s->scratch;
+    evbuffer_drain(body, evbuffer_get_length(body));
+    size_t len = http_write_error_body(body, f->status, message, f->path);
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    size_t len = body ? http_write_error_body(body, f->status, message, f->path) : 0;
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                         "Content-Length: %zu\r\nConnection: close\r\n\r\n", f->status,
                         http_reason(f->status), len);
-    if (body) {
-        evbuffer_add_buffer(out, body);
-        evbuffer_free(body);
+    evbuffer_add_buffer(out, body);
+    if (s->make_bev) {
+        bufferevent_enable(c->bev, EV_WRITE);
+    } else {
+        http_write_now(c->bev);
+        if (evbuffer_get_length(out) == 0)
+            conn_close_soon(c);
     }
-    bufferevent_enable(c->bev, EV_WRITE);
 }
 
-/* The new bytes again, without chunk extensions: they are taken out of
- * the input and put back as evhttp can read them (http_frame_feed_copy).
- * False when refused. */
-static bool feed_rewriting(http_conn *c, struct evbuffer *input, size_t added)
+/* ---- reading ---- */
+
+/* The most a connection's input holds: one whole request (the read
+ * high-water mark). */
+static size_t conn_input_max(const http_server *s)
 {
-    size_t len = evbuffer_get_length(input);
-    char *raw = malloc(added), *kept = malloc(added);
-    struct evbuffer *tail = evbuffer_new();
-    size_t nkept = 0;
-    bool ok = raw && kept && tail &&
-              evbuffer_remove_buffer(input, tail, len - added) == (int)(len - added) &&
-              evbuffer_remove(input, raw, added) == (ev_ssize_t)added;
-    /* input now holds the new bytes only: put the older ones back first. */
-    if (ok) {
-        evbuffer_add_buffer(tail, input);   /* tail: old bytes; input: empty */
-        evbuffer_add_buffer(input, tail);
-        ok = http_frame_feed_copy(&c->frame, raw, added, kept, &nkept) == added;
-        if (ok) evbuffer_add(input, kept, nkept);
-    }
-    free(raw);
-    free(kept);
-    if (tail) evbuffer_free(tail);
-    return ok;
+    return s->max_headers + s->max_body + 4096;
 }
 
-/* Runs as bytes are added to a connection's input: the new ones (the
- * last n_added) go through the framing check before evhttp sees them. A
- * read holding a ';' (rare: a chunk extension, or a ';' in a target or a
- * value) is put back without its chunk extensions (feed_rewriting). */
-static void on_input(struct evbuffer *input, const struct evbuffer_cb_info *info, void *arg)
+/* Feeds the input the frame has not seen yet, up to the end of one
+ * request. 1: a request is whole (its bytes are the first c->fed of the
+ * input); 0: more bytes are needed; -1: refused. */
+static int feed_frame(http_conn *c, struct evbuffer *input)
 {
-    http_conn *c = arg;
-    if (info->n_added == 0 || c->refused || c->rewriting)
-        return;     /* evhttp draining what it parsed, or our own putting back */
     size_t len = evbuffer_get_length(input);
-    struct evbuffer_ptr at;
-    if (evbuffer_ptr_set(input, &at, len - info->n_added, EVBUFFER_PTR_SET) != 0)
-        return;
-    /* The new bytes are nearly always one chunk of the buffer: one peek. */
-    struct evbuffer_iovec v[8];
-    int n = evbuffer_peek(input, (ev_ssize_t)info->n_added, &at, v, 8);
-    bool has_semicolon = n > 8;     /* more pieces than looked at: take the careful path */
-    for (int i = 0; i < n && i < 8 && !has_semicolon; i++)
-        has_semicolon = memchr(v[i].iov_base, ';', v[i].iov_len) != NULL;
-    if (has_semicolon) {
-        c->rewriting = true;
-        bool ok = feed_rewriting(c, input, info->n_added);
-        c->rewriting = false;
-        if (!ok) refuse_connection(c, input);
-        return;
-    }
-    size_t left = info->n_added;
-    for (int i = 0; i < n && left > 0; i++) {
-        size_t take = v[i].iov_len < left ? v[i].iov_len : left;
-        if (http_frame_feed(&c->frame, v[i].iov_base, take) < take) {
-            refuse_connection(c, input);
-            return;
+    while (c->fed < len) {
+        struct evbuffer_ptr at;
+        if (evbuffer_ptr_set(input, &at, c->fed, EVBUFFER_PTR_SET) != 0)
+            return 0;
+        struct evbuffer_iovec v[4];
+        int n = evbuffer_peek(input, (ev_ssize_t)(len - c->fed), &at, v, 4);
+        if (n > 4) n = 4;
+        for (int i = 0; i < n; i++) {
+            bool ended = false;
+            size_t used = http_frame_feed_message(&c->frame, v[i].iov_base, v[i].iov_len, &ended);
+            c->fed += used;
+            if (c->frame.status)
+                return -1;
+            if (ended)
+                return 1;
         }
-        left -= take;
     }
+    return 0;
 }
 
-static void conn_index(http_server *s, http_conn *c)
+/* "Expect: 100-continue" on a body we will take: the client may send it. */
+static void maybe_continue(http_conn *c)
 {
-    size_t fd = (size_t)c->fd;
-    if (fd >= s->conn_by_fd_cap) {
-        size_t cap = s->conn_by_fd_cap ? s->conn_by_fd_cap : 256;
-        while (cap <= fd)
-            cap *= 2;
-        s->conn_by_fd = mem_must(realloc(s->conn_by_fd, cap * sizeof *s->conn_by_fd));
-        memset(s->conn_by_fd + s->conn_by_fd_cap, 0,
-               (cap - s->conn_by_fd_cap) * sizeof *s->conn_by_fd);
-        s->conn_by_fd_cap = cap;
-    }
-    s->conn_by_fd[fd] = c;
+    const http_frame *f = &c->frame;
+    if (c->continued || !f->expect_continue || f->minor < 1 || !http_frame_in_body(f))
+        return;
+    c->continued = true;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    bufferevent_write(c->bev, cont, sizeof cont - 1);
+    http_conn_write(c);
 }
+
+/* Takes the requests the input holds, one at a time, while none is being
+ * answered. */
+static void conn_process(http_conn *c)
+{
+    http_server *s = c->server;
+    struct evbuffer *input = bufferevent_get_input(c->bev);
+    c->processing = true;
+    while (!c->busy && !c->closing && !c->refused) {
+        int whole = feed_frame(c, input);
+        if (whole < 0) {
+            refuse_connection(c, input);
+            break;
+        }
+        if (whole == 0) {
+            if (evbuffer_get_length(input) >= conn_input_max(s)) {
+                /* Only chunk framing (sizes, extensions) can make a
+                 * request this large whose body is within the limit: it
+                 * is kept whole until read, so it is refused instead. */
+                c->frame.status = 413;
+                c->frame.why = "the request's chunk framing is larger than the limit";
+                refuse_connection(c, input);
+                break;
+            }
+            maybe_continue(c);
+            break;
+        }
+        c->busy = true;
+        c->continued = false;
+        event_del(c->deadline);
+        if (c->fresh) {     /* a drain no longer waits for it to say something */
+            c->fresh = false;
+            s->fresh--;
+        }
+        http_req *r = http_req_acquire(s);
+        const char *raw_path = "/";
+        http_req_parse(r, c, input, &c->frame.last, &raw_path);
+        evbuffer_drain(input, c->fed);
+        c->fed = 0;
+        http_server_request(s, r, raw_path);    /* may answer, and write, at once */
+    }
+    c->processing = false;
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    http_conn *c = arg;
+    if (!c->processing)
+        conn_process(c);
+}
+
+/* ---- accepting ---- */
 
 /* Over HTTP_MAX_CONNECTIONS: answered 503 at once (a plain socket takes
  * the few bytes without waiting) and closed, before anything is read. */
-static void refuse_over_cap(http_server *s, http_conn *c, struct evhttp_connection *evcon)
+static void refuse_over_cap(http_server *s, evutil_socket_t fd)
 {
     static const char answer[] =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -218,145 +355,138 @@ static void refuse_over_cap(http_server *s, http_conn *c, struct evhttp_connecti
         "{\"status\":503,\"error\":\"Service Unavailable\",\"message\":\"too many connections; "
         "try again shortly\",\"path\":\"\"}";
     if (!s->make_bev)
-        (void)!send(c->fd, answer, sizeof answer - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)!send(fd, answer, sizeof answer - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     metrics_counter_add("carshare_http_connections_refused_total", "", 1);
-    evhttp_connection_free(evcon);
-    free(c);
+    evutil_closesocket(fd);
 }
 
-/* From now on the connection is ours to watch: its close callback is ours
- * for its whole life, and its first request must arrive in time. A
- * connection over the cap is refused instead. */
-void http_conn_adopt(evutil_socket_t fd, short what, void *arg)
+static void peer_text(const struct sockaddr *sa, char *out, size_t size)
 {
-    (void)fd;
+    const char *p = NULL;
+    if (sa->sa_family == AF_INET)
+        p = evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, size);
+    else if (sa->sa_family == AF_INET6)
+        p = evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, size);
+    if (!p)
+        snprintf(out, size, "-");
+}
+
+/* A connection accepted over the cap waits for the end of the loop turn
+ * before it is refused: closes seen in the same turn (a client that just
+ * hung up) may have made room, and their callbacks can run after ours. */
+typedef struct http_pending {
+    evutil_socket_t fd;
+    struct sockaddr_storage addr;
+    struct http_pending *next;
+} http_pending;
+
+static void conn_open(http_server *s, evutil_socket_t fd, const struct sockaddr *sa);
+
+void http_conn_check_pending(evutil_socket_t unused, short what, void *arg)
+{
+    (void)unused;
     (void)what;
     http_server *s = arg;
-    while (s->unadopted) {
-        http_conn *c = s->unadopted;
-        s->unadopted = c->next;
-        void *evcon = NULL;   /* evhttp passes its connection to its callbacks */
-        bufferevent_getcb(c->bev, NULL, NULL, NULL, &evcon);
-        c->fd = bufferevent_getfd(c->bev);
-        bufferevent_decref(c->bev);
-        if (!evcon || c->fd < 0) {
-            free(c);   /* evhttp dropped it already (out of memory) */
-            continue;
-        }
-        /* An answer is written whole, then the next request waits for
-         * it: Nagle would hold the answer's last segment until the
-         * client's delayed ACK (40 ms). Fails harmlessly on a non-TCP
-         * socket. */
-        s->accept_backoff_ms = 0;   /* accept() works again */
-        if (s->nconns >= s->max_conns) {
-            refuse_over_cap(s, c, evcon);
-            continue;
-        }
-        metrics_gauge_set("carshare_http_connections", "", (double)++s->nconns);
-        int nodelay = 1;
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
-        c->deadline = mem_must(evtimer_new(s->base, on_read_deadline, c));
-        c->evcon = evcon;
-        c->fresh = true;
-        s->fresh++;
-        http_frame_init(&c->frame, s->max_headers, s->max_body);
-        evbuffer_add_cb(bufferevent_get_input(c->bev), on_input, c);
-        /* One whole request at most waits unread (bounded buffering). */
-        bufferevent_setwatermark(c->bev, EV_READ, 0, s->max_headers + s->max_body + 4096);
-        evhttp_connection_set_closecb(c->evcon, on_connection_closed, c);
-        conn_index(s, c);
-        c->prev = NULL;
-        c->next = s->conns;
-        if (s->conns) s->conns->prev = c;
-        s->conns = c;
-        event_add(c->deadline, s->read_deadline_tv);
+    http_pending *first = NULL;     /* in the order accepted */
+    while (s->over_cap) {
+        http_pending *p = s->over_cap;
+        s->over_cap = p->next;
+        p->next = first;
+        first = p;
+    }
+    while (first) {
+        http_pending *p = first;
+        first = p->next;
+        if (s->nconns >= s->max_conns)
+            refuse_over_cap(s, p->fd);
+        else
+            conn_open(s, p->fd, (const struct sockaddr *)&p->addr);
+        free(p);
     }
 }
 
-/* evhttp's timeouts are per read: a client sending one byte now and then
- * would hold a connection (and a request half read) for ever. So a request
- * must be complete, from its first byte to its last, within the idle
- * timeout of the connection becoming ready for it. */
-static void on_read_deadline(evutil_socket_t fd, short what, void *arg)
+void http_server_drop_pending(http_server *s)
 {
-    (void)fd;
-    (void)what;
-    http_conn *c = arg;
-    evhttp_connection_free(c->evcon);   /* calls on_connection_closed */
+    while (s->over_cap) {
+        http_pending *p = s->over_cap;
+        s->over_cap = p->next;
+        evutil_closesocket(p->fd);
+        free(p);
+    }
 }
 
-static http_conn *conn_lookup(http_server *s, struct evhttp_connection *evcon)
+void http_conn_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
 {
-    int fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
-    if (fd < 0 || (size_t)fd >= s->conn_by_fd_cap)
-        return NULL;
-    http_conn *c = s->conn_by_fd[fd];
-    return c && c->evcon == evcon ? c : NULL;
+    (void)l;
+    http_server *s = arg;
+    s->accept_backoff_ms = 0;   /* accept() works again */
+    if (s->nconns < s->max_conns) {
+        conn_open(s, fd, sa);
+        return;
+    }
+    http_pending *p = mem_must(calloc(1, sizeof *p));
+    p->fd = fd;
+    if (socklen > 0 && (size_t)socklen <= sizeof p->addr)
+        memcpy(&p->addr, sa, (size_t)socklen);
+    p->next = s->over_cap;
+    s->over_cap = p;
+    event_active(s->cap_event, EV_TIMEOUT, 0);
 }
 
-/* The connection `ev` came on. Adoption runs before any byte is read, so
- * it is always there; adopting here too only makes that independent of
- * the order in which libevent runs callbacks. */
-http_conn *http_conn_of(http_server *s, struct evhttp_request *ev)
+static void conn_open(http_server *s, evutil_socket_t fd, const struct sockaddr *sa)
 {
-    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    if (!evcon)
+    struct bufferevent *bev;    /* the listener made the socket non-blocking */
+    if (s->make_bev) {
+        bev = s->make_bev(s->base, s->make_bev_arg);
+        if (bev && bufferevent_setfd(bev, fd) != 0) {
+            bufferevent_free(bev);
+            bev = NULL;
+        }
+    } else {
+        bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (!bev) {
+        log_warn("msg=\"connection dropped: out of memory\"");
+        evutil_closesocket(fd);
+        return;
+    }
+    http_conn *c = mem_must(calloc(1, sizeof *c));
+    c->server = s;
+    c->bev = bev;
+    c->fd = fd;
+    peer_text(sa, c->peer, sizeof c->peer);
+    /* An answer is written whole, then the next request waits for it:
+     * Nagle would hold the answer's last segment until the client's
+     * delayed ACK (40 ms). Fails harmlessly on a non-TCP socket. */
+    int nodelay = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
+    c->deadline = mem_must(evtimer_new(s->base, on_deadline, c));
+    http_frame_init(&c->frame, s->max_headers, s->max_body);
+    bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    /* One whole request at most waits unread (bounded buffering). */
+    bufferevent_setwatermark(bev, EV_READ, 0, conn_input_max(s));
+    bufferevent_set_timeouts(bev, NULL, &s->write_timeout);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    c->fresh = true;
+    s->fresh++;
+    metrics_gauge_set("carshare_http_connections", "", (double)++s->nconns);
+    event_add(c->deadline, s->read_deadline_tv);
+}
+
+/* The connection to write r's answer on, or NULL when the client is gone
+ * (the answer is then dropped). */
+http_conn *http_req_client(http_req *r)
+{
+    http_conn *c = r->conn;
+    if (c && c->waiting == r)
+        c->waiting = NULL;
+    if (c && (c->closing || c->refused)) {
+        r->conn = NULL;
         return NULL;
-    http_conn *c = conn_lookup(s, evcon);
-    if (!c && s->unadopted) {
-        http_conn_adopt(-1, 0, s);
-        c = conn_lookup(s, evcon);
     }
     return c;
-}
-
-/* libevent is freeing the connection. A request of ours still waiting for
- * its answer there is forgotten if attached (it is freed with the
- * connection); a detached one (connection NULL) survives and is ours to
- * free when answering. An answer not yet written out is lost. */
-static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
-{
-    http_conn *c = arg;
-    http_server *s = c->server;
-    if (c->waiting) {
-        http_req *r = c->waiting;
-        if (r->ev && evhttp_request_get_connection(r->ev) == evcon)
-            r->ev = NULL;
-        r->conn = NULL;
-    }
-    if (c->unflushed)
-        s->unflushed--;
-    if (c->fresh)
-        s->fresh--;
-    if (c->held)    /* libevent frees the request with the connection */
-        http_defer_cancel(http_send_held_answer, c);
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
-    if ((size_t)c->fd < s->conn_by_fd_cap && s->conn_by_fd[c->fd] == c)
-        s->conn_by_fd[c->fd] = NULL;
-    metrics_gauge_set("carshare_http_connections", "", (double)--s->nconns);
-    event_free(c->deadline);
-    free(c);
-    http_drain_check(s);
-}
-
-/* The evhttp request to write the answer on, or NULL when the client is
- * gone (the answer is then dropped). */
-struct evhttp_request *http_req_client(http_req *r)
-{
-    struct evhttp_request *ev = r->ev;
-    if (r->conn && r->conn->waiting == r)
-        r->conn->waiting = NULL;
-    if (!ev) {
-        r->conn = NULL;
-        return NULL;
-    }
-    if (!evhttp_request_get_connection(ev)) {
-        evhttp_request_free(ev);
-        r->ev = NULL;
-        r->conn = NULL;
-        return NULL;
-    }
-    return ev;
 }

@@ -13,8 +13,12 @@
  * skipping it would mean rewriting the input of every read. */
 #include "http_frame.h"
 
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum {
     S_START, S_METHOD, S_TARGET_FIRST, S_TARGET, S_VERSION, S_MAJOR, S_DOT, S_MINOR,
@@ -28,29 +32,35 @@ enum {
 #define LENGTH_DIGITS_MAX 18    /* below 2^63: no overflow */
 #define CHUNK_DIGITS_MAX 15     /* below 2^60 */
 
-/* tchar (RFC 9110 5.6.2): the bytes of a method or a field name. */
-static bool is_tchar(unsigned char c)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c && strchr(extra, c));
-}
+/* Byte classes, one table lookup each (generated from the rules below):
+ *   C_TCHAR   tchar (RFC 9110 5.6.2): the bytes of a method or a field name;
+ *   C_TARGET  a request target's bytes (RFC 3986: unreserved, sub-delims,
+ *             ":", "@", "/", "?", and "%" before two hex digits, checked
+ *             apart). evhttp refused a target outside this with HTML;
+ *   C_FIELD   a field value's bytes: visible, obs-text, space and tab. */
+enum { C_TCHAR = 1, C_TARGET = 2, C_FIELD = 4 };
+static const unsigned char byte_class[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    4, 7, 4, 5, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 4, 6, 4, 6,
+    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 4, 4, 4, 5, 7,
+    5, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 4, 5, 4, 7, 0,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+};
 
-/* The bytes of a request target (RFC 3986: unreserved, sub-delims, ":",
- * "@", "/", "?", and "%" before two hex digits, checked apart). evhttp
- * refuses a target outside this with an HTML page. */
-static bool is_target_byte(unsigned char c)
-{
-    static const char extra[] = "-._~!$&'()*+,;=:@/?%";
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c && strchr(extra, c));
-}
-
-/* A field value's bytes: visible, obs-text, space and tab. */
-static bool is_field_byte(unsigned char c)
-{
-    return (c >= 0x20 && c != 0x7f) || c == '\t';
-}
+static bool is_tchar(unsigned char c) { return byte_class[c] & C_TCHAR; }
+static bool is_target_byte(unsigned char c) { return byte_class[c] & C_TARGET; }
+static bool is_field_byte(unsigned char c) { return byte_class[c] & C_FIELD; }
 
 static int hex_value(unsigned char c)
 {
@@ -71,10 +81,14 @@ static void new_message(http_frame *f)
 {
     size_t max_head = f->max_head, max_body = f->max_body;
     unsigned long requests = f->requests;
-    memset(f, 0, sizeof *f);
+    http_frame_message last = f->last;
+    bool ended = f->ended;
+    memset(f, 0, offsetof(http_frame, last));
     f->max_head = max_head;
     f->max_body = max_body;
     f->requests = requests;
+    f->last = last;
+    f->ended = ended;
     f->state = S_START;
 }
 
@@ -91,9 +105,17 @@ bool http_frame_idle(const http_frame *f)
     return f->state == S_START && f->head_len == 0;
 }
 
+/* What the reader of a whole message needs (http_frame_feed_message),
+ * kept past the reset for the next one. */
 static void message_done(http_frame *f)
 {
     f->requests++;
+    if (!f->head_seen)
+        f->message_head_len = f->head_len;
+    f->last = (http_frame_message){ .head_len = f->message_head_len, .chunked = f->chunked,
+                                    .minor = f->minor, .length = f->chunked ? f->body_seen
+                                                                            : f->length_declared };
+    f->ended = true;
     new_message(f);
 }
 
@@ -164,6 +186,9 @@ static void field_done(http_frame *f)
 /* The empty line after the fields: how the body is framed. */
 static void head_done(http_frame *f)
 {
+    f->head_seen = true;
+    f->message_head_len = f->head_len;
+    f->length_declared = f->length;
     if (f->minor >= 1 && f->hosts != 1)
         return refuse(f, 400, f->hosts ? "more than one Host" : "an HTTP/1.1 request needs Host");
     if (f->hosts > 1)
@@ -396,11 +421,37 @@ static void chunk_byte(http_frame *f, unsigned char c)
     }
 }
 
+/* How many of p[0..n) are field-value bytes (visible, obs-text, space,
+ * tab): the run a value's tight loop skips. A header value is most of a
+ * request's head (a bearer token is hundreds of bytes), so it is scanned
+ * 16 bytes at a time where SSE2 is there (every x86-64). */
+size_t http_field_run(const char *p, size_t n)
+{
+    size_t i = 0;
+#ifdef __SSE2__
+    const __m128i space = _mm_set1_epi8(0x20), tab = _mm_set1_epi8(0x09),
+                  del = _mm_set1_epi8(0x7f);
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i visible = _mm_cmpeq_epi8(_mm_max_epu8(v, space), v);   /* v >= 0x20 */
+        __m128i ok = _mm_andnot_si128(_mm_cmpeq_epi8(v, del),
+                                      _mm_or_si128(visible, _mm_cmpeq_epi8(v, tab)));
+        unsigned mask = (unsigned)_mm_movemask_epi8(ok);
+        if (mask != 0xffffu)
+            return i + (size_t)__builtin_ctz(~mask);
+    }
+#endif
+    while (i < n && is_field_byte((unsigned char)p[i]))
+        i++;
+    return i;
+}
+
 /* Both feeds: out may be NULL (nothing copied). */
-static size_t feed(http_frame *f, const char *p, size_t n, char *out, size_t *kept)
+static size_t feed(http_frame *f, const char *p, size_t n, char *out, size_t *kept, bool one)
 {
     size_t i = 0, k = 0;
-    while (i < n && f->state != S_REFUSED) {
+    f->ended = false;
+    while (i < n && f->state != S_REFUSED && !(one && f->ended)) {
         if (f->state == S_BODY || f->state == S_CHUNK_DATA) {
             /* Body bytes are not looked at: skip them in one step. */
             size_t take = n - i < f->length ? n - i : (size_t)f->length;
@@ -420,13 +471,51 @@ static size_t feed(http_frame *f, const char *p, size_t n, char *out, size_t *ke
             size_t start = i;
             bool keep = f->name[0] == 'c' || f->name[0] == 't' || f->name[0] == 'h' ||
                         f->name[0] == 'e';
-            while (i < n && p[i] != '\r' && is_field_byte((unsigned char)p[i])) {
-                if (keep) {
-                    if (f->value_len < HTTP_FRAME_VALUE_MAX) f->value[f->value_len++] = p[i];
-                    else f->value_long = true;
-                }
+            i += http_field_run(p + i, n - i);     /* stops at the CR, or at a byte refused below */
+            if (keep) {
+                size_t run = i - start, room = HTTP_FRAME_VALUE_MAX - f->value_len;
+                memcpy(f->value + f->value_len, p + start, run < room ? run : room);
+                f->value_len += run < room ? run : room;
+                if (run > room) f->value_long = true;
+            }
+            f->head_len += i - start;
+            if (f->head_len > f->max_head) {
+                refuse(f, 431, "the request line and headers are larger than the limit");
+                break;
+            }
+            if (i == n) break;
+        }
+        if (f->state == S_NAME && !out) {
+            /* A field name's bytes, lowercased into f->name as far as it
+             * holds them (head_byte's rule), in a tight loop. */
+            size_t start = i;
+            while (i < n && is_tchar((unsigned char)p[i])) {
+                unsigned char c = (unsigned char)p[i];
+                if (f->token_len + 1 < sizeof f->name)
+                    f->name[f->token_len] = (char)(c | ((c >= 'A' && c <= 'Z') ? 0x20 : 0));
+                else
+                    f->name[0] = '~';
+                f->token_len++;
                 i++;
             }
+            f->head_len += i - start;
+            if (f->head_len > f->max_head) {
+                refuse(f, 431, "the request line and headers are larger than the limit");
+                break;
+            }
+            if (i == n) break;
+        } else if (f->state == S_TARGET && !out && f->pct == 0) {
+            /* A target's plain bytes (not '%', '?' or the end), in a tight
+             * loop; the path part is kept for the error's "path". */
+            size_t start = i;
+            while (i < n && is_target_byte((unsigned char)p[i]) && p[i] != '%' && p[i] != '?') {
+                if (f->path_len + 1 < sizeof f->path)
+                    f->path[f->path_len++] = p[i];
+                i++;
+            }
+            if (f->path_len < sizeof f->path)
+                f->path[f->path_len] = '\0';
+            f->target_len += i - start;
             f->head_len += i - start;
             if (f->head_len > f->max_head) {
                 refuse(f, 431, "the request line and headers are larger than the limit");
@@ -451,10 +540,22 @@ static size_t feed(http_frame *f, const char *p, size_t n, char *out, size_t *ke
 
 size_t http_frame_feed(http_frame *f, const char *p, size_t n)
 {
-    return feed(f, p, n, NULL, NULL);
+    return feed(f, p, n, NULL, NULL, false);
+}
+
+size_t http_frame_feed_message(http_frame *f, const char *p, size_t n, bool *ended)
+{
+    size_t used = feed(f, p, n, NULL, NULL, true);
+    *ended = f->ended && f->status == 0;
+    return used;
+}
+
+bool http_frame_in_body(const http_frame *f)
+{
+    return f->head_seen && f->state != S_REFUSED;
 }
 
 size_t http_frame_feed_copy(http_frame *f, const char *p, size_t n, char *out, size_t *kept)
 {
-    return feed(f, p, n, out, kept);
+    return feed(f, p, n, out, kept, false);
 }

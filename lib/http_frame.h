@@ -38,6 +38,14 @@
 
 #define HTTP_FRAME_VALUE_MAX 64     /* bytes kept of a header value we read */
 
+/* The message that just ended (http_frame_feed_message). */
+typedef struct http_frame_message {
+    size_t head_len;                /* request line, fields and the empty line */
+    bool chunked;                   /* the body follows in chunks (to decode) */
+    int minor;                      /* HTTP/1.<minor> */
+    unsigned long long length;      /* body bytes: declared, or the chunks' data */
+} http_frame_message;
+
 typedef struct http_frame {
     /* limits, set by the caller */
     size_t max_head, max_body;
@@ -65,6 +73,12 @@ typedef struct http_frame {
     unsigned long long length;      /* Content-Length, or the chunk being read */
     unsigned long long body_seen;   /* chunked: data bytes so far */
     int digits;
+    bool head_seen;                 /* the empty line after the fields passed */
+    size_t message_head_len;        /* head_len at that point */
+    unsigned long long length_declared;
+    /* kept from one message to the next (new_message resets what is above) */
+    http_frame_message last;
+    bool ended;                     /* a message ended in the last feed */
     unsigned long requests;         /* complete requests so far */
 } http_frame;
 
@@ -79,6 +93,20 @@ size_t http_frame_feed(http_frame *f, const char *p, size_t n);
  * extensions, which evhttp 2.1 cannot parse (they are valid, and carry
  * nothing we use); *kept is how many were copied. */
 size_t http_frame_feed_copy(http_frame *f, const char *p, size_t n, char *out, size_t *kept);
+
+/* The same, stopping right after the end of one message: *ended is then
+ * true and f->last describes it (the bytes of that message are the ones
+ * fed since the previous end). The server's reader (http_conn.c) feeds
+ * this way, so it knows where each pipelined request ends. */
+size_t http_frame_feed_message(http_frame *f, const char *p, size_t n, bool *ended);
+
+/* True once the current message's head has passed (its body, if any, is
+ * what comes next): when an Expect: 100-continue is answered. */
+bool http_frame_in_body(const http_frame *f);
+
+/* How many of p[0..n) are field-value bytes (visible, obs-text, space,
+ * tab), 16 at a time where SSE2 is there: for anyone checking a value. */
+size_t http_field_run(const char *p, size_t n);
 
 /* True between two requests (nothing of a next one received yet). */
 bool http_frame_idle(const http_frame *f);

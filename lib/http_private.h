@@ -26,8 +26,7 @@
 #include <time.h>
 
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/http.h>    /* enum evhttp_cmd_type only */
 
 #define REQ_ARENA_SIZE 4096    /* per-request scratch: fits typical requests */
 #define REQ_POOL_MAX 1024      /* idle http_req kept for reuse */
@@ -73,28 +72,38 @@ typedef struct {
     const char *name, *value;
 } query_pair;
 
-/* One accepted connection, from its adoption (just after accept) until
- * libevent frees it (its close callback). */
+/* A request's headers (http_header, http.h), in its arena: read ones point
+ * into its copy of the head, set ones are copied there; in order. */
+typedef struct http_header_list {
+    http_header *first, **tail;
+    int count;
+} http_header_list;
+
+/* One accepted connection, from accept until it is closed (http_conn.c). */
 typedef struct http_conn {
     http_server *server;
-    struct evhttp_connection *evcon;   /* NULL until adopted */
     struct bufferevent *bev;
     int fd;
-    http_req *waiting;             /* its request whose handler answers later */
-    bool unflushed;                /* an answer handed to evhttp, not written out */
-    struct evhttp_request *held;   /* its answer, waiting for the disk (hold_answer) */
-    int held_status;
+    char peer[64];                 /* the client's address, for logs and X-Forwarded-For */
+    http_req *waiting;             /* its request being handled (one at a time) */
+    bool busy;                     /* a request read and not yet answered and written out */
+    bool unflushed;                /* an answer queued, not written out */
+    bool close_after;              /* close once the answer is written */
+    bool closing;                  /* being closed: nothing more is read or sent */
+    bool continued;                /* 100 Continue sent for the current request */
+    bool processing;               /* inside conn_process: no re-entry */
+    bool peer_closed;              /* EOF while a request was handled: close after its answer */
+    bool refused;                  /* its bytes broke the framing: being answered and closed */
+    struct evbuffer *held;         /* its answer, waiting for the disk (hold_answer) */
     struct event *deadline;        /* the next request must be in by then */
     http_frame frame;              /* RFC 9112 framing of what it sent (http_frame.h) */
-    bool refused;                  /* its bytes broke the framing: being closed */
+    size_t fed;                    /* input bytes the frame has seen (of the current request) */
     bool fresh;                    /* accepted, no request yet (a drain waits for it) */
-    bool rewriting;                /* putting bytes back without chunk extensions */
-    struct http_conn *prev, *next; /* server's adopted list, or its unadopted list */
+    struct http_conn *prev, *next; /* the server's list */
 } http_conn;
 
 struct http_req {
     http_server *server;           /* NULL once the server is freed (orphan) */
-    struct evhttp_request *ev;     /* NULL once answered, or freed by libevent */
     http_conn *conn;               /* its connection while the answer is pending */
     http_req *prev, *next;         /* server's live list; `next` links the pool */
     struct event *timer;           /* request timeout, armed only when async */
@@ -104,6 +113,8 @@ struct http_req {
     bool head;                     /* HEAD: answer headers only */
     bool in_handler, replied, answered;
     bool timer_armed;
+    bool keep_alive;               /* the client may send another request */
+    int minor;                     /* HTTP/1.<minor> of the request */
     unsigned long long t0_ns;
 
     const char *uri, *path, *query_raw, *id, *peer, *base_url;
@@ -119,15 +130,25 @@ struct http_req {
     size_t body_len;
     unsigned caller_role;          /* set by the guard: http_req_caller_role */
     char caller[HTTP_CALLER_MAX + 1];
+    http_header_list in;           /* the request's headers */
+    http_header_list out;          /* the answer's, as handlers set them */
 
     size_t arena_used;
     spill *spills;
     _Alignas(max_align_t) char arena[REQ_ARENA_SIZE];
 };
 
+/* A request's metric series, kept by route label, method and status
+ * (http_answer.c: request_metrics). */
+#define HTTP_METRIC_CACHE 64
+typedef struct http_metric_slot {
+    const char *label, *method;
+    int status;
+    struct metrics_series *requests, *duration;
+} http_metric_slot;
+
 struct http_server {
     struct event_base *base;
-    struct evhttp *evhttp;
     node *root;
 
     http_handler fallback;
@@ -136,7 +157,7 @@ struct http_server {
     http_guard guard;              /* checks the caller of guarded routes (lib/auth.c) */
     void *guard_arg;
 
-    struct evhttp_bound_socket *bound[MAX_LISTENERS];
+    struct evconnlistener *bound[MAX_LISTENERS];
     int nbound;
     char listen_host[64];
     int listen_port;
@@ -148,13 +169,14 @@ struct http_server {
     struct timeval read_deadline;               /* HTTP_IDLE_TIMEOUT_S */
     const struct timeval *read_deadline_tv;     /* common timeout, or &read_deadline */
 
-    struct event *adopt_event;     /* adopts the connections accepted this turn */
-    http_conn *unadopted, *conns;
-    long nconns, max_conns;        /* adopted connections; HTTP_MAX_CONNECTIONS */
+    http_conn *conns;
+    long nconns, max_conns;        /* open connections; HTTP_MAX_CONNECTIONS */
+    struct http_pending *over_cap; /* accepted over the cap, checked again at the turn's end */
+    struct event *cap_event;
     struct event *accept_resume;   /* re-enables accepting after EMFILE (http.c) */
     long accept_backoff_ms;        /* 0 while accept() works */
-    http_conn **conn_by_fd;        /* adopted connections by socket */
-    size_t conn_by_fd_cap;
+    struct timeval write_timeout;  /* a client that takes no bytes that long is dropped */
+    struct evbuffer *scratch;      /* an answer's body while its head is written */
 
     int inflight;                  /* received, not answered yet */
     int unflushed;                 /* answered, not yet written out */
@@ -173,7 +195,8 @@ struct http_server {
     size_t pool_count;
 
     char *public_base_url;         /* links' base: http_server_set_public_base_url */
-    struct evkeyvalq answer_headers;   /* added to every answer: http_server_add_answer_header */
+    http_header *answer_headers;   /* added to every answer: http_server_add_answer_header */
+    http_metric_slot metric_cache[HTTP_METRIC_CACHE];
     http_connection_factory make_bev;  /* NULL: plain sockets; else e.g. TLS (the gateway's) */
     void *make_bev_arg;
 };
@@ -211,23 +234,40 @@ void http_route_resolve(http_server *s, http_req *r, const char *raw_path, desti
 void http_route_free(node *n);
 const char *http_method_name(enum evhttp_cmd_type cmd);
 
+/* ---- http.c ---- */
+
+/* A whole request read from c: route it and hand it to its handler. */
+void http_server_request(http_server *s, http_req *r, const char *raw_path);
+
 /* ---- http_conn.c ---- */
 
 size_t http_write_error_body(struct evbuffer *out, int status, const char *message,
                              const char *path);
-struct bufferevent *http_conn_new_bev(struct event_base *base, void *arg);
-void http_conn_adopt(evutil_socket_t fd, short what, void *arg);
-/* The connection a request came on (adopting it if needed), or NULL. */
-http_conn *http_conn_of(http_server *s, struct evhttp_request *ev);
-/* The evhttp request to answer on, or NULL when the client is gone. */
-struct evhttp_request *http_req_client(http_req *r);
+struct evconnlistener;
+struct sockaddr;
+void http_conn_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg);
+/* The connection to answer r on, or NULL when the client is gone. */
+http_conn *http_req_client(http_req *r);
+/* An answer is queued on c (close_after: the connection ends with it). */
+void http_conn_answered(http_conn *c, bool close_after);
+/* Writes what is queued on c now (plain sockets) or lets the bufferevent. */
+void http_conn_write(http_conn *c);
+void http_server_close_conns(http_server *s);
+/* Closes the connections with nothing in progress (the drain's end);
+ * returns how many. */
+int http_server_close_idle(http_server *s);
+/* The connections accepted over the cap: opened if room was made in the
+ * same loop turn, else refused (an event's callback); or dropped. */
+void http_conn_check_pending(evutil_socket_t fd, short what, void *arg);
+void http_server_drop_pending(http_server *s);
 
 /* ---- http_answer.c ---- */
 
-/* Sends the answer whose body (body_len bytes) is already in ev's output
- * buffer; ev NULL means the client is gone. */
-void http_send_answer(http_req *r, struct evhttp_request *ev, int status,
-                      const char *content_type, size_t body_len);
+/* Sends the answer whose body (body_len bytes) is in the server's scratch
+ * buffer; c NULL means the client is gone. */
+void http_send_answer(http_req *r, http_conn *c, int status, const char *content_type,
+                      size_t body_len);
 void http_send_held_answer(void *arg);
 /* The server's own refusals (404, 405, 413, ...), before any handler. */
 void http_refuse(http_req *r, int status, const char *fmt, ...)
@@ -243,8 +283,11 @@ size_t http_percent_decode(char *out, const char *in, size_t len, bool plus_is_s
 http_req *http_req_acquire(http_server *s);
 void http_req_release(http_req *r);
 void http_req_destroy(http_req *r);
-/* Fills what a handler may read, copied into the arena. */
-void http_req_begin(http_req *r, struct evhttp_request *ev, const char **raw_path);
+void http_header_append(http_header_list *l, http_header *h);
+/* Fills what a handler may read from the whole request at the start of
+ * input (c->fed bytes, described by m), copied into the arena. */
+void http_req_parse(http_req *r, http_conn *c, struct evbuffer *input,
+                    const http_frame_message *m, const char **raw_path);
 /* The server is going: r keeps copies and waits for its reply alone. */
 void http_req_orphan(http_req *r);
 

@@ -11,6 +11,7 @@
  * computed on first use. */
 #include "http_private.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,45 +165,184 @@ void http_req_release(http_req *r)
     }
 }
 
-/* Fills what a handler may read, copied into the arena. */
-void http_req_begin(http_req *r, struct evhttp_request *ev, const char **raw_path)
+void http_header_append(http_header_list *l, http_header *h)
 {
-    r->ev = ev;
+    h->next = NULL;
+    if (!l->first) l->tail = &l->first;
+    *l->tail = h;
+    l->tail = &h->next;
+    l->count++;
+}
+
+static const struct {
+    const char *name;
+    enum evhttp_cmd_type cmd;
+} methods[] = {
+    {"GET", EVHTTP_REQ_GET}, {"POST", EVHTTP_REQ_POST}, {"HEAD", EVHTTP_REQ_HEAD},
+    {"PUT", EVHTTP_REQ_PUT}, {"DELETE", EVHTTP_REQ_DELETE}, {"OPTIONS", EVHTTP_REQ_OPTIONS},
+    {"TRACE", EVHTTP_REQ_TRACE}, {"CONNECT", EVHTTP_REQ_CONNECT}, {"PATCH", EVHTTP_REQ_PATCH},
+};
+
+static void set_method(http_req *r, const char *name)
+{
+    r->cmd = EVHTTP_REQ_GET;
+    r->method = "GET";
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (strcmp(methods[i].name, name) == 0) {
+            r->cmd = methods[i].cmd;
+            r->method = methods[i].name;
+            return;
+        }
+}
+
+/* Whether a Connection header's list holds the token (case-insensitive). */
+static bool connection_has(const char *list, const char *token)
+{
+    size_t tlen = strlen(token);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        const char *start = p;
+        while (*p && *p != ',' && *p != ' ' && *p != '\t') p++;
+        if ((size_t)(p - start) == tlen && strncasecmp(start, token, tlen) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The head (already checked by http_frame: one request line, field lines
+ * "name:" OWS value OWS CRLF, the empty line) split in place: each name
+ * and value is NUL-terminated where its ':' or trailing whitespace was. */
+static char *split_head(http_req *r, char *head, char **method, char **target)
+{
+    *method = head;
+    char *p = strchr(head, ' ');
+    *p++ = '\0';
+    *target = p;
+    p = strchr(p, ' ');
+    *p++ = '\0';
+    p = strchr(p, '\n') + 1;        /* past the version: http_frame read it */
+    while (*p != '\r') {
+        char *name = p;
+        char *colon = strchr(p, ':');
+        char *value = colon + 1;
+        while (*value == ' ' || *value == '\t') value++;
+        char *cr = strchr(value, '\r');
+        char *end = cr;
+        while (end > value && (end[-1] == ' ' || end[-1] == '\t')) end--;
+        *colon = '\0';
+        *end = '\0';
+        http_header *h = http_req_alloc(r, sizeof *h);
+        h->name = name;
+        h->value = value;
+        http_header_append(&r->in, h);
+        p = cr + 2;
+    }
+    return p + 2;
+}
+
+/* The chunked body of the message (the `len` bytes after its head, all of
+ * them checked by http_frame) decoded into out; returns the data length. */
+static size_t dechunk(const char *in, size_t len, char *out)
+{
+    size_t i = 0, o = 0;
+    while (i < len) {
+        size_t size = 0;
+        while (i < len && isxdigit((unsigned char)in[i])) {
+            int c = in[i++];
+            size = size * 16 + (size_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+        }
+        while (i < len && in[i] != '\n') i++;   /* extensions, CRLF */
+        i++;
+        if (size == 0)
+            break;                               /* trailers are dropped */
+        memcpy(out + o, in + i, size);
+        o += size;
+        i += size + 2;
+    }
+    return o;
+}
+
+static void read_body(http_req *r, struct evbuffer *input, const http_frame_message *m,
+                      size_t message_len)
+{
+    size_t len = (size_t)m->length;
+    if (len == 0)
+        return;
+    char *body = http_req_alloc(r, len + 1);
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(input, &at, m->head_len, EVBUFFER_PTR_SET);
+    if (m->chunked) {
+        size_t raw_len = message_len - m->head_len;
+        char *raw = mem_must(malloc(raw_len));
+        evbuffer_copyout_from(input, &at, raw, raw_len);
+        len = dechunk(raw, raw_len, body);
+        free(raw);
+    } else {
+        evbuffer_copyout_from(input, &at, body, len);
+    }
+    body[len] = '\0';
+    r->body = body;
+    r->body_len = len;
+}
+
+/* Path and query of the target: an origin form ("/a?b") as it is; an
+ * absolute form ("http://host/a?b") without its scheme and authority. */
+static void split_target(http_req *r, const char *target, const char **raw_path)
+{
+    const char *p = target;
+    if (*p != '/' && *p != '*') {
+        p = strstr(p, "://");
+        p = p ? p + 3 : target;
+        p += strcspn(p, "/?");
+    }
+    const char *q = strchr(p, '?');
+    size_t plen = q ? (size_t)(q - p) : strlen(p);
+    char *path = plen ? http_req_strndup(r, p, plen) : http_req_strdup(r, "/");
+    *raw_path = path;
+    char *decoded = http_req_alloc(r, strlen(path) + 1);
+    http_percent_decode(decoded, path, strlen(path), false);
+    r->path = decoded;
+    r->query_raw = q ? q + 1 : NULL;
+}
+
+/* Fills what a handler may read from the whole request at the start of
+ * input (message_len bytes), copied into the arena. */
+void http_req_parse(http_req *r, http_conn *c, struct evbuffer *input,
+                    const http_frame_message *m, const char **raw_path)
+{
+    r->conn = c;
     r->t0_ns = http_now_ns();
-    r->cmd = evhttp_request_get_command(ev);
-    r->method = http_method_name(r->cmd);
-    r->head = r->cmd == EVHTTP_REQ_HEAD;
+    r->minor = m->minor;
     r->route_pattern = UNMATCHED_ROUTE;
     r->route_label = UNMATCHED_ROUTE;
+    r->in.first = NULL;
+    r->in.tail = &r->in.first;
+    r->out.first = NULL;
+    r->out.tail = &r->out.first;
 
-    const char *uri = evhttp_request_get_uri(ev);
-    r->uri = http_req_strdup(r, uri ? uri : "/");
-    const struct evhttp_uri *parsed = evhttp_request_get_evhttp_uri(ev);
-    const char *path = parsed ? evhttp_uri_get_path(parsed) : NULL;
-    if (!path || !*path) path = "/";
-    *raw_path = path;
-    size_t plen = strlen(path);
-    char *decoded = http_req_alloc(r, plen + 1);
-    http_percent_decode(decoded, path, plen, false);
-    r->path = decoded;
-    const char *query = parsed ? evhttp_uri_get_query(parsed) : NULL;
-    r->query_raw = query ? http_req_strdup(r, query) : NULL;
+    char *head = http_req_alloc(r, m->head_len + 1);
+    evbuffer_copyout(input, head, m->head_len);
+    head[m->head_len] = '\0';
+    char *method, *target;
+    split_head(r, head, &method, &target);
+    set_method(r, method);
+    r->head = r->cmd == EVHTTP_REQ_HEAD;
+    r->uri = target;
+    split_target(r, target, raw_path);
+    read_body(r, input, m, c->fed);
 
-    const char *id = evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id");
+    const char *id = http_req_header(r, "X-Request-Id");
     if (id && request_id_acceptable(id)) {
-        r->id = http_req_strdup(r, id);
+        r->id = id;
     } else {
         char *fresh = http_req_alloc(r, 37);
         uuid_v4(fresh);
         r->id = fresh;
     }
-
-    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
-    char *address = NULL;
-    ev_uint16_t port = 0;
-    if (conn)
-        evhttp_connection_get_peer(conn, &address, &port);
-    r->peer = http_req_strdup(r, address ? address : "-");
+    r->peer = http_req_strdup(r, c->peer);
+    const char *conn = http_req_header(r, "Connection");
+    r->keep_alive = m->minor >= 1 ? !(conn && connection_has(conn, "close"))
+                                   : conn && connection_has(conn, "keep-alive");
 }
 
 
@@ -230,7 +370,7 @@ const char *http_req_uri(const http_req *r) { return r->uri; }
 const char *http_req_route(const http_req *r) { return r->route_pattern; }
 const char *http_req_id(const http_req *r) { return r->id; }
 const char *http_req_peer(const http_req *r) { return r->peer; }
-struct evhttp_request *http_req_raw(http_req *r) { return r->answered ? NULL : r->ev; }
+const http_header *http_req_headers(const http_req *r) { return r->in.first; }
 
 const char *http_req_param(const http_req *r, const char *name)
 {
@@ -284,9 +424,11 @@ const char *http_req_query(const http_req *cr, const char *name)
 
 const char *http_req_header(const http_req *r, const char *name)
 {
-    if (!r->ev || r->answered)
-        return NULL;
-    return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
+    int first = name[0] | 0x20;
+    for (const http_header *h = r->in.first; h; h = h->next)
+        if ((h->name[0] | 0x20) == first && strcasecmp(h->name, name) == 0)
+            return h->value;
+    return NULL;
 }
 
 const char *http_req_body(const http_req *r, size_t *len)
@@ -307,16 +449,11 @@ const char *http_req_caller(const http_req *r) { return r->caller; }
 
 bool http_req_alive(const http_req *r)
 {
-    if (r->answered || !r->ev)
+    if (r->answered || !r->conn || r->conn->closing || r->conn->peer_closed)
         return false;
-    struct evhttp_connection *conn = evhttp_request_get_connection(r->ev);
-    if (!conn)
-        return false;   /* detached by libevent: the connection failed */
-    int fd = bufferevent_getfd(evhttp_connection_get_bufferevent(conn));
-    if (fd < 0)
-        return false;
-    /* evhttp stops reading while a request waits for its answer, so it
-     * cannot have seen the client leave: peek at the socket. */
+    int fd = r->conn->fd;
+    /* The connection may not have read the client's leaving yet (it reads
+     * on the loop's next turn): peek at the socket. */
     char c;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0)

@@ -95,6 +95,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "http.h"
+#include "http_frame.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -216,22 +217,38 @@ static bool header_is_ours(const char *key)
     return false;
 }
 
+/* A name that is a token and a value without CR, LF or other controls but
+ * tab: a caller's header can never split the request (others are left
+ * out, as evhttp_add_header did). */
+static bool header_writable(const char *name, const char *value)
+{
+    if (!*name)
+        return false;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p <= ' ' || *p >= 0x7f || *p == ':')
+            return false;
+    size_t len = strlen(value);
+    return http_field_run(value, len) == len;
+}
+
 static void export_outcome(httpc *c, httpc_call *hc, httpc_result result, int status,
                            unsigned long long elapsed_ms)
 {
     /* Nearly every call ends like the one before it (ok, 200): its labels
-     * are formatted again only when the outcome differs (measured: the
-     * snprintf was 1.4k instructions per proxied request). */
+     * are formatted, and its series looked up, again only when the outcome
+     * differs (measured: the snprintf was 1.4k instructions per proxied
+     * request, each lookup about 700). */
     if (result != c->outcome_result || status != c->outcome_status) {
         snprintf(c->outcome_labels, sizeof c->outcome_labels, "%s,result=\"%s\",status=\"%d\"",
                  c->labels, httpc_result_name(result), status);
         c->outcome_result = result;
         c->outcome_status = status;
+        c->m_outcome = metrics_counter_series("carshare_upstream_requests_total",
+                                              c->outcome_labels);
     }
-    metrics_counter_add("carshare_upstream_requests_total", c->outcome_labels, 1);
+    metrics_series_add(c->m_outcome, 1);
     if (hc->admitted)   /* refusals take no time and would skew the latency */
-        metrics_histogram_observe("carshare_upstream_duration_seconds", c->labels,
-                                  (double)elapsed_ms / 1000.0);
+        metrics_series_observe(c->m_duration, (double)elapsed_ms / 1000.0);
 }
 
 /* ---- call objects ---- */
@@ -253,7 +270,7 @@ static httpc_call *call_alloc(httpc *c)
     hc->attempts = 0;
     hc->admitted = false;
     hc->starting = false;
-    hc->error = -1;
+    hc->malformed = false;
     hc->outcome = HTTPC_OK;
     hc->outcome_status = 0;
     return hc;
@@ -340,7 +357,8 @@ static bool call_copy_request(httpc_call *hc, const httpc_request *call)
     if (call->headers) {
         TAILQ_FOREACH(h, call->headers, next) {
             if (header_is_ours(h->key) || strcasecmp(h->key, "Content-Type") == 0 ||
-                (has_rid && strcasecmp(h->key, "X-Request-Id") == 0))
+                (has_rid && strcasecmp(h->key, "X-Request-Id") == 0) ||
+                !header_writable(h->key, h->value))
                 continue;
             n = strlen(h->key) + 1;
             memcpy(mem + at, h->key, n);
@@ -362,7 +380,7 @@ static bool call_copy_request(httpc_call *hc, const httpc_request *call)
 /* ---- finishing a call ---- */
 
 static void call_finish(httpc_call *hc, httpc_result result, int status,
-                        struct evhttp_request *req)
+                        const httpc_slot *answer)
 {
     assert(hc->phase != CALL_FREE);   /* a call completes once */
     httpc *c = hc->client;
@@ -376,13 +394,11 @@ static void call_finish(httpc_call *hc, httpc_result result, int status,
         .elapsed_ms = now - hc->started_ms,
         .retry_after_ms = result == HTTPC_OPEN ? breaker_retry_in_ms(&c->breaker, now) : 0,
     };
-    if (result == HTTPC_OK && req) {
-        struct evbuffer *in = evhttp_request_get_input_buffer(req);
-        size_t len = evbuffer_get_length(in);
-        resp.headers = evhttp_request_get_input_headers(req);
-        if (len > 0 && evbuffer_add(in, "", 1) == 0) {   /* NUL-terminate in place */
-            resp.body = (const char *)evbuffer_pullup(in, -1);
-            resp.body_len = len;
+    if (result == HTTPC_OK && answer) {
+        resp.headers = &answer->headers;
+        if (answer->body_len > 0) {     /* NUL-terminated by httpc_conn.c */
+            resp.body = answer->body;
+            resp.body_len = answer->body_len;
         }
     }
     export_outcome(c, hc, resp.result, resp.status, resp.elapsed_ms);
@@ -511,7 +527,7 @@ static bool attempt_should_retry(httpc_call *hc, httpc_result result, int status
     if (!hc->idempotent || hc->attempts > c->opts.retries)
         return false;
     /* a malformed or oversized answer would only come back the same */
-    bool malformed = hc->error == EVREQ_HTTP_INVALID_HEADER || hc->error == EVREQ_HTTP_DATA_TOO_LONG;
+    bool malformed = hc->malformed;
     bool retryable = result == HTTPC_CONNECT || (result == HTTPC_BROKEN && !malformed) ||
                      (result == HTTPC_OK && (status == 502 || status == 503 || status == 504));
     if (!retryable || c->breaker.state == BREAKER_OPEN)
@@ -526,9 +542,9 @@ static bool attempt_should_retry(httpc_call *hc, httpc_result result, int status
 }
 
 /* The end of one attempt: free the slot, tell the breaker, then retry or
- * complete the call. req is the answer for HTTPC_OK (valid until we return). */
+ * complete the call. answer holds it for HTTPC_OK (valid until we return). */
 static void attempt_done(httpc_call *hc, httpc_result result, int status,
-                         struct evhttp_request *req)
+                         const httpc_slot *answer)
 {
     httpc *c = hc->client;
     httpc_slot *slot = hc->slot;
@@ -553,67 +569,102 @@ static void attempt_done(httpc_call *hc, httpc_result result, int status,
         return;
     }
     slot_release(c, slot);
-    call_finish(hc, result, status, req);
+    call_finish(hc, result, status, answer);
 }
 
-static void on_request_error(enum evhttp_request_error error, void *arg)
+/* From httpc_conn.c: the attempt on slot ended, with an answer (status)
+ * or without. */
+void httpc_attempt_end(httpc_slot *slot, int status, bool malformed)
 {
-    httpc_call *hc = arg;
-    hc->error = (int)error;
-}
-
-/* evhttp's completion: an answer (req with a status), a failed connect (req
- * without status) or a failure after connecting (req NULL, error set). */
-static void on_response(struct evhttp_request *req, void *arg)
-{
-    httpc_call *hc = arg;
+    httpc_call *hc = slot->call;
+    if (!hc)
+        return;
     httpc_result result;
-    int status = 0;
-
-    if (req && evhttp_request_get_response_code(req) > 0) {
+    if (status > 0)
         result = HTTPC_OK;
-        status = evhttp_request_get_response_code(req);
-    } else if (req) {
+    else if (hc->fresh && !slot->reached)
         result = HTTPC_CONNECT;
-    } else if (hc->error == EVREQ_HTTP_TIMEOUT) {
-        result = HTTPC_TIMEOUT;
-    } else if (hc->fresh && !(hc->slot && hc->slot->reached)) {
-        result = HTTPC_CONNECT;
-    } else {
+    else
         result = HTTPC_BROKEN;
-    }
-
+    hc->malformed = malformed;
     if (hc->starting) {
-        /* evhttp failed inside evhttp_make_request: finish from the loop */
+        /* failed inside attempt_start: finish from the loop */
         hc->outcome = result;
         hc->outcome_status = status;
         hc->phase = CALL_DEFERRED;
         return;
     }
-    attempt_done(hc, result, status, req);
+    attempt_done(hc, result, status, status > 0 ? slot : NULL);
 }
 
-static struct evhttp_request *attempt_build_request(httpc_call *hc, httpc_slot *slot)
+/* From httpc_conn.c: the slot's new connection is established. The call
+ * on it is past its connect phase: its timer now runs to the deadline. */
+void httpc_attempt_connected(httpc_slot *slot)
+{
+    httpc_call *hc = slot->call;
+    if (!hc || hc->phase != CALL_CONNECTING)
+        return;
+    hc->phase = CALL_WIRE;
+    timer_arm_until(hc, hc->deadline_ms);
+}
+
+/* The request, built in one buffer and added to the output at once. */
+typedef struct req_buf {
+    struct evbuffer *out;
+    size_t n;
+    char text[2048];
+} req_buf;
+
+static void req_put(req_buf *b, const char *p, size_t len)
+{
+    if (b->n + len > sizeof b->text) {
+        evbuffer_add(b->out, b->text, b->n);
+        b->n = 0;
+        if (len > sizeof b->text) {
+            evbuffer_add(b->out, p, len);
+            return;
+        }
+    }
+    memcpy(b->text + b->n, p, len);
+    b->n += len;
+}
+
+static void req_str(req_buf *b, const char *s)
+{
+    req_put(b, s, strlen(s));
+}
+
+static void req_field(req_buf *b, const char *name, const char *value)
+{
+    req_str(b, name);
+    req_put(b, ": ", 2);
+    req_str(b, value);
+    req_put(b, "\r\n", 2);
+}
+
+static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
 {
     httpc *c = hc->client;
-    struct evhttp_request *req = evhttp_request_new(on_response, hc);
-    if (!req)
-        return NULL;
-    evhttp_request_set_error_cb(req, on_request_error);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    evhttp_add_header(out, "Host", c->host_header);
-    evhttp_add_header(out, "Connection", slot->keep_alive ? "keep-alive" : "close");
+    req_buf b;
+    b.out = bufferevent_get_output(slot->bev);
+    b.n = 0;
+    req_str(&b, hc->method_name);
+    req_put(&b, " ", 1);
+    req_str(&b, hc->mem + hc->uri_off);
+    req_put(&b, " HTTP/1.1\r\n", 11);
+    req_field(&b, "Host", c->host_header);
+    req_field(&b, "Connection", slot->keep_alive ? "keep-alive" : "close");
     if (hc->has_rid)
-        evhttp_add_header(out, "X-Request-Id", hc->mem + hc->rid_off);
+        req_field(&b, "X-Request-Id", hc->mem + hc->rid_off);
     const char *credentials = c->auth ? c->auth(c->auth_arg) : NULL;
-    if (credentials)
-        evhttp_add_header(out, "Authorization", credentials);
+    if (credentials && header_writable("Authorization", credentials))
+        req_field(&b, "Authorization", credentials);
 
     const char *p = hc->mem + hc->hdr_off;
     for (int i = 0; i < hc->hdr_count; i++) {
         const char *key = p;
         const char *value = key + strlen(key) + 1;
-        evhttp_add_header(out, key, value);   /* refuses CR/LF: no injection */
+        req_field(&b, key, value);      /* checked when copied: no injection */
         p = value + strlen(value) + 1;
     }
 
@@ -622,14 +673,14 @@ static struct evhttp_request *attempt_build_request(httpc_call *hc, httpc_slot *
     if (hc->body_len > 0 || body_method) {
         char length[24];
         snprintf(length, sizeof length, "%zu", hc->body_len);
-        evhttp_add_header(out, "Content-Length", length);
-        if (hc->body_len > 0) {
-            evhttp_add_header(out, "Content-Type", hc->mem + hc->ctype_off);
-            evbuffer_add(evhttp_request_get_output_buffer(req), hc->mem + hc->body_off,
-                         hc->body_len);
-        }
+        req_field(&b, "Content-Length", length);
+        if (hc->body_len > 0)
+            req_field(&b, "Content-Type", hc->mem + hc->ctype_off);
     }
-    return req;
+    req_put(&b, "\r\n", 2);
+    evbuffer_add(b.out, b.text, b.n);
+    if (hc->body_len > 0)
+        evbuffer_add(b.out, hc->mem + hc->body_off, hc->body_len);
 }
 
 /* Puts one attempt of an admitted call on the wire, through `slot`. */
@@ -642,72 +693,40 @@ static void attempt_start(httpc_call *hc, httpc_slot *slot)
         hc->deadline_ms = now + (unsigned long long)hc->timeout_ms;
     hc->attempts++;
     hc->slot = slot;
-    hc->error = -1;
+    hc->malformed = false;
     slot->call = hc;
     c->inflight++;
     httpc_export_inflight(c);
 
-    /* evhttp's own timeout must never fire before ours */
-    unsigned long long budget = hc->deadline_ms > now ? hc->deadline_ms - now : 0;
-    if (budget > 86400000ULL)
-        budget = 86400000ULL;
-    if ((long long)budget + 1000 > slot->evcon_timeout_ms) {
-        slot->evcon_timeout_ms = (int)budget + 1000;
-        if (slot->evcon) {
-            struct timeval tv = { .tv_sec = slot->evcon_timeout_ms / 1000,
-                                  .tv_usec = (slot->evcon_timeout_ms % 1000) * 1000 };
-            evhttp_connection_set_timeout_tv(slot->evcon, &tv);
-        }
-    }
-
     /* A call that cannot be retried always checks; others only when the
      * connection idled long enough for a server to have given up on it. */
     int fd = httpc_slot_fd(slot);
-    if (fd >= 0 && (!hc->idempotent || now - slot->idle_since_ms >= HTTPC_STALE_MS) &&
-        !httpc_idle_socket_alive(fd))
+    if (fd >= 0 && (((!hc->idempotent || now - slot->idle_since_ms >= HTTPC_STALE_MS) &&
+                     !httpc_idle_socket_alive(fd)) || now - slot->idle_since_ms >= HTTPC_IDLE_MS))
         httpc_slot_drop_idle(slot);
-    if (!slot->evcon && !httpc_slot_connect(slot)) {
-        hc->fresh = true;
-        hc->outcome = HTTPC_BROKEN;
+    hc->fresh = slot->bev == NULL;
+    hc->starting = true;
+    if (hc->fresh && !httpc_slot_connect(slot)) {
+        hc->starting = false;
+        hc->outcome = HTTPC_CONNECT;
         hc->phase = CALL_DEFERRED;
-        log_error("upstream=%s msg=\"cannot create a connection object (out of memory?)\"", c->name);
-        timer_arm(hc, 0);
-        return;
-    }
-    hc->fresh = httpc_slot_fd(slot) < 0;
-    slot->reached = false;
-
-    struct evhttp_request *req = attempt_build_request(hc, slot);
-    if (!req) {
-        hc->outcome = HTTPC_BROKEN;
-        hc->phase = CALL_DEFERRED;
+        log_warn("upstream=%s msg=\"cannot start a connection\" host=%s", c->name, c->host);
         timer_arm(hc, 0);
         return;
     }
 
     hc->phase = CALL_WIRE;
-    hc->starting = true;
-    int rc = evhttp_make_request(slot->evcon, req, hc->method, hc->mem + hc->uri_off);
+    httpc_slot_expect_answer(slot, hc->method == EVHTTP_REQ_HEAD);
+    attempt_write_request(hc, slot);
+    /* A connected socket gets the request written at once (http_write_now);
+     * a new one when it connects (its TCP_NODELAY is set then). */
+    if (!hc->fresh)
+        http_write_now(slot->bev);
     hc->starting = false;
-    if (rc != 0) {   /* evhttp freed the request */
-        hc->outcome = HTTPC_BROKEN;
-        hc->phase = CALL_DEFERRED;
-    }
     if (hc->phase == CALL_DEFERRED) {
         timer_arm(hc, 0);
         return;
     }
-
-    /* Only a socket made for this attempt needs TCP_NODELAY: evhttp makes
-     * a new one only when it has none (it sets the fd to -1 whenever it
-     * closes one, a reset keep-alive connection included), and that is
-     * what `fresh` says. Measured: setting it on every call was one
-     * syscall of 14 per proxied request. A connected socket gets the
-     * request written at once (http_write_now). */
-    if (hc->fresh)
-        httpc_slot_set_nodelay(slot);
-    else
-        http_write_now(evhttp_connection_get_bufferevent(slot->evcon));
     unsigned long long connect_deadline = now + (unsigned long long)c->opts.connect_timeout_ms;
     if (hc->fresh && connect_deadline < hc->deadline_ms) {
         hc->phase = CALL_CONNECTING;
@@ -754,8 +773,8 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
         queued_call_expire(hc);
         break;
     case CALL_CONNECTING:
-        if (now < hc->deadline_ms && httpc_socket_connected(httpc_slot_fd(hc->slot))) {
-            httpc_slot_set_nodelay(hc->slot);     /* its socket came after a lookup */
+        if (now < hc->deadline_ms &&
+            (hc->slot->reached || httpc_socket_connected(httpc_slot_fd(hc->slot)))) {
             hc->slot->reached = true;
             hc->phase = CALL_WIRE;
             timer_arm_until(hc, hc->deadline_ms);

@@ -1,6 +1,6 @@
 /* httpc_pool.c: the HTTP client's connection pool (httpc_private.h).
  *
- * A client owns a fixed array of slots, one evhttp_connection each (the
+ * A client owns a fixed array of slots, one connection each (httpc_conn.c; the
  * bulkhead: max_inflight slots, see httpc.c); the first min(pool_size,
  * max_inflight) keep their connection alive between calls, the others
  * send "Connection: close". Idle slots wait on two LIFO stacks, so the
@@ -37,7 +37,7 @@
 
 void httpc_export_inflight(httpc *c)
 {
-    metrics_gauge_set("carshare_upstream_inflight", c->labels, (double)c->inflight);
+    metrics_series_set(c->m_inflight, (double)c->inflight);
 }
 
 /* ---- slots ---- */
@@ -49,72 +49,6 @@ httpc_slot *httpc_slot_acquire(httpc *c)
     if (c->n_idle_extra > 0)
         return &c->slots[c->idle_extra[--c->n_idle_extra]];
     return NULL;
-}
-
-static void on_connection_close(struct evhttp_connection *evcon, void *arg)
-{
-    (void)evcon;
-    httpc_slot *slot = arg;
-    slot->reached = true;   /* evhttp only reports closing a connected socket */
-}
-
-bool httpc_slot_connect(httpc_slot *slot)
-{
-    httpc *c = slot->client;
-    struct evhttp_connection *evcon = evhttp_connection_base_new(c->base, c->dns, c->host,
-                                                                 (unsigned short)c->port);
-    if (!evcon)
-        return false;
-    evhttp_connection_set_family(evcon, c->family);
-    /* read an early answer (413...) even if the server stops reading the body */
-    evhttp_connection_set_flags(evcon, EVHTTP_CON_READ_ON_WRITE_ERROR);
-    evhttp_connection_set_retries(evcon, 0);
-    evhttp_connection_set_max_body_size(evcon, HTTPC_MAX_BODY);
-    evhttp_connection_set_max_headers_size(evcon, HTTPC_MAX_HEADERS);
-    evhttp_connection_set_closecb(evcon, on_connection_close, slot);
-    struct timeval tv = { .tv_sec = slot->evcon_timeout_ms / 1000,
-                          .tv_usec = (slot->evcon_timeout_ms % 1000) * 1000 };
-    evhttp_connection_set_timeout_tv(evcon, &tv);
-    slot->evcon = evcon;
-    return true;
-}
-
-/* Drops the slot's connection with whatever request is on it, at once.
- * Never called from inside one of that connection's evhttp callbacks. */
-void httpc_slot_kill(httpc_slot *slot)
-{
-    if (!slot->evcon)
-        return;
-    evhttp_connection_set_closecb(slot->evcon, NULL, NULL);
-    evhttp_connection_free(slot->evcon);
-    slot->evcon = NULL;
-}
-
-static void evcon_free_later_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    evhttp_connection_free(arg);
-}
-
-/* Drops an idle connection. We may be inside one of its evhttp callbacks
- * (a user callback sending again), so the free waits for the next turn;
- * having no request, it cannot call us back meanwhile. */
-void httpc_slot_drop_idle(httpc_slot *slot)
-{
-    static const struct timeval now = { 0, 0 };
-    struct evhttp_connection *evcon = slot->evcon;
-    slot->evcon = NULL;
-    evhttp_connection_set_closecb(evcon, NULL, NULL);
-    if (event_base_once(slot->client->base, -1, EV_TIMEOUT, evcon_free_later_cb, evcon, &now) != 0)
-        evhttp_connection_free(evcon);   /* out of memory: take the small risk */
-}
-
-int httpc_slot_fd(const httpc_slot *slot)
-{
-    if (!slot->evcon)
-        return -1;
-    return bufferevent_getfd(evhttp_connection_get_bufferevent(slot->evcon));
 }
 
 /* A request is written whole and then waits for its answer: Nagle would
@@ -226,8 +160,10 @@ static void client_resolver(httpc *c)
  * client itself. */
 void httpc_pool_free(httpc *c)
 {
-    for (int i = 0; c->slots && i < c->nslots; i++)
+    for (int i = 0; c->slots && i < c->nslots; i++) {
         httpc_slot_kill(&c->slots[i]);
+        httpc_slot_free_buffers(&c->slots[i]);
+    }
     /* No lookup is left: freeing a connection cancels its own. */
     if (c->dns)
         evdns_base_free(c->dns, 0);
@@ -250,6 +186,8 @@ httpc *httpc_new(struct event_base *base, const char *name,
     snprintf(c->name, sizeof c->name, "%s", name ? name : "upstream");
     snprintf(c->labels, sizeof c->labels, "upstream=\"%s\"", c->name);
     c->outcome_status = -1;
+    c->m_inflight = metrics_gauge_series("carshare_upstream_inflight", c->labels);
+    c->m_duration = metrics_histogram_series("carshare_upstream_duration_seconds", c->labels);
     opts_resolve(&c->opts, opts);
     if (!client_parse_url(c, base_url)) {
         httpc_pool_free(c);
@@ -268,13 +206,11 @@ httpc *httpc_new(struct event_base *base, const char *name,
         httpc_pool_free(c);
         return NULL;
     }
-    int idle_ms = c->opts.timeout_ms + 1000 > HTTPC_IDLE_MS ? c->opts.timeout_ms + 1000 : HTTPC_IDLE_MS;
     /* pushed in reverse so that slot 0 is used first */
     for (int i = c->nslots - 1; i >= 0; i--) {
         httpc_slot *s = &c->slots[i];
         s->client = c;
         s->keep_alive = i < c->nkeep;
-        s->evcon_timeout_ms = idle_ms;
         if (s->keep_alive)
             c->idle_keep[c->n_idle_keep++] = i;
         else

@@ -22,6 +22,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #define HTTPC_IDLE_MS       30000        /* pooled connection idle limit */
 #define HTTPC_STALE_MS      200          /* idle longer than this: peek first */
@@ -44,14 +45,37 @@ typedef enum {
 typedef struct httpc_slot httpc_slot;
 typedef struct httpc_call httpc_call;
 
+/* An answer's head, as httpc_parse_head reads it. */
+typedef struct httpc_head {
+    int status, minor;
+    long long length;                  /* Content-Length, -1 when none */
+    bool chunked, close, keep_alive;   /* Transfer-Encoding; Connection's tokens */
+    int count;                         /* header fields */
+} httpc_head;
+
 struct httpc_slot {
     httpc *client;
-    struct evhttp_connection *evcon;   /* NULL until first use or after a kill */
+    struct bufferevent *bev;           /* NULL until first use or after a kill */
     httpc_call *call;                  /* the call on the wire, or NULL */
     unsigned long long idle_since_ms;
-    int evcon_timeout_ms;
     bool keep_alive;
     bool reached;                      /* the connection got established */
+    bool connecting_now;               /* inside httpc_slot_connect */
+    bool connect_failed;               /* ... and it failed there */
+
+    /* the answer being read (httpc_conn.c) */
+    int rstate;
+    bool head_request;                 /* no body follows the head */
+    bool in_trailers;
+    size_t scanned;                    /* input searched for the head's end so far */
+    httpc_head answer;
+    struct evkeyvalq headers;          /* the answer's fields: kv[0..answer.count) */
+    struct evkeyval *kv;
+    int kv_cap;
+    char *head;                        /* the answer's head, split in place */
+    size_t head_cap;
+    char *body;                        /* NUL-terminated */
+    size_t body_len, body_cap;
 };
 
 struct httpc_call {
@@ -75,9 +99,9 @@ struct httpc_call {
     unsigned long long deadline_ms;    /* set when the first attempt starts */
 
     /* the attempt in progress */
-    bool starting;                     /* inside evhttp_make_request */
+    bool starting;                     /* inside attempt_start */
     bool fresh;                        /* it opened a new connection */
-    int error;                         /* evhttp_request_error, or -1 */
+    bool malformed;                    /* the answer broke HTTP: not retried */
     httpc_result outcome;              /* for PENDING and DEFERRED */
     int outcome_status;
 
@@ -97,6 +121,8 @@ struct httpc {
     char outcome_labels[160];
     httpc_result outcome_result;
     int outcome_status;                /* -1: none yet */
+    struct metrics_series *m_outcome;  /* that outcome's counter */
+    struct metrics_series *m_inflight, *m_duration;
     char *host;                        /* for connecting (no IPv6 brackets) */
     struct evdns_base *dns;            /* resolves host; NULL when it is an address */
     char *host_header;
@@ -132,17 +158,36 @@ static inline unsigned long long httpc_now_ms(void)
     return (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
 }
 
+/* ---- httpc.c ---- */
+
+/* The attempt on slot ended: an answer (status > 0, read into the slot),
+ * or a failure (status 0; malformed: the answer broke HTTP). */
+void httpc_attempt_end(httpc_slot *slot, int status, bool malformed);
+/* The slot's new connection is established (its connect phase is over). */
+void httpc_attempt_connected(httpc_slot *slot);
+
+/* ---- httpc_conn.c ---- */
+
+/* Gives the slot a new connection (connecting). False when it cannot. */
+bool httpc_slot_connect(httpc_slot *slot);
+/* The request is in the output: read its answer. */
+void httpc_slot_expect_answer(httpc_slot *slot, bool head_request);
+/* Drops the slot's connection with whatever request is on it, at once. */
+void httpc_slot_kill(httpc_slot *slot);
+/* Drops an idle connection. */
+void httpc_slot_drop_idle(httpc_slot *slot);
+int httpc_slot_fd(const httpc_slot *slot);
+void httpc_slot_free_buffers(httpc_slot *slot);
+/* Checks an answer's head (NUL-terminated, ending with its empty line)
+ * and splits it in place: fields into kv (at most kv_max). Pure: the fuzz
+ * target tests/fuzz/fuzz_httpc_head.c drives it. */
+struct evkeyval;
+bool httpc_parse_head(char *head, httpc_head *h, struct evkeyval *kv, int kv_max);
+
 /* ---- httpc_pool.c ---- */
 
 /* An idle slot, warmest first, or NULL when all are busy. */
 httpc_slot *httpc_slot_acquire(httpc *c);
-/* Gives the slot a new evhttp connection (not connected yet). */
-bool httpc_slot_connect(httpc_slot *slot);
-/* Drops the slot's connection with whatever request is on it, at once. */
-void httpc_slot_kill(httpc_slot *slot);
-/* Drops an idle connection, freeing it on the next loop turn. */
-void httpc_slot_drop_idle(httpc_slot *slot);
-int httpc_slot_fd(const httpc_slot *slot);
 void httpc_slot_set_nodelay(const httpc_slot *slot);
 bool httpc_idle_socket_alive(int fd);
 bool httpc_socket_connected(int fd);

@@ -176,43 +176,70 @@ static void write_all(const char *buf, size_t len)
     }
 }
 
+/* The line's prefix, "ts=%s level=%s svc=%s inst=%s ", into line;
+ * returns its length. */
+static size_t line_prefix(char *line, size_t size, const char *level)
+{
+    const char *lvl = level ? level : "info";
+    size_t used = 0;
+    append(line, size, &used, "ts=", 3);
+    used += format_timestamp(line + used);
+    append(line, size, &used, " level=", 7);
+    append(line, size, &used, lvl, strlen(lvl));
+    append(line, size, &used, " svc=", 5);
+    append(line, size, &used, log_service, strlen(log_service));
+    append(line, size, &used, " inst=", 6);
+    const char *inst = instance_id();
+    append(line, size, &used, inst, strlen(inst));
+    append(line, size, &used, " ", 1);
+    return used;
+}
+
+/* Ends the line (cut, and saying so, rather than split) and writes it. */
+static void line_finish(char *line, size_t size, size_t used)
+{
+    if (used >= size - 1) {
+        static const char cut[] = " truncated=true";
+        used = size - sizeof cut - 1;
+        memcpy(line + used, cut, sizeof cut - 1);
+        used += sizeof cut - 1;
+    }
+    line[used++] = '\n';
+    write_all(line, used);
+}
+
 void log_line(const char *level, const char *fmt, ...)
 {
     if (level_rank(level) < log_min_level)
         return;
     int saved_errno = errno;   /* callers often log right before using errno */
     char line[LOG_LINE_MAX];
-    /* "ts=%s level=%s svc=%s inst=%s " */
-    const char *lvl = level ? level : "info";
-    size_t used = 0;
-    append(line, sizeof line, &used, "ts=", 3);
-    used += format_timestamp(line + used);
-    append(line, sizeof line, &used, " level=", 7);
-    append(line, sizeof line, &used, lvl, strlen(lvl));
-    append(line, sizeof line, &used, " svc=", 5);
-    append(line, sizeof line, &used, log_service, strlen(log_service));
-    append(line, sizeof line, &used, " inst=", 6);
-    const char *inst = instance_id();
-    append(line, sizeof line, &used, inst, strlen(inst));
-    append(line, sizeof line, &used, " ", 1);
-
+    size_t used = line_prefix(line, sizeof line, level);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + used, sizeof line - used, fmt, ap);
     va_end(ap);
     if (m > 0)
         used += (size_t)m < sizeof line - used ? (size_t)m : sizeof line - used - 1;
-
-    /* A line that did not fit is cut, and says so, rather than split. */
-    if (used >= sizeof line - 1) {
-        static const char cut[] = " truncated=true";
-        used = sizeof line - sizeof cut - 1;
-        memcpy(line + used, cut, sizeof cut - 1);
-        used += sizeof cut - 1;
-    }
-    line[used++] = '\n';
-    write_all(line, used);
+    line_finish(line, sizeof line, used);
     errno = saved_errno;
+}
+
+void log_text(const char *level, const char *text, unsigned long len)
+{
+    if (level_rank(level) < log_min_level)
+        return;
+    int saved_errno = errno;
+    char line[LOG_LINE_MAX];
+    size_t used = line_prefix(line, sizeof line, level);
+    append(line, sizeof line, &used, text, len);
+    line_finish(line, sizeof line, used);
+    errno = saved_errno;
+}
+
+bool log_enabled(const char *level)
+{
+    return level_rank(level) >= log_min_level;
 }
 
 const char *log_quote(char *buf, unsigned long size, const char *s)

@@ -16,6 +16,13 @@ void log_init(const char *service_name);
 /* log_line("info", "req=%s msg=%s status=%d", id, log_quote(buf, sizeof buf, text), 201) */
 void log_line(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The same with the text after the prefix already made (no format): for
+ * a line written often, built by its caller without printf (the access
+ * log, lib/http_answer.c). */
+void log_text(const char *level, const char *text, unsigned long len);
+/* Whether a line of this level would be written. */
+bool log_enabled(const char *level);
+
 #define log_info(...)  log_line("info", __VA_ARGS__)
 #define log_warn(...)  log_line("warn", __VA_ARGS__)
 #define log_error(...) log_line("error", __VA_ARGS__)

@@ -164,6 +164,66 @@ void metrics_counter_add(const char *name, const char *labels, double delta)
     pthread_mutex_unlock(&registry_lock);
 }
 
+/* ---- kept series (metrics.h) ---- */
+
+static metrics_series *series_kept(const char *name, const char *labels, metric_kind kind)
+{
+    pthread_mutex_lock(&registry_lock);
+    series *s = series_get(name, labels, kind);
+    pthread_mutex_unlock(&registry_lock);
+    return (metrics_series *)s;
+}
+
+metrics_series *metrics_counter_series(const char *name, const char *labels)
+{
+    return series_kept(name, labels, KIND_COUNTER);
+}
+
+metrics_series *metrics_gauge_series(const char *name, const char *labels)
+{
+    return series_kept(name, labels, KIND_GAUGE);
+}
+
+metrics_series *metrics_histogram_series(const char *name, const char *labels)
+{
+    return series_kept(name, labels, KIND_HISTOGRAM);
+}
+
+void metrics_series_add(metrics_series *ms, double delta)
+{
+    series *s = (series *)ms;
+    if (!s || delta <= 0)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    s->value += delta;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void metrics_series_set(metrics_series *ms, double value)
+{
+    series *s = (series *)ms;
+    if (!s)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    s->value = value;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void metrics_series_observe(metrics_series *ms, double seconds)
+{
+    series *s = (series *)ms;
+    if (!s)
+        return;
+    size_t b = 0;
+    while (b < BUCKETS && seconds > bucket_bounds[b])
+        b++;
+    pthread_mutex_lock(&registry_lock);
+    s->buckets[b]++;
+    s->sum += seconds;
+    s->count++;
+    pthread_mutex_unlock(&registry_lock);
+}
+
 void metrics_count_outcome(const char *name, const char *outcome)
 {
     char labels[64];

@@ -72,17 +72,16 @@ static bool gw_is(const char *name, const char *what)
     return strcasecmp(name, what) == 0;
 }
 
-static void gw_scan_headers(const struct evkeyvalq *in, gw_client_headers *h)
+static void gw_scan_headers(const http_header *in, gw_client_headers *h)
 {
     memset(h, 0, sizeof *h);
-    const struct evkeyval *kv;
-    TAILQ_FOREACH(kv, in, next) {
+    for (const http_header *kv = in; kv; kv = kv->next) {
         h->count++;
-        switch (kv->key[0] | 0x20) {   /* ASCII lower case of the first letter */
+        switch (kv->name[0] | 0x20) {   /* ASCII lower case of the first letter */
         case 'c':
-            if (gw_is(kv->key, "Connection"))
+            if (gw_is(kv->name, "Connection"))
                 h->connection = kv->value;
-            else if (gw_is(kv->key, "Content-Type"))
+            else if (gw_is(kv->name, "Content-Type"))
                 h->content_type = kv->value;
             break;
         default:
@@ -184,10 +183,7 @@ static bool gw_forward(gw_exchange *x)
 {
     http_req *req = x->req;
     gw_upstream *up = x->up;
-    /* Inside the handler the evhttp request is always there. */
-    struct evhttp_request *raw = http_req_raw(req);
-    static struct evkeyvalq no_headers = TAILQ_HEAD_INITIALIZER(no_headers);
-    const struct evkeyvalq *in = raw ? evhttp_request_get_input_headers(raw) : &no_headers;
+    const http_header *in = http_req_headers(req);
     gw_client_headers ch;
     gw_scan_headers(in, &ch);
 
@@ -201,10 +197,9 @@ static bool gw_forward(gw_exchange *x)
     struct evkeyvalq out;
     TAILQ_INIT(&out);
     int used = 0;
-    const struct evkeyval *kv;
-    TAILQ_FOREACH(kv, in, next)
-        if (gw_request_header_forwarded(kv->key, ch.connection))
-            gw_append(&out, &slots[used++], kv->key, kv->value);
+    for (const http_header *kv = in; kv; kv = kv->next)
+        if (gw_request_header_forwarded(kv->name, ch.connection))
+            gw_append(&out, &slots[used++], kv->name, kv->value);
 
     /* The gateway's own values (the client's were not copied: domain.c). */
     gw_append(&out, &slots[used++], "X-Forwarded-For", http_req_peer(req));

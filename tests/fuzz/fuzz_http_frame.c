@@ -4,7 +4,10 @@
  *    (the first input byte seeds the split);
  *  - what feed_copy keeps (the bytes without chunk extensions) is itself
  *    accepted, with the same number of complete requests: stripping the
- *    extensions never changes where one request ends and the next begins. */
+ *    extensions never changes where one request ends and the next begins;
+ *  - fed a message at a time (http_frame_feed_message, as the server reads),
+ *    the verdict and the requests are the same, each message ends where the
+ *    whole feed counted one more request, and its head fits in it. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +56,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             again.requests != whole.requests)
             differ("the bytes without chunk extensions frame differently", data, size);
     }
+    http_frame one;
+    http_frame_init(&one, 512, 4096);
+    size_t at = 0, message_start = 0;
+    unsigned long ended_count = 0;
+    while (at < n && one.status == 0) {
+        size_t take = n - at < split ? n - at : split;
+        bool ended = false;
+        size_t used = http_frame_feed_message(&one, p + at, take, &ended);
+        at += used;
+        if (ended) {
+            ended_count++;
+            if (one.requests != ended_count || one.last.head_len > at - message_start ||
+                one.last.head_len == 0)
+                differ("a message ended where its head does not fit", data, size);
+            message_start = at;
+        } else if (one.status == 0 && used != take) {
+            differ("a piece was not consumed whole and no message ended", data, size);
+        }
+    }
+    if (one.status != whole.status || one.requests != whole.requests)
+        differ("fed a message at a time, the verdict differs", data, size);
     free(kept);
     return 0;
 }

@@ -35,8 +35,49 @@ static void refused(const char *text, int status)
     CHECK(status == 0 || (f.why && *f.why));
 }
 
+/* A message at a time, as the server reads: where each ends, its head. */
+static void messages(void)
+{
+    const char *two = "POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                      "GET / HTTP/1.0\r\n\r\n";
+    http_frame f;
+    http_frame_init(&f, 1024, 100);
+    bool ended = false;
+    size_t n = strlen(two);
+    size_t used = http_frame_feed_message(&f, two, n, &ended);
+    CHECK(ended);
+    CHECK_INT(used, strlen("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"));
+    CHECK_INT(f.last.head_len, used - 2);
+    CHECK_INT(f.last.length, 2);
+    CHECK_INT(f.last.minor, 1);
+    CHECK(!f.last.chunked);
+    size_t rest = http_frame_feed_message(&f, two + used, n - used, &ended);
+    CHECK(ended);
+    CHECK_INT(rest, n - used);
+    CHECK_INT(f.last.head_len, n - used);
+    CHECK_INT(f.last.minor, 0);
+    CHECK_INT(f.requests, 2);
+
+    /* Chunked: the data's length; 100-continue is due once the head passed. */
+    const char *chunked = "POST /o HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n";
+    http_frame_init(&f, 1024, 100);
+    CHECK_INT(http_frame_feed_message(&f, chunked, strlen(chunked), &ended), strlen(chunked));
+    CHECK(!ended);
+    CHECK(http_frame_in_body(&f));
+    CHECK(f.expect_continue);
+    const char *data = "2;x=y\r\n{}\r\n1\r\n \r\n0\r\n\r\n";
+    CHECK_INT(http_frame_feed_message(&f, data, strlen(data), &ended), strlen(data));
+    CHECK(ended);
+    CHECK(f.last.chunked);
+    CHECK_INT(f.last.length, 3);
+    CHECK_INT(f.last.head_len, strlen(chunked));
+    CHECK(!http_frame_in_body(&f));
+}
+
 int main(void)
 {
+    messages();
     passes("GET /cars HTTP/1.1\r\nHost: x\r\n\r\n", 1);
     passes("GET /cars?a=%20b HTTP/1.0\r\n\r\n", 1);
     passes("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
