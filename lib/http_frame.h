@@ -1,14 +1,16 @@
 /* http_frame.h: HTTP/1.1 request framing by RFC 9112, checked on the bytes
- * as they arrive, before evhttp parses them.
+ * as they arrive; the server's reader (lib/http_conn.c) also learns from it
+ * where each request ends, and reads a request only once it passed whole.
  *
- * evhttp is lenient where leniency is a request-smuggling risk: it takes
+ * evhttp, which the server used to run on, was lenient where leniency is
+ * a request-smuggling risk: it took
  * the first of two Content-Length headers, "Transfer-Encoding : chunked"
  * (a space before the colon), "identity, chunked" as no body, "+2" as a
  * length, HTTP/1.1 without Host, spaces inside the target; it answers
- * "HTTP/1.7" in kind and refuses some requests with HTML pages. So every
- * byte a client sends goes through this state machine first (lib/http_conn.c
- * feeds it from the connection's input buffer); evhttp only ever parses
- * what passed it. A refusal carries the status and a reason, and the
+ * "HTTP/1.7" in kind and refused some requests with HTML pages. So every
+ * byte a client sends goes through this state machine (lib/http_conn.c
+ * feeds it from the connection's input buffer); a request is parsed only
+ * once it passed. A refusal carries the status and a reason, and the
  * connection is answered in the contract's JSON shape and closed.
  *
  *   400  malformed request line, target (a byte outside RFC 3986, a % not
@@ -18,14 +20,14 @@
  *        Transfer-Encoding other than exactly "chunked", or repeated, or
  *        with Content-Length, or in an HTTP/1.0 request; HTTP/1.1 without
  *        exactly one Host; an invalid chunk size or chunk framing (chunk
- *        extensions are accepted); a body with HEAD or TRACE (evhttp
- *        would read it as the next request); an empty line before the
+ *        extensions are accepted); a body with HEAD or TRACE (a proxy
+ *        in front may read it as the next request); an empty line before the
  *        request line
  *   413  a declared Content-Length, or the chunks so far, over the body
  *        limit: refused before the body is read
  *   417  an Expect other than 100-continue
  *   431  a request line and headers over the head limit
- *   501  a method evhttp does not know (it would answer HTML)
+ *   501  an unknown method
  *   505  an HTTP major version other than 1
  *
  * Pure: no I/O, no allocation; each connection holds one http_frame. The
@@ -90,8 +92,9 @@ void http_frame_init(http_frame *f, size_t max_head, size_t max_body);
 size_t http_frame_feed(http_frame *f, const char *p, size_t n);
 
 /* The same, also copying the bytes to out (room for n) without the chunk
- * extensions, which evhttp 2.1 cannot parse (they are valid, and carry
- * nothing we use); *kept is how many were copied. */
+ * extensions (valid, and carrying nothing we use); *kept is how many were
+ * copied. The server no longer needs it (it decodes chunks itself); the
+ * fuzz target still checks that stripping them moves no request boundary. */
 size_t http_frame_feed_copy(http_frame *f, const char *p, size_t n, char *out, size_t *kept);
 
 /* The same, stopping right after the end of one message: *ended is then

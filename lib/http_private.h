@@ -2,7 +2,7 @@
  * the public side). Not for services.
  *
  *   http.c         the server's lifecycle (new, listen, drain, free) and
- *                  dispatch: every request from evhttp to its handler
+ *                  dispatch: every request from its connection to its handler
  *   http_route.c   the route trie: registration and matching
  *   http_conn.c    connections: adoption, the read deadline, closing
  *   http_answer.c  the answer path: send, hold for group commit, errors,
@@ -12,7 +12,7 @@
  *
  * Ownership. The server owns its route trie, connections (http_conn, from
  * adoption until libevent's close callback) and its pool of http_req; an
- * http_req is owned by the server from evhttp's callback until it is
+ * http_req is owned by the server from its arrival until it is
  * released (answered AND replied AND its handler returned); everything a
  * request derives lives in its arena and dies with it. */
 #ifndef CARSHARE_HTTP_PRIVATE_H
