@@ -35,6 +35,7 @@
 #include <jansson.h>
 
 struct event_base;
+struct evbuffer;
 
 typedef struct http_server http_server;
 typedef struct http_req http_req;
@@ -219,6 +220,19 @@ const char *http_reason(int status);
  * and httpc.c. */
 struct bufferevent;
 void http_write_now(struct bufferevent *bev);
+
+/* ---- writing a message head (the server's answers, httpc's requests) ----
+ * Lines are gathered in one stack buffer and added to `out` with one
+ * evbuffer_add at http_head_end (a head larger than the buffer goes out
+ * in pieces). Set out and n = 0 first. */
+typedef struct http_head_buf {
+    struct evbuffer *out;
+    size_t n;
+    char text[2048];
+} http_head_buf;
+void http_head_put(http_head_buf *b, const char *p, size_t len);
+void http_head_field(http_head_buf *b, const char *name, const char *value);   /* "name: value\r\n" */
+void http_head_end(http_head_buf *b);
 
 /* ---- group commit, as HTTP sees it ----
  *

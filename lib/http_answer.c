@@ -352,15 +352,9 @@ void http_send_held_answer(void *arg)
 
 /* ---- the answer's head ---- */
 
-/* The head is built in one stack buffer and added with one evbuffer_add;
- * a head larger than that (huge headers) goes out in pieces. */
-typedef struct head_buf {
-    struct evbuffer *out;
-    size_t n;
-    char text[2048];
-} head_buf;
+/* ---- message heads (http.h: http_head_buf) ---- */
 
-static void head_put(head_buf *h, const char *p, size_t len)
+void http_head_put(http_head_buf *h, const char *p, size_t len)
 {
     if (h->n + len > sizeof h->text) {
         evbuffer_add(h->out, h->text, h->n);
@@ -374,12 +368,18 @@ static void head_put(head_buf *h, const char *p, size_t len)
     h->n += len;
 }
 
-static void head_field(head_buf *h, const char *name, const char *value)
+void http_head_field(http_head_buf *h, const char *name, const char *value)
 {
-    head_put(h, name, strlen(name));
-    head_put(h, ": ", 2);
-    head_put(h, value, strlen(value));
-    head_put(h, "\r\n", 2);
+    http_head_put(h, name, strlen(name));
+    http_head_put(h, ": ", 2);
+    http_head_put(h, value, strlen(value));
+    http_head_put(h, "\r\n", 2);
+}
+
+void http_head_end(http_head_buf *h)
+{
+    evbuffer_add(h->out, h->text, h->n);
+    h->n = 0;
 }
 
 static bool name_is(const char *name, const char *what)
@@ -413,7 +413,7 @@ static bool written_by_server(const char *name, bool own_type, bool own_length)
     }
 }
 
-static void put_status_line(head_buf *h, int status)
+static void put_status_line(http_head_buf *h, int status)
 {
     char line[64];
     int code = status >= 100 && status <= 999 ? status : 500;
@@ -427,7 +427,7 @@ static void put_status_line(head_buf *h, int status)
     if (rlen > sizeof line - 16) rlen = sizeof line - 16;
     memcpy(line + 13, reason, rlen);
     memcpy(line + 13 + rlen, "\r\n", 2);
-    head_put(h, line, 15 + rlen);
+    http_head_put(h, line, 15 + rlen);
 }
 
 /* Writes status line and headers into out. Answers always carry the
@@ -435,7 +435,7 @@ static void put_status_line(head_buf *h, int status)
 static void write_head(http_req *r, struct evbuffer *out, int status, const char *content_type,
                        size_t body_len, bool close_after)
 {
-    head_buf h;
+    http_head_buf h;
     h.out = out;
     h.n = 0;
     put_status_line(&h, status);
@@ -449,27 +449,27 @@ static void write_head(http_req *r, struct evbuffer *out, int status, const char
         if (written_by_server(x->name, content_type != NULL, true) ||
             replaced_by_server(r->server, x->name))
             continue;
-        head_field(&h, x->name, x->value);
+        http_head_field(&h, x->name, x->value);
     }
     if (content_type)
-        head_field(&h, "Content-Type", content_type);
-    head_field(&h, "X-Request-Id", r->id);
+        http_head_field(&h, "Content-Type", content_type);
+    http_head_field(&h, "X-Request-Id", r->id);
     for (const http_header *a = r->server ? r->server->answer_headers : NULL; a; a = a->next)
-        head_field(&h, a->name, a->value);
+        http_head_field(&h, a->name, a->value);
     if (has_body) {
         char len[24];
         snprintf(len, sizeof len, "%zu", body_len);
         /* HEAD: the length the GET would have (the handler's, when it knows
          * it better: a proxied HEAD, whose body is empty here only). */
-        head_field(&h, "Content-Length", handler_length ? handler_length : len);
+        http_head_field(&h, "Content-Length", handler_length ? handler_length : len);
     }
-    head_field(&h, "Date", date_text());
+    http_head_field(&h, "Date", date_text());
     if (close_after)
-        head_put(&h, "Connection: close\r\n", 19);
+        http_head_put(&h, "Connection: close\r\n", 19);
     else if (r->minor == 0)
-        head_put(&h, "Connection: keep-alive\r\n", 24);
-    head_put(&h, "\r\n", 2);
-    evbuffer_add(out, h.text, h.n);
+        http_head_put(&h, "Connection: keep-alive\r\n", 24);
+    http_head_put(&h, "\r\n", 2);
+    http_head_end(&h);
 }
 
 /* True when the answer is held; false: send it now. */
@@ -583,25 +583,11 @@ static bool reply_claim(http_req *r)
 
 /* ---- the http_reply_* functions ---- */
 
-/* A header name is a token and a value holds no CR, LF or NUL (nor other
- * controls but tab): a handler copying client input into a header cannot
- * split the answer. Others are dropped, and said. */
-static bool header_acceptable(const char *name, const char *value)
-{
-    if (!*name)
-        return false;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        if (*p <= ' ' || *p >= 0x7f || *p == ':')
-            return false;
-    size_t len = strlen(value);
-    return http_field_run(value, len) == len;
-}
-
 void http_set_header(http_req *r, const char *name, const char *value)
 {
     if (r->answered || !name || !value)
         return;
-    if (!header_acceptable(name, value)) {
+    if (!http_field_valid(name, value)) {    /* a handler copying client input cannot split the answer */
         log_warn("msg=\"answer header dropped: not a valid field\" req=%s", r->id);
         return;
     }

@@ -425,6 +425,17 @@ static void chunk_byte(http_frame *f, unsigned char c)
  * tab): the run a value's tight loop skips. A header value is most of a
  * request's head (a bearer token is hundreds of bytes), so it is scanned
  * 16 bytes at a time where SSE2 is there (every x86-64). */
+bool http_field_valid(const char *name, const char *value)
+{
+    if (!*name)
+        return false;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (!is_tchar(*p))
+            return false;
+    size_t len = strlen(value);
+    return http_field_run(value, len) == len;
+}
+
 size_t http_field_run(const char *p, size_t n)
 {
     size_t i = 0;

@@ -111,6 +111,11 @@ bool http_frame_in_body(const http_frame *f);
  * tab), 16 at a time where SSE2 is there: for anyone checking a value. */
 size_t http_field_run(const char *p, size_t n);
 
+/* A header the server or the client writes: the name a token, the value
+ * field bytes only (no CR, LF or other control but tab), so that a value
+ * copied from input can never split the message. Others are left out. */
+bool http_field_valid(const char *name, const char *value);
+
 /* True between two requests (nothing of a next one received yet). */
 bool http_frame_idle(const http_frame *f);
 

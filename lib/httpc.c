@@ -217,20 +217,6 @@ static bool header_is_ours(const char *key)
     return false;
 }
 
-/* A name that is a token and a value without CR, LF or other controls but
- * tab: a caller's header can never split the request (others are left
- * out, as evhttp_add_header did). */
-static bool header_writable(const char *name, const char *value)
-{
-    if (!*name)
-        return false;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        if (*p <= ' ' || *p >= 0x7f || *p == ':')
-            return false;
-    size_t len = strlen(value);
-    return http_field_run(value, len) == len;
-}
-
 static void export_outcome(httpc *c, httpc_call *hc, httpc_result result, int status,
                            unsigned long long elapsed_ms)
 {
@@ -358,7 +344,7 @@ static bool call_copy_request(httpc_call *hc, const httpc_request *call)
         TAILQ_FOREACH(h, call->headers, next) {
             if (header_is_ours(h->key) || strcasecmp(h->key, "Content-Type") == 0 ||
                 (has_rid && strcasecmp(h->key, "X-Request-Id") == 0) ||
-                !header_writable(h->key, h->value))
+                !http_field_valid(h->key, h->value))
                 continue;
             n = strlen(h->key) + 1;
             memcpy(mem + at, h->key, n);
@@ -608,63 +594,35 @@ void httpc_attempt_connected(httpc_slot *slot)
     timer_arm_until(hc, hc->deadline_ms);
 }
 
+static void req_str(http_head_buf *b, const char *s)
+{
+    http_head_put(b, s, strlen(s));
+}
+
 /* The request, built in one buffer and added to the output at once. */
-typedef struct req_buf {
-    struct evbuffer *out;
-    size_t n;
-    char text[2048];
-} req_buf;
-
-static void req_put(req_buf *b, const char *p, size_t len)
-{
-    if (b->n + len > sizeof b->text) {
-        evbuffer_add(b->out, b->text, b->n);
-        b->n = 0;
-        if (len > sizeof b->text) {
-            evbuffer_add(b->out, p, len);
-            return;
-        }
-    }
-    memcpy(b->text + b->n, p, len);
-    b->n += len;
-}
-
-static void req_str(req_buf *b, const char *s)
-{
-    req_put(b, s, strlen(s));
-}
-
-static void req_field(req_buf *b, const char *name, const char *value)
-{
-    req_str(b, name);
-    req_put(b, ": ", 2);
-    req_str(b, value);
-    req_put(b, "\r\n", 2);
-}
-
 static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
 {
     httpc *c = hc->client;
-    req_buf b;
+    http_head_buf b;
     b.out = bufferevent_get_output(slot->bev);
     b.n = 0;
     req_str(&b, hc->method_name);
-    req_put(&b, " ", 1);
+    http_head_put(&b, " ", 1);
     req_str(&b, hc->mem + hc->uri_off);
-    req_put(&b, " HTTP/1.1\r\n", 11);
-    req_field(&b, "Host", c->host_header);
-    req_field(&b, "Connection", slot->keep_alive ? "keep-alive" : "close");
+    http_head_put(&b, " HTTP/1.1\r\n", 11);
+    http_head_field(&b, "Host", c->host_header);
+    http_head_field(&b, "Connection", slot->keep_alive ? "keep-alive" : "close");
     if (hc->has_rid)
-        req_field(&b, "X-Request-Id", hc->mem + hc->rid_off);
+        http_head_field(&b, "X-Request-Id", hc->mem + hc->rid_off);
     const char *credentials = c->auth ? c->auth(c->auth_arg) : NULL;
-    if (credentials && header_writable("Authorization", credentials))
-        req_field(&b, "Authorization", credentials);
+    if (credentials && http_field_valid("Authorization", credentials))
+        http_head_field(&b, "Authorization", credentials);
 
     const char *p = hc->mem + hc->hdr_off;
     for (int i = 0; i < hc->hdr_count; i++) {
         const char *key = p;
         const char *value = key + strlen(key) + 1;
-        req_field(&b, key, value);      /* checked when copied: no injection */
+        http_head_field(&b, key, value);      /* checked when copied: no injection */
         p = value + strlen(value) + 1;
     }
 
@@ -673,12 +631,12 @@ static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
     if (hc->body_len > 0 || body_method) {
         char length[24];
         snprintf(length, sizeof length, "%zu", hc->body_len);
-        req_field(&b, "Content-Length", length);
+        http_head_field(&b, "Content-Length", length);
         if (hc->body_len > 0)
-            req_field(&b, "Content-Type", hc->mem + hc->ctype_off);
+            http_head_field(&b, "Content-Type", hc->mem + hc->ctype_off);
     }
-    req_put(&b, "\r\n", 2);
-    evbuffer_add(b.out, b.text, b.n);
+    http_head_put(&b, "\r\n", 2);
+    http_head_end(&b);
     if (hc->body_len > 0)
         evbuffer_add(b.out, hc->mem + hc->body_off, hc->body_len);
 }
