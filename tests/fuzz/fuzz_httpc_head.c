@@ -59,7 +59,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (h.status < 100 || h.status > 999 || h.count > FIELDS_MAX)
         fail("accepted a status out of range", data, size);
-    size_t cap = len + 64;
+    /* Written again, a field may grow by the ": " after its colon and the
+     * status line by its reason phrase: room for both, per field. */
+    size_t cap = len + 64 + 4 * (size_t)h.count;
     char *again = malloc(cap);
     int n = snprintf(again, cap, "HTTP/1.%d %03d R\r\n", h.minor, h.status);
     for (int i = 0; i < h.count; i++) {
