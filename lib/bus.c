@@ -8,7 +8,8 @@
  * Threads. The event loop never makes a NATS call that can block. Three
  * kinds of worker do:
  *  - the relay thread (outbox.c) owns the connection's life: it connects
- *    (bus_connect: in the background, retrying for ever), creates or
+ *    (bus_connect: retrying with a jittered pause of at most a second
+ *    until nats-server answers; see "Connecting" below), creates or
  *    updates the stream and the durable consumer after every
  *    (re)connection (bus_setup_stream), and drains the outbox through its
  *    own SQLite connection.
@@ -107,6 +108,17 @@ struct timespec bus_deadline_in(long ms)
     return ts;
 }
 
+bool bus_pause_unless_stopping(bus *b, long ms)
+{
+    struct timespec deadline = bus_deadline_in(ms);
+    pthread_mutex_lock(&b->mu);
+    while (!b->stopping && !bus_deadline_passed(&deadline))
+        pthread_cond_timedwait(&b->cond, &b->mu, &deadline);
+    bool go_on = !b->stopping;
+    pthread_mutex_unlock(&b->mu);
+    return go_on;
+}
+
 bool bus_is_stopping(bus *b)
 {
     pthread_mutex_lock(&b->mu);
@@ -156,13 +168,6 @@ void bus_request_setup(bus *b)
     b->need_setup = true;
     pthread_cond_broadcast(&b->cond);
     pthread_mutex_unlock(&b->mu);
-}
-
-static void on_connected(natsConnection *nc, void *arg)
-{
-    (void)nc;
-    log_info("msg=\"bus connected\"");
-    bus_request_setup(arg);
 }
 
 static void on_reconnected(natsConnection *nc, void *arg)
@@ -219,38 +224,89 @@ static natsStatus set_servers(natsOptions *o, const char *url)
     return natsOptions_SetServers(o, list, n);   /* copies the strings */
 }
 
-/* Starts connecting; returns the connection (maybe not connected yet). */
-natsConnection *bus_connect(bus *b)
+/* Connecting. The relay makes the first connection itself, one
+ * synchronous attempt at a time (it is a worker thread: it may block), and
+ * pauses between attempts for a jittered time that doubles from
+ * CONNECT_PAUSE_FIRST_MS up to CONNECT_PAUSE_MAX_MS: a service started
+ * before nats-server, or while it is too loaded to answer, is connected
+ * within about a second of the server answering, and replicas started
+ * together do not retry in step. Until then the bus is not ready
+ * (/health/ready: 503). Once connected, nats.c reconnects by itself for
+ * ever (MaxReconnect -1, every RECONNECT_WAIT_MS plus its default jitter
+ * of up to 100 ms).
+ *
+ * nats.c's own retry of a failed first connect
+ * (natsOptions_SetRetryOnFailedConnect) is not used: in nats.c before
+ * 3.12 (Debian ships 3.4.1), a first attempt whose TCP connect succeeds
+ * but whose handshake does not (the server accepts but does not send INFO
+ * and PONG within the timeout: overloaded, or stopped) clears the
+ * connection's current server, and the reconnect thread it then starts
+ * finds "no server" and closes the connection for good (nats.c commit
+ * 77843e72, "Reconnecting after _processConnInit error on first
+ * connection"). The relay kept that closed connection, so the service
+ * was never ready: e2e tests under load failed waiting for it, and
+ * test_events' frozen-server case reproduces it. */
+#define CONNECT_TIMEOUT_MS     2000    /* TCP connect and the INFO/CONNECT/PONG handshake */
+#define CONNECT_PAUSE_FIRST_MS 50
+#define CONNECT_PAUSE_MAX_MS   1000
+#define RECONNECT_WAIT_MS      250
+#define CONNECT_LOG_EVERY      30      /* attempts: about every 30 s once at the cap */
+
+long bus_connect_pause_ms(int attempt, unsigned *seed)
+{
+    long ms = CONNECT_PAUSE_FIRST_MS;
+    for (int i = 0; i < attempt && ms < CONNECT_PAUSE_MAX_MS; i++) ms *= 2;
+    if (ms > CONNECT_PAUSE_MAX_MS) ms = CONNECT_PAUSE_MAX_MS;
+    return ms / 2 + (long)(rand_r(seed) % (unsigned)(ms / 2 + 1));     /* [ms/2, ms] */
+}
+
+/* One attempt. NATS_OK: *out is connected. */
+static natsStatus connect_once(bus *b, natsConnection **out)
 {
     natsOptions *o = NULL;
-    natsConnection *nc = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK) s = set_servers(o, b->url);
     if (s == NATS_OK) s = natsOptions_SetName(o, b->service);
     if (s == NATS_OK && b->user) s = natsOptions_SetUserInfo(o, b->user, b->password);
     if (s == NATS_OK && b->inbox_prefix) s = natsOptions_SetCustomInboxPrefix(o, b->inbox_prefix);
-    if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, b);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, -1);
-    if (s == NATS_OK) s = natsOptions_SetReconnectWait(o, 250);
-    if (s == NATS_OK) s = natsOptions_SetTimeout(o, 2000);
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(o, RECONNECT_WAIT_MS);
+    if (s == NATS_OK) s = natsOptions_SetTimeout(o, CONNECT_TIMEOUT_MS);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(o, on_disconnected, b);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, on_reconnected, b);
     if (s == NATS_OK) s = natsOptions_SetClosedCB(o, on_closed, b);
-    if (s == NATS_OK) s = natsConnection_Connect(&nc, o);
+    if (s == NATS_OK) s = natsConnection_Connect(out, o);
     natsOptions_Destroy(o);
-    if (s == NATS_OK) {
-        /* Connected at once: the relay sets up next, as after any first connect. */
-        log_info("msg=\"bus connected\" url=%s", b->url);
-    } else if (s == NATS_NOT_YET_CONNECTED) {
-        log_warn("msg=\"nats-server not reachable yet: will keep trying\" url=%s", b->url);
-    } else {
-        char e[256];
-        log_error("msg=\"cannot create the bus connection\" url=%s error=%s", b->url,
-                  bus_nats_error_text(s, 0, e, sizeof e));
-        natsConnection_Destroy(nc);
-        return NULL;
+    if (s != NATS_OK) {
+        natsConnection_Destroy(*out);      /* a failed connect may still hand one back */
+        *out = NULL;
     }
-    return nc;
+    return s;
+}
+
+/* Connects, retrying until connected; NULL only when the bus is stopping. */
+natsConnection *bus_connect(bus *b)
+{
+    /* Per thread and per process: replicas must not draw the same pauses. */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    unsigned seed = ((unsigned)getpid() * 2654435761u) ^ (unsigned)now.tv_nsec;
+    double start = bus_now_seconds();
+    char e[256];
+    for (int attempt = 0;; attempt++) {
+        if (bus_is_stopping(b)) return NULL;
+        natsConnection *nc = NULL;
+        natsStatus s = connect_once(b, &nc);
+        if (s == NATS_OK) {
+            log_info("msg=\"bus connected\" url=%s attempts=%d waited_ms=%.0f", b->url,
+                     attempt + 1, (bus_now_seconds() - start) * 1000);
+            return nc;
+        }
+        if (attempt % CONNECT_LOG_EVERY == 0)
+            log_warn("msg=\"cannot reach nats-server yet: retrying\" url=%s attempts=%d error=%s",
+                     b->url, attempt + 1, bus_nats_error_text(s, 0, e, sizeof e));
+        if (!bus_pause_unless_stopping(b, bus_connect_pause_ms(attempt, &seed))) return NULL;
+    }
 }
 
 /* The subjects a service's consumer asks for. A service that handles one

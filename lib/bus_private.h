@@ -148,13 +148,18 @@ struct bus {
 bool bus_deadline_passed(const struct timespec *deadline);
 struct timespec bus_deadline_in(long ms);
 bool bus_is_stopping(bus *b);
+/* Sleeps up to ms unless stopping; returns false when stopping. */
+bool bus_pause_unless_stopping(bus *b, long ms);
 double bus_now_seconds(void);
 const char *bus_nats_error_text(natsStatus s, jsErrCode jerr, char *buf, size_t len);
 bool bus_valid_event_type(const char *t);
 
-/* bus.c: the connection (run by the relay thread). */
+/* bus.c: the connection (run by the relay thread). bus_connect retries
+ * until connected, pausing bus_connect_pause_ms(attempt) between attempts
+ * (jittered with seed, at most a second); NULL only when stopping. */
 void bus_request_setup(bus *b);
 natsConnection *bus_connect(bus *b);
+long bus_connect_pause_ms(int attempt, unsigned *seed);
 bool bus_setup_stream(bus *b, jsCtx *js);
 /* outbox.c: the loop's deletion of published rows (the trim event's
  * callback), and the same at once (bus_stop, after the relay stopped). */

@@ -53,18 +53,6 @@
 
 /* ---- small helpers ---- */
 
-/* Sleeps up to ms unless stopping; returns false when stopping. */
-static bool pause_unless_stopping(bus *b, long ms)
-{
-    struct timespec deadline = bus_deadline_in(ms);
-    pthread_mutex_lock(&b->mu);
-    while (!b->stopping && !bus_deadline_passed(&deadline))
-        pthread_cond_timedwait(&b->cond, &b->mu, &deadline);
-    bool go_on = !b->stopping;
-    pthread_mutex_unlock(&b->mu);
-    return go_on;
-}
-
 /* The Prometheus label for an event type chosen by whoever published:
  * only names that are safe inside a label value, else "other". */
 static void event_label(const char *event_type, char *out, size_t len)
@@ -771,7 +759,7 @@ void *consumer_fetch_main(void *arg)
                     log_warn("msg=\"cannot bind to the consumer: retrying\" consumer=%s error=%s",
                              b->durable, bus_nats_error_text(s, jerr, e, sizeof e));
                 if (errors % 5 == 0) bus_request_setup(b);
-                pause_unless_stopping(b, 500);
+                bus_pause_unless_stopping(b, 500);
                 continue;
             }
         }
@@ -779,7 +767,7 @@ void *consumer_fetch_main(void *arg)
         if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
             /* A pull request now would wait in the reconnect buffer and
              * be served with the backlog at the reconnect (see above). */
-            pause_unless_stopping(b, 100);
+            bus_pause_unless_stopping(b, 100);
             continue;
         }
         struct pull p = {0};
@@ -801,7 +789,7 @@ void *consumer_fetch_main(void *arg)
                 sub = NULL;
                 bus_request_setup(b);
             }
-            pause_unless_stopping(b, errors < 10 ? 100L * errors : 1000);
+            bus_pause_unless_stopping(b, errors < 10 ? 100L * errors : 1000);
             continue;
         }
         errors = 0;

@@ -477,10 +477,8 @@ void *outbox_relay_main(void *arg)
             if (!b->db) sqlite3_busy_timeout(store_db(rs), 5000);
         }
         if (!nc) {
-            if (!(nc = bus_connect(b))) {
-                delay = 1000;
-                continue;
-            }
+            /* Blocks until connected (bus.c: jittered retries); NULL: stopping. */
+            if (!(nc = bus_connect(b))) continue;
             pthread_mutex_lock(&b->mu);
             b->nc = nc;
             pthread_cond_broadcast(&b->cond);

@@ -7,6 +7,8 @@ Real binaries (payment, order, delivery, customerpage) and a real nats-server on
   - delivery stopped or frozen: rentals are still accepted, and all are shipped once it is back;
   - nats-server stopped: rentals and cancellations still succeed, their events wait in the
     outboxes and flow once it is back (readiness reports the bus meanwhile);
+  - services started while nats-server accepts connections but does not answer (frozen): not
+    ready meanwhile, ready and serving rentals once it answers;
   - a cancellation: delivery DeliveryCancelled, exactly one refund, the page shows
     PaymentCancelled with the full history; repeats change nothing;
   - kill -9 of delivery and of customerpage in the middle of a backlog: after restart nothing is
@@ -272,6 +274,39 @@ def test_bus_down_outbox_drains():
                                      [h["status"] for h in page(s, o["id"])["history"]])
         check(stream_count(s, "Shipped") == 1 + len(kept) + shipped_then_cancelled,
               "Shipped events in the stream do not match the shipments")
+
+
+def test_services_start_while_nats_does_not_answer():
+    """nats-server frozen (SIGSTOP) before the services start, as an overloaded server: it accepts
+    their connections but never answers, so each one's first connection times out. With nats.c's
+    retry on a failed first connect, that connection was closed for good and the service never
+    became ready (lib/bus.c, "Connecting"). Each must say it is not ready while nats-server does
+    not answer, and be ready and serve a rental end to end once it does."""
+    s = system()
+    try:
+        s.make_keys()
+        s.start_nats()
+        s.freeze("nats")
+        for name in SERVICES:
+            s.start(name, wait_ready=False)
+        for name in SERVICES:
+            wait_for(lambda: "cannot reach nats-server yet" in s.log(name), WAIT,
+                     name + "'s first connection to time out")
+            code, text = ready_status(s, name)
+            check(code == 503 and "bus_connected" in text,
+                  "%s ready before its bus is connected: %d %s" % (name, code, text))
+        s.thaw("nats")
+        for name in SERVICES:
+            s.wait_ready(name, WAIT)
+        o = rent(s)
+        p = wait_page(s, o["id"], "Shipped", 3)
+        check_history(p, ["Paid", "OrderApproved", "Shipped"])
+        wait_delivery(s, o["id"], "Shipped")
+    except BaseException:
+        s.failed = s.closing_after_error = True
+        raise
+    finally:
+        s.close()
 
 
 def refunds_of(s, order_id):
