@@ -108,11 +108,14 @@ static void conn_close_soon(http_conn *c)
 /* A connection is idle when it has served a request (one accepted but
  * with no request yet is "fresh": the drain waits for it) and nothing of
  * it is being handled, held for group commit or written out, and no byte
- * of a next request has arrived. The drain's end closes those (http.c). */
+ * of a next request has arrived (empty lines before one are skipped, so a
+ * client that ends a POST with an extra CRLF is idle too). The drain's end
+ * closes those (http.c). */
 static bool conn_idle(const http_conn *c)
 {
     return !c->fresh && !c->busy && !c->waiting && !c->unflushed && !c->held && !c->closing &&
-           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+           evbuffer_get_length(bufferevent_get_input(c->bev)) == c->fed &&
+           http_frame_idle(&c->frame);
 }
 
 int http_server_close_idle(http_server *s)
@@ -324,6 +327,10 @@ static void conn_process(http_conn *c)
         if (c->fresh) {     /* a drain no longer waits for it to say something */
             c->fresh = false;
             s->fresh--;
+        }
+        if (c->frame.last.lead_len) {   /* empty lines before it: skipped */
+            evbuffer_drain(input, c->frame.last.lead_len);
+            c->fed -= c->frame.last.lead_len;
         }
         http_req *r = http_req_acquire(s);
         const char *raw_path = "/";

@@ -8,9 +8,16 @@
  *   field-line   = field-name ":" OWS field-value OWS CRLF   (no obs-fold)
  *   chunk        = chunk-size [ BWS ";" chunk-ext ] CRLF chunk-data CRLF
  *   last-chunk   = 1*"0" [ chunk-ext ] CRLF, then trailer fields, CRLF
- * An empty line before a request line is refused, where RFC 9112 2.2 says
- * a server SHOULD skip it: evhttp 2.1 answers it with an HTML 400, and
- * skipping it would mean rewriting the input of every read. */
+ *
+ * Empty lines before a request line (RFC 9112 2.2: a server SHOULD ignore
+ * at least one; some clients send a CRLF after a POST body) are skipped,
+ * up to HTTP_FRAME_EMPTY_LINES_MAX of them: a client that sends nothing
+ * else is refused rather than served for ever (they count against the
+ * head limit and the connection's read deadline runs meanwhile, too).
+ * They must be CRLF: 2.2 also lets a recipient take a bare LF as a line
+ * end, but nowhere else in a request does this parser, since a proxy in
+ * front that reads line ends differently is how requests are smuggled, so
+ * a bare LF (or a bare CR) there is refused like anywhere else. */
 #include "http_frame.h"
 
 #include <stddef.h>
@@ -21,7 +28,7 @@
 #endif
 
 enum {
-    S_START, S_METHOD, S_TARGET_FIRST, S_TARGET, S_VERSION, S_MAJOR, S_DOT, S_MINOR,
+    S_START, S_START_LF, S_METHOD, S_TARGET_FIRST, S_TARGET, S_VERSION, S_MAJOR, S_DOT, S_MINOR,
     S_LINE_CR, S_LINE_LF, S_FIELD_START, S_NAME, S_OWS, S_VALUE, S_VALUE_LF, S_HEAD_END_LF,
     S_BODY, S_CHUNK_SIZE, S_CHUNK_BWS, S_CHUNK_EXT, S_CHUNK_SIZE_LF, S_CHUNK_DATA,
     S_CHUNK_DATA_CR, S_CHUNK_DATA_LF, S_TRAILER_START, S_TRAILER_NAME, S_TRAILER_VALUE,
@@ -102,7 +109,7 @@ void http_frame_init(http_frame *f, size_t max_head, size_t max_body)
 
 bool http_frame_idle(const http_frame *f)
 {
-    return f->state == S_START && f->head_len == 0;
+    return f->state == S_START || f->state == S_START_LF;
 }
 
 /* What the reader of a whole message needs (http_frame_feed_message),
@@ -112,7 +119,9 @@ static void message_done(http_frame *f)
     f->requests++;
     if (!f->head_seen)
         f->message_head_len = f->head_len;
-    f->last = (http_frame_message){ .head_len = f->message_head_len, .chunked = f->chunked,
+    size_t lead = 2 * (size_t)f->empty_lines;
+    f->last = (http_frame_message){ .lead_len = lead, .head_len = f->message_head_len - lead,
+                                    .chunked = f->chunked,
                                     .minor = f->minor, .length = f->chunked ? f->body_seen
                                                                             : f->length_declared };
     f->ended = true;
@@ -224,6 +233,8 @@ static void head_byte(http_frame *f, unsigned char c)
         return refuse(f, 431, "the request line and headers are larger than the limit");
     switch (f->state) {
     case S_START:
+        if (c == '\r') { f->state = S_START_LF; return; }
+        if (c == '\n') return refuse(f, 400, "a LF without CR");
         if (!is_tchar(c)) return refuse(f, 400, "malformed request line");
         f->state = S_METHOD;
         /* fall through */
@@ -237,6 +248,12 @@ static void head_byte(http_frame *f, unsigned char c)
         if (!is_tchar(c)) return refuse(f, 400, "malformed method");
         if (f->token_len + 1 >= sizeof f->method) return refuse(f, 501, "unknown method");
         f->method[f->token_len++] = (char)c;
+        return;
+    case S_START_LF:
+        if (c != '\n') return refuse(f, 400, "a CR without LF");
+        if (++f->empty_lines > HTTP_FRAME_EMPTY_LINES_MAX)
+            return refuse(f, 400, "too many empty lines before the request line");
+        f->state = S_START;
         return;
     case S_TARGET_FIRST:
         if (c != '/' && c != '*' && (c | 0x20) != 'h')

@@ -21,8 +21,10 @@
  *        with Content-Length, or in an HTTP/1.0 request; HTTP/1.1 without
  *        exactly one Host; an invalid chunk size or chunk framing (chunk
  *        extensions are accepted); a body with HEAD or TRACE (a proxy
- *        in front may read it as the next request); an empty line before the
- *        request line
+ *        in front may read it as the next request); more than
+ *        HTTP_FRAME_EMPTY_LINES_MAX empty lines (CRLF) before a request
+ *        line, or a bare LF or CR there (fewer CRLFs are skipped, RFC 9112
+ *        2.2; http_frame_message.lead_len counts them)
  *   413  a declared Content-Length, or the chunks so far, over the body
  *        limit: refused before the body is read
  *   417  an Expect other than 100-continue
@@ -39,9 +41,14 @@
 #include <stddef.h>
 
 #define HTTP_FRAME_VALUE_MAX 64     /* bytes kept of a header value we read */
+/* Empty lines skipped before a request line: the one RFC 9112 2.2 asks
+ * for, with room to spare, and few enough that a client sending only
+ * CRLFs is refused at once. */
+#define HTTP_FRAME_EMPTY_LINES_MAX 8
 
 /* The message that just ended (http_frame_feed_message). */
 typedef struct http_frame_message {
+    size_t lead_len;                /* empty lines skipped before it (CRLFs) */
     size_t head_len;                /* request line, fields and the empty line */
     bool chunked;                   /* the body follows in chunks (to decode) */
     int minor;                      /* HTTP/1.<minor> */
@@ -59,6 +66,7 @@ typedef struct http_frame {
     /* machine state (http_frame.c) */
     int state;
     size_t head_len;                /* bytes of the current head so far */
+    int empty_lines;                /* CRLFs skipped before its request line */
     size_t token_len;               /* method, name or value bytes so far */
     char method[16];
     char path[128];                 /* the target up to '?', cut: for the error's "path" */
@@ -99,7 +107,8 @@ size_t http_frame_feed_copy(http_frame *f, const char *p, size_t n, char *out, s
 
 /* The same, stopping right after the end of one message: *ended is then
  * true and f->last describes it (the bytes of that message are the ones
- * fed since the previous end). The server's reader (http_conn.c) feeds
+ * fed since the previous end: f->last.lead_len of skipped empty lines,
+ * then the head and the body). The server's reader (http_conn.c) feeds
  * this way, so it knows where each pipelined request ends. */
 size_t http_frame_feed_message(http_frame *f, const char *p, size_t n, bool *ended);
 
@@ -116,7 +125,8 @@ size_t http_field_run(const char *p, size_t n);
  * copied from input can never split the message. Others are left out. */
 bool http_field_valid(const char *name, const char *value);
 
-/* True between two requests (nothing of a next one received yet). */
+/* True between two requests (nothing of a next one received yet but
+ * empty lines, which are skipped). */
 bool http_frame_idle(const http_frame *f);
 
 #endif

@@ -124,6 +124,10 @@ CASES = [
      400),
     ("obs-fold", "GET /cars HTTP/1.1\r\n" + H + "X-A: b\r\n c\r\n\r\n", 400),
     ("bare LF line ends", "GET /cars HTTP/1.1\nHost: x\n\n", 400),
+    ("a bare LF before the request line", "\nGET /cars HTTP/1.1\r\n" + H + "\r\n", 400),
+    ("a bare CR before the request line", "\rGET /cars HTTP/1.1\r\n" + H + "\r\n", 400),
+    ("a line of spaces before the request line", "\r\n  \r\nGET /cars HTTP/1.1\r\n" + H + "\r\n", 400),
+    ("only empty lines, more than 8", "\r\n" * 9, 400),
     ("bare CR in a value", "GET /cars HTTP/1.1\r\n" + H + "X-A: a\rb\r\n\r\n", 400),
     ("NUL in a value", "GET /cars HTTP/1.1\r\n" + H + "X-A: a\x00b\r\n\r\n", 400),
     ("NUL in the target", "GET /cars\x00 HTTP/1.1\r\n" + H + "\r\n", 400),
@@ -158,6 +162,25 @@ def test_framing_cases_are_refused_in_json_and_closed():
                     raise AssertionError("%s, %s: %s" % (name, what, e))
             # The process is fine afterwards.
             ok(port, "GET /cars HTTP/1.1\r\n" + H + "Connection: close\r\n\r\n")
+
+
+def test_empty_lines_before_a_request_line_are_skipped():
+    """RFC 9112 2.2: a server SHOULD ignore at least one empty line (CRLF) before a request line;
+    up to 8 are skipped, before the first request and between keep-alive ones (the CRLF some
+    clients send after a POST body)."""
+    with System(["order", "gateway"]) as s:
+        for name in ("order", "gateway"):
+            port = s.ports[name]
+            ok(port, "\r\nGET /cars HTTP/1.1\r\n" + H + "Connection: close\r\n\r\n")
+            body = '{"productId":"nope","qty":1}'
+            post = ("POST /orders HTTP/1.1\r\n" + H + JSON + "Authorization: Bearer %s\r\n"
+                    "Content-Length: %d\r\n\r\n%s\r\n" % (s.token("kim"), len(body), body))
+            answers, closed = exchange(port, "\r\n" * 8 + post + "\r\n" * 7 +
+                                       "GET /cars HTTP/1.1\r\n" + H + "Connection: close\r\n\r\n",
+                                       read_timeout=3.0)
+            check([a[0].split(" ")[1] for a in answers] == ["404", "200"] and closed,
+                  "%s: empty lines around keep-alive requests: %r" % (name, answers))
+            check(json.loads(answers[0][2])["status"] == 404, "%s: %r" % (name, answers[0]))
 
 
 def test_413_comes_before_the_body_is_sent():

@@ -7,7 +7,8 @@
  *    extensions never changes where one request ends and the next begins;
  *  - fed a message at a time (http_frame_feed_message, as the server reads),
  *    the verdict and the requests are the same, each message ends where the
- *    whole feed counted one more request, and its head fits in it. */
+ *    whole feed counted one more request, and the empty lines skipped
+ *    before it (bounded) and its head fit in it. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,8 +68,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         at += used;
         if (ended) {
             ended_count++;
-            if (one.requests != ended_count || one.last.head_len > at - message_start ||
-                one.last.head_len == 0)
+            if (one.requests != ended_count ||
+                one.last.lead_len + one.last.head_len > at - message_start ||
+                one.last.head_len == 0 || one.last.lead_len > 2 * HTTP_FRAME_EMPTY_LINES_MAX)
                 differ("a message ended where its head does not fit", data, size);
             message_start = at;
         } else if (one.status == 0 && used != take) {

@@ -75,9 +75,43 @@ static void messages(void)
     CHECK(!http_frame_in_body(&f));
 }
 
+/* Empty lines before a request: counted apart from its head, so the
+ * reader skips them; the frame is idle until the request line starts. */
+static void lead_lines(void)
+{
+    const char *text = "\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n";
+    http_frame f;
+    http_frame_init(&f, 1024, 100);
+    CHECK(http_frame_idle(&f));
+    bool ended = false;
+    CHECK_INT(http_frame_feed_message(&f, text, 4, &ended), 4);
+    CHECK(!ended);
+    CHECK(http_frame_idle(&f));
+    size_t n = strlen(text) - 4;
+    CHECK_INT(http_frame_feed_message(&f, text + 4, n, &ended), n - 2);
+    CHECK(ended);
+    CHECK_INT(f.last.lead_len, 4);
+    CHECK_INT(f.last.head_len, n - 2);
+    CHECK_INT(http_frame_feed_message(&f, text + 4 + n - 2, 1, &ended), 1);
+    CHECK(http_frame_idle(&f));     /* a CR of the next empty line */
+    CHECK_INT(http_frame_feed_message(&f, "\n", 1, &ended), 1);
+    CHECK(!ended);
+    CHECK(http_frame_idle(&f));
+    CHECK_INT(http_frame_feed_message(&f, "G", 1, &ended), 1);
+    CHECK(!http_frame_idle(&f));
+    CHECK_INT(f.status, 0);
+
+    /* The empty lines count against the head limit too. */
+    http_frame_init(&f, 20, 100);
+    const char *near = "\r\n\r\n\r\nGET / HTTP/1.1\r\n";
+    http_frame_feed(&f, near, strlen(near));
+    CHECK_INT(f.status, 431);
+}
+
 int main(void)
 {
     messages();
+    lead_lines();
     passes("GET /cars HTTP/1.1\r\nHost: x\r\n\r\n", 1);
     passes("GET /cars?a=%20b HTTP/1.0\r\n\r\n", 1);
     passes("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
@@ -85,6 +119,14 @@ int main(void)
     passes("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"
            "2;a=b\r\n{}\r\n0\r\nTrailer: t\r\n\r\n", 1);
     passes("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    /* Empty lines before a request line are skipped (RFC 9112 2.2), up to
+     * HTTP_FRAME_EMPTY_LINES_MAX, before the first one and between two. */
+    passes("\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    passes("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    passes("POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}\r\n"
+           "GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n", 2);
+    passes("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+           "\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 2);   /* per request */
     passes("GET http://x/cars HTTP/1.1\r\nHost: x\r\n\r\n", 1);
     passes("POST /o HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 100\r\n\r\n", 0);
 
@@ -114,7 +156,11 @@ int main(void)
     refused("GET / HTTP/1.1\r\nHost: x\r\nA: b\rc\r\n\r\n", 400);
     refused("GET / HTTP/1.1\r\nHost: x\r\nA: \x01\r\n\r\n", 400);
     refused("HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n", 400);
-    refused("\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400);
+    refused("\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400);           /* bare LF, as elsewhere */
+    refused("\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400);
+    refused("\rGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400);           /* bare CR */
+    refused("\r\n \r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400);    /* not empty */
+    refused("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n", 400);           /* 9: too many */
     refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nx\r\n", 400);
     refused("POST /o HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", 400);
     refused("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505);
