@@ -146,11 +146,12 @@ static void test_domain(void)
 
 /* ---- HTTP answers and calls wait for the disk ---- */
 
-static atomic_int upstream_hits;
+static atomic_int upstream_hits, commits_routed;
 
 static void on_commit_route(http_req *r, void *arg)
 {
     (void)arg;
+    atomic_fetch_add(&commits_routed, 1);
     durable_committed();
     http_reply_json(r, 201, json_pack("{s:s}", "status", "committed"));
 }
@@ -211,7 +212,12 @@ static void test_http(void)
     struct raw_client rc = {.port = port};
     pthread_t t;
     pthread_create(&t, NULL, raw_client_main, &rc);
-    run_loop(0.3, NULL);
+    /* Until the request was handled (no fixed time: under load the
+     * client may take longer than any guess to connect), then a moment
+     * more in which an answer sent too early would arrive. */
+    run_loop_until(10, &commits_routed, 1);
+    run_loop(0.2, NULL);
+    CHECK_INT(atomic_load(&commits_routed), 1);
     CHECK_INT(atomic_load(&rc.done), 0);
     CHECK(durable_pending());
     gate_set(true);
@@ -228,7 +234,9 @@ static void test_http(void)
     struct raw_client cut = {.port = http_server_listen(doomed, "127.0.0.1", 0)};
     gate_set(false);
     pthread_create(&t, NULL, raw_client_main, &cut);
-    run_loop(0.3, NULL);
+    run_loop_until(10, &commits_routed, 2);     /* its answer is held (see above) */
+    run_loop(0.2, NULL);
+    CHECK_INT(atomic_load(&commits_routed), 2);
     CHECK_INT(atomic_load(&cut.done), 0);
     http_server_free(doomed);
     gate_set(true);
