@@ -283,6 +283,19 @@ static long long file_size(const char *path)
     return stat(path, &st) == 0 ? (long long)st.st_size : -1;
 }
 
+/* The syncs the domain has made so far (its histogram's count). */
+static long syncs_so_far(void)
+{
+    struct evbuffer *text = evbuffer_new();
+    metrics_render(text);
+    evbuffer_add(text, "", 1);
+    const char *m = strstr((const char *)evbuffer_pullup(text, -1),
+                           "carshare_durable_sync_seconds_count ");
+    long n = m ? atol(m + strlen("carshare_durable_sync_seconds_count ")) : -1;
+    evbuffer_free(text);
+    return n;
+}
+
 static void test_store(const char *dir)
 {
     char path[512], wal[520];
@@ -312,16 +325,34 @@ static void test_store(const char *dir)
     /* 6000 commits back to back, of two frames or more each, would leave a
      * WAL of ~50 MB: the sync thread's checkpoints, finished by the loop
      * between two commits, let it restart instead, under a writer that
-     * never pauses. */
-    for (int i = 0; i < 6000; i++) {
+     * never pauses. A restart shows as a stretch of 500 commits during
+     * which the WAL file did not grow (they were written over its start).
+     * How much the WAL holds before its first restart depends on how fast
+     * the disk syncs (a fixed bound of 12 MB failed with fdatasync taking
+     * 150 ms, as on a loaded machine): so the restart is required once
+     * the sync thread has synced, and checkpointed, a few times during the
+     * run, however long that took. */
+    long syncs_before = syncs_so_far();
+    long long last_size = -1;
+    bool restarted = false;
+    for (int i = 1; i <= 6000; i++) {
         store_begin(st);
         store_exec(st, "INSERT INTO rentals (customer) VALUES ('lee')");
         store_commit(st);
+        if (i % 500 == 0) {
+            long long size = file_size(wal);
+            if (size == last_size) restarted = true;
+            last_size = size;
+        }
     }
+    long syncs = syncs_so_far() - syncs_before;
     durable_flush();
-    long long wal_size = file_size(wal);
-    CHECK(wal_size > 0);
-    CHECK(wal_size < 12LL << 20);
+    CHECK(file_size(wal) > 0);
+    if (syncs >= 4)
+        CHECK(restarted);
+    else
+        fprintf(stderr, "test_durable: only %ld syncs during the 6000 commits (a slow disk): "
+                        "the WAL restart was not checked\n", syncs);
     store_close(st);    /* stops the domain */
     CHECK(!durable_pending());
 
