@@ -216,8 +216,9 @@ const char *http_reason(int status);
 
 /* Writes what is queued on bev (an answer, or httpc's request) at once
  * instead of on the loop's next turn, and when all of it went out, runs
- * the bufferevent's write callback (the "written" step). For the server
- * and httpc.c. */
+ * the bufferevent's write callback (the "written" step) and leaves its
+ * EV_WRITE disabled; else enables it, so the write event finishes (or
+ * reports the error). For the server and httpc.c (plain sockets). */
 struct bufferevent;
 void http_write_now(struct bufferevent *bev);
 

@@ -474,7 +474,10 @@ static void conn_open(http_server *s, evutil_socket_t fd, const struct sockaddr 
     /* One whole request at most waits unread (bounded buffering). */
     bufferevent_setwatermark(bev, EV_READ, 0, conn_input_max(s));
     bufferevent_set_timeouts(bev, NULL, &s->write_timeout);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    /* A plain socket's EV_WRITE is enabled only while an answer waits for
+     * room (http_write_now): enabled now, it would cost an EPOLLOUT wake-up
+     * and two epoll_ctl. */
+    bufferevent_enable(bev, s->make_bev ? EV_READ | EV_WRITE : EV_READ);
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;

@@ -12,6 +12,10 @@
  *    connection serves the next request (handler time does not count);
  *  - a keep-alive connection sending a request every 250 ms for 2.5 s: every
  *    request is answered on it (the clock restarts after each answer).
+ *  - an answer larger than the socket buffers, read late: it arrives whole
+ *    and the same connection serves the next request (the write event
+ *    that finishes a partial write, http_write_now, works and lets go);
+ *  - the same answer never read: the connection is closed (write timeout).
  * The limits (4 s to see a close) only turn a hang into a failure. */
 #include "testing.h"
 
@@ -60,6 +64,19 @@ static void h_slow(http_req *r, void *arg)
     (void)arg;
     struct timeval two_s = {2, 0};
     event_base_once(base, -1, EV_TIMEOUT, slow_reply, r, &two_s);
+}
+
+/* Larger than loopback's socket buffers (4 MiB to send, 6 MiB to receive
+ * at most): the server cannot write it in one go. */
+#define BIG_ANSWER (16u << 20)
+
+static void h_big(http_req *r, void *arg)
+{
+    (void)arg;
+    char *body = malloc(BIG_ANSWER);
+    memset(body, 'b', BIG_ANSWER);
+    http_reply_raw(r, 200, "text/plain", body, BIG_ANSWER);
+    free(body);
 }
 
 /* ---- client side: a raw socket watched by the loop ---- */
@@ -154,6 +171,58 @@ static bool trickled_until_closed(client *c, const char *piece)
     return c->closed;
 }
 
+/* A client that counts what it receives (the big answer), keeping its
+ * start, and reads only once `reading` is set. */
+typedef struct {
+    int fd;
+    size_t got;
+    char start[4096];
+    bool closed;
+    struct event *readable;
+} sink;
+
+static void on_sink_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    sink *k = arg;
+    static char chunk[65536];
+    for (;;) {
+        ssize_t n = recv(fd, chunk, sizeof chunk, MSG_DONTWAIT);
+        if (n > 0) {
+            if (k->got < sizeof k->start - 1) {
+                size_t keep = sizeof k->start - 1 - k->got;
+                memcpy(k->start + k->got, chunk, (size_t)n < keep ? (size_t)n : keep);
+            }
+            k->got += (size_t)n;
+            continue;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            k->closed = true;
+            event_del(k->readable);
+        }
+        return;
+    }
+}
+
+static bool sink_open(sink *k, int port)
+{
+    memset(k, 0, sizeof *k);
+    k->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (k->fd < 0 || connect(k->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        return false;
+    k->readable = event_new(base, k->fd, EV_READ | EV_PERSIST, on_sink_readable, k);
+    return true;
+}
+
+/* The size of the first answer's head in k->start, or 0. */
+static size_t sink_head(const sink *k)
+{
+    const char *end = strstr(k->start, "\r\n\r\n");
+    return end ? (size_t)(end - k->start) + 4 : 0;
+}
+
 /* ---- the cases ---- */
 
 static void test_trickled_headers(int port)
@@ -214,6 +283,50 @@ static void test_keepalive_requests_keep_connection(int port)
     client_close(&c);
 }
 
+static void test_big_answer_read_late(int port)
+{
+    sink k;
+    CHECK(sink_open(&k, port));
+    const char *get_big = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(k.fd, get_big, strlen(get_big), MSG_NOSIGNAL) > 0);
+    run_for(300);                    /* the server fills the socket, then waits */
+    event_add(k.readable, NULL);     /* within the write timeout (1 s) */
+    for (int i = 0; i < 100 && !k.closed && (!sink_head(&k) || k.got < sink_head(&k) + BIG_ANSWER); i++)
+        run_for(50);
+    CHECK(!k.closed);
+    CHECK(strstr(k.start, "HTTP/1.1 200") == k.start);
+    CHECK(sink_head(&k) > 0);
+    CHECK(k.got == sink_head(&k) + BIG_ANSWER);
+    /* The same connection serves the next request. */
+    k.got = 0;
+    memset(k.start, 0, sizeof k.start);
+    const char *get_fast = "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(k.fd, get_fast, strlen(get_fast), MSG_NOSIGNAL) > 0);
+    for (int i = 0; i < 100 && !k.closed && !strchr(k.start, '}'); i++)
+        run_for(50);
+    CHECK(strstr(k.start, "HTTP/1.1 200") == k.start);
+    CHECK(strstr(k.start, "/fast") != NULL);
+    CHECK(!k.closed);
+    event_free(k.readable);
+    close(k.fd);
+}
+
+static void test_big_answer_never_read(int port)
+{
+    sink k;
+    CHECK(sink_open(&k, port));
+    const char *get_big = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(k.fd, get_big, strlen(get_big), MSG_NOSIGNAL) > 0);
+    run_for(3000);                   /* well past the write timeout (1 s) */
+    event_add(k.readable, NULL);     /* what the kernel holds, then the close */
+    for (int i = 0; i < 100 && !k.closed; i++)
+        run_for(50);
+    CHECK(k.closed);
+    CHECK(k.got < BIG_ANSWER);       /* it never got the whole answer */
+    event_free(k.readable);
+    close(k.fd);
+}
+
 int main(void)
 {
     evthread_use_pthreads();
@@ -224,6 +337,7 @@ int main(void)
     http_server_route(s, "GET", "/fast", h_fast, NULL);
     http_server_route(s, "GET", "/slow", h_slow, NULL);
     http_server_route(s, "POST", "/echo", h_echo, NULL);
+    http_server_route(s, "GET", "/big", h_big, NULL);
     int port = http_server_listen(s, "127.0.0.1", 0);
     CHECK(port > 0);
 
@@ -232,6 +346,8 @@ int main(void)
     test_silent_connection(port);
     test_slow_handler_keeps_connection(port);
     test_keepalive_requests_keep_connection(port);
+    test_big_answer_read_late(port);
+    test_big_answer_never_read(port);
 
     http_server_free(s);
     event_base_free(base);
