@@ -90,6 +90,8 @@ typedef struct {
     unsigned long long started_ms;
     http_handover *handover;    /* HTTP_HANDOVER_SOCKET: the port offered to a new release */
     struct event *listen_timer; /* a new release: takes the port over once ready */
+    struct event *trim_timer;   /* gives freed heap back (heap_trim_tick) */
+    unsigned long long trim_mark; /* resident bytes after the last trim */
     unsigned long long listen_wait_from;
     bool listen_failed;
 } service_impl;
@@ -155,25 +157,33 @@ static void metrics_page(http_req *r, void *arg)
     evbuffer_free(text);
 }
 
+/* The process's resident bytes (/proc/self/statm), or 0. */
+static unsigned long long resident_bytes(void)
+{
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    unsigned long long size_pages = 0, resident_pages = 0;
+    if (sscanf(buf, "%llu %llu", &size_pages, &resident_pages) != 2)
+        return 0;
+    long page = sysconf(_SC_PAGESIZE);
+    return resident_pages * (unsigned long long)(page > 0 ? page : 4096);
+}
+
 /* Resident memory, read on demand when /metrics is rendered. */
 static void collect_process(void *arg)
 {
     (void)arg;
-    char buf[128];
-    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    unsigned long long resident = resident_bytes();
+    if (!resident)
         return;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return;
-    buf[n] = '\0';
-    unsigned long long size_pages = 0, resident_pages = 0;
-    if (sscanf(buf, "%llu %llu", &size_pages, &resident_pages) != 2)
-        return;
-    long page = sysconf(_SC_PAGESIZE);
-    metrics_gauge_set("carshare_process_resident_bytes", "",
-                      (double)resident_pages * (double)(page > 0 ? page : 4096));
+    metrics_gauge_set("carshare_process_resident_bytes", "", (double)resident);
     /* What the resident memory is made of (make bench prints it per
      * process): SQLite's own allocations (page caches, schema, statements)
      * and the C heap, in use and free but still held by malloc's arenas
@@ -183,6 +193,49 @@ static void collect_process(void *arg)
     struct mallinfo2 mi = mallinfo2();
     metrics_gauge_set("carshare_heap_bytes", "state=\"in_use\"", (double)(mi.uordblks + mi.hblkhd));
     metrics_gauge_set("carshare_heap_bytes", "state=\"free\"", (double)mi.fordblks);
+}
+
+/* ---- giving freed heap back ----
+ *
+ * A burst of connections that each hold a request being read (500 slow
+ * bodies just under HTTP_MAX_BODY are 32 MB, bounded by the read
+ * high-water mark) leaves that memory free but still resident once they
+ * are gone: glibc gives back only the free top of the heap, and any block
+ * allocated during the burst and still in use pins everything below it
+ * (tests/bench/body_attack.py: the gateway stayed at 43 MB after 500 such
+ * connections, 34 MB of it free heap). So every HEAP_TRIM_INTERVAL_S, when
+ * the process is HEAP_TRIM_SLACK above its resident size after the last
+ * trim and at least that much of the heap is free, malloc_trim(0) returns
+ * the free pages (MADV_DONTNEED on the free chunks: a few milliseconds for
+ * tens of MB, on the loop, at most once per 4 MB grown). Growth that is in
+ * use (caches) costs a read of statm and mallinfo2 per tick, no trim. */
+#define HEAP_TRIM_INTERVAL_S 2
+#define HEAP_TRIM_SLACK (4ULL << 20)
+
+static void heap_trim_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    service_impl *svc = arg;
+    unsigned long long resident = resident_bytes();
+    if (resident < svc->trim_mark)
+        svc->trim_mark = resident;
+    if (resident < svc->trim_mark + HEAP_TRIM_SLACK)
+        return;
+    if (mallinfo2().fordblks < HEAP_TRIM_SLACK)
+        return;
+    malloc_trim(0);
+    svc->trim_mark = resident_bytes();
+    log_info("msg=\"free heap given back\" resident_mb_before=%.1f resident_mb=%.1f",
+             (double)resident / 1048576.0, (double)svc->trim_mark / 1048576.0);
+}
+
+static void heap_trim_start(service_impl *svc)
+{
+    svc->trim_mark = resident_bytes();
+    svc->trim_timer = mem_must(event_new(svc->pub.base, -1, EV_PERSIST, heap_trim_tick, svc));
+    struct timeval every = {HEAP_TRIM_INTERVAL_S, 0};
+    evtimer_add(svc->trim_timer, &every);
 }
 
 /* ---- shutdown ---- */
@@ -631,6 +684,7 @@ int service_run(service *pub)
         run_stop_hooks(svc);
         return 1;
     }
+    heap_trim_start(svc);
     svc->sigterm_event = mem_must(evsignal_new(pub->base, SIGTERM, on_signal, svc));
     svc->sigint_event = mem_must(evsignal_new(pub->base, SIGINT, on_signal, svc));
     event_add(svc->sigterm_event, NULL);
@@ -644,6 +698,9 @@ int service_run(service *pub)
     if (svc->listen_timer)
         event_free(svc->listen_timer);
     svc->listen_timer = NULL;
+    if (svc->trim_timer)
+        event_free(svc->trim_timer);
+    svc->trim_timer = NULL;
     /* Normally the hooks ran after the drain; not if something else
      * stopped the loop. */
     run_stop_hooks(svc);
