@@ -96,6 +96,8 @@ typedef struct http_conn {
     bool refused;                  /* its bytes broke the framing: being answered and closed */
     struct evbuffer *held;         /* its answer, waiting for the disk (hold_answer) */
     struct event *deadline;        /* the next request must be in by then */
+    struct event *readable;        /* plain sockets: reads the socket (http_conn.c); NULL: TLS */
+    bool read_paused;              /* a whole request's worth is unread: not reading meanwhile */
     http_frame frame;              /* RFC 9112 framing of what it sent (http_frame.h) */
     size_t fed;                    /* input bytes the frame has seen (of the current request) */
     bool fresh;                    /* accepted, no request yet (a drain waits for it) */

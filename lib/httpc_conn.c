@@ -20,12 +20,20 @@
  * dropped. Its body: none for HEAD, 1xx (skipped: the final answer
  * follows), 204 and 304; else chunked, Content-Length, or up to the close.
  *
+ * Reading. Once connected, the socket is read by the slot's own event
+ * (on_readable): one recv into the input's free space, where the
+ * bufferevent's reading would ask the socket's size (ioctl FIONREAD)
+ * before every readv and re-add its read event at every change of the
+ * input (its high-water mark); see http_conn.c for the figures. The
+ * bufferevent connects and writes.
+ *
  * A connection is kept for the next call unless the answer or the slot
  * says close. While idle it keeps reading: a server closing it (EOF), or
  * sending bytes nobody asked for, gets it dropped at once. */
 #include "httpc_private.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -249,6 +257,10 @@ static int read_chunks(httpc_slot *slot, struct evbuffer *input)
 
 static void conn_drop(httpc_slot *slot)
 {
+    if (slot->readable) {
+        event_free(slot->readable);
+        slot->readable = NULL;
+    }
     if (slot->bev) {
         bufferevent_free(slot->bev);
         slot->bev = NULL;
@@ -353,13 +365,19 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+static void on_readable(evutil_socket_t fd, short what, void *arg);
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     httpc_slot *slot = arg;
     if (what & BEV_EVENT_CONNECTED) {
         slot->reached = true;
         httpc_slot_set_nodelay(slot);
+        /* From now on the socket is read by on_readable. */
+        bufferevent_disable(bev, EV_READ);
+        slot->readable = mem_must(event_new(bufferevent_get_base(bev), bufferevent_getfd(bev),
+                                            EV_READ | EV_PERSIST, on_readable, slot));
+        event_add(slot->readable, NULL);
         httpc_attempt_connected(slot);
         return;
     }
@@ -384,6 +402,48 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     answer_failed(slot, false);
 }
 
+/* The most one recv takes (the rest is read on the next turn). */
+#define SLOT_READ_MAX 16384
+
+/* The connected socket is readable: what it holds goes to the input, and
+ * on_read takes the answer from there. */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    httpc_slot *slot = arg;
+    struct bufferevent *bev = slot->bev;
+    struct evbuffer *input = bufferevent_get_input(bev);
+    size_t have = evbuffer_get_length(input), max = HTTPC_MAX_HEADERS + HTTPC_MAX_BODY;
+    if (have >= max) {      /* on_read takes an answer as soon as it is whole: not one */
+        event_del(slot->readable);
+        on_event(bev, BEV_EVENT_READING | BEV_EVENT_ERROR, slot);
+        return;
+    }
+    size_t want = max - have < SLOT_READ_MAX ? max - have : SLOT_READ_MAX;
+    /* The bufferevent keeps its input's end frozen (only it adds there);
+     * it thaws it around its own reads, so do we. */
+    evbuffer_unfreeze(input, 0);
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(input, (ev_ssize_t)want, &v, 1) < 1)
+        mem_must(NULL);
+    ssize_t n = recv(fd, v.iov_base, v.iov_len < want ? v.iov_len : want, MSG_DONTWAIT);
+    int err = n < 0 ? errno : 0;
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(input, &v, 1);
+    }
+    evbuffer_freeze(input, 0);
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+        return;
+    if (n <= 0) {           /* the server closed, or an error */
+        event_del(slot->readable);
+        on_event(bev, (short)(BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR)),
+                 slot);
+        return;
+    }
+    on_read(bev, slot);
+}
+
 /* ---- the slot's side ---- */
 
 bool httpc_slot_connect(httpc_slot *slot)
@@ -393,7 +453,6 @@ bool httpc_slot_connect(httpc_slot *slot)
     if (!bev)
         return false;
     bufferevent_setcb(bev, on_read, NULL, on_event, slot);
-    bufferevent_setwatermark(bev, EV_READ, 0, HTTPC_MAX_HEADERS + HTTPC_MAX_BODY);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     slot->bev = bev;
     slot->reached = false;

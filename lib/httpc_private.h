@@ -56,6 +56,7 @@ typedef struct httpc_head {
 struct httpc_slot {
     httpc *client;
     struct bufferevent *bev;           /* NULL until first use or after a kill */
+    struct event *readable;            /* reads its socket once connected (httpc_conn.c) */
     httpc_call *call;                  /* the call on the wire, or NULL */
     unsigned long long idle_since_ms;
     bool keep_alive;

@@ -15,7 +15,12 @@
  *  - an answer larger than the socket buffers, read late: it arrives whole
  *    and the same connection serves the next request (the write event
  *    that finishes a partial write, http_write_now, works and lets go);
- *  - the same answer never read: the connection is closed (write timeout).
+ *  - the same answer never read: the connection is closed (write timeout);
+ *  - a client that half-closes after its request still gets its answer,
+ *    then the connection ends;
+ *  - more pipelined requests than the input holds (one whole request's
+ *    worth) behind a slow one: the server stops reading, then takes up
+ *    again, and every request is answered in order.
  * The limits (4 s to see a close) only turn a hang into a failure. */
 #include "testing.h"
 
@@ -177,9 +182,30 @@ typedef struct {
     int fd;
     size_t got;
     char start[4096];
+    int answers;                 /* status lines "HTTP/1.1 200 OK" seen */
+    char tail[16];               /* the last bytes seen, for a line split over reads */
     bool closed;
     struct event *readable;
 } sink;
+
+static const char OK_LINE[] = "HTTP/1.1 200 OK\r\n";
+
+/* Counts the status lines in what arrived, across read boundaries. */
+static void sink_count(sink *k, const char *p, size_t n)
+{
+    const size_t line = sizeof OK_LINE - 1;
+    char joined[sizeof k->tail + 65536];
+    size_t t = strlen(k->tail);
+    memcpy(joined, k->tail, t);
+    memcpy(joined + t, p, n);
+    size_t len = t + n;
+    for (size_t i = 0; i + line <= len; i++)
+        if (i + line > t && memcmp(joined + i, OK_LINE, line) == 0)
+            k->answers++;
+    size_t keep = len < line - 1 ? len : line - 1;
+    memcpy(k->tail, joined + len - keep, keep);
+    k->tail[keep] = '\0';
+}
 
 static void on_sink_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -194,6 +220,7 @@ static void on_sink_readable(evutil_socket_t fd, short what, void *arg)
                 memcpy(k->start + k->got, chunk, (size_t)n < keep ? (size_t)n : keep);
             }
             k->got += (size_t)n;
+            sink_count(k, chunk, (size_t)n);
             continue;
         }
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
@@ -327,6 +354,55 @@ static void test_big_answer_never_read(int port)
     close(k.fd);
 }
 
+static void test_half_close_gets_answer(int port)
+{
+    sink k;
+    CHECK(sink_open(&k, port));
+    event_add(k.readable, NULL);
+    const char *get_slow = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(k.fd, get_slow, strlen(get_slow), MSG_NOSIGNAL) > 0);
+    shutdown(k.fd, SHUT_WR);         /* all it has to say; the server reads EOF while busy */
+    for (int i = 0; i < 100 && !k.closed; i++)
+        run_for(50);
+    CHECK(k.closed);                 /* ended after the answer */
+    CHECK_INT(k.answers, 1);
+    CHECK(strstr(k.start, "\"slow\"") != NULL);
+    event_free(k.readable);
+    close(k.fd);
+}
+
+static void test_pipelined_beyond_input_bound(int port)
+{
+    enum { FAST = 4000 };            /* 4000 x 33 bytes: more than the 78 kB the input holds */
+    static const char get_fast[] = "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n";
+    size_t len = strlen("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n") + FAST * (sizeof get_fast - 1);
+    char *all = malloc(len + 1);
+    strcpy(all, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (int i = 0; i < FAST; i++)
+        strcat(all + strlen("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n") + (size_t)i * (sizeof get_fast - 1),
+               get_fast);
+    sink k;
+    CHECK(sink_open(&k, port));
+    event_add(k.readable, NULL);
+    size_t sent = 0;
+    for (int i = 0; i < 500 && sent < len; i++) {
+        ssize_t n = send(k.fd, all + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0)
+            sent += (size_t)n;
+        else
+            run_for(20);
+    }
+    CHECK(sent == len);
+    for (int i = 0; i < 200 && !k.closed && k.answers < FAST + 1; i++)
+        run_for(50);
+    CHECK_INT(k.answers, FAST + 1);
+    CHECK(strstr(k.start, "\"slow\"") != NULL);    /* the first, answered first */
+    CHECK(!k.closed);
+    event_free(k.readable);
+    close(k.fd);
+    free(all);
+}
+
 int main(void)
 {
     evthread_use_pthreads();
@@ -348,6 +424,8 @@ int main(void)
     test_keepalive_requests_keep_connection(port);
     test_big_answer_read_late(port);
     test_big_answer_never_read(port);
+    test_half_close_gets_answer(port);
+    test_pipelined_beyond_input_bound(port);
 
     http_server_free(s);
     event_base_free(base);
