@@ -25,9 +25,15 @@
  * The read deadline: a request must be complete within HTTP_IDLE_TIMEOUT_S
  * of the connection becoming ready for it (accepted, or its previous answer
  * written out), however slowly it trickles (slowloris); the clock stops
- * while a handler works and while its answer is written. An answer the
- * client does not take within the same time closes the connection (the
- * bufferevent's write timeout).
+ * while a handler works and while its answer is written. The timer is not
+ * deleted when a request arrives and added again when its answer is out
+ * (an event_del and an event_add per request: measured on a proxied
+ * request, 28.75k -> 28.24k instructions, callgrind): it stays armed, the
+ * connection notes when it became ready (ready_ns), and when the timer
+ * fires it ignores a busy connection (the answer's end arms it again) and
+ * re-arms itself for what is left if the connection became ready since.
+ * An answer the client does not take within the same time closes the
+ * connection (the bufferevent's write timeout).
  *
  * Refusals. A framing refusal drains the input, writes the contract's JSON
  * error with Connection: close and closes the connection once written. An
@@ -101,13 +107,39 @@ static void conn_free(http_conn *c)
     http_drain_check(s);
 }
 
+/* Arms the read deadline unless it is armed already (see the top). */
+static void deadline_arm(http_conn *c)
+{
+    if (!c->deadline_armed) {
+        c->deadline_armed = true;
+        event_add(c->deadline, c->server->read_deadline_tv);
+    }
+}
+
 /* The deadline event doubles as the deferred close: it runs from the loop,
  * with nothing of this connection on the stack. */
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    conn_free(arg);
+    http_conn *c = arg;
+    c->deadline_armed = false;
+    if (!c->closing) {
+        if (c->busy)
+            return;     /* the clock stopped: on_flushed starts it again */
+        const struct timeval *idle = &c->server->read_deadline;
+        unsigned long long due = c->ready_ns + (unsigned long long)idle->tv_sec * 1000000000ULL +
+                                 (unsigned long long)idle->tv_usec * 1000ULL;
+        unsigned long long now = http_now_ns();
+        if (now < due) {    /* it became ready again since the timer was set */
+            unsigned long long left_us = (due - now + 999) / 1000;
+            struct timeval tv = {(time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000)};
+            c->deadline_armed = true;
+            event_add(c->deadline, &tv);
+            return;
+        }
+    }
+    conn_free(c);
 }
 
 static void conn_close_soon(http_conn *c)
@@ -169,7 +201,8 @@ static void on_flushed(http_conn *c)
         return;
     }
     c->busy = false;
-    event_add(c->deadline, s->read_deadline_tv);
+    c->ready_ns = http_now_ns();
+    deadline_arm(c);
     if (!c->processing)
         conn_process(c);
 }
@@ -249,6 +282,7 @@ static void refuse_connection(http_conn *c, struct evbuffer *input)
         return;
     }
     event_del(c->deadline);
+    c->deadline_armed = false;
     struct evbuffer *body = s->scratch;
     evbuffer_drain(body, evbuffer_get_length(body));
     size_t len = http_write_error_body(body, f->status, message, f->path);
@@ -341,7 +375,6 @@ static void conn_process(http_conn *c)
         }
         c->busy = true;
         c->continued = false;
-        event_del(c->deadline);
         if (c->fresh) {     /* a drain no longer waits for it to say something */
             c->fresh = false;
             s->fresh--;
@@ -551,7 +584,8 @@ static void conn_open(http_server *s, evutil_socket_t fd, const struct sockaddr 
     c->fresh = true;
     s->fresh++;
     metrics_gauge_set("carshare_http_connections", "", (double)++s->nconns);
-    event_add(c->deadline, s->read_deadline_tv);
+    c->ready_ns = http_now_ns();
+    deadline_arm(c);
 }
 
 /* The connection to write r's answer on, or NULL when the client is gone

@@ -96,6 +96,8 @@ typedef struct http_conn {
     bool refused;                  /* its bytes broke the framing: being answered and closed */
     struct evbuffer *held;         /* its answer, waiting for the disk (hold_answer) */
     struct event *deadline;        /* the next request must be in by then */
+    bool deadline_armed;           /* its timer is pending (it may be early: on_deadline) */
+    unsigned long long ready_ns;   /* when it became ready for its next request */
     struct event *readable;        /* plain sockets: reads the socket (http_conn.c); NULL: TLS */
     bool read_paused;              /* a whole request's worth is unread: not reading meanwhile */
     http_frame frame;              /* RFC 9112 framing of what it sent (http_frame.h) */
