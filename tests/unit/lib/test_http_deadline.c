@@ -183,7 +183,7 @@ typedef struct {
     size_t got;
     char start[4096];
     int answers;                 /* status lines "HTTP/1.1 200 OK" seen */
-    char tail[16];               /* the last bytes seen, for a line split over reads */
+    char tail[sizeof "HTTP/1.1 200 OK\r\n"];  /* the last bytes seen, for a line split over reads */
     bool closed;
     struct event *readable;
 } sink;
