@@ -41,7 +41,8 @@
  * at each delivery, at most 30 s), BUS_PROCESSED_KEEP_S (604800),
  * BUS_DEAD_LETTERS_MAX (10000) and BUS_UPKEEP_MS (60000: how often they are
  * applied; processed.h), BUS_STREAM_REPLICAS (1), BUS_STREAM_MAX_AGE_S
- * (604800) and BUS_STREAM_MAX_BYTES (1 GiB): the stream's retention.
+ * (604800) and BUS_STREAM_MAX_BYTES (1 GiB): the stream's retention;
+ * BUS_STREAM_DUPLICATE_WINDOW_S (30): its de-duplication window.
  *
  * Retention. Without limits the stream grows for ever (the soak took
  * nats-server's storage from 9 to 134 MB in 4 minutes). The stream keeps
@@ -59,7 +60,22 @@
  * docs/DESIGN.md "Retention"). The limits are part of the stream's
  * configuration, fixed by whoever creates it: a service never updates an
  * existing stream (see bus_setup_stream), so a stream created without them
- * keeps growing until an operator edits it. */
+ * keeps growing until an operator edits it.
+ *
+ * Duplicate window. nats-server remembers every Nats-Msg-Id it stored for
+ * the stream's duplicate window, in memory: ~0.5 kB an id in 2.9 (its map
+ * entry, entries its array keeps until compacted at a third used, and the
+ * Go heap's headroom). At the soak's ~1200 events/s the 2-minute default
+ * held nats-server at 61-109 MB RSS, 30 s at 39-61 MB (docs/DESIGN.md
+ * "The duplicate window"). The window only has
+ * to cover the relay's own retries of an id: while nats-server answers, a
+ * retry follows the previous attempt within PUBLISH_WAIT_MS plus a
+ * back-off of at most 5 s (outbox.c); a restarted relay, or a standby
+ * taking the lead on PostgreSQL, republishes the last rows within
+ * seconds. 30 s covers those three times over; a copy published later
+ * (after an outage longer than the window) is stored twice and each
+ * consumer drops the second by its eventId (processed.h), as it must for
+ * anything beyond any window. */
 #include "bus.h"
 #include "bus_private.h"
 #include "durable.h"
@@ -83,7 +99,6 @@
 #include "metrics.h"
 
 #define MAX_ACK_PENDING   1000
-#define DUPLICATE_WINDOW_S 120
 
 /* ---- small helpers ---- */
 
@@ -377,8 +392,8 @@ bool bus_setup_stream(bus *b, jsCtx *js)
     sc.MaxAge = (int64_t)b->stream_max_age_s * NS_PER_S;
     sc.MaxBytes = (int64_t)b->stream_max_bytes;
     /* nats-server refuses a duplicate window longer than the age limit. */
-    sc.Duplicates = (int64_t)(b->stream_max_age_s < DUPLICATE_WINDOW_S ? b->stream_max_age_s
-                                                                       : DUPLICATE_WINDOW_S) * NS_PER_S;
+    sc.Duplicates = (int64_t)(b->stream_max_age_s < b->stream_dup_window_s
+                                  ? b->stream_max_age_s : b->stream_dup_window_s) * NS_PER_S;
     /* Every service asks for the same count (one ConfigMap), so the first
      * one creates the stream and the others' creates are the same config. */
     sc.Replicas = (int)b->stream_replicas;
@@ -493,6 +508,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->stream_replicas = config_int("BUS_STREAM_REPLICAS", 1, 1, 5);
     b->stream_max_age_s = config_int("BUS_STREAM_MAX_AGE_S", 7 * 24 * 3600, 1, 10L * 365 * 24 * 3600);
     b->stream_max_bytes = config_int("BUS_STREAM_MAX_BYTES", 1L << 30, 4096, 1L << 50);
+    b->stream_dup_window_s = config_int("BUS_STREAM_DUPLICATE_WINDOW_S", 30, 1, 7L * 24 * 3600);
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, consumer_on_inbox, b);
     b->trim = evtimer_new(base, outbox_on_trim, b);

@@ -104,6 +104,7 @@ struct bus {
     long stream_replicas;           /* BUS_STREAM_REPLICAS: copies a JetStream cluster keeps */
     long stream_max_age_s;          /* BUS_STREAM_MAX_AGE_S: retention by age (bus.c says why) */
     long stream_max_bytes;          /* BUS_STREAM_MAX_BYTES: retention by size */
+    long stream_dup_window_s;       /* BUS_STREAM_DUPLICATE_WINDOW_S: nats-server's de-dup memory */
 
     struct handler *handlers;
     size_t nhandlers;

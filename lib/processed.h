@@ -16,8 +16,9 @@
  *    between commit and ack): at the consumer's next fetch, i.e. within
  *    AckWait while the process runs, or at its restart after an outage;
  *  - as a second stream copy published by the relay after the stream's
- *    2-minute duplicate window (its ack was lost and nats-server was then
- *    unreachable longer than that): as soon as nats-server is back;
+ *    duplicate window (30 s, bus.c: its ack was lost and it was published
+ *    again later than that: an outage, a slow restart): as soon as
+ *    nats-server is back;
  *  - from a consumer an operator re-created from the start of the stream.
  * The first two arrive within the outage that caused them; seven days is
  * longer than any outage a service would be left in unnoticed. Beyond the

@@ -24,8 +24,9 @@
  *  - nats-server coming back while a backlog arrives: the pull requests
  *    made during the outage do not make a fetch overrun its batch, and
  *    each event is applied once;
- *  - retention: the stream is created with BUS_STREAM_MAX_BYTES and
- *    BUS_STREAM_MAX_AGE_S and stays within them, and a replay refuses a
+ *  - retention: the stream is created with BUS_STREAM_MAX_BYTES,
+ *    BUS_STREAM_MAX_AGE_S and BUS_STREAM_DUPLICATE_WINDOW_S (30 s by
+ *    default) and stays within them, and a replay refuses a
  *    history whose start they dropped (by size; by age, all of it).
  * Waiting uses generous deadlines only to fail instead of hanging. */
 #include <arpa/inet.h>
@@ -681,7 +682,7 @@ static void check_retention(void)
     struct stream_view v = stream_view_get();
     CHECK_INT(v.max_bytes, 8192);
     CHECK_INT(v.max_age_s, 7 * 24 * 3600);      /* the default */
-    CHECK_INT(v.duplicates_s, 120);
+    CHECK_INT(v.duplicates_s, 30);              /* the default (bus.c says why) */
 
     commit_rentals(60000, 5);                   /* well under the limit: whole */
     struct replay_result whole = replay_now(b, "replay of a whole history");
@@ -700,8 +701,15 @@ static void check_retention(void)
     bus_free(b);
     unsetenv("BUS_STREAM_MAX_BYTES");
 
-    /* An age shorter than the 2-minute duplicate window: nats-server
-     * would refuse the stream unless the window is fitted under it. */
+    /* The duplicate window as configured. */
+    setenv("BUS_STREAM_DUPLICATE_WINDOW_S", "45", 1);
+    b = retention_sender("jetstream-retention-window");
+    CHECK_INT(stream_view_get().duplicates_s, 45);
+    bus_free(b);
+    unsetenv("BUS_STREAM_DUPLICATE_WINDOW_S");
+
+    /* An age shorter than the duplicate window: nats-server would
+     * refuse the stream unless the window is fitted under it. */
     setenv("BUS_STREAM_MAX_AGE_S", "1", 1);
     b = retention_sender("jetstream-retention-age");
     v = stream_view_get();
