@@ -51,7 +51,10 @@ typedef struct bus bus;
 /* Runs inside the bus's transaction on `st`: on the loop thread (SQLite),
  * or on the bus's consumer thread with a connection of its own
  * (PostgreSQL, see db.h), so it must touch nothing but st and its own
- * state. May read and write st and call outbox_add. Returns 0 when applied, -1 to fail
+ * state. It may run more than once for one delivery, its writes rolled back
+ * in between (another event of its transaction failed, or PostgreSQL
+ * refused the transaction for a conflict), so only what it does to st
+ * counts. May read and write st and call outbox_add. Returns 0 when applied, -1 to fail
  * (the transaction is rolled back; `err` may say why, for the logs and the
  * dead-letter table). On success `err` may say what the handler did, as
  * logfmt pairs ("orderId=7 outcome=shipped"): the bus writes them on its

@@ -351,6 +351,7 @@ static const char *help_for(const char *name)
         {"carshare_bus_consumer_lag", "Events in the stream not yet delivered to this service."},
         {"carshare_instance_info", "Always 1: which service and instance (INSTANCE_ID) this process is."},
         {"carshare_bus_relay_leader", "1 while this process's outbox relay publishes for its service (PostgreSQL: one per database), 0 while it stands by."},
+        {"carshare_bus_failed_event_rollbacks_total", "Consumer transactions rolled back because one of their events failed, then applied again without it."},
         {"carshare_bus_conflict_reruns_total", "Consumer transactions PostgreSQL refused for a serialization conflict and rerun in place."},
         {"carshare_db_queue_depth", "PostgreSQL: units of work waiting for a database thread."},
         {"carshare_db_units_in_flight", "PostgreSQL: units of work running on the database threads."},

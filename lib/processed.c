@@ -6,6 +6,8 @@
 #include "processed.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include "log.h"
 #include "metrics.h"
 #include "store_pg.h"
@@ -59,6 +61,62 @@ int processed_claim(store *st, const char *event_id, const char *event_type)
                                      " FROM processed_events_previous WHERE event_id = $1)"
                                      " ON CONFLICT (event_id) DO NOTHING", 3, p,
                                  "processed event claim");
+}
+
+/* A PostgreSQL text[] literal of n strings, each quoted, in one allocation
+ * (free it); NULL when out of memory. */
+static char *text_array(int n, const char *const *v)
+{
+    size_t len = 3;
+    for (int i = 0; i < n; i++) len += 2 * strlen(v[i]) + 3;
+    char *out = malloc(len), *p = out;
+    if (!out) return NULL;
+    *p++ = '{';
+    for (int i = 0; i < n; i++) {
+        if (i) *p++ = ',';
+        *p++ = '"';
+        for (const char *c = v[i]; *c; c++) {
+            if (*c == '"' || *c == '\\') *p++ = '\\';
+            *p++ = *c;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return out;
+}
+
+int processed_claim_all(store *st, int n, const char *const *ids, const char *const *types,
+                        bool *claimed)
+{
+    for (int i = 0; i < n; i++) claimed[i] = false;
+    if (n == 0) return 0;
+    char now[32];
+    char *id_list = text_array(n, ids), *type_list = text_array(n, types);
+    const char *p[] = {id_list, type_list, log_utc_now(now, true)};
+    /* Inserted in the list's order: of two equal ids the first is inserted
+     * and the second meets it (DO NOTHING), so RETURNING names it once. */
+    PGresult *r = id_list && type_list
+        ? store_pg_query(st, "INSERT INTO processed_events (event_id, event_type, processed_at)"
+                             " SELECT e.id, e.type, $3 FROM unnest($1::text[], $2::text[])"
+                             " WITH ORDINALITY AS e(id, type, i) WHERE NOT EXISTS (SELECT 1 FROM"
+                             " processed_events_previous p WHERE p.event_id = e.id) ORDER BY e.i"
+                             " ON CONFLICT (event_id) DO NOTHING RETURNING event_id", 3, p,
+                         "processed events claim")
+        : NULL;
+    free(id_list);
+    free(type_list);
+    if (!r) return -1;
+    for (int row = 0; row < PQntuples(r); row++) {
+        const char *id = PQgetvalue(r, row, 0);
+        for (int i = 0; i < n; i++)
+            if (strcmp(ids[i], id) == 0) {
+                claimed[i] = true;
+                break;
+            }
+    }
+    PQclear(r);
+    return 0;
 }
 
 /* Runs a statement with one integer parameter to its end. */

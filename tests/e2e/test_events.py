@@ -16,12 +16,16 @@ Real binaries (payment, order, delivery, customerpage) and a real nats-server on
   - the rebuilt customer page equals the live one, and events arriving during a rebuild are kept;
   - once retention (BUS_STREAM_MAX_BYTES) has dropped the stream's first events, a rebuild is
     refused with the reason and the live view is left as it was;
-  - a malformed event is set aside in GET /admin/deadLetters and does not block the ones behind.
+  - a malformed event is set aside in GET /admin/deadLetters and does not block the ones behind;
+  - a backlog with a second copy of an event and a poison event in it, fetched as one batch and
+    applied in one transaction: the poison one alone is set aside, the copy skipped, the rest
+    applied once.
 
 The stream is inspected, and a poison event injected, with a few lines of the NATS text
 protocol (stdlib only). Waits poll real state with generous deadlines; nothing asserts speed.
 """
 import atexit
+import base64
 import json
 import os
 import sys
@@ -60,14 +64,28 @@ def system(**kw):
     return System(SERVICES, env=env, service_env={"order": {"FLEET_FILE": FLEET}}, **kw)
 
 
-def publish_raw(s, event_type, event):
+def publish_raw(s, event_type, event, msg_id=None):
+    """Publishes event as it is; Nats-Msg-Id is its eventId unless msg_id is given (another id
+    makes JetStream store a second copy: the consumers must skip it as a duplicate)."""
     nc = s.nats_client()
     try:
         ack = nc.request("carshare." + event_type, json.dumps(event).encode(),
-                         {"Nats-Msg-Id": event["eventId"]})
+                         {"Nats-Msg-Id": msg_id or event["eventId"]})
     finally:
         nc.close()
     check(ack.get("stream") == "carshare", "JetStream did not store the event: %r" % (ack,))
+
+
+def last_event(s, event_type):
+    """The last event of this type in the stream, as published."""
+    nc = s.nats_client()
+    try:
+        got = nc.request("$JS.API.STREAM.MSG.GET.carshare",
+                         json.dumps({"last_by_subj": "carshare." + event_type}).encode())
+    finally:
+        nc.close()
+    check("message" in got, "no %s in the stream: %r" % (event_type, got))
+    return json.loads(base64.b64decode(got["message"]["data"]))
 
 
 # ---- the services ----
@@ -418,6 +436,47 @@ def test_kill9_consumers_mid_batch():
               % (shipped_at_kill, n, shown_at_kill, n,
                  metric(s, "delivery", "carshare_bus_duplicates_total"),
                  metric(s, "customerpage", "carshare_bus_duplicates_total")), flush=True)
+
+
+def test_batch_with_duplicate_and_poison():
+    """One backlog fetched in a batch by each frozen consumer: a second copy of an event in it
+    (another Nats-Msg-Id, the same eventId) and a poison event between the rentals. The consumer
+    applies the batch in one transaction; the poison one fails, that transaction is rolled back
+    and the batch applied again without it: every rental is shipped and shown once, the copy is
+    skipped, the poison is dead-lettered and never applied."""
+    with system() as s:
+        warm = rent(s, "cho")
+        wait_page(s, warm["id"], "Shipped", 3)
+        s.freeze("delivery")
+        s.freeze("customerpage")
+        before = [rent(s, "cho") for _ in range(6)]
+        copy = last_event(s, "Ordered")                     # not applied yet: frozen
+        publish_raw(s, "Ordered", copy, msg_id="copy-" + copy["eventId"])
+        poison = {"eventType": "Paid", "eventId": str(uuid.uuid4()), "timestamp": "20261124015039",
+                  "id": 434343, "orderId": "not-a-number", "status": "Paid"}
+        publish_raw(s, "Paid", poison)
+        after = [rent(s, "cho") for _ in range(6)]
+        s.thaw("delivery")
+        s.thaw("customerpage")
+        orders = [warm] + before + after
+        for o in orders:
+            check_history(wait_page(s, o["id"], "Shipped", 3), ["Paid", "OrderApproved", "Shipped"])
+        for name in ("delivery", "customerpage"):
+            wait_for(lambda: poison["eventId"] in json.dumps(
+                s.call("GET", name, "/admin/deadLetters")[1]), WAIT,
+                "the poison event in %s's dead letters" % name)
+            check(metric(s, name, "carshare_bus_duplicates_total") >= 1,
+                  "%s did not skip the copy of %s" % (name, copy["eventId"]))
+            check(metric(s, name, "carshare_bus_failed_event_rollbacks_total") >= 1,
+                  "%s never rolled a batch back for the poison event" % name)
+        code, body, _ = s.call("GET", "delivery", "/deliveries?size=1000")
+        found = items(body, "deliveries")
+        check(sorted(d["orderId"] for d in found) == sorted(o["id"] for o in orders),
+              "deliveries %r != rentals" % [d["orderId"] for d in found])
+        check(stream_count(s, "Shipped") == len(orders), "the stream holds %d Shipped events for %d "
+              "rentals" % (stream_count(s, "Shipped"), len(orders)))
+        check(len(all_pages(s)) == len(orders), "pages != rentals")
+        check(page(s, 434343) is None and deliveries_of(s, 434343) == [], "poison was applied")
 
 
 def rebuild(s):

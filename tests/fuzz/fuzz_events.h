@@ -4,8 +4,10 @@
  * and includes this. The input is a stream of event texts, one per line,
  * each decoded as the bus decodes a message (jtext_load, an object with a
  * valid eventType and a plain eventId) and given to the handler the service
- * registered for its type, inside a savepoint of one transaction, as the
- * bus applies it; a failed handler is rolled back to the savepoint. Several
+ * registered for its type, inside a savepoint of one transaction; a failed
+ * handler is rolled back to the savepoint (the bus rolls its transaction
+ * back and applies the other events again without it: the same rows for
+ * every event, which a savepoint gets here without the rerun). Several
  * lines let the fuzzer build sequences (Ordered, Paid, OrderCancelled ...)
  * against the same rows.
  *
@@ -119,7 +121,7 @@ static const struct fz_handler *fz_handler(const char *type)
     return NULL;
 }
 
-/* One handler call in its own savepoint, as the bus makes it. 0 or -1. */
+/* One handler call in its own savepoint. 0 or -1. */
 static int fz_apply(const struct fz_handler *h, const json_t *event)
 {
     char err[256] = "";

@@ -12,7 +12,8 @@
  * a PostgreSQL schema. And the pool's figures on /metrics: each count
  * checked against what the test itself saw happen (reruns, one statement
  * timeout, one unavailable unit, reconnects), and the gauges seen from
- * inside a running unit of work (one in flight, none queued). */
+ * inside a running unit of work (one in flight, none queued). And the
+ * consumer's claim of a slice's eventIds in one statement. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 #include "db.h"
 #include "log.h"
 #include "metrics.h"
+#include "processed.h"
 #include "store_pg.h"
 #include "testing.h"
 
@@ -127,6 +129,52 @@ static void test_queries_and_transactions(void)
     store_pg_redact("postgres://u:secret@127.0.0.1:5/d", red, sizeof red);
     CHECK_STR(red, "postgres://u:***@127.0.0.1:5/d");
     CHECK(strstr(store_path(st), "***") != NULL);
+    store_close(st);
+}
+
+/* ---- the consumer's claims (processed.h) ---- */
+
+static long long processed_rows(store *st, const char *id)
+{
+    const char *p[] = {id};
+    return store_pg_one_int(st, "SELECT count(*) FROM processed_events WHERE event_id = $1", 1, p,
+                            "processed count");
+}
+
+/* A slice's eventIds claimed in one statement: new ones are claimed, one
+ * already applied (in either generation) is not, and of an id twice in the
+ * list only the first is; a rolled back claim leaves nothing. */
+static void test_claim_all(void)
+{
+    store *st = store_pg_open(url, "TEST_DATABASE_URL", "unit", migrations);
+    CHECK(st != NULL);
+    if (!st) return;
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(processed_claim(st, "e-old", "Ordered"), 1);
+    CHECK(store_exec(st, "INSERT INTO processed_events_previous (event_id, event_type, processed_at)"
+                         " VALUES ('e-prev', 'Paid', 'x')") == SQLITE_OK);
+    CHECK_INT(store_commit(st), SQLITE_OK);
+
+    const char *ids[] = {"e-1", "e-old", "e-2", "e-1", "e-prev", "e-\"q\\", "e-2"};
+    const char *types[] = {"Ordered", "Ordered", "Paid", "Ordered", "Paid", "Odd", "Paid"};
+    const bool want[] = {true, false, true, false, false, true, false};
+    bool claimed[7];
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(processed_claim_all(st, 7, ids, types, claimed), 0);
+    for (int i = 0; i < 7; i++) CHECK_INT(claimed[i], want[i]);
+    store_rollback(st);
+    CHECK_INT(processed_rows(st, "e-1"), 0);
+
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(processed_claim_all(st, 7, ids, types, claimed), 0);
+    CHECK_INT(processed_claim_all(st, 0, ids, types, claimed), 0);
+    CHECK_INT(store_commit(st), SQLITE_OK);
+    CHECK_INT(processed_rows(st, "e-1"), 1);
+    CHECK_INT(processed_rows(st, "e-\"q\\"), 1);
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK_INT(processed_claim_all(st, 7, ids, types, claimed), 0);   /* all applied now */
+    for (int i = 0; i < 7; i++) CHECK(!claimed[i]);
+    CHECK_INT(store_commit(st), SQLITE_OK);
     store_close(st);
 }
 
@@ -340,6 +388,7 @@ int main(void)
     evthread_use_pthreads();
     test_migrations_once_under_concurrency();
     test_queries_and_transactions();
+    test_claim_all();
 
     struct event_base *base = event_base_new();
     setenv("DATABASE_URL", url, 1);
