@@ -6,6 +6,8 @@
  * and talks to it with call(), a tiny blocking HTTP/1.1 client
  * (Connection: close) that keeps the status, the Location header and the
  * body parsed as JSON. check_error() checks the contract's error shape.
+ * And the other side: call_recorded, the done callback of an httpc call
+ * (lib/httpc.h) that keeps how it ended in a call_outcome.
  *
  * The server checks tokens as every process does (lib/auth.c's guard), with
  * a key pair made for the test: call() sends the token of the caller set by
@@ -30,6 +32,7 @@
 #include <unistd.h>
 #include "auth.h"
 #include "http.h"
+#include "httpc.h"
 #include "service.h"
 #include "token.h"
 
@@ -211,6 +214,27 @@ static inline void check_error_at(const char *file, int line, reply r, int statu
     if (testing_failures > failures_before)
         fprintf(stderr, "%s:%d: (the error answer checked here)\n", file, line);
     json_decref(r.body);
+}
+
+/* How an httpc call ended, as call_recorded keeps it. */
+typedef struct {
+    bool done;
+    httpc_result result;
+    int status;
+    char body[64];
+    struct event_base *stop;    /* if set, its loop is broken out of at the end */
+} call_outcome;
+
+/* An httpc done callback; arg is the call_outcome. */
+static inline void call_recorded(const httpc_response *resp, void *arg)
+{
+    call_outcome *o = arg;
+    o->done = true;
+    o->result = resp->result;
+    o->status = resp->status;
+    snprintf(o->body, sizeof o->body, "%s", resp->body);
+    if (o->stop)
+        event_base_loopbreak(o->stop);
 }
 
 #endif

@@ -5,11 +5,15 @@
  *
  * Statements are prepared and finalized here, not taken from the store's
  * cache, so that a test's queries leave the store as the code left it.
- * Include after testing.h. */
+ * And for the PostgreSQL twins: units of work raced on the pool's
+ * connections at once (race_units). Include after testing.h. */
 #ifndef CARSHARE_TESTING_STORE_H
 #define CARSHARE_TESTING_STORE_H
 
+#include <stdlib.h>
+#include <event2/event.h>
 #include <jansson.h>
+#include "db.h"
 #include "store.h"
 #include "store_pg.h"
 
@@ -83,5 +87,51 @@ static inline json_t *outbox_event(store *st, const char *type, long long order_
     sqlite3_finalize(s);
     return e;
 }
+
+/* One unit of work of a race: the item it works on, and how it ended. */
+typedef struct {
+    void *item;
+    db_work_fn work;
+    db_status status;
+    int *finished, total;
+    struct event_base *base;
+} race_unit;
+
+static inline void race_unit_work(store *st, void *arg)
+{
+    race_unit *u = arg;
+    u->work(st, u->item);
+}
+
+static inline void race_unit_done(void *arg, db_status status)
+{
+    race_unit *u = arg;
+    u->status = status;
+    if (++*u->finished == u->total)
+        event_base_loopbreak(u->base);
+}
+
+/* Runs work(st, item) for each of the n items (`size` bytes each, from
+ * items) as units of work at once on d's database threads, and the loop
+ * until every one ended; each must end DB_DONE (a serialization conflict's
+ * loser is run again by lib/db.c). race(base, d, array, n, work) for an
+ * array of items. */
+static inline void race_units(struct event_base *base, db *d, void *items, size_t size, int n,
+                              db_work_fn work)
+{
+    race_unit *u = calloc((size_t)n, sizeof *u);
+    int finished = 0;
+    for (int i = 0; i < n; i++) {
+        u[i] = (race_unit){.item = (char *)items + (size_t)i * size, .work = work,
+                           .finished = &finished, .total = n, .base = base};
+        CHECK(db_run(d, race_unit_work, race_unit_done, &u[i]));
+    }
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    CHECK_INT(finished, n);
+    for (int i = 0; i < n; i++)
+        CHECK_INT(u[i].status, DB_DONE);
+    free(u);
+}
+#define race(base, d, items, n, work) race_units(base, d, items, sizeof *(items), n, work)
 
 #endif

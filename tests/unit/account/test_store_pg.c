@@ -21,6 +21,7 @@
 #include "log.h"
 #include "store_pg.h"
 #include "testing.h"
+#include "testing_store.h"
 #include "store_cases.h"
 
 enum { ATTEMPTS = 12 };
@@ -28,9 +29,6 @@ enum { ATTEMPTS = 12 };
 struct guess {
     signin_attempt at;
     signin_verdict verdict;
-    db_status status;
-    int *finished;
-    struct event_base *base;
 };
 
 static void guess_work(store *st, void *arg)
@@ -39,27 +37,14 @@ static void guess_work(store *st, void *arg)
     g->verdict = signin_start(st, &g->at);
 }
 
-static void guess_done(void *arg, db_status status)
-{
-    struct guess *g = arg;
-    g->status = status;
-    if (++*g->finished == ATTEMPTS) event_base_loopbreak(g->base);
-}
-
 static void test_parallel_guesses(struct event_base *base, db *d)
 {
     struct guess g[ATTEMPTS];
-    int finished = 0;
-    for (int i = 0; i < ATTEMPTS; i++) {
-        g[i] = (struct guess){.at = {.customer_id = "park", .now = 2000000},
-                              .finished = &finished, .base = base};
-        CHECK(db_run(d, guess_work, guess_done, &g[i]));
-    }
-    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
-    CHECK_INT(finished, ATTEMPTS);
+    for (int i = 0; i < ATTEMPTS; i++)
+        g[i] = (struct guess){.at = {.customer_id = "park", .now = 2000000}};
+    race(base, d, g, ATTEMPTS, guess_work);
     int go = 0, throttled = 0;
     for (int i = 0; i < ATTEMPTS; i++) {
-        CHECK_INT(g[i].status, DB_DONE);
         go += g[i].verdict == SIGNIN_GO;
         throttled += g[i].verdict == SIGNIN_THROTTLED;
     }

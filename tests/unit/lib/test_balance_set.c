@@ -10,6 +10,7 @@
  *  - a call sent with no instance at all completes HTTPC_BUSY (never sent), from the loop.
  * Counts only, no timing: the loop runs until a condition holds, with a safety limit. */
 #include "testing.h"
+#include "testing_http.h"
 
 #include "balance.h"
 #include "http.h"
@@ -67,25 +68,9 @@ static void write_hosts(const char *lines)
     rename(tmp, hosts);
 }
 
-typedef struct {
-    bool done;
-    httpc_result result;
-    int status;
-    char body[64];
-} outcome;
-
-static void on_done(const httpc_response *resp, void *arg)
-{
-    outcome *o = arg;
-    o->done = true;
-    o->result = resp->result;
-    o->status = resp->status;
-    snprintf(o->body, sizeof o->body, "%s", resp->body);
-}
-
 static bool is_done(void *arg)
 {
-    return ((outcome *)arg)->done;
+    return ((call_outcome *)arg)->done;
 }
 
 static int wanted_live;
@@ -119,14 +104,14 @@ static bool one_slot(void *arg)
 typedef struct {
     balance_set *set;
     balance_instance *in;
-    outcome out;
+    call_outcome out;
 } own_call;
 
 static void own_done(const httpc_response *resp, void *arg)
 {
     own_call *c = arg;
     balance_done(c->set, c->in, resp->result, true, false);
-    on_done(resp, &c->out);
+    call_recorded(resp, &c->out);
 }
 
 int main(void)
@@ -155,16 +140,16 @@ int main(void)
     CHECK(s != NULL);
 
     /* Before the first lookup: no instance, the call is never sent. */
-    outcome first = {0};
-    balance_json(s, "GET", "/ping", "req-1", NULL, true, on_done, &first);
+    call_outcome first = {0};
+    balance_json(s, "GET", "/ping", "req-1", NULL, true, call_recorded, &first);
     CHECK(!first.done);
     CHECK(run_until(is_done, &first));
     CHECK_INT(first.result, HTTPC_BUSY);
 
     wanted_live = 1;
     CHECK(run_until(live_and_ready, s));
-    outcome one = {0};
-    balance_json(s, "GET", "/ping", "req-2", NULL, true, on_done, &one);
+    call_outcome one = {0};
+    balance_json(s, "GET", "/ping", "req-2", NULL, true, call_recorded, &one);
     CHECK(run_until(is_done, &one));
     CHECK_INT(one.status, 200);
     CHECK(strstr(one.body, "\"a\"") != NULL);

@@ -9,6 +9,7 @@
  * http://localhost:<port> is answered while getaddrinfo was never asked
  * about "localhost"; and that an address (127.0.0.1) needs no lookup. */
 #include "testing.h"
+#include "testing_http.h"
 
 #include "http.h"
 #include "httpc.h"
@@ -44,32 +45,15 @@ static void h_ping(http_req *r, void *arg)
     http_reply_json(r, 200, json_pack("{s:s}", "pong", "yes"));
 }
 
-typedef struct {
-    bool done;
-    httpc_result result;
-    int status;
-    char body[64];
-} outcome;
-
-static void on_done(const httpc_response *resp, void *arg)
+static call_outcome ping(const char *base_url)
 {
-    outcome *o = arg;
-    o->done = true;
-    o->result = resp->result;
-    o->status = resp->status;
-    snprintf(o->body, sizeof o->body, "%s", resp->body);
-    event_base_loopbreak(base);
-}
-
-static outcome call(const char *base_url)
-{
-    outcome o = {0};
+    call_outcome o = {.stop = base};
     httpc_opts opts = {.timeout_ms = 3000, .retries = -1};
     httpc *c = httpc_new(base, "resolve", base_url, &opts);
     CHECK(c != NULL);
     if (!c)
         return o;
-    httpc_json(c, "GET", "/ping", "req-resolve", NULL, true, on_done, &o);
+    httpc_json(c, "GET", "/ping", "req-resolve", NULL, true, call_recorded, &o);
     struct timeval limit = {5, 0};
     event_base_loopexit(base, &limit);
     event_base_dispatch(base);
@@ -89,7 +73,7 @@ int main(void)
     char url[64];
     snprintf(url, sizeof url, "http://localhost:%d", port);
     localhost_lookups = 0;
-    outcome o = call(url);
+    call_outcome o = ping(url);
     CHECK(o.done);
     CHECK_INT(o.result, HTTPC_OK);
     CHECK_INT(o.status, 200);
@@ -97,7 +81,7 @@ int main(void)
     CHECK_INT(localhost_lookups, 0);
 
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    o = call(url);
+    o = ping(url);
     CHECK_INT(o.status, 200);
     CHECK_INT(localhost_lookups, 0);
 

@@ -27,37 +27,12 @@ struct racer {
     reserve_outcome outcome;
     intake in;
     car c;
-    db_status status;
-    int *finished;
-    struct event_base *base;
 };
 
 static void racer_work(store *st, void *arg)
 {
     struct racer *a = arg;
     a->outcome = rental_reserve(st, &a->rq, &a->in, &a->c);
-}
-
-static void racer_done(void *arg, db_status status)
-{
-    struct racer *a = arg;
-    a->status = status;
-    if (++*a->finished == RACERS)
-        event_base_loopbreak(a->base);
-}
-
-/* Runs the RACERS reservations at once on the database threads. */
-static void race(struct event_base *base, db *d, struct racer *a)
-{
-    int finished = 0;
-    for (int i = 0; i < RACERS; i++) {
-        a[i].finished = &finished;
-        a[i].base = base;
-        CHECK(db_run(d, racer_work, racer_done, &a[i]));
-    }
-    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
-    for (int i = 0; i < RACERS; i++)
-        CHECK_INT(a[i].status, DB_DONE);
 }
 
 static void add_model(store *st, const char *id, long long total)
@@ -87,7 +62,7 @@ static void test_last_cars(struct event_base *base, db *d)
     memset(a, 0, sizeof a);
     for (int i = 0; i < RACERS; i++)
         a[i].rq = request("race1", 1, NULL);
-    race(base, d, a);
+    race(base, d, a, RACERS, racer_work);
     int won = 0, full = 0;
     for (int i = 0; i < RACERS; i++) {
         won += a[i].outcome == RESERVE_OK;
@@ -110,7 +85,7 @@ static void test_overlapping_periods(struct event_base *base, db *d)
         a[i].rq.from_day = TODAY + i % 4;
         a[i].rq.to_day = a[i].rq.from_day + 2;
     }
-    race(base, d, a);
+    race(base, d, a, RACERS, racer_work);
     int won = 0;
     for (long day = TODAY; day < TODAY + 6; day++) {
         long long held = 0;
@@ -137,7 +112,7 @@ static void test_one_key_at_once(struct event_base *base, db *d)
         snprintf(a[i].key, sizeof a[i].key, "kim:race-key");
         a[i].rq = request("race3", 1, a[i].key);
     }
-    race(base, d, a);
+    race(base, d, a, RACERS, racer_work);
     int won = 0;
     long long winner = 0;
     for (int i = 0; i < RACERS; i++) {
@@ -165,18 +140,7 @@ struct unit {
     int n;
     long long order_id;
     return_outcome returned;
-    db_status status;
-    int *finished;
-    struct event_base *base;
 };
-
-static void unit_done(void *arg, db_status status)
-{
-    struct unit *u = arg;
-    u->status = status;
-    if (++*u->finished == RACERS)
-        event_base_loopbreak(u->base);
-}
 
 static void keep_claimed(const intake *in, void *arg)
 {
@@ -204,19 +168,6 @@ static void return_work(store *st, void *arg)
     u->returned = order_return(st, u->order_id, TODAY, 1796000000, "race", &o);
 }
 
-static void run_units(struct event_base *base, db *d, struct unit *u, db_work_fn work)
-{
-    int finished = 0;
-    for (int i = 0; i < RACERS; i++) {
-        u[i].finished = &finished;
-        u[i].base = base;
-        CHECK(db_run(d, work, unit_done, &u[i]));
-    }
-    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
-    for (int i = 0; i < RACERS; i++)
-        CHECK_INT(u[i].status, DB_DONE);
-}
-
 static void test_reconcilers_at_once(struct event_base *base, db *d)
 {
     store *st = db_store(d);
@@ -235,7 +186,7 @@ static void test_reconcilers_at_once(struct event_base *base, db *d)
     memset(u, 0, sizeof u);
     for (int i = 0; i < RACERS; i++)
         snprintf(u[i].owner, sizeof u[i].owner, "rec-%d", i);
-    run_units(base, d, u, claim_work);
+    race(base, d, u, RACERS, claim_work);
     for (int k = 0; k < DEAD; k++) {
         int takers = 0;
         for (int i = 0; i < RACERS; i++)
@@ -261,7 +212,7 @@ static void test_returns_at_once(struct event_base *base, db *d)
     memset(u, 0, sizeof u);
     for (int i = 0; i < RACERS; i++)
         u[i].order_id = in.id;
-    run_units(base, d, u, return_work);
+    race(base, d, u, RACERS, return_work);
     int done = 0;
     for (int i = 0; i < RACERS; i++) {
         done += u[i].returned == RETURN_DONE;

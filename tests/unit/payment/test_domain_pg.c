@@ -17,11 +17,7 @@
 #include "payment.h"
 #include "store_pg.h"
 #include "testing.h"
-
-static long long count_of(store *st, const char *sql)
-{
-    return store_pg_one_int(st, sql, 0, NULL, "test count");
-}
+#include "testing_store.h"
 
 static long long events_of(store *st, const char *type, long long order_id)
 {
@@ -50,7 +46,7 @@ static void test_rules(store *st)
 
     rq = charge(2, PAYMENT_DECLINED_CARD);
     CHECK_INT(payment_charge(st, &rq, "req-3", &p), CHARGE_DECLINED);
-    CHECK_INT(count_of(st, "SELECT count(*) FROM payments WHERE order_id = 2"), 0);
+    CHECK_INT(count(st, "SELECT count(*) FROM payments WHERE order_id = 2"), 0);
 
     payment_cancellation c;
     CHECK_INT(payment_refund(st, 1, "req-4", false, &c), REFUND_CREATED);
@@ -70,17 +66,14 @@ static void test_rules(store *st)
     CHECK_INT(payment_store_find_by_order(st, 3, &p), 0);
 
     /* The card number is nowhere but in its last four digits. */
-    CHECK_INT(count_of(st, "SELECT count(*) FROM payments WHERE card_last4 LIKE '%4111111%'"), 0);
-    CHECK_INT(count_of(st, "SELECT count(*) FROM outbox WHERE payload LIKE '%4111111111%'"), 0);
+    CHECK_INT(count(st, "SELECT count(*) FROM payments WHERE card_last4 LIKE '%4111111%'"), 0);
+    CHECK_INT(count(st, "SELECT count(*) FROM outbox WHERE payload LIKE '%4111111111%'"), 0);
 }
 
 struct attempt {
     charge_request rq;
     charge_outcome outcome;
     payment p;
-    db_status status;
-    int *finished;
-    struct event_base *base;
 };
 
 static void attempt_work(store *st, void *arg)
@@ -89,33 +82,22 @@ static void attempt_work(store *st, void *arg)
     a->outcome = payment_charge(st, &a->rq, "race", &a->p);
 }
 
-static void attempt_done(void *arg, db_status status)
-{
-    struct attempt *a = arg;
-    a->status = status;
-    if (++*a->finished == 8) event_base_loopbreak(a->base);
-}
-
 static void test_same_order_from_many_connections(struct event_base *base, db *d)
 {
     enum { N = 8 };
     struct attempt a[N];
-    int finished = 0;
-    for (int i = 0; i < N; i++) {
-        a[i] = (struct attempt){.rq = charge(42, NULL), .finished = &finished, .base = base};
-        CHECK(db_run(d, attempt_work, attempt_done, &a[i]));
-    }
-    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    for (int i = 0; i < N; i++)
+        a[i] = (struct attempt){.rq = charge(42, NULL)};
+    race(base, d, a, N, attempt_work);
     int created = 0, existing = 0;
     for (int i = 0; i < N; i++) {
-        CHECK_INT(a[i].status, DB_DONE);
         created += a[i].outcome == CHARGE_CREATED;
         existing += a[i].outcome == CHARGE_EXISTING;
     }
     CHECK_INT(created, 1);
     CHECK_INT(existing, N - 1);
     store *st = db_store(d);
-    CHECK_INT(count_of(st, "SELECT count(*) FROM payments WHERE order_id = 42"), 1);
+    CHECK_INT(count(st, "SELECT count(*) FROM payments WHERE order_id = 42"), 1);
     CHECK_INT(events_of(st, "Paid", 42), 1);
 }
 
