@@ -51,6 +51,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "db.h"
 #include "http.h"
 
@@ -82,5 +84,37 @@ bool db_job_answered_unavailable(db_job *job, db_status status);
 
 /* Calls the job's `clear`, then frees it. NULL is ignored. */
 void db_job_free(db_job *job);
+
+/* ---- one page of a list ----
+ *
+ * A list's job holds a db_job_page: on the loop, db_job_page_query reads
+ * ?page&size and makes room for that many rows; the work sets n = 0 (a
+ * rerun starts over), keeps each row it reads with db_job_page_keep, and
+ * sets total (or failed); done answers with db_job_reply_page; the job's
+ * clear frees the rows (db_job_page_free). */
+typedef struct db_job_page {
+    long page, size;             /* ?page&size */
+    size_t row_size;
+    void *rows;                  /* room for size rows */
+    int n;                       /* rows kept by the work */
+    long long total;             /* rows in all */
+    bool failed;                 /* the work could not read them */
+} db_job_page;
+
+/* Reads ?page&size into p, with room for that many rows of row_size
+ * bytes (mem_must); false when r was answered 400 (nothing allocated). */
+bool db_job_page_query(http_req *r, db_job_page *p, size_t row_size);
+
+/* In the work: row (row_size bytes) copied as the next, while room is left. */
+void db_job_page_keep(db_job_page *p, const void *row);
+
+/* In `done`: the page as the collection `name`, row by row through item,
+ * or, when the work failed, a 500 with the message fmt says. Frees the job. */
+void db_job_reply_page(db_job *job, const db_job_page *p, const char *name,
+                       json_t *(*item)(const void *row, const char *base_url), const char *fmt,
+                       ...) __attribute__((format(printf, 5, 6)));
+
+/* In the job's clear: frees the rows. */
+void db_job_page_free(db_job_page *p);
 
 #endif

@@ -64,23 +64,17 @@ typedef struct delivery_job {
     db_job job;                  /* db_job.h */
     long long id;                /* path id or orderId; 0 = none */
     bool valid_id;
-    long page, size;
-    long long total;
+    db_job_page page;            /* a list's: deliveries or cancellations */
     int found;                   /* 1, 0, or -1 on a database error */
     delivery d;
     cancellation c;
     bool created;
-    int n;                       /* rows of the page */
-    delivery *deliveries;
-    cancellation *cancellations;
     char err[200];
 } delivery_job;
 
 static void job_clear(db_job *job)
 {
-    delivery_job *j = (delivery_job *)job;
-    free(j->deliveries);
-    free(j->cancellations);
+    db_job_page_free(&((delivery_job *)job)->page);
 }
 
 static delivery_job *job_new(http_req *r, db *d)
@@ -90,63 +84,62 @@ static delivery_job *job_new(http_req *r, db *d)
 
 /* A job for one page of a list, with room for its rows; NULL when the
  * request was answered (a bad page). */
-static delivery_job *page_job(http_req *r, db *d, size_t row_size, void **rows)
+static delivery_job *page_job(http_req *r, db *d, size_t row_size)
 {
-    long page, size;
-    if (!rep_page_query(r, &page, &size)) return NULL;
+    db_job_page page;
+    if (!db_job_page_query(r, &page, row_size)) return NULL;
     delivery_job *j = job_new(r, d);
     j->page = page;
-    j->size = size;
-    *rows = mem_must(calloc((size_t)size, row_size));   /* mem.h: the job's own */
     return j;
 }
 
-/* ---- deliveries ---- */
-
+/* The rows of one page, kept by the work (db_job.h); arg is the page. */
 static void keep_delivery(const delivery *d, void *arg)
 {
-    delivery_job *j = arg;
-    j->deliveries[j->n++] = *d;
+    db_job_page_keep(arg, d);
 }
 
 static void keep_cancellation(const cancellation *c, void *arg)
 {
-    delivery_job *j = arg;
-    j->cancellations[j->n++] = *c;
+    db_job_page_keep(arg, c);
 }
+
+static json_t *delivery_row(const void *row, const char *base_url)
+{
+    return delivery_item(row, base_url);
+}
+
+static json_t *cancellation_row(const void *row, const char *base_url)
+{
+    return cancellation_item(row, base_url);
+}
+
+/* ---- deliveries ---- */
 
 static void list_deliveries_work(store *st, void *arg)
 {
     delivery_job *j = arg;
-    j->n = 0;
-    j->total = delivery_store_count(st, j->id);
-    j->found = j->total >= 0 &&
-               delivery_store_list(st, j->id, j->page * j->size, j->size, keep_delivery, j) >= 0;
-    if (!j->found) snprintf(j->err, sizeof j->err, "%s", store_error(st));
+    db_job_page *p = &j->page;
+    p->n = 0;
+    p->total = delivery_store_count(st, j->id);
+    p->failed = p->total < 0 ||
+                delivery_store_list(st, j->id, p->page * p->size, p->size, keep_delivery, p) < 0;
+    if (p->failed) snprintf(j->err, sizeof j->err, "%s", store_error(st));
 }
 
 static void list_deliveries_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
     if (db_job_answered_unavailable(&j->job, status)) return;
-    if (!j->found) {
-        http_reply_error(j->job.req, 500, "could not read deliveries: %s", j->err);
-    } else {
-        json_t *items = json_array();
-        for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, delivery_item(&j->deliveries[i], http_req_base_url(j->job.req)));
-        rep_reply_collection(j->job.req, "deliveries", items, j->page, j->size, j->total);
-    }
-    db_job_free(&j->job);
+    db_job_reply_page(&j->job, &j->page, "deliveries", delivery_row,
+                      "could not read deliveries: %s", j->err);
 }
 
 /* Lists deliveries, all or those of one order. */
 static void reply_deliveries(http_req *r, db *d, long long order_id_or_0)
 {
-    void *rows;
-    delivery_job *j = page_job(r, d, sizeof(delivery), &rows);
+    delivery_job *j = page_job(r, d, sizeof(delivery));
     if (!j) return;
-    j->deliveries = rows;
     j->id = order_id_or_0;
     db_job_run(&j->job, list_deliveries_work, list_deliveries_done);
 }
@@ -190,35 +183,26 @@ static void get_delivery(http_req *r, void *arg)
 static void list_cancellations_work(store *st, void *arg)
 {
     delivery_job *j = arg;
-    j->n = 0;
-    j->total = cancellation_store_count(st);
-    j->found = j->total >= 0 &&
-               cancellation_store_list(st, j->page * j->size, j->size, keep_cancellation, j) >= 0;
-    if (!j->found) snprintf(j->err, sizeof j->err, "%s", store_error(st));
+    db_job_page *p = &j->page;
+    p->n = 0;
+    p->total = cancellation_store_count(st);
+    p->failed = p->total < 0 ||
+                cancellation_store_list(st, p->page * p->size, p->size, keep_cancellation, p) < 0;
+    if (p->failed) snprintf(j->err, sizeof j->err, "%s", store_error(st));
 }
 
 static void list_cancellations_done(void *arg, db_status status)
 {
     delivery_job *j = arg;
     if (db_job_answered_unavailable(&j->job, status)) return;
-    if (!j->found) {
-        http_reply_error(j->job.req, 500, "could not read cancellations: %s", j->err);
-    } else {
-        json_t *items = json_array();
-        for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, cancellation_item(&j->cancellations[i],
-                                                           http_req_base_url(j->job.req)));
-        rep_reply_collection(j->job.req, "cancellations", items, j->page, j->size, j->total);
-    }
-    db_job_free(&j->job);
+    db_job_reply_page(&j->job, &j->page, "cancellations", cancellation_row,
+                      "could not read cancellations: %s", j->err);
 }
 
 static void get_cancellations(http_req *r, void *arg)
 {
-    void *rows;
-    delivery_job *j = page_job(r, arg, sizeof(cancellation), &rows);
+    delivery_job *j = page_job(r, arg, sizeof(cancellation));
     if (!j) return;
-    j->cancellations = rows;
     db_job_run(&j->job, list_cancellations_work, list_cancellations_done);
 }
 

@@ -76,7 +76,7 @@ typedef struct api_job {
     long long id;                /* order id */
     char car_id[ORDER_PRODUCT_MAX + 1];
     long from, to;               /* a period */
-    long page, size;
+    db_job_page page;            /* a list's: cars or orders */
     bool owner_only;             /* a customer: only their own rentals */
     char owner[ORDER_CUSTOMER_MAX + 1];
     long today;
@@ -88,16 +88,11 @@ typedef struct api_job {
     order o;
     cancel_outcome cancelled;
     return_outcome returned;
-    int n;                       /* one page of a list */
-    car *cars;
-    order *orders;
 } api_job;
 
 static void clear_rows(db_job *job)
 {
-    api_job *j = (api_job *)job;
-    free(j->cars);
-    free(j->orders);
+    db_job_page_free(&((api_job *)job)->page);
 }
 
 static api_job *job_new(http_req *r, order_api *api)
@@ -109,20 +104,15 @@ static api_job *job_new(http_req *r, order_api *api)
     return j;
 }
 
-/* The rows of one page, kept by the work (a rerun starts at n = 0); the
- * room for them (j->size rows) is made on the loop. */
+/* The rows of one page, kept by the work (db_job.h); arg is the page. */
 static void keep_car(const car *c, void *arg)
 {
-    api_job *j = arg;
-    if (j->n < j->size)
-        j->cars[j->n++] = *c;
+    db_job_page_keep(arg, c);
 }
 
 static void keep_order(const order *o, void *arg)
 {
-    api_job *j = arg;
-    if (j->n < j->size)
-        j->orders[j->n++] = *o;
+    db_job_page_keep(arg, o);
 }
 
 /* The order j->id as the caller may see it: 1, 0 (missing or another
@@ -152,55 +142,42 @@ static bool period_query(http_req *r, long *from, long *to)
 static void list_cars_work(store *st, void *arg)
 {
     api_job *j = arg;
-    j->n = 0;
-    j->total = car_store_count(st);
-    j->found = j->total >= 0 && car_store_list(st, j->from, j->to, j->page * j->size, j->size,
-                                               keep_car, j) == 0 ? 1 : -1;
+    db_job_page *p = &j->page;
+    p->n = 0;
+    p->total = car_store_count(st);
+    p->failed = p->total < 0 ||
+                car_store_list(st, j->from, j->to, p->page * p->size, p->size, keep_car, p) != 0;
 }
 
-/* The page a list's work read as the answer (`name` the collection, `what`
- * for the 500), row i shown by item(); frees the job. */
-static void reply_page(api_job *j, const char *name, const char *what,
-                       json_t *(*item)(const api_job *j, int i, const char *base_url))
+static json_t *car_item(const void *row, const char *base_url)
 {
-    http_req *r = j->job.req;
-    if (j->found < 0) {
-        http_reply_error(r, 500, "%s could not be read", what);
-    } else {
-        json_t *items = json_array();
-        for (int i = 0; i < j->n; i++)
-            json_array_append_new(items, item(j, i, http_req_base_url(r)));
-        rep_reply_collection(r, name, items, j->page, j->size, j->total);
-    }
-    db_job_free(&j->job);
+    return car_json(row, base_url);
 }
 
-static json_t *car_item(const api_job *j, int i, const char *base_url)
+static json_t *order_item(const void *row, const char *base_url)
 {
-    return car_json(&j->cars[i], base_url);
-}
-
-static json_t *order_item(const api_job *j, int i, const char *base_url)
-{
-    return order_json(&j->orders[i], base_url);
+    return order_json(row, base_url);
 }
 
 static void list_cars_done(void *arg, db_status status)
 {
     api_job *j = arg;
     if (!db_job_answered_unavailable(&j->job, status))
-        reply_page(j, "cars", "the fleet", car_item);
+        db_job_reply_page(&j->job, &j->page, "cars", car_item, "the fleet could not be read");
 }
 
 static void list_cars(http_req *r, void *arg)
 {
-    long page, size, from, to;
-    if (!rep_page_query(r, &page, &size) || !period_query(r, &from, &to))
+    long from, to;
+    db_job_page page;
+    if (!db_job_page_query(r, &page, sizeof(car)))
         return;
+    if (!period_query(r, &from, &to)) {
+        db_job_page_free(&page);
+        return;
+    }
     api_job *j = job_new(r, arg);
     j->page = page;
-    j->size = size;
-    j->cars = mem_must(calloc((size_t)size, sizeof *j->cars));
     j->from = from;
     j->to = to;
     db_job_run(&j->job, list_cars_work, list_cars_done);
@@ -257,29 +234,28 @@ static void list_orders_work(store *st, void *arg)
 {
     api_job *j = arg;
     const char *customer = j->owner[0] ? j->owner : NULL;
-    j->n = 0;
-    j->total = order_store_count(st, customer);
-    j->found = j->total >= 0 && order_store_list(st, customer, j->page * j->size, j->size,
-                                                 keep_order, j) == 0 ? 1 : -1;
+    db_job_page *p = &j->page;
+    p->n = 0;
+    p->total = order_store_count(st, customer);
+    p->failed = p->total < 0 ||
+                order_store_list(st, customer, p->page * p->size, p->size, keep_order, p) != 0;
 }
 
 static void list_orders_done(void *arg, db_status status)
 {
     api_job *j = arg;
     if (!db_job_answered_unavailable(&j->job, status))
-        reply_page(j, "orders", "the orders", order_item);
+        db_job_reply_page(&j->job, &j->page, "orders", order_item, "the orders could not be read");
 }
 
 /* The orders of customer_id (NULL: everyone's). */
 static void list_orders_of(http_req *r, order_api *api, const char *customer_id)
 {
-    long page, size;
-    if (!rep_page_query(r, &page, &size))
+    db_job_page page;
+    if (!db_job_page_query(r, &page, sizeof(order)))
         return;
     api_job *j = job_new(r, api);
     j->page = page;
-    j->size = size;
-    j->orders = mem_must(calloc((size_t)size, sizeof *j->orders));
     snprintf(j->owner, sizeof j->owner, "%s", customer_id ? customer_id : "");
     db_job_run(&j->job, list_orders_work, list_orders_done);
 }
