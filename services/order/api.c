@@ -86,8 +86,7 @@ typedef struct api_job {
     long long total;
     car c;
     order o;
-    cancel_outcome cancelled;
-    return_outcome returned;
+    end_outcome ended;           /* a cancel's or a return's */
 } api_job;
 
 static void clear_rows(db_job *job)
@@ -338,6 +337,30 @@ static bool answered_missing(api_job *j)
     return true;
 }
 
+/* A cancel or a return that did not end the rental, now or before that
+ * way (`verb`: "cancelled", `other`: the other ending): answered, job
+ * freed, true. */
+static bool answered_not_ended(api_job *j, const char *verb, const char *other)
+{
+    http_req *r = j->job.req;
+    switch (j->ended) {
+    case END_DONE:
+    case END_ALREADY:
+        return false;
+    case END_NOT_FOUND:
+        http_reply_error(r, 404, "order %lld not found", j->id);
+        break;
+    case END_OTHER_WAY:
+        http_reply_error(r, 409, "order %lld was %s and cannot be %s", j->id, other, verb);
+        break;
+    case END_FAILED:
+        http_reply_error(r, 500, "order %lld could not be %s; please retry", j->id, verb);
+        break;
+    }
+    db_job_free(&j->job);
+    return true;
+}
+
 /* The order exists and is the caller's (or the caller is staff), then the
  * cancel: another customer's order is a 404, as if it did not exist. */
 static void cancel_work(store *st, void *arg)
@@ -345,7 +368,7 @@ static void cancel_work(store *st, void *arg)
     api_job *j = arg;
     j->found = visible_order(st, j);
     if (j->found > 0)
-        j->cancelled = order_cancel(st, j->id, j->job.request_id, &j->o);
+        j->ended = order_cancel(st, j->id, j->job.request_id, &j->o);
 }
 
 static void cancel_done(void *arg, db_status status)
@@ -354,28 +377,12 @@ static void cancel_done(void *arg, db_status status)
     if (db_job_answered_unavailable(&j->job, status))
         return;
     http_req *r = j->job.req;
-    long long id = j->id;
-    if (answered_missing(j))
+    if (answered_missing(j) || answered_not_ended(j, "cancelled", "returned"))
         return;
-    switch (j->cancelled) {
-    case CANCEL_DONE:
+    if (j->ended == END_DONE)
         log_info("req=%s msg=\"order cancelled\" order=%lld product=%s qty=%lld", http_req_id(r),
-                 id, j->o.product_id, j->o.qty);
-        http_reply_empty(r, 204);
-        break;
-    case CANCEL_ALREADY:
-        http_reply_empty(r, 204);
-        break;
-    case CANCEL_NOT_FOUND:
-        http_reply_error(r, 404, "order %lld not found", id);
-        break;
-    case CANCEL_RETURNED:
-        http_reply_error(r, 409, "order %lld was returned and cannot be cancelled", id);
-        break;
-    case CANCEL_FAILED:
-        http_reply_error(r, 500, "order %lld could not be cancelled; please retry", id);
-        break;
-    }
+                 j->id, j->o.product_id, j->o.qty);
+    http_reply_empty(r, 204);
     db_job_free(&j->job);
 }
 
@@ -393,7 +400,7 @@ static void return_work(store *st, void *arg)
     api_job *j = arg;
     j->found = visible_order(st, j);
     if (j->found > 0)
-        j->returned = order_return(st, j->id, j->today, j->now, j->job.request_id, &j->o);
+        j->ended = order_return(st, j->id, j->today, j->now, j->job.request_id, &j->o);
 }
 
 static void return_done(void *arg, db_status status)
@@ -402,29 +409,15 @@ static void return_done(void *arg, db_status status)
     if (db_job_answered_unavailable(&j->job, status))
         return;
     http_req *r = j->job.req;
-    long long id = j->id;
-    if (answered_missing(j))
+    if (answered_missing(j) || answered_not_ended(j, "returned", "cancelled"))
         return;
-    if (j->returned == RETURN_DONE) {
+    if (j->ended == END_DONE) {
         log_info("req=%s msg=\"order returned\" order=%lld product=%s qty=%lld", http_req_id(r),
-                 id, j->o.product_id, j->o.qty);
+                 j->id, j->o.product_id, j->o.qty);
         metrics_counter_add("carshare_returns_total", "by=\"request\"", 1);
     }
-    switch (j->returned) {
-    case RETURN_DONE:
-    case RETURN_ALREADY:   /* the answer is the order as it is now */
-        http_reply_json(r, 200, order_json(&j->o, http_req_base_url(r)));
-        break;
-    case RETURN_NOT_FOUND:
-        http_reply_error(r, 404, "order %lld not found", id);
-        break;
-    case RETURN_CANCELLED:
-        http_reply_error(r, 409, "order %lld was cancelled and cannot be returned", id);
-        break;
-    case RETURN_FAILED:
-        http_reply_error(r, 500, "order %lld could not be returned; please retry", id);
-        break;
-    }
+    /* Done now or before: the answer is the order as it is now. */
+    http_reply_json(r, 200, order_json(&j->o, http_req_base_url(r)));
     db_job_free(&j->job);
 }
 

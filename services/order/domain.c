@@ -385,85 +385,89 @@ int rental_mark_in_doubt(store *st)
     return n;
 }
 
-static cancel_outcome cancel_locked(store *st, long long order_id, const char *request_id,
-                                    order *out)
+/* The order an ending (to the status `ending`) reads first, in its
+ * transaction: END_DONE when it is still active (OrderApproved or Shipped)
+ * and may end, else how the ending ends already. */
+static end_outcome end_read(store *st, long long order_id, const char *ending, order *out)
 {
     int found = order_store_get(st, order_id, out);
     if (found < 0)
-        return CANCEL_FAILED;
+        return END_FAILED;
     if (!found)
-        return CANCEL_NOT_FOUND;
-    if (strcmp(out->status, ORDER_STATUS_CANCELLED) == 0)
-        return CANCEL_ALREADY;
-    if (strcmp(out->status, ORDER_STATUS_RETURNED) == 0)
-        return CANCEL_RETURNED;
-
-    /* From OrderApproved or Shipped: a shipped car is taken back too. */
-    if (order_store_set_status(st, order_id, out->status, ORDER_STATUS_CANCELLED) != 1)
-        return CANCEL_FAILED;
-    snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_CANCELLED);
-    /* The whole period: a cancelled rental never happened (it is refunded
-     * in full), so none of its days stays booked. */
-    if (booking_store_release(st, out->product_id, out->from_day, out->to_day, out->qty) != 0
-        || add_order_cancelled(st, out, request_id) != 0)
-        return CANCEL_FAILED;
-    return CANCEL_DONE;
+        return END_NOT_FOUND;
+    if (strcmp(out->status, ending) == 0)
+        return END_ALREADY;
+    if (strcmp(out->status, ORDER_STATUS_CANCELLED) == 0 ||
+        strcmp(out->status, ORDER_STATUS_RETURNED) == 0)
+        return END_OTHER_WAY;
+    return END_DONE;
 }
 
-cancel_outcome order_cancel(store *st, long long order_id, const char *request_id, order *out)
+/* An ending's transaction (begun) with what its steps gave: committed
+ * when they ended the rental, else rolled back. */
+static end_outcome end_commit(store *st, end_outcome o)
 {
-    if (store_begin(st) != SQLITE_OK)
-        return CANCEL_FAILED;
-    cancel_outcome o = cancel_locked(st, order_id, request_id, out);
-    if (o == CANCEL_DONE) {
+    if (o == END_DONE) {
         if (store_commit(st) == SQLITE_OK)
             return o;
-        o = CANCEL_FAILED;
+        o = END_FAILED;
     }
     store_rollback(st);
     return o;
 }
 
-static return_outcome return_locked(store *st, long long order_id, long today, time_t now,
-                                    const char *request_id, order *out)
+static end_outcome cancel_locked(store *st, long long order_id, const char *request_id,
+                                 order *out)
 {
-    int found = order_store_get(st, order_id, out);
-    if (found < 0)
-        return RETURN_FAILED;
-    if (!found)
-        return RETURN_NOT_FOUND;
-    if (strcmp(out->status, ORDER_STATUS_RETURNED) == 0)
-        return RETURN_ALREADY;
-    if (strcmp(out->status, ORDER_STATUS_CANCELLED) == 0)
-        return RETURN_CANCELLED;
+    end_outcome o = end_read(st, order_id, ORDER_STATUS_CANCELLED, out);
+    if (o != END_DONE)
+        return o;
+    /* From OrderApproved or Shipped: a shipped car is taken back too. */
+    if (order_store_set_status(st, order_id, out->status, ORDER_STATUS_CANCELLED) != 1)
+        return END_FAILED;
+    snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_CANCELLED);
+    /* The whole period: a cancelled rental never happened (it is refunded
+     * in full), so none of its days stays booked. */
+    if (booking_store_release(st, out->product_id, out->from_day, out->to_day, out->qty) != 0
+        || add_order_cancelled(st, out, request_id) != 0)
+        return END_FAILED;
+    return END_DONE;
+}
+
+end_outcome order_cancel(store *st, long long order_id, const char *request_id, order *out)
+{
+    if (store_begin(st) != SQLITE_OK)
+        return END_FAILED;
+    return end_commit(st, cancel_locked(st, order_id, request_id, out));
+}
+
+static end_outcome return_locked(store *st, long long order_id, long today, time_t now,
+                                 const char *request_id, order *out)
+{
+    end_outcome o = end_read(st, order_id, ORDER_STATUS_RETURNED, out);
+    if (o != END_DONE)
+        return o;
 
     /* The guarded transition is what makes a return happen once: the
      * transaction holds the write lock, and a second return (the timer's,
      * another replica's) finds the row Returned and publishes nothing. */
     cal_instant_text(now, out->returned_at);
     if (order_store_mark_returned(st, order_id, out->returned_at) != 1)
-        return RETURN_FAILED;
+        return END_FAILED;
     snprintf(out->status, sizeof out->status, "%s", ORDER_STATUS_RETURNED);
     if (booking_store_release(st, out->product_id, rental_release_from(out->from_day, today),
                               out->to_day, out->qty) != 0
         || add_returned(st, out, request_id) != 0)
-        return RETURN_FAILED;
-    return RETURN_DONE;
+        return END_FAILED;
+    return END_DONE;
 }
 
-return_outcome order_return(store *st, long long order_id, long today, time_t now,
-                            const char *request_id, order *out)
+end_outcome order_return(store *st, long long order_id, long today, time_t now,
+                         const char *request_id, order *out)
 {
     if (store_begin(st) != SQLITE_OK)
-        return RETURN_FAILED;
-    return_outcome o = return_locked(st, order_id, today, now, request_id, out);
-    if (o == RETURN_DONE) {
-        if (store_commit(st) == SQLITE_OK)
-            return o;
-        o = RETURN_FAILED;
-    }
-    store_rollback(st);
-    return o;
+        return END_FAILED;
+    return end_commit(st, return_locked(st, order_id, today, now, request_id, out));
 }
 
 int order_mark_shipped(store *st, long long order_id)

@@ -230,21 +230,26 @@ int rental_finish_void(store *st, long long intake_id);
  * still be working on one: the leases tell (lease.c). */
 int rental_mark_in_doubt(store *st);
 
+/* How ending a rental went: a cancel (order_cancel) or a return
+ * (order_return). */
 typedef enum {
-    CANCEL_DONE, CANCEL_ALREADY, CANCEL_NOT_FOUND, CANCEL_RETURNED, CANCEL_FAILED
-} cancel_outcome;
-cancel_outcome order_cancel(store *st, long long order_id, const char *request_id, order *out);
+    END_DONE,                   /* ended now: cars released, the event written */
+    END_ALREADY,                /* ended this way before: nothing changed */
+    END_NOT_FOUND,
+    END_OTHER_WAY,              /* ended the other way before: a returned rental
+                                   is not cancelled, a cancelled one not returned */
+    END_FAILED,
+} end_outcome;
+
+end_outcome order_cancel(store *st, long long order_id, const char *request_id, order *out);
 
 /* Ends a rental (OrderApproved or Shipped -> Returned) on day `today` at
  * instant `now`: its cars are free again from rental_release_from() on,
  * Returned is published. One guarded transaction: of two returns (a
  * customer's and the timer's, or two replicas'), one changes the row and
  * publishes, the other finds it Returned. */
-typedef enum {
-    RETURN_DONE, RETURN_ALREADY, RETURN_NOT_FOUND, RETURN_CANCELLED, RETURN_FAILED
-} return_outcome;
-return_outcome order_return(store *st, long long order_id, long today, time_t now,
-                            const char *request_id, order *out);
+end_outcome order_return(store *st, long long order_id, long today, time_t now,
+                         const char *request_id, order *out);
 
 /* Inside the bus's transaction: Shipped moves OrderApproved to Shipped.
  * Returns 1 changed, 0 nothing to change, -1 error. */

@@ -66,14 +66,14 @@ static int return_batch(store *st, long today, time_t now)
         order o;
         char req[48];
         snprintf(req, sizeof req, "auto-return-%lld", ids[i]);
-        return_outcome r = order_return(st, ids[i], today, now, req, &o);
-        if (r == RETURN_DONE) {
+        end_outcome r = order_return(st, ids[i], today, now, req, &o);
+        if (r == END_DONE) {
             char to[CAL_DATE_SIZE];
             log_info("req=%s msg=\"rental returned at the end of its period\" order=%lld "
                      "product=%s qty=%lld to=%s", req, o.id, o.product_id, o.qty,
                      cal_format(o.to_day, to));
             metrics_counter_add("carshare_returns_total", "by=\"timer\"", 1);
-        } else if (r == RETURN_FAILED) {
+        } else if (r == END_FAILED) {
             log_error("req=%s msg=\"automatic return failed; retried at the next pass\" "
                       "order=%lld", req, ids[i]);
             return -1;

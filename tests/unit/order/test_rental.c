@@ -248,14 +248,14 @@ static void test_cancel(store *st)
     long long before = available(st, "1004");
     long long events = count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'OrderCancelled'");
 
-    CHECK_INT(order_cancel(st, in.id, "req-c", &o), CANCEL_DONE);
+    CHECK_INT(order_cancel(st, in.id, "req-c", &o), END_DONE);
     CHECK_STR(o.status, "OrderCancelled");
     CHECK_INT(available(st, "1004"), before + 3);
-    CHECK_INT(order_cancel(st, in.id, "req-c2", &o), CANCEL_ALREADY);
+    CHECK_INT(order_cancel(st, in.id, "req-c2", &o), END_ALREADY);
     CHECK_INT(available(st, "1004"), before + 3);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'OrderCancelled'"),
               events + 1);
-    CHECK_INT(order_cancel(st, 424242, NULL, &o), CANCEL_NOT_FOUND);
+    CHECK_INT(order_cancel(st, 424242, NULL, &o), END_NOT_FOUND);
 
     /* Shipped only from OrderApproved. */
     CHECK_INT(order_mark_shipped(st, in.id), 0);
@@ -270,7 +270,7 @@ static void test_cancel(store *st)
     CHECK_STR(o.status, "Shipped");
     /* A shipped rental can still be cancelled; its cars come back. */
     before = available(st, "1004");
-    CHECK_INT(order_cancel(st, in.id, NULL, &o), CANCEL_DONE);
+    CHECK_INT(order_cancel(st, in.id, NULL, &o), END_DONE);
     CHECK_INT(available(st, "1004"), before + 3);
 }
 
@@ -359,32 +359,32 @@ static void test_returns(store *st)
     CHECK_INT(order_store_due(st, d + 4, ids, 64), before + 1);   /* due on d+4 */
     CHECK_INT(ids[before], in.id);
 
-    CHECK_INT(order_return(st, in.id, d + 1, 1796000000, "req-r", &o), RETURN_DONE);
+    CHECK_INT(order_return(st, in.id, d + 1, 1796000000, "req-r", &o), END_DONE);
     CHECK_STR(o.status, "Returned");
     CHECK_STR(o.returned_at, "2026-11-30T00:53:20Z");
     CHECK_INT(free_on(st, "1009", d + 1, d + 2), 1);      /* still out today */
     CHECK_INT(free_on(st, "1009", d + 2, d + 4), 3);
-    CHECK_INT(order_return(st, in.id, d + 1, 1796000100, "req-r2", &o), RETURN_ALREADY);
+    CHECK_INT(order_return(st, in.id, d + 1, 1796000100, "req-r2", &o), END_ALREADY);
     CHECK_STR(o.returned_at, "2026-11-30T00:53:20Z");
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Returned'"), events + 1);
     CHECK_INT(order_store_due(st, d + 10, ids, 64), before);   /* no longer active */
-    CHECK_INT(order_cancel(st, in.id, NULL, &o), CANCEL_RETURNED);
+    CHECK_INT(order_cancel(st, in.id, NULL, &o), END_OTHER_WAY);
     CHECK_INT(order_store_get(st, in.id, &o), 1);
     CHECK_STR(o.status, "Returned");
     CHECK_INT(order_mark_shipped(st, in.id), 0);
-    CHECK_INT(order_return(st, 424242, d, 1796000000, NULL, &o), RETURN_NOT_FOUND);
+    CHECK_INT(order_return(st, 424242, d, 1796000000, NULL, &o), END_NOT_FOUND);
 
     /* A cancelled rental cannot be returned; a shipped one can. */
     CHECK_INT(rent(st, "1009", 1, d, d + 2, &in), RESERVE_OK);
     CHECK_INT(rental_approve(st, in.id, 202, &o), 1);
-    CHECK_INT(order_cancel(st, in.id, NULL, &o), CANCEL_DONE);
-    CHECK_INT(order_return(st, in.id, d, 1796000000, NULL, &o), RETURN_CANCELLED);
+    CHECK_INT(order_cancel(st, in.id, NULL, &o), END_DONE);
+    CHECK_INT(order_return(st, in.id, d, 1796000000, NULL, &o), END_OTHER_WAY);
     CHECK_INT(rent(st, "1009", 1, d + 1, d + 3, &in), RESERVE_OK);
     CHECK_INT(rental_approve(st, in.id, 203, &o), 1);
     CHECK_INT(order_mark_shipped(st, in.id), 1);
     CHECK_INT(free_on(st, "1009", d + 1, d + 2), 0);
     /* Returned before its period started: every day comes back. */
-    CHECK_INT(order_return(st, in.id, d - 1, 1796000000, NULL, &o), RETURN_DONE);
+    CHECK_INT(order_return(st, in.id, d - 1, 1796000000, NULL, &o), END_DONE);
     CHECK_INT(free_on(st, "1009", d + 1, d + 2), 1);      /* the first rental's day */
     CHECK_INT(free_on(st, "1009", d + 2, d + 3), 3);
     CHECK_INT(count(st, "SELECT COUNT(*) FROM outbox WHERE event_type = 'Returned'"), events + 2);

@@ -139,7 +139,7 @@ struct unit {
     long long ids[32];
     int n;
     long long order_id;
-    return_outcome returned;
+    end_outcome returned;
 };
 
 static void keep_claimed(const intake *in, void *arg)
@@ -215,8 +215,8 @@ static void test_returns_at_once(struct event_base *base, db *d)
     race(base, d, u, RACERS, return_work);
     int done = 0;
     for (int i = 0; i < RACERS; i++) {
-        done += u[i].returned == RETURN_DONE;
-        CHECK(u[i].returned == RETURN_DONE || u[i].returned == RETURN_ALREADY);
+        done += u[i].returned == END_DONE;
+        CHECK(u[i].returned == END_DONE || u[i].returned == END_ALREADY);
     }
     CHECK_INT(done, 1);
     char sql[160];
