@@ -225,6 +225,18 @@ def rss_kb(pid):
     return 0
 
 
+def bodies_under_the_limit(port, n):
+    """n connections each sending 60000 bytes of a 65000-byte body, and no more: each holds one
+    request the server keeps reading."""
+    socks = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(("POST /orders HTTP/1.1\r\n" + H + JSON + "Content-Length: 65000\r\n\r\n").encode()
+                  + b"y" * 60000)
+        socks.append(c)
+    return socks
+
+
 def test_rss_stays_flat_under_slow_large_bodies():
     """100 connections each declaring a 1 MiB body and sending it slowly: each is refused at
     once (413) instead of being buffered; then 100 connections each sending a body just under
@@ -245,12 +257,7 @@ def test_rss_stays_flat_under_slow_large_bodies():
         big = rss_kb(pid)
         for c in socks:
             c.close()
-        socks = []
-        for _ in range(100):
-            c = socket.create_connection(("127.0.0.1", port))
-            c.sendall(("POST /orders HTTP/1.1\r\n" + H + JSON + "Content-Length: 65000\r\n\r\n").encode()
-                      + b"y" * 60000)
-            socks.append(c)
+        socks = bodies_under_the_limit(port, 100)
         time.sleep(0.5)
         slow = rss_kb(pid)
         for c in socks:
@@ -276,12 +283,7 @@ def test_memory_of_a_burst_of_slow_bodies_is_given_back():
     with System(["order"]) as s:
         port, pid = s.ports["order"], s.procs["order"].pid
         before = rss_kb(pid)
-        socks = []
-        for _ in range(400):
-            c = socket.create_connection(("127.0.0.1", port))
-            c.sendall(("POST /orders HTTP/1.1\r\n" + H + JSON + "Content-Length: 65000\r\n\r\n").encode()
-                      + b"y" * 60000)
-            socks.append(c)
+        socks = bodies_under_the_limit(port, 400)
         wait_for(lambda: rss_kb(pid) - before > 16 * 1024, 10, "the bodies to be read")
         held = rss_kb(pid)
         for c in socks:
