@@ -55,6 +55,7 @@ struct pgstore {
     bool retry;             /* last failure: serialization conflict */
     bool in_txn;
     unsigned long session;  /* connections made so far: a reconnect adds one */
+    unsigned long txn;      /* the open transaction's number, 0 outside one */
     char error[256];
 };
 
@@ -396,8 +397,15 @@ bool store_pg_try_lock(store *st, long long key)
     return got;
 }
 
+unsigned long store_pg_transaction(const store *st)
+{
+    struct pgstore *pg = store_pgstore(st);
+    return pg ? pg->txn : 0;
+}
+
 int pgstore_begin(struct pgstore *pg, bool locking)
 {
+    static atomic_ulong transactions;   /* every connection's: numbers never repeat */
     const char *sql = locking ? "BEGIN ISOLATION LEVEL READ COMMITTED"
                               : "BEGIN ISOLATION LEVEL SERIALIZABLE";
     if (PQstatus(pg->conn) != CONNECTION_OK && !reconnect(pg)) return 1;
@@ -406,12 +414,14 @@ int pgstore_begin(struct pgstore *pg, bool locking)
             return 1;
     }
     pg->in_txn = true;
+    pg->txn = atomic_fetch_add(&transactions, 1) + 1;
     return 0;
 }
 
 int pgstore_commit(struct pgstore *pg)
 {
     pg->in_txn = false;
+    pg->txn = 0;
     /* A COMMIT of a transaction that failed answers ROLLBACK without an
      * error: the status tells them apart. */
     PGresult *r = PQexec(pg->conn, "COMMIT");
@@ -432,6 +442,7 @@ void pgstore_rollback(struct pgstore *pg)
 {
     if (!pg->in_txn && PQtransactionStatus(pg->conn) == PQTRANS_IDLE) return;
     pg->in_txn = false;
+    pg->txn = 0;
     if (PQstatus(pg->conn) == CONNECTION_OK) {
         PGresult *r = PQexec(pg->conn, "ROLLBACK");
         PQclear(r);

@@ -95,6 +95,12 @@ void store_pg_pause_before_rerun(long attempt);
  * advisory locks and LISTENs, is gone then). */
 unsigned long store_pg_session(const store *st);
 
+/* Which transaction is open on st: a number no other transaction of the
+ * process had or will have (0 outside one that store_begin opened, and on
+ * SQLite). For what may be read once per transaction (a SERIALIZABLE one
+ * sees one snapshot throughout). */
+unsigned long store_pg_transaction(const store *st);
+
 /* pg_try_advisory_lock(key), a session-level lock (outside or inside a
  * transaction): true when this session holds it now. It is held until the
  * session ends (the connection closes or breaks, the process dies); taking

@@ -274,16 +274,30 @@ int page_pg_swap_in_rebuild(store *st)
  * applied concurrently with the start or the swap is ordered before or
  * after it by PostgreSQL (or rerun), so it lands in the shadow view or
  * after the swap in the live one, never only in a live view about to be
- * replaced. One read of a one-row table per event. */
+ * replaced. Read once per transaction, not per event: the transaction sees
+ * one snapshot, none of its events writes the flag, and PostgreSQL
+ * records the transaction's read of the row once, so a second read would
+ * return the same and protect nothing more; a consumer's slice is up to 64
+ * events, and this read was one of their 4 round trips each. Per thread,
+ * as each thread has its own connection. */
+static _Thread_local unsigned long flag_txn;
+static _Thread_local int flag_running;
+
 int page_pg_rebuilding(store *st)
 {
+    unsigned long txn = store_pg_transaction(st);
+    if (txn && txn == flag_txn) return flag_running;
     long long v = store_pg_one_int(st, "SELECT running FROM page_rebuild", 0, NULL,
                                    "read the rebuild flag");
-    return v < 0 ? -1 : v != 0;
+    if (v < 0) return -1;
+    flag_txn = txn;
+    flag_running = v != 0;
+    return flag_running;
 }
 
 int page_pg_set_rebuilding(store *st, bool on)
 {
+    flag_txn = 0;       /* written in this transaction: read it again */
     const char *p[] = {on ? "1" : "0"};
     return store_pg_command(st, "UPDATE page_rebuild SET running = $1", 1, p,
                             "set the rebuild flag") < 0 ? -1 : 0;

@@ -98,6 +98,18 @@ static void test_queries_and_transactions(void)
     CHECK(!store_in_transaction(st));
     CHECK_INT(value_of(st, 1), 5);
 
+    /* Each transaction has a number of its own; none outside one. */
+    CHECK_INT(store_pg_transaction(st), 0);
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    unsigned long first = store_pg_transaction(st);
+    CHECK(first != 0);
+    store_rollback(st);
+    CHECK_INT(store_pg_transaction(st), 0);
+    CHECK_INT(store_begin(st), SQLITE_OK);
+    CHECK(store_pg_transaction(st) != 0 && store_pg_transaction(st) != first);
+    CHECK_INT(store_commit(st), SQLITE_OK);
+    CHECK_INT(store_pg_transaction(st), 0);
+
     p[0] = store_pg_int(b1, 9);
     CHECK_INT(store_begin(st), SQLITE_OK);
     CHECK_INT(store_pg_command(st, set, 2, p, "set"), 1);
