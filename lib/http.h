@@ -32,6 +32,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>   /* ssize_t */
 #include <jansson.h>
 
 struct event_base;
@@ -221,6 +222,13 @@ const char *http_reason(int status);
  * reports the error). For the server and httpc.c (plain sockets). */
 struct bufferevent;
 void http_write_now(struct bufferevent *bev);
+
+/* Reads at most `want` bytes of plain socket fd with one recv, straight
+ * into the end of its bufferevent's input (the server's and httpc's own
+ * read event, instead of evbuffer_read's ioctl(FIONREAD) + readv).
+ * Returns recv's result; when it is negative, *err is errno. */
+struct evbuffer;
+ssize_t http_recv_into(int fd, struct evbuffer *input, size_t want, int *err);
 
 /* ---- writing a message head (the server's answers, httpc's requests) ----
  * Lines are gathered in one stack buffer and added to `out` with one

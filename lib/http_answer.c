@@ -19,6 +19,7 @@
 #include "http_private.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,6 +32,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 
 #include "jtext.h"
 #include "log.h"
@@ -198,6 +200,24 @@ void http_write_now(struct bufferevent *bev)
     if (bufferevent_get_enabled(bev) & EV_WRITE)
         bufferevent_disable(bev, EV_WRITE);
     bufferevent_trigger(bev, EV_WRITE, 0);
+}
+
+ssize_t http_recv_into(int fd, struct evbuffer *input, size_t want, int *err)
+{
+    /* The bufferevent keeps its input's end frozen (only it adds there);
+     * it thaws it around its own reads, so do we. */
+    evbuffer_unfreeze(input, 0);
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(input, (ev_ssize_t)want, &v, 1) < 1)
+        mem_must(NULL);
+    ssize_t n = recv(fd, v.iov_base, v.iov_len < want ? v.iov_len : want, MSG_DONTWAIT);
+    *err = n < 0 ? errno : 0;
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(input, &v, 1);
+    }
+    evbuffer_freeze(input, 0);
+    return n;
 }
 
 /* The Date header's text. It changes once a second, so it is formatted

@@ -421,19 +421,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         return;
     }
     size_t want = max - have < CONN_READ_MAX ? max - have : CONN_READ_MAX;
-    /* The bufferevent keeps its input's end frozen (only it adds there);
-     * it thaws it around its own reads, so do we. */
-    evbuffer_unfreeze(input, 0);
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(input, (ev_ssize_t)want, &v, 1) < 1)
-        mem_must(NULL);
-    ssize_t n = recv(fd, v.iov_base, v.iov_len < want ? v.iov_len : want, MSG_DONTWAIT);
-    int err = n < 0 ? errno : 0;
-    if (n > 0) {
-        v.iov_len = (size_t)n;
-        evbuffer_commit_space(input, &v, 1);
-    }
-    evbuffer_freeze(input, 0);
+    int err;
+    ssize_t n = http_recv_into(fd, input, want, &err);
     if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
         return;
     if (n <= 0) {           /* the client closed its side, or an error */
