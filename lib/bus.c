@@ -42,7 +42,9 @@
  * BUS_DEAD_LETTERS_MAX (10000) and BUS_UPKEEP_MS (60000: how often they are
  * applied; processed.h), BUS_STREAM_REPLICAS (1), BUS_STREAM_MAX_AGE_S
  * (604800) and BUS_STREAM_MAX_BYTES (1 GiB): the stream's retention;
- * BUS_STREAM_DUPLICATE_WINDOW_S (30): its de-duplication window.
+ * BUS_STREAM_DUPLICATE_WINDOW_S (30): its de-duplication window;
+ * BUS_STREAM_OWNER (0): 1 makes this bus bring an existing stream's
+ * limits to these (only a bus user that may update the stream).
  *
  * Retention. Without limits the stream grows for ever (the soak took
  * nats-server's storage from 9 to 134 MB in 4 minutes). The stream keeps
@@ -58,9 +60,9 @@
  * product's. The only reader of old history is customerpage's rebuild;
  * bus_replay refuses a history whose start was cut (replay.c,
  * docs/DESIGN.md "Retention"). The limits are part of the stream's
- * configuration, fixed by whoever creates it: a service never updates an
- * existing stream (see bus_setup_stream), so a stream created without them
- * keeps growing until an operator edits it.
+ * configuration: whoever creates the stream sets them, and the stream's
+ * owner (BUS_STREAM_OWNER) brings an existing stream to them
+ * (bus_setup_stream: "Reconciling").
  *
  * Duplicate window. nats-server remembers every Nats-Msg-Id it stored for
  * the stream's duplicate window, in memory: ~0.5 kB an id in 2.9 (its map
@@ -376,54 +378,138 @@ static bool setup_consumer(bus *b, jsCtx *js)
     return true;
 }
 
-/* Creates or updates the stream and the service's durable consumer. */
+/* The stream as this service would create it. */
+static void stream_config(const bus *b, jsStreamConfig *sc, const char **subjects)
+{
+    jsStreamConfig_Init(sc);
+    sc->Name = STREAM_NAME;
+    subjects[0] = STREAM_SUBJECTS;
+    sc->Subjects = subjects;
+    sc->SubjectsLen = 1;
+    sc->Storage = js_FileStorage;
+    sc->Retention = js_LimitsPolicy;
+    sc->Discard = js_DiscardOld;         /* never refuse a publish: drop the oldest */
+    sc->MaxAge = (int64_t)b->stream_max_age_s * NS_PER_S;
+    sc->MaxBytes = (int64_t)b->stream_max_bytes;
+    /* nats-server refuses a duplicate window longer than the age limit. */
+    sc->Duplicates = (int64_t)(b->stream_max_age_s < b->stream_dup_window_s
+                                   ? b->stream_max_age_s : b->stream_dup_window_s) * NS_PER_S;
+    /* Every service asks for the same count (one ConfigMap), so the first
+     * one creates the stream and the others' creates are the same config. */
+    sc->Replicas = (int)b->stream_replicas;
+}
+
+/* Appends " name=have->want" to `out` when the two differ; true if so. */
+static bool field_differs(char *out, size_t len, const char *name, int64_t have, int64_t want)
+{
+    if (have == want) return false;
+    size_t used = strlen(out);
+    if (used < len)
+        snprintf(out + used, len - used, "%s%s=%lld->%lld", used ? " " : "", name,
+                 (long long)have, (long long)want);
+    return true;
+}
+
+/* The fields this bus owns (bus_setup_stream says which): true and their
+ * changes in `what` when the stream's differ from ours. */
+static bool owned_fields_differ(const jsStreamConfig *have, const jsStreamConfig *want,
+                                char *what, size_t len)
+{
+    what[0] = '\0';
+    bool d = field_differs(what, len, "max_age_s", have->MaxAge / NS_PER_S, want->MaxAge / NS_PER_S);
+    d |= field_differs(what, len, "max_bytes", have->MaxBytes, want->MaxBytes);
+    d |= field_differs(what, len, "duplicate_window_s", have->Duplicates / NS_PER_S,
+                       want->Duplicates / NS_PER_S);
+    d |= field_differs(what, len, "discard", have->Discard, want->Discard);
+    d |= field_differs(what, len, "replicas", have->Replicas, want->Replicas);
+    return d;
+}
+
+/* Brings an existing stream's owned fields to ours (see bus_setup_stream).
+ * Never fails the setup: whatever nats-server says, the stream as it is
+ * still serves, and a refusal is logged for the operator. */
+static void reconcile_stream(bus *b, jsCtx *js, const jsStreamConfig *want, const jsStreamInfo *si)
+{
+    char e[256], what[256];
+    const jsStreamConfig *have = si->Config;
+    if (have->Storage != want->Storage || have->Retention != want->Retention)
+        log_warn("msg=\"stream has another storage or retention than ours: kept (nats-server "
+                 "cannot change them)\" stream=%s storage=%d retention=%d",
+                 STREAM_NAME, (int)have->Storage, (int)have->Retention);
+    if (!owned_fields_differ(have, want, what, sizeof what)) return;
+    if (!b->stream_owner) {
+        log_warn("msg=\"stream configuration differs from ours: kept (not the stream's owner: "
+                 "BUS_STREAM_OWNER)\" stream=%s differs=\"%s\"", STREAM_NAME, what);
+        return;
+    }
+    /* The stream's own configuration with our fields: whatever else an
+     * operator set (placement, description, other subjects) stays. */
+    jsStreamConfig update = *have;
+    update.MaxAge = want->MaxAge;
+    update.MaxBytes = want->MaxBytes;
+    update.Duplicates = want->Duplicates;
+    update.Discard = want->Discard;
+    update.Replicas = want->Replicas;
+    jsStreamInfo *out = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_UpdateStream(&out, js, &update, NULL, &jerr);
+    jsStreamInfo_Destroy(out);
+    if (s == NATS_OK)
+        log_info("msg=\"stream configuration updated\" stream=%s changed=\"%s\"", STREAM_NAME, what);
+    else    /* a timeout may still have applied it: the next setup looks again */
+        log_warn("msg=\"stream configuration update refused: kept as it is\" stream=%s "
+                 "differs=\"%s\" error=%s", STREAM_NAME, what,
+                 bus_nats_error_text(s, jerr, e, sizeof e));
+}
+
+/* Creates the stream, or reconciles it, and the service's durable
+ * consumer.
+ *
+ * Reconciling. Creating is idempotent (the same configuration again is a
+ * success), but a stream that already exists with another configuration
+ * keeps it: a deployment upgraded to new limits (the 30 s duplicate window
+ * instead of 2 minutes, other BUS_STREAM_* values) would never get them.
+ * So when the create finds the stream configured otherwise, the fields this
+ * bus owns (max age, max bytes, duplicate window, discard policy,
+ * replicas) are brought to ours with a stream update, starting from the
+ * stream's own configuration so that nothing else an operator set is
+ * lost. Storage type and retention policy are ours too, but nats-server
+ * cannot change them: a difference is logged and the stream kept. The
+ * update is idempotent (replicas starting together send the same one;
+ * one that finds the stream already updated creates it as a no-op), and
+ * a refused or timed-out update is logged and the setup goes on: the
+ * stream as it is still serves. A change of replicas is applied by a
+ * JetStream cluster in the background; a single nats-server refuses more
+ * than 1.
+ *
+ * Only the stream's owner updates (BUS_STREAM_OWNER=1, order's bus user,
+ * the one scripts/natsauth.py lets update the stream): an update could
+ * also shrink the limits or add a republish rule, so the other services'
+ * users may not, and their buses only log the difference. This runs on
+ * the relay thread, never on the loop. */
 bool bus_setup_stream(bus *b, jsCtx *js)
 {
     char e[256];
-    const char *subjects[] = {STREAM_SUBJECTS};
+    const char *subjects[1];
     jsStreamConfig sc;
-    jsStreamConfig_Init(&sc);
-    sc.Name = STREAM_NAME;
-    sc.Subjects = subjects;
-    sc.SubjectsLen = 1;
-    sc.Storage = js_FileStorage;
-    sc.Retention = js_LimitsPolicy;
-    sc.Discard = js_DiscardOld;         /* never refuse a publish: drop the oldest */
-    sc.MaxAge = (int64_t)b->stream_max_age_s * NS_PER_S;
-    sc.MaxBytes = (int64_t)b->stream_max_bytes;
-    /* nats-server refuses a duplicate window longer than the age limit. */
-    sc.Duplicates = (int64_t)(b->stream_max_age_s < b->stream_dup_window_s
-                                  ? b->stream_max_age_s : b->stream_dup_window_s) * NS_PER_S;
-    /* Every service asks for the same count (one ConfigMap), so the first
-     * one creates the stream and the others' creates are the same config. */
-    sc.Replicas = (int)b->stream_replicas;
+    stream_config(b, &sc, subjects);
 
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    /* Creating is idempotent: the same configuration again is a success.
-     * A service never updates the stream, and its bus user may not (an
-     * update could add a source or a republish rule that puts other
-     * services' event types into the stream: scripts/natsauth.py). */
     natsStatus s = js_AddStream(&si, js, &sc, NULL, &jerr);
-    if (s != NATS_OK && jerr == JSStreamNameExistErr) {
-        /* The operator configured it differently (e.g. memory storage, a
-         * longer duplicate window): use it as it is. */
-        log_warn("msg=\"stream exists with another configuration: kept\" error=%s",
-                 bus_nats_error_text(s, jerr, e, sizeof e));
-        jsStreamInfo_Destroy(si);
-        si = NULL;
-        s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
-    } else if (s != NATS_OK && jerr == JSStorageResourcesExceededErr) {
-        /* nats-server (2.9, Debian's) reserves MaxBytes for a create before
-         * it sees that the stream exists: the second service's identical
-         * create fails once MaxBytes is over half of max_file_store (dev
-         * and compose: 1 GiB of 1.5). An existing stream is a success; if
-         * there is none, the storage error stands. */
+    /* The stream exists with another configuration; or maybe exists:
+     * nats-server (2.9, Debian's) reserves MaxBytes for a create before it
+     * sees that the stream exists, so the second service's identical
+     * create fails once MaxBytes is over half of max_file_store (dev and
+     * compose: 1 GiB of 1.5). An existing stream is a success; if there is
+     * none, the storage error stands. */
+    if (s != NATS_OK && (jerr == JSStreamNameExistErr || jerr == JSStorageResourcesExceededErr)) {
         jsStreamInfo_Destroy(si);
         si = NULL;
         jsErrCode create_err = jerr;
-        if (js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr) == NATS_OK)
-            s = NATS_OK;
+        s = js_GetStreamInfo(&si, js, STREAM_NAME, NULL, &jerr);
+        if (s == NATS_OK)
+            reconcile_stream(b, js, &sc, si);
         else
             jerr = create_err;
     }
@@ -509,6 +595,7 @@ bus *bus_new(struct event_base *base, store *st, const char *service_name)
     b->stream_max_age_s = config_int("BUS_STREAM_MAX_AGE_S", 7 * 24 * 3600, 1, 10L * 365 * 24 * 3600);
     b->stream_max_bytes = config_int("BUS_STREAM_MAX_BYTES", 1L << 30, 4096, 1L << 50);
     b->stream_dup_window_s = config_int("BUS_STREAM_DUPLICATE_WINDOW_S", 30, 1, 7L * 24 * 3600);
+    b->stream_owner = config_int("BUS_STREAM_OWNER", 0, 0, 1) == 1;
     b->pending = calloc(RELAY_BATCH, sizeof *b->pending);
     b->inbox = event_new(base, -1, 0, consumer_on_inbox, b);
     b->trim = evtimer_new(base, outbox_on_trim, b);

@@ -105,6 +105,7 @@ struct bus {
     long stream_max_age_s;          /* BUS_STREAM_MAX_AGE_S: retention by age (bus.c says why) */
     long stream_max_bytes;          /* BUS_STREAM_MAX_BYTES: retention by size */
     long stream_dup_window_s;       /* BUS_STREAM_DUPLICATE_WINDOW_S: nats-server's de-dup memory */
+    bool stream_owner;              /* BUS_STREAM_OWNER: brings an existing stream to ours */
 
     struct handler *handlers;
     size_t nhandlers;

@@ -8,11 +8,15 @@ client without credentials as soon as it knows users). Each service's user may:
     PayCancelled; delivery: Shipped, DeliveryCanceled; customerpage: none);
   - make the JetStream API calls its bus really makes (lib/bus.c, lib/consumer.c): create the
     stream `carshare` if it is missing and read its info; create, read and pull from its own
-    durable consumer (named after the service) and ack its messages. It may NOT update, delete
-    or purge the stream, create other streams, nor touch another service's consumer: a stream
-    update could add a source or a republish rule, which would let a service put another
-    service's event types into the stream without publishing them itself. Creating `carshare`
+    durable consumer (named after the service) and ack its messages. It may NOT delete or purge
+    the stream, create other streams, nor touch another service's consumer. Creating `carshare`
     cannot change it once it exists (nats-server refuses a create whose configuration differs);
+  - update the stream only if it is the stream's owner (STREAM_OWNER, order: its bus brings an
+    existing stream's limits to the configured ones, BUS_STREAM_OWNER=1 in its environment,
+    lib/bus.c "Reconciling"). The others may not: an update could shrink the limits (dropping
+    events nobody consumed yet) or change the subjects, so one user holds that power, not four
+    (nats-server 2.9 refuses an update that adds a republish rule, and a service cannot create
+    a stream to source from, so an update does not let the owner inject events);
   - receive replies on _INBOX.<user>.> only (lib/bus.c sets that inbox prefix), so no service
     reads another's replies.
 
@@ -38,6 +42,9 @@ PUBLISHES = {
     "customerpage": [],
 }
 REPLAYERS = {"customerpage"}
+# The one service whose bus updates the stream's configuration (docs/DESIGN.md "Reconciling the
+# stream"); the service where every rental's events begin.
+STREAM_OWNER = "order"
 BUS_USERS = list(PUBLISHES)
 
 
@@ -63,6 +70,8 @@ def permissions(name):
     """The nats-server permissions of service `name`'s user."""
     allow = ["%s.%s" % (STREAM, t) for t in PUBLISHES[name]]
     allow += ["$JS.API.STREAM.CREATE." + STREAM, "$JS.API.STREAM.INFO." + STREAM]
+    if name == STREAM_OWNER:
+        allow += ["$JS.API.STREAM.UPDATE." + STREAM]
     allow += _consumer_subjects(name)
     deny = []
     if name in REPLAYERS:
@@ -106,7 +115,11 @@ def write_config(path, host, port, store_dir, passwords, extra=None):
 
 
 def service_env(name, passwords):
-    """The environment that gives service `name` its bus credentials ({} if it uses no bus)."""
+    """The environment that gives service `name` its bus credentials ({} if it uses no bus), and
+    the stream's owner its duty to update the stream."""
     if name not in PUBLISHES:
         return {}
-    return {"NATS_USER": name, "NATS_PASSWORD": passwords[name]}
+    env = {"NATS_USER": name, "NATS_PASSWORD": passwords[name]}
+    if name == STREAM_OWNER:
+        env["BUS_STREAM_OWNER"] = "1"
+    return env

@@ -414,6 +414,8 @@ def test_bus_users_match_natsauth():
                 e = env_of(docs, c)
                 check(e.get("NATS_USER") == proc and e.get("NATS_PASSWORD_FILE"),
                       "%s %s: no bus credentials" % (overlay, proc))
+                check((e.get("BUS_STREAM_OWNER") == "1") == (proc == natsauth.STREAM_OWNER),
+                      "%s %s: BUS_STREAM_OWNER is not natsauth's owner" % (overlay, proc))
                 vol = [v for v in pod(w)["volumes"]
                        if v.get("secret", {}).get("secretName", "").startswith("carshare-nats")]
                 check(vol and vol[0]["secret"]["items"] == [{"key": proc, "path": "password"}],

@@ -9,8 +9,13 @@ cannot pass because the call was malformed or the server refuses everything:
     tries to publish never reaches the stream;
   - each service's user may publish its own event types and no other service's (order cannot
     publish Paid, payment cannot publish Ordered, customerpage publishes nothing);
-  - no user can change the stream (update, delete, purge, another stream with a republish rule),
-    nor read, pull from or ack another service's consumer, nor subscribe outside its own inbox.
+  - no user can delete or purge the stream, or create another stream (with a republish rule),
+    nor read, pull from or ack another service's consumer, nor subscribe outside its own inbox;
+    only the stream's owner (order) may update the stream, and nats-server refuses even it a
+    republish rule;
+  - a stream left with older limits (an upgraded deployment: 2-minute duplicate window, other
+    size and age limits) is brought to the configured ones by order when it starts, keeping what
+    an operator set besides; payment, not the owner, leaves it as it is and is ready all the same.
 """
 import json
 import os
@@ -18,7 +23,7 @@ import sys
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import NatsRefused, System, check, run, wait_for  # noqa: E402
+from harness import NatsRefused, System, check, free_port, run, wait_for  # noqa: E402
 
 BUS_SERVICES = ["payment", "order", "delivery", "customerpage"]
 
@@ -119,7 +124,7 @@ def api_call(s, user, subject, body=b""):
 
 
 def test_no_service_changes_the_stream_or_another_consumer():
-    # A stream update could add a source or a republish rule: another way to inject events.
+    # A stream update could shrink the limits or change the subjects: only the owner may.
     republish = json.dumps({"name": "carshare", "subjects": ["carshare.>"], "storage": "file",
                             "republish": {"src": ">", "dest": "x.>"}}).encode()
     evil = json.dumps({"name": "evil", "subjects": ["evil.>"],
@@ -127,8 +132,14 @@ def test_no_service_changes_the_stream_or_another_consumer():
     with System(BUS_SERVICES) as s:
         stream_ready(s)
         for user in ["order", "payment", "delivery", "customerpage"]:
-            for subject, body in [("$JS.API.STREAM.UPDATE.carshare", republish),
-                                  ("$JS.API.STREAM.DELETE.carshare", b""),
+            if user == "order":     # the owner: allowed to ask, and refused by JetStream itself
+                answer = api_call(s, user, "$JS.API.STREAM.UPDATE.carshare", republish)
+                check("republish" in answer.get("error", {}).get("description", "").lower(),
+                      "order added a republish rule: %r" % (answer,))
+            else:
+                refused(lambda: api_call(s, user, "$JS.API.STREAM.UPDATE.carshare", republish),
+                        "%s updating the stream" % user)
+            for subject, body in [("$JS.API.STREAM.DELETE.carshare", b""),
                                   ("$JS.API.STREAM.PURGE.carshare", b""),
                                   ("$JS.API.STREAM.CREATE.evil", evil),
                                   ("$JS.API.STREAM.MSG.DELETE.carshare", b'{"seq": 1}')]:
@@ -148,6 +159,41 @@ def test_no_service_changes_the_stream_or_another_consumer():
         info = api_call(s, "admin", "$JS.API.STREAM.INFO.carshare")
         check(info["config"].get("republish") is None, "the stream was changed: %r" % info)
         check(info["config"]["subjects"] == ["carshare.>"], "the stream was changed: %r" % info)
+
+
+def stream_config(s):
+    return api_call(s, "admin", "$JS.API.STREAM.INFO.carshare")["config"]
+
+
+def test_the_owner_brings_an_old_stream_to_the_configured_limits():
+    s_ = 10 ** 9
+    old = {"name": "carshare", "subjects": ["carshare.>"], "storage": "file", "discard": "new",
+           "max_bytes": 1 << 20, "max_age": 0, "duplicate_window": 120 * s_,
+           "description": "kept: set by an operator"}
+    with System([]) as s:      # nats-server only: the services start once the stream is there
+        for name in ["payment", "order"]:
+            s.ports.setdefault(name, free_port())
+        created = api_call(s, "admin", "$JS.API.STREAM.CREATE.carshare", json.dumps(old).encode())
+        check(created.get("did_create"), "the old stream was not created: %r" % (created,))
+        s.start("payment")      # ready once its bus set the stream and its consumer up
+        conf = stream_config(s)
+        check((conf["duplicate_window"], conf["max_bytes"], conf["max_age"], conf["discard"])
+              == (120 * s_, 1 << 20, 0, "new"), "payment, not the owner, changed it: %r" % conf)
+        s.start("order")
+        conf = stream_config(s)
+        check(conf["duplicate_window"] == 30 * s_, "duplicate window not updated: %r" % conf)
+        check(conf["max_bytes"] == 1 << 30, "max bytes not updated: %r" % conf)
+        check(conf["max_age"] == 7 * 24 * 3600 * s_, "max age not updated: %r" % conf)
+        check(conf["discard"] == "old", "discard policy not updated: %r" % conf)
+        check(conf.get("description") == old["description"] and conf["storage"] == "file"
+              and conf["subjects"] == ["carshare.>"], "the rest was not kept: %r" % conf)
+        check("stream configuration updated" in s.log("order"), "order did not say so")
+        # A restart finds nothing to change, and the stream still takes events.
+        s.stop("order")
+        s.start("order")
+        check(stream_config(s) == conf, "a second start changed it again")
+        ack = publish(s, "order", "Ordered")
+        check(ack.get("stream") == "carshare", "the updated stream refused an event: %r" % (ack,))
 
 
 def test_no_service_reads_others_replies_or_the_raw_subjects():

@@ -27,7 +27,10 @@
  *  - retention: the stream is created with BUS_STREAM_MAX_BYTES,
  *    BUS_STREAM_MAX_AGE_S and BUS_STREAM_DUPLICATE_WINDOW_S (30 s by
  *    default) and stays within them, and a replay refuses a
- *    history whose start they dropped (by size; by age, all of it).
+ *    history whose start they dropped (by size; by age, all of it);
+ *  - reconciling: a stream left with older limits gets ours from the
+ *    stream's owner (BUS_STREAM_OWNER) only, keeping a storage that
+ *    cannot change; an update nats-server refuses leaves the bus ready.
  * Waiting uses generous deadlines only to fail instead of hanging. */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -361,6 +364,7 @@ static long long stream_messages(void)
 struct stream_view {
     unsigned long long first, msgs, bytes;
     long long max_bytes, max_age_s, duplicates_s;
+    int discard, storage, replicas;
 };
 
 static struct stream_view stream_view_get(void)
@@ -374,7 +378,9 @@ static struct stream_view stream_view_get(void)
         js_GetStreamInfo(&si, js, "carshare", NULL, NULL) == NATS_OK)
         v = (struct stream_view){si->State.FirstSeq, si->State.Msgs, si->State.Bytes,
                                  si->Config->MaxBytes, si->Config->MaxAge / 1000000000LL,
-                                 si->Config->Duplicates / 1000000000LL};
+                                 si->Config->Duplicates / 1000000000LL,
+                                 (int)si->Config->Discard, (int)si->Config->Storage,
+                                 (int)si->Config->Replicas};
     jsStreamInfo_Destroy(si);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
@@ -725,6 +731,97 @@ static void check_retention(void)
     unsetenv("BUS_STREAM_MAX_AGE_S");
 }
 
+/* The stream as a deployment before the current limits left it: a
+ * 2-minute duplicate window, 1 MiB, no age limit, discard new; on
+ * `storage`. */
+static void create_old_stream(jsStorageType storage)
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    const char *subjects[] = {"carshare.>"};
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "carshare";
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = storage;
+    sc.Discard = js_DiscardNew;
+    sc.MaxBytes = 1 << 20;
+    sc.Duplicates = 120 * 1000000000LL;
+    jsStreamInfo *si = NULL;
+    CHECK_INT(natsConnection_ConnectTo(&nc, nats_url), NATS_OK);
+    CHECK_INT(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    CHECK_INT(js_AddStream(&si, js, &sc, NULL, NULL), NATS_OK);
+    jsStreamInfo_Destroy(si);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+}
+
+static bool stream_is_old(struct stream_view v)
+{
+    return v.duplicates_s == 120 && v.max_bytes == 1 << 20 && v.max_age_s == 0 &&
+           v.discard == js_DiscardNew;
+}
+
+static bool stream_is_ours(struct stream_view v)
+{
+    return v.duplicates_s == 30 && v.max_bytes == 1L << 30 && v.max_age_s == 7 * 24 * 3600 &&
+           v.discard == js_DiscardOld && v.replicas == 1;
+}
+
+/* Reconciling: an existing stream with old limits gets ours from the
+ * stream's owner only (another bus leaves it and is ready all the same);
+ * a storage it cannot change stays, the rest is still updated; an update
+ * nats-server refuses (more bytes than its storage has) leaves the stream
+ * as it is and the bus ready. */
+static void check_reconcile(void)
+{
+    stop_nats();
+    snprintf(nats_dir, sizeof nats_dir, "%s/%s", dir, "jetstream-reconcile-old");
+    start_nats();
+    create_old_stream(js_FileStorage);
+    bus *b = bus_new(base, sender_db, "sender");          /* not the owner (the default) */
+    CHECK_INT(bus_start(b), 0);
+    CHECK(run_until(bus_connected, b, WAIT_MS, "a bus that does not own the stream ready"));
+    CHECK(stream_is_old(stream_view_get()));
+    bus_free(b);
+
+    setenv("BUS_STREAM_OWNER", "1", 1);
+    setenv("BUS_STREAM_MAX_BYTES", "1125899906842624", 1);     /* 1 PiB: more than the disk */
+    b = bus_new(base, sender_db, "sender");
+    CHECK_INT(bus_start(b), 0);
+    CHECK(run_until(bus_connected, b, WAIT_MS, "the owner ready after a refused update"));
+    CHECK(stream_is_old(stream_view_get()));
+    bus_free(b);
+    unsetenv("BUS_STREAM_MAX_BYTES");
+
+    b = bus_new(base, sender_db, "sender");
+    CHECK_INT(bus_start(b), 0);
+    CHECK(run_until(bus_connected, b, WAIT_MS, "the owner ready"));
+    CHECK(stream_is_ours(stream_view_get()));
+    bus *again = bus_new(base, sender_db, "sender");  /* the same again: nothing to do */
+    CHECK_INT(bus_start(again), 0);
+    CHECK(run_until(bus_connected, again, WAIT_MS, "a second owner ready"));
+    CHECK(stream_is_ours(stream_view_get()));
+    commit_rentals(60500, 3);
+    CHECK_INT(stream_view_get().msgs, 3);
+    bus_free(again);
+    bus_free(b);
+
+    stop_nats();
+    snprintf(nats_dir, sizeof nats_dir, "%s/%s", dir, "jetstream-reconcile-memory");
+    start_nats();
+    create_old_stream(js_MemoryStorage);
+    b = bus_new(base, sender_db, "sender");
+    CHECK_INT(bus_start(b), 0);
+    CHECK(run_until(bus_connected, b, WAIT_MS, "the owner ready on a memory stream"));
+    struct stream_view v = stream_view_get();
+    CHECK(stream_is_ours(v));
+    CHECK_INT(v.storage, js_MemoryStorage);
+    bus_free(b);
+    unsetenv("BUS_STREAM_OWNER");
+}
+
 static void cleanup(void)
 {
     stop_nats();
@@ -955,6 +1052,7 @@ int main(void)
     bus_free(receiver);
     bus_free(sender);
     check_retention();
+    check_reconcile();
     store_close(receiver_db);
     store_close(sender_db);
     event_base_free(base);
