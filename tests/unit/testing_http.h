@@ -7,7 +7,9 @@
  * (Connection: close) that keeps the status, the Location header and the
  * body parsed as JSON. check_error() checks the contract's error shape.
  * And the other side: call_recorded, the done callback of an httpc call
- * (lib/httpc.h) that keeps how it ended in a call_outcome.
+ * (lib/httpc.h) that keeps how it ended in a call_outcome. loopback_connect
+ * is the blocking TCP connect to a test server that call() and the tests'
+ * own raw clients share.
  *
  * The server checks tokens as every process does (lib/auth.c's guard), with
  * a key pair made for the test: call() sends the token of the caller set by
@@ -20,6 +22,7 @@
 #define CARSHARE_TESTING_HTTP_H
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <jansson.h>
@@ -133,6 +136,23 @@ static inline void loop_stop(void)
 
 /* ---- the client ---- */
 
+/* A blocking TCP connection to 127.0.0.1:port, or -1 with errno set. */
+static inline int loopback_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 typedef struct reply {
     int status;
     char location[256];
@@ -142,12 +162,9 @@ typedef struct reply {
 static inline reply call(const char *method, const char *path, const char *body)
 {
     reply r = { 0 };
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)server_port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    int fd = loopback_connect(server_port);
+    if (fd < 0) {
         fprintf(stderr, "cannot connect to the test server\n");
-        if (fd >= 0) close(fd);
         return r;
     }
     char req[8192], authorization[TOKEN_MAX_LEN + 32] = "";

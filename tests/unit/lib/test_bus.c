@@ -58,6 +58,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "testing.h"
+#include "testing_http.h"
 #include "uuid.h"
 
 #define WAIT_MS 30000
@@ -85,12 +86,9 @@ static int free_port(void)
 
 static bool port_open(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
+    int fd = loopback_connect(port);
+    if (fd >= 0) close(fd);
+    return fd >= 0;
 }
 
 static void sleep_ms(long ms)

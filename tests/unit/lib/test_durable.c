@@ -27,6 +27,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "testing.h"
+#include "testing_http.h"
 #include "testing_gate.h"
 
 static struct event_base *base;
@@ -173,17 +174,15 @@ struct raw_client {
 static void *raw_client_main(void *arg)
 {
     struct raw_client *rc = arg;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rc->port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+    int fd = loopback_connect(rc->port);
+    if (fd >= 0) {
         const char *req = "POST /commit HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
         if (write(fd, req, strlen(req)) == (ssize_t)strlen(req)) {
             ssize_t n = read(fd, rc->answer, sizeof rc->answer - 1);
             if (n > 0) rc->answer[n] = '\0';
         }
+        close(fd);
     }
-    close(fd);
     atomic_store(&rc->done, 1);
     return NULL;
 }

@@ -7,6 +7,7 @@
  * client socket. Nothing here depends on timing beyond generous deadlines
  * that only turn a hang into a failure. */
 #include "testing.h"
+#include "testing_http.h"
 
 #include "http.h"
 #include "metrics.h"
@@ -52,22 +53,6 @@ typedef struct {
     bool closed;
     bool complete;
 } reader;
-
-static int connect_to(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
 
 static void send_all(int fd, const char *data, size_t len)
 {
@@ -208,7 +193,7 @@ static bool read_response(int fd, bool head_only, response *res)
 /* One request on a fresh connection. */
 static bool roundtrip(int port, const char *raw, response *res)
 {
-    int fd = connect_to(port);
+    int fd = loopback_connect(port);
     if (fd < 0) {
         memset(res, 0, sizeof *res);
         return false;
@@ -634,7 +619,7 @@ static void test_async_reply_after_timer(int port)
 
 static void test_keepalive(int port)
 {
-    int fd = connect_to(port);
+    int fd = loopback_connect(port);
     CHECK(fd >= 0);
     response res;
     const char *req = "GET /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -671,7 +656,7 @@ static void test_keepalive(int port)
 static void test_client_disconnect(http_server *s, int port)
 {
     stashed = NULL;
-    int fd = connect_to(port);
+    int fd = loopback_connect(port);
     const char *req = "GET /async/stash HTTP/1.1\r\nHost: x\r\n\r\n";
     send_all(fd, req, strlen(req));
     for (int i = 0; i < 100 && !stashed; i++)
@@ -732,7 +717,7 @@ static void test_drain(http_server *s, int port)
 {
     stashed = NULL;
     drained_calls = 0;
-    int fd = connect_to(port);
+    int fd = loopback_connect(port);
     const char *req = "GET /async/stash HTTP/1.1\r\nHost: x\r\n\r\n";
     send_all(fd, req, strlen(req));
     for (int i = 0; i < 100 && !stashed; i++)
@@ -744,7 +729,7 @@ static void test_drain(http_server *s, int port)
     run_until(NULL, 100);
     CHECK_INT(drained_calls, 0);              /* one request still in flight */
     CHECK_INT(http_server_inflight(s), 1);
-    int late = connect_to(port);
+    int late = loopback_connect(port);
     CHECK(late < 0);                           /* the listener is closed */
     if (late >= 0) close(late);
 
@@ -912,9 +897,8 @@ static void test_handover(void)
          * descriptor taken, even once the offering side closed its own. */
         evconnlistener_free(l);
         l = NULL;
-        int c = socket(AF_INET, SOCK_STREAM, 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        CHECK(connect(c, (struct sockaddr *)&sa, sizeof sa) == 0);
+        int c = loopback_connect(port);
+        CHECK(c >= 0);
         int a = accept(evconnlistener_get_fd(j.got), NULL, NULL);
         CHECK(a >= 0);
         close(a);
@@ -963,7 +947,7 @@ static void test_drain_grace(void)
     CHECK(port > 0);
     const char *req = "GET /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n";
     response res;
-    int idle = connect_to(port);
+    int idle = loopback_connect(port);
     CHECK(idle >= 0);
     /* An empty line after its request (skipped) leaves it idle. */
     const char *then_empty = "GET /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n\r\n";
@@ -974,7 +958,7 @@ static void test_drain_grace(void)
 
     drained_calls = 0;
     http_server_drain(s, 3000, on_drained, NULL);
-    int late = connect_to(port);
+    int late = loopback_connect(port);
     CHECK(late >= 0);                                /* still accepting */
     send_all(late, req, strlen(req));
     CHECK(read_response(late, false, &res));
@@ -989,7 +973,7 @@ static void test_drain_grace(void)
     char byte;
     CHECK(recv(idle, &byte, 1, 0) == 0);             /* the idle one closed cleanly */
     close(idle);
-    int after = connect_to(port);
+    int after = loopback_connect(port);
     CHECK(after < 0);                                /* the listener is closed */
     if (after >= 0) close(after);
     http_server_free(s);
@@ -1040,7 +1024,7 @@ static void test_free_with_pending_request(void)
     http_server_route(s, "GET", "/pending/{id}", h_stash, NULL);
     int port = http_server_listen(s, "127.0.0.1", 0);
     stashed = NULL;
-    int fd = connect_to(port);
+    int fd = loopback_connect(port);
     const char *req = "GET /pending/77?x=y HTTP/1.1\r\nHost: x\r\n\r\n";
     send_all(fd, req, strlen(req));
     for (int i = 0; i < 100 && !stashed; i++)

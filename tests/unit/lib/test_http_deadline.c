@@ -23,6 +23,7 @@
  *    again, and every request is answered in order.
  * The limits (4 s to see a close) only turn a hang into a failure. */
 #include "testing.h"
+#include "testing_http.h"
 
 #include "http.h"
 
@@ -116,10 +117,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 static bool client_open(client *c, int port)
 {
     memset(c, 0, sizeof *c);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+    if ((c->fd = loopback_connect(port)) < 0)
         return false;
     c->readable = event_new(base, c->fd, EV_READ | EV_PERSIST, on_readable, c);
     event_add(c->readable, NULL);
@@ -234,10 +232,7 @@ static void on_sink_readable(evutil_socket_t fd, short what, void *arg)
 static bool sink_open(sink *k, int port)
 {
     memset(k, 0, sizeof *k);
-    k->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (k->fd < 0 || connect(k->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+    if ((k->fd = loopback_connect(port)) < 0)
         return false;
     k->readable = event_new(base, k->fd, EV_READ | EV_PERSIST, on_sink_readable, k);
     return true;

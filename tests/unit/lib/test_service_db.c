@@ -37,6 +37,7 @@
 #include "http.h"
 #include "service.h"
 #include "testing.h"
+#include "testing_http.h"
 #include "testing_gate.h"
 #include "token.h"
 
@@ -83,14 +84,7 @@ static int connect_service(void)
 {
     while (__atomic_load_n(&svc->port, __ATOMIC_ACQUIRE) == 0)
         usleep(1000);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)svc->port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
+    return loopback_connect(svc->port);
 }
 
 /* Whether bytes arrive on fd within ms. */
