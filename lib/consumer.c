@@ -52,6 +52,14 @@
 
 #define FETCH_BATCH       64        /* messages per pull */
 #define FETCH_WAIT_MS     500       /* also bounds how long bus_stop waits */
+/* A caught-up consumer does not wait FETCH_WAIT_MS for a batch to fill:
+ * nats.c 3.4.1's Fetch of more than one message sends its pull request
+ * with no_wait and the expiry, which nats-server 2.9 serves "one-shot":
+ * it waits up to the expiry for a first message, then ends the request
+ * (408) as soon as it has delivered what there is, and Fetch returns
+ * with it. Measured on an idle system (300 rentals one after another,
+ * nothing else running): 201 to Shipped on the customer page, through
+ * delivery's and customerpage's consumers, p50 6.7 ms, p99 27.9 ms. */
 #define APPLY_PER_TURN    64        /* messages applied per loop callback */
 
 /* ---- small helpers ---- */
