@@ -245,11 +245,24 @@ static void test_cache(token_key *k)
     CHECK_STR(c.sub, "kim");
     /* A cached token expires all the same. */
     CHECK_INT(token_verify(v, t, strlen(t), now + 601, &c), TOKEN_EXPIRED);
+    /* The set is chosen by the length and the signature's end only: a
+     * forgery with the cached token's length and signature but other
+     * claims lands in the same set, and is refused all the same (the
+     * whole token is compared), without counting as a hit. */
+    char forged[TOKEN_MAX_LEN];
+    snprintf(forged, sizeof forged, "%s", t);
+    char *claims = strchr(forged, '.') + 1;
+    claims[2] = claims[2] == 'A' ? 'B' : 'A';
+    CHECK(verify(v, forged, &c) != TOKEN_OK);
+    CHECK(verify(v, forged, &c) != TOKEN_OK);
+    CHECK_INT(token_verifier_stats(v).hits, 2);   /* the first two checks of t */
+    CHECK_INT(verify(v, t, &c), TOKEN_OK);      /* still cached: a hit */
+    CHECK_INT(token_verifier_stats(v).hits, 3);
     /* A refused token is never cached: it is refused again, in full. */
     t[strlen(t) - 5] ^= 1;
     CHECK(verify(v, t, &c) != TOKEN_OK);
     CHECK(verify(v, t, &c) != TOKEN_OK);
-    CHECK_INT(token_verifier_stats(v).hits, 2);
+    CHECK_INT(token_verifier_stats(v).hits, 3);
     token_verifier_free(v);
 }
 
