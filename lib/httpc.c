@@ -199,22 +199,24 @@ static bool method_lookup(const char *name, enum evhttp_cmd_type *type, const ch
     return false;
 }
 
-/* Headers the client writes itself, or that describe one hop only: a
- * caller's copy of them (a proxied request's) must not be forwarded. */
-static bool header_is_ours(const char *key)
+/* Headers of a caller's list that are not sent as they are: those the
+ * client writes itself or that describe one hop only (a proxied request's
+ * copy of them must not be forwarded), Content-Type (written from the
+ * call's), and X-Request-Id when the call has its own id. Every header of
+ * every call passes here: the length is compared first. */
+static bool header_dropped(const char *key, size_t len, bool has_rid)
 {
-#define OURS(s) { s, sizeof s - 1 }
-    static const struct { const char *name; size_t len; } ours[] = {
-        OURS("Host"), OURS("Connection"), OURS("Content-Length"), OURS("Transfer-Encoding"),
-        OURS("Keep-Alive"), OURS("Proxy-Connection"), OURS("TE"), OURS("Trailer"),
-        OURS("Upgrade"), OURS("Expect"),
+#define NAME(s) { s, sizeof s - 1 }
+    static const struct { const char *name; size_t len; } dropped[] = {
+        NAME("Host"), NAME("Connection"), NAME("Content-Length"), NAME("Transfer-Encoding"),
+        NAME("Keep-Alive"), NAME("Proxy-Connection"), NAME("TE"), NAME("Trailer"),
+        NAME("Upgrade"), NAME("Expect"), NAME("Content-Type"),
     };
-#undef OURS
-    size_t len = strlen(key);   /* every proxied header passes here: cheap test first */
-    for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++)
-        if (ours[i].len == len && strcasecmp(key, ours[i].name) == 0)
+#undef NAME
+    for (size_t i = 0; i < sizeof dropped / sizeof dropped[0]; i++)
+        if (dropped[i].len == len && strcasecmp(key, dropped[i].name) == 0)
             return true;
-    return false;
+    return has_rid && len == 12 && strcasecmp(key, "X-Request-Id") == 0;
 }
 
 static void export_outcome(httpc *c, httpc_call *hc, httpc_result result, int status,
@@ -287,80 +289,91 @@ static char *call_reserve(httpc_call *hc, size_t need)
     return hc->mem;
 }
 
-/* Copies what a retry needs into the call's own buffer. */
+/* Appends len bytes at *at, growing the buffer (keep more bytes free
+ * after them, and always one: the buffer exists once this returned true);
+ * false when out of memory. */
+static bool call_put(httpc_call *hc, size_t *at, const void *p, size_t len, size_t keep)
+{
+    if (!call_reserve(hc, *at + len + keep + 1))
+        return false;
+    if (len)    /* p may be NULL then (no body) */
+        memcpy(hc->mem + *at, p, len);
+    *at += len;
+    return true;
+}
+
+/* The content type a body goes with: the call's, else a Content-Type in
+ * its headers, else JSON. */
+static const char *call_content_type(const httpc_request *call)
+{
+    if (call->content_type)
+        return call->content_type;
+    const struct evkeyval *h;
+    if (call->headers)
+        TAILQ_FOREACH(h, call->headers, next)
+            if (strcasecmp(h->key, "Content-Type") == 0)
+                return h->value;
+    return "application/json";
+}
+
+/* The caller's headers, as the "Name: value\r\n" lines the request will
+ * carry (written at once by every attempt). A header that is not valid
+ * (http_field_valid) is left out, unless the caller vouched for all of
+ * them (httpc_request.headers_valid). */
+static bool call_copy_headers(httpc_call *hc, const httpc_request *call, size_t *at)
+{
+    hc->hdr_off = *at;
+    const struct evkeyval *h;
+    if (call->headers) {
+        TAILQ_FOREACH(h, call->headers, next) {
+            size_t klen = strlen(h->key), vlen = strlen(h->value);
+            if (header_dropped(h->key, klen, hc->has_rid) ||
+                (!call->headers_valid && !http_field_valid(h->key, h->value)))
+                continue;
+            if (!call_reserve(hc, *at + klen + vlen + 4 + call->body_len + 1))
+                return false;
+            char *line = hc->mem + *at;
+            memcpy(line, h->key, klen);
+            memcpy(line + klen, ": ", 2);
+            memcpy(line + klen + 2, h->value, vlen);
+            memcpy(line + klen + 2 + vlen, "\r\n", 2);
+            *at += klen + vlen + 4;
+        }
+    }
+    hc->hdr_len = *at - hc->hdr_off;
+    return true;
+}
+
+/* Copies what a retry needs into the call's own buffer: the uri, the
+ * request id and the content type (each NUL-terminated, lengths kept), the
+ * header lines and the body. */
 static bool call_copy_request(httpc_call *hc, const httpc_request *call)
 {
     httpc *c = hc->client;
     const char *uri = call->uri && *call->uri ? call->uri : "/";
-    const char *ctype = call->content_type;
-    bool has_rid = call->request_id && *call->request_id;
-    const struct evkeyval *h;
-
-    if (!ctype && call->headers) {
-        TAILQ_FOREACH(h, call->headers, next)
-            if (strcasecmp(h->key, "Content-Type") == 0) {
-                ctype = h->value;
-                break;
-            }
-    }
-    if (!ctype)
-        ctype = "application/json";
-
-    size_t need = c->prefix_len + strlen(uri) + 1 + strlen(ctype) + 1 + call->body_len + 1;
-    if (has_rid)
-        need += strlen(call->request_id) + 1;
-    if (call->headers)
-        TAILQ_FOREACH(h, call->headers, next)
-            need += strlen(h->key) + strlen(h->value) + 2;
-
-    char *mem = call_reserve(hc, need);
-    if (!mem)
-        return false;
+    /* Only a body has a content type: no look for one without. */
+    const char *ctype = call->body_len ? call_content_type(call) : "";
+    hc->has_rid = call->request_id && *call->request_id;
+    const char *rid = hc->has_rid ? call->request_id : "";
+    size_t ulen = strlen(uri), rlen = strlen(rid), clen = strlen(ctype);
     size_t at = 0;
 
     hc->uri_off = at;
-    memcpy(mem + at, c->prefix, c->prefix_len);
-    at += c->prefix_len;
-    size_t n = strlen(uri) + 1;
-    memcpy(mem + at, uri, n);
-    at += n;
-
-    hc->has_rid = has_rid;
+    hc->uri_len = c->prefix_len + ulen;
+    if (!call_put(hc, &at, c->prefix, c->prefix_len, 0) || !call_put(hc, &at, uri, ulen + 1, 0))
+        return false;
     hc->rid_off = at;
-    if (has_rid) {
-        n = strlen(call->request_id) + 1;
-        memcpy(mem + at, call->request_id, n);
-        at += n;
-    }
-
+    hc->rid_len = rlen;
+    if (!call_put(hc, &at, rid, rlen + 1, 0))
+        return false;
     hc->ctype_off = at;
-    n = strlen(ctype) + 1;
-    memcpy(mem + at, ctype, n);
-    at += n;
-
-    hc->hdr_off = at;
-    hc->hdr_count = 0;
-    if (call->headers) {
-        TAILQ_FOREACH(h, call->headers, next) {
-            if (header_is_ours(h->key) || strcasecmp(h->key, "Content-Type") == 0 ||
-                (has_rid && strcasecmp(h->key, "X-Request-Id") == 0) ||
-                !http_field_valid(h->key, h->value))
-                continue;
-            n = strlen(h->key) + 1;
-            memcpy(mem + at, h->key, n);
-            at += n;
-            n = strlen(h->value) + 1;
-            memcpy(mem + at, h->value, n);
-            at += n;
-            hc->hdr_count++;
-        }
-    }
+    hc->ctype_len = clen;
+    if (!call_put(hc, &at, ctype, clen + 1, 0) || !call_copy_headers(hc, call, &at))
+        return false;
 
     hc->body_off = at;
     hc->body_len = call->body ? call->body_len : 0;
-    if (hc->body_len)
-        memcpy(mem + at, call->body, hc->body_len);
-    return true;
+    return call_put(hc, &at, call->body, hc->body_len, 1);
 }
 
 /* ---- finishing a call ---- */
@@ -594,10 +607,8 @@ void httpc_attempt_connected(httpc_slot *slot)
     timer_arm_until(hc, hc->deadline_ms);
 }
 
-static void req_str(http_head_buf *b, const char *s)
-{
-    http_head_put(b, s, strlen(s));
-}
+/* A string literal, put without a strlen. */
+#define PUT_LITERAL(b, s) http_head_put(b, s, sizeof s - 1)
 
 /* The request, built in one buffer and added to the output at once. */
 static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
@@ -606,25 +617,25 @@ static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
     http_head_buf b;
     b.out = bufferevent_get_output(slot->bev);
     b.n = 0;
-    req_str(&b, hc->method_name);
-    http_head_put(&b, " ", 1);
-    req_str(&b, hc->mem + hc->uri_off);
-    http_head_put(&b, " HTTP/1.1\r\n", 11);
-    http_head_field(&b, "Host", c->host_header);
-    http_head_field(&b, "Connection", slot->keep_alive ? "keep-alive" : "close");
-    if (hc->has_rid)
-        http_head_field(&b, "X-Request-Id", hc->mem + hc->rid_off);
+    http_head_put(&b, hc->method_name, strlen(hc->method_name));
+    PUT_LITERAL(&b, " ");
+    http_head_put(&b, hc->mem + hc->uri_off, hc->uri_len);
+    PUT_LITERAL(&b, " HTTP/1.1\r\nHost: ");
+    http_head_put(&b, c->host_header, c->host_header_len);
+    if (slot->keep_alive)
+        PUT_LITERAL(&b, "\r\nConnection: keep-alive\r\n");
+    else
+        PUT_LITERAL(&b, "\r\nConnection: close\r\n");
+    if (hc->has_rid) {
+        PUT_LITERAL(&b, "X-Request-Id: ");
+        http_head_put(&b, hc->mem + hc->rid_off, hc->rid_len);
+        PUT_LITERAL(&b, "\r\n");
+    }
     const char *credentials = c->auth ? c->auth(c->auth_arg) : NULL;
     if (credentials && http_field_valid("Authorization", credentials))
         http_head_field(&b, "Authorization", credentials);
-
-    const char *p = hc->mem + hc->hdr_off;
-    for (int i = 0; i < hc->hdr_count; i++) {
-        const char *key = p;
-        const char *value = key + strlen(key) + 1;
-        http_head_field(&b, key, value);      /* checked when copied: no injection */
-        p = value + strlen(value) + 1;
-    }
+    /* The caller's, checked when copied: no injection. */
+    http_head_put(&b, hc->mem + hc->hdr_off, hc->hdr_len);
 
     bool body_method = hc->method == EVHTTP_REQ_POST || hc->method == EVHTTP_REQ_PUT ||
                        hc->method == EVHTTP_REQ_PATCH;
@@ -632,10 +643,13 @@ static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
         char length[24];
         snprintf(length, sizeof length, "%zu", hc->body_len);
         http_head_field(&b, "Content-Length", length);
-        if (hc->body_len > 0)
-            http_head_field(&b, "Content-Type", hc->mem + hc->ctype_off);
+        if (hc->body_len > 0) {
+            PUT_LITERAL(&b, "Content-Type: ");
+            http_head_put(&b, hc->mem + hc->ctype_off, hc->ctype_len);
+            PUT_LITERAL(&b, "\r\n");
+        }
     }
-    http_head_put(&b, "\r\n", 2);
+    PUT_LITERAL(&b, "\r\n");
     http_head_end(&b);
     if (hc->body_len > 0)
         evbuffer_add(b.out, hc->mem + hc->body_off, hc->body_len);

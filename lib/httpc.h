@@ -81,7 +81,14 @@ typedef struct httpc_request {
     const char *method;                 /* "GET", "POST", ... */
     const char *uri;                    /* path and query, e.g. "/payments?x=1" */
     const char *request_id;             /* sent as X-Request-Id (may be NULL) */
-    const struct evkeyvalq *headers;    /* extra headers to send (may be NULL) */
+    const struct evkeyvalq *headers;    /* extra headers to send (may be NULL); each
+                                           one not valid (http_field_valid) is left out */
+    /* true: the caller vouches that every header of `headers` is valid (its
+     * name a token, its value field bytes only), so httpc does not check
+     * them again: the gateway's forwarded headers, which the server's frame
+     * check accepted (lib/http_frame.c, the same rules) and its own
+     * X-Forwarded-* values. Never for headers of any other origin. */
+    bool headers_valid;
     const char *content_type;           /* for body; NULL = application/json */
     const void *body;
     size_t body_len;

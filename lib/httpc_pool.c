@@ -124,6 +124,7 @@ static bool client_parse_url(httpc *c, const char *base_url)
     else
         snprintf(header, sizeof header, "%s:%d", host, c->port);
     c->host_header = strdup(header);
+    c->host_header_len = strlen(header);
 
     const char *path = evhttp_uri_get_path(uri);
     size_t plen = path ? strlen(path) : 0;

@@ -106,11 +106,12 @@ struct httpc_call {
     httpc_result outcome;              /* for PENDING and DEFERRED */
     int outcome_status;
 
-    /* the request, copied: uri, request id, content type, headers, body */
+    /* the request, copied: uri, request id, content type (each
+     * NUL-terminated), the headers' lines ("Name: value\r\n"), body */
     char *mem;
     size_t mem_cap;
-    size_t uri_off, rid_off, ctype_off, hdr_off, body_off, body_len;
-    int hdr_count;
+    size_t uri_off, rid_off, ctype_off, hdr_off, body_off;
+    size_t uri_len, rid_len, ctype_len, hdr_len, body_len;
     bool has_rid;
 };
 
@@ -127,6 +128,7 @@ struct httpc {
     char *host;                        /* for connecting (no IPv6 brackets) */
     struct evdns_base *dns;            /* resolves host; NULL when it is an address */
     char *host_header;
+    size_t host_header_len;
     char *prefix;                      /* base URL path, no trailing slash */
     size_t prefix_len;
     int port;

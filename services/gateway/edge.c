@@ -33,6 +33,7 @@
 #include <openssl/ssl.h>
 
 #include "config.h"
+#include "http_frame.h"
 #include "gateway.h"
 #include "log.h"
 
@@ -95,6 +96,13 @@ static void gw_public_host(gateway *gw, const char *url)
     p = p ? p + 3 : url;
     size_t n = strcspn(p, "/");
     snprintf(gw->public_host, sizeof gw->public_host, "%.*s", (int)n, p);
+    /* The proxy vouches for it as a header value (proxy.c): the URL was
+     * checked (visible ASCII only), so this cannot fail; said, not assumed. */
+    if (!http_field_valid("X-Forwarded-Host", gw->public_host)) {
+        fprintf(stderr, "gateway: the public base URL's host is not a valid header value: %s\n",
+                gw->public_host);
+        exit(2);
+    }
 }
 
 void gw_edge_setup(gateway *gw)

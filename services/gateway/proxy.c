@@ -21,7 +21,9 @@
  * 502 down or broken, 504 too slow, 503 with Retry-After when the breaker is
  * open or the bulkhead is full (refused at once, nothing queued further).
  *
- * Cost per request: one small exchange allocation. The forwarded header
+ * Cost per request: one small exchange allocation. httpc does not check
+ * the forwarded headers again (httpc_request.headers_valid): the frame
+ * check already did, by the same rules. The forwarded header
  * list lives on the stack and points at the client's own header strings,
  * and the body is the server's copy: httpc copies what it sends once, into
  * its reusable per-call buffer. The answer's body is copied once, into the
@@ -201,7 +203,10 @@ static bool gw_forward(gw_exchange *x)
         if (gw_request_header_forwarded(kv->name, ch.connection))
             gw_append(&out, &slots[used++], kv->name, kv->value);
 
-    /* The gateway's own values (the client's were not copied: domain.c). */
+    /* The gateway's own values (the client's were not copied: domain.c),
+     * valid header values all three: the peer is an address as
+     * inet_ntop writes it (or "-"), the host was checked at start
+     * (edge.c), the scheme is "http" or "https". */
     gw_append(&out, &slots[used++], "X-Forwarded-For", http_req_peer(req));
     gw_append(&out, &slots[used++], "X-Forwarded-Host", up->gw->public_host);
     gw_append(&out, &slots[used++], "X-Forwarded-Proto", up->gw->scheme);
@@ -213,6 +218,9 @@ static bool gw_forward(gw_exchange *x)
         .uri = http_req_uri(req),
         .request_id = http_req_id(req),
         .headers = &out,
+        /* The client's headers passed the frame check (lib/http_frame.c),
+         * whose rules are http_field_valid's; ours are valid (above). */
+        .headers_valid = true,
         .content_type = body_len ? ch.content_type : NULL,
         .body = body,
         .body_len = body_len,

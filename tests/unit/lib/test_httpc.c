@@ -513,13 +513,34 @@ static void test_answers_and_headers(upstream *u)
     get(c, &col, 6, "/hello", true);
     CHECK(wait_for(&col.done, 6, 5000));
     CHECK_INT(u->npeers, peers);    /* the connection was kept */
+
+    /* a header that is not valid is left out (this value would start a
+     * header of its own); one the caller vouches for goes as it is */
+    struct evkeyval bad = { .key = (char *)"X-Custom", .value = (char *)"evil\r\nX-Injected: yes" };
+    TAILQ_INIT(&extra);
+    TAILQ_INSERT_TAIL(&extra, &bad, next);
+    httpc_request with_bad = { .method = "GET", .uri = "/hello", .headers = &extra,
+                               .idempotent = true };
+    send_call(c, &col, 7, &with_bad);
+    CHECK(wait_for(&col.done, 7, 5000));
+    CHECK_INT(col.a[7].status, 200);
+    CHECK_STR(u->last_custom, "");
+    struct evkeyval vouched = { .key = (char *)"X-Custom", .value = (char *)"vouched" };
+    TAILQ_INIT(&extra);
+    TAILQ_INSERT_TAIL(&extra, &vouched, next);
+    httpc_request valid = { .method = "GET", .uri = "/hello", .headers = &extra,
+                            .headers_valid = true, .idempotent = true };
+    send_call(c, &col, 8, &valid);
+    CHECK(wait_for(&col.done, 8, 5000));
+    CHECK_INT(col.a[8].status, 200);
+    CHECK_STR(u->last_custom, "vouched");
     httpc_free(c);
 
     /* a base URL with a path prefix */
     c = client_for(u->port, "/api/v1/", NULL);
     CHECK(c != NULL);
     get(c, &col, 4, "/hello", true);
-    CHECK(wait_for(&col.done, 7, 5000));
+    CHECK(wait_for(&col.done, 9, 5000));
     CHECK_INT(col.a[4].status, 200);
     CHECK_STR(col.a[4].body, "prefixed");
     httpc_free(c);
