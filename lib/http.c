@@ -437,6 +437,7 @@ void http_server_free(http_server *s)
     free(s->fallback_label);
     free(s->fallback_metric_label);
     free(s->public_base_url);
+    free(s->answer_block);
     while (s->answer_headers) {
         http_header *next = s->answer_headers->next;
         free(s->answer_headers);
@@ -466,6 +467,22 @@ int http_server_set_public_base_url(http_server *s, const char *url)
     return 0;
 }
 
+/* The server's own headers as the lines every answer's head carries,
+ * made once here rather than for every answer. */
+static void answer_block_make(http_server *s)
+{
+    size_t len = 0;
+    for (const http_header *a = s->answer_headers; a; a = a->next)
+        len += strlen(a->name) + strlen(a->value) + 4;
+    char *block = mem_must(malloc(len + 1));
+    size_t at = 0;
+    for (const http_header *a = s->answer_headers; a; a = a->next)
+        at += (size_t)sprintf(block + at, "%s: %s\r\n", a->name, a->value);
+    free(s->answer_block);
+    s->answer_block = block;
+    s->answer_block_len = at;
+}
+
 void http_server_add_answer_header(http_server *s, const char *name, const char *value)
 {
     size_t nlen = strlen(name), vlen = strlen(value);
@@ -482,11 +499,13 @@ void http_server_add_answer_header(http_server *s, const char *name, const char 
             h->next = (*at)->next;
             free(*at);
             *at = h;
+            answer_block_make(s);
             return;
         }
         at = &(*at)->next;
     }
     *at = h;
+    answer_block_make(s);
 }
 
 void http_server_set_connection_factory(http_server *s, http_connection_factory fn, void *arg)

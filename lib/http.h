@@ -32,6 +32,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/types.h>   /* ssize_t */
 #include <jansson.h>
 
@@ -239,8 +240,27 @@ typedef struct http_head_buf {
     size_t n;
     char text[2048];
 } http_head_buf;
-void http_head_put(http_head_buf *b, const char *p, size_t len);
-void http_head_field(http_head_buf *b, const char *name, const char *value);   /* "name: value\r\n" */
+void http_head_put_slow(http_head_buf *b, const char *p, size_t len);
+/* Inline: a head is a dozen short pieces, many of them literals whose
+ * copy the compiler then makes a few moves. */
+static inline void http_head_put(http_head_buf *b, const char *p, size_t len)
+{
+    if (b->n + len > sizeof b->text) {
+        http_head_put_slow(b, p, len);
+        return;
+    }
+    memcpy(b->text + b->n, p, len);
+    b->n += len;
+}
+#define HTTP_HEAD_LITERAL(b, s) http_head_put(b, s, sizeof s - 1)   /* s a string literal */
+/* "name: value\r\n" (inline too: a literal name's strlen is folded) */
+static inline void http_head_field(http_head_buf *b, const char *name, const char *value)
+{
+    http_head_put(b, name, strlen(name));
+    HTTP_HEAD_LITERAL(b, ": ");
+    http_head_put(b, value, strlen(value));
+    HTTP_HEAD_LITERAL(b, "\r\n");
+}
 void http_head_end(http_head_buf *b);
 
 /* ---- group commit, as HTTP sees it ----

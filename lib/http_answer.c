@@ -220,26 +220,42 @@ ssize_t http_recv_into(int fd, struct evbuffer *input, size_t want, int *err)
     return n;
 }
 
-/* The Date header's text. It changes once a second, so it is formatted
- * then and reused (gmtime and snprintf cost 3.4k instructions). Fixed
- * English names, as RFC 9110 wants, whatever the locale. */
-static const char *date_text(void)
+/* The Date header's line, "Date: ...\r\n" (its length in *len). It
+ * changes once a second, so it is formatted then and reused (gmtime and
+ * snprintf cost 3.4k instructions). Fixed English names, as RFC 9110
+ * wants, whatever the locale. */
+static const char *date_line(size_t *len)
 {
     static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     static _Thread_local time_t cached_second = -1;
-    static _Thread_local char text[40];
+    static _Thread_local char text[48];
+    static _Thread_local size_t text_len;
     time_t now = time(NULL);
     if (now != cached_second) {
         struct tm tm;
         gmtime_r(&now, &tm);
-        snprintf(text, sizeof text, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
-                 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                 tm.tm_sec);
+        int n = snprintf(text, sizeof text, "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+                         days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
+                         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        text_len = n > 0 && (size_t)n < sizeof text ? (size_t)n : 0;
         cached_second = now;
     }
+    *len = text_len;
     return text;
+}
+
+/* The decimal digits of v, at the end of buf[24]; returns where they start
+ * (at least min_digits of them, zeros in front). */
+static char *decimal(char buf[24], unsigned long long v, int min_digits)
+{
+    char *p = buf + 24;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v || buf + 24 - p < min_digits);
+    return p;
 }
 
 /* The access log line, one per request, built without printf (vsnprintf
@@ -267,12 +283,8 @@ static void line_str(line_buf *b, const char *s)
 static void line_uint(line_buf *b, unsigned long long v, int min_digits)
 {
     char digits[24];
-    int n = 0;
-    do {
-        digits[sizeof digits - 1 - n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v || n < min_digits);
-    line_put(b, digits + sizeof digits - n, (size_t)n);
+    char *p = decimal(digits, v, min_digits);
+    line_put(b, p, (size_t)(digits + sizeof digits - p));
 }
 
 static void access_log(const http_req *r, int status, unsigned long long ns, size_t bytes,
@@ -383,26 +395,18 @@ void http_send_held_answer(void *arg)
 
 /* ---- message heads (http.h: http_head_buf) ---- */
 
-void http_head_put(http_head_buf *h, const char *p, size_t len)
+/* What does not fit: the buffer goes out, and the piece after it (at once
+ * when larger than the buffer). */
+void http_head_put_slow(http_head_buf *h, const char *p, size_t len)
 {
-    if (h->n + len > sizeof h->text) {
-        evbuffer_add(h->out, h->text, h->n);
-        h->n = 0;
-        if (len > sizeof h->text) {
-            evbuffer_add(h->out, p, len);
-            return;
-        }
+    evbuffer_add(h->out, h->text, h->n);
+    h->n = 0;
+    if (len > sizeof h->text) {
+        evbuffer_add(h->out, p, len);
+        return;
     }
-    memcpy(h->text + h->n, p, len);
-    h->n += len;
-}
-
-void http_head_field(http_head_buf *h, const char *name, const char *value)
-{
-    http_head_put(h, name, strlen(name));
-    http_head_put(h, ": ", 2);
-    http_head_put(h, value, strlen(value));
-    http_head_put(h, "\r\n", 2);
+    memcpy(h->text, p, len);
+    h->n = len;
 }
 
 void http_head_end(http_head_buf *h)
@@ -483,21 +487,29 @@ static void write_head(http_req *r, struct evbuffer *out, int status, const char
     if (content_type)
         http_head_field(&h, "Content-Type", content_type);
     http_head_field(&h, "X-Request-Id", r->id);
-    for (const http_header *a = r->server ? r->server->answer_headers : NULL; a; a = a->next)
-        http_head_field(&h, a->name, a->value);
+    if (r->server && r->server->answer_block_len)   /* its own headers, formatted once (http.c) */
+        http_head_put(&h, r->server->answer_block, r->server->answer_block_len);
     if (has_body) {
-        char len[24];
-        snprintf(len, sizeof len, "%zu", body_len);
         /* HEAD: the length the GET would have (the handler's, when it knows
          * it better: a proxied HEAD, whose body is empty here only). */
-        http_head_field(&h, "Content-Length", handler_length ? handler_length : len);
+        if (handler_length) {
+            http_head_field(&h, "Content-Length", handler_length);
+        } else {
+            char digits[24];
+            char *p = decimal(digits, body_len, 1);
+            HTTP_HEAD_LITERAL(&h, "Content-Length: ");
+            http_head_put(&h, p, (size_t)(digits + sizeof digits - p));
+            HTTP_HEAD_LITERAL(&h, "\r\n");
+        }
     }
-    http_head_field(&h, "Date", date_text());
+    size_t date_len;
+    const char *date = date_line(&date_len);
+    http_head_put(&h, date, date_len);
     if (close_after)
-        http_head_put(&h, "Connection: close\r\n", 19);
+        HTTP_HEAD_LITERAL(&h, "Connection: close\r\n");
     else if (r->minor == 0)
-        http_head_put(&h, "Connection: keep-alive\r\n", 24);
-    http_head_put(&h, "\r\n", 2);
+        HTTP_HEAD_LITERAL(&h, "Connection: keep-alive\r\n");
+    HTTP_HEAD_LITERAL(&h, "\r\n");
     http_head_end(&h);
 }
 

@@ -200,6 +200,8 @@ struct http_server {
 
     char *public_base_url;         /* links' base: http_server_set_public_base_url */
     http_header *answer_headers;   /* added to every answer: http_server_add_answer_header */
+    char *answer_block;            /* the same as the head's lines, "Name: value\r\n"... */
+    size_t answer_block_len;
     http_metric_slot metric_cache[HTTP_METRIC_CACHE];
     http_connection_factory make_bev;  /* NULL: plain sockets; else e.g. TLS (the gateway's) */
     void *make_bev_arg;

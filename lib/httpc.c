@@ -607,9 +607,6 @@ void httpc_attempt_connected(httpc_slot *slot)
     timer_arm_until(hc, hc->deadline_ms);
 }
 
-/* A string literal, put without a strlen. */
-#define PUT_LITERAL(b, s) http_head_put(b, s, sizeof s - 1)
-
 /* The request, built in one buffer and added to the output at once. */
 static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
 {
@@ -618,18 +615,18 @@ static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
     b.out = bufferevent_get_output(slot->bev);
     b.n = 0;
     http_head_put(&b, hc->method_name, strlen(hc->method_name));
-    PUT_LITERAL(&b, " ");
+    HTTP_HEAD_LITERAL(&b, " ");
     http_head_put(&b, hc->mem + hc->uri_off, hc->uri_len);
-    PUT_LITERAL(&b, " HTTP/1.1\r\nHost: ");
+    HTTP_HEAD_LITERAL(&b, " HTTP/1.1\r\nHost: ");
     http_head_put(&b, c->host_header, c->host_header_len);
     if (slot->keep_alive)
-        PUT_LITERAL(&b, "\r\nConnection: keep-alive\r\n");
+        HTTP_HEAD_LITERAL(&b, "\r\nConnection: keep-alive\r\n");
     else
-        PUT_LITERAL(&b, "\r\nConnection: close\r\n");
+        HTTP_HEAD_LITERAL(&b, "\r\nConnection: close\r\n");
     if (hc->has_rid) {
-        PUT_LITERAL(&b, "X-Request-Id: ");
+        HTTP_HEAD_LITERAL(&b, "X-Request-Id: ");
         http_head_put(&b, hc->mem + hc->rid_off, hc->rid_len);
-        PUT_LITERAL(&b, "\r\n");
+        HTTP_HEAD_LITERAL(&b, "\r\n");
     }
     const char *credentials = c->auth ? c->auth(c->auth_arg) : NULL;
     if (credentials && http_field_valid("Authorization", credentials))
@@ -644,12 +641,12 @@ static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
         snprintf(length, sizeof length, "%zu", hc->body_len);
         http_head_field(&b, "Content-Length", length);
         if (hc->body_len > 0) {
-            PUT_LITERAL(&b, "Content-Type: ");
+            HTTP_HEAD_LITERAL(&b, "Content-Type: ");
             http_head_put(&b, hc->mem + hc->ctype_off, hc->ctype_len);
-            PUT_LITERAL(&b, "\r\n");
+            HTTP_HEAD_LITERAL(&b, "\r\n");
         }
     }
-    PUT_LITERAL(&b, "\r\n");
+    HTTP_HEAD_LITERAL(&b, "\r\n");
     http_head_end(&b);
     if (hc->body_len > 0)
         evbuffer_add(b.out, hc->mem + hc->body_off, hc->body_len);
