@@ -280,6 +280,8 @@ static void line_str(line_buf *b, const char *s)
     line_put(b, s, strlen(s));
 }
 
+#define LINE_LITERAL(b, s) line_put(b, s, sizeof s - 1)   /* s a string literal */
+
 static void line_uint(line_buf *b, unsigned long long v, int min_digits)
 {
     char digits[24];
@@ -296,27 +298,27 @@ static void access_log(const http_req *r, int status, unsigned long long ns, siz
     char quoted[512];
     line_buf b;
     b.n = 0;
-    line_str(&b, "msg=request req=");
+    LINE_LITERAL(&b, "msg=request req=");
     line_str(&b, r->id);
-    line_str(&b, " method=");
+    LINE_LITERAL(&b, " method=");
     line_str(&b, r->method);
-    line_str(&b, " path=");
+    LINE_LITERAL(&b, " path=");
     line_str(&b, log_quote(quoted, sizeof quoted, r->path));
-    line_str(&b, " route=");
+    LINE_LITERAL(&b, " route=");
     line_str(&b, log_quote(quoted, 256, r->route_pattern));
-    line_str(&b, " status=");
+    LINE_LITERAL(&b, " status=");
     line_uint(&b, (unsigned long long)(status >= 0 ? status : 0), 1);
     unsigned long long us = (ns + 500) / 1000;      /* milliseconds, 3 decimals */
-    line_str(&b, " dur_ms=");
+    LINE_LITERAL(&b, " dur_ms=");
     line_uint(&b, us / 1000, 1);
     line_put(&b, ".", 1);
     line_uint(&b, us % 1000, 3);
-    line_str(&b, " bytes=");
+    LINE_LITERAL(&b, " bytes=");
     line_uint(&b, bytes, 1);
-    line_str(&b, " peer=");
+    LINE_LITERAL(&b, " peer=");
     line_str(&b, r->peer);
     if (client_gone)
-        line_str(&b, " client=gone");
+        LINE_LITERAL(&b, " client=gone");
     log_text(level, b.text, b.n);
 }
 
