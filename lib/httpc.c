@@ -619,10 +619,14 @@ static void attempt_write_request(httpc_call *hc, httpc_slot *slot)
     http_head_put(&b, hc->mem + hc->uri_off, hc->uri_len);
     HTTP_HEAD_LITERAL(&b, " HTTP/1.1\r\nHost: ");
     http_head_put(&b, c->host_header, c->host_header_len);
-    if (slot->keep_alive)
-        HTTP_HEAD_LITERAL(&b, "\r\nConnection: keep-alive\r\n");
-    else
-        HTTP_HEAD_LITERAL(&b, "\r\nConnection: close\r\n");
+    /* HTTP/1.1 keeps a connection open unless a side says close (RFC 9112
+     * 9.3): a pooled slot says nothing, one beyond the pool says close. A
+     * "Connection: keep-alive" was one more header for every upstream to
+     * parse (bench-hello, on evhttp: ~1.5 us of its CPU per request went to
+     * the gateway's extra headers, measured against nginx's). */
+    HTTP_HEAD_LITERAL(&b, "\r\n");
+    if (!slot->keep_alive)
+        HTTP_HEAD_LITERAL(&b, "Connection: close\r\n");
     if (hc->has_rid) {
         HTTP_HEAD_LITERAL(&b, "X-Request-Id: ");
         http_head_put(&b, hc->mem + hc->rid_off, hc->rid_len);
