@@ -17,9 +17,25 @@ generator (wrk, driven by load.lua), with the same threads and connections:
                     against Debian's nginx (1 worker, keep-alive upstream, HTTP/1.1, access
                     log on, as the gateway logs every request) proxying to the same
                     bench-hello: the proxies' own cost, which a slow upstream would hide.
-                    Measured in BENCH_PROXY_ROUNDS short interleaved rounds; the figure is
-                    the median of the rounds' ratios. The same pair with the real order
-                    service as upstream is in the table and the JSON (gateway_vs_nginx_order).
+                    Both get the same wrk load in BENCH_PROXY_ROUNDS (10) interleaved
+                    rounds of 1 s each (the gateway first in one round, nginx in the next),
+                    and in each round the CPU time that answering took is counted for each
+                    side: the proxy (every thread of the gateway; nginx's worker, its master
+                    does nothing), bench-hello and wrk, per answered request. The figure is
+                    the median over the rounds of nginx's CPU per request / the gateway's.
+                    On a machine these processes saturate, req/s is that inverse (what the
+                    proxy costs, plus what its requests cost the upstream and its answers
+                    wrk), so it is the ratio of rates without the neighbours: on this shared
+                    2-core machine a round's rate is mostly what the others leave to the
+                    four processes (during a soak, round ratios 0.57-1.70 by req/s against
+                    0.74-1.02 by CPU per request, in the same rounds). gateway_vs_nginx_rate (the
+                    figure until stop 12, then from 5 rounds of 2 s) and _own (the proxy's
+                    CPU alone, which leaves out that the gateway's forwarded requests carry
+                    more headers for bench-hello to parse) are the same rounds' medians of
+                    the gateway's req/s / nginx's and of the proxies' own CPU, shown beside
+                    it. The same pair with the real order service as upstream (its CPU in
+                    place of bench-hello's) is
+                    in the table and the JSON (gateway_vs_nginx_order).
   lag_p99_ms        under a background rental load of about half rentals_per_s: from a
                     rental's 201 to GET /customerpages/search/findByOrderId showing Shipped
   max_rss_mb        the largest VmRSS (resident now, not the peak) of the six processes at
@@ -43,7 +59,7 @@ and ends with exactly one `bench: ...` summary line. It never judges the figures
 code is 0 whenever the system started, 1 when it could not (or a tool is missing).
 
 Environment: BENCH_SECONDS (30), BENCH_HELLO_SECONDS (10, each secondary measure, per side),
-BENCH_PROXY_ROUNDS (5), BENCH_WARMUP_SECONDS (2), BENCH_THREADS (2), BENCH_CONNECTIONS (32),
+BENCH_PROXY_ROUNDS (10, of BENCH_HELLO_SECONDS / rounds seconds each, at least 1), BENCH_WARMUP_SECONDS (2), BENCH_THREADS (2), BENCH_CONNECTIONS (32),
 BENCH_MODELS (100), BENCH_CARS_PER_MODEL (1000000), BENCH_LAG_SAMPLES (300),
 BENCH_LAG_SECONDS (30, cap on sampling), BENCH_LOG_LEVEL (info: what the services log in
 production), BENCH_OUT, CARSHARE_KEEP=1 keeps the temporary directory with every log.
@@ -52,6 +68,7 @@ import http.client
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -87,7 +104,7 @@ THREADS = env_int("BENCH_THREADS", 2)
 CONNECTIONS = env_int("BENCH_CONNECTIONS", 32)
 MODELS = env_int("BENCH_MODELS", 100)
 CARS_PER_MODEL = env_int("BENCH_CARS_PER_MODEL", 1000000)
-PROXY_ROUNDS = max(1, env_int("BENCH_PROXY_ROUNDS", 5))
+PROXY_ROUNDS = max(1, env_int("BENCH_PROXY_ROUNDS", 10))
 LAG_SAMPLES = env_int("BENCH_LAG_SAMPLES", 300)
 LAG_SECONDS = env_int("BENCH_LAG_SECONDS", 30)
 LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "info")
@@ -365,14 +382,31 @@ def parse_wrk(output):
     return None
 
 
-def run_wrk(label, port, path, seconds, mode, expect):
-    """One measured load; returns wrk's figures, or None (said why) when wrk failed."""
+def children_cpu_ns():
+    """CPU time (user + system) of this script's children that exited and were waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r.ru_utime + r.ru_stime) * 1e9
+
+
+def run_wrk(label, port, path, seconds, mode, expect, cpu_pids=None):
+    """One measured load; returns wrk's figures, or None (said why) when wrk failed. With
+    cpu_pids {name: pid}, also the CPU microseconds each of those processes and wrk itself
+    used meanwhile (cpu_us: {name: us, "wrk": us})."""
     note("%s: %d s, %d threads, %d connections, %s :%d%s" % (
         label, seconds, THREADS, CONNECTIONS, mode, port, path))
+    pids = cpu_pids or {}
+    before = {name: cpu_ns(pid) for name, pid in pids.items()}
+    wrk_before = children_cpu_ns()
     done = subprocess.run(wrk_argv(port, path, seconds), env=wrk_env(mode, expect),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=seconds + 60)
+    wrk_used = children_cpu_ns() - wrk_before
+    after = {name: cpu_ns(pid) for name, pid in pids.items()}
     result = parse_wrk(done.stdout)
+    if result is not None and pids and all(v is not None for v in
+                                           list(before.values()) + list(after.values())):
+        result["cpu_us"] = {name: (after[name] - before[name]) / 1e3 for name in pids}
+        result["cpu_us"]["wrk"] = wrk_used / 1e3
     if result is None:
         note("%s: wrk gave no result (exit %d):\n%s" % (label, done.returncode, done.stdout[-2000:]))
         return None
@@ -408,6 +442,32 @@ def cpu_ticks(pids, waited_children=False):
         except (TypeError, IndexError, ValueError):
             pass
     return total
+
+
+def cpu_ns(pid):
+    """CPU time so far of every thread of pid, in nanoseconds (the scheduler's own account,
+    /proc/PID/task/*/schedstat; utime + stime in clock ticks where the kernel has none), or
+    None when the process is gone."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/schedstat" % (pid, task)) as f:
+                total += int(f.read().split()[0])
+        return total
+    except (OSError, ValueError, IndexError):
+        ticks = cpu_ticks([pid])
+        return ticks * 1e9 / os.sysconf("SC_CLK_TCK") if stat_fields(pid) else None
+
+
+def nginx_worker(proc):
+    """The pid of nginx's one worker (a child of its master), or None."""
+    deadline = time.monotonic() + 5
+    while proc is not None and proc.running() and time.monotonic() < deadline:
+        found = children_of(proc.pid)
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    return None
 
 
 def children_of(parent):
@@ -596,8 +656,14 @@ def ms(result, key):
     return result[key] / 1000.0 if result else None
 
 
+def cpu_cells(result):
+    cpu = result.get("cpu_us_per_req") if result else None
+    return " ".join(fmt(cpu[n], 2) for n in ALL) if cpu else ""
+
+
 def print_table(res):
-    rows = [("measure", "req/s", "p50 ms", "p99 ms", "errors", "")]
+    rows = [("measure", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req: proxy upstream wrk",
+             "")]
     for key, label, note_text in (
             ("rentals", "POST /orders via gateway", "each a rental with a payment"),
             ("hello", "POST /orders to bench-hello", "the machine's ceiling"),
@@ -607,20 +673,30 @@ def print_table(res):
             ("nginx_order", "nginx -> order", "GET /orders/{id}")):
         r = res["wrk"].get(key)
         rows.append((label, fmt(per_s(r), 0), fmt(ms(r, "p50_us"), 2), fmt(ms(r, "p99_us"), 2),
-                     fmt(r["errors"]) if r else "n/a", note_text))
+                     fmt(r["errors"]) if r else "n/a", cpu_cells(r), note_text))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
-        print("  ".join(cell.ljust(widths[i]) if i in (0, 5) else cell.rjust(widths[i])
+        print("  ".join(cell.ljust(widths[i]) if i in (0, 6) else cell.rjust(widths[i])
                         for i, cell in enumerate(row)).rstrip())
     lag = res["lag"] or {}
     print()
     print("ratio rentals/hello       %s" % fmt(res["ratio"], 3))
     rounds = res.get("proxy_round_ratios", {})
     for suffix, key in (("hello", "gateway_vs_nginx"), ("order", "gateway_vs_nginx_order")):
-        print("gateway/nginx (%s)%s %s  (median of rounds: %s)" % (
-            suffix, " " * (10 - len(suffix)), fmt(res[key], 3),
-            " ".join(fmt(r, 2) for r in rounds.get(suffix, [])) or "n/a"))
+        tail = "" if suffix == "hello" else "_" + suffix
+        by = rounds.get(suffix, {})
+        for kind, value, what in (
+                ("cpu", res[key], "CPU per request of proxy + upstream + wrk, nginx's / the "
+                                  "gateway's"),
+                ("rate", res.get("gateway_vs_nginx_rate" + tail), "req/s, the gateway's / "
+                                                                 "nginx's"),
+                ("own", res.get("gateway_vs_nginx_own" + tail), "CPU per request of the proxy "
+                                                               "alone, nginx's / the gateway's")):
+            label = "gateway/nginx (%s)" % suffix if kind == "cpu" else "  by " + kind
+            print("%-25s %s  %s; median of rounds: %s" % (
+                label, fmt(value, 3), what,
+                " ".join(fmt(r, 2) for r in by.get(kind, [])) or "n/a"))
     print("start                     %s ms (ready at: %s)" % (fmt(res["start_ms"], 0), ", ".join(
         "%s %s" % (name, fmt(at, 0)) for name, at in sorted(res["ready_ms"].items(), key=lambda x: x[1]))))
     print("settle after rentals      %s ms (event backlog drained, system idle)" %
@@ -652,11 +728,13 @@ def summary_line(res):
     rentals = res["wrk"].get("rentals")
     errors = rentals["errors"] if rentals else None
     return ("bench: rentals_per_s=%s hello_per_s=%s ratio=%s p50_ms=%s p99_ms=%s lag_p99_ms=%s "
-            "gateway_vs_nginx=%s max_rss_mb=%s start_ms=%s errors=%s cpu_ms_per_rental=%s "
+            "gateway_vs_nginx=%s gateway_vs_nginx_rate=%s max_rss_mb=%s start_ms=%s errors=%s "
+            "cpu_ms_per_rental=%s "
             "db=%s rss_mb=%s" % (
                 fmt(per_s(rentals), 0), fmt(per_s(res["wrk"].get("hello")), 0),
                 fmt(res["ratio"], 3), fmt(ms(rentals, "p50_us"), 2), fmt(ms(rentals, "p99_us"), 2),
                 fmt((res["lag"] or {}).get("p99_ms"), 1), fmt(res["gateway_vs_nginx"], 3),
+                fmt(res.get("gateway_vs_nginx_rate"), 3),
                 fmt(res["max_rss_mb"], 1), fmt(res["start_ms"], 0), fmt(errors),
                 fmt((res.get("cpu") or {}).get("ms_per_rental"), 3), res["db"],
                 ",".join("%s:%s" % (n, fmt(m["VmRSS"] / 1024.0, 1))
@@ -703,28 +781,56 @@ def measure_rentals(system, res):
                                     r["requests"] - r["unexpected"])
 
 
-def compare_proxies(res, suffix, gateway_port, nginx_port, path):
+def cpu_per_req(result, names):
+    """CPU microseconds per expected answer of the named processes of result["cpu_us"]
+    together, or None."""
+    cpu = result.get("cpu_us") if result else None
+    good = result["requests"] - result["unexpected"] if result else 0
+    if not cpu or good <= 0:
+        return None
+    return sum(cpu[n] for n in names) / good
+
+
+ALL = ("proxy", "upstream", "wrk")
+
+
+def compare_proxies(res, suffix, gateway, nginx, upstream_pid, path):
     """The gateway against nginx on the same GET, in PROXY_ROUNDS short interleaved rounds
-    (gateway first in one round, nginx first in the next, so a trend favours neither). The
-    ratio is the median of the rounds' ratios: a neighbour's burst on this shared machine
-    spoils one round, not the figure. Without nginx, the gateway alone is measured."""
+    (gateway first in one round, nginx first in the next, so a trend favours neither);
+    gateway and nginx are (port, pid of the proxy process whose CPU counts). In each round
+    both get the same wrk load, and each side's CPU per answered request is taken for the
+    proxy, the upstream and wrk together; the round's ratio is nginx's over the gateway's,
+    and the figure is the median of the rounds' ratios: a neighbour's burst on this shared
+    machine spoils one round, not the figure. Beside it (the table, the JSON): the same
+    rounds' median ratio of req/s (gateway_vs_nginx_rate[_order]) and of the proxy's own
+    CPU per request (gateway_vs_nginx_own[_order]). Without nginx, the gateway alone is
+    measured."""
     seconds = max(1, SHORT_SECONDS // PROXY_ROUNDS)
     gw_key, nginx_key = "gateway_" + suffix, "nginx_" + suffix
     runs = {gw_key: [], nginx_key: []}
-    round_ratios = []
+    ratios = {"cpu": [], "rate": [], "own": []}
     for i in range(PROXY_ROUNDS):
-        sides = [(gw_key, gateway_port)] + ([(nginx_key, nginx_port)] if nginx_port else [])
+        sides = [(gw_key, gateway)] + ([(nginx_key, nginx)] if nginx[0] else [])
         got = {}
-        for key, port in (sides if i % 2 == 0 else sides[::-1]):
-            got[key] = run_wrk(key.replace("_", " -> "), port, path, seconds, "get", 200)
+        for key, (port, pid) in (sides if i % 2 == 0 else sides[::-1]):
+            pids = {"proxy": pid, "upstream": upstream_pid} if pid and upstream_pid else None
+            got[key] = run_wrk(key.replace("_", " -> "), port, path, seconds, "get", 200,
+                               cpu_pids=pids)
             runs[key].append(got[key])
-        r = ratio(per_s(got.get(gw_key)), per_s(got.get(nginx_key)))
-        if r is not None:
-            round_ratios.append(r)
+        gw, ng = got.get(gw_key), got.get(nginx_key)
+        for kind, r in (("cpu", ratio(cpu_per_req(ng, ALL), cpu_per_req(gw, ALL))),
+                        ("rate", ratio(per_s(gw), per_s(ng))),
+                        ("own", ratio(cpu_per_req(ng, ("proxy",)), cpu_per_req(gw, ("proxy",))))):
+            if r is not None:
+                ratios[kind].append(r)
     for key, results in runs.items():
         res["wrk"][key] = merge_results(results)
-    res.setdefault("proxy_round_ratios", {})[suffix] = round_ratios
-    return statistics.median(round_ratios) if round_ratios else None
+    tail = "" if suffix == "hello" else "_" + suffix
+    for kind in ("rate", "own"):
+        res["gateway_vs_nginx_%s%s" % (kind, tail)] = (
+            statistics.median(ratios[kind]) if ratios[kind] else None)
+    res.setdefault("proxy_round_ratios", {})[suffix] = ratios
+    return statistics.median(ratios["cpu"]) if ratios["cpu"] else None
 
 
 def measure_hello_and_proxies(system, workdir, res):
@@ -738,7 +844,9 @@ def measure_hello_and_proxies(system, workdir, res):
         nginx, nginx_port = start_nginx(workdir, "nginx-to-hello", hello_port)
         if nginx is None:
             note("nginx is not installed (apt-get install nginx-light): gateway_vs_nginx is n/a")
-        res["gateway_vs_nginx"] = compare_proxies(res, "hello", proxy_port, nginx_port, "/orders/1")
+        res["gateway_vs_nginx"] = compare_proxies(res, "hello", (proxy_port, proxy_gw.pid),
+                                                  (nginx_port, nginx_worker(nginx)), hello.pid,
+                                                  "/orders/1")
     finally:
         stop_nginx(nginx)
         for proc in (proxy_gw, hello):
@@ -756,7 +864,9 @@ def measure_order_proxies(system, workdir, res):
     nginx, nginx_port = start_nginx(workdir, "nginx-to-order", system.ports["order"])
     try:
         res["gateway_vs_nginx_order"] = compare_proxies(
-            res, "order", system.ports["gateway"], nginx_port, "/orders/%s" % order_id)
+            res, "order", (system.ports["gateway"], system.procs["gateway"].pid),
+            (nginx_port, nginx_worker(nginx)), system.procs["order"].pid,
+            "/orders/%s" % order_id)
     finally:
         stop_nginx(nginx)
     wait_idle(system)
@@ -777,6 +887,12 @@ def merge_results(results):
     good = merged["requests"] - merged["unexpected"]
     merged["per_s"] = good / (merged["duration_us"] / 1e6) if merged["duration_us"] else 0.0
     merged["rounds_per_s"] = [r["per_s"] for r in results]
+    cpu = [r for r in results if r.get("cpu_us")]
+    merged.pop("cpu_us", None)
+    if cpu:   # per answered request over all rounds: the proxy, the upstream, wrk
+        good = sum(r["requests"] - r["unexpected"] for r in cpu)
+        merged["cpu_us_per_req"] = {n: sum(r["cpu_us"][n] for r in cpu) / good
+                                    for n in ALL} if good else None
     return merged
 
 
@@ -831,6 +947,8 @@ def main():
                       "log_level": LOG_LEVEL, "bin": BIN},
            "wrk": {}, "lag": None, "memory_kb": {}, "rss_kind": "VmRSS at the end of the run",
            "ratio": None, "gateway_vs_nginx": None, "gateway_vs_nginx_order": None,
+           "gateway_vs_nginx_rate": None, "gateway_vs_nginx_rate_order": None,
+           "gateway_vs_nginx_own": None, "gateway_vs_nginx_own_order": None,
            "max_rss_mb": None, "max_rss_of": None, "start_ms": None, "ready_ms": {},
            "settle_ms": None, "cpu": None, "db": "postgres" if harness.DB == "postgres" else "sqlite"}
     workdir = tempfile.mkdtemp(prefix="carshare-bench-")
