@@ -441,7 +441,12 @@ const char *http_req_body(const http_req *r, size_t *len)
 void http_req_set_caller(http_req *r, unsigned role, const char *subject)
 {
     r->caller_role = role;
-    snprintf(r->caller, sizeof r->caller, "%s", subject ? subject : "");
+    /* Copied as snprintf("%s") would, cut to the buffer, without its
+     * ~570 instructions (once per authenticated request). */
+    size_t n = subject ? strnlen(subject, sizeof r->caller - 1) : 0;
+    if (n)
+        memcpy(r->caller, subject, n);
+    r->caller[n] = '\0';
 }
 
 unsigned http_req_caller_role(const http_req *r) { return r->caller_role; }
