@@ -28,14 +28,14 @@ generator (wrk, driven by load.lua), with the same threads and connections:
                     wrk), so it is the ratio of rates without the neighbours: on this shared
                     2-core machine a round's rate is mostly what the others leave to the
                     four processes (during a soak, round ratios 0.57-1.70 by req/s against
-                    0.74-1.02 by CPU per request, in the same rounds). gateway_vs_nginx_rate (the
-                    figure until stop 12, then from 5 rounds of 2 s) and _own (the proxy's
-                    CPU alone, which leaves out that the gateway's forwarded requests carry
-                    more headers for bench-hello to parse) are the same rounds' medians of
-                    the gateway's req/s / nginx's and of the proxies' own CPU, shown beside
-                    it. The same pair with the real order service as upstream (its CPU in
-                    place of bench-hello's) is
-                    in the table and the JSON (gateway_vs_nginx_order).
+                    0.74-1.02 by CPU per request, in the same rounds).
+                    gateway_vs_nginx_rate (the figure until stop 12, then from 5 rounds of
+                    2 s) and gateway_vs_nginx_own (the proxy's CPU alone, which leaves out
+                    that the gateway's forwarded requests carry more headers for bench-hello
+                    to parse) are the same rounds' medians of the gateway's req/s / nginx's
+                    and of the proxies' own CPU, shown beside it. The same pair with the
+                    real order service as upstream (its CPU in place of bench-hello's) is in
+                    the table and the JSON (gateway_vs_nginx_order).
   lag_p99_ms        under a background rental load of about half rentals_per_s: from a
                     rental's 201 to GET /customerpages/search/findByOrderId showing Shipped
   max_rss_mb        the largest VmRSS (resident now, not the peak) of the six processes at
@@ -59,9 +59,10 @@ and ends with exactly one `bench: ...` summary line. It never judges the figures
 code is 0 whenever the system started, 1 when it could not (or a tool is missing).
 
 Environment: BENCH_SECONDS (30), BENCH_HELLO_SECONDS (10, each secondary measure, per side),
-BENCH_PROXY_ROUNDS (10, of BENCH_HELLO_SECONDS / rounds seconds each, at least 1), BENCH_WARMUP_SECONDS (2), BENCH_THREADS (2), BENCH_CONNECTIONS (32),
-BENCH_MODELS (100), BENCH_CARS_PER_MODEL (1000000), BENCH_LAG_SAMPLES (300),
-BENCH_LAG_SECONDS (30, cap on sampling), BENCH_LOG_LEVEL (info: what the services log in
+BENCH_PROXY_ROUNDS (10, of BENCH_HELLO_SECONDS / rounds seconds each, at least 1),
+BENCH_WARMUP_SECONDS (2), BENCH_THREADS (2), BENCH_CONNECTIONS (32), BENCH_MODELS (100),
+BENCH_CARS_PER_MODEL (1000000), BENCH_LAG_SAMPLES (300), BENCH_LAG_SECONDS (30, cap on
+sampling), BENCH_LOG_LEVEL (info: what the services log in
 production), BENCH_OUT, CARSHARE_KEEP=1 keeps the temporary directory with every log.
 """
 import http.client
