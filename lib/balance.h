@@ -22,7 +22,9 @@
  *    probing off) counts as ready.
  *  - passive ejection: eject_failures transport failures in a row
  *    (connect, broken, timeout) take an instance out for eject_ms; it comes
- *    back only when a probe after that finds it ready.
+ *    back only when a probe after that finds it ready. Its probes keep
+ *    their pace meanwhile (its readiness stays what it answers), and one
+ *    leaves by the end of the ejection.
  *  - retry: a call the caller marks idempotent that was never delivered
  *    (connect failed, breaker open, bulkhead full) or whose connection
  *    broke goes once more, to another instance; never after a timeout (the
@@ -127,6 +129,7 @@ typedef struct balance_instance {
     int probe_error;            /* evhttp's reason for the probe in flight, or -1 */
     unsigned long probes;       /* finished */
     unsigned failed_probes;     /* in a row */
+    unsigned long long probe_due_ms;    /* when the next probe leaves (service_now_ms) */
     unsigned long long reported_chosen, reported_ejections, reported_retries;
 } balance_instance;
 

@@ -89,7 +89,22 @@ static void balance_defaults(balance_opts *o)
 static void balance_probe_schedule(balance_instance *in, int delay_ms)
 {
     struct timeval tv = {delay_ms / 1000, (delay_ms % 1000) * 1000};
+    in->probe_due_ms = service_now_ms() + (unsigned long long)delay_ms;
     evtimer_add(in->probe_timer, &tv);
+}
+
+/* The delay before the next probe: the pace's, but an ejected instance is
+ * probed no later than when its ejection ends, so that it comes back then
+ * if it is ready (with the ready pace of a long interval it would
+ * otherwise wait that interval more). */
+static int balance_probe_delay(balance_instance *in, int paced_ms)
+{
+    const balance_state *st = balance_st(in);
+    unsigned long long now = service_now_ms();
+    if (!st->ejected || st->ejected_until_ms <= now)
+        return paced_ms;
+    unsigned long long left = st->ejected_until_ms - now;
+    return left < (unsigned long long)paced_ms ? (int)left : paced_ms;
 }
 
 /* Records one probe's verdict, logs a change of readiness, and schedules
@@ -121,7 +136,7 @@ static void balance_probe_verdict(balance_instance *in, bool ready, const char *
     }
     if (balance_probed(balance_st(in), ready, service_now_ms()))
         log_info("msg=\"instance back after ejection\" upstream=%s instance=%s", name, url);
-    balance_probe_schedule(in, balance_pace_next(&in->pace, ready));
+    balance_probe_schedule(in, balance_probe_delay(in, balance_pace_next(&in->pace, ready)));
 }
 
 static void balance_probe_error(enum evhttp_request_error error, void *arg)
@@ -256,18 +271,27 @@ static void balance_probe_close(balance_instance *in)
     in->probe_in_flight = false;
 }
 
-/* After balance_record ejected an instance: logs it and moves its next
- * probe to the end of the ejection. */
+/* After balance_record ejected an instance: logs it, and makes sure a
+ * probe leaves by the end of the ejection.
+ *
+ * Coming back is the probe's call (balance_probed: only a ready verdict
+ * after the ejection time). The probes keep their pace meanwhile, so the
+ * instance's readiness (of which the gateway's /health/ready is made)
+ * stays true to what it answers. Putting the next probe off to the end of
+ * the ejection, as was done before, froze that verdict for eject_ms (5 s):
+ * an instance ejected while its last probe said ready stayed "ready" that
+ * long although nothing answered, and one found down stayed "not ready"
+ * up to 5 s after it was back (the flaky failed_probes=1 of
+ * e2e_pg/test_gateway: the ejection came 23 ms after the first failed
+ * probe, and no other probe ran until payment was back). */
 static void balance_ejected(balance_instance *in)
 {
     balance_set *s = in->set;
     log_warn("msg=\"instance ejected\" upstream=%s instance=%s failures_in_a_row=%u "
              "for_ms=%u", s->name, in->url, s->o.eject_failures, s->o.eject_ms);
-    /* Coming back is the probe's call: the next one leaves when the
-     * ejection time is over (the fast pace follows while it is not ready). */
-    if (in->probe_timer && !in->probe_in_flight) {
+    if (in->probe_timer && !in->probe_in_flight &&
+        in->probe_due_ms > balance_st(in)->ejected_until_ms) {
         evtimer_del(in->probe_timer);
-        balance_pace_init(&in->pace, in->pace.interval_ms);
         balance_probe_schedule(in, (int)s->o.eject_ms);
     }
 }

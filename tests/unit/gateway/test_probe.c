@@ -8,7 +8,13 @@
  *  - however many probes fail in a row, each change of readiness is logged
  *    exactly once: "not ready yet" at start, "not ready" (a warning) when a
  *    ready upstream fails, "ready" when it is back, naming how many probes
- *    failed in between; no other line is logged per probe.
+ *    failed in between; no other line is logged per probe;
+ *  - an instance ejected by failed calls (balance.h) is still probed at the
+ *    probes' pace, so its readiness follows what it answers during the
+ *    ejection (with a 10-minute ejection, the probes must go on at the
+ *    200 ms pace); it comes back only once the ejection is over, and with
+ *    a 10-minute probe interval one probe still leaves when a short
+ *    ejection ends.
  *
  * The log goes to stderr, so stderr is redirected to a temporary file for
  * the test and lines are counted there; on failure the file is copied to the
@@ -262,6 +268,65 @@ static void test_each_change_logged_once(gateway *gw)
     CHECK(up->set == NULL);
 }
 
+static bool is_ejected(const void *up)
+{
+    const balance_set *s = ((const gw_upstream *)up)->set;
+    return s->st[0].ejected;
+}
+
+static bool not_ejected(const void *up)
+{
+    return !is_ejected(up);
+}
+
+/* Failed calls in a row, as the proxy reports them, until the instance is
+ * ejected. */
+static void eject(gw_upstream *up)
+{
+    for (unsigned i = 0; i < up->set->o.eject_failures; i++) {
+        balance_instance *in = balance_choose(up->set, NULL);
+        balance_done(up->set, in, HTTPC_CONNECT, false, false);
+    }
+}
+
+static void test_ejected_instance_still_probed(gateway *gw)
+{
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", upstream_port);
+    gw_upstream *up = &gw->upstreams[GW_CUSTOMERPAGE];
+
+    /* Ejected for 10 minutes, probed every 200 ms: the probes go on. */
+    setenv("GATEWAY_EJECT_MS", "600000", 1);
+    CHECK(gw_upstream_open(up, gw, GW_CUSTOMERPAGE, url, true, 200));
+    CHECK(run_until(is_ready, up));
+    eject(up);
+    CHECK(is_ejected(up));
+    upstream_status = 503;
+    probes_wanted = up->set->inst[0]->probes + 3;
+    CHECK(run_until(probed_enough, up));
+    CHECK(!gw_upstream_is_ready(up));
+    CHECK_INT(log_count("level=warn", "msg=\"upstream not ready\"", "upstream=customerpage ",
+                        NULL), 1);
+    /* Back and answering: ready again, but still out until the ejection ends. */
+    upstream_status = 200;
+    CHECK(run_until(is_ready, up));
+    CHECK(is_ejected(up));
+    CHECK_INT(log_count("msg=\"instance back after ejection\"", NULL), 0);
+    gw_upstream_close(up);
+
+    /* A 10-minute interval and a 300 ms ejection: a probe leaves when the
+     * ejection ends, and takes the instance back. */
+    setenv("GATEWAY_EJECT_MS", "300", 1);
+    CHECK(gw_upstream_open(up, gw, GW_CUSTOMERPAGE, url, true, 600000));
+    CHECK(run_until(is_ready, up));
+    eject(up);
+    CHECK(is_ejected(up));
+    CHECK(run_until(not_ejected, up));
+    CHECK_INT(log_count("msg=\"instance back after ejection\"", NULL), 1);
+    gw_upstream_close(up);
+    unsetenv("GATEWAY_EJECT_MS");
+}
+
 static void test_unrequired_upstream_not_probed(gateway *gw)
 {
     gw_upstream *up = &gw->upstreams[GW_DELIVERY];
@@ -284,6 +349,7 @@ int main(void)
 
     test_probes_until_the_upstream_starts(&gw);
     test_each_change_logged_once(&gw);
+    test_ejected_instance_still_probed(&gw);
     test_unrequired_upstream_not_probed(&gw);
 
     log_restore(testing_failures > 0);
