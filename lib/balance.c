@@ -88,12 +88,17 @@ bool balance_probed(balance_state *b, bool ready, unsigned long long now_ms)
     return true;
 }
 
+/* A call that never left (could not connect, refused by the instance's
+ * breaker or bulkhead) goes to another instance whatever its method:
+ * nothing reached the first, so nothing can happen twice. httpc retries
+ * only idempotent calls itself, so for the others these results mean that
+ * no attempt was written at all. A broken connection may have delivered
+ * the request: only an idempotent call goes again after it. */
 bool balance_retryable(httpc_result result, bool idempotent)
 {
-    if (!idempotent)
-        return false;
-    return result == HTTPC_CONNECT || result == HTTPC_BROKEN || result == HTTPC_OPEN ||
-           result == HTTPC_BUSY;
+    if (result == HTTPC_CONNECT || result == HTTPC_OPEN || result == HTTPC_BUSY)
+        return true;
+    return idempotent && result == HTTPC_BROKEN;
 }
 
 bool balance_first_outcome_wins(httpc_result first, httpc_result second)

@@ -25,10 +25,10 @@
  *    back only when a probe after that finds it ready. Its probes keep
  *    their pace meanwhile (its readiness stays what it answers), and one
  *    leaves by the end of the ejection.
- *  - retry: a call the caller marks idempotent that was never delivered
- *    (connect failed, breaker open, bulkhead full) or whose connection
- *    broke goes once more, to another instance; never after a timeout (the
- *    first may still be working on it).
+ *  - retry: a call that was never sent (connect failed, breaker open,
+ *    bulkhead full), whatever its method, and an idempotent one whose
+ *    connection broke, go once more, to another instance; never after a
+ *    timeout (the first may still be working on it).
  *
  * Two ways to send: balance_send (the set picks, sends, retries, and
  * reports one outcome: order's payment calls) and, for a proxy that keeps
@@ -78,7 +78,8 @@ bool balance_record(balance_state *b, httpc_result result, unsigned long long no
 /* A probe's verdict. True when it took an ejected instance back. */
 bool balance_probed(balance_state *b, bool ready, unsigned long long now_ms);
 /* Whether a call that ended with `result` goes once more, to another
- * instance (idempotent calls only, never after a timeout). */
+ * instance: never sent (any call), or broken (idempotent calls only);
+ * never after a timeout. */
 bool balance_retryable(httpc_result result, bool idempotent);
 /* Which outcome of two attempts the caller is told: the second, unless it
  * was never sent (connect, breaker, bulkhead) while the first may have
@@ -191,7 +192,7 @@ void balance_set_free(balance_set *s);
  * future (httpc_set_auth). */
 void balance_set_auth(balance_set *s, httpc_auth_fn fn, void *arg);
 
-/* Picks, sends, and on a retryable failure of an idempotent call sends
+/* Picks, sends, and on a retryable failure (balance_retryable) sends
  * once more to another instance; cb gets one outcome (see
  * balance_first_outcome_wins), from the loop, never inside this call.
  * Everything `call` points to is copied. With no instance at all (a name
@@ -209,9 +210,9 @@ httpc_result balance_refusal(const balance_set *s, unsigned long long *retry_ms)
  * counted as outstanding until balance_done; NULL when there is none. */
 balance_instance *balance_choose(balance_set *s, const balance_instance *exclude);
 /* The call sent to `in` ended with `result`. True when the caller should
- * send it once more, to balance_choose(s, in): `idempotent`, not yet
- * `retried`, a retryable result, and another live instance exists (the
- * instance's retry count grows).
+ * send it once more, to balance_choose(s, in): not yet `retried`, a
+ * retryable result (balance_retryable, with `idempotent`), and another live
+ * instance exists (the instance's retry count grows).
  * `in` may be freed after this returns (a gone instance). */
 bool balance_done(balance_set *s, balance_instance *in, httpc_result result, bool idempotent,
                   bool retried);

@@ -14,12 +14,16 @@
  * Hop-by-hop headers stay on their own hop in both directions (domain.c).
  *
  * GET and HEAD are idempotent and may be retried by httpc; anything else
- * goes out once. With several instances (lib/balance.h) a GET/HEAD that did not
- * reach one is sent once more, to another; the client's request is still
+ * is written to an upstream at most once. With several instances
+ * (lib/balance.h) a call that never reached one (could not connect, its
+ * breaker open, its bulkhead full) is sent once more, to another, whatever
+ * its method: nothing was sent, so a POST cannot happen twice; a GET/HEAD
+ * whose connection broke goes again too. The client's request is still
  * there (it is answered only at the end), so the retry rebuilds the
- * forwarded headers from it rather than keeping a copy per request. A failed call answers in the contract's error shape:
- * 502 down or broken, 504 too slow, 503 with Retry-After when the breaker is
- * open or the bulkhead is full (refused at once, nothing queued further).
+ * forwarded headers from it rather than keeping a copy per request. A
+ * failed call answers in the contract's error shape: 502 down or broken,
+ * 504 too slow, 503 with Retry-After when the breaker is open or the
+ * bulkhead is full (refused at once, nothing queued further).
  *
  * Cost per request: one small exchange allocation. httpc does not check
  * the forwarded headers again (httpc_request.headers_valid): the frame
@@ -48,7 +52,7 @@ typedef struct gw_exchange {
     gw_upstream *up;
     balance_instance *inst;     /* where the call went */
     bool head;
-    bool idempotent;            /* GET or HEAD */
+    bool idempotent;            /* GET or HEAD: sent again after a broken connection */
     bool retried;               /* sent to a second instance already */
 } gw_exchange;
 
@@ -162,9 +166,10 @@ static void gw_reply_answer(gw_exchange *x, const httpc_response *resp)
 
 static bool gw_forward(gw_exchange *x);
 
-/* The outcome feeds the balancer, and a GET/HEAD that never reached its
- * instance goes once to another. True when the call was sent again (the
- * answer will come to gw_proxy_done once more). */
+/* The outcome feeds the balancer, and a call that never reached its
+ * instance (or a GET/HEAD whose connection broke) goes once to another.
+ * True when the call was sent again (the answer will come to
+ * gw_proxy_done once more). */
 static bool gw_balance_after(gw_exchange *x, const httpc_response *resp)
 {
     gw_upstream *up = x->up;

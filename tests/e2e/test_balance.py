@@ -145,8 +145,9 @@ def test_killed_instance_retried_and_ejected():
         gets(s, 6)
         check(gw_metric(s, "carshare_upstream_instance_retries_total", port_b) == retries,
               "the ejected instance is still tried")
-        # A POST is never sent twice: a GET-only rule (nothing to POST on customerpage: the
-        # rule itself is unit tested in tests/unit/gateway/test_balance.c).
+        # A POST goes elsewhere only when it was never sent (nothing to POST on customerpage:
+        # test_gateway.py's test_unsent_call_goes_to_another_instance shows it, the rule itself
+        # is unit tested in tests/unit/lib/test_balance.c).
 
 
 def served_at(s, address, port):

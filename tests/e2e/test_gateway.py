@@ -723,6 +723,69 @@ def test_gateway_ready_soon_after_a_late_upstream():
         rec.close()
 
 
+def gateway_metric(s, name, labels):
+    """One series of the gateway's /metrics (0 when absent)."""
+    _, text, _ = s.call("GET", "gateway", "/metrics")
+    for line in text.splitlines():
+        if line.startswith("%s{%s} " % (name, labels)):
+            return float(line.rsplit(" ", 1)[1])
+    return 0
+
+
+def test_unsent_call_goes_to_another_instance():
+    """A call that never reached its instance (could not connect) goes to another one, whatever
+    its method: nothing was sent, so nothing can happen twice. The e2e_pg/test_pg_cluster case:
+    both order instances not ready (their bus lost with a nats node) and run.py's empty third
+    slot in ORDER_URL; with no instance ready the choice takes them all in turn, the empty slot
+    too, whose POSTs and DELETEs were answered 502 "could not connect" (GETs were retried)."""
+    empty = Recorder(listen=False)      # bound, not listening: connections are refused
+    live = Recorder()
+    live.ready_status = 503             # alive and answering, not ready
+    env = {"GATEWAY_READY_UPSTREAMS": "order", "GATEWAY_PROBE_INTERVAL_MS": "200",
+           "ORDER_URL": "http://127.0.0.1:%d,http://127.0.0.1:%d" % (empty.port, live.port),
+           "WEB_RELOAD_MS": "0"}
+    s = System(["gateway"], nats=False, service_env={"gateway": env})
+    try:
+        s.start("gateway", wait_ready=False)
+        wait_for(lambda: len(probe_log_lines(s.log("gateway"), "order")[0]) == 2, 10,
+                 "both instances probed not ready")
+        calls = [("POST", "/orders/unsent-%d" % i, 201) for i in range(6)]
+        calls += [("DELETE", "/orders/unsent-%d" % i, 200) for i in range(4)]
+        calls += [("PATCH", "/orders/unsent-%d" % i, 200) for i in range(2)]
+        for method, path, want in calls:
+            code, body, _ = s.call(method, "gateway", path, {"productId": "1001", "qty": 1})
+            check(code == want, "%s %s: %d %r" % (method, path, code, body))
+        # Each reached the live instance exactly once.
+        seen = [(r["method"], r["path"]) for r in live.requests]
+        for method, path, _ in calls:
+            check(seen.count((method, path)) == 1, "%s %s seen %d times by the upstream"
+                  % (method, path, seen.count((method, path))))
+        # The figures say what happened: the empty slot was chosen, failed to connect and each
+        # of those calls was sent to the other; no client was answered a failure.
+        dead = 'upstream="order",instance="http://127.0.0.1:%d"' % empty.port
+        chosen = gateway_metric(s, "carshare_upstream_instance_chosen_total", dead)
+        check(chosen >= 1, "the empty slot was never chosen: the test tests nothing")
+        check(gateway_metric(s, "carshare_upstream_instance_retries_total", dead) == chosen,
+              "not every call chosen for the empty slot was sent to the other")
+        # Each of them failed on the empty slot: to connect, or refused by its breaker once
+        # that opened (both never sent).
+        failed = {r: gateway_metric(s, "carshare_upstream_requests_total",
+                                    'upstream="order",result="%s",status="0"' % r)
+                  for r in ("connect", "open")}
+        check(failed["connect"] >= 1 and failed["connect"] + failed["open"] == chosen,
+              "outcomes on the empty slot %r, chosen %d times" % (failed, chosen))
+        check(gateway_metric(s, "carshare_gateway_upstream_failures_total",
+                             'upstream="order",result="connect"') == 0,
+              "a client was answered a connect failure")
+    except BaseException:
+        s.failed = s.closing_after_error = True
+        raise
+    finally:
+        s.close()
+        live.close()
+        empty.close()
+
+
 @tracked
 def test_web_reload_on_change():
     s = recorded()
