@@ -21,19 +21,32 @@
  * Nothing here does I/O; tests/unit/lib/test_balance.c checks the rules. */
 #include "balance.h"
 
-static bool balance_usable(const balance_state *b)
+/* How choosy a pick is. When no instance is usable, one that is merely not
+ * ready (starting, or its bus is down: it still accepts connections and
+ * answers 503 at worst) is tried before one ejected for transport failures
+ * (it refused or dropped connections a moment ago, and a dead address can
+ * cost the whole connect timeout). Seen with replicas that share one nats
+ * node: its loss made every instance not ready at once, and a third of the
+ * calls went to an empty rollout slot that refused them. */
+typedef enum { PICK_USABLE, PICK_NOT_EJECTED, PICK_ANY } pick_tier;
+
+static bool balance_fits(const balance_state *b, pick_tier tier)
 {
-    return b->ready && !b->ejected;
+    switch (tier) {
+    case PICK_USABLE: return b->ready && !b->ejected;
+    case PICK_NOT_EJECTED: return !b->ejected;
+    default: return true;
+    }
 }
 
 static int balance_pick_among(const balance_state *b, int n, unsigned *rr, int exclude,
-                              bool usable_only)
+                              pick_tier tier)
 {
     int best = -1;
     unsigned start = *rr % (unsigned)n;
     for (int k = 0; k < n; k++) {
         int i = (int)((start + (unsigned)k) % (unsigned)n);
-        if (i == exclude || b[i].gone || (usable_only && !balance_usable(&b[i])))
+        if (i == exclude || b[i].gone || !balance_fits(&b[i], tier))
             continue;
         /* Strictly fewer: the first in turn wins a tie. */
         if (best < 0 || b[i].outstanding < b[best].outstanding)
@@ -48,8 +61,10 @@ int balance_pick(const balance_state *b, int n, unsigned *rr, int exclude)
 {
     if (n <= 0)
         return -1;
-    int i = balance_pick_among(b, n, rr, exclude, true);
-    return i >= 0 ? i : balance_pick_among(b, n, rr, exclude, false);
+    int i = -1;
+    for (pick_tier tier = PICK_USABLE; i < 0 && tier <= PICK_ANY; tier++)
+        i = balance_pick_among(b, n, rr, exclude, tier);
+    return i;
 }
 
 static bool balance_transport_failure(httpc_result result)

@@ -14,8 +14,8 @@
  * The rules (balance.c, pure, unit tested without sockets):
  *  - choice: among instances ready and not ejected, the fewest calls
  *    outstanding; ties in turn (round-robin from a cursor). None usable:
- *    the least outstanding of all (the call then fails as it would have
- *    with one instance).
+ *    the same among those not ejected (not ready, but answering), then
+ *    among all (the call then fails as it would have with one instance).
  *  - readiness: each instance's own GET /health/ready probe, fast while it
  *    is not ready (25 ms doubling up to the interval), every interval once
  *    it is; an instance never probed (a set of one fixed address with

@@ -67,14 +67,20 @@ static void test_not_ready_and_ejected_skipped(void)
      * have anyway. */
     int other = balance_pick(b, 3, &rr, 1);
     CHECK(other == 0 || other == 2);
-    /* None usable: the least outstanding of all (today's single-instance
-     * behaviour: try, and answer 502/504 if it fails). */
+    /* None usable: the least outstanding of those not ejected, even with
+     * an ejected one less busy (it refused connections a moment ago). */
     b[1].ready = false;
     b[0].outstanding = 3;
     b[2].outstanding = 1;
     CHECK_INT(balance_pick(b, 3, &rr, -1), 1);
     b[1].outstanding = 7;
+    CHECK_INT(balance_pick(b, 3, &rr, -1), 0);
+    CHECK_INT(balance_pick(b, 3, &rr, 0), 1);
+    /* All ejected: the least outstanding of all (the single-instance
+     * behaviour: try, and answer 502/504 if it fails). */
+    b[0].ejected = b[1].ejected = true;
     CHECK_INT(balance_pick(b, 3, &rr, -1), 2);
+    CHECK_INT(balance_pick(b, 3, &rr, 2), 0);
     /* One instance, excluded: there is no other. */
     CHECK_INT(balance_pick(b, 1, &rr, 0), -1);
     CHECK_INT(balance_pick(b, 0, &rr, -1), -1);
