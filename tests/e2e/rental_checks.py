@@ -9,10 +9,12 @@ nothing is in flight any more:
   - every car is either available today or held today by an accepted order: one that stands and
     whose period covers today, or one returned today (its cars are free from the next day on).
 """
+import atexit
 import datetime
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import zoneinfo
@@ -168,6 +170,15 @@ def write_fleet(path, cars):
     with open(path, "w") as f:
         json.dump({"cars": cars}, f)
     return path
+
+
+def temp_fleet(cars):
+    """A fleet file of cars in the temporary directory, removed when the test's process exits
+    (whether or not the test passed): its path, for order's FLEET_FILE."""
+    fd, path = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
+    os.close(fd)
+    atexit.register(lambda: os.path.exists(path) and os.remove(path))
+    return write_fleet(path, cars)
 
 
 def metric(system, service, name, labels):

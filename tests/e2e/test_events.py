@@ -24,18 +24,16 @@ Real binaries (payment, order, delivery, customerpage) and a real nats-server on
 The stream is inspected, and a poison event injected, with a few lines of the NATS text
 protocol (stdlib only). Waits poll real state with generous deadlines; nothing asserts speed.
 """
-import atexit
 import base64
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import System, check, check_error, run, wait_for  # noqa: E402
-from rental_checks import stream_count  # noqa: E402
+from rental_checks import stream_count, temp_fleet  # noqa: E402
 
 SERVICES = ["payment", "order", "delivery", "customerpage"]
 WAIT = 30          # seconds: an upper bound for anything to propagate, not an expectation
@@ -45,14 +43,10 @@ RANK = {"Paid": 0, "OrderApproved": 1, "Shipped": 2, "OrderCancelled": 3, "Deliv
 
 def big_fleet():
     """A fleet file with enough cars that availability never limits these tests."""
-    fd, path = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"cars": [{"id": "1001", "name": "Hyundai Avante", "location": "Gangnam",
-                             "dailyPrice": 45000, "total": 500},
-                            {"id": "1002", "name": "Kia K5", "location": "Mapo",
-                             "dailyPrice": 60000, "total": 500}]}, f)
-    atexit.register(lambda: os.path.exists(path) and os.remove(path))
-    return path
+    return temp_fleet([{"id": "1001", "name": "Hyundai Avante", "location": "Gangnam",
+                        "dailyPrice": 45000, "total": 500},
+                       {"id": "1002", "name": "Kia K5", "location": "Mapo",
+                        "dailyPrice": 60000, "total": 500}])
 
 
 FLEET = big_fleet()

@@ -20,16 +20,14 @@ Real binaries and a real nats-server on free loopback ports. Covers:
 Time moves only through ORDER_TEST_CLOCK_OFFSET_S (order's test clock); nothing waits for days.
 """
 import datetime
-import json
 import os
 import sys
-import tempfile
 import zoneinfo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import AUTO, STAFF, System, check, check_error, run, wait_for  # noqa: E402
 from rental_checks import (all_items, concurrently, orders, payments,  # noqa: E402
-                           stream_count)
+                           stream_count, temp_fleet)
 
 SEOUL = zoneinfo.ZoneInfo("Asia/Seoul")
 DAY = 86400
@@ -47,10 +45,7 @@ def iso(d, days=0):
 
 
 def fleet_file(cars):
-    fd, path = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"cars": cars}, f)
-    return path
+    return temp_fleet(cars)
 
 
 FLEET = fleet_file([

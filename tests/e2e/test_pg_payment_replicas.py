@@ -13,11 +13,10 @@ and the reconciler's lookups must see every payment). order takes PAYMENT_URL as
 """
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import BIN, Proc, System, check, free_port, run, wait_for  # noqa: E402
-from rental_checks import metric, orders, payments, rent, write_fleet  # noqa: E402
+from rental_checks import metric, orders, payments, rent, temp_fleet  # noqa: E402
 
 
 def payments_served(s, name):
@@ -36,9 +35,7 @@ def instance(port):
 
 def test_payment_spread_and_kill():
     port_a, port_b = free_port(), free_port()
-    fd, fleet = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
-    os.close(fd)
-    write_fleet(fleet, [{"id": "1001", "name": "Hyundai Avante", "location": "Gangnam",
+    fleet = temp_fleet([{"id": "1001", "name": "Hyundai Avante", "location": "Gangnam",
                          "dailyPrice": 45000, "total": 100}])
     order_env = {
         "PAYMENT_URL": "http://127.0.0.1:%d,http://127.0.0.1:%d" % (port_a, port_b),

@@ -17,7 +17,6 @@ private PostgreSQL server (harness.py), with the services of PG_SERVICES on it.
 """
 import os
 import subprocess
-import tempfile
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (BIN, MIXED_PG_SERVICES, PG_SERVICES, Proc, System, check,  # noqa: E402
                      free_port, new_database, postgres, run, wait_for)
-from rental_checks import orders, payments, problems, rent, write_fleet  # noqa: E402
+from rental_checks import orders, payments, problems, rent, temp_fleet  # noqa: E402
 
 SERVICES = ["payment", "order"]
 FAST = {"RECONCILE_INTERVAL_MS": "300", "PAYMENT_TIMEOUT_MS": "3000", "ORDER_LEASE_MS": "2000"}
@@ -33,9 +32,7 @@ FAST = {"RECONCILE_INTERVAL_MS": "300", "PAYMENT_TIMEOUT_MS": "3000", "ORDER_LEA
 
 def system(**kw):
     """payment and order on PostgreSQL, with cars enough that none runs out."""
-    fd, fleet = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
-    os.close(fd)
-    write_fleet(fleet, [{"id": "1001", "name": "Hyundai Avante", "location": "Gangnam",
+    fleet = temp_fleet([{"id": "1001", "name": "Hyundai Avante", "location": "Gangnam",
                          "dailyPrice": 45000, "total": 5000}])
     s = System(SERVICES, db="postgres", env=FAST,
                service_env={"order": {"FLEET_FILE": fleet}}, **kw)

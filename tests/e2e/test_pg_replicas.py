@@ -16,13 +16,12 @@ processes called directly.
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import BIN, Proc, System, check, free_port, run, wait_for  # noqa: E402
-from rental_checks import concurrently, payments, problems, rent, stream_count, write_fleet  # noqa: E402
+from rental_checks import concurrently, payments, problems, rent, stream_count, temp_fleet  # noqa: E402
 
 LEASE_MS = 3000
 CARS = [{"id": "9001", "name": "Kia Ray", "location": "Mapo", "dailyPrice": 45000, "total": 3},
@@ -31,9 +30,7 @@ CARS = [{"id": "9001", "name": "Kia Ray", "location": "Mapo", "dailyPrice": 4500
 
 
 def system(**env):
-    fd, fleet = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
-    os.close(fd)
-    write_fleet(fleet, CARS)
+    fleet = temp_fleet(CARS)
     env = dict({"RECONCILE_INTERVAL_MS": "200", "ORDER_LEASE_MS": str(LEASE_MS),
                 "FLEET_FILE": fleet, "INSTANCE_ID": "order-b"}, **env)
     s = System(["payment", "order"], db="postgres", service_env={"order": env})

@@ -14,12 +14,11 @@ timeout" from "hung"; they are not speed measurements.
 """
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import System, check, check_error, run, wait_for  # noqa: E402
 from rental_checks import (cancellations, concurrently, fleet, metric, orders, payments,  # noqa: E402
-                           rent, timed, wait_settled, write_fleet)
+                           rent, temp_fleet, timed, wait_settled)
 
 FALLBACK = "try the payment again shortly"
 TIMEOUT_MS = 1000
@@ -118,9 +117,7 @@ def test_breaker_opens_fails_fast_and_recovers():
 
 
 def test_burst_of_ten_times_the_bulkhead():
-    fd, fleet_file = tempfile.mkstemp(prefix="carshare-fleet-", suffix=".json")
-    os.close(fd)
-    write_fleet(fleet_file, [{"id": "7001", "name": "Kia Ray", "location": "Sinchon Station, Seoul",
+    fleet_file = temp_fleet([{"id": "7001", "name": "Kia Ray", "location": "Sinchon Station, Seoul",
                               "dailyPrice": 45000, "total": 100000}])
     try:
         capacity = 4 + 4
